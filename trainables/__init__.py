@@ -1,0 +1,1 @@
+"""fusetune trainables: datasets, metrics, the four methods and their Ray Tune trainables."""
