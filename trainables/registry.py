@@ -1,0 +1,76 @@
+"""Registry of the model families: name -> class, and the encoder representations it consumes.
+
+A method class subclasses :class:`trainables.backbone.Backbone`, is built as
+``cls.from_config(spec, config)`` (taking the keys it knows from the flat trial config), and its
+module defines ``DEFAULTS``: the paper's default hyperparameters.
+
+``representations`` says which encoder outputs the method reads for raw modalities: ``text`` may
+give ``cls`` (vector), ``tokens`` (token sequence) or ``attributes`` (one token per report
+attribute); ``image`` may give ``pooled`` (vector), ``map`` (spatial feature-map tokens) or
+``patches`` (ViT patch tokens). Vector modalities (omics, EHR tables) are used as they are.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from trainables.backbone import Backbone
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    target: str  # "module:Class"
+    representations: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    description: str = ""
+
+    def load(self) -> type[Backbone]:
+        module, _, cls = self.target.partition(":")
+        return getattr(importlib.import_module(module), cls)
+
+    def defaults(self) -> dict[str, Any]:
+        module = importlib.import_module(self.target.partition(":")[0])
+        return dict(getattr(module, "DEFAULTS", {}))
+
+
+METHODS: dict[str, MethodSpec] = {}
+
+
+def register_method(spec: MethodSpec) -> MethodSpec:
+    METHODS[spec.name] = spec
+    return spec
+
+
+register_method(MethodSpec(
+    "baseline", "trainables.baseline:EarlyFusion",
+    {"text": ("cls",), "image": ("pooled",)},
+    "early fusion: modality MLP encoders, concatenation, classifier (CLIMD/OmniFuse baseline)",
+))
+register_method(MethodSpec(
+    "omnifuse", "trainables.omnifuse:OmniFuse",
+    {"text": ("cls",), "image": ("pooled",)},
+    "OmniFuse: CRA imputation, DWFuse, TLA",
+))
+register_method(MethodSpec(
+    "alignedfusion", "trainables.alignedfusion:AlignedFusion",
+    {"text": ("attributes",), "image": ("patches",)},
+    "AlignedFusion: attribute tokens, intermediate-token fusion, masked token reconstruction",
+))
+register_method(MethodSpec(
+    "selfattn", "trainables.alignedfusion:SelfAttentionFusion",
+    {"text": ("attributes",), "image": ("patches",)},
+    "plain self-attention fusion over the joint token set (AlignedFusion's comparison baseline)",
+))
+register_method(MethodSpec(
+    "emrfusion", "trainables.emrfusion:EMRFusion",
+    {"text": ("cls", "tokens"), "image": ("pooled", "map")},
+    "EMR fusion: alignment, attention, residual, dynamic weighting, orthogonality loss",
+))
+
+
+def get_method(name: str) -> MethodSpec:
+    if name not in METHODS:
+        raise KeyError(f"unknown method {name!r}; known: {', '.join(sorted(METHODS))}")
+    return METHODS[name]
