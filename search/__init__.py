@@ -1,0 +1,1 @@
+"""fusetune search: command-line entry points, orchestration, tracking and export."""

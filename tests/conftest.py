@@ -1,0 +1,18 @@
+import os
+from pathlib import Path
+
+import pytest
+
+_SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+if "FUSETUNE_DATA_DIR" not in os.environ and _SHARED.is_dir():
+    os.environ["FUSETUNE_DATA_DIR"] = str(_SHARED)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    d = os.environ.get("FUSETUNE_DATA_DIR")
+    if not d or not Path(d).is_dir():
+        pytest.fail("FUSETUNE_DATA_DIR must point at the shared data folder (../shared/data)")
+    return Path(d)
