@@ -1,0 +1,65 @@
+"""Classification criteria of the imbalance baselines (CLIMD Table 2): plain, weighted CE, focal loss.
+
+Every criterion is called as ``criterion(logits [B, C], y [B])`` and returns the batch mean (the
+:data:`trainables.backbone.Criterion` contract); ``reduction="none"`` gives per-sample losses for
+methods that weight samples themselves (OmniFuse's L_ens, Eq.12). ``CRITERIA`` maps the engine's
+``imbalance`` option to a builder ``(class_counts, config) -> criterion``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def balanced_class_weights(class_counts: np.ndarray) -> np.ndarray:
+    """w_c = N / (C * n_c) (inverse class frequency, mean-one over samples); absent classes get 0."""
+    counts = np.asarray(class_counts, dtype=np.float64)
+    present = counts > 0
+    weights = np.zeros_like(counts)
+    weights[present] = counts.sum() / (present.sum() * counts[present])
+    return weights
+
+
+class CrossEntropy(nn.Module):
+    """Cross-entropy, optionally class-weighted. With weights, the ``mean`` reduction is
+    sum_i w_{y_i} l_i / sum_i w_{y_i} (as ``torch.nn.functional.cross_entropy``)."""
+
+    def __init__(self, weight: Tensor | None = None) -> None:
+        super().__init__()
+        self.register_buffer("weight", weight, persistent=False)
+
+    def forward(self, logits: Tensor, y: Tensor, reduction: str = "mean") -> Tensor:
+        weight = None if self.weight is None else self.weight.to(logits.device, logits.dtype)
+        return F.cross_entropy(logits, y, weight=weight, reduction=reduction)
+
+
+class FocalLoss(nn.Module):
+    """Focal loss (Lin et al. 2017): FL = -(1 - p_t)^gamma_focal * log p_t, mean over the batch."""
+
+    def __init__(self, gamma_focal: float = 2.0) -> None:
+        super().__init__()
+        if gamma_focal < 0:
+            raise ValueError(f"gamma_focal must be >= 0, got {gamma_focal}")
+        self.gamma_focal = float(gamma_focal)
+
+    def forward(self, logits: Tensor, y: Tensor, reduction: str = "mean") -> Tensor:
+        log_pt = F.log_softmax(logits, dim=-1).gather(1, y[:, None]).squeeze(1)
+        loss = -((1.0 - log_pt.exp()) ** self.gamma_focal) * log_pt
+        return loss.mean() if reduction == "mean" else loss
+
+
+CriterionBuilder = Callable[[np.ndarray, dict], nn.Module]
+
+CRITERIA: dict[str, CriterionBuilder] = {
+    "none": lambda counts, cfg: CrossEntropy(),
+    "undersample": lambda counts, cfg: CrossEntropy(),
+    "smote": lambda counts, cfg: CrossEntropy(),
+    "weighted_ce": lambda counts, cfg: CrossEntropy(torch.as_tensor(balanced_class_weights(counts), dtype=torch.float32)),
+    "focal": lambda counts, cfg: FocalLoss(float(cfg.get("gamma_focal", 2.0))),
+}
+"""``imbalance`` option -> criterion builder. The resampling options train with plain CE."""
