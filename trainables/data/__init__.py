@@ -33,20 +33,22 @@ def _no_args(name: str, fn: Callable[[], MultimodalDataset]) -> Loader:
     return load
 
 
+_builtins_registered = False
+
+
 def _register_builtins() -> None:
+    global _builtins_registered
+    _builtins_registered = True
     from trainables.data import builtin
 
     DATASETS["rosmap"] = _no_args("rosmap", builtin.load_rosmap)
     DATASETS["breast-tcga"] = _no_args("breast-tcga", builtin.load_breast_tcga)
-    try:
-        from trainables.data import synth  # noqa: F401  (registers synth-clinic)
-    except ImportError:
-        pass
+    from trainables.data import synth  # noqa: F401  (registers synth-clinic)
 
 
 def load_dataset(spec: str) -> MultimodalDataset:
     """``NAME``, ``NAME:k=v,...`` for a registered dataset, or a path to a user dataset folder."""
-    if not DATASETS:
+    if not _builtins_registered:  # not "if not DATASETS": importing synth first registers only itself
         _register_builtins()
     name, _, args = spec.partition(":")
     if name in DATASETS:
