@@ -31,6 +31,9 @@ class MethodSpec:
         return getattr(importlib.import_module(module), cls)
 
     def defaults(self) -> dict[str, Any]:
+        cls = self.load()
+        if "DEFAULTS" in vars(cls):  # a module holding two methods gives each class its own DEFAULTS
+            return dict(cls.DEFAULTS)
         module = importlib.import_module(self.target.partition(":")[0])
         return dict(getattr(module, "DEFAULTS", {}))
 
