@@ -10,14 +10,15 @@ import pandas as pd
 from trainables.data.errors import DataError
 
 
-def read_table(path: Path) -> pd.DataFrame:
+def read_table(path: Path, *, str_columns: tuple[str, ...] = ()) -> pd.DataFrame:
+    """A CSV or Parquet table; ``str_columns`` (e.g. the sample id) are read as text, so "007" stays "007"."""
     path = Path(path)
     if not path.is_file():
         raise DataError(path, "file not found")
     try:
         if path.suffix.lower() in (".parquet", ".pq"):
             return pd.read_parquet(path)
-        return pd.read_csv(path)
+        return pd.read_csv(path, dtype={c: str for c in str_columns})
     except Exception as exc:  # pandas/pyarrow raise many types; the user needs one line
         raise DataError(path, f"cannot be read as a table ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
 
@@ -31,10 +32,12 @@ def read_numeric_table(path: Path, *, id_column: str | None = None, header: bool
             raise DataError(path, "file not found")
         df = pd.read_csv(path, header=None)
     else:
-        df = read_table(path)
+        df = read_table(path, str_columns=(id_column,) if id_column else ())
     if id_column is not None:
         if id_column not in df.columns:
             raise DataError(path, f"no {id_column!r} column (columns: {', '.join(map(str, df.columns[:5]))}...)")
+        if df[id_column].isna().any():
+            raise DataError(path, f"empty sample id in row {int(np.flatnonzero(df[id_column].isna())[0]) + 1}")
         ids = df[id_column].astype(str)
         if ids.duplicated().any():
             raise DataError(path, f"duplicate sample id {ids[ids.duplicated()].iloc[0]!r}")
