@@ -1,0 +1,188 @@
+"""A search space: the dimensions of one method, its fixed keys, and what it needs to run."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+
+from spaces.dimensions import Dimension, _fmt
+
+
+@dataclass(frozen=True)
+class Space:
+    """One method's search space.
+
+    Calling the space with an Optuna trial samples a configuration define-by-run: dimensions
+    are visited in declaration order and a dimension is suggested only when its conditions hold
+    on what was sampled before it, so an inactive parameter never appears in a trial (no
+    ``beta`` when ``dwfuse`` is off). ``fixed`` keys are constants every trial of the space gets.
+    """
+
+    name: str
+    method: str
+    """Registry name in :data:`trainables.registry.METHODS`."""
+    description: str
+    dimensions: tuple[Dimension, ...]
+    fixed: Mapping[str, Any] = field(default_factory=dict)
+    data: str = "breast-tcga"
+    """Default ``--data``: ``synth-clinic`` where the method needs images and reports."""
+    requires: tuple[str, ...] = ()
+    """Raw modality kinds the data must have (``text``, ``image``)."""
+    epochs: int = 100
+    """Default ``--epochs``: CLIMD's T = 100, also the engine's default for the others."""
+    text_encoder: str = "minilm"
+    """Default ``--text-encoder`` (used only when the data has a text modality)."""
+    image_encoder: str = "resnet-tiny"
+    """Default ``--image-encoder``: ResNet gives ``pooled``/``map``, ViT gives ``patches``."""
+
+    def __post_init__(self) -> None:
+        seen: dict[str, Dimension] = {}
+        for dim in self.dimensions:
+            if dim.name in seen or dim.name in self.fixed:
+                raise ValueError(f"space {self.name}: parameter {dim.name!r} declared twice")
+            for cond in dim.when:
+                for w in getattr(cond, "conditions", (cond,)):
+                    if w.param in self.fixed:
+                        continue
+                    if w.param not in seen:
+                        raise ValueError(f"space {self.name}: {dim.name!r} depends on {w.param!r}, neither fixed nor declared before it")
+                    if not all(seen[w.param].contains(v) for v in w.values):
+                        raise ValueError(f"space {self.name}: condition {w} names a value {w.param!r} cannot take")
+            if not dim.contains(dim.default):
+                raise ValueError(f"space {self.name}: default {dim.default!r} of {dim.name!r} outside {dim.describe()}")
+            bad = [v for v in dim.grid if not dim.contains(v)]
+            if bad:
+                raise ValueError(f"space {self.name}: grid values {bad} of {dim.name!r} outside {dim.describe()}")
+            seen[dim.name] = dim
+
+    # ------------------------------------------------------------------ sampling
+    def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
+        """Optuna define-by-run function: suggests the active dimensions, returns the fixed keys."""
+        config: dict[str, Any] = dict(self.fixed)
+        for dim in self.dimensions:
+            if dim.active(config):
+                config[dim.name] = dim.suggest(trial)
+        return dict(self.fixed)
+
+    def sample(self, trial: optuna.Trial) -> dict[str, Any]:
+        """A whole configuration (sampled dimensions plus fixed keys) from one Optuna trial."""
+        self(trial)
+        return {**trial.params, **self.fixed}
+
+    def default_point(self) -> dict[str, Any]:
+        """The paper's default values of the active dimensions (what is enqueued as trial 1)."""
+        config: dict[str, Any] = dict(self.fixed)
+        for dim in self.dimensions:
+            if dim.active(config):
+                config[dim.name] = dim.default
+        return {k: v for k, v in config.items() if k not in self.fixed}
+
+    def default_config(self) -> dict[str, Any]:
+        return {**self.default_point(), **self.fixed}
+
+    @property
+    def names(self) -> list[str]:
+        return [d.name for d in self.dimensions]
+
+    def dimension(self, name: str) -> Dimension:
+        for d in self.dimensions:
+            if d.name == name:
+                return d
+        raise KeyError(f"space {self.name} has no dimension {name!r}; it has {', '.join(self.names)}")
+
+    def validate(self, config: Mapping[str, Any]) -> list[str]:
+        """Problems of a configuration: missing active parameters, inactive ones present, values
+        outside their distribution, fixed keys changed. Empty when it is a valid sample."""
+        problems = []
+        active: dict[str, Any] = dict(self.fixed)
+        for dim in self.dimensions:
+            if dim.active(active):
+                if dim.name not in config:
+                    problems.append(f"{dim.name}: missing although active")
+                    continue
+                if not dim.contains(config[dim.name]):
+                    problems.append(f"{dim.name}={config[dim.name]!r} outside {dim.describe()}")
+                active[dim.name] = config[dim.name]
+            elif dim.name in config:
+                problems.append(f"{dim.name}: present although inactive ({', '.join(map(str, dim.when))} does not hold)")
+        for key, value in self.fixed.items():
+            if key in config and config[key] != value:
+                problems.append(f"{key}={config[key]!r} but the space fixes it to {value!r}")
+        return problems
+
+    def grid_points(self, seed: int = 0) -> list[dict[str, Any]]:
+        """The paper-style grid: the product of every active dimension's grid values (dimensions
+        without grid values stay at their default). The paper default comes first, the other
+        points follow in a seeded random order, so a truncated grid still covers the space."""
+        partial: list[dict[str, Any]] = [dict(self.fixed)]
+        for dim in self.dimensions:
+            values = tuple(dict.fromkeys((dim.default, *dim.grid)))
+            nxt = []
+            for point in partial:
+                if dim.active(point):
+                    nxt.extend({**point, dim.name: v} for v in values)
+                else:
+                    nxt.append(point)
+            partial = nxt
+        points = [{k: v for k, v in p.items() if k not in self.fixed} for p in partial]
+        default = self.default_point()
+        rest = [p for p in points if p != default]
+        random.Random(seed).shuffle(rest)
+        return [default, *rest]
+
+    def mutable(self) -> list[Dimension]:
+        """Dimensions PBT may perturb: marked mutable and active in every configuration."""
+        return [d for d in self.dimensions if d.mutable and (not d.when or d.active(dict(self.fixed)) and
+                                                              all(p in self.fixed for c in d.when for p in c.params))]
+
+    @property
+    def representations(self) -> dict[str, tuple[str, ...]]:
+        """Encoder outputs the method reads for raw text/image modalities (from the registry)."""
+        from trainables.registry import get_method
+
+        return dict(get_method(self.method).representations)
+
+    # ------------------------------------------------------------------ printing
+    def summary(self) -> str:
+        return f"{self.name:<24} {self.method:<14} {self.data:<13} {len(self.dimensions):>4}  {self.description}"
+
+    def show(self) -> str:
+        """Every dimension with its distribution, default, condition and grid values."""
+        lines = [
+            f"{self.name}: {self.description}",
+            f"  method {self.method}; default data {self.data}; default epochs {self.epochs}"
+            + (f"; needs {' and '.join(self.requires)} modalities" if self.requires else ""),
+        ]
+        try:
+            reps = self.representations
+        except KeyError:
+            reps = {}
+        if reps:
+            lines.append("  encoder outputs: " + "; ".join(f"{k} -> {', '.join(v)}" for k, v in reps.items()))
+        rows = [("parameter", "distribution", "default", "active when", "grid", "meaning")]
+        for d in self.dimensions:
+            rows.append((
+                d.name + (" *" if d.mutable else ""),
+                d.describe(),
+                _fmt(d.default),
+                " and ".join(map(str, d.when)) or "always",
+                ", ".join(_fmt(v) for v in d.grid) or "-",
+                d.help,
+            ))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        for r in rows:
+            lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+        if self.fixed:
+            lines.append("  fixed: " + ", ".join(f"{k}={_fmt(v)}" for k, v in self.fixed.items()))
+        lines.append(f"  grid points: {len(self.grid_points())}   (* = perturbed by PBT)")
+        return "\n".join(lines)
+
+
+def combine(*parts: tuple[Dimension, ...]) -> tuple[Dimension, ...]:
+    """Concatenate dimension groups (later groups may condition on earlier ones)."""
+    return tuple(itertools.chain.from_iterable(parts))
