@@ -313,7 +313,7 @@ class RuleBasedExtractor(AttributeExtractor):
         for it in clause[j + 1:]:
             if it.kind == "mention":
                 return None
-            if it.kind == "value":
+            if it.kind == "value" and it.text in self._values[clause[j].attr]:  # another attribute's word is just a word
                 return self._values[clause[j].attr][it.text]
         return None
 
@@ -332,7 +332,7 @@ class RuleBasedExtractor(AttributeExtractor):
                 own = self._own_value(clause, k)
                 if own is not None:
                     # the shared value word is read with the earlier attribute's vocabulary
-                    word = next(it.text for it in clause[k + 1:] if it.kind == "value")
+                    word = next(it.text for it in clause[k + 1:] if it.kind == "value" and it.text in self._values[clause[k].attr])
                     return self._values[clause[j].attr].get(word, own)
                 j = k
             elif clause[k].kind != "connector":

@@ -85,7 +85,8 @@ class _Lazy:
 def _requested(representations: Representations, name: str, kind: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
     reps = representations.get(name, representations.get(kind))
     if not reps:
-        raise DataError(f"modality {name!r}", f"is {kind}; request its representations ({', '.join(allowed)}) under {kind!r} or {name!r}")
+        under = f"{kind!r}" + (f" or {name!r}" if name != kind else "")
+        raise DataError(f"modality {name!r}", f"is {kind}; request its representations ({', '.join(allowed)}) under {under}")
     reps = tuple(dict.fromkeys(reps))
     bad = [r for r in reps if r not in allowed]
     if bad:
@@ -133,14 +134,25 @@ def encode_dataset(
     cache = FeatureCache(cache_dir) if use_cache else None
     dev = device or _default_device()
     ctx = _Context(data, cache, dev, batch_size, max_length, text_encoder, image_encoder, attributes_config, extractor)
+    # validate every request (and resolve the encoders) before encoding anything
+    plan: dict[str, tuple[str, ...]] = {}
+    for name, m in data.modalities.items():
+        if m.kind == "text":
+            plan[name] = _requested(representations, name, "text", text_mod.TEXT_REPRESENTATIONS)
+            ctx.check_text(m)
+        elif m.kind == "image":
+            plan[name] = _requested(representations, name, "image", image_mod.IMAGE_REPRESENTATIONS)
+            ctx.check_image(name, plan[name])
+    if sum("attributes" in reps for reps in plan.values()) > 1:
+        raise DataError(data.name, "attributes can be extracted from one text modality only")
     modalities: dict[str, Modality] = {}
     for name, m in data.modalities.items():
-        if m.kind in ("vector", "tokens"):
+        if name not in plan:
             modalities[name] = m
         elif m.kind == "text":
-            modalities.update(ctx.encode_text(m, _requested(representations, name, "text", text_mod.TEXT_REPRESENTATIONS)))
+            modalities.update(ctx.encode_text(m, plan[name]))
         else:
-            modalities.update(ctx.encode_image(m, _requested(representations, name, "image", image_mod.IMAGE_REPRESENTATIONS)))
+            modalities.update(ctx.encode_image(m, plan[name]))
     meta = {**data.meta, **ctx.meta, "encoders": {**data.meta.get("encoders", {}), **ctx.records}}
     out = data.with_modalities(modalities)
     out.meta = meta
@@ -195,13 +207,12 @@ class _Context:
         log.info("%s: %s %s (%d bytes, %.2fs)", input_name, "cache hit" if hit else "encoded", key[:12], nbytes, seconds)
         return arrays
 
-    def _present(self, m: Modality) -> np.ndarray:
-        idx = np.flatnonzero(m.mask)
-        if m.kind == "text":
-            empty = [i for i in idx if not str(m.values[i]).strip()]
-            if empty:
-                raise DataError(f"{self.data.name}/{m.name}", f"sample {self.data.ids[empty[0]]!r} is marked available but its text is empty")
-        return idx
+    def check_text(self, m: Modality) -> None:
+        """Resolve the text encoder; a sample marked available must have text (never encode "" as a report)."""
+        self.text_source()
+        empty = [i for i in np.flatnonzero(m.mask) if not str(m.values[i]).strip()]
+        if empty:
+            raise DataError(f"{self.data.name}/{m.name}", f"sample {str(self.data.ids[empty[0]])!r} is marked available but its text is empty")
 
     # ------------------------------------------------------------------ text
     def encode_text(self, m: Modality, reps: tuple[str, ...]) -> dict[str, Modality]:
@@ -214,14 +225,12 @@ class _Context:
         for rep in reps:
             extra: dict[str, Any] = {"max_length": self.max_length}
             if rep == "attributes":
-                if "attribute_states" in self.meta:
-                    raise DataError(self.data.name, "attributes can be extracted from one text modality only")
                 config = self.attributes_config if isinstance(self.attributes_config, AttributeConfig) else AttributeConfig.load(self.attributes_config)
                 extractor = get_extractor(self.extractor_name, config)
                 extra["extractor"] = extractor.identity()
             descriptions[rep] = entry_description(fp, "text", rep, identity, text_mod.ENCODING_VERSION, **extra)
         found = {rep: self._lookup(d) for rep, d in descriptions.items()}
-        idx = self._present(m) if any(a is None for _, a in found.values()) else np.flatnonzero(m.mask)
+        idx = np.flatnonzero(m.mask)
         texts = [str(m.values[i]) for i in idx]
 
         computed: dict[str, dict[str, np.ndarray]] = {}
@@ -247,8 +256,7 @@ class _Context:
             # Eq.5: each of the 2*A prompts is encoded once; samples gather their tokens from the table
             prompt_cls = self._text.get().encode(extractor.config.prompts(), max_length=self.max_length,
                                                  batch_size=self.batch_size, outputs=("cls",))["cls"]
-            tokens, token_mask = attribute_tokens(states, prompt_cls)
-            token_mask &= m.mask[:, None]
+            tokens, token_mask = attribute_tokens(states, prompt_cls)  # missing reports: all unmentioned
             computed["attributes"] = {"values": tokens, "token_mask": token_mask, "states": states}
             seconds["attributes"] = time.perf_counter() - t0
 
@@ -266,13 +274,16 @@ class _Context:
         return out
 
     # ------------------------------------------------------------------ image
-    def encode_image(self, m: Modality, reps: tuple[str, ...]) -> dict[str, Modality]:
+    def check_image(self, name: str, reps: tuple[str, ...]) -> None:
         source = self.image_source()
         family = image_mod.model_family(source)
         bad = [r for r in reps if r not in image_mod.FAMILY_REPRESENTATIONS[family]]
         if bad:
             raise DataError(f"--image-encoder {source.id}", f"a {family} encoder gives "
-                            f"{'/'.join(image_mod.FAMILY_REPRESENTATIONS[family])}, not {'/'.join(bad)} (needed for {m.name!r})")
+                            f"{'/'.join(image_mod.FAMILY_REPRESENTATIONS[family])}, not {'/'.join(bad)} (needed for {name!r})")
+
+    def encode_image(self, m: Modality, reps: tuple[str, ...]) -> dict[str, Modality]:
+        source = self.image_source()
         identity = source.identity()
         fp = modality_fingerprint(m)
         n = len(m.mask)

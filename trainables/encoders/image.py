@@ -19,14 +19,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from trainables.data.errors import DataError
-from trainables.encoders.sources import ModelSource, RANDOM_INIT_SEED, warn_random
+from trainables.encoders.sources import RANDOM_INIT_SEED, ModelSource, warn_random
 from trainables.encoders.text import _quiet_transformers
+
+if TYPE_CHECKING:
+    import torch
 
 IMAGE_REPRESENTATIONS: tuple[str, ...] = ("pooled", "map", "patches")
 FAMILY_REPRESENTATIONS: dict[str, tuple[str, ...]] = {"resnet": ("pooled", "map"), "vit": ("pooled", "patches")}
@@ -48,6 +50,7 @@ def model_family(source: ModelSource) -> str:
 
 class ImageEncoder:
     def __init__(self, source: ModelSource, device: str | torch.device = "cpu") -> None:
+        import torch
         from transformers import AutoConfig, ResNetModel, ViTModel
 
         _quiet_transformers()
@@ -82,6 +85,8 @@ class ImageEncoder:
                 self.std = torch.tensor(p["image_std"], dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        import torch.nn.functional as F
+
         c = x.shape[1]
         if c != self.channels:
             if c == 1:
@@ -96,8 +101,15 @@ class ImageEncoder:
             x = (x - self.mean[:, : x.shape[1]]) / self.std[:, : x.shape[1]]
         return x
 
-    @torch.inference_mode()
     def encode(self, images: np.ndarray, *, batch_size: int = 64, outputs: Sequence[str] = ("pooled",)) -> dict[str, np.ndarray]:
+        import torch
+
+        with torch.inference_mode():
+            return self._encode(images, batch_size, outputs)
+
+    def _encode(self, images: np.ndarray, batch_size: int, outputs: Sequence[str]) -> dict[str, np.ndarray]:
+        import torch
+
         bad = [o for o in outputs if o not in FAMILY_REPRESENTATIONS[self.family]]
         if bad:
             raise DataError(f"--image-encoder {self.source.id}",

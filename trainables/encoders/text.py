@@ -15,11 +15,14 @@ Texts are batched in order of length (dynamic padding to the batch's longest tex
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from trainables.encoders.sources import ModelSource, RANDOM_INIT_SEED, warn_random
+from trainables.encoders.sources import RANDOM_INIT_SEED, ModelSource, warn_random
+
+if TYPE_CHECKING:
+    import torch
 
 TEXT_REPRESENTATIONS: tuple[str, ...] = ("cls", "tokens", "attributes")
 ENCODING_VERSION = "1"
@@ -35,6 +38,7 @@ def _quiet_transformers() -> None:
 
 class TextEncoder:
     def __init__(self, source: ModelSource, device: str | torch.device = "cpu") -> None:
+        import torch
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
         _quiet_transformers()
@@ -53,10 +57,15 @@ class TextEncoder:
         self.model = model.to(self.device).eval()
         self.dim = int(self.model.config.hidden_size)
 
-    @torch.inference_mode()
     def encode(self, texts: Sequence[str], *, max_length: int, batch_size: int = 64,
                outputs: Sequence[str] = ("cls",)) -> dict[str, np.ndarray]:
         """``outputs`` from ``cls``, ``tokens``; returns arrays keyed ``cls``, ``tokens``, ``token_mask``."""
+        import torch
+
+        with torch.inference_mode():
+            return self._encode(texts, max_length, batch_size, outputs)
+
+    def _encode(self, texts: Sequence[str], max_length: int, batch_size: int, outputs: Sequence[str]) -> dict[str, np.ndarray]:
         n = len(texts)
         if n == 0:  # shapes from one blank text
             return {k: v[:0] for k, v in self.encode([""], max_length=max_length, outputs=outputs).items()}
