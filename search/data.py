@@ -17,6 +17,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from search import encode
 from search.errors import UsageError
 from trainables.data import DataError, load_dataset
 
@@ -41,6 +42,8 @@ def describe(args: argparse.Namespace) -> int:
 
 SUBCOMMANDS: dict[str, Subcommand] = {
     "describe": Subcommand("print a dataset summary as JSON", _data_argument, describe),
+    "encode": Subcommand("precompute encoder features into the feature cache; print keys and sizes as JSON",
+                         encode.add_arguments, encode.run),
 }
 
 
