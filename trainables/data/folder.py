@@ -231,7 +231,7 @@ def discover_modalities(folder: Path, labels_file: Path) -> list[ModalitySpec]:
             other = next(v for k, v in slots.items() if k is not None)
             raise DataError(slots[None], f"modality {stem!r} is also split into {other.name}; give one table or train/test tables")
         name, kind = SPECIAL_TABLES.get(stem, (stem, "vector"))
-        specs.append(ModalitySpec(name, kind, tuple(sorted(slots.items(), key=lambda kv: str(kv[0])))))
+        specs.append(ModalitySpec(name, kind, tuple((p, slots[p]) for p in (None, *PARTS) if p in slots)))
     return specs
 
 
@@ -297,7 +297,7 @@ def _checked_ids(df: pd.DataFrame, id_col: str, path: Path) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------- modality tables
-def _place(ctx: _Context, spec: ModalitySpec, path: Path, part: str | None, ids: np.ndarray) -> np.ndarray:
+def _place(ctx: _Context, path: Path, part: str | None, ids: np.ndarray) -> np.ndarray:
     """Row positions of ``ids`` (from table ``path``) among the labelled samples, with the checks
     every modality table shares: a label for every row, split agreement for train/test tables."""
     pos = ctx.index.get_indexer(pd.Index(ids))
@@ -306,17 +306,18 @@ def _place(ctx: _Context, spec: ModalitySpec, path: Path, part: str | None, ids:
     if part is not None and ctx.split is not None:
         wrong = ctx.split[pos] != part
         if wrong.any():
-            sid = str(ids[wrong][0])
-            raise DataError(path, f"sample {sid!r} is in this {part} table but {ctx.labels_file.name} puts it in {str(ctx.split[pos][wrong][0])!r}")
+            sid, other = str(ids[wrong][0]), str(ctx.split[pos][wrong][0])
+            raise DataError(path, f"sample {sid!r} is in this {part} table but {ctx.labels_file.name} puts it in {other!r}")
     return pos
 
 
-def _merge_parts(spec: ModalitySpec, positions: list[tuple[Path, np.ndarray]]) -> None:
+def _check_disjoint(ctx: _Context, positions: list[tuple[Path, np.ndarray]]) -> None:
+    """The train and test tables of one modality must not share a sample."""
     seen: dict[int, Path] = {}
     for path, pos in positions:
         for p in pos:
             if p in seen:
-                raise DataError(path, f"duplicate sample id: a sample of this table is also in {seen[p].name}")
+                raise DataError(path, f"duplicate sample id {str(ctx.ids[p])!r}: also in {seen[p].name}")
             seen[p] = path
 
 
@@ -338,8 +339,8 @@ def load_vector(spec: ModalitySpec, ctx: _Context) -> Modality:
             diff = next((f"column {i + 1} is {b!r} there, {a!r} here" for i, (a, b) in enumerate(zip(cols, columns)) if a != b),
                         f"{len(cols)} feature columns here, {len(columns)} there")
             raise DataError(path, f"feature columns differ from {first.name}: {diff}")
-        blocks.append((path, _place(ctx, spec, path, part, df.index.to_numpy(dtype=str)), df.to_numpy(np.float32)))
-    _merge_parts(spec, [(p, pos) for p, pos, _ in blocks])
+        blocks.append((path, _place(ctx, path, part, df.index.to_numpy(dtype=str)), df.to_numpy(np.float32)))
+    _check_disjoint(ctx, [(p, pos) for p, pos, _ in blocks])
     values = np.zeros((len(ctx.ids), len(columns)), np.float32)
     mask = np.zeros(len(ctx.ids), bool)
     for _, pos, x in blocks:
@@ -360,9 +361,9 @@ def _keyed_column(spec: ModalitySpec, ctx: _Context, kind: str) -> list[tuple[Pa
         ids = _checked_ids(df, ctx.manifest.id_column, path)
         cells = df[column]
         keep = cells.notna() & (cells.astype(str).str.strip() != "")
-        pos = _place(ctx, spec, path, part, ids)
+        pos = _place(ctx, path, part, ids)
         out.append((path, pos[keep.to_numpy()], cells[keep].astype(str)))
-    _merge_parts(spec, [(p, pos) for p, pos, _ in out])
+    _check_disjoint(ctx, [(p, pos) for p, pos, _ in out])
     return out
 
 
@@ -425,7 +426,8 @@ def read_image(path: Path, listed_in: str = "") -> np.ndarray:
                     im = im.convert("RGB")
                 arr = np.asarray(im)
     except Exception as exc:  # Pillow and numpy raise many types for a broken file
-        raise DataError(where, f"cannot be read as an image ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+        detail = str(exc).splitlines()[0] if str(exc) else ""
+        raise DataError(where, f"cannot be read as an image ({type(exc).__name__}: {detail})") from None
     if arr.ndim == 2:
         arr = arr[:, :, None]
     if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4) or min(arr.shape[:2]) == 0:

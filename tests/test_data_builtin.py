@@ -1,0 +1,161 @@
+"""The real built-in datasets (read from FUSETUNE_DATA_DIR) and their verified download (no network)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.error
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from trainables.data import DataError, builtin, download, fixed_split, load_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def describe_in_subprocess(name: str) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-m", "search.data", "describe", "--data", name],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+# ---------------------------------------------------------------------------- breast-tcga
+def test_breast_tcga_matches_the_issue(data_dir):
+    d = load_dataset("breast-tcga").describe()
+    assert d["samples"] == {"train": 150, "test": 70, "all": 220}
+    assert {k: v["dim"] for k, v in d["modalities"].items()} == {"mrna": 200, "mirna": 184, "protein": 142}
+    assert d["classes"] == ["Basal", "Her2", "LumA"]
+    assert d["class_counts"]["train"] == {"Basal": 45, "Her2": 30, "LumA": 75}
+    assert d["class_counts"]["test"] == {"Basal": 21, "Her2": 14, "LumA": 35}
+    assert d["modalities"]["protein"]["missing"] == 70
+    assert d["modalities"]["protein"]["missing_by_split"] == {"train": 0, "test": 70}
+    assert d["modalities"]["mrna"]["missing"] == d["modalities"]["mirna"]["missing"] == 0
+
+
+def test_breast_tcga_protein_is_masked_not_an_error(data_dir):
+    data = load_dataset("breast-tcga")
+    test = data.split_part("test")
+    protein = test.modalities["protein"]
+    assert not protein.mask.any() and np.all(protein.values == 0.0)
+    assert data.split_part("train").modalities["protein"].mask.all()
+
+
+def test_breast_tcga_values_are_the_csv_values(data_dir):
+    data = load_dataset("breast-tcga")
+    csv = pd.read_csv(data_dir / "breast_tcga" / "mirna_test.csv", index_col="sample")
+    test = data.split_part("test")
+    assert list(test.ids) == [str(i) for i in csv.index]
+    np.testing.assert_allclose(test.modalities["mirna"].values, csv.to_numpy(np.float32))
+    assert test.modalities["mirna"].feature_names == list(csv.columns)
+
+
+# ---------------------------------------------------------------------------- rosmap
+def test_rosmap_matches_the_issue(data_dir):
+    data = load_dataset("rosmap")
+    d = data.describe()
+    assert d["samples"] == {"train": 245, "test": 106, "all": 351}
+    assert {k: v["dim"] for k, v in d["modalities"].items()} == {"mrna": 200, "meth": 200, "mirna": 200}
+    assert d["classes"] == ["NC", "AD"]
+    assert d["class_counts"]["train"] == {"NC": 118, "AD": 127}
+    assert d["class_counts"]["test"] == {"NC": 51, "AD": 55}
+    tr, te = fixed_split(data.split)
+    assert len(tr) == 245 and len(te) == 106 and not set(tr) & set(te)
+    raw = np.loadtxt(data_dir / "rosmap" / "2_te.csv", delimiter=",", dtype=np.float32)
+    np.testing.assert_array_equal(data.modalities["meth"].values[te], raw)
+
+
+@pytest.mark.parametrize("name", ["breast-tcga", "rosmap"])
+def test_fingerprint_is_stable_across_loads_and_processes(data_dir, name):
+    first, second = load_dataset(name).fingerprint(), load_dataset(name).fingerprint()
+    assert first == second and len(first) == 64
+    in_process = describe_in_subprocess(name)["fingerprint"]
+    again = describe_in_subprocess(name)["fingerprint"]
+    assert in_process == again == first
+
+
+def test_fingerprint_changes_with_content(data_dir):
+    data = load_dataset("rosmap")
+    fp = data.fingerprint()
+    data.modalities["mrna"].values[0, 0] += 1e-3
+    assert data.fingerprint() != fp
+
+
+def test_builtins_take_no_parameters():
+    with pytest.raises(DataError, match="takes no parameters"):
+        load_dataset("rosmap:n=3")
+
+
+# ---------------------------------------------------------------------------- download (network replaced)
+def _serve_from(data_dir: Path, corrupt: bool = False):
+    def fake_fetch(url: str) -> bytes:
+        folder = "rosmap" if "/MOGONET/" in url else "breast_tcga"
+        payload = (data_dir / folder / url.rsplit("/", 1)[1]).read_bytes()
+        return payload[:-1] + b"!" if corrupt else payload
+    return fake_fetch
+
+
+def test_download_verifies_and_installs_rosmap(data_dir, tmp_path, monkeypatch):
+    reference = builtin.load_rosmap().fingerprint()
+    monkeypatch.setattr(download, "fetch", _serve_from(data_dir))
+    dest = download.download_builtin("rosmap", tmp_path / "rosmap")
+    for remote in download.SOURCES["rosmap"].files:
+        assert (dest / remote.name).read_bytes() == (data_dir / "rosmap" / remote.name).read_bytes()
+    assert [p.name for p in tmp_path.iterdir()] == ["rosmap"]  # no staging folder left behind
+    # the loader finds the verified copy in the cache when FUSETUNE_DATA_DIR is unset
+    monkeypatch.delenv(builtin.DATA_DIR_ENV)
+    monkeypatch.setattr(builtin, "CACHE_DIR", tmp_path)
+    monkeypatch.setattr(download, "fetch", lambda url: pytest.fail("cached data must not be downloaded again"))
+    assert builtin.load_rosmap().fingerprint() == reference
+
+
+def test_download_rejects_a_checksum_mismatch(data_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(download, "fetch", _serve_from(data_dir, corrupt=True))
+    with pytest.raises(DataError, match="SHA-256 .* does not match the pinned") as err:
+        download.download_builtin("rosmap", tmp_path / "rosmap")
+    assert "\n" not in str(err.value) and "1_tr.csv" in str(err.value)
+    assert list(tmp_path.iterdir()) == []  # nothing half-written
+
+
+def test_no_network_says_which_variable_to_set(tmp_path, monkeypatch):
+    def offline(url: str) -> bytes:
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(download, "fetch", offline)
+    monkeypatch.delenv(builtin.DATA_DIR_ENV, raising=False)
+    monkeypatch.setattr(builtin, "CACHE_DIR", tmp_path / "cache")
+    for name in ("rosmap", "breast-tcga"):
+        with pytest.raises(DataError) as err:
+            load_dataset(name)
+        msg = str(err.value)
+        assert "\n" not in msg and "set FUSETUNE_DATA_DIR" in msg and "rosmap/ and breast_tcga/" in msg
+    assert not any((tmp_path / "cache").iterdir())
+
+
+def test_breast_tcga_conversion_is_byte_identical(data_dir, tmp_path, monkeypatch):
+    pytest.importorskip("rdata")
+    monkeypatch.setattr(download, "fetch", _serve_from(data_dir))
+    dest = download.download_builtin("breast_tcga", tmp_path / "breast_tcga")
+    expected = sorted(p.name for p in (data_dir / "breast_tcga").iterdir())
+    assert sorted(p.name for p in dest.iterdir()) == expected
+    for name in expected:
+        assert (dest / name).read_bytes() == (data_dir / "breast_tcga" / name).read_bytes(), name
+
+
+def test_breast_tcga_conversion_without_rdata_says_what_to_install(data_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(download, "fetch", _serve_from(data_dir))
+    monkeypatch.setitem(sys.modules, "rdata", None)  # import rdata -> ImportError
+    with pytest.raises(DataError, match=r"pip install rdata"):
+        download.download_builtin("breast_tcga", tmp_path / "breast_tcga")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unknown_download_folder():
+    with pytest.raises(DataError, match="no public source"):
+        download.download_builtin("mnist", Path("unused"))
