@@ -204,11 +204,11 @@ def visible_groups(classes: int, modality_index: int) -> np.ndarray:
 
 
 def _prototypes(rng: np.random.Generator, classes: int, dim: int) -> np.ndarray:
-    """Unit-norm class prototypes [C, dim]: orthonormal when C <= dim, random directions otherwise."""
-    if classes <= dim:
-        q, _ = np.linalg.qr(rng.standard_normal((dim, classes)))
-        return q.T
+    """Unit-norm class prototypes [C, dim]: orthonormal (Gram-Schmidt) when C <= dim, random directions otherwise."""
     a = rng.standard_normal((classes, dim))
+    for k in range(min(classes, dim)):
+        a[k] -= a[:k].T @ (a[:k] @ a[k])
+        a[k] /= np.linalg.norm(a[k])
     return a / np.linalg.norm(a, axis=1, keepdims=True)
 
 
@@ -276,21 +276,23 @@ def generate(p: SynthParams) -> MultimodalDataset:
 
 
 def render_images(z: np.ndarray, shared: np.ndarray, noise: float, rng: np.random.Generator) -> np.ndarray:
-    """Lesion-like blobs [N, 1, 32, 32]: size, elongation and contrast from ``z``; the rest nuisance."""
+    """Lesion-like blobs [N, 1, 32, 32]: size, elongation and contrast from ``z``; the rest nuisance.
+
+    Computed in float64 and rounded once to float32, so that last-bit differences between CPUs'
+    vectorised sin/exp do not reach the stored values (and the fingerprint)."""
     n = len(z)
-    f32 = np.float32
-    a = (3.5 + 6.0 * _sigmoid(z[:, 0])).astype(f32)  # major semi-axis (px)
-    b = a / (1.0 + 1.5 * _sigmoid(z[:, 1])).astype(f32)  # minor semi-axis
-    peak = (0.3 + 0.6 * _sigmoid(z[:, 2])).astype(f32)
-    theta = rng.uniform(0.0, np.pi, n).astype(f32)
-    centre = np.clip((IMAGE_SIZE - 1) / 2 + 1.5 * rng.standard_normal((n, 2)), 11.0, 20.0).astype(f32)
-    lobes = rng.integers(3, 7, n).astype(f32)
-    phase = rng.uniform(0.0, 2 * np.pi, n).astype(f32)
-    irregular = (0.05 + 0.15 * _sigmoid(shared[:, 0])).astype(f32)
-    background = (0.08 + 0.06 * _sigmoid(shared[:, 1])).astype(f32)
+    a = 3.5 + 6.0 * _sigmoid(z[:, 0])  # major semi-axis (px)
+    b = a / (1.0 + 1.5 * _sigmoid(z[:, 1]))  # minor semi-axis
+    peak = 0.3 + 0.6 * _sigmoid(z[:, 2])
+    theta = rng.uniform(0.0, np.pi, n)
+    centre = np.clip((IMAGE_SIZE - 1) / 2 + 1.5 * rng.standard_normal((n, 2)), 11.0, 20.0)
+    lobes = rng.integers(3, 7, n)
+    phase = rng.uniform(0.0, 2 * np.pi, n)
+    irregular = 0.05 + 0.15 * _sigmoid(shared[:, 0])
+    background = 0.08 + 0.06 * _sigmoid(shared[:, 1])
 
     col = lambda v: v[:, None, None]  # noqa: E731  (per-sample scalar -> broadcast over the grid)
-    yy, xx = np.mgrid[0:IMAGE_SIZE, 0:IMAGE_SIZE].astype(f32)
+    yy, xx = np.mgrid[0:IMAGE_SIZE, 0:IMAGE_SIZE].astype(np.float64)
     dx, dy = xx[None] - col(centre[:, 0]), yy[None] - col(centre[:, 1])
     cos, sin = col(np.cos(theta)), col(np.sin(theta))
     u, v = (cos * dx + sin * dy) / col(a), (-sin * dx + cos * dy) / col(b)
@@ -298,8 +300,8 @@ def render_images(z: np.ndarray, shared: np.ndarray, noise: float, rng: np.rando
     edge = 1.0 + col(irregular) * np.sin(col(lobes) * np.arctan2(v, u) + col(phase))
     blob = _sigmoid((edge - rho) * col(a) / 0.8)  # soft border about 0.8 px wide
     pixel_sd = 0.02 + 0.04 * noise
-    img = col(background) + (col(peak) - col(background)) * blob + pixel_sd * rng.standard_normal((n, IMAGE_SIZE, IMAGE_SIZE), dtype=f32)
-    return np.clip(img, 0.0, 1.0).astype(f32)[:, None]
+    img = col(background) + (col(peak) - col(background)) * blob + pixel_sd * rng.standard_normal((n, IMAGE_SIZE, IMAGE_SIZE))
+    return np.clip(img, 0.0, 1.0).astype(np.float32)[:, None]
 
 
 def _draw_attributes(z: np.ndarray, unmentioned: float, rng: np.random.Generator) -> np.ndarray:
