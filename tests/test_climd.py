@@ -97,7 +97,7 @@ def test_difficulty_two_modality_toy_by_hand():
 
 
 def _schedule(labels, T=10, **kw):
-    opts = dict(gamma=0.3, shortfall="redistribute", n_buckets=5, c0=0.1, competence_epochs=T)
+    opts = {"gamma": 0.3, "shortfall": "redistribute", "n_buckets": 5, "c0": 0.1, "competence_epochs": T}
     opts.update(kw)
     return Schedule(labels=np.asarray(labels), total_epochs=T, **opts)
 
@@ -129,7 +129,7 @@ def test_competence_and_bucket_schedulers():
 def test_sampler_order_warmup_and_shortfall_modes():
     labels = np.array([0] * 45 + [1] * 30 + [2] * 75)
     r = np.arange(150, dtype=float)
-    base = dict(scheduler="climd", gamma=0.3, difficulty_every=1)
+    base = {"scheduler": "climd", "gamma": 0.3, "difficulty_every": 1}
     desc = CurriculumSampler(labels, {**base, "difficulty_order": "desc"}, 100, np.random.default_rng(0))
     asc = CurriculumSampler(labels, {**base, "difficulty_order": "asc"}, 100, np.random.default_rng(0))
     for s in (desc, asc):

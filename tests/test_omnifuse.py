@@ -12,7 +12,7 @@ from trainables.data.dataset import Modality, MultimodalDataset
 from trainables.losses import CrossEntropy
 from trainables.omnifuse import DEFAULTS, OmniFuse, all_combinations, dwfuse_weights
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # small MLPs: one thread is fastest, and robust on a busy 2-core machine
 
 
 def toy(n=24, missing=True, seed=0) -> MultimodalDataset:

@@ -83,7 +83,7 @@ class EarlyFusion(Backbone):
         self.unimodal_heads = nn.ModuleList(nn.Linear(hidden, C) for _ in range(M))
 
     @classmethod
-    def from_config(cls, spec: DataSpec, config: dict) -> "EarlyFusion":
+    def from_config(cls, spec: DataSpec, config: dict) -> EarlyFusion:
         cfg = {**DEFAULTS, **config}
         return cls(spec, hidden=int(cfg["hidden"]), dropout=float(cfg["dropout"]))
 

@@ -162,7 +162,7 @@ def epoch_quota(class_counts, epoch: int, total_epochs: int, gamma: float) -> np
     split by largest remainders), capped at the class size n^(c)."""
     counts = np.asarray(class_counts, dtype=np.int64)
     q = class_distribution(counts, epoch, total_epochs, gamma)
-    s_t = max(1, int(math.floor(epoch / total_epochs * counts.sum() + 0.5)))
+    s_t = max(1, math.floor(epoch / total_epochs * counts.sum() + 0.5))
     return np.minimum(_largest_remainder(q, s_t), counts)
 
 
@@ -207,7 +207,7 @@ def _tss(s: Schedule, t: int, order: np.ndarray) -> np.ndarray:
     counts = np.bincount(s.labels, minlength=int(s.labels.max()) + 1)
     quota = epoch_quota(counts, t, s.total_epochs, s.gamma)
     if s.shortfall == "redistribute":
-        target = max(1, int(math.floor(t / s.total_epochs * counts.sum() + 0.5)))
+        target = max(1, math.floor(t / s.total_epochs * counts.sum() + 0.5))
         quota = redistribute_shortfall(quota, counts, class_distribution(counts, t, s.total_epochs, s.gamma), target)
     ranked = s.labels[order]
     return np.concatenate([order[ranked == c][:k] for c, k in enumerate(quota)])
@@ -234,7 +234,7 @@ def _one_pass(s: Schedule, t: int, order: np.ndarray) -> np.ndarray:
 def _competence(fn: Callable[[float, float, float], float]) -> Scheduler:
     def schedule(s: Schedule, t: int, order: np.ndarray) -> np.ndarray:
         c = min(1.0, fn(t, s.c0, s.competence_epochs))
-        return order[: max(1, int(math.ceil(c * len(order))))]
+        return order[: max(1, math.ceil(c * len(order)))]
     return schedule
 
 

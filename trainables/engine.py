@@ -14,6 +14,8 @@ module's ``DEFAULTS``, then the method module's ``DEFAULTS``, then the config.
 ``weight_decay``       AdamW weight decay (1e-4)
 ``batch_size``         mini-batch size (32)
 ``epochs``             total epochs T (100, CLIMD's paper value); CLIMD's schedule needs it
+``hidden``             model width, read by the method (its DEFAULTS: 128)
+``dropout``            model dropout, read by the method (its DEFAULTS: 0.1)
 ``modalities``         optional subset: list (or comma-separated string) of logical modality
                        names (``report``) or input names (``report.cls``)
 ``imbalance``          ``none`` | ``weighted_ce`` (w_c = N / (C n_c)) | ``focal`` | ``undersample``

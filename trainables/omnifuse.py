@@ -157,7 +157,7 @@ class OmniFuse(Backbone):
         self.register_buffer("lazy", torch.zeros(M, dtype=torch.bool))   # delta_lazy (all False = not mined yet)
 
     @classmethod
-    def from_config(cls, spec: DataSpec, config: dict) -> "OmniFuse":
+    def from_config(cls, spec: DataSpec, config: dict) -> OmniFuse:
         cfg = {**DEFAULTS, **config}
         floats = ("dropout", "alpha", "beta", "lambda1", "lambda2", "lambda3")
         flags = ("dwfuse", "tla", "imp_forward", "imp_backward")
