@@ -14,15 +14,17 @@ def _arrays():
     return {"values": np.arange(24, dtype=np.float32).reshape(2, 3, 4), "token_mask": np.array([[1, 0, 1], [0, 1, 1]], bool)}
 
 
-def test_round_trip_is_memory_mapped_and_read_only(tmp_path):
+def test_round_trip_is_memory_mapped_copy_on_write(tmp_path):
     cache = FeatureCache(tmp_path)
     key = key_digest({"x": 1})
     assert cache.load(key) is None and not cache.contains(key)
     cache.store(key, _arrays(), {"x": 1})
     got = cache.load(key)
     assert set(got) == {"values", "token_mask"}
-    assert isinstance(got["values"], np.memmap) and not got["values"].flags.writeable
+    assert isinstance(got["values"], np.memmap) and got["values"].mode == "c"
     np.testing.assert_array_equal(got["values"], _arrays()["values"])
+    got["values"][0] = -1.0  # a trial writing into its arrays never alters the entry
+    np.testing.assert_array_equal(cache.load(key)["values"], _arrays()["values"])
     np.testing.assert_array_equal(got["token_mask"], _arrays()["token_mask"])
     assert cache.size(key) > _arrays()["values"].nbytes
     assert cache.describe(key)["arrays"]["values"]["shape"] == [2, 3, 4]

@@ -14,8 +14,10 @@ Layout under the cache folder (``cache_dir`` argument, else ``$FUSETUNE_CACHE_DI
                            <array>.npy     one file per array
                            COMPLETE        written last: the entry is usable
 
-Reading uses ``np.load(mmap_mode="r")``: arrays are read-only memory maps, so every trial on a
-machine shares the same page-cache pages instead of holding its own copy.
+Reading uses ``np.load(mmap_mode="c")``: arrays are copy-on-write memory maps, so every trial on
+a machine shares the same page-cache pages instead of holding its own copy, and a trial that
+writes into an array (or hands it to ``torch.as_tensor``, which wants writable memory) gets private
+copies of the pages it touches and never alters the entry.
 
 Atomic writes: an entry is written into a temporary folder ``<root>/<key[:2]>/.tmp-<key>-<pid>-<rand>``
 next to its final place (same file system), every file is fsync'ed, the ``COMPLETE`` marker is
@@ -122,12 +124,12 @@ class FeatureCache:
 
     # ------------------------------------------------------------------ read
     def load(self, key: str) -> dict[str, np.ndarray] | None:
-        """The entry's arrays as read-only memory maps, or None when there is no complete entry."""
+        """The entry's arrays as copy-on-write memory maps, or None when there is no complete entry."""
         entry = self.path(key)
         manifest = self._valid_manifest(entry)
         if manifest is None:
             return None
-        return {name: np.load(entry / f"{name}.npy", mmap_mode="r", allow_pickle=False) for name in manifest["arrays"]}
+        return {name: np.load(entry / f"{name}.npy", mmap_mode="c", allow_pickle=False) for name in manifest["arrays"]}
 
     def contains(self, key: str) -> bool:
         return self._valid_manifest(self.path(key)) is not None
