@@ -369,7 +369,7 @@ def log_reports(folder: Path, tracking_uri: str, parent_run_id: str) -> str | No
     from search.tracking import fast_http
 
     try:
-        with fast_http(10.0, retries=1):
+        with fast_http(10.0):
             MlflowClient(tracking_uri=tracking_uri).log_artifacts(parent_run_id, str(folder), ARTIFACT_PATH)
     except Exception as exc:  # noqa: BLE001 - the files are on disk; MLflow is a mirror
         logger.warning("reports not logged to MLflow run %s: %s", parent_run_id, " ".join(str(exc).split())[:300])

@@ -216,7 +216,7 @@ def _read_results_csv(path: Path) -> dict[str, dict[str, str]]:
 def _config_from_row(row: dict[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in row.items():
-        if k.startswith("config/"):
+        if k.startswith("config/") and v != "":  # "" = the key is not in this trial's config
             try:
                 out[k[len("config/"):]] = json.loads(v)
             except (json.JSONDecodeError, TypeError):

@@ -1,0 +1,100 @@
+"""Study folders for the report/compare/export tests.
+
+:func:`fake_study` writes the files ``python -m search.run`` leaves (Ray's trial folders with
+``params.json`` and ``result.json``, and ``results.csv``) with chosen values, for hand-checked
+cases. :func:`tiny_search` runs one real search (``python -m search.run``, baseline space,
+breast-tcga, 2 trials x 2 epochs x 2 folds) once per test session, shared by every test module
+that uses it (module-level cache, since each module registers the fixture on its own).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from trainables.metrics import METRICS
+
+ROOT = Path(__file__).resolve().parents[1]
+FINGERPRINT = "f" * 64
+
+
+def fake_trial(folder: Path, trial_id: str, params: dict[str, Any], curve: list[float], *,
+               folds: list[float] | None = None, status: str = "TERMINATED", fixed: dict[str, Any] | None = None,
+               fingerprint: str = FINGERPRINT) -> dict[str, Any]:
+    """One trial folder; ``curve`` = the primary metric (macro_f1) per epoch, ``folds`` = its final
+    per-fold values (None: the trial stopped before its last epoch). Other metrics = macro_f1 + 0.1."""
+    config = {**(fixed or {}), **params}
+    d = folder / f"fusetune_{config.get('method', 'baseline')}_{trial_id}"
+    d.mkdir(parents=True)
+    (d / "params.json").write_text(json.dumps(config))
+    lines = []
+    for epoch, value in enumerate(curve, 1):
+        r: dict[str, Any] = {"epoch": epoch, "loss": 1.0 / epoch, "trial_id": trial_id, "data_fingerprint": fingerprint,
+                             "training_iteration": epoch, "config": config}
+        final = folds is not None and epoch == len(curve)
+        vals = folds if final else [value, value]
+        for m in METRICS:
+            shift = 0.0 if m == "macro_f1" else 0.1
+            mean = sum(vals) / len(vals) if final else value
+            r[m] = mean + shift
+            r[f"{m}_std"] = (sum((v - mean) ** 2 for v in vals) / len(vals)) ** 0.5
+            if final:
+                for k, v in enumerate(vals):
+                    r[f"fold{k}_{m}"] = v + shift
+        if final:
+            r["final"] = True
+        lines.append(json.dumps(r))
+    (d / "result.json").write_text("\n".join(lines) + "\n")
+    return {"trial_id": trial_id, "status": status, "config": config}
+
+
+def fake_study(storage: Path, name: str, trials: list[dict[str, Any]], *, space: str = "baseline", folds: int = 3,
+               seed: int = 0, fingerprint: str = FINGERPRINT) -> Path:
+    """A study folder; each ``trials`` entry: ``params``, ``curve``, optional ``folds``, ``status``."""
+    folder = storage / name
+    fixed = {"method": "baseline", "space": space, "data": "breast-tcga", "seed": seed, "folds": folds,
+             "val_fraction": 0.2, "epochs": max(len(t["curve"]) for t in trials), "metric": "macro_f1", "mode": "max",
+             "scheduler": "none"}
+    rows = []
+    for i, t in enumerate(trials):
+        if t.get("status") == "ERROR" and not t["curve"]:
+            rows.append({"trial_id": f"aaaaa_{i:05d}", "status": "ERROR", "config": {**fixed, **t["params"]}})
+            continue
+        rows.append(fake_trial(folder, f"aaaaa_{i:05d}", t["params"], t["curve"], folds=t.get("folds"),
+                               status=t.get("status", "TERMINATED"), fixed=fixed, fingerprint=fingerprint))
+    with (folder / "results.csv").open("w", newline="") as f:
+        keys = list(dict.fromkeys(k for r in rows for k in r["config"]))
+        w = csv.writer(f)
+        w.writerow(["trial_id", "status", "error", *(f"config/{k}" for k in keys)])
+        for r in rows:
+            w.writerow([r["trial_id"], r["status"], "boom" if r["status"] == "ERROR" else "",
+                        *(json.dumps(r["config"][k]) if k in r["config"] else "" for k in keys)])
+    return folder
+
+
+# ----------------------------------------------------------------------------- a real search
+_SEARCH: dict[str, Any] = {}
+TINY = {"space": "baseline", "data": "breast-tcga", "num_samples": 2, "epochs": 2, "folds": 2, "seed": 0}
+
+
+def tiny_search(storage: Path) -> dict[str, Any]:
+    """Run (once per session) ``python -m search.run`` on a tiny budget; returns name, storage,
+    tracking URI and the process output."""
+    if not _SEARCH:
+        name = "tiny"
+        cmd = [sys.executable, "-m", "search.run", "--space", TINY["space"], "--data", TINY["data"],
+               "--num-samples", str(TINY["num_samples"]), "--epochs", str(TINY["epochs"]), "--folds", str(TINY["folds"]),
+               "--seed", str(TINY["seed"]), "--sampler", "random", "--scheduler", "fifo", "--top-k", "1",
+               "--cpus-per-trial", "1", "--storage", str(storage), "--name", name]
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_DEDUP_LOGS": "0"}
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        if proc.returncode != 0:
+            raise RuntimeError(f"tiny search failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        _SEARCH.update(name=name, storage=storage, folder=storage / name,
+                       tracking_uri=f"sqlite:///{(storage / 'mlflow.db').resolve()}", output=proc.stdout)
+    return _SEARCH

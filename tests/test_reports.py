@@ -1,0 +1,116 @@
+"""search.reports: the Optuna study rebuilt from a search's results, the plots as real images with
+the expected axes, graceful skips, and the artifacts on the parent MLflow run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import optuna
+import pytest
+from PIL import Image
+from studies import fake_study
+
+from search.reports import PLOTS, rebuild_optuna_study, write_search_reports
+from search.study import load_study
+
+BASE = {"lr": 1e-3, "weight_decay": 1e-4, "batch_size": 32, "hidden": 128, "dropout": 0.1, "imbalance": "none"}
+
+
+def _trials(n: int, seed: int = 0) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        lr = float(10 ** rng.uniform(-4, -2))
+        f = float(np.clip(0.5 + 0.1 * np.log10(lr * 1e4) + rng.normal(0, 0.02), 0, 1))
+        p = {**BASE, "lr": lr, "dropout": float(rng.uniform(0, 0.5)), "hidden": int(rng.choice([32, 64, 128, 256]))}
+        if i == 2:
+            p.update(imbalance="focal", gamma_focal=2.5)  # a conditional parameter in one trial only
+        out.append({"params": p, "curve": [f - 0.1, f - 0.05, f], "folds": [f - 0.01, f + 0.01]})
+    return out
+
+
+def _assert_image(path, min_side=200):
+    with Image.open(path) as im:
+        im.load()
+        assert im.format == "PNG" and min(im.size) >= min_side
+        px = np.asarray(im.convert("L"), dtype=float)
+    assert px.std() > 5  # not a blank canvas
+
+
+def test_rebuilt_study_states_values_and_distributions(tmp_path):
+    trials = _trials(3)
+    trials.append({"params": {**BASE, "lr": 2e-3}, "curve": [0.3, 0.35], "folds": None})   # stopped early
+    trials.append({"params": {**BASE, "lr": 3e-3}, "curve": [], "status": "ERROR"})        # failed at once
+    fake_study(tmp_path, "s", trials)
+    ot = rebuild_optuna_study(load_study("s", tmp_path))
+    states = [t.state for t in ot.trials]
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 3
+    assert states.count(optuna.trial.TrialState.PRUNED) == 1 and states.count(optuna.trial.TrialState.FAIL) == 1
+    best = max(trials[:3], key=lambda t: t["curve"][-1])
+    assert ot.best_value == pytest.approx(np.mean(best["folds"]))
+    assert ot.direction == optuna.study.StudyDirection.MAXIMIZE
+    lr = ot.trials[0].distributions["lr"]
+    assert lr.log and lr.low == 1e-5 and lr.high == 1e-2            # the space's own distribution
+    assert "gamma_focal" in ot.trials[2].params and "gamma_focal" not in ot.trials[0].params
+    pruned = next(t for t in ot.trials if t.state == optuna.trial.TrialState.PRUNED)
+    assert pruned.intermediate_values == {1: 0.3, 2: 0.35}
+
+
+def test_every_plot_as_png_and_html_with_axes(tmp_path):
+    folder = fake_study(tmp_path, "s", _trials(8))
+    rep = write_search_reports(folder)
+    assert set(rep.plots) == set(PLOTS) and not rep.skipped
+    for name, p in rep.plots.items():
+        _assert_image(rep.folder / p["png"])
+        html = (rep.folder / p["html"]).read_text()
+        assert "plotly.min.js" in html and len(html) > 1000
+    assert (rep.folder / "plotly.min.js").stat().st_size > 1_000_000  # shared, so the pages open offline
+    axes = {n: p["axes"] for n, p in rep.plots.items()}
+    assert axes["learning_curves"][0]["xlabel"] == "epoch"
+    assert axes["learning_curves"][0]["ylabel"] == "macro_f1 (validation, mean over folds)"
+    assert axes["optimization_history"][0]["ylabel"] == "macro_f1 (mean over folds)"
+    assert {a["xlabel"] for a in axes["slice"]} >= {"lr", "dropout", "hidden"}
+    index = json.loads((rep.folder / "index.json").read_text())
+    assert index["plots"] == rep.plots and index["trials"] == {"COMPLETE": 8}
+    # fANOVA: importances over the parameters every finished trial has, summing to 1; lr drives the metric
+    assert set(rep.importances) == {"lr", "weight_decay", "batch_size", "hidden", "dropout", "imbalance"}
+    assert sum(rep.importances.values()) == pytest.approx(1.0)
+    assert max(rep.importances, key=rep.importances.get) == "lr"
+    assert (rep.folder / "importances.csv").read_text().startswith("parameter,fanova_importance")
+
+
+def test_one_finished_trial_skips_with_notes(tmp_path):
+    folder = fake_study(tmp_path, "s", [_trials(1)[0], {"params": BASE, "curve": [], "status": "ERROR"}])
+    rep = write_search_reports(folder)
+    assert set(rep.plots) == {"optimization_history", "slice", "learning_curves"}
+    assert "at least 2 finished trials, the study has 1" in rep.skipped["param_importances"]
+    assert "at least 2 finished trials" in rep.skipped["parallel_coordinate"]
+    readme = (rep.folder / "README.md").read_text()
+    assert "**param_importances**: skipped (needs at least 2 finished trials" in readme
+
+
+def test_single_parameter_and_no_finished_trial(tmp_path):
+    trials = [{"params": {"lr": lr}, "curve": [v], "folds": [v, v]} for lr, v in ((1e-3, 0.5), (1e-4, 0.4), (5e-4, 0.45))]
+    rep = write_search_reports(fake_study(tmp_path, "one", trials, space="my-space"))  # unregistered: inferred
+    assert "needs at least 2 parameters" in rep.skipped["param_importances"]
+    assert "needs at least 2 parameters" in rep.skipped["parallel_coordinate"]
+    assert {"optimization_history", "slice", "learning_curves"} <= set(rep.plots)
+    none = write_search_reports(fake_study(tmp_path, "none", [{"params": BASE, "curve": [0.2], "folds": None}]))
+    assert set(none.plots) == {"learning_curves"} and "has 0" in none.skipped["optimization_history"]
+
+
+def test_reports_logged_to_the_parent_run(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("e", artifact_location=(tmp_path / "artifacts").as_uri())
+    run = client.create_run(exp)
+    rep = write_search_reports(fake_study(tmp_path, "s", _trials(3)), tracking_uri=uri, parent_run_id=run.info.run_id)
+    assert rep.logged_to == f"runs:/{run.info.run_id}/reports"
+    logged = {f.path for f in client.list_artifacts(run.info.run_id, "reports")}
+    assert {"reports/learning_curves.png", "reports/index.json", "reports/param_importances.html"} <= logged
+    # an unreachable store is a warning, never an error
+    bad = write_search_reports(tmp_path / "s", tracking_uri="http://127.0.0.1:9", parent_run_id="0" * 32)
+    assert bad.logged_to is None and bad.plots
