@@ -30,8 +30,7 @@ import numpy as np
 import torch
 
 from trainables.data import load_dataset
-from trainables.encoders import encode_dataset
-from trainables.encoders import sources
+from trainables.encoders import encode_dataset, sources
 
 REPRESENTATIONS = {"text": ("cls", "tokens", "attributes"), "image": ("pooled", "map")}
 

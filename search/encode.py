@@ -18,8 +18,16 @@ import json
 from search.errors import UsageError
 from trainables.data import load_dataset
 from trainables.encoders import (
-    DEFAULT_BATCH_SIZE, DEFAULT_MAX_LENGTH, EXTRACTORS, IMAGE_ENCODERS, IMAGE_REPRESENTATIONS, TEXT_ENCODERS,
-    TEXT_REPRESENTATIONS, FeatureCache, encode_dataset, resolve,
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_MAX_LENGTH,
+    EXTRACTORS,
+    IMAGE_ENCODERS,
+    IMAGE_REPRESENTATIONS,
+    TEXT_ENCODERS,
+    TEXT_REPRESENTATIONS,
+    FeatureCache,
+    encode_dataset,
+    resolve,
 )
 from trainables.encoders.image import FAMILY_REPRESENTATIONS, model_family
 

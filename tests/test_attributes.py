@@ -7,7 +7,13 @@ import pytest
 
 from trainables.data import DataError, load_dataset
 from trainables.encoders.attributes import (
-    EXTRACTORS, AttributeConfig, AttributeExtractor, RuleBasedExtractor, attribute_tokens, get_extractor, register_extractor,
+    EXTRACTORS,
+    AttributeConfig,
+    AttributeExtractor,
+    RuleBasedExtractor,
+    attribute_tokens,
+    get_extractor,
+    register_extractor,
 )
 
 CONFIG = AttributeConfig.load()  # the packaged synth-clinic vocabulary

@@ -7,7 +7,12 @@ import numpy as np
 import pytest
 
 from trainables.encoders import cache as cache_mod
-from trainables.encoders.cache import MARKER, FeatureCache, default_cache_dir, key_digest
+from trainables.encoders.cache import (
+    MARKER,
+    FeatureCache,
+    default_cache_dir,
+    key_digest,
+)
 
 
 def _arrays():

@@ -142,7 +142,7 @@ def test_second_call_hits_cache_without_invoking_encoders(tmp_path, count_encode
 
 def test_changed_settings_or_data_miss_the_cache(tmp_path, count_encoders):
     data = tiny_dataset(image=False)
-    kw = dict(text_encoder="random-bert-tiny", cache_dir=tmp_path)
+    kw = {"text_encoder": "random-bert-tiny", "cache_dir": tmp_path}
     base = encode_dataset(data, {"text": ("cls",)}, max_length=16, **kw)
     key = base.meta["encoders"]["report.cls"]["key"]
     longer = encode_dataset(data, {"text": ("cls",)}, max_length=17, **kw)  # encoder config changed
@@ -227,7 +227,7 @@ def test_minilm_cls_is_384_wide_and_meaningful():
     assert src.pretrained and src.folder.name == "model" and src.identity()["checkpoint_sha256"]
     out = enc.encode(["ulceration: present", "ulcer is present", "the weather is sunny today"], max_length=32, outputs=("cls", "tokens"))
     assert out["cls"].shape == (3, 384) and out["tokens"].shape == (3, 32, 384)
-    cos = lambda u, v: float(u @ v / np.linalg.norm(u) / np.linalg.norm(v))  # noqa: E731
+    cos = lambda u, v: float(u @ v / np.linalg.norm(u) / np.linalg.norm(v))
     assert cos(out["cls"][0], out["cls"][1]) > cos(out["cls"][0], out["cls"][2])
     # the text padded into a longer batch gives the same [CLS] as alone
     alone = enc.encode(["ulcer is present"], max_length=32)["cls"][0]

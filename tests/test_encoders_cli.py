@@ -14,7 +14,7 @@ def test_encode_prints_keys_and_sizes_then_hits(tmp_path, capsys):
     # default representations: what the registered methods read, image part as a ResNet gives it
     assert set(first["entries"]) == {"report.cls", "report.tokens", "report.attributes", "image.pooled", "image.map"}
     assert first["cache_dir"] == str(tmp_path)
-    for name, e in first["entries"].items():
+    for e in first["entries"].values():
         assert len(e["key"]) == 64 and not e["cached_before"] and e["bytes"] > 0
         assert (tmp_path / e["key"][:2] / e["key"] / "COMPLETE").is_file()
     assert first["entries"]["report.tokens"]["shape"] == [40, 24, 32]

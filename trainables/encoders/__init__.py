@@ -7,13 +7,34 @@ checkpoint folder / hub id; image ``resnet-tiny``, ``vit-tiny``, or a ResNet/ViT
 """
 
 from trainables.encoders.attributes import (
-    EXTRACTORS, Attribute, AttributeConfig, AttributeExtractor, RuleBasedExtractor, attribute_tokens,
-    get_extractor, register_extractor,
+    EXTRACTORS,
+    Attribute,
+    AttributeConfig,
+    AttributeExtractor,
+    RuleBasedExtractor,
+    attribute_tokens,
+    get_extractor,
+    register_extractor,
 )
-from trainables.encoders.cache import ENV_VAR, FeatureCache, default_cache_dir, key_digest
-from trainables.encoders.encode import DEFAULT_BATCH_SIZE, DEFAULT_MAX_LENGTH, encode_dataset, modality_fingerprint
+from trainables.encoders.cache import (
+    ENV_VAR,
+    FeatureCache,
+    default_cache_dir,
+    key_digest,
+)
+from trainables.encoders.encode import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_MAX_LENGTH,
+    encode_dataset,
+    modality_fingerprint,
+)
 from trainables.encoders.image import IMAGE_REPRESENTATIONS, ImageEncoder
-from trainables.encoders.sources import IMAGE_ENCODERS, TEXT_ENCODERS, ModelSource, resolve
+from trainables.encoders.sources import (
+    IMAGE_ENCODERS,
+    TEXT_ENCODERS,
+    ModelSource,
+    resolve,
+)
 from trainables.encoders.text import TEXT_REPRESENTATIONS, TextEncoder
 
 __all__ = [

@@ -84,7 +84,7 @@ class AttributeConfig:
         return [p for a in self.attributes for p in a.prompts()]
 
     @classmethod
-    def from_dict(cls, raw: Any, source: str = "<inline>") -> "AttributeConfig":
+    def from_dict(cls, raw: Any, source: str = "<inline>") -> AttributeConfig:
         entries = raw.get("attributes") if isinstance(raw, dict) else raw
         if not isinstance(entries, list) or not entries:
             raise DataError(source, "expected a non-empty list under 'attributes'")
@@ -118,7 +118,7 @@ class AttributeConfig:
         return cls(tuple(attrs), source)
 
     @classmethod
-    def load(cls, path: str | Path | None = None) -> "AttributeConfig":
+    def load(cls, path: str | Path | None = None) -> AttributeConfig:
         """Read a YAML/JSON configuration; ``None`` gives the packaged synth-clinic vocabulary."""
         if path is None:
             text = resources.files("trainables.resources").joinpath(DEFAULT_CONFIG).read_text()
@@ -130,13 +130,11 @@ class AttributeConfig:
 
 
 def _parse(text: str, where: str, *, yaml: bool) -> Any:
-    try:
-        if yaml:
-            import yaml as _yaml
+    import yaml as _yaml
 
-            return _yaml.safe_load(text)
-        return json.loads(text)
-    except Exception as err:  # yaml.YAMLError / json.JSONDecodeError
+    try:
+        return _yaml.safe_load(text) if yaml else json.loads(text)
+    except (_yaml.YAMLError, json.JSONDecodeError) as err:
         raise DataError(where, f"cannot parse: {str(err).splitlines()[0]}") from None
 
 
@@ -362,7 +360,7 @@ def attribute_tokens(states: np.ndarray, prompt_vectors: np.ndarray) -> tuple[np
     ``states`` int8 [N, A]; ``prompt_vectors`` [2*A, d] in :meth:`AttributeConfig.prompts` order.
     Returns tokens float32 [N, A, d] (zeros where unmentioned) and token_mask bool [N, A].
     """
-    n, a = states.shape
+    a = states.shape[1]
     table = np.asarray(prompt_vectors, dtype=np.float32).reshape(a, 2, -1)
     mentioned = states != UNMENTIONED
     which = np.where(states == POSITIVE, 0, 1)  # prompt index: 0 "present", 1 "absent"

@@ -28,9 +28,19 @@ from trainables.data.dataset import Modality, MultimodalDataset
 from trainables.data.errors import DataError
 from trainables.encoders import image as image_mod
 from trainables.encoders import text as text_mod
-from trainables.encoders.attributes import UNMENTIONED, AttributeConfig, attribute_tokens, get_extractor
+from trainables.encoders.attributes import (
+    UNMENTIONED,
+    AttributeConfig,
+    attribute_tokens,
+    get_extractor,
+)
 from trainables.encoders.cache import FeatureCache, key_digest
-from trainables.encoders.sources import IMAGE_ENCODERS, TEXT_ENCODERS, ModelSource, resolve
+from trainables.encoders.sources import (
+    IMAGE_ENCODERS,
+    TEXT_ENCODERS,
+    ModelSource,
+    resolve,
+)
 
 log = logging.getLogger("trainables.encoders")
 

@@ -152,7 +152,7 @@ def resolve(spec: str, aliases: dict[str, Callable[[], ModelSource]], option: st
         from huggingface_hub import snapshot_download
 
         folder = Path(snapshot_download(spec, allow_patterns=_HUB_PATTERNS, local_files_only=_offline()))
-    except Exception as err:  # hub errors: not cached offline, unknown repo, no network
+    except (OSError, ValueError) as err:  # hub errors: not cached offline, unknown repo, no network, bad id
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise DataError(f"{option} {spec}", f"not an alias ({known}), a folder, or an available hub model: {reason}") from None
     return ModelSource(spec, True, folder)
