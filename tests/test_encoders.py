@@ -253,3 +253,28 @@ def test_bad_input_is_one_line():
     with pytest.raises(DataError, match="'p1' is marked available but its text is empty"):
         encode_dataset(broken, {"text": ("cls",), "image": ("pooled",)}, text_encoder="random-bert-tiny",
                        image_encoder="resnet-tiny", use_cache=False)
+
+
+def test_checkpoint_folder_is_identified_by_content_and_preprocessed(tmp_path):
+    from transformers import ResNetConfig, ResNetModel
+
+    folder = tmp_path / "my-resnet"
+    cfg = ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic")
+    ResNetModel(cfg).save_pretrained(folder)
+    (folder / "preprocessor_config.json").write_text(
+        '{"do_resize": true, "size": {"height": 64, "width": 64}, "do_normalize": true,'
+        ' "image_mean": [0.5, 0.5, 0.5], "image_std": [0.25, 0.25, 0.25]}')
+    src = resolve(str(folder), IMAGE_ENCODERS, "--image-encoder")
+    assert src.pretrained and len(src.identity()["checkpoint_sha256"]) == 64
+    enc = ImageEncoder(src)
+    assert enc.size == (64, 64) and enc.channels == 3
+    out = enc.encode(tiny_dataset().modalities["image"].values[:2], outputs=("pooled", "map"))
+    assert out["pooled"].shape == (2, 16) and out["map"].shape == (2, 8 * 8, 16)  # 64 px / 4 / 2 = 8
+    # the same weights in another folder share cache entries; edited weights do not
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for f in folder.iterdir():
+        (copy / f.name).write_bytes(f.read_bytes())
+    assert resolve(str(copy), IMAGE_ENCODERS, "--image-encoder").identity() == src.identity()
+    ResNetModel(ResNetConfig(**{**cfg.to_dict(), "embedding_size": 4})).save_pretrained(copy)
+    assert resolve(str(copy), IMAGE_ENCODERS, "--image-encoder").identity() != src.identity()
