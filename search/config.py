@@ -1,0 +1,199 @@
+"""The options of one search, resolved and checked: :class:`SearchConfig`.
+
+:func:`resolve` fills the defaults that depend on the space (data, epochs, encoders, name) and
+checks everything that can be checked without Ray or the data (names, ranges, combinations),
+raising :class:`search.errors.UsageError` with one line naming the option. Checks that need the
+cluster, the tracking server or the data are in :mod:`search.preflight`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from search.errors import UsageError
+from spaces import SPACES, Space, get_space
+from trainables.metrics import METRICS
+
+SAMPLER_NAMES = ("tpe", "random", "grid", "cmaes", "nsga2")
+SCHEDULER_NAMES = ("asha", "hyperband", "median", "pbt", "fifo")
+MULTI_OBJECTIVE_SAMPLERS = ("nsga2", "tpe", "random")
+"""Optuna samplers that handle several objectives (grid and CMA-ES optimise one)."""
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    space: str
+    data: str | None = None
+    metric: tuple[str, ...] = ("macro_f1",)
+    mode: tuple[str, ...] = ()
+    num_samples: int = 20
+    epochs: int | None = None
+    folds: int = 5
+    val_fraction: float = 0.2
+    sampler: str = "tpe"
+    scheduler: str = "asha"
+    max_concurrent: int | None = None
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    address: str | None = None
+    storage: str = "fusetune_results"
+    name: str | None = None
+    resume: bool = False
+    tracking_uri: str | None = None
+    experiment: str = "fusetune"
+    seed: int = 0
+    top_k: int = 3
+    max_failures: int = 0
+    text_encoder: str | None = None
+    image_encoder: str | None = None
+    cache_dir: str | None = None
+    points: tuple[dict[str, Any], ...] = field(default_factory=tuple)
+
+    @property
+    def space_spec(self) -> Space:
+        return get_space(self.space)
+
+    @property
+    def primary_metric(self) -> str:
+        return self.metric[0]
+
+    @property
+    def primary_mode(self) -> str:
+        return self.mode[0]
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.metric) > 1
+
+    @property
+    def storage_path(self) -> str:
+        return storage_path(self.storage)
+
+    @property
+    def experiment_path(self) -> str:
+        """``<storage>/<name>``: Ray Tune's experiment folder, with ``results.csv`` and ``search.json``."""
+        assert self.name is not None
+        return experiment_path(self.storage, self.name)
+
+    @property
+    def data_name(self) -> str:
+        """The dataset's short name: ``synth-clinic`` for ``synth-clinic:n=600``, a folder's name."""
+        assert self.data is not None
+        head = self.data.partition(":")[0]
+        return Path(head).name if ("/" in head or Path(head).is_dir()) else head
+
+    def as_params(self) -> dict[str, Any]:
+        """The options as flat, loggable values (the parent run's params)."""
+        out = {k: (",".join(v) if k in ("metric", "mode") else v) for k, v in asdict(self).items() if k != "points"}
+        out["points"] = len(self.points)
+        return out
+
+
+def storage_path(storage: str) -> str:
+    """Absolute local path, or the URI as given (``s3://``, ``gs://``, ...)."""
+    return storage if "://" in storage else str(Path(storage).expanduser().resolve())
+
+
+def experiment_path(storage: str, name: str) -> str:
+    return f"{storage_path(storage).rstrip('/')}/{name}"
+
+
+def metric_names() -> list[str]:
+    """Metrics a search can optimise: every scalar of :data:`METRICS`, its ``_std`` over folds, ``loss``."""
+    return [*METRICS, *(f"{m}_std" for m in METRICS), "loss"]
+
+
+def natural_mode(metric: str) -> str:
+    if metric in METRICS:
+        return METRICS[metric]
+    return "min"  # loss and fold standard deviations
+
+
+def resolve(cfg: SearchConfig) -> SearchConfig:
+    """Fill space-dependent defaults and check the options; :class:`UsageError` on the first problem."""
+    if cfg.space not in SPACES:
+        raise UsageError(f"--space {cfg.space}: unknown space; known: {', '.join(SPACES)}")
+    space = get_space(cfg.space)
+    _check_choice("--sampler", cfg.sampler, SAMPLER_NAMES)
+    _check_choice("--scheduler", cfg.scheduler, SCHEDULER_NAMES)
+    for option, value, low in (("--num-samples", cfg.num_samples, 1), ("--epochs", cfg.epochs, 1),
+                               ("--top-k", cfg.top_k, 0), ("--max-failures", cfg.max_failures, 0),
+                               ("--max-concurrent", cfg.max_concurrent, 1)):
+        if value is not None and value < low:
+            raise UsageError(f"{option} {value}: must be at least {low}")
+    if cfg.folds == 1 or cfg.folds < 0:
+        raise UsageError(f"--folds {cfg.folds}: must be 0 (one hold-out split, see --val-fraction) or at least 2")
+    if not 0.0 < cfg.val_fraction < 1.0:
+        raise UsageError(f"--val-fraction {cfg.val_fraction}: must be in (0, 1)")
+    if cfg.cpus_per_trial <= 0:
+        raise UsageError(f"--cpus-per-trial {cfg.cpus_per_trial}: must be positive")
+    if cfg.gpus_per_trial < 0:
+        raise UsageError(f"--gpus-per-trial {cfg.gpus_per_trial}: must be >= 0 (fractions share a GPU)")
+    if cfg.gpus_per_trial > 1 and cfg.gpus_per_trial != int(cfg.gpus_per_trial):
+        raise UsageError(f"--gpus-per-trial {cfg.gpus_per_trial}: fractions are for sharing one GPU; use a whole number above 1")
+
+    metric, mode = _objectives(cfg)
+    if len(metric) > 1 and cfg.sampler not in MULTI_OBJECTIVE_SAMPLERS:
+        raise UsageError(f"--sampler {cfg.sampler}: optimises one objective; --metric lists {len(metric)} "
+                         f"(use one of {', '.join(MULTI_OBJECTIVE_SAMPLERS)})")
+    if cfg.scheduler == "pbt":
+        if cfg.sampler not in ("tpe", "random"):
+            raise UsageError(f"--sampler {cfg.sampler}: PBT draws its initial population at random and cannot use "
+                             "a search algorithm; use --sampler random (or leave the default)")
+        if len(metric) > 1:
+            raise UsageError("--scheduler pbt: optimises one objective; give one --metric")
+        if not space.mutable():
+            raise UsageError(f"--scheduler pbt: space {space.name} has no dimension PBT may perturb")
+    for point in cfg.points:
+        unknown = [k for k in point if k not in space.names]
+        if unknown:
+            raise UsageError(f"--points: {unknown[0]!r} is not a dimension of space {space.name} "
+                             f"({', '.join(space.names)})")
+
+    data = cfg.data or space.data
+    name = cfg.name or f"{cfg.space}-{Path(data.partition(':')[0]).name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if "/" in name or name in (".", ".."):
+        raise UsageError(f"--name {name}: must be a plain folder name")
+    return replace(
+        cfg, data=data, name=name, metric=metric, mode=mode,
+        epochs=cfg.epochs or space.epochs,
+        text_encoder=cfg.text_encoder or space.text_encoder,
+        image_encoder=cfg.image_encoder or space.image_encoder,
+    )
+
+
+def _objectives(cfg: SearchConfig) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The metrics and modes; nsga2 with one metric adds ``<metric>_std`` (minimised): performance
+    against its fold-to-fold stability."""
+    known = metric_names()
+    metric = tuple(cfg.metric)
+    for m in metric:
+        if m not in known:
+            raise UsageError(f"--metric {m}: not a metric this task computes; choose from {', '.join(known)}")
+    if len(set(metric)) != len(metric):
+        raise UsageError(f"--metric {','.join(metric)}: a metric is listed twice")
+    if cfg.sampler == "nsga2" and len(metric) == 1:
+        if cfg.folds == 0:
+            raise UsageError("--sampler nsga2: with --folds 0 there is no fold spread to trade off; "
+                             "give two metrics, e.g. --metric macro_f1,auroc")
+        if metric[0].endswith("_std") or metric[0] == "loss":
+            raise UsageError(f"--sampler nsga2: give two metrics (one was given: {metric[0]})")
+        metric = (metric[0], f"{metric[0]}_std")
+    mode = tuple(cfg.mode)
+    if not mode:
+        mode = tuple(natural_mode(m) for m in metric)
+    elif len(mode) == 1 and len(metric) == 2 and len(cfg.metric) == 1:
+        mode = (mode[0], "min")
+    for m in mode:
+        _check_choice("--mode", m, ("max", "min"))
+    if len(mode) != len(metric):
+        raise UsageError(f"--mode {','.join(mode)}: give one mode per metric ({len(metric)})")
+    return metric, mode
+
+
+def _check_choice(option: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise UsageError(f"{option} {value}: unknown; choose from {', '.join(choices)}")

@@ -1,0 +1,182 @@
+"""Build and run the Ray Tune search: sampler, scheduler, trainable, Tuner (or its restore).
+
+Samplers and schedulers are registries (``SAMPLERS``, ``SCHEDULERS``): name -> factory.
+
+- Every sampler is an Optuna sampler behind ``OptunaSearch`` with the space's define-by-run
+  function; the paper-default configuration is enqueued first (``points_to_evaluate``), then the
+  ``--points`` the user gave. ``grid`` enumerates the space's paper-style grid
+  (:meth:`spaces.space.Space.grid_points`: paper default first, the rest in a seeded order) as
+  enqueued points, so conditional dimensions are respected; ``--num-samples`` larger than the
+  grid is cut to the grid. ``nsga2`` (and tpe/random given several metrics) optimise several
+  objectives at once.
+- Schedulers act on the primary metric, counting epochs (``training_iteration``) with the
+  ``--epochs`` budget as ``max_t``; ASHA/median stop poor trials early, HyperBand pauses and
+  resumes them from their checkpoints, PBT perturbs the space's mutable dimensions of a
+  population drawn at random (PBT cannot be combined with a search algorithm in Ray Tune).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import optuna
+from ray import tune
+from ray.tune.schedulers import (
+    ASHAScheduler,
+    FIFOScheduler,
+    HyperBandScheduler,
+    MedianStoppingRule,
+    PopulationBasedTraining,
+    TrialScheduler,
+)
+from ray.tune.search import BasicVariantGenerator, SearchAlgorithm, Searcher
+from ray.tune.search.optuna import OptunaSearch
+
+from search.config import SearchConfig
+from spaces import Space
+from trainables.trainable import TRAINABLES
+from trainables.trial_data import TrialData
+
+# --------------------------------------------------------------------------------- samplers
+SamplerFactory = Callable[[SearchConfig], optuna.samplers.BaseSampler]
+
+SAMPLERS: dict[str, SamplerFactory] = {
+    "tpe": lambda cfg: optuna.samplers.TPESampler(seed=cfg.seed, multivariate=True, group=True),
+    "random": lambda cfg: optuna.samplers.RandomSampler(seed=cfg.seed),
+    # the grid's points are enqueued; the sampler only draws dimensions a point leaves open
+    "grid": lambda cfg: optuna.samplers.RandomSampler(seed=cfg.seed),
+    "cmaes": lambda cfg: optuna.samplers.CmaEsSampler(seed=cfg.seed, warn_independent_sampling=False),
+    "nsga2": lambda cfg: optuna.samplers.NSGAIISampler(seed=cfg.seed),
+}
+
+
+def initial_points(cfg: SearchConfig, space: Space) -> list[dict[str, Any]]:
+    """What is evaluated first: the paper default, then ``--points`` (or the whole grid)."""
+    if cfg.sampler == "grid":
+        return space.grid_points(cfg.seed)
+    return [space.default_point(), *(dict(p) for p in cfg.points)]
+
+
+def num_trials(cfg: SearchConfig, space: Space) -> int:
+    if cfg.sampler == "grid":
+        return min(cfg.num_samples, len(space.grid_points(cfg.seed)))
+    return cfg.num_samples
+
+
+def build_searcher(cfg: SearchConfig, space: Space) -> Searcher | SearchAlgorithm:
+    if cfg.scheduler == "pbt":
+        return pbt_population(cfg, space)
+    metric: str | list[str] = list(cfg.metric) if cfg.multi_objective else cfg.primary_metric
+    mode: str | list[str] = list(cfg.mode) if cfg.multi_objective else cfg.primary_mode
+    return OptunaSearch(space, metric=metric, mode=mode, points_to_evaluate=initial_points(cfg, space),
+                        sampler=SAMPLERS[cfg.sampler](cfg), study_name=cfg.name)
+
+
+def pbt_population(cfg: SearchConfig, space: Space) -> BasicVariantGenerator:
+    """PBT's initial population: the paper default, the ``--points``, then random draws from the
+    space (conditional dimensions respected), all fixed before the search starts."""
+    points = initial_points(cfg, space)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=cfg.seed))
+    while len(points) < cfg.num_samples:
+        points.append({k: v for k, v in space.sample(study.ask()).items() if k not in space.fixed})
+    return BasicVariantGenerator(points_to_evaluate=points[: cfg.num_samples], random_state=cfg.seed)
+
+
+# --------------------------------------------------------------------------------- schedulers
+SchedulerFactory = Callable[[SearchConfig, Space], TrialScheduler]
+
+
+def _grace(cfg: SearchConfig) -> int:
+    """Epochs every trial gets before it can be stopped: a quarter of the budget (at least 1)."""
+    return max(1, cfg.epochs // 4)
+
+
+def _perturbation_interval(cfg: SearchConfig) -> int:
+    return max(1, cfg.epochs // 5)
+
+
+def _common(cfg: SearchConfig) -> dict[str, Any]:
+    return {"metric": cfg.primary_metric, "mode": cfg.primary_mode, "time_attr": "training_iteration"}
+
+
+SCHEDULERS: dict[str, SchedulerFactory] = {
+    "asha": lambda cfg, space: ASHAScheduler(**_common(cfg), max_t=cfg.epochs, grace_period=_grace(cfg),
+                                             reduction_factor=3),
+    "hyperband": lambda cfg, space: HyperBandScheduler(**_common(cfg), max_t=cfg.epochs, reduction_factor=3),
+    "median": lambda cfg, space: MedianStoppingRule(**_common(cfg), grace_period=_grace(cfg), min_samples_required=3),
+    "pbt": lambda cfg, space: PopulationBasedTraining(
+        **_common(cfg), perturbation_interval=_perturbation_interval(cfg),
+        hyperparam_mutations={d.name: d.tune_domain() for d in space.mutable()}, seed=cfg.seed),
+    "fifo": lambda cfg, space: FIFOScheduler(),
+}
+
+
+# --------------------------------------------------------------------------------- the tuner
+def checkpoint_every(cfg: SearchConfig) -> int:
+    """Epochs between checkpoints (the last epoch always has one). HyperBand pauses trials at any
+    rung and PBT exploits at every perturbation, so they checkpoint when they act; the others only
+    need checkpoints to survive a crash, and a checkpoint of every fold's model and optimizer
+    every epoch would cost more I/O than these small models cost to train."""
+    if cfg.scheduler == "hyperband":
+        return 1
+    if cfg.scheduler == "pbt":
+        return _perturbation_interval(cfg)
+    return max(1, cfg.epochs // 10)
+
+
+def fixed_keys(cfg: SearchConfig, space: Space) -> dict[str, Any]:
+    """The keys every trial config gets besides the sampled ones (notes/SEARCH_INTERFACE)."""
+    return {
+        **space.fixed,
+        "method": space.method, "space": space.name, "data": cfg.data, "seed": cfg.seed,
+        "folds": cfg.folds, "val_fraction": cfg.val_fraction, "epochs": cfg.epochs,
+        "checkpoint_every": checkpoint_every(cfg),
+        "metric": cfg.primary_metric if not cfg.multi_objective else list(cfg.metric),
+        "mode": cfg.primary_mode if not cfg.multi_objective else list(cfg.mode),
+        "text_encoder": cfg.text_encoder, "image_encoder": cfg.image_encoder, "cache_dir": cfg.cache_dir,
+    }
+
+
+def trial_dirname(trial: Any) -> str:
+    """Short trial folder names (``<trainable>_<trial id>``): Ray's default lists every parameter."""
+    return f"{trial.trainable_name}_{trial.trial_id}"
+
+
+def trainable(cfg: SearchConfig, space: Space, data: TrialData) -> Any:
+    """The family's function trainable with the data in the object store and its resources."""
+    fn = tune.with_parameters(TRAINABLES[space.method], data=data)
+    return tune.with_resources(fn, {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial})
+
+
+def build_tuner(cfg: SearchConfig, space: Space, data: TrialData, callbacks: list[tune.Callback]) -> tune.Tuner:
+    return tune.Tuner(
+        trainable(cfg, space, data),
+        param_space=fixed_keys(cfg, space),
+        tune_config=tune.TuneConfig(
+            search_alg=build_searcher(cfg, space),
+            scheduler=SCHEDULERS[cfg.scheduler](cfg, space),
+            num_samples=num_trials(cfg, space),
+            max_concurrent_trials=cfg.max_concurrent,
+            reuse_actors=True,
+            trial_dirname_creator=trial_dirname,
+        ),
+        run_config=tune.RunConfig(
+            name=cfg.name,
+            storage_path=cfg.storage_path,
+            callbacks=callbacks,
+            failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            verbose=0,
+        ),
+    )
+
+
+def restore_tuner(cfg: SearchConfig, space: Space, data: TrialData, callbacks: list[tune.Callback]) -> tune.Tuner:
+    """The search ``--name`` as it was left: finished trials stay, unfinished ones continue from
+    their checkpoints, the searcher's state comes back. The callbacks are this run's (new
+    tracking URI, fresh progress line) with the state Tune saved for them."""
+    tuner = tune.Tuner.restore(cfg.experiment_path, trainable(cfg, space, data), resume_unfinished=True,
+                               resume_errored=False, restart_errored=False)
+    tuner._local_tuner.get_run_config().callbacks = callbacks  # no public setter in Ray 2.60
+    return tuner

@@ -1,0 +1,98 @@
+"""Progress of a running search on one line: trials done/running/failed, best so far, elapsed, ETA.
+
+:class:`ProgressLine` is a Ray Tune callback (it works whatever Ray's own output mode is; the
+driver silences Ray's tables with ``verbose=0``). It prints when a trial ends and otherwise every
+``interval`` seconds. The time left is estimated from the epoch budget: elapsed time per epoch
+trained so far times the epochs still allowed (``num_samples * epochs`` minus the epochs trained
+and minus those that early stopping gave back), so it tightens as trials end.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from typing import Any, TextIO
+
+from ray.tune import Callback
+
+
+def format_duration(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}"
+
+
+class ProgressLine(Callback):
+    def __init__(self, *, total: int, epochs: int, metric: str, mode: str, interval: float = 30.0,
+                 stream: TextIO | None = None) -> None:
+        self.total = total
+        self.epochs = epochs
+        self.metric = metric
+        self.mode = mode
+        self.interval = interval
+        self.stream = stream
+        self._start = time.monotonic()
+        self._last_print = 0.0
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "stream"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.stream = None
+
+    def setup(self, **info: Any) -> None:
+        self._start = time.monotonic()
+        self._last_print = self._start
+
+    # ------------------------------------------------------------------ hooks
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        if time.monotonic() - self._last_print >= self.interval:
+            self.emit(trials)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.emit(trials)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.emit(trials)
+
+    # ------------------------------------------------------------------ the line
+    def emit(self, trials: list) -> None:
+        self._last_print = time.monotonic()
+        print(self.line(trials, self._last_print - self._start), file=self.stream or sys.stdout, flush=True)
+
+    def line(self, trials: list, elapsed: float) -> str:
+        status = [t.status for t in trials]
+        done = status.count("TERMINATED")
+        failed = status.count("ERROR")
+        running = status.count("RUNNING")
+        parts = [f"[{format_duration(elapsed)}] trials {done + failed}/{self.total} done",
+                 f"{running} running", f"{failed} failed"]
+        best = self.best(trials)
+        if best is not None:
+            trial, result = best
+            std = result.get(f"{self.metric}_std")
+            value = f"{result[self.metric]:.4f}" + (f" ± {std:.4f}" if isinstance(std, (int, float)) else "")
+            parts.append(f"best {self.metric} {value} ({trial.trial_id}, epoch {result.get('epoch', '?')})")
+        eta = self.eta(trials, elapsed)
+        parts.append(f"ETA {format_duration(eta)}" if eta is not None else "ETA -")
+        return " | ".join(parts)
+
+    def best(self, trials: list) -> tuple[Any, dict] | None:
+        scored = [(t, t.last_result) for t in trials
+                  if isinstance((t.last_result or {}).get(self.metric), (int, float)) and math.isfinite(t.last_result[self.metric])]
+        if not scored:
+            return None
+        pick = max if self.mode == "max" else min
+        return pick(scored, key=lambda tr: tr[1][self.metric])
+
+    def eta(self, trials: list, elapsed: float) -> float | None:
+        trained = sum(int((t.last_result or {}).get("training_iteration", 0)) for t in trials)
+        if trained == 0:
+            return None
+        ended = [t for t in trials if t.status in ("TERMINATED", "ERROR")]
+        given_back = sum(self.epochs - int((t.last_result or {}).get("training_iteration", 0)) for t in ended)
+        left = max(0, self.total * self.epochs - trained - given_back)
+        return elapsed / trained * left

@@ -1,0 +1,190 @@
+"""``python -m search.run``: a hyperparameter search of one space, tracked in MLflow.
+
+    python -m search.run --space omnifuse
+    python -m search.run --space climd --sampler grid --scheduler fifo --epochs 50
+    python -m search.run --config search.yaml --num-samples 40
+    python -m search.run --resume --name omnifuse-breast-tcga-20250101-120000
+
+Order: options -> tracking URI check -> Ray (local or ``--address``) and resources -> data
+(encoded once, feature cache) and a model build check -> Tuner (or its restore) with the MLflow
+callback and a progress line -> ``results.csv`` -> the top-k models logged and registered ->
+the table of the best configurations and the command that opens the MLflow UI. Bad input is one
+line on stderr and exit code 2, before any trial starts; exit code 1 when no trial finished.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict, replace
+from typing import Any
+
+from search import cli, orchestrate, preflight, results
+from search.config import SearchConfig, experiment_path, resolve, storage_path
+from search.errors import UsageError
+from search.progress import ProgressLine, format_duration
+from trainables.data import DataError
+from trainables.version import code_version
+
+PROG = "python -m search.run"
+SEARCH_FILE = "search.json"
+"""The resolved options, saved in the search folder; ``--resume`` reads them back."""
+
+RESUME_OVERRIDES = ("storage", "name", "resume", "address", "tracking_uri", "top_k")
+"""Options a resumed search may change; the others are the saved search's."""
+
+
+# --------------------------------------------------------------------------------- options
+def options(given: dict[str, Any]) -> SearchConfig:
+    if not given.get("resume"):
+        if "space" not in given:
+            raise UsageError("--space is required (python -m search.spaces list)")
+        cfg = resolve(SearchConfig(**given))
+        if preflight_exists(cfg):
+            raise UsageError(f"--name {cfg.name}: a search of that name exists in {cfg.storage_path}; "
+                             "add --resume to continue it, or choose another --name")
+        return cfg
+    storage = given.get("storage", SearchConfig.storage)
+    name = preflight.find_search(storage_path(storage), given.get("name"))
+    saved = json.loads(results.read_text(experiment_path(storage, name), SEARCH_FILE))
+    saved["metric"], saved["mode"], saved["points"] = tuple(saved["metric"]), tuple(saved["mode"]), tuple(saved["points"])
+    cfg = SearchConfig(**saved)
+    for key, value in given.items():
+        if key in RESUME_OVERRIDES:
+            continue
+        if getattr(cfg, key) != (tuple(value) if isinstance(value, list) else value):
+            raise UsageError(f"--{key.replace('_', '-')}: cannot change on --resume (the search has {getattr(cfg, key)!r})")
+    return replace(cfg, resume=True, name=name, **{k: v for k, v in given.items() if k in RESUME_OVERRIDES[3:]})
+
+
+def preflight_exists(cfg: SearchConfig) -> bool:
+    from ray import tune
+
+    return tune.Tuner.can_restore(cfg.experiment_path)
+
+
+def tracking_uri(cfg: SearchConfig) -> str:
+    from search.tracking import default_tracking_uri
+
+    if cfg.tracking_uri:
+        return cfg.tracking_uri
+    if "://" in cfg.storage_path:
+        raise UsageError(f"--storage {cfg.storage}: a remote results folder needs --tracking-uri (an MLflow server)")
+    return default_tracking_uri(cfg.storage_path)
+
+
+def ui_command(uri: str) -> str:
+    if uri.startswith(("http://", "https://", "databricks")):
+        return f"open {uri} (the MLflow server's UI)"
+    return f"mlflow ui --backend-store-uri {uri}"
+
+
+# --------------------------------------------------------------------------------- the search
+def run(argv: list[str] | None = None) -> int:
+    cfg = options(cli.parse_args(argv))
+    space = cfg.space_spec
+    uri = tracking_uri(cfg)
+    from search.tracking import MLflowTracking, check_tracking_uri
+
+    check_tracking_uri(uri)
+    timings = preflight.connect(cfg)
+    slots = preflight.check_resources(cfg)
+    if cfg.max_concurrent is None:
+        # as many as fit; Tune then also starts that many trial workers at once (with a searcher it
+        # starts one at a time otherwise) and samples a trial only when it can run
+        cfg = replace(cfg, max_concurrent=slots)
+    t0 = time.monotonic()
+    data = preflight.load_data(cfg, space)
+    preflight.smoke_check(cfg, space, data)
+    timings["data_s"] = time.monotonic() - t0
+
+    exp_path = cfg.experiment_path
+    total = orchestrate.num_trials(cfg, space)
+    tracking = MLflowTracking(
+        uri, cfg.experiment, cfg.name,
+        search_tags={"fusetune.space": space.name, "fusetune.method": space.method, "fusetune.data": data.name,
+                     "fusetune.data_spec": cfg.data, "fusetune.data_fingerprint": data.fingerprint,
+                     "fusetune.code_version": code_version(), "fusetune.sampler": cfg.sampler,
+                     "fusetune.scheduler": cfg.scheduler},
+        search_params=cfg.as_params(),
+    )
+    callbacks = [ProgressLine(total=total, epochs=cfg.epochs, metric=cfg.primary_metric, mode=cfg.primary_mode), tracking]
+    if cfg.resume:
+        tuner = orchestrate.restore_tuner(cfg, space, data, callbacks)
+    else:
+        results.write_text(json.dumps(asdict(cfg), indent=2, default=list), exp_path, SEARCH_FILE)
+        tuner = orchestrate.build_tuner(cfg, space, data, callbacks)
+    print(f"{'resuming' if cfg.resume else 'search'} {cfg.name}: space {space.name} ({space.method}) on {cfg.data} "
+          f"[{len(data.data)} training samples, {'hold-out' if cfg.folds == 0 else f'{cfg.folds}-fold'}], "
+          f"{total} trials x {cfg.epochs} epochs, sampler {cfg.sampler}, scheduler {cfg.scheduler}, "
+          f"objective {', '.join(f'{m} ({d})' for m, d in zip(cfg.metric, cfg.mode))}", flush=True)
+    t1 = time.monotonic()
+    grid = tuner.fit()
+    timings["search_s"] = time.monotonic() - t1
+    return finish(cfg, space.names, grid.experiment_path, grid.filesystem, uri, tracking.parent_run_id, data.name, timings)
+
+
+def finish(cfg: SearchConfig, sampled: list[str], exp_path: str, fs: Any, uri: str, parent_run_id: str | None,
+           data_name: str, timings: dict[str, float]) -> int:
+    rows = results.collect(exp_path, fs)
+    pareto = results.pareto_front(rows, cfg.metric, cfg.mode) if cfg.multi_objective else None
+    csv_path = results.write_text(results.csv_text(rows, sampled, pareto), exp_path, results.RESULTS_CSV, fs)
+    ranked = results.ranked(rows, cfg.primary_metric, cfg.primary_mode)
+    top = ranked[: cfg.top_k]
+    versions: list[str] = []
+    if top and parent_run_id:
+        from search.models import TopTrial, log_top_models, registered_model_name
+
+        registered = registered_model_name(cfg.space, data_name)
+        versions = log_top_models(
+            [TopTrial(r.trial_id, r.config, r.last, r.checkpoint) for r in top],
+            space=cfg.space, data_name=data_name, tracking_uri=uri, parent_run_id=parent_run_id,
+            registered_name=registered,
+        )
+    failed = sum(r.status == "ERROR" for r in rows)
+    print()
+    print(f"{len(rows)} trials ({len(ranked)} finished all {cfg.epochs} epochs, "
+          f"{len(rows) - len(ranked) - failed} stopped early, {failed} failed) in {format_duration(timings['search_s'])}"
+          f" (Ray start {timings['ray_init_s']:.1f}s, data {timings['data_s']:.1f}s)")
+    print(f"top {len(top)} by {cfg.primary_metric} (mean ± std over {'folds' if cfg.folds else 'the hold-out split'}):")
+    print(results.table(top, cfg.primary_metric, sampled, cfg.metric[1:]))
+    if pareto is not None:
+        print(f"pareto-optimal trials on {', '.join(cfg.metric)}: {', '.join(sorted(pareto)) or '-'}")
+    if versions:
+        print(f"registered model {registered}: versions {', '.join(map(str, versions))} (best = alias champion)")
+    print(f"results: {csv_path}")
+    print(f"MLflow: {ui_command(uri)}")
+    return 0 if ranked else 1
+
+
+def quiet_libraries() -> None:
+    """Only warnings from MLflow's store set-up and Optuna; their INFO lines drown the progress."""
+    import logging
+    import os
+    import warnings
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    import mlflow  # noqa: F401  (configures its logger on import; lower it afterwards)
+    import optuna
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+def main(argv: list[str] | None = None) -> int:
+    quiet_libraries()
+    try:
+        return run(argv)
+    except (UsageError, DataError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; continue with --resume (same --storage and --name)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,221 @@
+"""Ray Tune function trainables, one per method family (``TRAINABLES[method]``).
+
+A trial builds one :class:`trainables.engine.FoldTrainer` per fold (stratified k-fold, or one
+hold-out split with ``folds = 0``), trains the folds in lockstep epoch by epoch and after every
+epoch reports (``tune.report``) the mean over folds of every metric of
+:data:`trainables.metrics.METRICS` on the validation folds, its ``<metric>_std``, the mean
+training ``loss`` (and loss parts), ``epoch``, ``data_fingerprint`` and ``code_version``; the last
+epoch adds ``fold<k>_<metric>`` for every fold and ``final: True``. Every ``checkpoint_every``-th
+report and the last carry a checkpoint (``state.pt``: epoch + every fold's
+``FoldTrainer.state_dict()``: model, optimizer, RNG states, sampler, standardizer), written to a
+fresh folder that Ray persists, so schedulers that pause trials (HyperBand, PBT), retries after a
+crash and ``Tuner.restore`` continue exactly from the epoch of the last checkpoint.
+
+A non-finite loss or probability, or any exception while building or training, ends the trial
+with :class:`TrialFailure`, whose message is one line; Ray records the trial as ERROR and the
+search goes on.
+
+Config keys read here (the driver adds them, see ``notes/SEARCH_INTERFACE``): ``method``,
+``data``, ``seed``, ``folds``, ``val_fraction``, ``epochs``, ``checkpoint_every`` (default 1),
+``text_encoder``, ``image_encoder``, ``cache_dir``; everything else goes to the FoldTrainer and the model.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ray import tune
+
+from trainables.data import MultimodalDataset
+from trainables.metrics import METRICS, classification_metrics
+from trainables.registry import METHODS
+from trainables.trial_data import TrialData, fold_splits, prepare_from_config
+from trainables.version import code_version
+
+STATE_FILE = "state.pt"
+
+
+class TrialFailure(RuntimeError):
+    """A trial that cannot go on; ``str()`` is one line naming the cause."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(" ".join(str(reason).split()))
+
+
+def one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+# ---------------------------------------------------------------------------------- pure helpers
+def summarize(epoch: int, fold_parts: list[dict[str, float]], fold_metrics: list[dict[str, Any]], *,
+              final: bool) -> dict[str, Any]:
+    """One epoch's report from per-fold training parts and validation metrics.
+
+    Means over folds; ``<metric>_std`` is the population standard deviation over folds (0 for a
+    single hold-out split)."""
+    out: dict[str, Any] = {"epoch": epoch}
+    for key in dict.fromkeys(k for parts in fold_parts for k in parts):
+        vals = [p[key] for p in fold_parts if key in p]
+        out[key] = float(np.mean(vals))
+    for m in METRICS:
+        vals = np.array([fm[m] for fm in fold_metrics], dtype=float)
+        out[m] = float(vals.mean())
+        out[f"{m}_std"] = float(vals.std())
+    if final:
+        for k, fm in enumerate(fold_metrics):
+            for m in METRICS:
+                out[f"fold{k}_{m}"] = float(fm[m])
+        out["final"] = True
+    return out
+
+
+def check_finite(parts: dict[str, float], epoch: int, fold: int) -> None:
+    bad = {k: v for k, v in parts.items() if not math.isfinite(v)}
+    if bad:
+        detail = ", ".join(f"{k}={v}" for k, v in bad.items())
+        raise TrialFailure(f"non-finite training loss at epoch {epoch}, fold {fold}: {detail}")
+
+
+def save_state(folder: Path, epoch: int, trainers: list) -> Path:
+    """``state.pt`` written under a temporary name and renamed, so a reader never sees half a file."""
+    path = folder / STATE_FILE
+    tmp = folder / (STATE_FILE + ".tmp")
+    torch.save({"epoch": epoch, "folds": [t.state_dict() for t in trainers]}, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_state(folder: Path) -> dict[str, Any]:
+    return torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
+
+
+# ---------------------------------------------------------------------------------- the trial
+class Trial:
+    """The folds of one trial, trained in lockstep. Usable without Ray (tests, notebooks)."""
+
+    def __init__(self, method: str, config: dict[str, Any], data: TrialData, *, device: str = "cpu") -> None:
+        from trainables.engine import FoldTrainer  # torch-heavy import, inside the worker
+
+        self.config = config
+        self.epochs = int(config["epochs"])
+        self.data = data
+        seed = int(config["seed"])
+        splits = fold_splits(data.data.labels, int(config["folds"]), seed, float(config.get("val_fraction", 0.2)))
+        self.trainers = []
+        for k, (tr, va) in enumerate(splits):
+            train, val = data.data.take(tr), data.data.take(va)
+            self.trainers.append(FoldTrainer(method, config, train, val, seed=seed + k, device=device))
+        self.epoch = 0
+
+    def step(self) -> dict[str, Any]:
+        """Train every fold one epoch, evaluate on the validation folds, return the report."""
+        epoch = self.epoch + 1
+        fold_parts, fold_metrics = [], []
+        for k, t in enumerate(self.trainers):
+            parts = t.train_epoch()
+            check_finite(parts, epoch, k)
+            fold_parts.append(parts)
+            fold_metrics.append(self._evaluate(t.val, t, epoch, k))
+        self.epoch = epoch
+        return summarize(epoch, fold_parts, fold_metrics, final=epoch == self.epochs)
+
+    @staticmethod
+    def _evaluate(val: MultimodalDataset, trainer, epoch: int, fold: int) -> dict[str, Any]:
+        probs = trainer.predict_proba(val)
+        if not np.isfinite(probs).all():
+            raise TrialFailure(f"non-finite predicted probabilities at epoch {epoch}, fold {fold}")
+        return classification_metrics(val.labels, probs, trainer.class_names)
+
+    def state(self, folder: Path) -> Path:
+        return save_state(folder, self.epoch, self.trainers)
+
+    def restore(self, folder: Path) -> None:
+        state = load_state(folder)
+        if len(state["folds"]) != len(self.trainers):
+            raise TrialFailure(f"checkpoint has {len(state['folds'])} folds, the trial {len(self.trainers)}")
+        for t, s in zip(self.trainers, state["folds"]):
+            t.load_state_dict(s)
+            # a PBT exploit restarts from another trial's optimizer state with a perturbed config
+            for group in t.optimizer.param_groups:
+                group["lr"] = float(t.config["lr"])
+                group["weight_decay"] = float(t.config["weight_decay"])
+        self.epoch = int(state["epoch"])
+
+
+def _device() -> str:
+    import ray
+
+    return "cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu"
+
+
+def _cpus() -> int:
+    try:
+        resources = tune.get_context().get_trial_resources().required_resources
+        return max(1, int(resources.get("CPU", 1)))
+    except Exception:  # outside a Tune session
+        return 1
+
+
+def run_trial(method: str, config: dict[str, Any], data: TrialData | None = None) -> None:
+    """The body of every trainable; ``data`` comes from the object store when the driver put it."""
+    torch.set_num_threads(_cpus())
+    meta = {"code_version": code_version()}
+    try:
+        if config.get("method", method) != method:
+            raise TrialFailure(f"config method {config['method']!r} given to the {method!r} trainable")
+        config = {**config, "method": method}
+        data = data if data is not None else prepare_from_config(config)
+        meta["data_fingerprint"] = data.fingerprint
+        trial = Trial(method, config, data, device=_device())
+        checkpoint = tune.get_checkpoint()
+        if checkpoint is not None:
+            with checkpoint.as_directory() as folder:
+                trial.restore(Path(folder))
+    except TrialFailure:
+        raise
+    except Exception as exc:
+        raise TrialFailure(one_line(exc)) from exc
+
+    every = max(1, int(config.get("checkpoint_every", 1)))
+    while trial.epoch < trial.epochs:
+        try:
+            result = {**trial.step(), **meta}
+        except TrialFailure:
+            raise
+        except Exception as exc:
+            raise TrialFailure(f"epoch {trial.epoch + 1}: {one_line(exc)}") from exc
+        if trial.epoch % every and trial.epoch < trial.epochs:
+            tune.report(result)
+            continue
+        with tempfile.TemporaryDirectory(prefix="fusetune-ckpt-") as folder:
+            trial.state(Path(folder))
+            tune.report(result, checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+def make_trainable(method: str) -> Callable[..., None]:
+    """The function trainable of one method family, named ``fusetune_<method>``."""
+
+    def trainable(config: dict[str, Any], data: TrialData | None = None) -> None:
+        run_trial(method, config, data)
+
+    trainable.__name__ = trainable.__qualname__ = f"fusetune_{method}"
+    trainable.__doc__ = f"Ray Tune function trainable of the {method!r} method family."
+    return trainable
+
+
+TRAINABLES: dict[str, Callable[..., None]] = {name: make_trainable(name) for name in METHODS}
+globals().update({fn.__name__: fn for fn in TRAINABLES.values()})  # importable by name, so workers unpickle by reference
+
+
+def register_trainables() -> None:
+    """Register every family with Ray Tune as ``fusetune-<method>`` (e.g. for ``tune.Tuner("fusetune-omnifuse")``)."""
+    for name, fn in TRAINABLES.items():
+        tune.register_trainable(f"fusetune-{name}", fn)
