@@ -5,6 +5,7 @@
 #                                [--dashboard] [--dir DIR]
 #   infra/local-cluster.sh status [--dir DIR]
 #   infra/local-cluster.sh stop [--dir DIR]
+#   infra/local-cluster.sh address [--dir DIR]     # prints host:port for --address
 #
 # `start` runs a head node and N worker nodes (default 1) on this machine, each with C CPUs
 # (default 1), no GPU, and a custom resource naming it: node_0 (the head), node_1 ... node_N.
@@ -31,7 +32,7 @@ STOP_TIMEOUT_S=30
 START_TIMEOUT_S=120
 
 usage() {
-    sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'
     exit "${1:-0}"
 }
 
@@ -66,6 +67,9 @@ done
 # Every node and the client below authenticate with Ray's token (~/.ray/auth_token, created by
 # the head if missing).
 export RAY_AUTH_MODE=token RAY_USAGE_STATS_ENABLED=0
+# Trials run in the nodes' worker processes: they import this checkout, installed or not.
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export PYTHONPATH="$REPO_ROOT${PYTHONPATH:+:$PYTHONPATH}"
 
 # ---- one node: `ray start --block` in the background --------------------------------------
 start_node() {  # start_node INDEX [ray start arguments...]
@@ -75,7 +79,7 @@ start_node() {  # start_node INDEX [ray start arguments...]
         --num-cpus "$CPUS" --num-gpus 0
         --resources "{\"node_$i\": 1}"
         --object-store-memory $((OBJECT_STORE_MB * 1024 * 1024))
-        --temp-dir "$DIR/ray"
+        --temp-dir "$(cat "$DIR/ray_temp_dir")"
         --min-worker-port 0 --max-worker-port 0
         --dashboard-agent-listen-port "$(free_port)"
         --metrics-export-port "$(free_port)"
@@ -122,6 +126,10 @@ cmd_start() {
         alive "$f" && die "a cluster is already running from $DIR (run: $0 stop --dir $DIR)"
     done
     rm -f "$DIR"/node_*.pid "$DIR"/node_*.log "$DIR/address"
+    # Ray's sockets live under its temp dir and a Unix socket path has at most 107 bytes, so the
+    # temp dir is a short fresh one (its path is kept in DIR; the previous one is removed)
+    [[ -f "$DIR/ray_temp_dir" ]] && rm -rf "$(cat "$DIR/ray_temp_dir")"
+    mktemp -d "${TMPDIR:-/tmp}/ray-ftc-XXXXXX" >"$DIR/ray_temp_dir"
 
     local port; port="$(free_port)"
     echo "127.0.0.1:$port" >"$DIR/address"
@@ -160,7 +168,7 @@ cmd_stop() {
         kill -0 "$p" 2>/dev/null && kill -KILL "$p" 2>/dev/null || true
     done
     rm -f "$DIR"/node_*.pid "$DIR/address"
-    echo "Ray cluster in $DIR stopped (${#pids[@]} nodes)"
+    echo "Ray cluster in $DIR stopped (${#pids[@]} nodes; Ray's logs: $(cat "$DIR/ray_temp_dir" 2>/dev/null || echo -))"
 }
 
 cmd_status() {

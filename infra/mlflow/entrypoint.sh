@@ -8,6 +8,7 @@
 #   MLFLOW_HOST / MLFLOW_PORT     bind address, default 127.0.0.1:5000 (compose.yaml sets
 #                                 0.0.0.0 inside the container and publishes the port on the
 #                                 host's 127.0.0.1)
+#   MLFLOW_WORKERS                server worker processes (default 4)
 #   MLFLOW_ALLOWED_HOSTS          optional Host-header allow list (MLflow's default: localhost
 #                                 and private addresses)
 #   MLFLOW_AUTH_ADMIN_USERNAME / MLFLOW_AUTH_ADMIN_PASSWORD / MLFLOW_FLASK_SERVER_SECRET_KEY
@@ -33,7 +34,7 @@ INI
 export MLFLOW_AUTH_CONFIG_PATH="$auth_dir/basic_auth.ini"
 
 set -- mlflow server --app-name basic-auth \
-    --host "${MLFLOW_HOST:-127.0.0.1}" --port "${MLFLOW_PORT:-5000}" \
+    --host "${MLFLOW_HOST:-127.0.0.1}" --port "${MLFLOW_PORT:-5000}" --workers "${MLFLOW_WORKERS:-4}" \
     --serve-artifacts
 if [ -n "${MLFLOW_ALLOWED_HOSTS:-}" ]; then
     set -- "$@" --allowed-hosts "$MLFLOW_ALLOWED_HOSTS"
