@@ -1,0 +1,296 @@
+"""The deployable models of a search's best configurations, logged to MLflow and registered.
+
+Deployable model = refit. A trial's fold models are validation artefacts: each saw (k-1)/k of the
+training part and was scored on the rest. For each of the top-k trials, :func:`log_top_models`
+trains the trial's config once more on the *whole* training part (the same part the trials
+cross-validated on: :func:`trainables.trial_data.prepare_from_config`), with the same seed
+(``config["seed"]``; fold k of the trial used ``seed + k``) and the same number of epochs
+(``config["epochs"]``, which CLIMD's schedule depends on), like scikit-learn's ``refit=True``.
+When the dataset has a fixed test part (rosmap, breast-tcga) the refitted model is scored on it,
+once, and the scores are logged as ``test_<metric>``; no selection ever reads them.
+
+Each refitted model is written as a :mod:`trainables.bundle` (the same package
+``python -m search.export`` hands to downstream teams) and logged into that trial's child run as an
+MLflow pyfunc model (models-from-code: no pickled Python object), the bundle folder being its one
+artifact, with an input example and a signature, then registered as ``<space>-<data>``; the best
+version gets the alias ``champion``. Load it anywhere fusetune is installed::
+
+    model = mlflow.pyfunc.load_model("models:/omnifuse-rosmap@champion")
+    probs = model.predict(frame)   # DataFrame: one column per class name
+
+Pyfunc input: for models over vector inputs only, a DataFrame with the columns
+``<input>/<feature>`` (all optional; NaN or absent columns = modality missing). For models with
+token inputs, a dict of numpy arrays: every input ([N, d] or [N, L, d] float32), ``mask/<modality>``
+(bool [N]) for every logical modality and ``token_mask/<input>`` (bool [N, L]) for every token
+input that has one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import re
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from search.tracking import PARENT_RUN_TAG, ROLE_TAG, SEARCH_NAME_TAG, TRIAL_ID_TAG, fast_http
+from trainables.bundle import Bundle, load_bundle, save_bundle
+from trainables.data import MultimodalDataset
+from trainables.metrics import METRICS, classification_metrics, scalar_metrics
+
+logger = logging.getLogger("fusetune.models")
+
+CHAMPION = "champion"
+MODEL_NAME = "model"  # the logged model's name inside its run
+VERSION_TRIAL_TAG = "fusetune.trial_id"
+EXAMPLE_ROWS = 4
+
+_PYFUNC_CODE = '''"""fusetune pyfunc entry point (MLflow models-from-code): the bundle artifact, loaded by fusetune."""
+import mlflow
+
+from search.models import BundleModel
+
+mlflow.models.set_model(BundleModel())
+'''
+
+
+@dataclass
+class TopTrial:
+    """One of the best trials of a search, as the driver ranks them (best first)."""
+
+    trial_id: str
+    config: dict[str, Any]
+    metrics: dict[str, Any] = field(default_factory=dict)   # final result: means, ``_std``, per fold
+    checkpoint: str | None = None                            # the trial's last checkpoint folder
+
+
+# ----------------------------------------------------------------------------- pyfunc
+class BundleModel(mlflow.pyfunc.PythonModel):
+    """MLflow pyfunc wrapper of a bundle: ``predict`` returns a DataFrame of class probabilities."""
+
+    def load_context(self, context) -> None:
+        self.bundle: Bundle = load_bundle(context.artifacts["bundle"])
+
+    def predict(self, context, model_input, params=None) -> pd.DataFrame:
+        probs = self.bundle.predict(model_input)
+        return pd.DataFrame(probs.astype(np.float64), columns=self.bundle.class_names)
+
+
+def registered_model_name(space: str, data_name: str) -> str:
+    """``<space>-<data>`` with the characters MLflow forbids in model names (``/``, ``:``) replaced."""
+    data = Path(data_name).name if "/" in data_name else data_name
+    return re.sub(r"[/:\s]+", "-", f"{space}-{data}").strip("-")
+
+
+def pyfunc_input(bundle: Bundle, data: MultimodalDataset) -> pd.DataFrame | dict[str, np.ndarray]:
+    """``data`` (encoded inputs) in the pyfunc input format of ``bundle`` (module docstring)."""
+    if not bundle.has_token_inputs:
+        cols: dict[str, np.ndarray] = {}
+        for i in bundle.inputs:
+            m = data.modalities[i["name"]]
+            values = np.where(m.mask[:, None], m.values.astype(np.float64), np.nan)
+            for j, f in enumerate(i["features"]):
+                cols[f"{i['name']}/{f}"] = values[:, j]
+        return pd.DataFrame(cols)
+    out: dict[str, np.ndarray] = {}
+    for i in bundle.inputs:
+        m = data.modalities[i["name"]]
+        out[i["name"]] = np.asarray(m.values, np.float32)
+        if i["kind"] == "tokens" and i.get("token_mask", True):
+            out[f"token_mask/{i['name']}"] = np.asarray(m.token_mask, bool)
+    for name in bundle.modalities:
+        first = next(i["name"] for i in bundle.inputs if i["modality"] == name)
+        out[f"mask/{name}"] = np.asarray(data.modalities[first].mask, bool)
+    return out
+
+
+def signature(bundle: Bundle):
+    """The pyfunc signature: column-based for vector inputs, tensor-based with token inputs."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema, TensorSpec
+
+    if not bundle.has_token_inputs:
+        inputs = Schema([ColSpec("double", c, required=False) for c in bundle.input_columns()])
+    else:
+        specs = []
+        for i in bundle.inputs:
+            shape = (-1, int(i["dim"])) if i["kind"] == "vector" else (-1, int(i["length"]), int(i["dim"]))
+            specs.append(TensorSpec(np.dtype(np.float32), shape, i["name"]))
+            if i["kind"] == "tokens" and i.get("token_mask", True):
+                specs.append(TensorSpec(np.dtype(bool), (-1, int(i["length"])), f"token_mask/{i['name']}"))
+        specs += [TensorSpec(np.dtype(bool), (-1,), f"mask/{m}") for m in bundle.modalities]
+        inputs = Schema(specs)
+    outputs = Schema([ColSpec("double", c) for c in bundle.class_names])
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+def _example_rows(data: MultimodalDataset, n: int = EXAMPLE_ROWS) -> MultimodalDataset:
+    """A few samples for the input example, including one that lacks a modality when there is one."""
+    partial = np.flatnonzero(~data.availability().all(axis=1))[:1]
+    rest = [i for i in range(len(data)) if i not in partial][: n - len(partial)]
+    return data.take(np.sort(np.concatenate([partial, rest]).astype(int)))
+
+
+def pip_requirements() -> list[str]:
+    import safetensors
+    import torch
+
+    from trainables.version import code_version
+
+    reqs = [f"mlflow=={mlflow.__version__}", f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}",
+            f"pandas=={pd.__version__}", f"safetensors=={safetensors.__version__}"]
+    version = code_version()
+    return reqs + [f"fusetune=={version}" if re.fullmatch(r"\d+(\.\d+)*", version) else "fusetune"]
+
+
+# ----------------------------------------------------------------------------- refit
+@dataclass
+class Refit:
+    trainer: Any                   # trainables.engine.FoldTrainer, fitted on the whole training part
+    train: MultimodalDataset       # the training part it was fitted on (encoded)
+    test: MultimodalDataset | None  # the dataset's fixed test part (encoded), if it has one
+    fingerprint: str
+    test_metrics: dict[str, Any] | None
+
+
+def _device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def refit(config: dict[str, Any], *, device: str | None = None) -> Refit:
+    """Train ``config`` on the whole training part (same seed and epochs) and score it on the fixed
+    test part when the dataset has one."""
+    from trainables.engine import FoldTrainer
+    from trainables.trial_data import prepare_from_config
+
+    data = prepare_from_config(config)
+    trainer = FoldTrainer(config["method"], config, data.data, None, seed=int(config["seed"]), device=device or _device())
+    while trainer.epoch < trainer.epochs:
+        parts = trainer.train_epoch()
+        if not math.isfinite(parts["loss"]):
+            raise ValueError(f"refit of the config diverged: loss {parts['loss']} at epoch {trainer.epoch}")
+    test = _test_part(config)
+    metrics = None
+    if test is not None:
+        metrics = classification_metrics(test.labels, trainer.predict_proba(test), trainer.class_names)
+    return Refit(trainer, data.data, test, data.fingerprint, metrics)
+
+
+def _test_part(config: dict[str, Any]) -> MultimodalDataset | None:
+    from trainables.data import load_dataset
+    from trainables.registry import get_method
+
+    raw = load_dataset(config["data"])
+    if raw.split is None or not (raw.split == "test").any():
+        return None
+    if any(m.kind in ("text", "image") for m in raw.modalities.values()):
+        from trainables.encoders import encode_dataset
+
+        raw = encode_dataset(raw, get_method(config["method"]).representations, text_encoder=config.get("text_encoder"),
+                             image_encoder=config.get("image_encoder"), cache_dir=config.get("cache_dir"))
+    return raw.split_part("test")
+
+
+# ----------------------------------------------------------------------------- MLflow
+@contextlib.contextmanager
+def _tracking(uri: str) -> Iterator[None]:
+    """The fluent API (which ``log_model`` uses) pointed at ``uri`` for the block only."""
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
+def _child_run(client: MlflowClient, parent_run_id: str, trial_id: str) -> str:
+    parent = client.get_run(parent_run_id)
+    found = client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.`{TRIAL_ID_TAG}` = '{trial_id}' and tags.`{PARENT_RUN_TAG}` = '{parent_run_id}'",
+        max_results=1,
+    )
+    if found:
+        return found[0].info.run_id
+    logger.warning("no MLflow run of trial %s under search run %s; creating one for its model", trial_id, parent_run_id)
+    tags = {PARENT_RUN_TAG: parent_run_id, TRIAL_ID_TAG: trial_id, ROLE_TAG: "trial",
+            SEARCH_NAME_TAG: parent.data.tags.get(SEARCH_NAME_TAG, "")}
+    run = client.create_run(parent.info.experiment_id, tags=tags, run_name=trial_id)
+    client.set_terminated(run.info.run_id, "FINISHED")
+    return run.info.run_id
+
+
+def _existing_version(client: MlflowClient, name: str, run_id: str):
+    with contextlib.suppress(Exception):
+        for v in client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'"):
+            return v
+    return None
+
+
+def log_top_models(top: list[TopTrial], *, space: str, data_name: str, tracking_uri: str,
+                   parent_run_id: str, registered_name: str, bundle_dir: str | Path | None = None,
+                   device: str | None = None) -> list[str]:
+    """Refit, bundle, log and register the models of ``top`` (best first); alias ``champion`` on the
+    first. Returns the registered model versions in the order of ``top``.
+
+    Idempotent: a trial whose run already holds a registered version of ``registered_name`` (a
+    repeated call after ``--resume``) keeps that version and is not refitted. ``bundle_dir``: also
+    keep each bundle there as ``<rank>-<trial_id>/`` (what ``search.export`` copies from).
+    """
+    client = MlflowClient(tracking_uri)
+    versions: list[str] = []
+    for rank, trial in enumerate(top, start=1):
+        run_id = _child_run(client, parent_run_id, trial.trial_id)
+        existing = _existing_version(client, registered_name, run_id)
+        if existing is not None:
+            versions.append(str(existing.version))
+            continue
+        config = trial.config
+        fit = refit(config, device=device)
+        test_scalars = scalar_metrics(fit.test_metrics) if fit.test_metrics else {}
+        metadata = {
+            "space": space, "data": data_name, "data_spec": config.get("data"), "data_fingerprint": fit.fingerprint,
+            "trial_id": trial.trial_id, "rank": rank, "refit": "whole training part, same seed and epochs",
+            "cv_metrics": {k: v for k, v in trial.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
+            "test_metrics": fit.test_metrics,
+        }
+        with tempfile.TemporaryDirectory(prefix="fusetune-model-") as tmp:
+            bundle_path = save_bundle(Path(tmp) / "bundle", fit.trainer, data=fit.train, metadata=metadata)
+            if bundle_dir is not None:
+                save_bundle(Path(bundle_dir) / f"{rank}-{trial.trial_id}", fit.trainer, data=fit.train,
+                            metadata=metadata, overwrite=True)
+            bundle = load_bundle(bundle_path)
+            example = pyfunc_input(bundle, _example_rows(fit.test if fit.test is not None else fit.train))
+            code = Path(tmp) / "fusetune_pyfunc.py"
+            code.write_text(_PYFUNC_CODE)
+            with _tracking(tracking_uri), fast_http(60, retries=3), mlflow.start_run(run_id=run_id):
+                info = mlflow.pyfunc.log_model(
+                    name=MODEL_NAME, python_model=str(code), artifacts={"bundle": str(bundle_path)},
+                    signature=signature(bundle), input_example=example, pip_requirements=pip_requirements(),
+                    registered_model_name=registered_name,
+                )
+                if test_scalars:
+                    mlflow.log_metrics({f"test_{k}": float(v) for k, v in test_scalars.items()})
+        version = str(info.registered_model_version)
+        client.set_model_version_tag(registered_name, version, VERSION_TRIAL_TAG, trial.trial_id)
+        client.set_model_version_tag(registered_name, version, "fusetune.rank", str(rank))
+        for k in METRICS:
+            if k in trial.metrics:
+                client.set_model_version_tag(registered_name, version, f"cv_{k}", f"{trial.metrics[k]:.4f}")
+        versions.append(version)
+    if versions:
+        client.set_registered_model_alias(registered_name, CHAMPION, versions[0])
+        client.set_tag(parent_run_id, "fusetune.champion", f"models:/{registered_name}/{versions[0]}")
+    return versions
