@@ -255,6 +255,37 @@ def verify_bundle(path: str | Path) -> dict[str, Any]:
     return manifest
 
 
+def copy_bundle(src: str | Path, dest: str | Path, *, extra_files: dict[str, str | bytes] | None = None,
+                overwrite: bool = False) -> Path:
+    """A verified copy of the bundle ``src`` at ``dest`` with ``extra_files`` (name -> content, e.g. a
+    model card) added or replaced and the manifest rewritten; the bundle's own files are copied
+    byte for byte (atomically: built aside, then renamed into place)."""
+    manifest = verify_bundle(src)
+    src, dest = Path(src), Path(dest)
+    if dest.exists() and not overwrite:
+        raise BundleError(str(dest), "already exists (pass overwrite=True to replace it)")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        for name in manifest["files"]:
+            shutil.copy2(src / name, tmp / name)
+        for name, content in (extra_files or {}).items():
+            if name == MANIFEST or name in CORE_FILES or Path(name).name != name:
+                raise BundleError(name, "extra bundle files need a plain file name other than the bundle's own")
+            (tmp / name).write_bytes(content.encode() if isinstance(content, str) else content)
+        files = sorted(p.name for p in tmp.iterdir() if p.name != MANIFEST)
+        manifest = {"format": FORMAT, "version": VERSION,
+                    "files": {f: {"sha256": _sha256(tmp / f), "bytes": (tmp / f).stat().st_size} for f in files}}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
+
+
 def load_bundle(path: str | Path, *, device: str = "cpu") -> "Bundle":
     """Verify the manifest, rebuild the model from ``inputs.json`` + ``config.json`` and load its weights."""
     path = Path(path)
