@@ -17,6 +17,7 @@ import argparse
 import csv
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from search.config import SearchConfig as _SearchConfig
 from search.errors import UsageError
 
 RESULTS_CSV = "results.csv"
+_FOLD_KEY = re.compile(r"fold\d+_accuracy")
 PARAMS_FILE = "params.json"
 RESULT_FILE = "result.json"
 
@@ -57,7 +59,7 @@ class TrialResult:
 
     @property
     def n_folds(self) -> int:
-        return sum(1 for k in self.last if k.startswith("fold") and k.endswith("_accuracy"))
+        return sum(1 for k in self.last if _FOLD_KEY.fullmatch(k))
 
     def fold_values(self, metric: str) -> np.ndarray:
         """The final per-fold values of ``metric`` (fold 0, 1, ...); empty if the trial did not finish."""
@@ -236,6 +238,6 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def add_storage_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--storage", default=DEFAULT_STORAGE, metavar="DIR",
+def add_storage_option(parser: argparse.ArgumentParser, default: str | None = DEFAULT_STORAGE) -> None:
+    parser.add_argument("--storage", default=default, metavar="DIR",
                         help=f"results folder of the searches (default: {DEFAULT_STORAGE})")

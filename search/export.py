@@ -1,0 +1,417 @@
+"""``python -m search.export``: the best models of a search as self-contained bundles with a model card.
+
+    python -m search.export --name STUDY [--storage DIR] [--top-k K] --dest DIR
+    python -m search.export --model NAME [--alias champion | --version N] [--tracking-uri URI] --dest DIR
+
+Each selected configuration becomes ``DEST/<study>-<rank>-<trial>/`` (``DEST/<model>-v<version>/``
+from the registry): a :mod:`trainables.bundle` (safetensors weights, full config, preprocessing
+statistics, class names, modality names and dimensions, encoder identities, SHA-256 manifest) plus
+``MODEL_CARD.md`` and its machine-readable twin ``model_card.json``, both covered by the manifest.
+Nothing else is needed to use it::
+
+    from trainables.bundle import load_bundle
+    probs = load_bundle("DEST/tiny-1-1bc01323").predict(frame)   # missing modalities: NaN / absent columns
+
+The deployable model is the one the search registered (:mod:`search.models`: the configuration
+refitted on the whole training part with the trial's seed and epochs). It is taken, in order, from
+the study's ``models/<rank>-<trial>/`` folder, from the MLflow registry of the search (the version
+tagged with the trial), or refitted now the same way.
+
+The model card's evidence comes from the trial's own fold models (its last checkpoint, or retrained
+from the config when the checkpoint is gone), each evaluated on its validation fold: metrics mean ±
+std over folds as the search reported them, per-class precision/recall and the confusion matrix of
+the out-of-fold predictions (pooled over folds), and the metric as each modality goes missing at
+0, 30, 60 and 90 % (:mod:`search.robustness`). When the dataset has a fixed test part, the
+refitted model's scores on it (computed once at registration, never used for selection) are listed
+too. The card ends with the command that reruns the search and the one that retrains this model
+from the bundle alone and checks it (:mod:`search.reproduce`).
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from search.errors import UsageError
+from search.robustness import ALL, DEFAULT_RATES, FoldModels, Row, evaluate, fold_models, parse_rates
+from search.study import DEFAULT_STORAGE, OneLineParser, StudyResults, TrialResult, add_storage_option, load_study
+from trainables.bundle import BundleError, copy_bundle, load_bundle, verify_bundle
+from trainables.metrics import METRICS, classification_metrics
+
+CARD = "MODEL_CARD.md"
+CARD_JSON = "model_card.json"
+MODELS_DIR = "models"
+"""Where the search may keep its registered bundles (``log_top_models(bundle_dir=<study>/models)``)."""
+SEARCH_FILE = "search.json"
+
+
+# ----------------------------------------------------------------------------- what is exported
+@dataclass
+class Selected:
+    rank: int
+    trial: TrialResult
+    study: StudyResults | None
+    bundle: Path
+    """A verified bundle folder holding the deployable model."""
+    origin: str
+    """Where the bundle came from (study folder, ``models:/NAME/VERSION``, refitted now)."""
+    search_options: dict[str, Any] | None
+    """The search's options (``search.json`` or the parent run's params), for the reproduce command."""
+    out_name: str
+
+
+def _search_options(study: StudyResults) -> dict[str, Any] | None:
+    path = study.folder / SEARCH_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _tracking_uri(study: StudyResults, options: dict[str, Any] | None) -> str | None:
+    """The search's MLflow store, if it exists: its ``--tracking-uri`` or the default SQLite file."""
+    from search.tracking import default_tracking_uri
+
+    if options and options.get("tracking_uri"):
+        return str(options["tracking_uri"])
+    db = study.folder.parent / "mlflow.db"
+    return default_tracking_uri(study.folder.parent) if db.is_file() else None
+
+
+def _registered_bundle(uri: str, study: StudyResults, trial_id: str, tmp: Path) -> tuple[Path, str] | None:
+    """The bundle registered for ``trial_id`` of ``study`` in the MLflow store ``uri``, downloaded."""
+    from mlflow.tracking import MlflowClient
+
+    from search.tracking import SEARCH_NAME_TAG, fast_http
+
+    try:
+        with fast_http(10.0):
+            client = MlflowClient(uri)
+            versions = client.search_model_versions(f"tags.`fusetune.trial_id` = '{trial_id}'")
+            versions = [v for v in versions if client.get_run(v.run_id).data.tags.get(SEARCH_NAME_TAG) == study.name]
+            if not versions:
+                return None
+            v = max(versions, key=lambda v: int(v.version))
+            return _download(uri, v.name, str(v.version), tmp), f"models:/{v.name}/{v.version}"
+    except Exception as exc:  # noqa: BLE001 - the registry is one of three sources
+        print(f"note: MLflow store {uri} not usable for trial {trial_id} ({' '.join(str(exc).split())[:200]})",
+              file=sys.stderr)
+        return None
+
+
+def _download(uri: str, name: str, version: str, tmp: Path) -> Path:
+    import mlflow
+
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}",
+                                                    dst_path=str(tmp / f"{name}-v{version}"))
+    finally:
+        mlflow.set_tracking_uri(previous)
+    bundle = Path(local) / "artifacts" / "bundle"
+    if not bundle.is_dir():
+        raise UsageError(f"model {name} version {version}: its artifacts hold no fusetune bundle (artifacts/bundle)")
+    return bundle
+
+
+def _refit_bundle(study: StudyResults, trial: TrialResult, rank: int, tmp: Path) -> Path:
+    """Refit the configuration as :func:`search.models.log_top_models` does and bundle it."""
+    from search.models import refit
+    from trainables.bundle import save_bundle
+
+    print(f"trial {trial.trial_id}: no registered bundle found; refitting it on the whole training part", file=sys.stderr)
+    fit = refit(trial.config)
+    metadata = {
+        "space": study.space, "data": fit.train.name, "data_spec": trial.config.get("data"),
+        "data_fingerprint": fit.fingerprint, "trial_id": trial.trial_id, "rank": rank,
+        "refit": "whole training part, same seed and epochs",
+        "cv_metrics": {k: v for k, v in trial.last.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
+        "test_metrics": fit.test_metrics,
+    }
+    return save_bundle(tmp / f"refit-{trial.trial_id}", fit.trainer, data=fit.train, metadata=metadata)
+
+
+def select_from_study(study: StudyResults, top_k: int, tmp: Path) -> list[Selected]:
+    """The study's best ``top_k`` finished trials (the search's own ranking), each with its bundle."""
+    ranked = study.ranked()
+    if not ranked:
+        raise UsageError(f"--name {study.name}: no trial finished all its epochs; nothing to export")
+    options = _search_options(study)
+    uri = _tracking_uri(study, options)
+    out = []
+    for rank, trial in enumerate(ranked[:top_k], 1):
+        kept = sorted((study.folder / MODELS_DIR).glob(f"*-{trial.trial_id}"))
+        if kept:
+            bundle, origin = kept[0], f"study folder {kept[0]}"
+        else:
+            found = _registered_bundle(uri, study, trial.trial_id, tmp) if uri else None
+            bundle, origin = found if found else (_refit_bundle(study, trial, rank, tmp), "refitted by search.export")
+        out.append(Selected(rank, trial, study, bundle, origin, options, f"{study.name}-{rank}-{trial.trial_id}"))
+    return out
+
+
+def select_from_registry(model: str, alias: str | None, version: str | None, tracking_uri: str, tmp: Path,
+                         storage: str | None) -> Selected:
+    """A registered model version; its trial's study is used when its folder is reachable."""
+    from mlflow.tracking import MlflowClient
+
+    from search.tracking import PARENT_RUN_TAG, TRIAL_ID_TAG, check_tracking_uri
+
+    check_tracking_uri(tracking_uri)
+    client = MlflowClient(tracking_uri)
+    try:
+        v = client.get_model_version(model, version) if version else client.get_model_version_by_alias(model, alias)
+    except Exception as exc:  # noqa: BLE001 - MLflow raises its own exception types
+        what = f"version {version}" if version else f"alias {alias!r}"
+        raise UsageError(f"--model {model}: no {what} in {tracking_uri} ({' '.join(str(exc).split())[:160]})") from None
+    bundle = _download(tracking_uri, model, str(v.version), tmp)
+    run = client.get_run(v.run_id)
+    trial_id = v.tags.get(TRIAL_ID_TAG) or run.data.tags.get(TRIAL_ID_TAG, "?")
+    parent = client.get_run(run.data.tags[PARENT_RUN_TAG]) if PARENT_RUN_TAG in run.data.tags else None
+    options = dict(parent.data.params) if parent else None
+    study = None
+    if options:
+        folder = Path(storage or options.get("storage", "")).expanduser() / options.get("name", "")
+        if folder.is_dir() and options.get("name"):
+            try:
+                study = load_study(folder.name, folder.parent)
+                options = _search_options(study) or options
+            except UsageError:
+                study = None
+    if study is not None and any(t.trial_id == trial_id for t in study.trials):
+        trial = study.trial(trial_id)
+    else:  # the study folder is elsewhere: the run's final metrics and the bundle's full config
+        config = json.loads((bundle / "config.json").read_text())
+        trial = TrialResult(trial_id, "TERMINATED", config, [{**run.data.metrics, "final": True}], None)
+    rank = int(v.tags.get("fusetune.rank", 1))
+    return Selected(rank, trial, study, bundle, f"models:/{model}/{v.version}", options, f"{model}-v{v.version}")
+
+
+# ----------------------------------------------------------------------------- the model card
+def _pm(mean: float | None, std: float | None) -> str:
+    return "-" if mean is None else f"{mean:.4f} ± {float(std or 0.0):.4f}"
+
+
+def _value(options: dict[str, Any], key: str) -> Any:
+    v = options.get(key)
+    return None if v in (None, "None", "", [], ()) else v
+
+
+def search_command(options: dict[str, Any] | None) -> str | None:
+    """The ``python -m search.run`` command of the search, from its saved options."""
+    if not options:
+        return None
+    flags = ("space", "data", "metric", "mode", "num_samples", "epochs", "folds", "val_fraction", "sampler", "scheduler",
+             "seed", "top_k", "text_encoder", "image_encoder")
+    parts = ["python", "-m", "search.run"]
+    for key in flags:
+        v = _value(options, key)
+        if v is None or (key == "val_fraction" and str(_value(options, "folds")) != "0"):
+            continue
+        parts += [f"--{key.replace('_', '-')}", ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)]
+    points = options.get("points")
+    for p in points if isinstance(points, list) else []:
+        parts += ["--points", json.dumps(p, sort_keys=True)]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def card_facts(sel: Selected, models: FoldModels, rows: list[Row], metric: str, path: Path) -> dict[str, Any]:
+    """Everything the card says, JSON-ready (written as ``model_card.json``)."""
+    bundle = load_bundle(sel.bundle)
+    trial = sel.trial
+    labels, probs = [], []
+    for k, t in enumerate(models.trainers):
+        labels.append(t.val.labels)
+        probs.append(models.predict(k))
+    oof = classification_metrics(np.concatenate(labels), np.concatenate(probs), bundle.class_names)
+    meta = bundle.metadata
+    from spaces import SPACES
+
+    space = SPACES.get(trial.config.get("space", ""))
+    sampled = {k: trial.config[k] for k in (space.names if space else []) if k in trial.config}
+    return {
+        "model": sel.out_name, "trial_id": trial.trial_id, "rank": sel.rank, "source": sel.origin,
+        "study": sel.study.name if sel.study else trial.config.get("space"),
+        "method": bundle.method, "space": trial.config.get("space"), "class_names": bundle.class_names,
+        "modalities": bundle.modalities,
+        "inputs": [{k: v for k, v in i.items() if k != "features"} | {"features": len(i.get("features", []))}
+                   for i in bundle.inputs],
+        "encoders": bundle.encoders,
+        "data": {"spec": trial.config.get("data"), "name": bundle.description.get("data", {}).get("name"),
+                 "fingerprint": meta.get("data_fingerprint") or trial.last.get("data_fingerprint"),
+                 "folds": trial.config.get("folds"), "seed": trial.config.get("seed"),
+                 "val_fraction": trial.config.get("val_fraction")},
+        "hyperparameters": sampled, "epochs": trial.config.get("epochs"),
+        "refit": meta.get("refit", "whole training part, same seed and epochs"),
+        "cv_metrics": {m: {"mean": trial.value(m), "std": trial.last.get(f"{m}_std"),
+                           "folds": trial.fold_values(m).tolist()} for m in METRICS},
+        "objective": metric,
+        "oof": {"per_class": oof["per_class"], "confusion_matrix": oof["confusion_matrix"]},
+        "test": meta.get("test_metrics"),
+        "robustness": {"metric": metric, "fold_models": models.source,
+                       "rows": [{"kind": r.kind, "target": r.target, "rate": r.rate, "achieved": r.achieved,
+                                 "mean": r.mean, "std": r.std, "folds": list(r.folds)} for r in rows]},
+        "reproduce": {"search": search_command(sel.search_options),
+                      "model": f"python -m search.reproduce {shlex.quote(str(path))}"},
+        "code_version": trial.last.get("code_version") or meta.get("code_version"),
+        "exported": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+
+
+def _table(head: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|",
+            *("| " + " | ".join(r) + " |" for r in rows)]
+
+
+def _per_class(per_class: dict[str, dict[str, float]]) -> list[str]:
+    return _table(["class", "precision", "recall", "f1", "support"],
+                  [[c, f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}", str(v["support"])]
+                   for c, v in per_class.items()])
+
+
+def _confusion(cm: list[list[int]], classes: list[str]) -> list[str]:
+    return _table(["true \\ predicted", *classes], [[c, *map(str, row)] for c, row in zip(classes, cm)])
+
+
+def render_card(f: dict[str, Any]) -> str:
+    classes = f["class_names"]
+    d = f["data"]
+    folds = "hold-out split" if d["folds"] == 0 else f"{d['folds']}-fold stratified cross-validation"
+    n_folds = len(f["cv_metrics"][f["objective"]]["folds"])
+    lines = [
+        f"# Model card: {f['model']}", "",
+        f"Trial `{f['trial_id']}` (rank {f['rank']}) of study `{f['study']}`, space `{f['space']}`, "
+        f"method `{f['method']}`. Model from {f['source']}; exported {f['exported']}"
+        + (f", code version `{f['code_version']}`." if f.get("code_version") else "."), "",
+        "```python", "from trainables.bundle import load_bundle",
+        "probs = load_bundle(\"<this folder>\").predict(frame)  # [N, C], columns in class order below", "```", "",
+        "## Model", "",
+        f"- classes (probability columns, in order): {', '.join(classes)}",
+        f"- modalities: {', '.join(f['modalities'])}; any may be missing for a sample (NaN or absent columns)",
+        f"- deployable model: {f['refit']} ({f['epochs']} epochs); the evidence below is the cross-validation "
+        "of the same configuration",
+        "",
+        *_table(["modality", "input", "kind", "dim", "tokens", "encoder"],
+                [[i["modality"], i["name"], i["kind"], str(i["dim"]), str(i.get("length") or "-"),
+                  (f"{f['encoders'][i['modality']]['encoder']}" if i["modality"] in f["encoders"] else "as given")]
+                 for i in f["inputs"]]),
+    ]
+    if f["encoders"]:
+        lines += ["", "Encoder identities (the bundle refuses raw inputs encoded by a different checkpoint):", ""]
+        lines += [f"- `{m}` ({e['kind']} -> {', '.join(e['representations'])}): `{e['encoder']}` "
+                  f"{json.dumps(e.get('identity'), sort_keys=True)}" for m, e in f["encoders"].items()]
+    lines += ["", "Searched hyperparameters:", ""]
+    lines += _table(["parameter", "value"], [[k, f"{v:.4g}" if isinstance(v, float) else str(v)]
+                                             for k, v in f["hyperparameters"].items()]) if f["hyperparameters"] else ["(none)"]
+    lines += ["", "## Data", "",
+              f"- dataset `{d['spec']}`, fingerprint `{d['fingerprint']}` (SHA-256 of the loaded content)",
+              f"- validation: {folds} of the training part, seed {d['seed']}", "",
+              f"## Cross-validation metrics (mean ± std over {n_folds} folds)", ""]
+    lines += _table(["metric", "mean ± std", *(f"fold {k}" for k in range(n_folds))],
+                    [[m + (" (objective)" if m == f["objective"] else ""), _pm(v["mean"], v["std"]),
+                      *(f"{x:.4f}" for x in v["folds"])] for m, v in f["cv_metrics"].items()])
+    lines += ["", "## Per-class precision and recall (out-of-fold predictions, pooled over folds)", ""]
+    lines += _per_class(f["oof"]["per_class"])
+    lines += ["", "## Confusion matrix (out-of-fold, rows = true class)", ""]
+    lines += _confusion(f["oof"]["confusion_matrix"], classes)
+    if f.get("test"):
+        t = f["test"]
+        lines += ["", "## Fixed test part (the deployable model, scored once, never used for selection)", "",
+                  ", ".join(f"{m} {t[m]:.4f}" for m in METRICS if m in t), ""]
+        lines += _per_class(t["per_class"]) + [""] + _confusion(t["confusion_matrix"], classes)
+    rob = f["robustness"]
+    rates = sorted({r["rate"] for r in rob["rows"]})
+    lines += ["", f"## Missing modalities ({rob['metric']}, mean ± std over folds)", "",
+              "Each fold model on its validation fold with a modality removed from a random fraction of the samples "
+              "(seeded; a sample always keeps one modality; `all` drops (sample, modality) cells at random and "
+              "reports the fraction it could drop). Rate 0 is the search's own figure.", ""]
+    targets = list(dict.fromkeys((r["kind"], r["target"]) for r in rob["rows"]))
+    cells = {(r["kind"], r["target"], r["rate"]): r for r in rob["rows"]}
+    body = []
+    for kind, target in targets:
+        label = "all modalities" if target == ALL else ("report attributes" if kind == "attribute" else target)
+        row = [label]
+        for rate in rates:
+            c = cells.get((kind, target, rate))
+            extra = f" ({c['achieved']:.0%} dropped)" if c and target == ALL and abs(c["achieved"] - rate) > 0.01 else ""
+            row.append("-" if c is None else _pm(c["mean"], c["std"]) + extra)
+        body.append(row)
+    lines += _table(["missing", *(f"{r:.0%}" for r in rates)], body) if body else ["(one modality: nothing can go missing)"]
+    lines += ["", "## Reproduce", ""]
+    if f["reproduce"]["search"]:
+        lines += ["The search that selected this configuration:", "", "```", f["reproduce"]["search"], "```", ""]
+    lines += ["Retrain this model from the bundle alone (same data, seed and epochs) and check it gives the same "
+              "probabilities:", "", "```", f["reproduce"]["model"], "```", ""]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- export
+def export_one(sel: Selected, dest: Path, *, rates: tuple[float, ...], seed: int, overwrite: bool) -> Path:
+    verify_bundle(sel.bundle)
+    metric = sel.study.metric if sel.study else str(sel.trial.config.get("metric") or "macro_f1")
+    metric = metric if metric in METRICS else "macro_f1"
+    models = fold_models(sel.trial, log=lambda s: print(s, file=sys.stderr))
+    rows = evaluate(models, metric, rates, seed=seed)
+    facts = card_facts(sel, models, rows, metric, dest / sel.out_name)
+    return copy_bundle(sel.bundle, dest / sel.out_name, overwrite=overwrite,
+                       extra_files={CARD: render_card(facts), CARD_JSON: json.dumps(facts, indent=1, default=str)})
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = OneLineParser(prog="python -m search.export",
+                           description="Export the best models of a search as self-contained bundles with a model card.")
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--name", help="the study (search name under --storage)")
+    src.add_argument("--model", help="a registered model name (MLflow Model Registry)")
+    add_storage_option(parser, default=None)  # --model: None = the search's own, from its MLflow run
+    parser.add_argument("--top-k", type=int, default=1, help="with --name: export the best K configurations (default 1)")
+    parser.add_argument("--alias", default=None, help="with --model: the version's alias (default champion)")
+    parser.add_argument("--version", default=None, help="with --model: a version number instead of an alias")
+    parser.add_argument("--tracking-uri", default=None,
+                        help="with --model: the MLflow store (default sqlite:///<storage>/mlflow.db)")
+    parser.add_argument("--dest", required=True, metavar="DIR", help="where the bundles are written")
+    parser.add_argument("--rates", default=",".join(f"{r:g}" for r in DEFAULT_RATES),
+                        help="missing-modality rates for the card (default 0,0.3,0.6,0.9)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random masking (default 0)")
+    parser.add_argument("--overwrite", action="store_true", help="replace bundles already in --dest")
+    args = parser.parse_args(argv)
+    dest = Path(args.dest).expanduser()
+    try:
+        if args.top_k < 1:
+            raise UsageError(f"--top-k {args.top_k}: must be at least 1")
+        if args.model is None and (args.alias or args.version or args.tracking_uri):
+            raise UsageError("--alias, --version and --tracking-uri go with --model")
+        if args.alias and args.version:
+            raise UsageError("--alias and --version: give one of them")
+        rates = parse_rates(args.rates)
+        with tempfile.TemporaryDirectory(prefix="fusetune-export-") as tmp:
+            if args.name:
+                selected = select_from_study(load_study(args.name, args.storage or DEFAULT_STORAGE), args.top_k,
+                                             Path(tmp))
+            else:
+                from search.tracking import default_tracking_uri
+
+                uri = args.tracking_uri or default_tracking_uri(args.storage or DEFAULT_STORAGE)
+                selected = [select_from_registry(args.model, args.alias or "champion", args.version, uri, Path(tmp),
+                                                 args.storage)]
+            for sel in selected:
+                if (dest / sel.out_name).exists() and not args.overwrite:
+                    raise UsageError(f"--dest {dest}: {sel.out_name} exists (add --overwrite to replace it)")
+            written = [export_one(s, dest, rates=rates, seed=args.seed, overwrite=args.overwrite) for s in selected]
+    except (UsageError, BundleError) as exc:
+        print(f"python -m search.export: error: {exc}", file=sys.stderr)
+        return 2
+    for sel, path in zip(selected, written):
+        print(f"{path}  (rank {sel.rank}, trial {sel.trial.trial_id}, model from {sel.origin})")
+    print("load: from trainables.bundle import load_bundle; load_bundle(PATH).predict(frame)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
