@@ -1,0 +1,388 @@
+"""Distributed runs and fault tolerance, end to end with ``python -m search.run``.
+
+Each test starts what it needs for real and tears it down in all cases:
+
+- a two-node Ray cluster on this machine (``infra/local-cluster.sh``: a head and a second node,
+  one CPU and one custom resource each) and a search with ``--address``: trials ran on both nodes;
+- the driver SIGKILLed mid-search and rerun with ``--resume``: finished trials are not rerun,
+  unfinished ones continue from their checkpoints, every trial is in ``results.csv`` once and in
+  MLflow once, with every epoch logged exactly once;
+- the second node's raylet killed mid-trial: the trial is retried (``--max-failures``) from its
+  checkpoint on the remaining node and the search completes;
+- the MLflow server stopped and restarted mid-search: the search does not die and every epoch's
+  metrics reach the server once it is back.
+
+Which node ran a result is read from the process tree: a trial reports its worker's ``pid``, and
+every worker process descends from one node's ``ray start`` process (Linux ``/proc``). All of it
+takes minutes, hence ``slow``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+LOCAL_CLUSTER = REPO / "infra" / "local-cluster.sh"
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process tree from /proc"),
+]
+
+# A small, quick search: the baseline space on breast-tcga (vector modalities, no encoders), two
+# folds, every trial the full budget (fifo), random sampling.
+SEARCH = ["--space", "baseline", "--folds", "2", "--scheduler", "fifo", "--sampler", "random"]
+
+
+# ------------------------------------------------------------------------------ process tree
+def _parents() -> dict[int, int]:
+    out = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                stat = Path(entry.path, "stat").read_text()
+            except OSError:
+                continue
+            # pid (comm) state ppid ...; comm may hold spaces and parentheses
+            out[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    return out
+
+
+def descendants(root: int, parents: dict[int, int] | None = None) -> set[int]:
+    parents = _parents() if parents is None else parents
+    children: dict[int, list[int]] = {}
+    for pid, ppid in parents.items():
+        children.setdefault(ppid, []).append(pid)
+    found, todo = set(), [root]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            if c not in found:
+                found.add(c)
+                todo.append(c)
+    return found
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+# ------------------------------------------------------------------------------ the cluster
+class LocalCluster:
+    """``infra/local-cluster.sh`` with its state in a fresh folder; ``nodes[i]`` is the pid of
+    node ``i``'s ``ray start --block`` process (node 0 is the head)."""
+
+    def __init__(self, workers: int = 1, env: dict[str, str] | None = None) -> None:
+        # short: Ray's Unix sockets live below this folder (107-byte limit)
+        self.dir = Path(tempfile.mkdtemp(prefix="ftc-"))
+        self.env = {**_clean_env(), **(env or {})}
+        self.workers = workers
+        self.nodes: list[int] = []
+        self.address = ""
+        self._seen: dict[int, int] = {}
+        self._stop_watch = threading.Event()
+        self._watcher: threading.Thread | None = None
+
+    def _script(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", str(LOCAL_CLUSTER), *args, "--dir", str(self.dir)], env=self.env,
+                              capture_output=True, text=True, timeout=300)
+
+    def start(self) -> "LocalCluster":
+        done = self._script("start", "--workers", str(self.workers))
+        if done.returncode != 0:
+            self.stop()
+            raise RuntimeError(f"local cluster did not start: {done.stderr[-2000:]}")
+        self.nodes = [int((self.dir / f"node_{i}.pid").read_text()) for i in range(self.workers + 1)]
+        self.address = (self.dir / "address").read_text().strip()
+        self._watcher = threading.Thread(target=self._watch, daemon=True)
+        self._watcher.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop_watch.set()
+        self._script("stop")
+        temp = self.dir / "ray_temp_dir"
+        if temp.exists():
+            shutil.rmtree(temp.read_text().strip(), ignore_errors=True)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _watch(self) -> None:
+        """Remember which node every process belongs to while it lives (workers come and go)."""
+        while not self._stop_watch.is_set():
+            parents = _parents()
+            for i, root in enumerate(self.nodes):
+                for pid in descendants(root, parents):
+                    self._seen.setdefault(pid, i)
+            time.sleep(0.1)
+
+    def node_of(self, pid: int) -> int | None:
+        """The node whose process tree held ``pid`` (None if never seen)."""
+        if pid not in self._seen:
+            parents = _parents()
+            for i, root in enumerate(self.nodes):
+                if pid in descendants(root, parents):
+                    self._seen[pid] = i
+        return self._seen.get(pid)
+
+    def raylet(self, node: int) -> int:
+        pids = [p for p in descendants(self.nodes[node]) if _comm(p) == "raylet"]
+        assert len(pids) == 1, f"node {node}: raylets {pids}"
+        return pids[0]
+
+
+def _clean_env() -> dict[str, str]:
+    """This test process's environment without a Ray address to leak into the cluster or driver,
+    with the checkout importable and Ray's token authentication on (local-cluster.sh turns it on)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env["RAY_AUTH_MODE"] = "token"
+    env["RAY_USAGE_STATS_ENABLED"] = "0"
+    return env
+
+
+@pytest.fixture
+def cluster(data_dir) -> Iterator[LocalCluster]:
+    c = LocalCluster(workers=1)
+    try:
+        yield c.start()
+    finally:
+        c.stop()
+
+
+# ------------------------------------------------------------------------------ the driver
+class Driver:
+    """``python -m search.run`` as a child process (its own session), output in a log file."""
+
+    def __init__(self, args: list[str], log: Path, env: dict[str, str] | None = None) -> None:
+        self.log = log
+        self.proc = subprocess.Popen([sys.executable, "-m", "search.run", *args], cwd=REPO,
+                                     env={**_clean_env(), **(env or {})}, stdout=open(log, "ab"),
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"search did not finish in {timeout:.0f}s:\n{self.output()[-3000:]}") from None
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@pytest.fixture
+def drivers() -> Iterator[list[Driver]]:
+    started: list[Driver] = []
+    try:
+        yield started
+    finally:
+        for d in started:
+            d.kill()
+
+
+# ------------------------------------------------------------------------------ results
+def trial_results(exp: Path) -> dict[str, list[dict[str, Any]]]:
+    """Every trial folder's reported results (``result.json``, one JSON line per report)."""
+    out = {}
+    for folder in sorted(p for p in exp.glob("fusetune_*") if p.is_dir()):
+        lines = (folder / "result.json").read_text().splitlines() if (folder / "result.json").exists() else []
+        out[folder.name.rsplit("_", 1)[1]] = [json.loads(ln) for ln in lines if ln.strip()]
+    return out
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def wait_for(condition, timeout: float, what: str, driver: Driver | None = None, every: float = 0.25) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = condition()
+        if got:
+            return got
+        if driver is not None and driver.proc.poll() is not None:
+            raise AssertionError(f"the search ended (rc {driver.proc.returncode}) before {what}:\n{driver.output()[-3000:]}")
+        time.sleep(every)
+    raise AssertionError(f"timed out waiting for {what}" + (f":\n{driver.output()[-3000:]}" if driver else ""))
+
+
+def completed(rows: list[dict[str, str]], epochs: int) -> bool:
+    return all(r["status"] == "TERMINATED" and r["final"] == "True" and int(r["epochs_done"]) == epochs for r in rows)
+
+
+# ------------------------------------------------------------------------------ the tests
+def test_two_node_cluster_runs_trials_on_both_nodes(cluster, drivers, tmp_path):
+    epochs, n = 6, 4
+    storage, name = tmp_path / "results", "two-nodes"
+    drivers.append(Driver([*SEARCH, "--address", cluster.address, "--num-samples", str(n), "--epochs", str(epochs),
+                           "--cpus-per-trial", "1", "--top-k", "1", "--storage", str(storage), "--name", name],
+                          tmp_path / "driver.log"))
+    assert drivers[0].wait(600) == 0, drivers[0].output()[-3000:]
+
+    rows = read_csv(storage / name / "results.csv")
+    assert len(rows) == n and completed(rows, epochs)
+    nodes = {tid: {cluster.node_of(r["pid"]) for r in results} for tid, results in trial_results(storage / name).items()}
+    assert all(len(ns) == 1 and None not in ns for ns in nodes.values()), nodes  # one node per trial, a known one
+    assert set.union(*nodes.values()) == {0, 1}, f"trials ran on nodes {nodes}"
+
+
+def test_driver_killed_then_resumed(cluster, drivers, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    epochs, n = 24, 4  # checkpoints every epochs // 10 = 2 epochs
+    storage, name = tmp_path / "results", "killed"
+    exp = storage / name
+    args = ["--address", cluster.address, "--storage", str(storage), "--name", name, "--top-k", "1"]
+    drivers.append(Driver([*SEARCH, *args, "--num-samples", str(n), "--epochs", str(epochs), "--max-concurrent", "2"],
+                          tmp_path / "driver-1.log"))
+
+    def finished_and_checkpointed() -> bool:
+        results = trial_results(exp)
+        done = [t for t, rs in results.items() if rs and rs[-1].get("final")]
+        running = [t for t, rs in results.items()
+                   if rs and not rs[-1].get("final") and sum(bool(r.get("checkpoint_dir_name")) for r in rs) >= 3]
+        return bool(done and running)
+
+    wait_for(finished_and_checkpointed, 600, "a finished trial and a running one with 3 checkpoints", drivers[0])
+    # the experiment snapshot that --resume reads is written when checkpoints are rotated: let one land
+    mark = time.time()
+    wait_for(lambda: any(p.stat().st_mtime > mark for p in exp.glob("experiment_state-*.json")), 60,
+             "an experiment snapshot", drivers[0])
+    os.kill(drivers[0].proc.pid, signal.SIGKILL)  # the driver alone, as a crash would
+    drivers[0].proc.wait()
+    before = trial_results(exp)
+    finished_before = {t for t, rs in before.items() if rs and rs[-1].get("final")}
+    unfinished_before = {t: rs for t, rs in before.items() if rs and not rs[-1].get("final")}
+    assert finished_before and unfinished_before
+
+    drivers.append(Driver([*args, "--resume"], tmp_path / "driver-2.log"))
+    assert drivers[1].wait(900) == 0, drivers[1].output()[-3000:]
+
+    rows = read_csv(exp / "results.csv")
+    assert sorted(r["trial_id"] for r in rows) == sorted(set(r["trial_id"] for r in rows))
+    assert len(rows) == n and completed(rows, epochs)
+    after = trial_results(exp)
+    for t in finished_before:  # not rerun: not one more report
+        assert after[t] == before[t], f"finished trial {t} reported again after --resume"
+    for t, rs in unfinished_before.items():
+        new = after[t][len(rs):]
+        checkpointed = {r["epoch"] for r in rs if r.get("checkpoint_dir_name")}
+        assert new and new[0]["epoch"] - 1 in checkpointed, (
+            f"trial {t} resumed at epoch {new[0]['epoch'] if new else None}, checkpoints at {sorted(checkpointed)}")
+        assert new[-1]["epoch"] == epochs
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{storage / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                              filter_string=f"tags.`fusetune.search_name` = '{name}'", max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("fusetune.role") == "search"]
+    children = [r for r in runs if r.data.tags.get("fusetune.role") == "trial"]
+    assert len(parents) == 1
+    assert sorted(r.data.tags["fusetune.trial_id"] for r in children) == sorted(r["trial_id"] for r in rows)
+    for run in children:
+        assert run.info.status == "FINISHED" and run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "macro_f1")]
+        assert sorted(steps) == list(range(1, epochs + 1)), f"trial {run.data.tags['fusetune.trial_id']}: steps {steps}"
+
+
+# faster detection of a dead node than Ray's defaults (which wait tens of seconds)
+FAST_FAILURE_DETECTION = {
+    "RAY_health_check_initial_delay_ms": "0",
+    "RAY_health_check_period_ms": "1000",
+    "RAY_health_check_timeout_ms": "1000",
+    "RAY_health_check_failure_threshold": "3",
+}
+
+
+def test_node_lost_mid_trial_is_rescheduled_on_the_remaining_node(data_dir, drivers, tmp_path):
+    epochs = 30  # checkpoints every 3 epochs
+    storage, name = tmp_path / "results", "node-loss"
+    exp = storage / name
+    cluster = LocalCluster(workers=1, env=FAST_FAILURE_DETECTION)
+    try:
+        cluster.start()
+        drivers.append(Driver([*SEARCH, "--address", cluster.address, "--num-samples", "2", "--epochs", str(epochs),
+                               "--max-concurrent", "2", "--max-failures", "3", "--top-k", "0",
+                               "--storage", str(storage), "--name", name], tmp_path / "driver.log"))
+
+        def trial_on_node_1_checkpointed() -> str | None:
+            for t, rs in trial_results(exp).items():
+                if rs and cluster.node_of(rs[-1]["pid"]) == 1 and not rs[-1].get("final") \
+                        and sum(bool(r.get("checkpoint_dir_name")) for r in rs) >= 2:
+                    return t
+            return None
+
+        victim = wait_for(trial_on_node_1_checkpointed, 600, "a trial on node 1 with 2 checkpoints", drivers[0])
+        reported_before = len(trial_results(exp)[victim])
+        os.kill(cluster.raylet(1), signal.SIGKILL)
+        assert drivers[0].wait(900) == 0, drivers[0].output()[-3000:]
+    finally:
+        cluster.stop()
+
+    rows = read_csv(exp / "results.csv")
+    assert len(rows) == 2 and completed(rows, epochs)
+    results = trial_results(exp)[victim]
+    before, after = results[:reported_before], results[reported_before:]
+    checkpointed = {r["epoch"] for r in before if r.get("checkpoint_dir_name")}
+    assert after, "the trial on the lost node never reported again"
+    assert after[0]["epoch"] - 1 in checkpointed, (after[0]["epoch"], sorted(checkpointed))  # from its checkpoint
+    assert {cluster.node_of(r["pid"]) for r in after} == {0}  # on the remaining node
+    assert after[-1]["epoch"] == epochs
+
+
+def test_tracking_server_outage_mid_search(data_dir, drivers, tmp_path):
+    from mlflow.tracking import MlflowClient
+    from mlflow_server import MlflowServer
+
+    epochs, n = 30, 2
+    storage, name = tmp_path / "results", "outage"
+    exp = storage / name
+    server = MlflowServer(tmp_path / "mlflow").start()
+    try:
+        # a local Ray started by the driver; the server is given by URI
+        drivers.append(Driver([*SEARCH, "--num-samples", str(n), "--epochs", str(epochs), "--max-concurrent", "2",
+                               "--top-k", "1", "--tracking-uri", server.uri, "--storage", str(storage),
+                               "--name", name], tmp_path / "driver.log"))
+        wait_for(lambda: any(len(rs) >= 2 for rs in trial_results(exp).values()), 600,
+                 "the first epochs", drivers[0])
+        server.stop()
+        down_at = max(len(rs) for rs in trial_results(exp).values())
+        # the search goes on without the server for a while: several epochs are reported meanwhile
+        wait_for(lambda: max(len(rs) for rs in trial_results(exp).values()) >= down_at + 5, 300,
+                 "epochs reported during the outage", drivers[0])
+        assert drivers[0].proc.poll() is None
+        server.start()
+        assert drivers[0].wait(900) == 0, drivers[0].output()[-3000:]
+
+        client = MlflowClient(tracking_uri=server.uri)
+        runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                                  filter_string=f"tags.`fusetune.search_name` = '{name}'", max_results=1000)
+        children = [r for r in runs if r.data.tags.get("fusetune.role") == "trial"]
+        assert len(children) == n and all(r.info.status == "FINISHED" for r in children)
+        for run in children:
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, "macro_f1")]
+            assert sorted(steps) == list(range(1, epochs + 1))
+        assert len(read_csv(exp / "results.csv")) == n
+    finally:
+        server.stop()
