@@ -82,10 +82,11 @@ _SEARCH: dict[str, Any] = {}
 TINY = {"space": "baseline", "data": "breast-tcga", "num_samples": 2, "epochs": 2, "folds": 2, "seed": 0}
 
 
-def tiny_search(storage: Path) -> dict[str, Any]:
+def tiny_search(tmp_path_factory) -> dict[str, Any]:
     """Run (once per session) ``python -m search.run`` on a tiny budget; returns name, storage,
-    tracking URI and the process output."""
+    folder, tracking URI and the process output."""
     if not _SEARCH:
+        storage = tmp_path_factory.mktemp("search")
         name = "tiny"
         cmd = [sys.executable, "-m", "search.run", "--space", TINY["space"], "--data", TINY["data"],
                "--num-samples", str(TINY["num_samples"]), "--epochs", str(TINY["epochs"]), "--folds", str(TINY["folds"]),

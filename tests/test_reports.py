@@ -9,7 +9,7 @@ import numpy as np
 import optuna
 import pytest
 from PIL import Image
-from studies import fake_study
+from studies import fake_study, tiny_search
 
 from search.reports import PLOTS, rebuild_optuna_study, write_search_reports
 from search.study import load_study
@@ -114,3 +114,110 @@ def test_reports_logged_to_the_parent_run(tmp_path):
     # an unreachable store is a warning, never an error
     bad = write_search_reports(tmp_path / "s", tracking_uri="http://127.0.0.1:9", parent_run_id="0" * 32)
     assert bad.logged_to is None and bad.plots
+
+
+# ----------------------------------------------------------------------------- a real search
+@pytest.fixture(scope="session")
+def search(tmp_path_factory):
+    return tiny_search(tmp_path_factory)
+
+
+def test_reports_of_a_real_search_logged_to_its_parent_run(search):
+    from mlflow.tracking import MlflowClient
+
+    from search.reports import parent_run_id_of
+
+    parent = parent_run_id_of(search["tracking_uri"], search["name"])
+    assert parent is not None
+    rep = write_search_reports(search["folder"], tracking_uri=search["tracking_uri"], parent_run_id=parent)
+    assert {"optimization_history", "slice", "learning_curves"} <= set(rep.plots)
+    for p in rep.plots.values():
+        _assert_image(rep.folder / p["png"])
+    curves = json.loads((rep.folder / "index.json").read_text())["plots"]["learning_curves"]["axes"][0]
+    assert (curves["xlabel"], curves["ylabel"]) == ("epoch", "macro_f1 (validation, mean over folds)")
+    logged = {f.path for f in MlflowClient(search["tracking_uri"]).list_artifacts(parent, "reports")}
+    assert "reports/learning_curves.png" in logged and "reports/README.md" in logged
+
+
+def test_robustness_of_the_champion(search, capsys):
+    from search.robustness import main
+
+    assert main(["--name", search["name"], "--storage", str(search["storage"]), "--rates", "0,0.5"]) == 0
+    out = capsys.readouterr().out
+    assert "fold models: checkpoint" in out and "rate 0 reproduces the search's fold macro_f1: yes" in out
+    table = (search["folder"] / "robustness" / "robustness.csv").read_text().splitlines()
+    assert table[0].startswith("kind,target,rate,achieved_rate,macro_f1_mean,macro_f1_std")
+    assert len(table) == 1 + 4 * 2  # mrna, mirna, protein, all x 2 rates
+    _assert_image(search["folder"] / "robustness" / "robustness.png")
+    assert main(["--name", search["name"], "--storage", str(search["storage"]), "--rates", "0,1.5"]) == 2
+    assert "--rates 0,1.5: every rate must be in [0, 1]" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- masking protocol
+def _dataset(n: int = 40):
+    from trainables.data import Modality, MultimodalDataset
+
+    rng = np.random.default_rng(0)
+    masks = {"a": np.ones(n, bool), "b": rng.random(n) > 0.3, "c": rng.random(n) > 0.5}
+    masks["a"][~(masks["b"] | masks["c"])] = True
+    mods = {"a": Modality("a", "vector", rng.normal(size=(n, 3)).astype(np.float32), masks["a"]),
+            "b.tokens": Modality("b.tokens", "tokens", rng.normal(size=(n, 4, 2)).astype(np.float32), masks["b"],
+                                 token_mask=np.repeat(masks["b"][:, None], 4, axis=1)),
+            "c": Modality("c", "vector", rng.normal(size=(n, 2)).astype(np.float32), masks["c"])}
+    return MultimodalDataset("t", np.arange(n), np.arange(n) % 2, ["x", "y"], mods)
+
+
+def test_masking_keeps_one_modality_and_drops_exact_counts():
+    from search.robustness import availability, mask_modality
+
+    data = _dataset()
+    names = ["a", "b", "c"]
+    avail = availability(data, names)
+    out, achieved = mask_modality(data, names, "b", 0.5, np.random.default_rng(1))
+    after = availability(out, names)
+    candidates = avail[:, 1] & (avail.sum(axis=1) > 1)
+    assert (avail[:, 1] & ~after[:, 1]).sum() == round(0.5 * candidates.sum())
+    assert achieved == pytest.approx(round(0.5 * candidates.sum()) / avail[:, 1].sum())
+    assert (after.sum(axis=1) >= 1).all() and (after[:, [0, 2]] == avail[:, [0, 2]]).all()
+    gone = avail[:, 1] & ~after[:, 1]
+    b = out.modalities["b.tokens"]
+    assert not b.token_mask[gone].any() and not b.values[gone].any()  # missing = zeros and no real token
+
+    out, achieved = mask_modality(data, names, "all", 0.9, np.random.default_rng(1))
+    after = availability(out, names)
+    cells, n = avail.sum(), len(avail)
+    assert (after.sum(axis=1) == 1).all()  # 90 % is more than can go: every sample keeps exactly one
+    assert achieved == pytest.approx((cells - n) / cells)
+    again, _ = mask_modality(data, names, "all", 0.9, np.random.default_rng(1))
+    assert (availability(again, names) == after).all()  # seeded
+
+
+def test_attribute_missing_rows_for_attribute_models():
+    from search.robustness import FoldModels, evaluate
+    from search.study import TrialResult
+    from trainables.data import Modality, MultimodalDataset
+
+    n, a = 30, 6
+    rng = np.random.default_rng(0)
+    labels = np.arange(n) % 2
+    mentioned = np.ones((n, a), bool)
+    val = MultimodalDataset("t", np.arange(n), labels, ["x", "y"], {
+        "ehr": Modality("ehr", "vector", rng.normal(size=(n, 2)).astype(np.float32), np.ones(n, bool)),
+        "report.attributes": Modality("report.attributes", "tokens", rng.normal(size=(n, a, 4)).astype(np.float32),
+                                      np.ones(n, bool), token_mask=mentioned)})
+
+    class Trainer:  # right when most attributes are mentioned, wrong otherwise
+        modality_names, class_names = ["ehr", "report.attributes"], ["x", "y"]
+
+        def __init__(self):
+            self.val = val
+
+        def predict_proba(self, data):
+            ok = data.modalities["report.attributes"].token_mask.mean(axis=1) > 0.5
+            right = np.eye(2)[data.labels]
+            return np.where(ok[:, None], right, 1 - right)
+
+    rows = evaluate(FoldModels(TrialResult("t", "TERMINATED", {}), [Trainer(), Trainer()], "test"), "accuracy",
+                    (0.0, 0.5, 1.0), targets=[])
+    assert [(r.kind, r.rate) for r in rows] == [("attribute", 0.0), ("attribute", 0.5), ("attribute", 1.0)]
+    assert rows[0].mean == 1.0 and rows[2].mean == 0.0 and 0.0 < rows[1].mean < 1.0

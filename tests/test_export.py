@@ -1,0 +1,161 @@
+"""search.export on a real tiny search: the champion's bundle, loaded in a fresh process with nothing
+but the bundle, predicts (with missing modalities) exactly what the trainer itself predicts; the
+model card carries the search's figures; tampered bundles and wrong inputs are refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from studies import ROOT, tiny_search
+
+from search.export import CARD, CARD_JSON, main, render_card
+from search.study import load_study
+from trainables.bundle import BundleError, load_bundle, verify_bundle
+from trainables.data import load_dataset
+
+FRESH = """
+import sys
+import numpy as np
+import pandas as pd
+from trainables.bundle import load_bundle
+assert "search" not in sys.modules
+bundle = load_bundle(sys.argv[1])
+np.save(sys.argv[3], bundle.predict(pd.read_parquet(sys.argv[2])))
+"""
+
+
+@pytest.fixture(scope="session")
+def search(tmp_path_factory):
+    return tiny_search(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def exported(search, tmp_path_factory):
+    dest = tmp_path_factory.mktemp("export")
+    assert main(["--name", search["name"], "--storage", str(search["storage"]), "--dest", str(dest)]) == 0
+    (bundle,) = dest.iterdir()
+    return bundle
+
+
+def _test_part_with_gaps():
+    """breast-tcga's fixed test part (no protein data at all) with mRNA also missing for 5 samples."""
+    test = load_dataset("breast-tcga").split_part("test")
+    gone = np.zeros(len(test), bool)
+    gone[:5] = True
+    m = test.modalities["mrna"]
+    values = m.values.copy()
+    values[gone] = 0.0
+    test = test.with_modalities({**test.modalities, "mrna": replace(m, values=values, mask=m.mask & ~gone)})
+    assert not test.modalities["protein"].mask.any()
+    cols = {}
+    for name, mod in test.modalities.items():
+        x = np.where(mod.mask[:, None], mod.values.astype(np.float64), np.nan)
+        cols.update({f"{name}/{f}": x[:, j] for j, f in enumerate(mod.feature_names)})
+    return test, pd.DataFrame(cols)
+
+
+def test_champion_bundle_in_a_fresh_process_matches_the_trainer(search, exported, tmp_path):
+    from search.models import refit
+
+    study = load_study(search["name"], search["storage"])
+    champion = study.best()
+    assert exported.name == f"tiny-1-{champion.trial_id}"
+    verify_bundle(exported)
+
+    # only the bundle, somewhere else; the study folder out of reach while the fresh process runs
+    alone = tmp_path / "handed-over"
+    shutil.copytree(exported, alone)
+    test, frame = _test_part_with_gaps()
+    frame.to_parquet(tmp_path / "input.parquet")
+    hidden = search["folder"].with_name("tiny-hidden")
+    env = {k: v for k, v in os.environ.items() if k != "FUSETUNE_DATA_DIR"} | {"PYTHONPATH": str(ROOT)}
+    search["folder"].rename(hidden)
+    try:
+        proc = subprocess.run([sys.executable, "-c", FRESH, str(alone), str(tmp_path / "input.parquet"),
+                               str(tmp_path / "probs.npy")], cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=300)
+    finally:
+        hidden.rename(search["folder"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    probs = np.load(tmp_path / "probs.npy")
+
+    # the trainer's own evaluation of the same samples: the champion's config refitted as the search does
+    fit = refit(champion.config, device="cpu")
+    expected = fit.trainer.predict_proba(test)
+    assert probs.shape == (70, 3)
+    np.testing.assert_allclose(probs, expected, rtol=0, atol=1e-6)
+    assert not np.allclose(probs[:5], fit.trainer.predict_proba(load_dataset("breast-tcga").split_part("test"))[:5])
+
+
+def test_model_card_carries_the_search_figures(search, exported):
+    study = load_study(search["name"], search["storage"])
+    champion = study.best()
+    card = (exported / CARD).read_text()
+    facts = json.loads((exported / CARD_JSON).read_text())
+    assert set(verify_bundle(exported)["files"]) >= {CARD, CARD_JSON, "model.safetensors", "config.json",
+                                                      "preprocessing.json", "inputs.json"}
+    fingerprint = load_dataset("breast-tcga").fingerprint()
+    assert facts["data"]["fingerprint"] == fingerprint and fingerprint in card
+    mean, std = champion.value("macro_f1"), champion.last["macro_f1_std"]
+    assert f"| macro_f1 (objective) | {mean:.4f} ± {std:.4f} |" in card
+    assert facts["cv_metrics"]["macro_f1"]["folds"] == pytest.approx(champion.fold_values("macro_f1").tolist())
+    # out-of-fold predictions cover the training part once; per-class support = class counts
+    cm = np.array(facts["oof"]["confusion_matrix"])
+    assert cm.sum() == 150 and cm.sum(axis=1).tolist() == [45, 30, 75]
+    assert [v["support"] for v in facts["oof"]["per_class"].values()] == [45, 30, 75]
+    assert "| Her2 |" in card and "## Confusion matrix" in card
+    # missing modalities: each modality and all of them at 0/30/60/90 %; rate 0 = the search's own folds
+    rows = facts["robustness"]["rows"]
+    assert {(r["target"], r["rate"]) for r in rows} == {(t, r) for t in ("mrna", "mirna", "protein", "all")
+                                                      for r in (0.0, 0.3, 0.6, 0.9)}
+    for r in rows:
+        if r["rate"] == 0.0:
+            assert r["folds"] == pytest.approx(champion.fold_values("macro_f1").tolist(), abs=1e-9)
+    assert "| missing | 0% | 30% | 60% | 90% |" in card
+    # identity of the inputs and the commands that reproduce the training
+    assert [i["dim"] for i in facts["inputs"]] == [200, 184, 142] and facts["class_names"] == ["Basal", "Her2", "LumA"]
+    assert facts["reproduce"]["search"].startswith("python -m search.run --space baseline --data breast-tcga")
+    assert "--epochs 2 --folds 2" in facts["reproduce"]["search"] and "--seed 0" in facts["reproduce"]["search"]
+    assert f"python -m search.reproduce {exported}" in card
+    assert render_card(facts) == card
+
+
+def test_tampered_truncated_and_wrong_inputs_are_refused(exported, tmp_path, capsys):
+    bad = tmp_path / "bad"
+    shutil.copytree(exported, bad)
+    weights = bad / "model.safetensors"
+    raw = bytearray(weights.read_bytes())
+    raw[-10] ^= 0xFF
+    weights.write_bytes(bytes(raw))
+    with pytest.raises(BundleError, match="model.safetensors does not match its SHA-256.*tampered"):
+        load_bundle(bad)
+    shutil.copy2(exported / "model.safetensors", weights)
+    card = bad / CARD
+    card.write_text(card.read_text()[:100])
+    with pytest.raises(BundleError, match="MODEL_CARD.md has .* bytes.*truncated"):
+        load_bundle(bad)
+
+    bundle = load_bundle(exported)
+    _, frame = _test_part_with_gaps()
+    with pytest.raises(BundleError, match=r"input 'mrna'.*expected \[N, d\] = \[200\]"):
+        bundle.predict({"mrna": np.zeros((3, 199), np.float32)})
+    with pytest.raises(BundleError, match="input 'mirna'.*columns are absent"):
+        bundle.predict(frame.drop(columns=frame.columns[210:220]))
+    # bad command lines: one line, exit code 2
+    from search.reproduce import main as reproduce_main
+
+    capsys.readouterr()
+    assert main(["--name", "nope", "--storage", str(tmp_path), "--dest", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--name nope: no study folder" in err
+    assert reproduce_main([str(bad)]) == 2
+    assert capsys.readouterr().err.strip().endswith("(truncated or altered)")
