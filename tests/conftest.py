@@ -16,3 +16,13 @@ def data_dir() -> Path:
     if not d or not Path(d).is_dir():
         pytest.fail("FUSETUNE_DATA_DIR must point at the shared data folder (../shared/data)")
     return Path(d)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real ``mlflow server`` on 127.0.0.1 (SQLite backend, proxied artifacts), shared by the session."""
+    from mlflow_server import MlflowServer
+
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server")).start()
+    yield server
+    server.stop()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from mlflow_server import MlflowServer, free_port, sqlite_store
+from mlflow_server import free_port, sqlite_store
 from search.errors import UsageError
 from search.tracking import (
     MLflowTracking,
@@ -244,11 +244,11 @@ def test_unreachable_store_never_blocks_and_buffer_is_bounded(tmp_path):
 
 
 # ----------------------------------------------------------------------------- real mlflow server
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    srv = MlflowServer(tmp_path_factory.mktemp("mlflow-server")).start()
-    yield srv
-    srv.stop()
+@pytest.fixture
+def server(mlflow_server):
+    yield mlflow_server
+    if mlflow_server.proc is None:  # a test stopped it: leave it running for the next one
+        mlflow_server.start()
 
 
 def test_parent_and_child_runs_on_a_real_server(server):

@@ -1,0 +1,270 @@
+"""search.models and trainables.bundle: refit, bundle, MLflow pyfunc + Model Registry, fresh-process
+loading of ``models:/<name>@champion``, missing modalities, and refused tampered bundles."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from mlflow_server import sqlite_store
+from search.models import TopTrial, log_top_models, pyfunc_input, refit, registered_model_name
+from search.tracking import MLflowTracking
+from trainables.bundle import BundleError, load_bundle, save_bundle
+from trainables.data import Modality, MultimodalDataset, load_dataset
+from trainables.engine import FoldTrainer
+
+REPO = Path(__file__).resolve().parents[1]
+BASE = {"method": "baseline", "data": "rosmap", "seed": 3, "folds": 2, "epochs": 2, "lr": 1e-3, "hidden": 32,
+        "text_encoder": None, "image_encoder": None, "cache_dir": None}
+
+
+def with_missing(data: MultimodalDataset, modality: str, rows: np.ndarray) -> MultimodalDataset:
+    """``data`` with ``modality`` made unavailable for ``rows`` (values zeroed, as loaders do)."""
+    m = data.modalities[modality]
+    mask = m.mask.copy()
+    mask[rows] = False
+    values = np.where(mask[:, None], m.values, 0.0).astype(np.float32)
+    return data.with_modalities({**data.modalities, modality: Modality(modality, m.kind, values, mask, m.feature_names)})
+
+
+def search_runs(uri: str, trials: list[TopTrial], name: str) -> MLflowTracking:
+    """The parent and child runs a search leaves (what log_top_models logs into)."""
+    cb = MLflowTracking(uri, "fusetune-models", name, {"space": "baseline"}, {"num_samples": len(trials)})
+    cb.setup()
+    for t in trials:
+        fake = SimpleNamespace(trial_id=t.trial_id, config=t.config, status="TERMINATED")
+        cb.on_trial_start(0, [], fake)
+        cb.on_trial_result(1, [], fake, {"epoch": 3, **t.metrics})
+        cb.on_trial_complete(0, [], fake)
+    cb.on_experiment_end([])
+    return cb
+
+
+FRESH = """
+import json, sys
+import mlflow, numpy as np, pandas as pd
+mlflow.set_tracking_uri(sys.argv[1])
+model = mlflow.pyfunc.load_model(sys.argv[2])
+columns = None
+for k, path in enumerate(sys.argv[3:]):
+    probs = model.predict(pd.read_parquet(path))
+    np.save(f"{path}.probs.npy", probs.to_numpy())
+    columns = list(probs.columns)
+print(json.dumps(columns))
+"""
+
+
+def predict_in_fresh_process(uri: str, model_uri: str, frames: list[pd.DataFrame], tmp: Path) -> tuple[list[np.ndarray], list[str]]:
+    """Load ``model_uri`` with ``mlflow.pyfunc.load_model`` in a new Python process and predict ``frames``."""
+    paths = [tmp / f"input{k}.parquet" for k in range(len(frames))]
+    for frame, path in zip(frames, paths):
+        frame.to_parquet(path)
+    out = subprocess.run([sys.executable, "-c", FRESH, uri, model_uri, *map(str, paths)], cwd=REPO, capture_output=True,
+                         text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.returncode == 0, out.stderr[-3000:]
+    return [np.load(f"{p}.probs.npy") for p in paths], json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# ----------------------------------------------------------------------------- registry + fresh process
+def test_champion_from_the_registry_in_a_fresh_process(tmp_path):
+    uri = sqlite_store(tmp_path / "store")
+    top = [TopTrial("t_00001", {**BASE, "lr": 3e-3}, {"macro_f1": 0.71, "macro_f1_std": 0.02}),
+           TopTrial("t_00000", BASE, {"macro_f1": 0.69, "macro_f1_std": 0.03})]
+    cb = search_runs(uri, top, "registry")
+    name = registered_model_name("baseline", "rosmap")
+    versions = log_top_models(top, space="baseline", data_name="rosmap", tracking_uri=uri,
+                              parent_run_id=cb.parent_run_id, registered_name=name, bundle_dir=tmp_path / "bundles")
+    assert versions == ["1", "2"]
+    client = MlflowClient(uri)
+    champion = client.get_model_version_by_alias(name, "champion")
+    assert str(champion.version) == "1" and champion.tags["fusetune.trial_id"] == "t_00001"
+    run = client.get_run(champion.run_id)
+    assert run.data.tags["fusetune.trial_id"] == "t_00001" and run.data.tags["mlflow.parentRunId"] == cb.parent_run_id
+    assert 0.0 <= run.data.metrics["test_macro_f1"] <= 1.0  # the refit scored once on rosmap's fixed test part
+    # a second call (e.g. after --resume) registers nothing new
+    assert log_top_models(top, space="baseline", data_name="rosmap", tracking_uri=uri, parent_run_id=cb.parent_run_id,
+                          registered_name=name) == ["1", "2"]
+    assert len(client.search_model_versions(f"name = '{name}'")) == 2
+
+    # held-out samples, some lacking 'meth' (NaN columns), and 'mirna' absent for everyone (no columns)
+    test = with_missing(load_dataset("rosmap").split_part("test"), "meth", np.arange(0, 40, 2))
+    bundle = load_bundle(tmp_path / "bundles" / "1-t_00001")
+    frame = pyfunc_input(bundle, test)
+    frame_no_mirna = frame.drop(columns=[c for c in frame.columns if c.startswith("mirna/")])
+    (probs, probs_no_mirna), columns = predict_in_fresh_process(uri, f"models:/{name}@champion", [frame, frame_no_mirna], tmp_path)
+    assert columns == ["NC", "AD"] and probs.shape == (len(test), 2)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-6)
+
+    # the same probabilities as the refitted trainer's own evaluation on the same samples
+    fit = refit(top[0].config)
+    np.testing.assert_allclose(probs, fit.trainer.predict_proba(test), rtol=1e-5, atol=1e-6)
+    no_mirna = test.with_modalities({**test.modalities, "mirna": Modality(
+        "mirna", "vector", np.zeros_like(test.modalities["mirna"].values), np.zeros(len(test), bool))})
+    np.testing.assert_allclose(probs_no_mirna, fit.trainer.predict_proba(no_mirna), rtol=1e-5, atol=1e-6)
+    assert np.abs(probs_no_mirna - probs).max() > 1e-4  # the missing modality does change the prediction
+
+
+def test_log_and_register_on_a_real_server(mlflow_server, tmp_path):
+    import mlflow
+
+    top = [TopTrial("t_00000", {**BASE, "epochs": 1}, {"macro_f1": 0.6})]
+    cb = search_runs(mlflow_server.uri, top, "server-models")
+    name = registered_model_name("baseline", "rosmap/server")
+    assert name == "baseline-server"
+    (version,) = log_top_models(top, space="baseline", data_name="rosmap", tracking_uri=mlflow_server.uri,
+                                parent_run_id=cb.parent_run_id, registered_name=name, bundle_dir=tmp_path)
+    mlflow.set_tracking_uri(mlflow_server.uri)
+    try:
+        model = mlflow.pyfunc.load_model(f"models:/{name}@champion")  # artifacts through the server's proxy
+    finally:
+        mlflow.set_tracking_uri(None)
+    test = with_missing(load_dataset("rosmap").split_part("test"), "mrna", np.arange(5))
+    bundle = load_bundle(tmp_path / "1-t_00000")
+    np.testing.assert_allclose(model.predict(pyfunc_input(bundle, test)).to_numpy(), bundle.predict(pyfunc_input(bundle, test)),
+                               rtol=1e-6)
+    assert str(MlflowClient(mlflow_server.uri).get_model_version_by_alias(name, "champion").version) == version
+
+
+# ----------------------------------------------------------------------------- bundles
+@pytest.fixture(scope="module")
+def small_bundle(tmp_path_factory):
+    data = load_dataset("rosmap")
+    train = data.split_part("train")
+    trainer = FoldTrainer("baseline", {"epochs": 2, "lr": 1e-3, "hidden": 16}, train, seed=0)
+    for _ in range(2):
+        trainer.train_epoch()
+    path = save_bundle(tmp_path_factory.mktemp("bundle") / "b", trainer, data=train,
+                       metadata={"data_fingerprint": data.fingerprint()}, extra_files={"MODEL_CARD.md": "# card\n"})
+    return path, trainer, data.split_part("test")
+
+
+def test_bundle_reproduces_the_trainer_from_frame_and_dict(small_bundle):
+    path, trainer, test = small_bundle
+    test = with_missing(with_missing(test, "mrna", np.arange(0, 30, 3)), "mirna", np.arange(1, 30, 3))
+    bundle = load_bundle(path)
+    expected = trainer.predict_proba(test)
+    frame = pyfunc_input(bundle, test)
+    assert list(frame.columns[:2]) == [f"mrna/{f}" for f in test.modalities["mrna"].feature_names[:2]]
+    np.testing.assert_array_equal(bundle.predict(frame), expected)
+    arrays = {k: m.values for k, m in test.modalities.items()}
+    np.testing.assert_array_equal(bundle.predict({**arrays, "mask": {k: m.mask for k, m in test.modalities.items()}}), expected)
+    nan_coded = {k: np.where(m.mask[:, None], m.values, np.nan) for k, m in test.modalities.items()}
+    np.testing.assert_array_equal(bundle.predict(nan_coded), expected)
+    assert bundle.metadata["data_fingerprint"] and (path / "MODEL_CARD.md").read_text() == "# card\n"
+
+
+def test_bundle_with_token_inputs_reproduces_the_trainer(tmp_path):
+    rng = np.random.default_rng(0)
+    n, L, d = 60, 5, 4
+    tokens = rng.normal(size=(n, L, d)).astype(np.float32)
+    token_mask = rng.random((n, L)) < 0.7
+    labels = rng.integers(0, 2, n)
+    tokens[labels == 1, :, 0] += 1.0
+    mask_t = rng.random(n) > 0.2
+    vec = rng.normal(size=(n, 3)).astype(np.float32) + labels[:, None]
+    data = MultimodalDataset("toy", np.arange(n), labels, ["a", "b"], {
+        "notes.tokens": Modality("notes.tokens", "tokens", np.where(mask_t[:, None, None], tokens, 0), mask_t, token_mask=token_mask & mask_t[:, None]),
+        "lab": Modality("lab", "vector", vec, np.ones(n, bool), ["x", "y", "z"]),
+    })
+    trainer = FoldTrainer("baseline", {"epochs": 2, "lr": 1e-2, "hidden": 8}, data.take(np.arange(40)), seed=1)
+    for _ in range(2):
+        trainer.train_epoch()
+    test = data.take(np.arange(40, n))
+    bundle = load_bundle(save_bundle(tmp_path / "tok", trainer, data=data))
+    inputs = pyfunc_input(bundle, test)
+    assert set(inputs) == {"notes.tokens", "token_mask/notes.tokens", "lab", "mask/notes", "mask/lab"}
+    np.testing.assert_array_equal(bundle.predict(inputs), trainer.predict_proba(test))
+    with pytest.raises(BundleError, match="token input; pass a dict"):
+        bundle.predict(pd.DataFrame({"lab/x": [1.0]}))
+
+
+def test_tampered_or_truncated_bundle_is_refused(small_bundle, tmp_path):
+    import shutil
+
+    path, _, _ = small_bundle
+
+    def copy() -> Path:
+        dest = tmp_path / f"copy{len(list(tmp_path.iterdir()))}"
+        shutil.copytree(path, dest)
+        return dest
+
+    b = copy()
+    raw = bytearray((b / "model.safetensors").read_bytes())
+    raw[-5] ^= 0xFF
+    (b / "model.safetensors").write_bytes(bytes(raw))
+    with pytest.raises(BundleError, match="model.safetensors does not match its SHA-256") as e:
+        load_bundle(b)
+    assert "\n" not in str(e.value) and str(b) in str(e.value)
+
+    b = copy()
+    (b / "config.json").write_bytes((b / "config.json").read_bytes()[:20])
+    with pytest.raises(BundleError, match="config.json has 20 bytes.*truncated"):
+        load_bundle(b)
+
+    b = copy()
+    (b / "preprocessing.json").unlink()
+    with pytest.raises(BundleError, match="preprocessing.json listed in MANIFEST.json is missing"):
+        load_bundle(b)
+
+    b = copy()
+    (b / "MANIFEST.json").unlink()
+    with pytest.raises(BundleError, match="no MANIFEST.json"):
+        load_bundle(b)
+
+    b = copy()
+    (b / "MANIFEST.json").write_text((b / "MANIFEST.json").read_text()[:-30])
+    with pytest.raises(BundleError, match="not valid JSON"):
+        load_bundle(b)
+
+    with pytest.raises(BundleError, match="not found"):
+        load_bundle(tmp_path / "nowhere")
+
+
+def test_wrong_inputs_give_one_line_errors(small_bundle):
+    path, _, test = small_bundle
+    bundle = load_bundle(path)
+    frame = pyfunc_input(bundle, test.take(np.arange(4)))
+    arrays = {k: m.values[:4] for k, m in test.modalities.items()}
+    cases = [
+        ({**arrays, "mrna": arrays["mrna"][:, :-1]}, "input 'mrna': expected [N, d] = [200] per sample, got shape [4, 199]"),
+        ({**arrays, "mirna": arrays["mirna"][:3]}, "different numbers of samples"),
+        ({**arrays, "protein": arrays["mrna"]}, "input 'protein': is not an input of this model"),
+        (frame.drop(columns=frame.columns[:3]), "input 'mrna': 3 of its 200 columns are absent"),
+        (frame.assign(**{frame.columns[0]: np.nan}), "input 'mrna': sample 0 has NaN in some of its values"),
+        (pd.DataFrame({"age": [1.0]}), "none of the model's input columns"),
+        ({**arrays, "mask": {"meth": np.ones(3, bool)}}, "mask of 'meth': expected shape [4]"),
+        (np.zeros((4, 600)), "expected a pandas DataFrame or a dict of arrays"),
+    ]
+    for data, message in cases:
+        with pytest.raises(BundleError) as e:
+            bundle.predict(data)
+        assert message in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+def test_raw_reports_and_images_go_through_the_recorded_encoders(tmp_path):
+    from trainables.registry import get_method
+    from trainables.trial_data import prepare
+
+    spec = "synth-clinic:n=90,classes=2,missing=0.3,seed=4"
+    encoders = {"text_encoder": "random-bert-tiny", "image_encoder": "resnet-tiny"}
+    encoded = prepare(spec, get_method("baseline").representations, cache_dir=str(tmp_path / "cache"), **encoders).data
+    trainer = FoldTrainer("baseline", {"epochs": 1, "hidden": 8, **encoders}, encoded.take(np.arange(60)), seed=0)
+    trainer.train_epoch()
+    bundle = load_bundle(save_bundle(tmp_path / "b", trainer, data=encoded))
+    assert bundle.encoders["report"]["encoder"] == "random-bert-tiny" and bundle.encoders["image"]["representations"] == ["pooled"]
+    raw = load_dataset(spec).take(np.arange(60, 90))
+    rep, img, ehr = raw.modalities["report"], raw.modalities["image"], raw.modalities["ehr"]
+    assert not rep.mask.all() and not img.mask.all()
+    inputs = {"report": [t if m else None for t, m in zip(rep.values, rep.mask)],
+              "image": np.where(img.mask[:, None, None, None], img.values, np.nan),
+              "ehr": np.where(ehr.mask[:, None], ehr.values, np.nan)}
+    np.testing.assert_allclose(bundle.predict(inputs), trainer.predict_proba(encoded.take(np.arange(60, 90))), atol=1e-5)
