@@ -152,8 +152,8 @@ def rows(entries: list[Entry], metric: str) -> list[dict[str, str]]:
 
 def to_markdown(table: list[dict[str, str]], metric: str, reference: str) -> str:
     cols = list(table[0])
-    lines = [f"Best configuration per study; {metric} and every metric as mean ± std over folds (validation); "
-             f"paired t-test over folds against `{reference}`.", "",
+    lines = [(f"Best configuration per study; {metric} and every metric as mean ± std over folds (validation); "
+              f"paired t-test over folds against `{reference}`."), "",
              "| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     lines += ["| " + " | ".join(r[c] for c in cols) + " |" for r in table]
     return "\n".join(lines) + "\n"

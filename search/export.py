@@ -294,8 +294,8 @@ def render_card(f: dict[str, Any]) -> str:
         "## Model", "",
         f"- classes (probability columns, in order): {', '.join(classes)}",
         f"- modalities: {', '.join(f['modalities'])}; any may be missing for a sample (NaN or absent columns)",
-        f"- deployable model: {f['refit']} ({f['epochs']} epochs); the evidence below is the cross-validation "
-        "of the same configuration",
+        (f"- deployable model: {f['refit']} ({f['epochs']} epochs); the evidence below is the cross-validation "
+         "of the same configuration"),
         "",
         *_table(["modality", "input", "kind", "dim", "tokens", "encoder"],
                 [[i["modality"], i["name"], i["kind"], str(i["dim"]), str(i.get("length") or "-"),
@@ -328,9 +328,9 @@ def render_card(f: dict[str, Any]) -> str:
     rob = f["robustness"]
     rates = sorted({r["rate"] for r in rob["rows"]})
     lines += ["", f"## Missing modalities ({rob['metric']}, mean ± std over folds)", "",
-              "Each fold model on its validation fold with a modality removed from a random fraction of the samples "
-              "(seeded; a sample always keeps one modality; `all` drops (sample, modality) cells at random and "
-              "reports the fraction it could drop). Rate 0 is the search's own figure.", ""]
+              ("Each fold model on its validation fold with a modality removed from a random fraction of the samples "
+               "(seeded; a sample always keeps one modality; `all` drops (sample, modality) cells at random and "
+               "reports the fraction it could drop). Rate 0 is the search's own figure."), ""]
     targets = list(dict.fromkeys((r["kind"], r["target"]) for r in rob["rows"]))
     cells = {(r["kind"], r["target"], r["rate"]): r for r in rob["rows"]}
     body = []
@@ -346,8 +346,8 @@ def render_card(f: dict[str, Any]) -> str:
     lines += ["", "## Reproduce", ""]
     if f["reproduce"]["search"]:
         lines += ["The search that selected this configuration:", "", "```", f["reproduce"]["search"], "```", ""]
-    lines += ["Retrain this model from the bundle alone (same data, seed and epochs) and check it gives the same "
-              "probabilities:", "", "```", f["reproduce"]["model"], "```", ""]
+    lines += [("Retrain this model from the bundle alone (same data, seed and epochs) and check it gives the same "
+               "probabilities:"), "", "```", f["reproduce"]["model"], "```", ""]
     return "\n".join(lines)
 
 

@@ -31,7 +31,6 @@ first metric.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import logging
@@ -137,10 +136,10 @@ class Plot:
     """One report plot: when it can be drawn, and how (static matplotlib Axes, interactive plotly Figure)."""
 
     name: str
-    requires: Callable[["_Context"], str | None]
+    requires: Callable[[_Context], str | None]
     """Returns why the plot cannot be drawn, or None."""
-    static: Callable[["_Context"], Any]
-    interactive: Callable[["_Context"], Any]
+    static: Callable[[_Context], Any]
+    interactive: Callable[[_Context], Any]
 
 
 @dataclass
@@ -192,7 +191,7 @@ def _need(trials: int = 1, params: int = 0, any_params: int = 0) -> Callable[[_C
 def _learning_curves_static(ctx: _Context) -> Any:
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    _, ax = plt.subplots(figsize=(7, 4.5))
     styles = {TrialState.COMPLETE: "-", TrialState.PRUNED: "--", TrialState.FAIL: ":"}
     trials = ctx.ot.get_trials(deepcopy=False)
     for t in trials:
@@ -350,8 +349,8 @@ def _write_index(out: Reports, study: StudyResults, ctx: _Context, metric: str, 
             w.writerow(["parameter", "fanova_importance"])
             w.writerows(out.importances.items())
     lines = [f"# Search report: {study.name}", "",
-             f"Objective: `{metric}` ({mode}), validation mean over folds; space `{study.space}`; "
-             f"trials: {', '.join(f'{n} {s.lower()}' for s, n in index['trials'].items())}.", ""]
+             (f"Objective: `{metric}` ({mode}), validation mean over folds; space `{study.space}`; "
+              f"trials: {', '.join(f'{n} {s.lower()}' for s, n in index['trials'].items())}."), ""]
     for name, p in out.plots.items():
         lines.append(f"- **{name}**: [{p['png']}]({p['png']}) · [interactive]({p['html']})")
     for name, why in out.skipped.items():

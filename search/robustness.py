@@ -131,7 +131,7 @@ def mask_modality(data: MultimodalDataset, modalities: list[str], target: str, r
     drop = np.zeros_like(avail)
     if target == ALL:
         cells = np.argwhere(avail)
-        want = int(round(rate * len(cells)))
+        want = round(rate * len(cells))
         left = avail.sum(axis=1)
         done = 0
         for i, j in cells[rng.permutation(len(cells))]:
@@ -143,7 +143,7 @@ def mask_modality(data: MultimodalDataset, modalities: list[str], target: str, r
     else:
         j = modalities.index(target)
         candidates = np.flatnonzero(avail[:, j] & (avail.sum(axis=1) > 1))
-        chosen = rng.choice(candidates, size=int(round(rate * len(candidates))), replace=False)
+        chosen = rng.choice(candidates, size=round(rate * len(candidates)), replace=False)
         drop[chosen, j] = True
         base = max(int(avail[:, j].sum()), 1)
     out = drop_modalities(data, {m: drop[:, k] for k, m in enumerate(modalities)})
@@ -163,7 +163,7 @@ class Row:
 
 
 def _rng(seed: int, fold: int, target: str, rate: float) -> np.random.Generator:
-    return np.random.default_rng([seed, fold, sum(map(ord, target)), int(round(rate * 1000))])
+    return np.random.default_rng([seed, fold, sum(map(ord, target)), round(rate * 1000)])
 
 
 def evaluate(models: FoldModels, metric: str, rates: tuple[float, ...] = DEFAULT_RATES, *, seed: int = 0,

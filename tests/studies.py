@@ -93,7 +93,10 @@ def tiny_search(tmp_path_factory) -> dict[str, Any]:
                "--seed", str(TINY["seed"]), "--sampler", "random", "--scheduler", "fifo", "--top-k", "1",
                "--cpus-per-trial", "1", "--storage", str(storage), "--name", name]
         env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_DEDUP_LOGS": "0"}
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        if "FUSETUNE_DATA_DIR" in env:  # CI gives it relative to the checkout; the search runs elsewhere
+            env["FUSETUNE_DATA_DIR"] = str(Path(env["FUSETUNE_DATA_DIR"]).resolve())
+        # cwd: whatever the search writes next to itself (e.g. ./mlruns) stays in the tmp folder
+        proc = subprocess.run(cmd, cwd=storage, env=env, capture_output=True, text=True, timeout=600, check=False)
         if proc.returncode != 0:
             raise RuntimeError(f"tiny search failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
         _SEARCH.update(name=name, storage=storage, folder=storage / name,

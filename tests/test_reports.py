@@ -61,7 +61,7 @@ def test_every_plot_as_png_and_html_with_axes(tmp_path):
     folder = fake_study(tmp_path, "s", _trials(8))
     rep = write_search_reports(folder)
     assert set(rep.plots) == set(PLOTS) and not rep.skipped
-    for name, p in rep.plots.items():
+    for p in rep.plots.values():
         _assert_image(rep.folder / p["png"])
         html = (rep.folder / p["html"]).read_text()
         assert "plotly.min.js" in html and len(html) > 1000
