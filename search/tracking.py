@@ -77,6 +77,17 @@ def default_tracking_uri(storage_dir: str | Path) -> str:
     return f"sqlite:///{(Path(storage_dir).expanduser().resolve() / 'mlflow.db').as_posix()}"
 
 
+def default_artifact_location(tracking_uri: str, experiment: str) -> str | None:
+    """Where a new experiment keeps its artifacts (models): next to a SQLite store,
+    ``<store folder>/mlartifacts/<experiment>``, not MLflow's default ``./mlruns`` of whatever the
+    current folder is; ``None`` (the server's choice) for a tracking server."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    folder = Path(tracking_uri[len("sqlite:///"):]).expanduser().resolve().parent
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in experiment) or "experiment"
+    return (folder / "mlartifacts" / safe).as_uri()
+
+
 @contextlib.contextmanager
 def fast_http(timeout: float, retries: int = 0) -> Iterator[None]:
     """Make MLflow's REST client fail fast (its defaults retry for minutes) inside the block.
@@ -530,7 +541,8 @@ class MLflowTracking(Callback):
             exp = self.client.get_experiment_by_name(self.experiment)
             if exp is None:
                 try:
-                    self.experiment_id = self.client.create_experiment(self.experiment)
+                    self.experiment_id = self.client.create_experiment(
+                        self.experiment, artifact_location=default_artifact_location(self.tracking_uri, self.experiment))
                 except MlflowException as e:  # created meanwhile by another driver
                     if e.error_code != "RESOURCE_ALREADY_EXISTS":
                         raise

@@ -90,6 +90,7 @@ def test_champion_from_the_registry_in_a_fresh_process(tmp_path):
     run = client.get_run(champion.run_id)
     assert run.data.tags["fusetune.trial_id"] == "t_00001" and run.data.tags["mlflow.parentRunId"] == cb.parent_run_id
     assert 0.0 <= run.data.metrics["test_macro_f1"] <= 1.0  # the refit scored once on rosmap's fixed test part
+    assert list((tmp_path / "store" / "mlartifacts").rglob("model.safetensors"))  # artifacts beside the store
     # a second call (e.g. after --resume) registers nothing new
     assert log_top_models(top, space="baseline", data_name="rosmap", tracking_uri=uri, parent_run_id=cb.parent_run_id,
                           registered_name=name) == ["1", "2"]

@@ -129,6 +129,11 @@ def test_default_tracking_uri_is_sqlite_in_results_folder(tmp_path):
     assert uri == f"sqlite:///{(tmp_path / 'results' / 'mlflow.db').resolve().as_posix()}"
     check_tracking_uri(uri)  # creates the folder and the store
     assert (tmp_path / "results" / "mlflow.db").is_file()
+    cb = new_callback(uri)
+    cb.setup()
+    cb.close()
+    location = MlflowClient(uri).get_experiment(cb.experiment_id).artifact_location
+    assert location == (tmp_path / "results" / "mlartifacts" / "fusetune-test").resolve().as_uri()
 
 
 @pytest.mark.parametrize("uri, expected", [
