@@ -294,19 +294,64 @@ class Reports:
     importances: dict[str, float] = field(default_factory=dict)
     logged_to: str | None = None
     """``runs:/<parent run id>/reports`` once logged to MLflow."""
+    location: str = ""
+    """Where the reports are: ``folder``, or the URI they were copied to for a remote results folder."""
+
+    def __post_init__(self) -> None:
+        self.location = self.location or str(self.folder)
 
 
 def write_search_reports(results_dir: str | Path, *, metric: str | None = None, mode: str | None = None,
                          tracking_uri: str | None = None, parent_run_id: str | None = None,
                          seed: int = 0) -> Reports:
-    """Write the study reports of the search in ``results_dir`` (= ``<storage>/<name>``) into
-    ``results_dir/reports`` and, given ``tracking_uri`` and ``parent_run_id``, log them as artifacts
-    of the search's parent MLflow run. ``metric``/``mode`` default to the search's own.
+    """Write the study reports of the search in ``results_dir`` (= ``<storage>/<name>``, a folder or
+    a pyarrow URI such as ``s3://bucket/searches/NAME``) into ``results_dir/reports`` and, given
+    ``tracking_uri`` and ``parent_run_id``, log them as artifacts of the search's parent MLflow run.
+    ``metric``/``mode`` default to the search's own.
 
     Never raises because of a plot: a plot that fails or cannot be drawn is listed in
     ``Reports.skipped`` with the reason. An MLflow failure is logged as a warning.
     """
-    results_dir = Path(results_dir)
+    if "://" not in str(results_dir):
+        return _write_reports(Path(results_dir), metric, mode, tracking_uri, parent_run_id, seed)
+    import tempfile
+
+    import pyarrow.fs as pafs
+
+    uri = str(results_dir).rstrip("/")
+    with tempfile.TemporaryDirectory(prefix="fusetune-reports-") as tmp:
+        local = _fetch_study(uri, Path(tmp))
+        out = _write_reports(local, metric, mode, tracking_uri, parent_run_id, seed)
+        fs, root = pafs.FileSystem.from_uri(f"{uri}/{REPORTS_DIR}")
+        fs.create_dir(root, recursive=True)
+        pafs.copy_files(str(out.folder), root, destination_filesystem=fs)
+    out.location = f"{uri}/{REPORTS_DIR}"
+    return out
+
+
+def _fetch_study(uri: str, dest: Path) -> Path:
+    """The files the reports read (``results.csv``, each trial's ``params.json`` and ``result.json``)
+    of a results folder on a pyarrow filesystem, copied into ``dest/<name>``."""
+    import pyarrow.fs as pafs
+
+    from search.study import PARAMS_FILE, RESULT_FILE, RESULTS_CSV
+
+    fs, root = pafs.FileSystem.from_uri(uri)
+    root = root.rstrip("/")
+    local = dest / root.rsplit("/", 1)[-1]
+    for info in fs.get_file_info(pafs.FileSelector(root, recursive=True)):
+        rel = info.path[len(root) + 1:]
+        if info.type == pafs.FileType.File and rel.count("/") <= 1 and rel.rsplit("/", 1)[-1] in (
+                PARAMS_FILE, RESULT_FILE, RESULTS_CSV):
+            target = local / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with fs.open_input_stream(info.path) as f:
+                target.write_bytes(f.read())
+    return local
+
+
+def _write_reports(results_dir: Path, metric: str | None, mode: str | None, tracking_uri: str | None,
+                   parent_run_id: str | None, seed: int) -> Reports:
     study = load_study(results_dir.name, results_dir.parent)
     metric, mode = metric or study.metric, mode or study.mode
     out = Reports(results_dir / REPORTS_DIR)
@@ -409,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"python -m search.reports: error: {exc}", file=sys.stderr)
         return 2
     for name, p in reports.plots.items():
-        print(f"{name:<22} {reports.folder / p['png']}")
+        print(f"{name:<22} {reports.location}/{p['png']}")
     for name, why in reports.skipped.items():
         print(f"{name:<22} skipped: {why}")
     if reports.logged_to:

@@ -100,6 +100,13 @@ def test_single_parameter_and_no_finished_trial(tmp_path):
     assert set(none.plots) == {"learning_curves"} and "has 0" in none.skipped["optimization_history"]
 
 
+def test_remote_results_folder_by_uri(tmp_path):
+    folder = fake_study(tmp_path, "s", _trials(3))
+    rep = write_search_reports(folder.as_uri())  # any pyarrow filesystem URI (s3://, gs://, file://)
+    assert rep.location == f"{folder.as_uri()}/reports" and not rep.skipped
+    assert {f"{n}.png" for n in PLOTS} <= {p.name for p in (folder / "reports").iterdir()}
+
+
 def test_reports_logged_to_the_parent_run(tmp_path):
     from mlflow.tracking import MlflowClient
 
