@@ -88,24 +88,39 @@ def default_artifact_location(tracking_uri: str, experiment: str) -> str | None:
     return (folder / "mlartifacts" / safe).as_uri()
 
 
+_FAST_HTTP_LOCK = threading.Lock()
+_fast_http_depth = 0
+_fast_http_saved: dict[str, str | None] = {}
+
+
 @contextlib.contextmanager
 def fast_http(timeout: float, retries: int = 0) -> Iterator[None]:
     """Make MLflow's REST client fail fast (its defaults retry for minutes) inside the block.
 
     MLflow reads these variables at request time; a value the user set explicitly is respected.
+    The variables are process-wide: overlapping blocks (the tracking thread and the main thread)
+    share the settings of the outermost one, and the last to leave restores the user's values.
     """
+    global _fast_http_depth
     wanted = {"MLFLOW_HTTP_REQUEST_TIMEOUT": str(int(math.ceil(timeout))), "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(retries)}
-    saved = {k: os.environ.get(k) for k in wanted}
-    for k, v in wanted.items():
-        os.environ.setdefault(k, v)
+    with _FAST_HTTP_LOCK:
+        if _fast_http_depth == 0:
+            _fast_http_saved.clear()
+            _fast_http_saved.update({k: os.environ.get(k) for k in wanted})
+            for k, v in wanted.items():
+                os.environ.setdefault(k, v)
+        _fast_http_depth += 1
     try:
         yield
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        with _FAST_HTTP_LOCK:
+            _fast_http_depth -= 1
+            if _fast_http_depth == 0:
+                for k, v in _fast_http_saved.items():
+                    if v is None:
+                        os.environ.pop(k, None)
+                    else:
+                        os.environ[k] = v
 
 
 def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:

@@ -6,6 +6,7 @@ The hooks are driven with small fake trials (what Ray Tune passes: ``trial_id``,
 
 from __future__ import annotations
 
+import os
 import pickle
 import time
 from pathlib import Path
@@ -340,3 +341,16 @@ def test_inside_a_real_tuner(tmp_path):
     assert sorted(m.step for m in client.get_metric_history(by_x["2"].info.run_id, "macro_f1")) == [1, 2, 3]
     assert by_x["2"].data.metrics["fold1_macro_f1"] == pytest.approx(0.2)
     assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in runs.values())
+
+
+def test_fast_http_is_scoped_and_respects_user_settings(monkeypatch):
+    from search.tracking import fast_http
+
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_TIMEOUT", raising=False)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "5")  # the user's choice wins
+    with fast_http(2.5):
+        assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "3"
+        with fast_http(60, retries=3):  # nested: the outer block's settings stay
+            assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "3"
+        assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "5"
+    assert "MLFLOW_HTTP_REQUEST_TIMEOUT" not in os.environ and os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "5"
