@@ -17,6 +17,7 @@ Samplers and schedulers are registries (``SAMPLERS``, ``SCHEDULERS``): name -> f
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -41,8 +42,16 @@ from trainables.trial_data import TrialData
 # --------------------------------------------------------------------------------- samplers
 SamplerFactory = Callable[[SearchConfig], optuna.samplers.BaseSampler]
 
+def _tpe(cfg: SearchConfig) -> optuna.samplers.TPESampler:
+    """Multivariate TPE; ``group`` splits the conditional space into the groups of dimensions
+    that occur together, so a conditional dimension is modelled only from trials that have it."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(seed=cfg.seed, multivariate=True, group=True)
+
+
 SAMPLERS: dict[str, SamplerFactory] = {
-    "tpe": lambda cfg: optuna.samplers.TPESampler(seed=cfg.seed, multivariate=True, group=True),
+    "tpe": _tpe,
     "random": lambda cfg: optuna.samplers.RandomSampler(seed=cfg.seed),
     # the grid's points are enqueued; the sampler only draws dimensions a point leaves open
     "grid": lambda cfg: optuna.samplers.RandomSampler(seed=cfg.seed),

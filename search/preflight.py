@@ -61,9 +61,7 @@ def connect(cfg: SearchConfig) -> dict[str, Any]:
     timings for the report."""
     for k, v in RAY_QUIET_ENV.items():
         os.environ.setdefault(k, v)
-    if cfg.address:
-        check_address(cfg.address)
-    else:
+    if not cfg.address:
         # local workers import this checkout even when it is not pip-installed
         os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
     import ray

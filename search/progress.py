@@ -24,6 +24,20 @@ def format_duration(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}"
 
 
+def failure_reason(trial: Any) -> str:
+    """The one-line reason of a failed trial (Ray keeps the whole traceback in its error file)."""
+    from search.results import error_reason
+
+    for read in (lambda: open(trial.error_file).read(), lambda: str(trial.get_error())):
+        try:
+            text = read()
+        except Exception:  # not written or not synced yet
+            continue
+        if text and text != "None":
+            return error_reason(text)
+    return "see the trial's error.txt"
+
+
 class ProgressLine(Callback):
     def __init__(self, *, total: int, epochs: int, metric: str, mode: str, interval: float = 30.0,
                  stream: TextIO | None = None) -> None:
@@ -53,18 +67,20 @@ class ProgressLine(Callback):
             self.emit(trials)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.emit(trials)
+        self.emit(trials, ended={trial.trial_id: "TERMINATED"})
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.emit(trials)
+        print(f"trial {trial.trial_id} failed: {failure_reason(trial)}", file=self.stream or sys.stdout, flush=True)
+        self.emit(trials, ended={trial.trial_id: "ERROR"})
 
     # ------------------------------------------------------------------ the line
-    def emit(self, trials: list) -> None:
+    def emit(self, trials: list, ended: dict[str, str] | None = None) -> None:
+        """``ended``: trials Tune reports as ended before it updates their status."""
         self._last_print = time.monotonic()
-        print(self.line(trials, self._last_print - self._start), file=self.stream or sys.stdout, flush=True)
+        print(self.line(trials, self._last_print - self._start, ended), file=self.stream or sys.stdout, flush=True)
 
-    def line(self, trials: list, elapsed: float) -> str:
-        status = [t.status for t in trials]
+    def line(self, trials: list, elapsed: float, ended: dict[str, str] | None = None) -> str:
+        status = [(ended or {}).get(t.trial_id, t.status) for t in trials]
         done = status.count("TERMINATED")
         failed = status.count("ERROR")
         running = status.count("RUNNING")
@@ -76,7 +92,7 @@ class ProgressLine(Callback):
             std = result.get(f"{self.metric}_std")
             value = f"{result[self.metric]:.4f}" + (f" ± {std:.4f}" if isinstance(std, (int, float)) else "")
             parts.append(f"best {self.metric} {value} ({trial.trial_id}, epoch {result.get('epoch', '?')})")
-        eta = self.eta(trials, elapsed)
+        eta = self.eta(trials, elapsed, status)
         parts.append(f"ETA {format_duration(eta)}" if eta is not None else "ETA -")
         return " | ".join(parts)
 
@@ -88,11 +104,11 @@ class ProgressLine(Callback):
         pick = max if self.mode == "max" else min
         return pick(scored, key=lambda tr: tr[1][self.metric])
 
-    def eta(self, trials: list, elapsed: float) -> float | None:
+    def eta(self, trials: list, elapsed: float, status: list[str]) -> float | None:
         trained = sum(int((t.last_result or {}).get("training_iteration", 0)) for t in trials)
         if trained == 0:
             return None
-        ended = [t for t in trials if t.status in ("TERMINATED", "ERROR")]
+        ended = [t for t, s in zip(trials, status) if s in ("TERMINATED", "ERROR")]
         given_back = sum(self.epochs - int((t.last_result or {}).get("training_iteration", 0)) for t in ended)
         left = max(0, self.total * self.epochs - trained - given_back)
         return elapsed / trained * left

@@ -74,7 +74,14 @@ def collect(experiment_path: str, storage_filesystem: pyarrow.fs.FileSystem | No
             duration_s=float(last.get("time_total_s", 0.0) or 0.0), error=error,
             checkpoint=latest.path if latest is not None else None,
         ))
-    return sorted(rows, key=lambda r: r.trial_id)
+    order = {t.trial_id: _creation_index(t) for t in analysis.trials}
+    return sorted(rows, key=lambda r: order[r.trial_id])  # creation order: the paper default first
+
+
+def _creation_index(trial: Any) -> int:
+    """Tune tags a trial ``<n>_<params>`` with its creation counter n (1-based)."""
+    head = str(getattr(trial, "experiment_tag", "")).split("_", 1)[0]
+    return int(head) if head.isdigit() else 1 << 30
 
 
 def ranked(rows: list[TrialRow], metric: str, mode: str) -> list[TrialRow]:

@@ -5,8 +5,8 @@
     python -m search.run --config search.yaml --num-samples 40
     python -m search.run --resume --name omnifuse-breast-tcga-20250101-120000
 
-Order: options -> tracking URI check -> Ray (local or ``--address``) and resources -> data
-(encoded once, feature cache) and a model build check -> Tuner (or its restore) with the MLflow
+Order: options -> tracking URI and ``--address`` checks -> data (encoded once, feature cache) ->
+Ray (local or ``--address``) and resources -> a model build check -> Tuner (or its restore) with the MLflow
 callback and a progress line -> ``results.csv`` -> the top-k models logged and registered ->
 the table of the best configurations and the command that opens the MLflow UI. Bad input is one
 line on stderr and exit code 2, before any trial starts; exit code 1 when no trial finished.
@@ -30,6 +30,9 @@ from trainables.version import code_version
 PROG = "python -m search.run"
 SEARCH_FILE = "search.json"
 """The resolved options, saved in the search folder; ``--resume`` reads them back."""
+
+TABLE_ROWS = 5
+"""Configurations in the final table (at least; ``--top-k`` more if larger)."""
 
 RESUME_OVERRIDES = ("storage", "name", "resume", "address", "tracking_uri", "top_k")
 """Options a resumed search may change; the others are the saved search's."""
@@ -88,16 +91,18 @@ def run(argv: list[str] | None = None) -> int:
     from search.tracking import MLflowTracking, check_tracking_uri
 
     check_tracking_uri(uri)
-    timings = preflight.connect(cfg)
+    if cfg.address:
+        preflight.check_address(cfg.address)
+    t0 = time.monotonic()
+    data = preflight.load_data(cfg, space)
+    timings = {"data_s": time.monotonic() - t0}
+    timings.update(preflight.connect(cfg))
     slots = preflight.check_resources(cfg)
     if cfg.max_concurrent is None:
         # as many as fit; Tune then also starts that many trial workers at once (with a searcher it
         # starts one at a time otherwise) and samples a trial only when it can run
         cfg = replace(cfg, max_concurrent=slots)
-    t0 = time.monotonic()
-    data = preflight.load_data(cfg, space)
     preflight.smoke_check(cfg, space, data)
-    timings["data_s"] = time.monotonic() - t0
 
     exp_path = cfg.experiment_path
     total = orchestrate.num_trials(cfg, space)
@@ -132,6 +137,7 @@ def finish(cfg: SearchConfig, sampled: list[str], exp_path: str, fs: Any, uri: s
     csv_path = results.write_text(results.csv_text(rows, sampled, pareto), exp_path, results.RESULTS_CSV, fs)
     ranked = results.ranked(rows, cfg.primary_metric, cfg.primary_mode)
     top = ranked[: cfg.top_k]
+    shown = ranked[: max(cfg.top_k, TABLE_ROWS)]
     versions: list[str] = []
     if top and parent_run_id:
         from search.models import TopTrial, log_top_models, registered_model_name
@@ -147,8 +153,8 @@ def finish(cfg: SearchConfig, sampled: list[str], exp_path: str, fs: Any, uri: s
     print(f"{len(rows)} trials ({len(ranked)} finished all {cfg.epochs} epochs, "
           f"{len(rows) - len(ranked) - failed} stopped early, {failed} failed) in {format_duration(timings['search_s'])}"
           f" (Ray start {timings['ray_init_s']:.1f}s, data {timings['data_s']:.1f}s)")
-    print(f"top {len(top)} by {cfg.primary_metric} (mean ± std over {'folds' if cfg.folds else 'the hold-out split'}):")
-    print(results.table(top, cfg.primary_metric, sampled, cfg.metric[1:]))
+    print(f"top {len(shown)} by {cfg.primary_metric} (mean ± std over {'folds' if cfg.folds else 'the hold-out split'}):")
+    print(results.table(shown, cfg.primary_metric, sampled, cfg.metric[1:]))
     if pareto is not None:
         print(f"pareto-optimal trials on {', '.join(cfg.metric)}: {', '.join(sorted(pareto)) or '-'}")
     if versions:
@@ -170,6 +176,10 @@ def quiet_libraries() -> None:
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    # Tune logs every failed trial's whole traceback; ProgressLine prints its one-line reason and
+    # the traceback stays in the trial's error.txt
+    logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
+    logging.getLogger("ray.tune.tune").setLevel(logging.CRITICAL)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 

@@ -1,0 +1,192 @@
+"""``python -m search.run``: options, bad input, an end-to-end search, a failing trial."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from search import run as run_mod
+from search.cli import parse_args
+from search.config import SearchConfig, resolve
+from search.errors import UsageError
+from spaces import SPACES, get_space
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def search(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env.pop("RAY_ADDRESS", None)  # a local cluster of its own
+    return subprocess.run([sys.executable, "-m", "search.run", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def read_rows(storage: Path) -> list[dict[str, str]]:
+    (path,) = storage.glob("*/results.csv")
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def config_of(row: dict[str, str]) -> dict:
+    return {k[len("config/"):]: json.loads(v) for k, v in row.items() if k.startswith("config/") and v != ""}
+
+
+# --------------------------------------------------------------------------------- options
+def test_defaults_follow_the_space():
+    cfg = resolve(SearchConfig(**parse_args(["--space", "omnifuse"])))
+    assert (cfg.data, cfg.metric, cfg.mode, cfg.epochs, cfg.folds, cfg.sampler, cfg.scheduler) == \
+        ("breast-tcga", ("macro_f1",), ("max",), 100, 5, "tpe", "asha")
+    assert cfg.name.startswith("omnifuse-breast-tcga-")
+    token = resolve(SearchConfig(space="alignedfusion"))
+    assert (token.data, token.image_encoder, token.text_encoder) == ("synth-clinic", "vit-tiny", "minilm")
+    nsga = resolve(SearchConfig(space="climd", sampler="nsga2"))
+    assert (nsga.metric, nsga.mode) == (("macro_f1", "macro_f1_std"), ("max", "min"))
+    two = resolve(SearchConfig(space="climd", metric=("macro_f1", "loss")))
+    assert two.mode == ("max", "min")
+
+
+def test_config_file_and_flags(tmp_path):
+    f = tmp_path / "s.yaml"
+    f.write_text(yaml.safe_dump({"space": "climd", "num-samples": 7, "epochs": 9, "metric": ["auroc"],
+                                 "points": [{"gamma": 0.5}], "resume": False}))
+    given = parse_args(["--config", str(f), "--epochs", "4"])
+    cfg = resolve(SearchConfig(**given))
+    assert (cfg.space, cfg.num_samples, cfg.epochs, cfg.metric, cfg.points) == ("climd", 7, 4, ("auroc",), ({"gamma": 0.5},))
+
+
+BAD = [
+    (["--space", "nope"], "--space nope: unknown space"),
+    (["--space", "omnifuse", "--sampler", "bayes"], "--sampler: invalid choice: 'bayes'"),
+    (["--space", "omnifuse", "--scheduler", "pb2"], "--scheduler: invalid choice: 'pb2'"),
+    (["--space", "omnifuse", "--metric", "dice"], "--metric dice: not a metric this task computes"),
+    (["--space", "omnifuse", "--metric", "macro_f1", "--mode", "up"], "--mode up: unknown"),
+    (["--space", "omnifuse", "--folds", "1"], "--folds 1: must be 0"),
+    (["--space", "omnifuse", "--sampler", "cmaes", "--metric", "macro_f1,auroc"], "--sampler cmaes: optimises one objective"),
+    (["--space", "omnifuse", "--scheduler", "pbt", "--sampler", "grid"], "--sampler grid: PBT"),
+    (["--space", "omnifuse", "--points", '{"gamma": 0.3}'], "--points: 'gamma' is not a dimension of space omnifuse"),
+    (["--space", "omnifuse", "--points", "lr=1"], "not JSON"),
+    (["--space", "omnifuse", "--epochs", "ten"], "--epochs: invalid int value"),
+    (["--epochs", "3"], "--space is required"),
+    (["--space", "omnifuse", "--tracking-uri", "http://127.0.0.1:9"], "--tracking-uri http://127.0.0.1:9"),
+    (["--space", "omnifuse", "--address", "127.0.0.1:9"], "--address 127.0.0.1:9: cannot reach"),
+    (["--space", "alignedfusion", "--data", "breast-tcga"], "needs text and image modalities"),
+    (["--space", "omnifuse", "--data", "no-such-data"], "--data no-such-data"),
+    (["--resume"], "--resume: no search to resume"),
+]
+
+
+@pytest.mark.parametrize("argv,message", BAD, ids=[m.split(":")[0] for _, m in BAD])
+def test_bad_input_is_one_line_and_exit_2(argv, message, tmp_path, capsys, data_dir):
+    rc = run_mod.main([*argv, "--storage", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert len(err.strip().splitlines()) == 1, err
+    assert message in err
+
+
+def test_bad_config_file(tmp_path, capsys):
+    f = tmp_path / "s.yaml"
+    f.write_text("space: omnifuse\nnum_trials: 3\n")
+    assert run_mod.main(["--config", str(f)]) == 2
+    assert capsys.readouterr().err.strip().endswith(f"--config {f}: unknown key 'num_trials'")
+    with pytest.raises(UsageError, match="cannot read"):
+        parse_args(["--config", str(tmp_path / "missing.yaml")])
+
+
+def test_more_gpus_than_the_cluster_has(tmp_path):
+    out = search(["--space", "baseline", "--gpus-per-trial", "64", "--storage", str(tmp_path)], timeout=180)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[-1].startswith("python -m search.run: error: --gpus-per-trial 64: the cluster has")
+    assert not list(tmp_path.glob("*/results.csv"))  # no trial started
+
+
+# --------------------------------------------------------------------------------- end to end
+@pytest.fixture(scope="module")
+def omnifuse_search(tmp_path_factory, data_dir):
+    storage = tmp_path_factory.mktemp("omnifuse")
+    out = search(["--space", "omnifuse", "--num-samples", "4", "--epochs", "3", "--storage", str(storage),
+                  "--name", "e2e", "--top-k", "1", "--seed", "1"])
+    return storage, out
+
+
+def test_end_to_end_results(omnifuse_search):
+    storage, out = omnifuse_search
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    rows = read_rows(storage)
+    assert len(rows) == 4
+    space = get_space("omnifuse")
+    default = space.default_config()
+    assert {k: config_of(rows[0]).get(k) for k in default} == default  # trial 1 = paper default
+    for row in rows:
+        config = config_of(row)
+        assert space.validate({k: v for k, v in config.items() if k in space.names or k in space.fixed}) == []
+        assert config["method"] == "omnifuse" and config["epochs"] == 3 and config["seed"] == 1
+        assert row["status"] == "TERMINATED" and float(row["duration_s"]) > 0
+        assert 0.0 <= float(row["macro_f1"]) <= 1.0
+    finished = [r for r in rows if r["final"] == "True"]
+    assert finished and all(r["fold4_macro_f1"] != "" for r in finished)
+    # the progress line, the table and the commands a user needs
+    assert "trials 4/4 done" in out.stdout
+    assert "top " in out.stdout and "±" in out.stdout
+    assert f"mlflow ui --backend-store-uri sqlite:///{storage.resolve()}/mlflow.db" in out.stdout
+    assert json.loads((storage / "e2e" / "search.json").read_text())["space"] == "omnifuse"
+
+
+def test_end_to_end_mlflow(omnifuse_search):
+    from mlflow import MlflowClient
+
+    from search.tracking import PARENT_RUN_TAG, ROLE_TAG, SEARCH_NAME_TAG
+
+    storage, out = omnifuse_search
+    assert out.returncode == 0
+    client = MlflowClient(f"sqlite:///{storage.resolve()}/mlflow.db")
+    exp = client.get_experiment_by_name("fusetune")
+    runs = client.search_runs([exp.experiment_id], max_results=100)
+    parents = [r for r in runs if r.data.tags.get(SEARCH_NAME_TAG) == "e2e" and r.data.tags.get(ROLE_TAG) == "search"]
+    assert len(parents) == 1
+    children = [r for r in runs if r.data.tags.get(PARENT_RUN_TAG) == parents[0].info.run_id]
+    assert len(children) == 4
+    for child in children:
+        assert {"beta", "lambda1", "lambda2", "lambda3", "K", "lr"} <= set(child.data.params)
+    champion = client.get_model_version_by_alias("omnifuse-breast-tcga", "champion")
+    assert champion.run_id in {c.info.run_id for c in children}
+
+
+def test_same_name_again_is_refused(omnifuse_search, capsys):
+    storage, _ = omnifuse_search
+    assert run_mod.main(["--space", "omnifuse", "--storage", str(storage), "--name", "e2e"]) == 2
+    assert "add --resume" in capsys.readouterr().err
+
+
+def test_failing_trial_is_recorded_and_the_search_goes_on(tmp_path, data_dir):
+    out = search(["--space", "baseline", "--num-samples", "3", "--epochs", "2", "--folds", "2", "--top-k", "0",
+                  "--scheduler", "fifo", "--storage", str(tmp_path), "--points", '{"lr": 1e30}'])
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    rows = read_rows(tmp_path)
+    assert [r["status"] for r in rows] == ["TERMINATED", "ERROR", "TERMINATED"]  # default, the NaN point, a TPE draw
+    assert config_of(rows[1])["lr"] == 1e30
+    assert rows[1]["error"].startswith("non-finite training loss at epoch 1, fold 0: loss=nan")
+    assert rows[2]["final"] == "True"                        # the trial after the failure still ran to the end
+    assert "failed: non-finite training loss" in out.stdout  # one line in the progress output
+    assert "Traceback" not in out.stdout + out.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(SPACES))
+def test_every_space_completes(name, tmp_path, data_dir):
+    """The issue's acceptance run: 4 trials x 3 epochs per space on its default data."""
+    out = search(["--space", name, "--num-samples", "4", "--epochs", "3", "--storage", str(tmp_path), "--name", "s"],
+                 timeout=3000)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    rows = read_rows(tmp_path)
+    assert len(rows) == 4 and all(r["status"] == "TERMINATED" for r in rows)
+    default = get_space(name).default_config()
+    assert {k: config_of(rows[0]).get(k) for k in default} == default
+    assert "(best = alias champion)" in out.stdout

@@ -1,0 +1,212 @@
+"""Search spaces: valid samples, conditional dimensions, paper default first, grids, list/show."""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+import sys
+
+import optuna
+import pytest
+
+from search import spaces as spaces_cli
+from search.config import SearchConfig, resolve
+from search.orchestrate import build_searcher, initial_points
+from spaces import SPACES, Categorical, Float, Space, When, get_space
+from trainables import climd, engine
+from trainables.registry import METHODS, get_method
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def sample_configs(space: Space, n: int, sampler: optuna.samplers.BaseSampler) -> list[dict]:
+    study = optuna.create_study(sampler=sampler)
+    out = []
+    for _ in range(n):
+        trial = study.ask()
+        config = space.sample(trial)
+        study.tell(trial, 0.0)
+        out.append(config)
+    return out
+
+
+@pytest.mark.parametrize("name", list(SPACES))
+def test_every_space_samples_valid_configs(name):
+    space = get_space(name)
+    assert space.method in METHODS
+    configs = sample_configs(space, 40, optuna.samplers.RandomSampler(seed=1))
+    configs += sample_configs(space, 12, optuna.samplers.TPESampler(seed=2, n_startup_trials=4))
+    for config in configs:
+        assert space.validate(config) == [], config
+        for key, value in space.fixed.items():
+            assert config[key] == value
+
+
+def test_validate_rejects_bad_configs():
+    space = get_space("omnifuse-ablation")
+    good = space.default_config()
+    assert space.validate(good) == []
+    assert any("beta" in p and "inactive" in p for p in space.validate({**good, "dwfuse": False}))
+    assert any("outside" in p for p in space.validate({**good, "lr": 1.0}))
+    assert any("missing" in p for p in space.validate({k: v for k, v in good.items() if k != "K"}))
+    assert any("fixes" in p for p in get_space("omnifuse").validate({**get_space("omnifuse").default_config(), "tla": False}))
+
+
+def test_omnifuse_ablation_conditionals():
+    space = get_space("omnifuse-ablation")
+    configs = sample_configs(space, 200, optuna.samplers.RandomSampler(seed=0))
+    for c in configs:
+        assert ("beta" in c) == ("alpha" in c) == c["dwfuse"]          # no beta when DWFuse is off
+        assert ("lambda1" in c) == c["imp_backward"]
+        assert ("lambda3" in c) == ("tla_mask" in c) == c["tla"]
+        assert ("K" in c) == ("ra_latent" in c) == (c["imp_forward"] or c["imp_backward"])
+        assert "lambda2" in c
+    # every switch combination shows up, so each conditional branch was exercised
+    assert {tuple(c[s] for s in ("dwfuse", "tla", "imp_forward", "imp_backward")) for c in configs} == \
+        set(itertools.product((True, False), repeat=4))
+
+
+def test_climd_scheduler_conditionals():
+    for c in sample_configs(get_space("climd"), 150, optuna.samplers.RandomSampler(seed=3)):
+        assert ("gamma" in c) == ("shortfall" in c) == (c["scheduler"] == "climd")
+        assert ("n_buckets" in c) == (c["scheduler"] in ("baby_step", "one_pass"))
+        assert ("c0" in c) == (c["scheduler"] in ("linear", "root", "geom"))
+        assert c["imbalance"] == "none"
+    for c in sample_configs(get_space("baseline"), 100, optuna.samplers.RandomSampler(seed=4)):
+        assert ("gamma_focal" in c) == (c["imbalance"] == "focal")
+        assert ("smote_k" in c) == (c["imbalance"] == "smote")
+        assert c["scheduler"] == "none"
+
+
+def test_conditions_may_read_fixed_keys():
+    # in `omnifuse` the switches are fixed on, so their weights are always sampled
+    for c in sample_configs(get_space("omnifuse"), 20, optuna.samplers.RandomSampler(seed=5)):
+        assert {"alpha", "beta", "lambda1", "lambda2", "lambda3", "K"} <= set(c)
+    for c in sample_configs(get_space("emrfusion-ablation"), 60, optuna.samplers.RandomSampler(seed=6)):
+        assert ("align_weight" in c) == c["alignment"]
+
+
+def test_issue_coverage():
+    names = lambda s: set(get_space(s).names) | set(get_space(s).fixed)  # noqa: E731
+    assert {"gamma", "scheduler", "measurer", "difficulty_order"} <= names("climd")
+    assert {"K", "alpha", "beta", "lambda1", "lambda2", "lambda3"} <= names("omnifuse")
+    assert {"mask_p", "rec_weight", "intermediate_token", "depth"} <= names("alignedfusion-ablation")
+    assert {"align_weight", "ortho_weight", "alignment", "self_attention", "residual", "dynamic_weighting"} \
+        <= names("emrfusion-ablation")
+    for name, space in SPACES.items():
+        assert {"lr", "weight_decay", "batch_size", "hidden", "dropout"} <= set(space.names), name
+    for composite, method in (("climd+omnifuse", "omnifuse"), ("climd+alignedfusion", "alignedfusion"),
+                              ("climd+emrfusion", "emrfusion")):
+        assert get_space(composite).method == method
+        assert {"scheduler", "gamma", "measurer"} <= names(composite)
+        assert set(get_space(method).names) <= names(composite)
+
+
+@pytest.mark.parametrize("name", list(SPACES))
+def test_defaults_are_the_codes_defaults(name):
+    """The first trial trains exactly what the engine and the model do without configuration
+    (their DEFAULTS hold the papers' values)."""
+    space = get_space(name)
+    config = space.default_config()
+    code = {**engine.DEFAULTS, **get_method(space.method).defaults()}
+    if config.get("scheduler", "none") != "none":
+        code.update(climd.DEFAULTS)
+    for key, value in config.items():
+        if key in code:
+            assert value == code[key], f"{name}: {key}={value!r} but the code's default is {code[key]!r}"
+    assert space.epochs == code["epochs"]
+
+
+def test_paper_defaults_where_the_papers_give_them():
+    c = get_space("climd").default_config()
+    assert (c["lr"], c["gamma"], c["scheduler"], get_space("climd").epochs) == (5e-5, 0.3, "climd", 100)
+    o = get_space("omnifuse").default_config()
+    assert (o["K"], o["alpha"], o["beta"], o["lambda1"], o["lambda2"], o["lambda3"]) == (5, 0.1, 0.5, 1.0, 10.0, 0.5)
+    a = get_space("alignedfusion").default_config()
+    assert (a["mask_p"], a["rec_weight"], a["intermediate_token"]) == (0.3, 1.0, True)
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "random", "grid", "cmaes", "nsga2"])
+@pytest.mark.parametrize("name", ["omnifuse", "climd+emrfusion", "alignedfusion-ablation"])
+def test_first_trial_is_the_paper_default(name, sampler):
+    cfg = resolve(SearchConfig(space=name, sampler=sampler, points=({"lr": 1e-3},) if sampler != "grid" else ()))
+    space = get_space(name)
+    searcher = build_searcher(cfg, space)
+    first = searcher.suggest("trial-1")
+    assert first == space.default_config()
+    second = searcher.suggest("trial-2")
+    if sampler == "grid":
+        assert second == {**space.grid_points(cfg.seed)[1], **space.fixed}
+    else:
+        assert second["lr"] == 1e-3 and space.validate(second) == []
+
+
+def test_pbt_population_starts_with_the_default():
+    cfg = resolve(SearchConfig(space="omnifuse", scheduler="pbt", sampler="random", num_samples=5))
+    space = get_space("omnifuse")
+    gen = build_searcher(cfg, space)
+    assert gen._points_to_evaluate[0] == space.default_point()
+    assert len(gen._points_to_evaluate) == 5
+    assert all(space.validate({**p, **space.fixed}) == [] for p in gen._points_to_evaluate)
+
+
+@pytest.mark.parametrize("name", list(SPACES))
+def test_grid_points_are_valid_and_distinct(name):
+    space = get_space(name)
+    points = space.grid_points(seed=0)
+    assert points[0] == space.default_point()
+    assert len({tuple(sorted(p.items())) for p in points}) == len(points)
+    for p in points[:300]:
+        assert space.validate({**p, **space.fixed}) == []
+    assert space.grid_points(seed=0) == points and (len(points) < 3 or space.grid_points(seed=1) != points)
+
+
+def test_ablation_grids_are_the_papers_tables():
+    omni = get_space("omnifuse-ablation").grid_points()
+    assert len(omni) == 16  # Table 4: every combination of the four switches, weights at the paper's values
+    assert {tuple(p[s] for s in ("dwfuse", "tla", "imp_forward", "imp_backward")) for p in omni} == \
+        set(itertools.product((True, False), repeat=4))
+    aligned = get_space("alignedfusion-ablation").grid_points()
+    assert {(p["intermediate_token"], p["mask_p"]) for p in aligned} == \
+        set(itertools.product((True, False), (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)))
+
+
+def test_space_declaration_errors():
+    lr = Float("lr", 1e-5, 1e-2, log=True, default=1e-3)
+    with pytest.raises(ValueError, match="nor declared before"):
+        Space("x", "baseline", "", (Float("beta", 0, 1, default=0.5, when=(When("dwfuse", True),)),))
+    with pytest.raises(ValueError, match="outside"):
+        Space("x", "baseline", "", (Float("lr", 1e-5, 1e-2, default=1.0),))
+    with pytest.raises(ValueError, match="twice"):
+        Space("x", "baseline", "", (lr, lr))
+    with pytest.raises(ValueError, match="cannot take"):
+        Space("x", "baseline", "", (Categorical("s", ("a", "b"), default="a"), Float("g", 0, 1, default=0.1, when=(When("s", "c"),))))
+
+
+def test_pbt_mutations_are_unconditional_or_fixed_on():
+    assert {d.name for d in get_space("omnifuse").mutable()} >= {"lr", "alpha", "beta", "lambda3"}
+    ablation = {d.name for d in get_space("omnifuse-ablation").mutable()}
+    assert "beta" not in ablation and {"lr", "lambda2"} <= ablation
+
+
+def test_list_and_show(capsys):
+    assert spaces_cli.main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in SPACES:
+        assert name in out
+    assert spaces_cli.main(["show", "omnifuse-ablation"]) == 0
+    out = capsys.readouterr().out
+    assert "float [0.01, 1] log" in out                     # alpha: range and log scale
+    assert "dwfuse=True" in out                              # beta/alpha condition
+    assert "(imp_forward=True or imp_backward=True)" in out  # K condition
+    assert "grid points: 16" in out
+    beta = next(line for line in out.splitlines() if line.strip().startswith("beta"))
+    assert "0.5" in beta and "float [0, 2]" in beta          # default and linear range
+    assert spaces_cli.main(["show", "no-such-space"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "unknown space 'no-such-space'" in err
+
+
+def test_module_entry_point():
+    out = subprocess.run([sys.executable, "-m", "search.spaces", "show", "climd"], capture_output=True, text=True, check=True)
+    assert "gamma" in out.stdout and "scheduler=climd" in out.stdout

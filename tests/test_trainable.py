@@ -1,0 +1,142 @@
+"""The trial body without Ray: epoch reports, failures, checkpoints that resume exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from search.progress import ProgressLine, format_duration
+from search.results import TrialRow, error_reason, pareto_front, ranked
+from trainables.metrics import METRICS
+from trainables.trainable import TRAINABLES, Trial, TrialFailure, check_finite, summarize
+from trainables.trial_data import fold_splits, prepare
+from trainables.registry import METHODS
+
+
+def test_summarize_means_std_and_final_folds():
+    parts = [{"loss": 1.0, "loss_cls": 0.5}, {"loss": 3.0, "loss_cls": 1.5}]
+    metrics = [{m: 0.6 for m in METRICS}, {m: 0.8 for m in METRICS}]
+    mid = summarize(2, parts, metrics, final=False)
+    assert mid["epoch"] == 2 and mid["loss"] == 2.0 and mid["loss_cls"] == 1.0
+    assert mid["macro_f1"] == pytest.approx(0.7) and mid["macro_f1_std"] == pytest.approx(0.1)  # population std
+    assert "final" not in mid and not any(k.startswith("fold") for k in mid)
+    end = summarize(3, parts, metrics, final=True)
+    assert end["final"] is True
+    assert end["fold0_auroc"] == 0.6 and end["fold1_auroc"] == 0.8
+    assert {f"fold{k}_{m}" for k in (0, 1) for m in METRICS} <= set(end)
+
+
+def test_check_finite_names_the_part():
+    check_finite({"loss": 1.0}, 1, 0)
+    with pytest.raises(TrialFailure, match=r"epoch 4, fold 2: loss_rc=nan"):
+        check_finite({"loss": 1.0, "loss_rc": float("nan")}, 4, 2)
+
+
+def test_fold_splits_kfold_and_holdout():
+    labels = np.repeat([0, 1, 2], 10)
+    folds = fold_splits(labels, 5, seed=0)
+    assert len(folds) == 5
+    assert sorted(np.concatenate([va for _, va in folds]).tolist()) == list(range(30))
+    assert [va.tolist() for _, va in folds] == [va.tolist() for _, va in fold_splits(labels, 5, seed=0)]
+    (tr, va), = fold_splits(labels, 0, seed=0, val_fraction=0.2)
+    assert len(va) == 6 and len(set(tr) | set(va)) == 30
+
+
+def test_one_trainable_per_family():
+    assert set(TRAINABLES) == set(METHODS)
+    assert TRAINABLES["omnifuse"].__name__ == "fusetune_omnifuse"
+    import trainables.trainable as mod
+
+    assert getattr(mod, "fusetune_omnifuse") is TRAINABLES["omnifuse"]  # importable: pickled by reference
+
+
+@pytest.fixture(scope="module")
+def breast(data_dir):
+    return prepare("breast-tcga", {})
+
+
+def _config(**over):
+    return {"method": "baseline", "data": "breast-tcga", "seed": 3, "folds": 2, "epochs": 3, "hidden": 32,
+            "scheduler": "climd", "lr": 1e-3, **over}
+
+
+def test_checkpoint_resumes_exactly(breast, tmp_path):
+    """Train 3 epochs straight, or 2 + checkpoint + restore in a new Trial + 1: identical report."""
+    torch.set_num_threads(1)
+    straight = Trial("baseline", _config(), breast)
+    reports = [straight.step() for _ in range(3)]
+    assert [r["epoch"] for r in reports] == [1, 2, 3] and reports[-1]["final"]
+
+    first = Trial("baseline", _config(), breast)
+    first.step(), first.step()
+    first.state(tmp_path)
+    assert (tmp_path / "state.pt").is_file() and not (tmp_path / "state.pt.tmp").exists()
+    resumed = Trial("baseline", _config(), breast)
+    resumed.restore(tmp_path)
+    assert resumed.epoch == 2
+    last = resumed.step()
+    for key in ("loss", *METRICS, "fold1_macro_f1"):
+        assert last[key] == reports[-1][key], key
+
+
+def test_restore_applies_a_perturbed_learning_rate(breast, tmp_path):
+    """PBT restarts a trial from another's checkpoint with a new lr: the optimizer must use it."""
+    donor = Trial("baseline", _config(), breast)
+    donor.step()
+    donor.state(tmp_path)
+    clone = Trial("baseline", _config(lr=5e-4), breast)
+    clone.restore(tmp_path)
+    assert all(g["lr"] == 5e-4 for t in clone.trainers for g in t.optimizer.param_groups)
+
+
+def test_nan_loss_fails_the_trial(breast):
+    trial = Trial("baseline", _config(lr=1e30, scheduler="none"), breast)
+    with pytest.raises(TrialFailure, match="non-finite training loss at epoch 1"):
+        trial.step()
+
+
+def test_error_reason_finds_the_trial_failure_line():
+    text = "Traceback (most recent call last):\n  File x\ntrainables.trainable.TrialFailure: epoch 2: ValueError: bad\n job_id=1"
+    assert error_reason(text) == "epoch 2: ValueError: bad"
+    assert error_reason("RuntimeError: boom") == "RuntimeError: boom"
+
+
+def _row(tid, status="TERMINATED", final=True, **metrics):
+    return TrialRow(tid, status, {}, {"final": final, **metrics}, 1.0, "", None)
+
+
+def test_ranking_and_pareto_front():
+    rows = [_row("a", macro_f1=0.7, macro_f1_std=0.05), _row("b", macro_f1=0.8, macro_f1_std=0.10),
+            _row("c", macro_f1=0.6, macro_f1_std=0.20), _row("d", final=False, macro_f1=0.9, macro_f1_std=0.0),
+            _row("e", status="ERROR", macro_f1=0.95, macro_f1_std=0.0)]
+    assert [r.trial_id for r in ranked(rows, "macro_f1", "max")] == ["b", "a", "c"]   # complete trials only
+    assert [r.trial_id for r in ranked(rows, "macro_f1", "min")] == ["c", "a", "b"]
+    assert pareto_front(rows, ("macro_f1", "macro_f1_std"), ("max", "min")) == {"a", "b"}  # c is dominated by a
+
+
+class _T:
+    def __init__(self, tid, status, it, value=None):
+        self.trial_id, self.status = tid, status
+        self.last_result = {"training_iteration": it, "epoch": it}
+        if value is not None:
+            self.last_result.update(macro_f1=value, macro_f1_std=0.01)
+
+
+def test_progress_line():
+    p = ProgressLine(total=4, epochs=10, metric="macro_f1", mode="max")
+    trials = [_T("a", "TERMINATED", 10, 0.7), _T("b", "ERROR", 2), _T("c", "RUNNING", 5, 0.8), _T("d", "PENDING", 0)]
+    line = p.line(trials, elapsed=34.0)
+    assert line.startswith("[0:00:34] trials 2/4 done | 1 running | 1 failed")
+    assert "best macro_f1 0.8000 ± 0.0100 (c, epoch 5)" in line
+    # 17 epochs trained in 34 s; budget 40, 8 given back by the failed trial -> 15 left -> 30 s
+    assert line.endswith("ETA 0:00:30")
+    assert ProgressLine(total=1, epochs=1, metric="macro_f1", mode="max").line([_T("a", "PENDING", 0)], 1.0).endswith("ETA -")
+    # Tune calls on_trial_complete before it marks the trial TERMINATED
+    assert "trials 3/4 done | 0 running" in p.line(trials, 40.0, ended={"c": "TERMINATED"})
+    assert format_duration(3725.4) == "1:02:05"
+
+
+def test_trial_data_is_loaded_once_per_process(breast):
+    assert prepare("breast-tcga", {}) is breast
+    assert breast.raw_kinds == ("vector",) and len(breast.data) == 150  # the fixed train split only
