@@ -35,13 +35,14 @@ a bundle reproduces the trainer's probabilities.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -194,23 +195,26 @@ def save_bundle(dest: str | Path, trainer_or_parts: Any, *, data: MultimodalData
         "metadata": _jsonable(metadata or {}),
         "torch": torch.__version__,
     }
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    try:
+    with _building(dest) as tmp:
         from safetensors.torch import save_model
 
-        model = parts.model
-        was_training = model.training
-        save_model(model.cpu() if next(model.parameters()).device.type != "cpu" else model, str(tmp / WEIGHTS))
-        model.train(was_training)
+        save_model(parts.model, str(tmp / WEIGHTS))  # tensors on a GPU are copied to the CPU as they are written
         (tmp / CONFIG).write_text(json.dumps(_jsonable(parts.config), indent=1, sort_keys=True))
         (tmp / PREPROCESSING).write_text(json.dumps(parts.standardizer.state_dict()))
         (tmp / INPUTS).write_text(json.dumps(description, indent=1))
-        for name, content in (extra_files or {}).items():
-            if name == MANIFEST or name in CORE_FILES or Path(name).name != name:
-                raise BundleError(name, "extra bundle files need a plain file name other than the bundle's own")
-            (tmp / name).write_bytes(content.encode() if isinstance(content, str) else content)
-        files = sorted(p.name for p in tmp.iterdir())
+        _write_extra(tmp, extra_files)
+    return dest
+
+
+@contextlib.contextmanager
+def _building(dest: Path) -> Iterator[Path]:
+    """Build a bundle in a temporary sibling folder; on success write its manifest and rename it to
+    ``dest`` (replacing it), so a reader never sees half a bundle; on failure remove it."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        yield tmp
+        files = sorted(p.name for p in tmp.iterdir() if p.name != MANIFEST)
         manifest = {"format": FORMAT, "version": VERSION,
                     "files": {f: {"sha256": _sha256(tmp / f), "bytes": (tmp / f).stat().st_size} for f in files}}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
@@ -220,7 +224,13 @@ def save_bundle(dest: str | Path, trainer_or_parts: Any, *, data: MultimodalData
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return dest
+
+
+def _write_extra(folder: Path, extra_files: dict[str, str | bytes] | None) -> None:
+    for name, content in (extra_files or {}).items():
+        if name == MANIFEST or name in CORE_FILES or Path(name).name != name:
+            raise BundleError(name, "extra bundle files need a plain file name other than the bundle's own")
+        (folder / name).write_bytes(content.encode() if isinstance(content, str) else content)
 
 
 # ----------------------------------------------------------------------------- what comes out
@@ -264,25 +274,10 @@ def copy_bundle(src: str | Path, dest: str | Path, *, extra_files: dict[str, str
     src, dest = Path(src), Path(dest)
     if dest.exists() and not overwrite:
         raise BundleError(str(dest), "already exists (pass overwrite=True to replace it)")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    try:
+    with _building(dest) as tmp:
         for name in manifest["files"]:
             shutil.copy2(src / name, tmp / name)
-        for name, content in (extra_files or {}).items():
-            if name == MANIFEST or name in CORE_FILES or Path(name).name != name:
-                raise BundleError(name, "extra bundle files need a plain file name other than the bundle's own")
-            (tmp / name).write_bytes(content.encode() if isinstance(content, str) else content)
-        files = sorted(p.name for p in tmp.iterdir() if p.name != MANIFEST)
-        manifest = {"format": FORMAT, "version": VERSION,
-                    "files": {f: {"sha256": _sha256(tmp / f), "bytes": (tmp / f).stat().st_size} for f in files}}
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        _write_extra(tmp, extra_files)
     return dest
 
 
