@@ -293,7 +293,10 @@ def render_card(f: dict[str, Any]) -> str:
         "probs = load_bundle(\"<this folder>\").predict(frame)  # [N, C], columns in class order below", "```", "",
         "## Model", "",
         f"- classes (probability columns, in order): {', '.join(classes)}",
-        f"- modalities: {', '.join(f['modalities'])}; any may be missing for a sample (NaN or absent columns)",
+        f"- modalities: {', '.join(f['modalities'])}; any may be missing for a sample, "
+        + ("given as a dict of arrays `{input: array, 'mask/<modality>': bool [N]}` (mask False = missing)"
+           if any(i["kind"] == "tokens" for i in f["inputs"]) else
+           "given as a DataFrame with columns `<input>/<feature>` (all NaN or absent = missing)"),
         (f"- deployable model: {f['refit']} ({f['epochs']} epochs); the evidence below is the cross-validation "
          "of the same configuration"),
         "",
