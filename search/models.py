@@ -78,6 +78,11 @@ class TopTrial:
 class BundleModel(mlflow.pyfunc.PythonModel):
     """MLflow pyfunc wrapper of a bundle: ``predict`` returns a DataFrame of class probabilities."""
 
+    # ``predict`` takes a DataFrame or a dict of arrays, which MLflow's type-hint validation cannot
+    # express (it would warn in every process that loads the model); the logged signature
+    # validates the inputs instead. The flag is MLflow's own opt-out (used by its ChatModel).
+    _skip_type_hint_validation = True
+
     def load_context(self, context) -> None:
         self.bundle: Bundle = load_bundle(context.artifacts["bundle"])
 

@@ -383,7 +383,13 @@ class MLflowTracking(Callback):
         self._put(record)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info) -> None:
-        self._put({"op": "end", "trial_id": self._remember(trial), "status": "FINISHED"})
+        record: dict[str, Any] = {"op": "end", "trial_id": self._remember(trial), "status": "FINISHED"}
+        last = getattr(trial, "last_result", None) or {}
+        planned = (getattr(trial, "config", None) or {}).get("epochs")
+        if "epoch" in last and planned is not None and int(last["epoch"]) < int(planned):
+            # a scheduler (ASHA, HyperBand, median) ended it before its last epoch
+            record["tags"] = {"fusetune.stopped_early": "true", "fusetune.epochs_done": str(int(last["epoch"]))}
+        self._put(record)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info) -> None:
         self._put({"op": "end", "trial_id": self._remember(trial), "status": "FAILED", "error": trial_error_reason(trial)})
@@ -535,6 +541,8 @@ class MLflowTracking(Callback):
             for k, v in record["tags"].items():
                 self.client.set_tag(run_id, k, v[:_MAX_TAG_VALUE])
         elif op == "end":
+            for k, v in record.get("tags", {}).items():
+                self.client.set_tag(run_id, k, v)
             if record["status"] == "FAILED":
                 self.client.set_tag(run_id, ERROR_TAG, record.get("error", "")[:_MAX_TAG_VALUE])
             self.client.set_terminated(run_id, record["status"])

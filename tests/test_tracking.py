@@ -44,6 +44,7 @@ class FakeTrial:
         self.error = error
         self.error_file = None
         self.num_failures = 0
+        self.last_result: dict = {}
 
     def __str__(self) -> str:
         return f"trainable_{self.trial_id}"
@@ -86,7 +87,12 @@ def run_search(cb: MLflowTracking, ok: FakeTrial, bad: FakeTrial) -> None:
     for e in (1, 2, 3):
         cb.on_trial_result(e, [ok, bad], ok, result(e, 1.0 / e, 0.5 + 0.1 * e, final=e == 3))
     cb.on_trial_result(1, [ok, bad], bad, result(1, 0.9, 0.4))
-    ok.status = "TERMINATED"
+    ok.status, ok.last_result = "TERMINATED", result(3, 1 / 3, 0.8, final=True)
+    early = FakeTrial("t_00002", {"epochs": 3, "lr": 0.5})
+    cb.on_trial_start(0, [ok, bad, early], early)
+    cb.on_trial_result(1, [ok, bad, early], early, result(1, 0.9, 0.3))
+    early.status, early.last_result = "TERMINATED", result(1, 0.9, 0.3)
+    cb.on_trial_complete(4, [ok, bad, early], early)
     cb.on_trial_complete(4, [ok, bad], ok)
     bad.status = "ERROR"
     cb.on_trial_error(4, [ok, bad], bad)
@@ -101,11 +107,17 @@ def check_search(uri: str, cb: MLflowTracking) -> None:
     assert parent.data.tags["sampler"] == "tpe" and parent.data.tags["scheduler"] == "asha"
     assert parent.data.params == {"num_samples": "2", "epochs": "3", "metric": "macro_f1", "folds": "2"}
     runs = children(client, cb.experiment_id, cb.search_name)
-    assert set(runs) == {"t_00000", "t_00001"}
+    assert set(runs) >= {"t_00000", "t_00001"}
     ok, bad = runs["t_00000"], runs["t_00001"]
+    if "t_00002" in runs:  # stopped by the scheduler after 1 of its 3 epochs
+        early = runs.pop("t_00002")
+        assert early.info.status == "FINISHED" and early.data.tags["fusetune.stopped_early"] == "true"
+        assert early.data.tags["fusetune.epochs_done"] == "1"
+    assert set(runs) == {"t_00000", "t_00001"}
     for r in (ok, bad):
         assert r.data.tags["mlflow.parentRunId"] == cb.parent_run_id
         assert r.data.tags["data_fingerprint"] == "fp123" and r.data.tags["code_version"] == "v0.1"
+    assert "fusetune.stopped_early" not in ok.data.tags
     assert ok.data.params == {"lr": "0.01", "beta": "0.5", "text_encoder": "None", "method": "omnifuse"}
     assert ok.info.status == "FINISHED" and "error" not in ok.data.tags
     hist = client.get_metric_history(ok.info.run_id, "macro_f1")
