@@ -365,3 +365,33 @@ def test_fast_http_is_scoped_and_respects_user_settings(monkeypatch):
             assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "3"
         assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "5"
     assert "MLFLOW_HTTP_REQUEST_TIMEOUT" not in os.environ and os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "5"
+
+
+@pytest.mark.parametrize("status, body, expected", [
+    (401, b"Unauthorized", "authentication failed; set MLFLOW_TRACKING_USERNAME"),
+    (200, b"<html>a web page</html>", "tracking server unreachable or not an MLflow server"),
+])
+def test_check_tracking_uri_names_auth_and_non_mlflow_servers(status, body, expected):
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's naming
+            self.send_response(status)
+            self.send_header("Content-Type", "text/html")
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_POST = do_GET
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(UsageError) as e:
+            check_tracking_uri(f"http://127.0.0.1:{httpd.server_address[1]}", timeout=3)
+    finally:
+        httpd.shutdown()
+    assert expected in str(e.value) and "\n" not in str(e.value), str(e.value)
