@@ -66,7 +66,8 @@ _MAX_METRICS_PER_BATCH = 1000
 _MAX_PARAM_VALUE = 6000
 _MAX_TAG_VALUE = 8000
 
-_PERMANENT_ERRORS = frozenset({"INVALID_PARAMETER_VALUE", "BAD_REQUEST", "RESOURCE_ALREADY_EXISTS", "INVALID_STATE"})
+_PERMANENT_ERRORS = frozenset({"INVALID_PARAMETER_VALUE", "BAD_REQUEST", "RESOURCE_ALREADY_EXISTS", "INVALID_STATE",
+                               "RESOURCE_DOES_NOT_EXIST"})
 """MLflow error codes that retrying cannot fix: the record is dropped with a warning. Everything
 else (connection refused, time-outs, 5xx, a locked SQLite file) is treated as an outage."""
 
@@ -233,7 +234,7 @@ def _is_permanent(e: Exception) -> bool:
 
 # ----------------------------------------------------------------------------- callback
 _RUNTIME_ATTRS = frozenset({"_lock", "_changed", "_thread", "_client", "_closing", "_busy", "_down_since",
-                            "_tagged", "_synced", "_open_runs"})
+                            "_tagged", "_synced", "_open_runs", "_parent_checked"})
 
 class MLflowTracking(Callback):
     """Ray Tune callback writing the search to MLflow (see the module docstring).
@@ -299,6 +300,7 @@ class MLflowTracking(Callback):
         self._tagged: set[str] = set()              # trial ids whose result tags were queued
         self._synced: set[str] = set()              # trial ids whose run was looked up this session
         self._open_runs: set[str] = set()           # run ids known to be RUNNING this session
+        self._parent_checked = False                # parent run looked up this session
         self._client: MlflowClient | None = None
 
     def __getstate__(self) -> dict:
@@ -323,6 +325,7 @@ class MLflowTracking(Callback):
         with self._lock:
             return {
                 "version": 1,
+                "tracking_uri": self.tracking_uri,
                 "parent_run_id": self.parent_run_id,
                 "experiment_id": self.experiment_id,
                 "runs": dict(self._runs),
@@ -335,11 +338,16 @@ class MLflowTracking(Callback):
 
     def set_state(self, state: dict) -> None:
         with self._lock:
+            self._trials = dict(state.get("trials", {}))
+            if state.get("tracking_uri") != self.tracking_uri:
+                # resumed against another store: the saved run ids and unsent records belong to the old one
+                logger.warning("resuming with tracking URI %s (was %s): the search's earlier MLflow runs stay there",
+                               self.tracking_uri, state.get("tracking_uri"))
+                return
             self.parent_run_id = state.get("parent_run_id")
             self.experiment_id = state.get("experiment_id")
             self._runs = dict(state.get("runs", {}))  # informative: runs are looked up again by tag
             self._finished = set(state.get("finished", []))
-            self._trials = dict(state.get("trials", {}))
             self._skip_until = {k: int(v) for k, v in state.get("skip_until", {}).items()}
             self._queue = deque(state.get("pending", []))
             self.dropped = int(state.get("dropped", 0))
@@ -444,7 +452,7 @@ class MLflowTracking(Callback):
         self._start()
         with self._lock:
             while True:
-                done = self.parent_run_id is not None if until_parent else (not self._queue and not self._busy)
+                done = self._parent_checked if until_parent else (not self._queue and not self._busy)
                 left = deadline - time.monotonic()
                 if done or left <= 0:
                     return done
@@ -575,9 +583,10 @@ class MLflowTracking(Callback):
         return self.experiment_id
 
     def _ensure_parent(self) -> str:
-        if self.parent_run_id is not None:
+        if self.parent_run_id is not None and self._parent_checked:
             return self.parent_run_id
         exp_id = self._ensure_experiment()
+        # looked up by tag (the id a restored state holds may name a run deleted meanwhile)
         found = self.client.search_runs(
             [exp_id],
             filter_string=f"tags.`{SEARCH_NAME_TAG}` = {_quote(self.search_name)} and tags.`{ROLE_TAG}` = 'search'",
@@ -599,6 +608,7 @@ class MLflowTracking(Callback):
         self.client.log_batch(run_id, tags=[RunTag(k, v[:_MAX_TAG_VALUE]) for k, v in tags.items()])
         with self._lock:
             self.parent_run_id = run_id
+            self._parent_checked = True
             self._changed.notify_all()
         return run_id
 

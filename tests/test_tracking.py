@@ -237,6 +237,30 @@ def test_resume_reuses_runs_and_never_duplicates(tmp_path):
         assert runs["t_00000"].info.status == runs["t_00001"].info.status == "FINISHED"
 
 
+def test_state_from_another_tracking_store_is_not_reused(tmp_path):
+    old_uri = sqlite_store(tmp_path / "old")
+    cb = new_callback(old_uri)
+    ok, _ = trials()
+    cb.setup()
+    cb.on_trial_start(0, [], ok)
+    cb.on_trial_result(1, [], ok, result(1, 1.0, 0.6))
+    assert cb.flush(30)
+    state = cb.get_state()
+    cb.close()
+
+    new_uri = sqlite_store(tmp_path / "new")
+    cb2 = new_callback(new_uri)
+    cb2.set_state(state)
+    cb2.setup()
+    cb2.on_trial_result(2, [], ok, result(2, 0.5, 0.7))
+    cb2.on_trial_complete(3, [], ok)
+    cb2.on_experiment_end([ok])
+    assert cb2.parent_run_id != cb.parent_run_id and cb2.pending() == 0
+    (run,) = children(MlflowClient(new_uri), cb2.experiment_id, cb2.search_name).values()
+    assert run.data.params["lr"] == "0.01" and run.info.status == "FINISHED"  # trial info came with the state
+    assert [m.step for m in MlflowClient(new_uri).get_metric_history(run.info.run_id, "loss")] == [2]
+
+
 def test_unreachable_store_never_blocks_and_buffer_is_bounded(tmp_path):
     uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     cb = new_callback(uri, max_pending=10, setup_timeout=1, flush_timeout=1, request_timeout=1)
