@@ -296,7 +296,8 @@ def load_bundle(path: str | Path, *, device: str = "cpu") -> "Bundle":
         cls = get_method(description["method"]).load()
     except KeyError as e:
         raise BundleError(f"bundle {path}", f"{e.args[0]} (installed fusetune lacks this method)") from None
-    model = cls.from_config(spec, config)
+    with torch.random.fork_rng(devices=[]):  # building draws initial weights; leave the caller's RNG alone
+        model = cls.from_config(spec, config)
     from safetensors.torch import load_model
 
     try:
