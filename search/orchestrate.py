@@ -17,6 +17,7 @@ Samplers and schedulers are registries (``SAMPLERS``, ``SCHEDULERS``): name -> f
 
 from __future__ import annotations
 
+import random
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -109,14 +110,20 @@ def _common(cfg: SearchConfig) -> dict[str, Any]:
     return {"metric": cfg.primary_metric, "mode": cfg.primary_mode, "time_attr": "training_iteration"}
 
 
+def _pbt(cfg: SearchConfig, space: Space) -> PopulationBasedTraining:
+    """Exploit/explore every ``perturbation_interval`` epochs on the space's mutable dimensions.
+    PBT draws its perturbations from Python's ``random``, seeded here from ``--seed``."""
+    random.seed(cfg.seed)
+    return PopulationBasedTraining(**_common(cfg), perturbation_interval=_perturbation_interval(cfg),
+                                   hyperparam_mutations={d.name: d.tune_domain() for d in space.mutable()})
+
+
 SCHEDULERS: dict[str, SchedulerFactory] = {
     "asha": lambda cfg, space: ASHAScheduler(**_common(cfg), max_t=cfg.epochs, grace_period=_grace(cfg),
                                              reduction_factor=3),
     "hyperband": lambda cfg, space: HyperBandScheduler(**_common(cfg), max_t=cfg.epochs, reduction_factor=3),
     "median": lambda cfg, space: MedianStoppingRule(**_common(cfg), grace_period=_grace(cfg), min_samples_required=3),
-    "pbt": lambda cfg, space: PopulationBasedTraining(
-        **_common(cfg), perturbation_interval=_perturbation_interval(cfg),
-        hyperparam_mutations={d.name: d.tune_domain() for d in space.mutable()}, seed=cfg.seed),
+    "pbt": lambda cfg, space: _pbt(cfg, space),
     "fifo": lambda cfg, space: FIFOScheduler(),
 }
 
@@ -147,6 +154,16 @@ def fixed_keys(cfg: SearchConfig, space: Space) -> dict[str, Any]:
     }
 
 
+def param_space(cfg: SearchConfig, space: Space) -> dict[str, Any]:
+    """The Tuner's ``param_space``: the fixed keys. Under PBT also every dimension as ``None``:
+    Ray's ``BasicVariantGenerator`` only fills keys its ``param_space`` has, so a member of the
+    population lacking a conditional dimension records it as null (the trainable drops it)."""
+    keys = fixed_keys(cfg, space)
+    if cfg.scheduler == "pbt":
+        keys = {**{name: None for name in space.names}, **keys}
+    return keys
+
+
 def trial_dirname(trial: Any) -> str:
     """Short trial folder names (``<trainable>_<trial id>``): Ray's default lists every parameter."""
     return f"{trial.trainable_name}_{trial.trial_id}"
@@ -161,7 +178,7 @@ def trainable(cfg: SearchConfig, space: Space, data: TrialData) -> Any:
 def build_tuner(cfg: SearchConfig, space: Space, data: TrialData, callbacks: list[tune.Callback]) -> tune.Tuner:
     return tune.Tuner(
         trainable(cfg, space, data),
-        param_space=fixed_keys(cfg, space),
+        param_space=param_space(cfg, space),
         tune_config=tune.TuneConfig(
             search_alg=build_searcher(cfg, space),
             scheduler=SCHEDULERS[cfg.scheduler](cfg, space),

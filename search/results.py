@@ -147,7 +147,8 @@ def table(top: list[TrialRow], metric: str, sampled: list[str], extra_metrics: t
     """The top configurations with mean ± std over folds of the metric (and a few others)."""
     if not top:
         return "no trial finished all its epochs"
-    metrics = list(dict.fromkeys([metric, *extra_metrics, *(m for m in METRICS if m != metric)]))[:4]
+    extra = [m for m in extra_metrics if not m.endswith("_std")]  # a fold spread is shown as ± already
+    metrics = list(dict.fromkeys([metric, *extra, *(m for m in METRICS if m != metric)]))[:4]
     head = ["rank", "trial", *metrics, "configuration"]
     lines = []
     for i, r in enumerate(top, 1):
@@ -155,7 +156,7 @@ def table(top: list[TrialRow], metric: str, sampled: list[str], extra_metrics: t
         for m in metrics:
             v, s = r.value(m), r.value(f"{m}_std")
             cells.append("-" if v is None else f"{v:.4f} ± {s:.4f}" if s is not None else f"{v:.4f}")
-        cells.append(", ".join(f"{k}={_short(r.config[k])}" for k in sampled if k in r.config))
+        cells.append(", ".join(f"{k}={_short(r.config[k])}" for k in sampled if r.config.get(k) is not None))
         lines.append(cells)
     widths = [max(len(x) for x in col) for col in zip(head, *lines)]
     fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells[:-1], widths[:-1])) + "  " + cells[-1]  # noqa: E731

@@ -108,7 +108,7 @@ def run(argv: list[str] | None = None) -> int:
     total = orchestrate.num_trials(cfg, space)
     tracking = MLflowTracking(
         uri, cfg.experiment, cfg.name,
-        search_tags={"fusetune.space": space.name, "fusetune.method": space.method, "fusetune.data": data.name,
+        search_tags={"fusetune.space": space.name, "fusetune.method": space.method, "fusetune.data": cfg.data_name,
                      "fusetune.data_spec": cfg.data, "fusetune.data_fingerprint": data.fingerprint,
                      "fusetune.code_version": code_version(), "fusetune.sampler": cfg.sampler,
                      "fusetune.scheduler": cfg.scheduler},
@@ -127,7 +127,7 @@ def run(argv: list[str] | None = None) -> int:
     t1 = time.monotonic()
     grid = tuner.fit()
     timings["search_s"] = time.monotonic() - t1
-    return finish(cfg, space.names, grid.experiment_path, grid.filesystem, uri, tracking.parent_run_id, data.name, timings)
+    return finish(cfg, space.names, grid.experiment_path, grid.filesystem, uri, tracking.parent_run_id, cfg.data_name, timings)
 
 
 def finish(cfg: SearchConfig, sampled: list[str], exp_path: str, fs: Any, uri: str, parent_run_id: str | None,
@@ -182,6 +182,8 @@ def quiet_libraries() -> None:
     logging.getLogger("ray.tune.tune").setLevel(logging.CRITICAL)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    # a trial resumed from a checkpoint re-reports the epochs after it; Optuna keeps the first value
+    warnings.filterwarnings("ignore", message="The reported value is ignored because this `step`")
 
 
 def main(argv: list[str] | None = None) -> int:

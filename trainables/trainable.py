@@ -171,7 +171,8 @@ def run_trial(method: str, config: dict[str, Any], data: TrialData | None = None
     try:
         if config.get("method", method) != method:
             raise TrialFailure(f"config method {config['method']!r} given to the {method!r} trainable")
-        config = {**config, "method": method}
+        # None marks a dimension inactive in this trial (PBT's population shares one key set)
+        config = {**{k: v for k, v in config.items() if v is not None}, "method": method}
         data = data if data is not None else prepare_from_config(config)
         meta["data_fingerprint"] = data.fingerprint
         trial = Trial(method, config, data, device=_device())
