@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # A multi-node Ray cluster on one machine, for trying distributed searches locally.
 #
-#   infra/local-cluster.sh start [--workers N] [--cpus-per-node C] [--object-store-mb M]
-#                                [--dashboard] [--dir DIR]
+#   infra/local-cluster.sh start [--workers N] [--cpus-per-node C] [--gpus-per-node G]
+#                                [--object-store-mb M] [--dashboard] [--dir DIR]
 #   infra/local-cluster.sh status [--dir DIR]
 #   infra/local-cluster.sh stop [--dir DIR]
 #   infra/local-cluster.sh address [--dir DIR]     # prints host:port for --address
 #
 # `start` runs a head node and N worker nodes (default 1) on this machine, each with C CPUs
-# (default 1), no GPU, and a custom resource naming it: node_0 (the head), node_1 ... node_N.
+# (default 1), G GPUs (default 0; Ray schedules on the declared count, so G > 0 without a GPU
+# tries out fractional --gpus-per-trial) and a custom resource naming it: node_0 (the head),
+# node_1 ... node_N.
 # Each node is one `ray start --block` process in the background; its pid, log and the
 # cluster address are kept in DIR (default: $FUSETUNE_CLUSTER_DIR, else
 # ${TMPDIR:-/tmp}/fusetune-cluster). Every port is chosen free, so the cluster does not clash
@@ -26,6 +28,7 @@ set -euo pipefail
 DIR="${FUSETUNE_CLUSTER_DIR:-${TMPDIR:-/tmp}/fusetune-cluster}"
 WORKERS=1
 CPUS=1
+GPUS=0
 OBJECT_STORE_MB=200
 DASHBOARD=false
 STOP_TIMEOUT_S=30
@@ -53,6 +56,7 @@ while [[ $# -gt 0 ]]; do
     case "$1" in
         --workers) WORKERS="$2"; shift 2 ;;
         --cpus-per-node) CPUS="$2"; shift 2 ;;
+        --gpus-per-node) GPUS="$2"; shift 2 ;;
         --object-store-mb) OBJECT_STORE_MB="$2"; shift 2 ;;
         --dashboard) DASHBOARD=true; shift ;;
         --dir) DIR="$2"; shift 2 ;;
@@ -62,6 +66,7 @@ while [[ $# -gt 0 ]]; do
 done
 [[ "$WORKERS" =~ ^[0-9]+$ ]] || die "--workers expects a whole number, got '$WORKERS'"
 [[ "$CPUS" =~ ^[0-9]+$ && "$CPUS" -ge 1 ]] || die "--cpus-per-node expects a whole number >= 1, got '$CPUS'"
+[[ "$GPUS" =~ ^[0-9]+$ ]] || die "--gpus-per-node expects a whole number, got '$GPUS'"
 [[ "$OBJECT_STORE_MB" =~ ^[0-9]+$ && "$OBJECT_STORE_MB" -ge 80 ]] || die "--object-store-mb expects a whole number >= 80, got '$OBJECT_STORE_MB'"
 
 # Every node and the client below authenticate with Ray's token (~/.ray/auth_token, created by
@@ -76,7 +81,7 @@ start_node() {  # start_node INDEX [ray start arguments...]
     local i="$1"; shift
     local common=(
         --block --disable-usage-stats
-        --num-cpus "$CPUS" --num-gpus 0
+        --num-cpus "$CPUS" --num-gpus "$GPUS"
         --resources "{\"node_$i\": 1}"
         --object-store-memory $((OBJECT_STORE_MB * 1024 * 1024))
         --temp-dir "$(cat "$DIR/ray_temp_dir")"
@@ -146,7 +151,7 @@ cmd_start() {
         start_node "$i" --address "127.0.0.1:$port"
     done
     if ! wait_for_nodes $((WORKERS + 1)); then cmd_stop; die "worker nodes did not start; see $DIR/node_*.log"; fi
-    echo "Ray cluster up: $((WORKERS + 1)) nodes x $CPUS CPU at $(cat "$DIR/address") (state in $DIR)"
+    echo "Ray cluster up: $((WORKERS + 1)) nodes x ($CPUS CPU, $GPUS GPU) at $(cat "$DIR/address") (state in $DIR)"
     echo "  export RAY_ADDRESS=$(cat "$DIR/address") RAY_AUTH_MODE=token"
     echo "  python -m search.run --address \$RAY_ADDRESS ..."
 }

@@ -88,11 +88,12 @@ class LocalCluster:
     """``infra/local-cluster.sh`` with its state in a fresh folder; ``nodes[i]`` is the pid of
     node ``i``'s ``ray start --block`` process (node 0 is the head)."""
 
-    def __init__(self, workers: int = 1, env: dict[str, str] | None = None) -> None:
+    def __init__(self, workers: int = 1, env: dict[str, str] | None = None, options: tuple[str, ...] = ()) -> None:
         # short: Ray's Unix sockets live below this folder (107-byte limit)
         self.dir = Path(tempfile.mkdtemp(prefix="ftc-"))
         self.env = {**_clean_env(), **(env or {})}
         self.workers = workers
+        self.options = options
         self.nodes: list[int] = []
         self.address = ""
         self._seen: dict[int, int] = {}
@@ -104,7 +105,7 @@ class LocalCluster:
                               capture_output=True, text=True, timeout=300)
 
     def start(self) -> "LocalCluster":
-        done = self._script("start", "--workers", str(self.workers))
+        done = self._script("start", "--workers", str(self.workers), *self.options)
         if done.returncode != 0:
             self.stop()
             raise RuntimeError(f"local cluster did not start: {done.stderr[-2000:]}")
@@ -272,10 +273,12 @@ def test_driver_killed_then_resumed(cluster, drivers, tmp_path):
              "an experiment snapshot", drivers[0])
     os.kill(drivers[0].proc.pid, signal.SIGKILL)  # the driver alone, as a crash would
     drivers[0].proc.wait()
+    # a trial writes its own result.json on its worker: the orphaned trials may report an epoch or
+    # two more until Ray ends the dead driver's actors; look once they are gone
+    workers = {r["pid"] for rs in trial_results(exp).values() for r in rs}
+    wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers), 120,
+             "the killed driver's trial processes to end")
     before = trial_results(exp)
-    finished_before = {t for t, rs in before.items() if rs and rs[-1].get("final")}
-    unfinished_before = {t: rs for t, rs in before.items() if rs and not rs[-1].get("final")}
-    assert finished_before and unfinished_before
 
     drivers.append(Driver([*args, "--resume"], tmp_path / "driver-2.log"))
     assert drivers[1].wait(900) == 0, drivers[1].output()[-3000:]
@@ -283,7 +286,11 @@ def test_driver_killed_then_resumed(cluster, drivers, tmp_path):
     rows = read_csv(exp / "results.csv")
     assert sorted(r["trial_id"] for r in rows) == sorted(set(r["trial_id"] for r in rows))
     assert len(rows) == n and completed(rows, epochs)
+    known = {r["trial_id"] for r in rows}
     after = trial_results(exp)
+    finished_before = {t for t, rs in before.items() if rs and rs[-1].get("final")}
+    unfinished_before = {t: rs for t, rs in before.items() if rs and not rs[-1].get("final") and t in known}
+    assert finished_before and unfinished_before
     for t in finished_before:  # not rerun: not one more report
         assert after[t] == before[t], f"finished trial {t} reported again after --resume"
     for t, rs in unfinished_before.items():
@@ -292,6 +299,10 @@ def test_driver_killed_then_resumed(cluster, drivers, tmp_path):
         assert new and new[0]["epoch"] - 1 in checkpointed, (
             f"trial {t} resumed at epoch {new[0]['epoch'] if new else None}, checkpoints at {sorted(checkpointed)}")
         assert new[-1]["epoch"] == epochs
+    # a trial started after the last experiment snapshot is unknown to the restored search (Ray Tune
+    # samples a new one instead): it must not go on either
+    for t in set(before) - known:
+        assert after[t] == before[t]
 
     client = MlflowClient(tracking_uri=f"sqlite:///{storage / 'mlflow.db'}")
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
@@ -299,9 +310,13 @@ def test_driver_killed_then_resumed(cluster, drivers, tmp_path):
     parents = [r for r in runs if r.data.tags.get("fusetune.role") == "search"]
     children = [r for r in runs if r.data.tags.get("fusetune.role") == "trial"]
     assert len(parents) == 1
-    assert sorted(r.data.tags["fusetune.trial_id"] for r in children) == sorted(r["trial_id"] for r in rows)
-    for run in children:
-        assert run.info.status == "FINISHED" and run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+    finished = [r for r in children if r.info.status == "FINISHED"]
+    assert sorted(r.data.tags["fusetune.trial_id"] for r in finished) == sorted(known)
+    # the child run of a trial lost with the driver (see above) must not stay RUNNING forever
+    lost = {r.data.tags["fusetune.trial_id"]: r.info.status for r in children if r.info.status != "FINISHED"}
+    assert all(status == "KILLED" for status in lost.values()), f"child runs of lost trials: {lost}"
+    for run in finished:
+        assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "macro_f1")]
         assert sorted(steps) == list(range(1, epochs + 1)), f"trial {run.data.tags['fusetune.trial_id']}: steps {steps}"
 
@@ -355,11 +370,35 @@ def test_node_lost_mid_trial_is_rescheduled_on_the_remaining_node(data_dir, driv
     assert results[-1]["epoch"] == epochs
 
 
+def test_fractional_gpus_share_one_gpu(data_dir, drivers, tmp_path):
+    """``--gpus-per-trial 0.5``: two trials run at once on a node with one GPU. The node declares a
+    logical GPU (Ray schedules on declared resources; without CUDA the trials train on the CPU)."""
+    epochs = 20
+    storage, name = tmp_path / "results", "half-gpu"
+    cluster = LocalCluster(workers=0, options=("--cpus-per-node", "2", "--gpus-per-node", "1"))
+    try:
+        cluster.start()
+        drivers.append(Driver([*SEARCH, "--address", cluster.address, "--num-samples", "2", "--epochs", str(epochs),
+                               "--cpus-per-trial", "1", "--gpus-per-trial", "0.5", "--top-k", "0",
+                               "--storage", str(storage), "--name", name], tmp_path / "driver.log"))
+        assert drivers[0].wait(600) == 0, drivers[0].output()[-3000:]
+    finally:
+        cluster.stop()
+    rows = read_csv(storage / name / "results.csv")
+    assert len(rows) == 2 and completed(rows, epochs)
+    spans = []
+    for results in trial_results(storage / name).values():
+        start = results[0]["timestamp"] - results[0]["time_this_iter_s"]
+        spans.append((start, results[-1]["timestamp"]))
+    (a0, a1), (b0, b1) = sorted(spans)
+    assert b0 < a1, f"the two half-GPU trials did not overlap: {spans}"
+
+
 def test_tracking_server_outage_mid_search(data_dir, drivers, tmp_path):
     from mlflow.tracking import MlflowClient
     from mlflow_server import MlflowServer
 
-    epochs, n = 30, 2
+    epochs, n = 150, 2  # long enough to outlast stopping the server
     storage, name = tmp_path / "results", "outage"
     exp = storage / name
     server = MlflowServer(tmp_path / "mlflow").start()
@@ -368,25 +407,30 @@ def test_tracking_server_outage_mid_search(data_dir, drivers, tmp_path):
         drivers.append(Driver([*SEARCH, "--num-samples", str(n), "--epochs", str(epochs), "--max-concurrent", "2",
                                "--top-k", "1", "--tracking-uri", server.uri, "--storage", str(storage),
                                "--name", name], tmp_path / "driver.log"))
-        wait_for(lambda: any(len(rs) >= 2 for rs in trial_results(exp).values()), 600,
-                 "the first epochs", drivers[0])
+        wait_for(lambda: any(trial_results(exp).values()), 600, "the first epoch", drivers[0], every=0.05)
         server.stop()
         down_at = max(len(rs) for rs in trial_results(exp).values())
-        # the search goes on without the server for a while: several epochs are reported meanwhile
-        wait_for(lambda: max(len(rs) for rs in trial_results(exp).values()) >= down_at + 5, 300,
+        assert down_at < epochs - 20, "the trials ran out before the server was down"
+        # the search goes on without the server: epochs keep being reported (the driver's loop,
+        # which every report waits for, is not blocked by the tracking callback)
+        wait_for(lambda: max(len(rs) for rs in trial_results(exp).values()) >= down_at + 10, 300,
                  "epochs reported during the outage", drivers[0])
         assert drivers[0].proc.poll() is None
         server.start()
         assert drivers[0].wait(900) == 0, drivers[0].output()[-3000:]
 
+        # every epoch of every trial reached the server once it was back (a trial may fail on its
+        # own, e.g. a diverging configuration: then its run is FAILED with the epochs it did)
+        rows = {r["trial_id"]: r for r in read_csv(exp / "results.csv")}
+        assert len(rows) == n and any(r["status"] == "TERMINATED" for r in rows.values())
         client = MlflowClient(tracking_uri=server.uri)
         runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
                                   filter_string=f"tags.`fusetune.search_name` = '{name}'", max_results=1000)
-        children = [r for r in runs if r.data.tags.get("fusetune.role") == "trial"]
-        assert len(children) == n and all(r.info.status == "FINISHED" for r in children)
-        for run in children:
+        children = {r.data.tags["fusetune.trial_id"]: r for r in runs if r.data.tags.get("fusetune.role") == "trial"}
+        assert sorted(children) == sorted(rows)
+        for t, run in children.items():
+            assert run.info.status == {"TERMINATED": "FINISHED", "ERROR": "FAILED"}[rows[t]["status"]]
             steps = [m.step for m in client.get_metric_history(run.info.run_id, "macro_f1")]
-            assert sorted(steps) == list(range(1, epochs + 1))
-        assert len(read_csv(exp / "results.csv")) == n
+            assert sorted(steps) == list(range(1, int(rows[t]["epochs_done"]) + 1)), f"trial {t}: steps {steps}"
     finally:
         server.stop()
