@@ -1,6 +1,6 @@
 """Wall time of the same search with 1 and 2 concurrent trials, and Ray Tune's per-trial overhead.
 
-The search is a real ``python -m search.run`` (baseline space on breast-tcga, 2-fold CV, FIFO so
+The search is a real ``python -m search.run`` (baseline space on breast-tcga, 5-fold CV, FIFO so
 every trial trains its full budget, seeded random sampling so both runs draw the same
 configurations, default SQLite MLflow tracking, no model registration) on a local Ray cluster of
 this machine, run twice: ``--max-concurrent 1`` and ``--max-concurrent 2``, each in a fresh
@@ -11,7 +11,8 @@ process. Measured per run:
   (building the folds' models and training them, reporting, checkpointing);
 * **overhead / trial**: ``(c * search wall - in-trial) / N``: slot-seconds per trial not spent
   inside a trainable (actor start, scheduling, result handling, experiment snapshots); with
-  ``c = 1`` simply (search wall - in-trial) / N;
+  ``c = 1`` simply (search wall - in-trial) / N; also per report (one report per epoch: a function
+  trainable waits at every report until the driver has taken the result);
 * **speed-up**: search wall at concurrency 1 / at concurrency 2, same run of the script.
 
     FUSETUNE_DATA_DIR=../shared/data python benchmarks/concurrency.py            # 16 trials x 10 epochs
@@ -53,7 +54,7 @@ sys.exit(main(sys.argv[1:]))
 
 def run_search(concurrency: int, args: argparse.Namespace, storage: Path) -> dict[str, float]:
     name = f"concurrency-{concurrency}"
-    argv = ["--space", "baseline", "--data", "breast-tcga", "--folds", "2", "--scheduler", "fifo",
+    argv = ["--space", "baseline", "--data", "breast-tcga", "--folds", str(args.folds), "--scheduler", "fifo",
             "--sampler", "random", "--seed", str(args.seed), "--num-samples", str(args.trials),
             "--epochs", str(args.epochs), "--max-concurrent", str(concurrency), "--cpus-per-trial", "1",
             "--top-k", "0", "--storage", str(storage), "--name", name]
@@ -89,6 +90,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--trials", type=int, default=16, help="N, trials of the search")
     p.add_argument("--epochs", type=int, default=10, help="epochs per trial")
+    p.add_argument("--folds", type=int, default=5, help="k of the cross-validation (search.run's default: 5)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="6 trials x 4 epochs")
     args = p.parse_args()
@@ -102,16 +104,18 @@ def main() -> None:
         runs = [run_search(c, args, Path(tmp)) for c in (1, 2)]
     load_after = os.getloadavg()[0]
 
-    print(f"# Search concurrency: {args.trials} trials x {args.epochs} epochs, baseline on breast-tcga, 2-fold CV")
+    print(f"# Search concurrency: {args.trials} trials x {args.epochs} epochs, baseline on breast-tcga, "
+          f"{args.folds}-fold CV")
     print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; "
           f"1 CPU per trial, local Ray; 1-min load average {load_before:.1f} before, {load_after:.1f} after "
           "(above the CPU count, other work competed for the cores)\n")
     print("| concurrent trials | search wall (s) | whole command (s) | in-trial, summed (s) "
-          "| overhead / trial (s) | first epoch (s) | later epoch (s) |")
-    print("|---|---|---|---|---|---|---|")
+          "| overhead / trial (s) | overhead / report (ms) | first epoch (s) | later epoch (s) |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in runs:
         print(f"| {r['concurrency']} | {r['search_s']:.1f} | {r['command_s']:.1f} | {r['in_trial_s']:.1f} "
-              f"| {r['overhead_s']:.2f} | {r['first_epoch_s']:.2f} | {r['epoch_s']:.3f} |")
+              f"| {r['overhead_s']:.2f} | {1000 * r['overhead_s'] / args.epochs:.0f} | {r['first_epoch_s']:.2f} "
+              f"| {r['epoch_s']:.3f} |")
     print(f"\nspeed-up of the search with 2 concurrent trials: {runs[0]['search_s'] / runs[1]['search_s']:.2f}x")
     print("overhead / trial = (concurrency x search wall - summed in-trial time) / trials; first epoch includes "
           "building the trial's fold models (and, for an actor's first trial, importing torch)")
