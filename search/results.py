@@ -15,6 +15,7 @@ import csv
 import io
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,6 +90,9 @@ def ranked(rows: list[TrialRow], metric: str, mode: str) -> list[TrialRow]:
     return sorted(scored, key=lambda r: r.value(metric), reverse=(mode == "max"))
 
 
+_FOLD_ACCURACY = re.compile(r"fold\d+_accuracy")
+
+
 def pareto_front(rows: list[TrialRow], metrics: tuple[str, ...], modes: tuple[str, ...]) -> set[str]:
     """Trial ids of the complete trials no other complete trial dominates on all objectives."""
     sign = [1.0 if m == "max" else -1.0 for m in modes]
@@ -104,7 +108,7 @@ def pareto_front(rows: list[TrialRow], metrics: tuple[str, ...], modes: tuple[st
 def csv_text(rows: list[TrialRow], sampled: list[str], pareto: set[str] | None = None) -> str:
     """One row per trial: id, status, epochs, duration, error, every metric (mean, std, per fold),
     then ``config/<key>`` (JSON values) for every config key, sampled keys first."""
-    folds = max((sum(1 for k in r.last if k.startswith("fold") and k.endswith("_accuracy")) for r in rows), default=0)
+    folds = max((sum(1 for k in r.last if _FOLD_ACCURACY.fullmatch(k)) for r in rows), default=0)
     metric_cols = ["loss"] + [c for m in METRICS for c in (m, f"{m}_std")]
     metric_cols += [f"fold{k}_{m}" for k in range(folds) for m in METRICS]
     keys = list(dict.fromkeys([*sampled, *(k for r in rows for k in r.config)]))

@@ -49,7 +49,8 @@ class FocalLoss(nn.Module):
 
     def forward(self, logits: Tensor, y: Tensor, reduction: str = "mean") -> Tensor:
         log_pt = F.log_softmax(logits, dim=-1).gather(1, y[:, None]).squeeze(1)
-        loss = -((1.0 - log_pt.exp()) ** self.gamma_focal) * log_pt
+        # 1 - p_t via expm1, clamped: (0)^gamma with gamma < 1 has an infinite derivative (NaN grads)
+        loss = -((-torch.expm1(log_pt)).clamp_min(1e-12) ** self.gamma_focal) * log_pt
         return loss.mean() if reduction == "mean" else loss
 
 
