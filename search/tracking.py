@@ -410,7 +410,8 @@ class MLflowTracking(Callback):
     def on_experiment_end(self, trials: list, **info) -> None:
         statuses = {getattr(t, "status", "TERMINATED") for t in trials}
         complete = statuses <= {"TERMINATED", "ERROR"}
-        self._put({"op": "end_parent", "status": "FINISHED" if complete else "KILLED"})
+        self._put({"op": "end_parent", "status": "FINISHED" if complete else "KILLED",
+                   "trial_ids": sorted(str(t.trial_id) for t in trials)})
         sent = self.flush(self.flush_timeout)
         self.close()
         if not sent:
@@ -528,6 +529,8 @@ class MLflowTracking(Callback):
             return
         if op == "end_parent":
             self._ensure_parent()
+            if "trial_ids" in record:
+                self._end_orphans(set(record["trial_ids"]))
             self.client.set_terminated(self.parent_run_id, record["status"])
             return
         trial_id = record["trial_id"]
@@ -558,6 +561,20 @@ class MLflowTracking(Callback):
                 with self._lock:
                     self._finished.add(trial_id)
         # "trial" records only need the run to exist (done by _ensure_run)
+
+    def _end_orphans(self, trial_ids: set[str]) -> None:
+        """Child runs still RUNNING whose trial is not in the search's final trial list: trials a
+        killed driver had started after Tune's last saved snapshot (the resumed search sampled new
+        trials in their place). They end as KILLED with the reason as a tag, never stay RUNNING."""
+        runs = self.client.search_runs(
+            [self._ensure_experiment()],
+            filter_string=(f"tags.`{SEARCH_NAME_TAG}` = {_quote(self.search_name)} and tags.`{ROLE_TAG}` = 'trial' "
+                           "and attributes.status = 'RUNNING'"),
+        )
+        for run in runs:
+            if run.data.tags.get(TRIAL_ID_TAG) not in trial_ids:
+                self.client.set_tag(run.info.run_id, ERROR_TAG, "trial lost with a killed driver before Tune saved it; not resumed")
+                self.client.set_terminated(run.info.run_id, "KILLED")
 
     def _reopen(self, run_id: str) -> None:
         """A run that ended FAILED/KILLED and receives results again (retried on resume) runs again."""

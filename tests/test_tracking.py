@@ -237,6 +237,33 @@ def test_resume_reuses_runs_and_never_duplicates(tmp_path):
         assert runs["t_00000"].info.status == runs["t_00001"].info.status == "FINISHED"
 
 
+def test_trial_lost_with_a_killed_driver_ends_killed_on_resume(tmp_path):
+    # a trial started after Tune's last snapshot dies with the driver; the resumed search never
+    # sees it again (it samples a new trial instead), so its RUNNING run must not stay RUNNING
+    uri = sqlite_store(tmp_path)
+    kept, lost, fresh = FakeTrial("t_keep", {"lr": 0.1}), FakeTrial("t_lost", {"lr": 0.2}), FakeTrial("t_new", {"lr": 0.3})
+    cb = new_callback(uri)
+    cb.setup()
+    cb.on_trial_start(0, [], kept)
+    cb.on_trial_start(0, [], lost)
+    cb.on_trial_result(1, [], lost, result(1, 0.9, 0.4))
+    assert cb.flush(30)
+    cb.close()  # SIGKILL: no on_experiment_end
+
+    cb2 = new_callback(uri)
+    cb2.setup()
+    for t in (kept, fresh):
+        cb2.on_trial_start(0, [], t)
+        cb2.on_trial_result(1, [], t, result(1, 0.5, 0.6, final=True))
+        cb2.on_trial_complete(2, [], t)
+        t.status = "TERMINATED"
+    cb2.on_experiment_end([kept, fresh])
+    runs = children(MlflowClient(uri), cb2.experiment_id, cb2.search_name)
+    assert runs["t_lost"].info.status == "KILLED"
+    assert "killed driver" in runs["t_lost"].data.tags["error"]
+    assert runs["t_keep"].info.status == runs["t_new"].info.status == "FINISHED"
+
+
 def test_state_from_another_tracking_store_is_not_reused(tmp_path):
     old_uri = sqlite_store(tmp_path / "old")
     cb = new_callback(old_uri)
