@@ -56,6 +56,10 @@ def check_address(address: str, timeout: float = 5.0) -> None:
         raise UsageError(f"--address {address}: cannot reach {hp[0]}:{hp[1]} ({exc.strerror or exc})") from None
 
 
+RAY_AUTH_TOKEN_FILE = Path.home() / ".ray" / "auth_token"
+"""Where ``ray start`` keeps the cluster's auth token (token authentication, Ray >= 2.5x)."""
+
+
 def connect(cfg: SearchConfig) -> dict[str, Any]:
     """``ray.init``: the cluster at ``--address``, or a light local one (no dashboard). Returns
     timings for the report."""
@@ -64,6 +68,10 @@ def connect(cfg: SearchConfig) -> dict[str, Any]:
     if not cfg.address:
         # local workers import this checkout even when it is not pip-installed
         os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+    if cfg.address and cfg.address != "auto" and "RAY_AUTH_MODE" not in os.environ and RAY_AUTH_TOKEN_FILE.is_file():
+        # Ray sends its token by itself only for address="auto"; an explicit host:port to a
+        # token-protected cluster would otherwise fail with an unrelated connection error
+        os.environ["RAY_AUTH_MODE"] = "token"
     import ray
 
     start = time.monotonic()
