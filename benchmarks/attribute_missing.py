@@ -6,7 +6,7 @@ Data: synth-clinic with every attribute stated and every modality present
 dominated by one class), reports encoded with the packaged MiniLM, images with the tiny ResNet
 (RANDOMLY INITIALISED, frozen). For each seed: a stratified 75/25 hold-out split (seeded), the
 training part's mentioned attributes dropped at the rate (:mod:`trainables.attribute_missing`,
-seeded), both models trained with the same engine settings and scored by accuracy on the test
+seeded), the models trained with the same engine settings and scored by accuracy on the test
 part (complete, or also dropped for the other protocols). Prints a Markdown table: accuracy mean
 ± std over the seeds per rate.
 
@@ -28,7 +28,7 @@ from token_models_synth import ARMS, common_arguments, encode_synth, engine_conf
 from trainables.attribute_missing import PROTOCOLS, apply_protocol
 from trainables.data import stratified_holdout
 
-ROWS = ("AlignedFusion", "self-attention fusion")
+ROWS = ("AlignedFusion", "self-attention fusion", "AlignedFusion, mask_p = 0")
 
 
 def main(argv: list[str] | None = None) -> None:

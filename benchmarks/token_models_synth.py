@@ -11,7 +11,8 @@ the last epoch is scored on the held-out fold (no early stopping on the fold).
 
 Rows: single-modality and concatenation models are the early-fusion ``baseline`` restricted to
 ``image.pooled`` / ``report.cls`` / ``ehr`` / all three; ``selfattn`` and ``alignedfusion`` read
-``report.attributes`` + ``image.map`` + ``ehr``; ``emrfusion`` reads ``report.cls`` +
+``report.attributes`` + ``image.map`` + ``ehr`` (rows at paper defaults, plus the w/o IT ablation
+and mask_p = 0); ``emrfusion`` (all switches on, and without alignment) reads ``report.cls`` +
 ``report.tokens`` + ``image.pooled`` + ``image.map`` + ``ehr``. Prints a Markdown table (mean ±
 std over the folds) and, with ``--out``, writes the per-fold figures as JSON.
 
@@ -48,6 +49,7 @@ class Arm:
 
 
 TOKEN_INPUTS = ("report.attributes", "image.map", "ehr")
+EMR_INPUTS = ("report.cls", "report.tokens", "image.pooled", "image.map", "ehr")
 ARMS: dict[str, Arm] = {
     "image only (baseline)": Arm("baseline", ("image.pooled",)),
     "report only (baseline)": Arm("baseline", ("report.cls",)),
@@ -56,7 +58,9 @@ ARMS: dict[str, Arm] = {
     "self-attention fusion": Arm("selfattn", TOKEN_INPUTS),
     "AlignedFusion": Arm("alignedfusion", TOKEN_INPUTS),
     "AlignedFusion w/o IT": Arm("alignedfusion", TOKEN_INPUTS, (("intermediate_token", False),)),
-    "EMR fusion": Arm("emrfusion", ("report.cls", "report.tokens", "image.pooled", "image.map", "ehr")),
+    "AlignedFusion, mask_p = 0": Arm("alignedfusion", TOKEN_INPUTS, (("mask_p", 0.0),)),
+    "EMR fusion": Arm("emrfusion", EMR_INPUTS),
+    "EMR fusion w/o alignment": Arm("emrfusion", EMR_INPUTS, (("alignment", False),)),
 }
 
 

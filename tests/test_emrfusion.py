@@ -152,6 +152,15 @@ def test_missing_modality_is_ignored_through_the_mask():
     assert torch.isfinite(loss)
 
 
+def test_sample_without_any_modality_gives_finite_gradients():
+    m, b = model().train(), make_batch()
+    b.mask[0] = False                                   # sample 0: nothing available
+    b.token_masks["report.tokens"][0] = False
+    loss, _ = m.loss(m(b), b, F.cross_entropy)
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)
+
+
 def test_from_config_and_errors():
     spec = make_spec()
     m = EMRFusion.from_config(spec, {"hidden": 4, "residual": False, "optimizer": "x"})

@@ -90,8 +90,9 @@ def attention_pooling(h_t: Tensor, e: Tensor, valid: Tensor) -> Tensor:
     h_t [B, d], e [B, n, d], valid [B, n]; a sample without any real token gets zeros.
     """
     scores = (e @ h_t.unsqueeze(-1)).squeeze(-1) / math.sqrt(e.shape[-1])
-    scores = scores.masked_fill(~valid, float("-inf"))
-    alpha = torch.softmax(scores, dim=-1).nan_to_num(0.0)   # all -inf rows -> 0
+    any_valid = valid.any(dim=-1, keepdim=True)
+    scores = scores.masked_fill(~valid & any_valid, float("-inf")).masked_fill(~any_valid, 0.0)
+    alpha = torch.softmax(scores, dim=-1) * any_valid       # no real token -> all weights 0
     return (alpha.unsqueeze(-1) * e).sum(1)
 
 
@@ -191,7 +192,7 @@ class EMRFusion(Backbone):
         avail = batch.mask.to(torch.float32)                                        # [B, M]
         u = torch.stack([f(batch) for f in self.features]) * avail.T.unsqueeze(-1)  # [M, B, d], missing -> 0
         # Eq.6-7: L2-normalised concatenation; u_tilde[m] is the m-th slice of H_TI^reg.
-        norm = u.pow(2).sum(dim=(0, 2)).sqrt().clamp_min(1e-12)                     # [B]
+        norm = u.pow(2).sum(dim=(0, 2)).clamp_min(1e-24).sqrt()                     # [B]; finite grad at 0
         u_tilde = u / norm.unsqueeze(-1)
         if self.dynamic_weighting:                                                  # Eq.17
             alpha = torch.stack([torch.sigmoid(w(x)).squeeze(-1) for w, x in zip(self.W_alpha, u_tilde)])
