@@ -136,6 +136,11 @@ def finish(cfg: SearchConfig, sampled: list[str], exp_path: str, fs: Any, uri: s
     pareto = results.pareto_front(rows, cfg.metric, cfg.mode) if cfg.multi_objective else None
     csv_path = results.write_text(results.csv_text(rows, sampled, pareto), exp_path, results.RESULTS_CSV, fs)
     ranked = results.ranked(rows, cfg.primary_metric, cfg.primary_mode)
+    unfinished = [r for r in rows if r.status not in ("TERMINATED", "ERROR")]
+    if unfinished:  # Ctrl-C: Tune saved its state and returned early
+        print(f"\nstopped with {len(unfinished)} trial(s) unfinished; results so far: {csv_path}\n"
+              f"continue with: {PROG} --resume --storage {cfg.storage} --name {cfg.name}")
+        return 130
     top = ranked[: cfg.top_k]
     shown = ranked[: max(cfg.top_k, TABLE_ROWS)]
     versions: list[str] = []

@@ -190,3 +190,20 @@ def test_every_space_completes(name, tmp_path, data_dir):
     default = get_space(name).default_config()
     assert {k: config_of(rows[0]).get(k) for k in default} == default
     assert "(best = alias champion)" in out.stdout
+
+
+@pytest.mark.slow
+def test_search_against_a_real_mlflow_server(mlflow_server, tmp_path, data_dir):
+    from mlflow import MlflowClient
+
+    from search.tracking import PARENT_RUN_TAG, ROLE_TAG, SEARCH_NAME_TAG
+
+    out = search(["--space", "baseline", "--num-samples", "3", "--epochs", "2", "--folds", "2", "--top-k", "1",
+                  "--storage", str(tmp_path), "--name", "served", "--tracking-uri", mlflow_server.uri])
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert f"MLflow: open {mlflow_server.uri}" in out.stdout
+    client = MlflowClient(mlflow_server.uri)
+    runs = client.search_runs([client.get_experiment_by_name("fusetune").experiment_id], max_results=200)
+    (parent,) = [r for r in runs if r.data.tags.get(SEARCH_NAME_TAG) == "served" and r.data.tags.get(ROLE_TAG) == "search"]
+    assert len([r for r in runs if r.data.tags.get(PARENT_RUN_TAG) == parent.info.run_id]) == 3
+    assert client.get_model_version_by_alias("baseline-breast-tcga", "champion").run_id != parent.info.run_id
