@@ -78,7 +78,7 @@ def connect(cfg: SearchConfig) -> dict[str, Any]:
     try:
         ray.init(address=cfg.address, include_dashboard=False, logging_level=logging.WARNING,
                  logging_config=ray.LoggingConfig(log_level="WARNING"), ignore_reinit_error=True)
-    except Exception as exc:  # ConnectionError, RuntimeError, ... from Ray
+    except Exception as exc:  # noqa: BLE001 - ConnectionError, RuntimeError, ValueError, ... from Ray
         where = f"--address {cfg.address}" if cfg.address else "local Ray"
         raise UsageError(f"{where}: cannot start or connect ({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__})") from None
     return {"ray_init_s": time.monotonic() - start}
@@ -131,7 +131,7 @@ def smoke_check(cfg: SearchConfig, space: Space, data: TrialData) -> None:
         FoldTrainer(space.method, config, data.data.take(train_idx), data.data.take(val_idx), seed=cfg.seed)
     except DataError:
         raise
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - whatever the model raises becomes one line
         raise UsageError(f"--space {space.name} on --data {cfg.data}: the model cannot be built "
                          f"({type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''})") from None
 

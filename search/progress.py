@@ -18,7 +18,7 @@ from ray.tune import Callback
 
 
 def format_duration(seconds: float) -> str:
-    seconds = max(0, int(round(seconds)))
+    seconds = max(0, round(seconds))
     h, rest = divmod(seconds, 3600)
     m, s = divmod(rest, 60)
     return f"{h}:{m:02d}:{s:02d}"
@@ -28,10 +28,14 @@ def failure_reason(trial: Any) -> str:
     """The one-line reason of a failed trial (Ray keeps the whole traceback in its error file)."""
     from search.results import error_reason
 
-    for read in (lambda: open(trial.error_file).read(), lambda: str(trial.get_error())):
+    def local() -> str:
+        with open(trial.error_file) as f:
+            return f.read()
+
+    for read in (local, lambda: str(trial.get_error())):
         try:
             text = read()
-        except Exception:  # not written or not synced yet
+        except (OSError, TypeError, ValueError):  # not written or not synced yet
             continue
         if text and text != "None":
             return error_reason(text)

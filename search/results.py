@@ -163,7 +163,7 @@ def table(top: list[TrialRow], metric: str, sampled: list[str], extra_metrics: t
         cells.append(", ".join(f"{k}={_short(r.config[k])}" for k in sampled if r.config.get(k) is not None))
         lines.append(cells)
     widths = [max(len(x) for x in col) for col in zip(head, *lines)]
-    fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells[:-1], widths[:-1])) + "  " + cells[-1]  # noqa: E731
+    fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells[:-1], widths[:-1])) + "  " + cells[-1]
     return "\n".join([fmt(head), *(fmt(c) for c in lines)])
 
 

@@ -10,7 +10,9 @@ from spaces.dimensions import AnyOf, Categorical, Dimension, Float, Int, Switch,
 from spaces.registry import SPACES, get_space, register_space
 from spaces.space import Space
 
-from spaces import baseline, omnifuse, alignedfusion, emrfusion  # noqa: E402,F401  (register the built-in spaces)
+# isort: off
+from spaces import baseline, omnifuse, alignedfusion, emrfusion  # noqa: F401  (register the built-in spaces, listed in this order)
+# isort: on
 
 __all__ = ["SPACES", "AnyOf", "Categorical", "Dimension", "Float", "Int", "Space", "Switch", "When",
            "get_space", "register_space"]

@@ -30,7 +30,7 @@ def masked_reconstruction(*, mask_grid: tuple[float, ...] = (0.1, 0.3, 0.5)) -> 
     )
 
 
-COMMON = dict(data="synth-clinic", requires=NEEDS, image_encoder="vit-tiny")
+COMMON = {"data": "synth-clinic", "requires": NEEDS, "image_encoder": "vit-tiny"}
 
 register_space(Space(
     "alignedfusion", "alignedfusion",

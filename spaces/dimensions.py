@@ -151,7 +151,7 @@ class Categorical(Dimension):
         return tune.choice(list(self.choices))
 
 
-def Switch(name: str, *, default: bool = True, help: str = "") -> Categorical:  # noqa: N802 - reads like a class
+def Switch(name: str, *, default: bool = True, help: str = "") -> Categorical:
     """An ablation switch: on/off, both visited by a grid search."""
     return Categorical(name, (True, False), default=default, grid=(True, False), help=help)
 

@@ -22,7 +22,7 @@ def loss_weights() -> tuple[Dimension, ...]:
 
 
 ALL_ON = {s: True for s in SWITCHES}
-COMMON = dict(data="synth-clinic", image_encoder="resnet-tiny")
+COMMON = {"data": "synth-clinic", "image_encoder": "resnet-tiny"}
 
 register_space(Space(
     "emrfusion", "emrfusion",

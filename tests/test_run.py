@@ -25,7 +25,7 @@ def search(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(REPO))
     env.pop("RAY_ADDRESS", None)  # a local cluster of its own
     return subprocess.run([sys.executable, "-m", "search.run", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout, check=False)
 
 
 def read_rows(storage: Path) -> list[dict[str, str]]:

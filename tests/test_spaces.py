@@ -11,7 +11,7 @@ import pytest
 
 from search import spaces as spaces_cli
 from search.config import SearchConfig, resolve
-from search.orchestrate import build_searcher, initial_points
+from search.orchestrate import build_searcher
 from spaces import SPACES, Categorical, Float, Space, When, get_space
 from trainables import climd, engine
 from trainables.registry import METHODS, get_method
@@ -87,7 +87,7 @@ def test_conditions_may_read_fixed_keys():
 
 
 def test_issue_coverage():
-    names = lambda s: set(get_space(s).names) | set(get_space(s).fixed)  # noqa: E731
+    names = lambda s: set(get_space(s).names) | set(get_space(s).fixed)
     assert {"gamma", "scheduler", "measurer", "difficulty_order"} <= names("climd")
     assert {"K", "alpha", "beta", "lambda1", "lambda2", "lambda3"} <= names("omnifuse")
     assert {"mask_p", "rec_weight", "intermediate_token", "depth"} <= names("alignedfusion-ablation")

@@ -9,9 +9,9 @@ import torch
 from search.progress import ProgressLine, format_duration
 from search.results import TrialRow, error_reason, pareto_front, ranked
 from trainables.metrics import METRICS
+from trainables.registry import METHODS
 from trainables.trainable import TRAINABLES, Trial, TrialFailure, check_finite, summarize
 from trainables.trial_data import fold_splits, prepare
-from trainables.registry import METHODS
 
 
 def test_summarize_means_std_and_final_folds():
@@ -48,7 +48,7 @@ def test_one_trainable_per_family():
     assert TRAINABLES["omnifuse"].__name__ == "fusetune_omnifuse"
     import trainables.trainable as mod
 
-    assert getattr(mod, "fusetune_omnifuse") is TRAINABLES["omnifuse"]  # importable: pickled by reference
+    assert mod.fusetune_omnifuse is TRAINABLES["omnifuse"]  # importable: pickled by reference
 
 
 @pytest.fixture(scope="module")

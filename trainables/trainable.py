@@ -160,7 +160,7 @@ def _cpus() -> int:
     try:
         resources = tune.get_context().get_trial_resources().required_resources
         return max(1, int(resources.get("CPU", 1)))
-    except Exception:  # outside a Tune session
+    except Exception:  # noqa: BLE001 - outside a Tune session there is no context
         return 1
 
 
