@@ -147,8 +147,10 @@ def read_text(experiment_path: str, filename: str) -> str:
         return f.read().decode()
 
 
-def table(top: list[TrialRow], metric: str, sampled: list[str], extra_metrics: tuple[str, ...] = ()) -> str:
-    """The top configurations with mean ± std over folds of the metric (and a few others)."""
+def table(top: list[TrialRow], metric: str, sampled: list[str], extra_metrics: tuple[str, ...] = (), *,
+          spread: bool = True) -> str:
+    """The top configurations with mean ± std over folds of the metric (and a few others);
+    ``spread=False`` (one hold-out split) shows the values alone."""
     if not top:
         return "no trial finished all its epochs"
     extra = [m for m in extra_metrics if not m.endswith("_std")]  # a fold spread is shown as ± already
@@ -159,7 +161,7 @@ def table(top: list[TrialRow], metric: str, sampled: list[str], extra_metrics: t
         cells = [str(i), r.trial_id]
         for m in metrics:
             v, s = r.value(m), r.value(f"{m}_std")
-            cells.append("-" if v is None else f"{v:.4f} ± {s:.4f}" if s is not None else f"{v:.4f}")
+            cells.append("-" if v is None else f"{v:.4f} ± {s:.4f}" if s is not None and spread else f"{v:.4f}")
         cells.append(", ".join(f"{k}={_short(r.config[k])}" for k in sampled if r.config.get(k) is not None))
         lines.append(cells)
     widths = [max(len(x) for x in col) for col in zip(head, *lines)]

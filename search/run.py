@@ -158,8 +158,8 @@ def finish(cfg: SearchConfig, sampled: list[str], exp_path: str, fs: Any, uri: s
     print(f"{len(rows)} trials ({len(ranked)} finished all {cfg.epochs} epochs, "
           f"{len(rows) - len(ranked) - failed} stopped early, {failed} failed) in {format_duration(timings['search_s'])}"
           f" (Ray start {timings['ray_init_s']:.1f}s, data {timings['data_s']:.1f}s)")
-    print(f"top {len(shown)} by {cfg.primary_metric} (mean ± std over {'folds' if cfg.folds else 'the hold-out split'}):")
-    print(results.table(shown, cfg.primary_metric, sampled, cfg.metric[1:]))
+    print(f"top {len(shown)} by {cfg.primary_metric} " + ("(mean ± std over folds):" if cfg.folds else "(hold-out split):"))
+    print(results.table(shown, cfg.primary_metric, sampled, cfg.metric[1:], spread=cfg.folds != 0))
     if pareto is not None:
         print(f"pareto-optimal trials on {', '.join(cfg.metric)}: {', '.join(sorted(pareto)) or '-'}")
     if versions:
