@@ -152,7 +152,12 @@ def finish(cfg: SearchConfig, sampled: list[str], exp_path: str, fs: Any, uri: s
             [TopTrial(r.trial_id, r.config, r.last, r.checkpoint) for r in top],
             space=cfg.space, data_name=data_name, tracking_uri=uri, parent_run_id=parent_run_id,
             registered_name=registered,
+            bundle_dir=None if "://" in exp_path else f"{exp_path}/models",
         )
+    from search.reports import write_search_reports
+
+    reports = write_search_reports(exp_path, metric=cfg.primary_metric, mode=cfg.primary_mode,
+                                   tracking_uri=uri, parent_run_id=parent_run_id, seed=cfg.seed)
     failed = sum(r.status == "ERROR" for r in rows)
     print()
     print(f"{len(rows)} trials ({len(ranked)} finished all {cfg.epochs} epochs, "
@@ -165,6 +170,7 @@ def finish(cfg: SearchConfig, sampled: list[str], exp_path: str, fs: Any, uri: s
     if versions:
         print(f"registered model {registered}: versions {', '.join(map(str, versions))} (best = alias champion)")
     print(f"results: {csv_path}")
+    print(f"reports: {reports.location}" + (f" (skipped: {', '.join(reports.skipped)})" if reports.skipped else ""))
     print(f"MLflow: {ui_command(uri)}")
     return 0 if ranked else 1
 
