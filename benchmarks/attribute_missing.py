@@ -28,7 +28,7 @@ from token_models_synth import ARMS, common_arguments, encode_synth, engine_conf
 from trainables.attribute_missing import PROTOCOLS, apply_protocol
 from trainables.data import stratified_holdout
 
-ROWS = ("AlignedFusion", "self-attention fusion", "AlignedFusion, mask_p = 0")
+ROWS = ("AlignedFusion", "self-attention fusion", "AlignedFusion (mask_p 0)")
 
 
 def main(argv: list[str] | None = None) -> None:

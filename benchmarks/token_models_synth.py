@@ -58,7 +58,7 @@ ARMS: dict[str, Arm] = {
     "self-attention fusion": Arm("selfattn", TOKEN_INPUTS),
     "AlignedFusion": Arm("alignedfusion", TOKEN_INPUTS),
     "AlignedFusion w/o IT": Arm("alignedfusion", TOKEN_INPUTS, (("intermediate_token", False),)),
-    "AlignedFusion, mask_p = 0": Arm("alignedfusion", TOKEN_INPUTS, (("mask_p", 0.0),)),
+    "AlignedFusion (mask_p 0)": Arm("alignedfusion", TOKEN_INPUTS, (("mask_p", 0.0),)),
     "EMR fusion": Arm("emrfusion", EMR_INPUTS),
     "EMR fusion w/o alignment": Arm("emrfusion", EMR_INPUTS, (("alignment", False),)),
 }
