@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 
 import numpy as np
-import torch
-from token_models_synth import ARMS, common_arguments, encode_synth, engine_config, pm, train_and_score
+from token_models_synth import ARMS, common_arguments, engine_config, pm, prepare_run, train_and_score
 
 from trainables.attribute_missing import PROTOCOLS, apply_protocol
 from trainables.data import stratified_holdout
@@ -47,14 +45,7 @@ def main(argv: list[str] | None = None) -> None:
         args.data, args.rates, args.seeds, args.epochs = "synth-clinic:n=150,imbalance=2,unmentioned=0,missing=0", "0,0.5", "0", 3
     rates = [float(r) for r in args.rates.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
-    arms = [a.strip() for a in args.arms.split(",")]
-    unknown = [a for a in arms if a not in ARMS]
-    if unknown:
-        p.error(f"--arms: unknown row {unknown[0]!r}; known: {', '.join(ARMS)}")
-    torch.set_num_threads(args.threads)
-    logging.getLogger("trainables.encoders").setLevel(logging.ERROR)
-
-    data = encode_synth(args.data, args.text_encoder, args.image_encoder, args.cache_dir)
+    arms, data = prepare_run(p, args)
     base = engine_config(args)
     acc: dict[str, dict[float, list[float]]] = {a: {r: [] for r in rates} for a in arms}
     for seed in seeds:

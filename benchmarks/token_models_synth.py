@@ -91,6 +91,17 @@ def pm(values: list[float], scale: float = 100.0) -> str:
     return f"{v.mean():.1f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.1f}"
 
 
+def prepare_run(p: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[list[str], MultimodalDataset]:
+    """The rows asked for by ``--arms`` (unknown -> usage error), torch threads, and the encoded data."""
+    arms = [a.strip() for a in args.arms.split(",")]
+    unknown = [a for a in arms if a not in ARMS]
+    if unknown:
+        p.error(f"--arms: unknown row {unknown[0]!r}; known: {', '.join(ARMS)}")
+    torch.set_num_threads(args.threads)
+    logging.getLogger("trainables.encoders").setLevel(logging.ERROR)
+    return arms, encode_synth(args.data, args.text_encoder, args.image_encoder, args.cache_dir)
+
+
 def common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text-encoder", default="minilm")
     p.add_argument("--image-encoder", default="resnet-tiny")
@@ -115,14 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.quick:
         args.data, args.folds, args.epochs = "synth-clinic:n=150", 2, 3
-    arms = [a.strip() for a in args.arms.split(",")]
-    unknown = [a for a in arms if a not in ARMS]
-    if unknown:
-        p.error(f"--arms: unknown row {unknown[0]!r}; known: {', '.join(ARMS)}")
-    torch.set_num_threads(args.threads)
-    logging.getLogger("trainables.encoders").setLevel(logging.ERROR)
-
-    data = encode_synth(args.data, args.text_encoder, args.image_encoder, args.cache_dir)
+    arms, data = prepare_run(p, args)
     folds = stratified_kfold(data.labels, args.folds, args.seed)
     base = engine_config(args)
     results: dict[str, list[dict]] = {a: [] for a in arms}
