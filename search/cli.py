@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--tracking-uri", help="MLflow tracking URI (default sqlite:///<storage>/mlflow.db)")
     a("--experiment", help="MLflow experiment (default fusetune)")
     a("--seed", type=int, help="fixes folds, initialisation and sampling (default 0)")
+    a("--sampler-seed", type=int,
+      help="seed of the sampler alone (default: --seed); repeats a search on the same folds and initialisation")
     a("--top-k", type=int, help="best configurations whose models are logged and registered (default 3)")
     a("--max-failures", type=int, help="retries of a crashed trial from its last checkpoint (default 0)")
     a("--text-encoder", help="text encoder for report modalities (default: the space's, minilm)")

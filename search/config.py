@@ -46,6 +46,7 @@ class SearchConfig:
     tracking_uri: str | None = None
     experiment: str = "fusetune"
     seed: int = 0
+    sampler_seed: int | None = None
     top_k: int = 3
     max_failures: int = 0
     text_encoder: str | None = None
@@ -56,6 +57,11 @@ class SearchConfig:
     @property
     def space_spec(self) -> Space:
         return get_space(self.space)
+
+    @property
+    def search_seed(self) -> int:
+        """Seed of the sampler, the grid's order and PBT: ``--sampler-seed``, else ``--seed``."""
+        return self.seed if self.sampler_seed is None else self.sampler_seed
 
     @property
     def primary_metric(self) -> str:

@@ -48,29 +48,29 @@ def _tpe(cfg: SearchConfig) -> optuna.samplers.TPESampler:
     that occur together, so a conditional dimension is modelled only from trials that have it."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.samplers.TPESampler(seed=cfg.seed, multivariate=True, group=True)
+        return optuna.samplers.TPESampler(seed=cfg.search_seed, multivariate=True, group=True)
 
 
 SAMPLERS: dict[str, SamplerFactory] = {
     "tpe": _tpe,
-    "random": lambda cfg: optuna.samplers.RandomSampler(seed=cfg.seed),
+    "random": lambda cfg: optuna.samplers.RandomSampler(seed=cfg.search_seed),
     # the grid's points are enqueued; the sampler only draws dimensions a point leaves open
-    "grid": lambda cfg: optuna.samplers.RandomSampler(seed=cfg.seed),
-    "cmaes": lambda cfg: optuna.samplers.CmaEsSampler(seed=cfg.seed, warn_independent_sampling=False),
-    "nsga2": lambda cfg: optuna.samplers.NSGAIISampler(seed=cfg.seed),
+    "grid": lambda cfg: optuna.samplers.RandomSampler(seed=cfg.search_seed),
+    "cmaes": lambda cfg: optuna.samplers.CmaEsSampler(seed=cfg.search_seed, warn_independent_sampling=False),
+    "nsga2": lambda cfg: optuna.samplers.NSGAIISampler(seed=cfg.search_seed),
 }
 
 
 def initial_points(cfg: SearchConfig, space: Space) -> list[dict[str, Any]]:
     """What is evaluated first: the paper default, then ``--points`` (or the whole grid)."""
     if cfg.sampler == "grid":
-        return space.grid_points(cfg.seed)
+        return space.grid_points(cfg.search_seed)
     return [space.default_point(), *(dict(p) for p in cfg.points)]
 
 
 def num_trials(cfg: SearchConfig, space: Space) -> int:
     if cfg.sampler == "grid":
-        return min(cfg.num_samples, len(space.grid_points(cfg.seed)))
+        return min(cfg.num_samples, len(space.grid_points(cfg.search_seed)))
     return cfg.num_samples
 
 
@@ -87,10 +87,10 @@ def pbt_population(cfg: SearchConfig, space: Space) -> BasicVariantGenerator:
     """PBT's initial population: the paper default, the ``--points``, then random draws from the
     space (conditional dimensions respected), all fixed before the search starts."""
     points = initial_points(cfg, space)
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=cfg.seed))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=cfg.search_seed))
     while len(points) < cfg.num_samples:
         points.append({k: v for k, v in space.sample(study.ask()).items() if k not in space.fixed})
-    return BasicVariantGenerator(points_to_evaluate=points[: cfg.num_samples], random_state=cfg.seed)
+    return BasicVariantGenerator(points_to_evaluate=points[: cfg.num_samples], random_state=cfg.search_seed)
 
 
 # --------------------------------------------------------------------------------- schedulers
@@ -112,8 +112,8 @@ def _common(cfg: SearchConfig) -> dict[str, Any]:
 
 def _pbt(cfg: SearchConfig, space: Space) -> PopulationBasedTraining:
     """Exploit/explore every ``perturbation_interval`` epochs on the space's mutable dimensions.
-    PBT draws its perturbations from Python's ``random``, seeded here from ``--seed``."""
-    random.seed(cfg.seed)
+    PBT draws its perturbations from Python's ``random``, seeded here from ``--sampler-seed``."""
+    random.seed(cfg.search_seed)
     return PopulationBasedTraining(**_common(cfg), perturbation_interval=_perturbation_interval(cfg),
                                    hyperparam_mutations={d.name: d.tune_domain() for d in space.mutable()})
 

@@ -1,6 +1,7 @@
 """Spaces of OmniFuse: ``omnifuse`` (all components on, their weights searched),
 ``omnifuse-ablation`` (the Table 4 switches searched, each weight only while its component is
-on) and ``climd+omnifuse`` (CLIMD's curriculum around OmniFuse)."""
+on), ``climd+omnifuse`` (CLIMD's curriculum around OmniFuse) and ``omnifuse-paper`` (only the six
+hyperparameters the paper grid-searched, training fixed)."""
 
 from __future__ import annotations
 
@@ -55,4 +56,20 @@ register_space(Space(
     "CLIMD's curriculum around OmniFuse (all components on)",
     combine(common.training(), common.width(), omnifuse(), common.without_grid(common.climd(), keep=("gamma",))),
     fixed=ALL_ON,
+))
+
+PAPER_TUNED = ("K", "alpha", "beta", "lambda1", "lambda2", "lambda3")
+"""What the paper says it grid-searched around its initial values (Sec. 4.3)."""
+
+PAPER_TRAINING = {"lr": 1e-3, "weight_decay": 1e-4, "batch_size": 32, "hidden": 128, "dropout": 0.1,
+                  "ra_latent": 64, "tla_mask": "combination"}
+"""The rest, held fixed. The paper gives no learning rate; 1e-3 trains these MLPs within 30 epochs
+(CLIMD's 5e-5 needs about 100; benchmarks/RESULTS.md)."""
+
+register_space(Space(
+    "omnifuse-paper", "omnifuse",
+    "only the six hyperparameters OmniFuse's paper grid-searched (3^6 = 729 grid points), training fixed",
+    tuple(d for d in omnifuse() if d.name in PAPER_TUNED),
+    fixed={**ALL_ON, "scheduler": "none", **PAPER_TRAINING},
+    epochs=30,
 ))

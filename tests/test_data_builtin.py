@@ -71,6 +71,35 @@ def test_rosmap_matches_the_issue(data_dir):
     np.testing.assert_array_equal(data.modalities["meth"].values[te], raw)
 
 
+def test_rosmap_imbalanced_variant(data_dir):
+    full = load_dataset("rosmap")
+    data = load_dataset("rosmap:ratio=5")  # AD subsampled to 1:5 of NC in each part
+    counts = {p: data.split_part(p).class_counts().tolist() for p in ("train", "test")}
+    assert counts == {"train": [118, 24], "test": [51, 10]}
+    # a subset of the real rows, NC complete, values untouched
+    index = {i: k for k, i in enumerate(full.ids)}
+    rows = np.array([index[i] for i in data.ids])
+    np.testing.assert_array_equal(full.modalities["mrna"].values[rows], data.modalities["mrna"].values)
+    assert set(full.ids[full.labels == 0]) <= set(data.ids)
+    assert np.array_equal(load_dataset("rosmap:ratio=5").ids, data.ids)          # seeded
+    assert not np.array_equal(load_dataset("rosmap:ratio=5,seed=1").ids, data.ids)
+    assert data.fingerprint() != full.fingerprint()
+    nc = load_dataset("rosmap:ratio=5,minority=NC").split_part("train").class_counts().tolist()
+    assert nc == [25, 127]
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("rosmap:ratio=0.5", "--data rosmap parameter 'ratio': expected a number >= 1, got '0.5'"),
+    ("rosmap:ratio=5,minority=MCI", "--data rosmap parameter 'minority': expected NC or AD, got 'MCI'"),
+    ("rosmap:seed=2", "--data rosmap:seed=2: parameters need ratio=R (minority class subsampled to 1:R)"),
+    ("rosmap:ratio=5,fold=1", "--data rosmap parameter 'fold': unknown parameter; expected one of minority, ratio, seed"),
+])
+def test_rosmap_variant_bad_parameters(data_dir, spec, message):
+    with pytest.raises(DataError) as err:
+        load_dataset(spec)
+    assert str(err.value) == message
+
+
 @pytest.mark.parametrize("name", ["breast-tcga", "rosmap"])
 def test_fingerprint_is_stable_across_loads_and_processes(data_dir, name):
     first, second = load_dataset(name).fingerprint(), load_dataset(name).fingerprint()
@@ -89,7 +118,7 @@ def test_fingerprint_changes_with_content(data_dir):
 
 def test_builtins_take_no_parameters():
     with pytest.raises(DataError, match="takes no parameters"):
-        load_dataset("rosmap:n=3")
+        load_dataset("breast-tcga:n=3")
 
 
 # ---------------------------------------------------------------------------- download (network replaced)

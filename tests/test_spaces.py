@@ -11,7 +11,7 @@ import pytest
 
 from search import spaces as spaces_cli
 from search.config import SearchConfig, resolve
-from search.orchestrate import build_searcher
+from search.orchestrate import build_searcher, fixed_keys
 from spaces import SPACES, Categorical, Float, Space, When, get_space
 from trainables import climd, engine
 from trainables.registry import METHODS, get_method
@@ -94,7 +94,8 @@ def test_issue_coverage():
     assert {"align_weight", "ortho_weight", "alignment", "self_attention", "residual", "dynamic_weighting"} \
         <= names("emrfusion-ablation")
     for name, space in SPACES.items():
-        assert {"lr", "weight_decay", "batch_size", "hidden", "dropout"} <= set(space.names), name
+        training = {"lr", "weight_decay", "batch_size", "hidden", "dropout"}
+        assert training <= (set(space.fixed) if name in TRAINING_FIXED else set(space.names)), name
     for composite, method in (("climd+omnifuse", "omnifuse"), ("climd+alignedfusion", "alignedfusion"),
                               ("climd+emrfusion", "emrfusion")):
         assert get_space(composite).method == method
@@ -102,7 +103,20 @@ def test_issue_coverage():
         assert set(get_space(method).names) <= names(composite)
 
 
-@pytest.mark.parametrize("name", list(SPACES))
+TRAINING_FIXED = ("omnifuse-paper",)
+"""Spaces that hold the training settings fixed (not at the code's defaults) and search the rest."""
+
+
+def test_omnifuse_paper_space_is_the_papers_grid():
+    space = get_space("omnifuse-paper")
+    assert set(space.names) == {"K", "alpha", "beta", "lambda1", "lambda2", "lambda3"}
+    points = space.grid_points(0)
+    assert len(points) == 3 ** 6 == len({tuple(sorted(p.items())) for p in points})
+    assert points[0] == {"K": 5, "alpha": 0.1, "beta": 0.5, "lambda1": 1.0, "lambda2": 10.0, "lambda3": 0.5}
+    assert space.fixed["lr"] == 1e-3 and space.epochs == 30
+
+
+@pytest.mark.parametrize("name", [s for s in SPACES if s not in TRAINING_FIXED])
 def test_defaults_are_the_codes_defaults(name):
     """The first trial trains exactly what the engine and the model do without configuration
     (their DEFAULTS hold the papers' values)."""
@@ -139,6 +153,20 @@ def test_first_trial_is_the_paper_default(name, sampler):
         assert second == {**space.grid_points(cfg.seed)[1], **space.fixed}
     else:
         assert second["lr"] == 1e-3 and space.validate(second) == []
+
+
+def test_sampler_seed_changes_the_draws_not_the_folds():
+    def draws(**kw):
+        cfg = resolve(SearchConfig(space="omnifuse", sampler="random", **kw))
+        searcher = build_searcher(cfg, get_space("omnifuse"))
+        return cfg, [searcher.suggest(f"t{i}") for i in range(4)]
+
+    cfg0, a = draws(seed=0)
+    cfg1, b = draws(seed=0, sampler_seed=1)
+    assert a[0] == b[0]  # the paper default first either way
+    assert a[1:] != b[1:]
+    assert draws(seed=1)[1][1:] == b[1:]  # --sampler-seed alone = what --seed would draw
+    assert fixed_keys(cfg0, get_space("omnifuse"))["seed"] == fixed_keys(cfg1, get_space("omnifuse"))["seed"] == 0
 
 
 def test_pbt_population_starts_with_the_default():

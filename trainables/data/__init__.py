@@ -41,7 +41,7 @@ def _register_builtins() -> None:
     _builtins_registered = True
     from trainables.data import builtin
 
-    DATASETS["rosmap"] = _no_args("rosmap", builtin.load_rosmap)
+    DATASETS["rosmap"] = builtin.load_rosmap_variant
     DATASETS["breast-tcga"] = _no_args("breast-tcga", builtin.load_breast_tcga)
     from trainables.data import synth  # noqa: F401  (registers synth-clinic)
 

@@ -76,6 +76,60 @@ def load_rosmap() -> MultimodalDataset:
     )
 
 
+def subsample_class(data: MultimodalDataset, minority: str, ratio: float, seed: int) -> MultimodalDataset:
+    """Keep every sample of the other classes and, within each fixed split part separately, a seeded
+    random ``round(n_largest_other / ratio)`` samples of class ``minority``: a class-imbalanced
+    variant whose train and test parts both have the ratio ``1 : ratio``."""
+    c = data.class_names.index(minority)
+    rng = np.random.default_rng(seed)
+    parts = np.unique(data.split) if data.split is not None else [None]
+    keep: list[np.ndarray] = []
+    for part in parts:
+        in_part = np.ones(len(data), bool) if part is None else data.split == part
+        others = np.flatnonzero(in_part & (data.labels != c))
+        pool = np.flatnonzero(in_part & (data.labels == c))
+        largest = np.bincount(data.labels[others], minlength=data.num_classes).max()
+        n = max(1, int(round(largest / ratio)))
+        if n > len(pool):
+            raise DataError(f"--data {data.name}:ratio={ratio:g}", f"{part or 'the data'} has only {len(pool)} "
+                            f"{minority} samples, {n} needed")
+        keep += [others, np.sort(rng.choice(pool, n, replace=False))]
+    return data.take(np.sort(np.concatenate(keep)))
+
+
+def parse_rosmap(args: str) -> dict[str, str | float | int]:
+    """``minority=AD,ratio=5,seed=0`` (every key optional once ``ratio`` is given; defaults AD, 0)."""
+    values: dict[str, str | float | int] = {"minority": "AD", "seed": 0}
+    expected = {"minority": "NC or AD", "ratio": "a number >= 1", "seed": "an integer >= 0"}
+    for item in filter(None, (t.strip() for t in args.split(","))):
+        key, eq, raw = (t.strip() for t in item.partition("="))
+        where = f"--data rosmap parameter {key!r}"
+        if not eq:
+            raise DataError(f"--data rosmap:{args}", f"{item!r} is not key=value")
+        if key not in expected:
+            raise DataError(where, f"unknown parameter; expected one of {', '.join(expected)}")
+        try:
+            value: str | float | int = raw if key == "minority" else (int(raw) if key == "seed" else float(raw))
+        except ValueError:
+            raise DataError(where, f"expected {expected[key]}, got {raw!r}") from None
+        if (key == "minority" and value not in ("NC", "AD")) or (key == "ratio" and not 1 <= value < np.inf) \
+                or (key == "seed" and value < 0):  # type: ignore[operator]
+            raise DataError(where, f"expected {expected[key]}, got {raw!r}")
+        values[key] = value
+    if "ratio" not in values:
+        raise DataError(f"--data rosmap:{args}", "parameters need ratio=R (minority class subsampled to 1:R)")
+    return values
+
+
+def load_rosmap_variant(args: str) -> MultimodalDataset:
+    """``rosmap`` as distributed, or with ``:ratio=R[,minority=AD][,seed=S]`` its class-imbalanced
+    variant (:func:`subsample_class`), e.g. ``rosmap:ratio=5`` for AD : NC = 1 : 5."""
+    if not args:
+        return load_rosmap()
+    p = parse_rosmap(args)  # before reading any file: a bad parameter needs no data
+    return subsample_class(load_rosmap(), str(p["minority"]), float(p["ratio"]), int(p["seed"]))
+
+
 def load_breast_tcga() -> MultimodalDataset:
     """breast.TCGA (mixOmics): mRNA 200, miRNA 184, protein 142 (missing for every test sample);
     PAM50 subtypes Basal/Her2/LumA; fixed train/test split."""
