@@ -36,6 +36,7 @@ import numpy as np
 from searches import epochs_run, final_value, machine, pm, run_search
 
 from search.study import StudyResults
+from spaces import get_space
 
 METRIC = "macro_f1"
 SPACE = "omnifuse-paper"
@@ -82,17 +83,16 @@ def best_at(points: list[tuple[int, float]], budget: int) -> float:
     return values[-1] if values else -np.inf
 
 
-def rescore(study: StudyResults, folds: int, fold_seed: int, epochs: int) -> list[float]:
-    """The champion's config, trained and scored on ``folds`` folds of seed ``fold_seed``."""
+def rescore(config: dict, folds: int, fold_seed: int, epochs: int) -> list[float]:
+    """``config`` trained and scored on ``folds`` folds of seed ``fold_seed``."""
     from trainables.data import load_dataset
     from trainables.engine import FoldTrainer
     from trainables.trial_data import fold_splits
 
-    best = study.best(METRIC, "max")
-    data = load_dataset(str(best.config["data"])).split_part("train")
+    data = load_dataset(str(config["data"])).split_part("train")
     scores = []
     for k, (tr, va) in enumerate(fold_splits(data.labels, folds, fold_seed)):
-        ft = FoldTrainer("omnifuse", {**best.config, "epochs": epochs}, data.take(tr), data.take(va), seed=fold_seed + k)
+        ft = FoldTrainer("omnifuse", {**config, "epochs": epochs}, data.take(tr), data.take(va), seed=fold_seed + k)
         for _ in range(epochs):
             ft.train_epoch()
         scores.append(ft.evaluate()[METRIC])
@@ -152,13 +152,16 @@ def main() -> None:
           "macro F1 (%) mean ± std over folds, per sampler seed.\n")
     print("| strategy | search's own CV estimate | re-scored on fresh folds | champion (K, alpha, beta, lambda1..3) |\n"
           "|---|---|---|---|")
-    for label, studies in runs.items():
-        for i, st in enumerate(studies):
-            best = st.best(METRIC, "max")
-            c = best.config
-            fresh = rescore(st, rescore_folds, rescore_seed, epochs)
-            params = ", ".join(f"{c[k]:.3g}" for k in ("K", "alpha", "beta", "lambda1", "lambda2", "lambda3"))
-            print(f"| {label} (seed {i}) | {100 * best.value(METRIC):.1f} | {pm(fresh)} | {params} |", flush=True)
+    default = get_space(SPACE).default_point()
+    paper = next(t for t in grid.trials if all(t.config.get(k) == v for k, v in default.items()))
+    for label, i, trial in [("paper default (the grid's first point)", None, paper),
+                            *((label, i, st.best(METRIC, "max")) for label, studies in runs.items()
+                              for i, st in enumerate(studies))]:
+        c = trial.config
+        fresh = rescore(c, rescore_folds, rescore_seed, epochs)
+        params = ", ".join(f"{c[k]:.3g}" for k in ("K", "alpha", "beta", "lambda1", "lambda2", "lambda3"))
+        name = label if i is None else f"{label} (seed {i})"
+        print(f"| {name} | {100 * trial.value(METRIC):.1f} | {pm(fresh)} | {params} |", flush=True)
     total = {label: sum(sum(epochs_run(t) for t in st.trials) for st in studies) for label, studies in runs.items()}
     print(f"\ntrial-epochs per strategy (all seeds): " + ", ".join(f"{k} {v:,}" for k, v in total.items()))
     print(f"searches ran for {wall / 60:.1f} min on this machine (reused finished ones take 0)")

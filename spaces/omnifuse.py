@@ -63,7 +63,7 @@ PAPER_TUNED = ("K", "alpha", "beta", "lambda1", "lambda2", "lambda3")
 
 PAPER_TRAINING = {"lr": 1e-3, "weight_decay": 1e-4, "batch_size": 32, "hidden": 128, "dropout": 0.1,
                   "ra_latent": 64, "tla_mask": "combination"}
-"""The rest, held fixed. The paper gives no learning rate; 1e-3 trains these MLPs within 30 epochs
+"""The rest, held fixed. The paper gives no learning rate; 1e-3 trains these MLPs in 20-30 epochs
 (CLIMD's 5e-5 needs about 100; benchmarks/RESULTS.md)."""
 
 register_space(Space(
