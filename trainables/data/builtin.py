@@ -14,6 +14,7 @@ import pandas as pd
 
 from trainables.data.dataset import Modality, MultimodalDataset
 from trainables.data.errors import DataError
+from trainables.data.params import key_values
 from trainables.data.tables import read_numeric_table
 
 DATA_DIR_ENV = "FUSETUNE_DATA_DIR"
@@ -101,13 +102,8 @@ def parse_rosmap(args: str) -> dict[str, str | float | int]:
     """``minority=AD,ratio=5,seed=0`` (every key optional once ``ratio`` is given; defaults AD, 0)."""
     values: dict[str, str | float | int] = {"minority": "AD", "seed": 0}
     expected = {"minority": "NC or AD", "ratio": "a number >= 1", "seed": "an integer >= 0"}
-    for item in filter(None, (t.strip() for t in args.split(","))):
-        key, eq, raw = (t.strip() for t in item.partition("="))
+    for key, raw in key_values("rosmap", args, expected).items():
         where = f"--data rosmap parameter {key!r}"
-        if not eq:
-            raise DataError(f"--data rosmap:{args}", f"{item!r} is not key=value")
-        if key not in expected:
-            raise DataError(where, f"unknown parameter; expected one of {', '.join(expected)}")
         try:
             value: str | float | int = raw if key == "minority" else (int(raw) if key == "seed" else float(raw))
         except ValueError:

@@ -80,6 +80,7 @@ import yaml
 from trainables.data import register_dataset
 from trainables.data.dataset import Modality, MultimodalDataset
 from trainables.data.errors import DataError
+from trainables.data.params import key_values
 
 IMAGE_SIZE = 32
 EHR_FEATURES: tuple[tuple[str, float, float], ...] = (
@@ -135,15 +136,8 @@ RULES: dict[str, _Rule] = {
 def parse_params(args: str) -> SynthParams:
     """``"n=600,imbalance=10"`` -> :class:`SynthParams`; a one-line DataError for any bad item."""
     values: dict[str, float | int] = {}
-    for item in filter(None, (s.strip() for s in args.split(","))):
-        key, eq, raw = (s.strip() for s in item.partition("="))
+    for key, raw in key_values("synth-clinic", args, RULES).items():
         where = f"--data synth-clinic parameter {key!r}"
-        if not eq:
-            raise DataError(f"--data synth-clinic:{args}", f"{item!r} is not key=value")
-        if key not in RULES:
-            raise DataError(where, f"unknown parameter; expected one of {', '.join(RULES)}")
-        if key in values:
-            raise DataError(where, "given twice")
         rule = RULES[key]
         try:
             number = float(raw)
