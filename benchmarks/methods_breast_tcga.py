@@ -7,6 +7,7 @@ train split and predicts the test split, where protein is missing for every samp
 
     FUSETUNE_DATA_DIR=../shared/data python benchmarks/methods_breast_tcga.py            # paper lr/T
     FUSETUNE_DATA_DIR=../shared/data python benchmarks/methods_breast_tcga.py --lr 1e-3  # a second run
+    FUSETUNE_DATA_DIR=../shared/data python benchmarks/methods_breast_tcga.py --quick    # smoke run
 
 Defaults are the papers': lr 5e-5 and T = 100 epochs (CLIMD; OmniFuse gives neither, so it uses
 the same), gamma = 0.3, K = 5, alpha = 0.1, beta = 0.5, lambda1..3 = 1, 10, 0.5, focal gamma 2
@@ -51,7 +52,10 @@ def main() -> None:
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0, help="fixes folds, initialisation and sampling")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest for these small MLPs)")
+    ap.add_argument("--quick", action="store_true", help="smoke run: 2 folds, 5 epochs")
     args = ap.parse_args()
+    if args.quick:
+        args.folds, args.epochs = 2, 5
     torch.set_num_threads(args.threads)
 
     data = load_dataset("breast-tcga")

@@ -49,6 +49,9 @@ QUICK = [
     ("trial_memory.py", []),
     ("concurrency.py", []),
     ("encoder_cache.py", []),
+    ("methods_breast_tcga.py", []),
+    ("token_models_synth.py", []),
+    ("attribute_missing.py", []),
 ]
 
 
