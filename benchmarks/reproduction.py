@@ -21,7 +21,7 @@ missing for every one; ROSMAP variant: its own 1:5 test part).
 Data: ``breast-tcga`` (Basal/Her2/LumA 45/30/75 train) and ``rosmap:ratio=5`` (AD subsampled,
 seeded, to 1:5 of NC in each part: train NC/AD 118/24, test 51/10).
 
-    FUSETUNE_DATA_DIR=../shared/data python benchmarks/reproduction.py            # ~45 min on 2 cores
+    FUSETUNE_DATA_DIR=../shared/data python benchmarks/reproduction.py            # ~36 min on 2 cores
     FUSETUNE_DATA_DIR=../shared/data python benchmarks/reproduction.py --quick    # ~6 min
 """
 

@@ -20,8 +20,8 @@ is walked in the order the epochs were reported. Then, because the best of many 
 estimates is optimistic (the grid picks the maximum of 729), every strategy's champion is
 re-scored on fresh folds (5-fold, fold seed 1) that no search saw.
 
-    FUSETUNE_DATA_DIR=../shared/data python benchmarks/search_efficiency.py            # ~75 min on 2 cores
-    FUSETUNE_DATA_DIR=../shared/data python benchmarks/search_efficiency.py --quick    # ~5 min
+    FUSETUNE_DATA_DIR=../shared/data python benchmarks/search_efficiency.py            # ~55 min on 2 cores
+    FUSETUNE_DATA_DIR=../shared/data python benchmarks/search_efficiency.py --quick    # ~2 min
 """
 
 from __future__ import annotations

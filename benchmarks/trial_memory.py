@@ -10,7 +10,7 @@ activations, fold copies of the data). Separately, the RSS of an idle Ray worker
 the trainables: what every concurrent trial costs before it starts. CPU only (no GPU on the
 benchmark machine): peak GPU memory would be ``torch.cuda.max_memory_allocated`` on a GPU worker.
 
-    FUSETUNE_DATA_DIR=../shared/data python benchmarks/trial_memory.py            # ~3 min on 2 cores
+    FUSETUNE_DATA_DIR=../shared/data python benchmarks/trial_memory.py            # ~2 min on 2 cores
     FUSETUNE_DATA_DIR=../shared/data python benchmarks/trial_memory.py --quick    # ~1 min
 """
 
