@@ -22,7 +22,7 @@ Data: ``breast-tcga`` (Basal/Her2/LumA 45/30/75 train) and ``rosmap:ratio=5`` (A
 seeded, to 1:5 of NC in each part: train NC/AD 118/24, test 51/10).
 
     FUSETUNE_DATA_DIR=../shared/data python benchmarks/reproduction.py            # ~36 min on 2 cores
-    FUSETUNE_DATA_DIR=../shared/data python benchmarks/reproduction.py --quick    # ~6 min
+    FUSETUNE_DATA_DIR=../shared/data python benchmarks/reproduction.py --quick    # ~4 min
 """
 
 from __future__ import annotations
