@@ -62,15 +62,11 @@ def searches(storage: Path, data: str, space: str, *, quick: bool, max_concurren
 
 
 def test_metrics(config: dict) -> dict[str, float]:
-    """``config`` trained once on the whole training part, evaluated once on the test part."""
-    from trainables.data import load_dataset
-    from trainables.engine import FoldTrainer
+    """``config`` trained once on the whole training part, evaluated once on the test part: the
+    refit that registers a search's top-k models (``search.models.refit``)."""
+    from search.models import refit
 
-    data = load_dataset(str(config["data"]))
-    trainer = FoldTrainer(str(config["method"]), config, data.split_part("train"), None, seed=int(config["seed"]))
-    for _ in range(trainer.epochs):
-        trainer.train_epoch()
-    return trainer.evaluate(data.split_part("test"))
+    return refit(config, device="cpu").test_metrics
 
 
 def describe(config: dict, space: str) -> str:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from searches import epochs_run, final_value, machine, pm, run_search
+from searches import machine, pm, run_search
 
 from search.study import StudyResults
 from spaces import get_space
@@ -60,16 +60,16 @@ STRATEGIES = (
 
 def curve(study: StudyResults, metric: str = METRIC) -> list[tuple[int, float]]:
     """(cumulative trial-epochs, best final value so far) at every epoch report, in report order."""
-    events = []
+    events = []  # (time, trial, epoch, the trial's final value when this report is its last, else None)
     for index, trial in enumerate(sorted(study.trials, key=lambda t: t.trial_id)):
-        value = final_value(trial, metric)
+        value = trial.value(metric) if trial.complete else None
         for r in trial.history:
-            events.append((r.get("timestamp", 0), index, int(r.get("epoch", 0) or 0), bool(r.get("final")) and value))
+            events.append((r.get("timestamp", 0), index, int(r.get("epoch", 0) or 0), value if r.get("final") else None))
     events.sort(key=lambda e: e[:3])
     best, out = -np.inf, []
-    for spent, (_, _, _, value) in enumerate(events, start=1):
-        if value is not None and value is not False:
-            best = max(best, float(value))
+    for spent, (*_, value) in enumerate(events, start=1):
+        if value is not None:
+            best = max(best, value)
         out.append((spent, best))
     return out
 
@@ -84,19 +84,15 @@ def best_at(points: list[tuple[int, float]], budget: int) -> float:
 
 
 def rescore(config: dict, folds: int, fold_seed: int, epochs: int) -> list[float]:
-    """``config`` trained and scored on ``folds`` folds of seed ``fold_seed``."""
-    from trainables.data import load_dataset
-    from trainables.engine import FoldTrainer
-    from trainables.trial_data import fold_splits
+    """``config`` trained and scored as a trial with ``folds`` folds of seed ``fold_seed``."""
+    from trainables.trainable import Trial
+    from trainables.trial_data import prepare_from_config
 
-    data = load_dataset(str(config["data"])).split_part("train")
-    scores = []
-    for k, (tr, va) in enumerate(fold_splits(data.labels, folds, fold_seed)):
-        ft = FoldTrainer("omnifuse", {**config, "epochs": epochs}, data.take(tr), data.take(va), seed=fold_seed + k)
-        for _ in range(epochs):
-            ft.train_epoch()
-        scores.append(ft.evaluate()[METRIC])
-    return scores
+    config = {**config, "folds": folds, "seed": fold_seed, "epochs": epochs}
+    trial = Trial(str(config["method"]), config, prepare_from_config(config))
+    while trial.epoch < trial.epochs:
+        result = trial.step()
+    return [result[f"fold{k}_{METRIC}"] for k in range(folds)]
 
 
 def fmt_spent(spent: int | None, cap: int) -> str:
@@ -162,7 +158,7 @@ def main() -> None:
         params = ", ".join(f"{c[k]:.3g}" for k in ("K", "alpha", "beta", "lambda1", "lambda2", "lambda3"))
         name = label if i is None else f"{label} (seed {i})"
         print(f"| {name} | {100 * trial.value(METRIC):.1f} | {pm(fresh)} | {params} |", flush=True)
-    total = {label: sum(sum(epochs_run(t) for t in st.trials) for st in studies) for label, studies in runs.items()}
+    total = {label: sum(len(t.history) for st in studies for t in st.trials) for label, studies in runs.items()}
     print(f"\ntrial-epochs per strategy (all seeds): " + ", ".join(f"{k} {v:,}" for k, v in total.items()))
     print(f"searches ran for {wall / 60:.1f} min on this machine (reused finished ones take 0)")
 

@@ -21,7 +21,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from search.study import StudyResults, TrialResult, load_study  # noqa: E402
+from search.study import StudyResults, load_study  # noqa: E402
 
 
 def run_search(storage: Path, name: str, options: dict[str, object], *, log=print) -> StudyResults:
@@ -39,15 +39,6 @@ def run_search(storage: Path, name: str, options: dict[str, object], *, log=prin
             raise SystemExit(f"search {name} failed (exit {proc.returncode}):\n{tail}")
         log(f"  {name}: {time.monotonic() - t0:.0f} s")
     return load_study(name, storage)
-
-
-def epochs_run(trial: TrialResult) -> int:
-    """Epochs the trial trained (each epoch trains every fold once)."""
-    return max((int(r.get("epoch", 0) or 0) for r in trial.history), default=0)
-
-
-def final_value(trial: TrialResult, metric: str) -> float | None:
-    return trial.value(metric) if trial.complete else None
 
 
 def pm(values, scale: float = 100.0, digits: int = 1) -> str:
