@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from search.config import SAMPLER_NAMES, SCHEDULER_NAMES
+from search.config import PROMOTE_POLICIES, SAMPLER_NAMES, SCHEDULER_NAMES
 from search.errors import UsageError
 
 
@@ -74,7 +74,21 @@ def build_parser() -> argparse.ArgumentParser:
     a("--cache-dir", help="feature cache folder (default $FUSETUNE_CACHE_DIR or ~/.cache/fusetune/features)")
     a("--points", type=_point, action="append", metavar="JSON",
       help="a configuration to evaluate right after the paper default (repeatable), e.g. '{\"lr\": 1e-3}'")
+    a("--confirm-repeats", type=int,
+      help="fresh repetitions of the k-fold scheme the top-k, the paper default and the references are "
+           "retrained on after the search; the champion is the best there (default 3; 0 = off)")
+    a("--references", type=_references, help="reference models scored on the same folds: logreg, rf or none "
+                                             "(default logreg,rf)")
+    a("--promote", choices=PROMOTE_POLICIES,
+      help="better: the new best gets the champion alias only if it beats the registered champion on the same "
+           "fresh folds (else alias challenger); always; never (default better)")
+    a("--parent-run-id", help=argparse.SUPPRESS)  # search.nested: nest this search's MLflow run under its own
     return p
+
+
+def _references(text: str) -> tuple[str, ...]:
+    names = _csv(text)
+    return () if names == ("none",) else names
 
 
 def _config_tokens(path: str, parser: argparse.ArgumentParser) -> list[str]:

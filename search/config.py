@@ -20,6 +20,9 @@ from trainables.metrics import METRICS
 
 SAMPLER_NAMES = ("tpe", "random", "grid", "cmaes", "nsga2")
 SCHEDULER_NAMES = ("asha", "hyperband", "median", "pbt", "fifo")
+PROMOTE_POLICIES = ("better", "always", "never")
+REFERENCE_NAMES = ("logreg", "rf")
+"""The entries of :data:`search.references.REFERENCES` (kept here so the options check imports no sklearn)."""
 MULTI_OBJECTIVE_SAMPLERS = ("nsga2", "tpe", "random")
 """Optuna samplers that handle several objectives (grid and CMA-ES optimise one)."""
 
@@ -53,6 +56,11 @@ class SearchConfig:
     image_encoder: str | None = None
     cache_dir: str | None = None
     points: tuple[dict[str, Any], ...] = field(default_factory=tuple)
+    confirm_repeats: int = 3
+    references: tuple[str, ...] = ("logreg", "rf")
+    promote: str = "better"
+    parent_run_id: str | None = None
+    """The MLflow run this search's parent run is nested under (``search.nested``'s)."""
 
     @property
     def space_spec(self) -> Space:
@@ -94,7 +102,7 @@ class SearchConfig:
 
     def as_params(self) -> dict[str, Any]:
         """The options as flat, loggable values (the parent run's params)."""
-        out = {k: (",".join(v) if k in ("metric", "mode") else v) for k, v in asdict(self).items() if k != "points"}
+        out = {k: (",".join(v) if k in ("metric", "mode", "references") else v) for k, v in asdict(self).items() if k != "points"}
         out["points"] = len(self.points)
         return out
 
@@ -128,7 +136,7 @@ def resolve(cfg: SearchConfig) -> SearchConfig:
     _check_choice("--scheduler", cfg.scheduler, SCHEDULER_NAMES)
     for option, value, low in (("--num-samples", cfg.num_samples, 1), ("--epochs", cfg.epochs, 1),
                                ("--top-k", cfg.top_k, 0), ("--max-failures", cfg.max_failures, 0),
-                               ("--max-concurrent", cfg.max_concurrent, 1)):
+                               ("--max-concurrent", cfg.max_concurrent, 1), ("--confirm-repeats", cfg.confirm_repeats, 0)):
         if value is not None and value < low:
             raise UsageError(f"{option} {value}: must be at least {low}")
     if cfg.folds == 1 or cfg.folds < 0:
@@ -142,6 +150,11 @@ def resolve(cfg: SearchConfig) -> SearchConfig:
     if cfg.gpus_per_trial > 1 and cfg.gpus_per_trial != int(cfg.gpus_per_trial):
         raise UsageError(f"--gpus-per-trial {cfg.gpus_per_trial}: fractions are for sharing one GPU; use a whole number above 1")
 
+    _check_choice("--promote", cfg.promote, PROMOTE_POLICIES)
+    unknown_refs = [r for r in cfg.references if r not in REFERENCE_NAMES]
+    if unknown_refs:
+        raise UsageError(f"--references {','.join(cfg.references)}: unknown reference {unknown_refs[0]!r}; "
+                         f"choose from {', '.join(REFERENCE_NAMES)} or none")
     if cfg.sampler == "cmaes" and importlib.util.find_spec("cmaes") is None:
         raise UsageError("--sampler cmaes: needs the cmaes package (pip install cmaes)")
     metric, mode = _objectives(cfg)

@@ -28,6 +28,7 @@ input that has one.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import re
@@ -53,6 +54,7 @@ logger = logging.getLogger("fusetune.models")
 CHAMPION = "champion"
 MODEL_NAME = "model"  # the logged model's name inside its run
 VERSION_TRIAL_TAG = "fusetune.trial_id"
+CONFIG_TAG = "fusetune.config"  # the full trial config, JSON: what promotion retrains to compare with
 EXAMPLE_ROWS = 4
 
 _PYFUNC_CODE = '''"""fusetune pyfunc entry point (MLflow models-from-code): the bundle artifact, loaded by fusetune."""
@@ -72,6 +74,7 @@ class TopTrial:
     config: dict[str, Any]
     metrics: dict[str, Any] = field(default_factory=dict)   # final result: means, ``_std``, per fold
     checkpoint: str | None = None                            # the trial's last checkpoint folder
+    tags: dict[str, str] = field(default_factory=dict)       # extra model-version tags (confirmed figures)
 
 
 # ----------------------------------------------------------------------------- pyfunc
@@ -246,9 +249,10 @@ def _existing_version(client: MlflowClient, name: str, run_id: str):
 
 def log_top_models(top: list[TopTrial], *, space: str, data_name: str, tracking_uri: str,
                    parent_run_id: str, registered_name: str, bundle_dir: str | Path | None = None,
-                   device: str | None = None) -> list[str]:
+                   device: str | None = None, set_alias: bool = True) -> list[str]:
     """Refit, bundle, log and register the models of ``top`` (best first); alias ``champion`` on the
-    first. Returns the registered model versions in the order of ``top``.
+    first unless ``set_alias`` is false (the search's gated promotion, :mod:`search.promotion`,
+    decides instead). Returns the registered model versions in the order of ``top``.
 
     Idempotent: a trial whose run already holds a registered version of ``registered_name`` (a
     repeated call after ``--resume``) keeps that version and is not refitted. ``bundle_dir``: also
@@ -294,8 +298,11 @@ def log_top_models(top: list[TopTrial], *, space: str, data_name: str, tracking_
         for k in METRICS:
             if k in trial.metrics:
                 client.set_model_version_tag(registered_name, version, f"cv_{k}", f"{trial.metrics[k]:.4f}")
+        client.set_model_version_tag(registered_name, version, CONFIG_TAG, json.dumps(config, sort_keys=True, default=str))
+        for key, value in trial.tags.items():
+            client.set_model_version_tag(registered_name, version, key, value)
         versions.append(version)
-    if versions:
+    if versions and set_alias:
         client.set_registered_model_alias(registered_name, CHAMPION, versions[0])
         client.set_tag(parent_run_id, "fusetune.champion", f"models:/{registered_name}/{versions[0]}")
     return versions

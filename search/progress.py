@@ -53,12 +53,14 @@ class ProgressLine(Callback):
         self.stream = stream
         self._start = time.monotonic()
         self._last_print = 0.0
+        self._best: tuple[float, str, Any, float | None] | None = None  # value, trial id, epoch, std
 
     def __getstate__(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k != "stream"}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        self.__dict__.setdefault("_best", None)  # state saved before the best-so-far was kept
         self.stream = None
 
     def setup(self, **info: Any) -> None:
@@ -69,6 +71,9 @@ class ProgressLine(Callback):
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         if time.monotonic() - self._last_print >= self.interval:
             self.emit(trials)
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        self._offer(trial.trial_id, result)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.emit(trials, ended={trial.trial_id: "TERMINATED"})
@@ -92,21 +97,29 @@ class ProgressLine(Callback):
                  f"{running} running", f"{failed} failed"]
         best = self.best(trials)
         if best is not None:
-            trial, result = best
-            std = result.get(f"{self.metric}_std")
-            value = f"{result[self.metric]:.4f}" + (f" ± {std:.4f}" if isinstance(std, (int, float)) else "")
-            parts.append(f"best {self.metric} {value} ({trial.trial_id}, epoch {result.get('epoch', '?')})")
+            v, trial_id, epoch, std = best
+            value = f"{v:.4f}" + (f" ± {std:.4f}" if isinstance(std, (int, float)) else "")
+            parts.append(f"best so far {self.metric} {value} ({trial_id}, epoch {epoch})")
         eta = self.eta(trials, elapsed, status)
         parts.append(f"ETA {format_duration(eta)}" if eta is not None else "ETA -")
         return " | ".join(parts)
 
-    def best(self, trials: list) -> tuple[Any, dict] | None:
-        scored = [(t, t.last_result) for t in trials
-                  if isinstance((t.last_result or {}).get(self.metric), (int, float)) and math.isfinite(t.last_result[self.metric])]
-        if not scored:
-            return None
-        pick = max if self.mode == "max" else min
-        return pick(scored, key=lambda tr: tr[1][self.metric])
+    def _offer(self, trial_id: str, result: dict | None) -> None:
+        v = (result or {}).get(self.metric)
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+            return
+        if self._best is None or (v > self._best[0] if self.mode == "max" else v < self._best[0]):
+            std = result.get(f"{self.metric}_std")
+            self._best = (float(v), trial_id, result.get("epoch", "?"), std if isinstance(std, (int, float)) else None)
+
+    def best(self, trials: list) -> tuple[float, str, Any, float | None] | None:
+        """The best value any trial reported at any epoch so far (value, trial id, epoch, std):
+        monotone, unlike the trials' latest results, which drop when a leader's next epoch is worse.
+        It is a validation figure of the epoch named, not the trial's final one; the ranking after
+        the search uses final values only (and the confirmation stage fresh folds)."""
+        for t in trials:
+            self._offer(t.trial_id, t.last_result)
+        return self._best
 
     def eta(self, trials: list, elapsed: float, status: list[str]) -> float | None:
         trained = sum(int((t.last_result or {}).get("training_iteration", 0)) for t in trials)

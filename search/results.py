@@ -105,10 +105,14 @@ def pareto_front(rows: list[TrialRow], metrics: tuple[str, ...], modes: tuple[st
     return {tid for tid, p in pts.items() if not dominated(p)}
 
 
-def csv_text(rows: list[TrialRow], sampled: list[str], pareto: set[str] | None = None) -> str:
+def csv_text(rows: list[TrialRow], sampled: list[str], pareto: set[str] | None = None,
+             references: list[dict[str, Any]] | None = None) -> str:
     """One row per trial: id, status, epochs, duration, error, every metric (mean, std, per fold),
-    then ``config/<key>`` (JSON values) for every config key, sampled keys first."""
+    then ``config/<key>`` (JSON values) for every config key, sampled keys first. ``references``:
+    rows of the reference models on the same folds (status ``REFERENCE``, metric columns only)."""
+    references = references or []
     folds = max((sum(1 for k in r.last if _FOLD_ACCURACY.fullmatch(k)) for r in rows), default=0)
+    folds = max([folds, *(sum(1 for k in ref if _FOLD_ACCURACY.fullmatch(k)) for ref in references)])
     metric_cols = ["loss"] + [c for m in METRICS for c in (m, f"{m}_std")]
     metric_cols += [f"fold{k}_{m}" for k in range(folds) for m in METRICS]
     keys = list(dict.fromkeys([*sampled, *(k for r in rows for k in r.config)]))
@@ -125,6 +129,11 @@ def csv_text(rows: list[TrialRow], sampled: list[str], pareto: set[str] | None =
         if pareto is not None:
             line.append(r.trial_id in pareto)
         line += [json.dumps(r.config[k]) if k in r.config else "" for k in keys]
+        w.writerow(line)
+    for ref in references:
+        line = [ref["trial_id"], ref["status"], "", "", "", ref.get("error", "")]
+        line += [ref.get(c, "") for c in metric_cols]
+        line += [""] * (len(head) - len(line))
         w.writerow(line)
     return out.getvalue()
 

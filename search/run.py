@@ -106,14 +106,15 @@ def run(argv: list[str] | None = None) -> int:
 
     exp_path = cfg.experiment_path
     total = orchestrate.num_trials(cfg, space)
-    tracking = MLflowTracking(
-        uri, cfg.experiment, cfg.name,
-        search_tags={"fusetune.space": space.name, "fusetune.method": space.method, "fusetune.data": cfg.data_name,
-                     "fusetune.data_spec": cfg.data, "fusetune.data_fingerprint": data.fingerprint,
-                     "fusetune.code_version": code_version(), "fusetune.sampler": cfg.sampler,
-                     "fusetune.scheduler": cfg.scheduler},
-        search_params=cfg.as_params(),
-    )
+    search_tags = {"fusetune.space": space.name, "fusetune.method": space.method, "fusetune.data": cfg.data_name,
+                   "fusetune.data_spec": cfg.data, "fusetune.data_fingerprint": data.fingerprint,
+                   "fusetune.code_version": code_version(), "fusetune.sampler": cfg.sampler,
+                   "fusetune.scheduler": cfg.scheduler}
+    if cfg.parent_run_id:
+        from search.tracking import PARENT_RUN_TAG
+
+        search_tags[PARENT_RUN_TAG] = cfg.parent_run_id
+    tracking = MLflowTracking(uri, cfg.experiment, cfg.name, search_tags=search_tags, search_params=cfg.as_params())
     callbacks = [ProgressLine(total=total, epochs=cfg.epochs, metric=cfg.primary_metric, mode=cfg.primary_mode), tracking]
     if cfg.resume:
         tuner = orchestrate.restore_tuner(cfg, space, data, callbacks)
@@ -127,11 +128,15 @@ def run(argv: list[str] | None = None) -> int:
     t1 = time.monotonic()
     grid = tuner.fit()
     timings["search_s"] = time.monotonic() - t1
-    return finish(cfg, space.names, grid.experiment_path, grid.filesystem, uri, tracking.parent_run_id, cfg.data_name, timings)
+    return finish(cfg, space, data, grid.experiment_path, grid.filesystem, uri, tracking.parent_run_id, timings,
+                  search_tags)
 
 
-def finish(cfg: SearchConfig, sampled: list[str], exp_path: str, fs: Any, uri: str, parent_run_id: str | None,
-           data_name: str, timings: dict[str, float]) -> int:
+def finish(cfg: SearchConfig, space: Any, data: Any, exp_path: str, fs: Any, uri: str, parent_run_id: str | None,
+           timings: dict[str, float], search_tags: dict[str, str]) -> int:
+    from search.champions import select
+
+    sampled = space.names
     rows = results.collect(exp_path, fs)
     pareto = results.pareto_front(rows, cfg.metric, cfg.mode) if cfg.multi_objective else None
     csv_path = results.write_text(results.csv_text(rows, sampled, pareto), exp_path, results.RESULTS_CSV, fs)
@@ -141,19 +146,21 @@ def finish(cfg: SearchConfig, sampled: list[str], exp_path: str, fs: Any, uri: s
         print(f"\nstopped with {len(unfinished)} trial(s) unfinished; results so far: {csv_path}\n"
               f"continue with: {PROG} --resume --storage {cfg.storage} --name {cfg.name}")
         return 130
-    top = ranked[: cfg.top_k]
     shown = ranked[: max(cfg.top_k, TABLE_ROWS)]
-    versions: list[str] = []
-    if top and parent_run_id:
-        from search.models import TopTrial, log_top_models, registered_model_name
-
-        registered = registered_model_name(cfg.space, data_name)
-        versions = log_top_models(
-            [TopTrial(r.trial_id, r.config, r.last, r.checkpoint) for r in top],
-            space=cfg.space, data_name=data_name, tracking_uri=uri, parent_run_id=parent_run_id,
-            registered_name=registered,
-            bundle_dir=None if "://" in exp_path else f"{exp_path}/models",
-        )
+    if cfg.confirm_repeats and ranked:
+        print(f"confirming the top {min(max(cfg.top_k, 1), len(ranked))}, the paper default"
+              f"{' and ' + ', '.join(cfg.references) if cfg.references else ''} on {cfg.confirm_repeats} fresh "
+              f"repetition(s) of the folds ...", flush=True)
+    t2 = time.monotonic()
+    chosen = select(cfg, space, rows, ranked, data, exp_path=exp_path, fs=fs, uri=uri, parent_run_id=parent_run_id,
+                    data_name=cfg.data_name, fixed=orchestrate.fixed_keys(cfg, space), search_tags=search_tags)
+    timings["select_s"] = time.monotonic() - t2
+    if chosen.reference_rows:
+        csv_path = results.write_text(results.csv_text(rows, sampled, pareto, chosen.reference_rows), exp_path,
+                                      results.RESULTS_CSV, fs)
+    versions, registered = chosen.versions, chosen.registered
+    from search.confirm import summary
+    from search.confirm import table as confirmation_table
     from search.reports import write_search_reports
 
     reports = write_search_reports(exp_path, metric=cfg.primary_metric, mode=cfg.primary_mode,
@@ -167,8 +174,14 @@ def finish(cfg: SearchConfig, sampled: list[str], exp_path: str, fs: Any, uri: s
     print(results.table(shown, cfg.primary_metric, sampled, cfg.metric[1:], spread=cfg.folds != 0))
     if pareto is not None:
         print(f"pareto-optimal trials on {', '.join(cfg.metric)}: {', '.join(sorted(pareto)) or '-'}")
+    if chosen.confirmation is not None:
+        print(f"\nconfirmation on fresh folds ({cfg.primary_metric}, mean ± std over the "
+              f"{cfg.confirm_repeats} x {max(cfg.folds, 1)} fresh fold scores; {format_duration(timings['select_s'])}):")
+        print(confirmation_table(chosen.confirmation))
+        print(summary(chosen.confirmation))
     if versions:
-        print(f"registered model {registered}: versions {', '.join(map(str, versions))} (best = alias champion)")
+        print(f"registered model {registered}: versions {', '.join(map(str, versions))}; "
+              f"v{versions[0]} -> alias {chosen.decision.alias} ({chosen.decision.reason})")
     print(f"results: {csv_path}")
     print(f"reports: {reports.location}" + (f" (skipped: {', '.join(reports.skipped)})" if reports.skipped else ""))
     print(f"MLflow: {ui_command(uri)}")

@@ -177,7 +177,7 @@ def load_study(name: str, storage: str | Path) -> StudyResults:
         trials[trial_id] = TrialResult(trial_id, row.get("status", "UNKNOWN") or "UNKNOWN", config, history, d,
                                        row.get("error", "") or "")
     for trial_id, row in rows.items():  # a trial that failed before Ray made its folder
-        if trial_id not in trials:
+        if trial_id not in trials and row.get("status") != "REFERENCE":  # reference models are not trials
             trials[trial_id] = TrialResult(trial_id, row.get("status", "UNKNOWN"), _config_from_row(row), [], None,
                                            row.get("error", "") or "")
     if not trials:

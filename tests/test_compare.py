@@ -25,7 +25,7 @@ def _study(storage, name, best_folds, *, worse=(0.2, 0.3, 0.25), **kw):
     ], **kw)
 
 
-def test_paired_t_test_by_hand(tmp_path):
+def test_corrected_resampled_t_test_by_hand(tmp_path):
     _study(tmp_path, "a", (0.70, 0.80, 0.75))
     _study(tmp_path, "b", (0.60, 0.72, 0.70))
     entries = leaderboard(resolve(["a", "b"], tmp_path), "macro_f1", reference="a")
@@ -35,10 +35,12 @@ def test_paired_t_test_by_hand(tmp_path):
     d = [0.60 - 0.70, 0.72 - 0.80, 0.70 - 0.75]
     mean = sum(d) / 3
     sd = math.sqrt(sum((x - mean) ** 2 for x in d) / 2)
-    t = mean / (sd / math.sqrt(3))
+    assert mean / (sd / math.sqrt(3)) == pytest.approx(-5.276, abs=1e-3)  # the plain paired t, which overstates
+    # Nadeau-Bengio: 3-fold CV, n_test/n_train = 1/2, so the variance of the mean is (1/3 + 1/2) sd^2
+    t = mean / math.sqrt((1 / 3 + 1 / 2) * sd * sd)
     p = 1 - abs(t) / math.sqrt(t * t + 2)  # two-sided p of Student's t with 2 degrees of freedom
     assert b.diff == pytest.approx(mean) and b.t == pytest.approx(t) and b.p == pytest.approx(p)
-    assert b.t == pytest.approx(-5.276, abs=1e-3)
+    assert b.t == pytest.approx(-3.337, abs=1e-3) and b.p == pytest.approx(0.0793, abs=1e-3)
 
 
 def test_identical_folds_and_reference_choice(tmp_path):
@@ -75,10 +77,10 @@ def test_cli_writes_markdown_and_csv(tmp_path):
     assert lines[0].split()[:3] == ["rank", "study", "space"]
     assert lines[1].split()[1] == "b" and "0.8500 ± 0.0408" in lines[1]  # best first; population std over folds
     rows = list(csv.DictReader((out / "macro_f1-a-vs-b.csv").open()))
-    assert [r["study"] for r in rows] == ["b", "a"] and rows[1]["p_paired_t"] == "reference"
-    assert float(rows[0]["p_paired_t"]) < 1 and rows[0]["diff_vs_reference"] == "+0.1000"
+    assert [r["study"] for r in rows] == ["b", "a"] and rows[1]["p_corrected_t"] == "reference"
+    assert float(rows[0]["p_corrected_t"]) < 1 and rows[0]["diff_vs_reference"] == "+0.1000"
     md = (out / "macro_f1-a-vs-b.md").read_text()
-    assert "| rank | study |" in md and "paired t-test over folds against `a`" in md
+    assert "| rank | study |" in md and "corrected resampled t-test over the paired folds against `a`" in md
 
 
 def test_space_name_picks_its_latest_study_and_unknown_names_fail(tmp_path, capsys):

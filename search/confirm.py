@@ -1,0 +1,331 @@
+"""The confirmation stage: the search's best candidates retrained on folds the selection never saw.
+
+On a few hundred patients the best of many trials is optimistic: its search figure was *chosen* for
+being high. After the search, the top-k configurations, the space's paper default, the reference
+models (:mod:`search.references`) and, when promotion must compare with it, the registered
+champion's configuration are retrained on ``--confirm-repeats`` R fresh repetitions of the same
+k-fold scheme (split seeds :func:`fresh_seeds`, which the search never used: the search splits with
+``--seed`` and initialises fold k with ``seed + k``), for the full ``--epochs`` budget with no early
+stopping, as Ray trials on the search's cluster (one trial per candidate and repetition, so they
+fan out like the search). The references are also scored on the search's own folds, so that
+``results.csv`` compares them with the trials like with like.
+
+The champion is the model candidate with the best mean over the R x k fresh fold scores, not the
+best search figure; the *selection gap* is its search figure minus its confirmed figure. Every
+candidate's ``p_value`` is the corrected resampled t-test (:mod:`search.stats`) of its R x k fold
+scores against the champion's, paired fold by fold.
+
+The stage's Ray experiment lives in ``<search>/confirmation/``, so a killed driver continues it
+with ``--resume`` (finished candidates stay finished); the table is ``<search>/confirmation.csv``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from ray import tune
+
+from search import references
+from search.stats import TEST_NAME, corrected_resampled_ttest, test_train_ratio
+from trainables.metrics import METRICS
+from trainables.trial_data import TrialData, fold_splits
+
+CONFIRMATION_CSV = "confirmation.csv"
+EXPERIMENT = "confirmation"
+PAPER_DEFAULT = "paper-default"
+SEED_STRIDE = 1000
+"""Fresh repetition r (0-based) splits with ``seed + SEED_STRIDE * (r + 1)`` and initialises fold k
+with that + k: disjoint from the search's seeds for fewer than ``SEED_STRIDE`` folds."""
+_FOLD_ACCURACY = re.compile(r"fold\d+_accuracy")
+SEARCH_REPEAT = -1
+"""The repeat index of a reference scored on the search's own folds."""
+
+
+def fresh_seeds(seed: int, repeats: int) -> list[int]:
+    return [seed + SEED_STRIDE * (r + 1) for r in range(repeats)]
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """What makes two confirmed figures comparable: the same fresh splits, budget and metric."""
+
+    folds: int
+    val_fraction: float
+    seeds: tuple[int, ...]
+    metric: str
+    fingerprint: str
+
+    @property
+    def ratio(self) -> float:
+        return test_train_ratio(self.folds, self.val_fraction)
+
+    def key(self) -> str:
+        """A short, stable string kept as a model-version tag (``fusetune.confirm_scheme``)."""
+        return json.dumps({"folds": self.folds, "val_fraction": self.val_fraction, "seeds": list(self.seeds),
+                           "metric": self.metric, "data": self.fingerprint[:16]}, sort_keys=True)
+
+
+@dataclass
+class Candidate:
+    name: str                       # trial id, "paper-default", "reference:<name>", "champion:v<N>"
+    kind: str                       # "model" or "reference"
+    config: dict[str, Any]          # the full trial config; for a reference {"reference": name}
+    search_value: float | None = None
+    trial_id: str | None = None     # the search trial it is (a model of this search)
+    incumbent: bool = False         # the registered champion of an earlier search
+    folds: dict[str, np.ndarray] = field(default_factory=dict)        # metric -> R x k fresh fold scores
+    search_folds: dict[str, np.ndarray] = field(default_factory=dict)  # references: the search's folds
+    error: str = ""
+
+    @property
+    def is_model(self) -> bool:
+        return self.kind == "model"
+
+    def confirmed(self, metric: str) -> float | None:
+        v = self.folds.get(metric)
+        return float(np.mean(v)) if v is not None and len(v) else None
+
+    def confirmed_std(self, metric: str) -> float | None:
+        v = self.folds.get(metric)
+        return float(np.std(v)) if v is not None and len(v) else None
+
+
+def _same_point(config: dict[str, Any], point: dict[str, Any]) -> bool:
+    return all(config.get(k) == v for k, v in point.items())
+
+
+def paper_default(rows: list, point: dict[str, Any], fallback: dict[str, Any], metric: str) -> Candidate:
+    """The paper default: the search's trial of that point (its search figure if it ran every
+    epoch), else the point on the search's fixed keys."""
+    for r in rows:
+        if _same_point(r.config, point):
+            value = r.value(metric) if r.complete else None
+            return Candidate(PAPER_DEFAULT, "model", dict(r.config), value, r.trial_id)
+    return Candidate(PAPER_DEFAULT, "model", {**fallback, **point})
+
+
+# --------------------------------------------------------------------------------- the trainable
+def _fold_report(fold_metrics: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {"n_folds": len(fold_metrics)}
+    for m in METRICS:
+        vals = [float(fm[m]) for fm in fold_metrics]
+        out[m] = float(np.mean(vals))
+        out.update({f"fold{k}_{m}": v for k, v in enumerate(vals)})
+    return out
+
+
+def run_job(config: dict[str, Any], data: TrialData) -> dict[str, Any]:
+    """One candidate on one repetition's splits: the per-split scores. Usable without Ray."""
+    job = config["job"]
+    seed, folds, vf = int(job["seed"]), int(job["folds"]), float(job["val_fraction"])
+    if job["kind"] == "reference":
+        splits = fold_splits(data.data.labels, folds, seed, vf)
+        return _fold_report(references.evaluate(job["config"]["reference"], data.data, splits, seed))
+    from trainables.trainable import Trial
+
+    trial_config = {**job["config"], "seed": seed, "folds": folds, "val_fraction": vf}
+    trial = Trial(trial_config["method"], trial_config, data)
+    result: dict[str, Any] = {}
+    while trial.epoch < trial.epochs:
+        result = trial.step()
+    n = sum(1 for k in result if _FOLD_ACCURACY.fullmatch(k))
+    return _fold_report([{m: result[f"fold{k}_{m}"] for m in METRICS} for k in range(n)])
+
+
+def fusetune_confirm(config: dict[str, Any], data: TrialData | None = None) -> None:
+    """Ray Tune function trainable of the confirmation stage: one report, at the end."""
+    import torch
+
+    from trainables.trainable import TrialFailure, _cpus, one_line
+
+    torch.set_num_threads(_cpus())
+    try:
+        result = run_job(config, data)
+    except TrialFailure:
+        raise
+    except Exception as exc:
+        raise TrialFailure(one_line(exc)) from exc
+    tune.report(result)
+
+
+def _dirname(trial: Any) -> str:
+    return f"confirm_{trial.trial_id}"
+
+
+# --------------------------------------------------------------------------------- the stage
+def jobs(candidates: list[Candidate], scheme: Scheme, search_seed: int) -> list[dict[str, Any]]:
+    """One job per (distinct candidate config, repetition); references also on the search's folds.
+    Candidates with the same config (the paper default among the top-k) are trained once."""
+    out, seen = [], set()
+    for c in candidates:
+        key = json.dumps(c.config, sort_keys=True, default=str)
+        if key in seen:
+            continue
+        seen.add(key)
+        repeats = list(enumerate(scheme.seeds))
+        if c.kind == "reference":
+            repeats.insert(0, (SEARCH_REPEAT, search_seed))
+        for r, seed in repeats:
+            out.append({"candidate": c.name, "kind": c.kind, "config": c.config, "repeat": r, "seed": seed,
+                        "folds": scheme.folds, "val_fraction": scheme.val_fraction})
+    return out
+
+
+def run_stage(candidates: list[Candidate], scheme: Scheme, *, search_seed: int, data: TrialData,
+              experiment_path: str, resources: dict[str, float], max_concurrent: int | None,
+              callbacks: list | None = None) -> list[Candidate]:
+    """Run (or resume) the confirmation trials and fill every candidate's fold scores."""
+    fn = tune.with_resources(tune.with_parameters(fusetune_confirm, data=data), resources)
+    path = f"{experiment_path.rstrip('/')}/{EXPERIMENT}"
+    if tune.Tuner.can_restore(path):
+        tuner = tune.Tuner.restore(path, fn, resume_unfinished=True, resume_errored=False)
+    else:
+        tuner = tune.Tuner(
+            fn, param_space={"job": tune.grid_search(jobs(candidates, scheme, search_seed))},
+            tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=max_concurrent, reuse_actors=True,
+                                        trial_dirname_creator=_dirname),
+            run_config=tune.RunConfig(name=EXPERIMENT, storage_path=experiment_path, verbose=0, callbacks=callbacks),
+        )
+    grid = tuner.fit()
+    by_config: dict[str, dict[int, dict[str, Any]]] = {}
+    errors: dict[str, str] = {}
+    for res in grid:
+        job = res.config["job"]
+        key = json.dumps(job["config"], sort_keys=True, default=str)
+        if res.error is not None:
+            from search.results import error_reason
+
+            errors[key] = error_reason(str(res.error))
+            continue
+        by_config.setdefault(key, {})[int(job["repeat"])] = res.metrics
+    for c in candidates:
+        key = json.dumps(c.config, sort_keys=True, default=str)
+        got = by_config.get(key, {})
+        fresh = [got[r] for r in range(len(scheme.seeds)) if r in got]
+        if key in errors or len(fresh) < len(scheme.seeds):
+            c.error = errors.get(key, "a confirmation trial did not finish")
+            continue
+        c.folds = {m: np.array([r[f"fold{k}_{m}"] for r in fresh for k in range(int(r["n_folds"]))]) for m in METRICS}
+        if SEARCH_REPEAT in got:
+            r = got[SEARCH_REPEAT]
+            c.search_folds = {m: np.array([r[f"fold{k}_{m}"] for k in range(int(r["n_folds"]))]) for m in METRICS}
+            c.search_value = float(np.mean(c.search_folds[scheme.metric]))
+    return candidates
+
+
+# --------------------------------------------------------------------------------- the verdict
+@dataclass
+class Confirmation:
+    candidates: list[Candidate]      # best confirmed first; failed ones last
+    scheme: Scheme
+    mode: str
+    champion: Candidate | None       # the best model candidate of this search (not an incumbent)
+    p_values: dict[str, float | None]
+
+    @property
+    def metric(self) -> str:
+        return self.scheme.metric
+
+    @property
+    def selection_gap(self) -> float | None:
+        c = self.champion
+        if c is None or c.search_value is None:
+            return None
+        return float(c.search_value - c.confirmed(self.metric))
+
+    def models(self) -> list[Candidate]:
+        """This search's model candidates, best confirmed first (what gets registered)."""
+        return [c for c in self.candidates if c.is_model and not c.incumbent and not c.error]
+
+    def best_reference(self) -> Candidate | None:
+        refs = [c for c in self.candidates if c.kind == "reference" and not c.error]
+        return refs[0] if refs else None
+
+
+def verdict(candidates: list[Candidate], scheme: Scheme, mode: str) -> Confirmation:
+    sign = 1.0 if mode == "max" else -1.0
+    ok = sorted((c for c in candidates if not c.error), key=lambda c: -sign * c.confirmed(scheme.metric))
+    ordered = ok + [c for c in candidates if c.error]
+    models = [c for c in ok if c.is_model and not c.incumbent]
+    champion = models[0] if models else None
+    p_values: dict[str, float | None] = {}
+    for c in ok:
+        if champion is None or c is champion:
+            p_values[c.name] = None
+            continue
+        p_values[c.name] = corrected_resampled_ttest(c.folds[scheme.metric], champion.folds[scheme.metric], scheme.ratio).p
+    return Confirmation(ordered, scheme, mode, champion, p_values)
+
+
+def _fmt(v: float | None, digits: int = 4) -> str:
+    return "" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.{digits}f}"
+
+
+def csv_text(conf: Confirmation) -> str:
+    """``confirmation.csv``: one row per candidate, best confirmed first."""
+    m = conf.metric
+    out = io.StringIO()
+    w = csv.writer(out)
+    w.writerow(["candidate", "kind", f"search_{m}", f"confirmed_{m}", f"confirmed_{m}_std", "p_value", "n_scores",
+                *(f"confirmed_{o}" for o in METRICS if o != m), "error", "config"])
+    for c in conf.candidates:
+        p = conf.p_values.get(c.name)
+        w.writerow([c.name, "incumbent" if c.incumbent else c.kind, "" if c.search_value is None else c.search_value,
+                    "" if c.confirmed(m) is None else c.confirmed(m), "" if c.confirmed_std(m) is None else c.confirmed_std(m),
+                    "" if p is None else p, len(c.folds.get(m, ())),
+                    *("" if c.confirmed(o) is None else c.confirmed(o) for o in METRICS if o != m),
+                    c.error, json.dumps(c.config, sort_keys=True, default=str)])
+    return out.getvalue()
+
+
+def table(conf: Confirmation) -> str:
+    m = conf.metric
+    head = ["candidate", f"search {m}", f"confirmed {m}", "p vs champion"]
+    lines = []
+    for c in conf.candidates:
+        label = c.name + (" (champion)" if c is conf.champion else " (registered champion)" if c.incumbent else "")
+        if c.error:
+            lines.append([label, _fmt(c.search_value), f"failed: {c.error}", ""])
+            continue
+        p = conf.p_values.get(c.name)
+        lines.append([label, _fmt(c.search_value), f"{c.confirmed(m):.4f} ± {c.confirmed_std(m):.4f}",
+                      "-" if p is None else f"{p:.3g}"])
+    widths = [max(len(x) for x in col) for col in zip(head, *lines)]
+    return "\n".join("  ".join(x.ljust(wd) for x, wd in zip(row, widths)).rstrip() for row in [head, *lines])
+
+
+def summary(conf: Confirmation) -> str:
+    """The plain sentences under the table: selection gap, and whether the champion beats the references."""
+    m, sign = conf.metric, (1.0 if conf.mode == "max" else -1.0)
+    n = len(conf.scheme.seeds)
+    k = "hold-out split" if conf.scheme.folds == 0 else f"{conf.scheme.folds}-fold CV"
+    lines = [f"confirmed on {n} fresh repetition(s) of {k} (split seeds {', '.join(map(str, conf.scheme.seeds))}); "
+             f"p: {TEST_NAME} against the champion"]
+    c = conf.champion
+    if c is None:
+        lines.append("no model candidate finished its confirmation: no champion")
+        return "\n".join(lines)
+    gap = conf.selection_gap
+    if gap is not None:
+        lines.append(f"selection gap of the champion {c.name}: search {c.search_value:.4f} - confirmed "
+                     f"{c.confirmed(m):.4f} = {gap:+.4f}")
+    ref = conf.best_reference()
+    if ref is not None:
+        d = c.confirmed(m) - ref.confirmed(m)
+        p = conf.p_values.get(ref.name)
+        if sign * d <= 0:
+            lines.append(f"The champion ({c.name}, {m} {c.confirmed(m):.4f}) does not beat the reference model "
+                         f"{ref.name} ({ref.confirmed(m):.4f}) on the fresh folds.")
+        elif p is None or p >= 0.05:
+            lines.append(f"The champion ({c.name}) beats the best reference {ref.name} by {d:+.4f} {m}, "
+                         f"but not significantly (p = {'-' if p is None else f'{p:.3g}'}).")
+        else:
+            lines.append(f"The champion ({c.name}) beats the best reference {ref.name} by {d:+.4f} {m} (p = {p:.3g}).")
+    return "\n".join(lines)
