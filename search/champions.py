@@ -65,6 +65,15 @@ def run_confirmation(cfg: SearchConfig, space: Space, rows: list[TrialRow], rank
     return confirm.verdict(cands, scheme, cfg.primary_mode)
 
 
+def run_references(cfg: SearchConfig, data: TrialData, exp_path: str) -> confirm.Confirmation:
+    """The references on the search's folds alone (``--confirm-repeats 0``)."""
+    scheme = _scheme(cfg, data.fingerprint)
+    cands = [confirm.Candidate(references.candidate_name(n), "reference", {"reference": n}) for n in cfg.references]
+    confirm.run_stage(cands, scheme, search_seed=cfg.seed, data=data, experiment_path=exp_path,
+                      resources=_resources(cfg), max_concurrent=cfg.max_concurrent)
+    return confirm.Confirmation(cands, scheme, cfg.primary_mode, None, {})
+
+
 def reference_rows(conf: confirm.Confirmation) -> list[dict[str, Any]]:
     """The references on the search's folds, as ``results.csv`` rows (means, std, per fold)."""
     out = []
@@ -81,7 +90,7 @@ def reference_rows(conf: confirm.Confirmation) -> list[dict[str, Any]]:
 
 
 def _log_to_parent(conf: confirm.Confirmation, client, parent_run_id: str, search_tags: dict[str, str],
-                   csv_text: str) -> None:
+                   csv_text: str, artifact: bool = True) -> None:
     """Champion figures and the confirmation table on the parent run; each reference a child run."""
     from mlflow.entities import Metric, Param, RunTag
 
@@ -96,10 +105,11 @@ def _log_to_parent(conf: confirm.Confirmation, client, parent_run_id: str, searc
             metrics["selection_gap"] = conf.selection_gap
     ts = 0
     client.log_batch(parent_run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in metrics.items()])
-    with tempfile.TemporaryDirectory(prefix="fusetune-confirm-") as tmp:
-        path = Path(tmp) / confirm.CONFIRMATION_CSV
-        path.write_text(csv_text)
-        client.log_artifact(parent_run_id, str(path))
+    if artifact:
+        with tempfile.TemporaryDirectory(prefix="fusetune-confirm-") as tmp:
+            path = Path(tmp) / confirm.CONFIRMATION_CSV
+            path.write_text(csv_text)
+            client.log_artifact(parent_run_id, str(path))
     parent = client.get_run(parent_run_id)
     search_name = parent.data.tags.get(SEARCH_NAME_TAG, "")
     for c in conf.candidates:
@@ -118,8 +128,9 @@ def _log_to_parent(conf: confirm.Confirmation, client, parent_run_id: str, searc
                 v = c.search_folds[metric]
                 values.update({metric: float(v.mean()), f"{metric}_std": float(v.std())})
                 values.update({f"fold{k}_{metric}": float(x) for k, x in enumerate(v)})
-            values[f"confirmed_{metric}"] = c.confirmed(metric)
-            values[f"confirmed_{metric}_std"] = c.confirmed_std(metric)
+            if c.confirmed(metric) is not None:
+                values[f"confirmed_{metric}"] = c.confirmed(metric)
+                values[f"confirmed_{metric}_std"] = c.confirmed_std(metric)
         client.log_batch(run.info.run_id, metrics=[Metric(k, v, ts, 0) for k, v in values.items()],
                          params=[Param("reference", c.name.split(":", 1)[1])],
                          tags=[RunTag("mlflow.note.content", references.__doc__.split("\n\n")[1][:500])])
@@ -136,15 +147,20 @@ def select(cfg: SearchConfig, space: Space, rows: list[TrialRow], ranked: list[T
     client = MlflowClient(uri)
     registered = registered_model_name(cfg.space, data_name)
     inc = promotion.incumbent(client, registered) if parent_run_id else None
-    conf = None
+    conf = refs = None
     if cfg.confirm_repeats > 0 and ranked:
         conf = run_confirmation(cfg, space, rows, ranked, data, exp_path, fixed, inc)
         text = confirm.csv_text(conf)
         write_text(text, exp_path, confirm.CONFIRMATION_CSV, fs)
         if parent_run_id:
             _log_to_parent(conf, client, parent_run_id, search_tags, text)
+    elif cfg.references:  # no confirmation: the references on the search's folds only
+        refs = run_references(cfg, data, exp_path)
+        if parent_run_id:
+            _log_to_parent(refs, client, parent_run_id, search_tags, confirm.csv_text(refs), artifact=False)
+    ref_rows = reference_rows(conf or refs) if (conf or refs) else []
     if not parent_run_id or cfg.top_k == 0 or not ranked:
-        return Selection(conf, None, [], None, reference_rows(conf) if conf else [])
+        return Selection(conf, None, [], None, ref_rows)
 
     metric = cfg.primary_metric
     by_id = {r.trial_id: r for r in rows}
@@ -167,7 +183,7 @@ def select(cfg: SearchConfig, space: Space, rows: list[TrialRow], ranked: list[T
                               registered_name=registered, bundle_dir=None if "://" in exp_path else f"{exp_path}/models",
                               set_alias=False)
     if not versions:
-        return Selection(conf, registered, [], None, reference_rows(conf) if conf else [])
+        return Selection(conf, registered, [], None, ref_rows)
     new_value = conf.champion.confirmed(metric) if conf is not None and conf.champion is not None else None
     inc_value = None
     if inc is not None and conf is not None:
@@ -182,4 +198,4 @@ def select(cfg: SearchConfig, space: Space, rows: list[TrialRow], ranked: list[T
         decision = promotion.decide(cfg.promote, inc, fingerprint=data.fingerprint, metric=metric,
                                     mode=cfg.primary_mode, new_value=new_value, incumbent_value=inc_value)
     promotion.apply(client, registered, versions[0], decision, parent_run_id)
-    return Selection(conf, registered, versions, decision, reference_rows(conf) if conf else [])
+    return Selection(conf, registered, versions, decision, ref_rows)

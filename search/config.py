@@ -95,10 +95,15 @@ class SearchConfig:
 
     @property
     def data_name(self) -> str:
-        """The dataset's short name: ``synth-clinic`` for ``synth-clinic:n=600``, a folder's name."""
+        """The dataset's short name: ``synth-clinic`` for ``synth-clinic:n=600``, a folder's name;
+        ``breast-tcga-outer2of5`` for the outer fold ``breast-tcga@outer=2/5`` of nested CV."""
         assert self.data is not None
-        head = self.data.partition(":")[0]
-        return Path(head).name if ("/" in head or Path(head).is_dir()) else head
+        from trainables.data.outer import parse
+
+        parsed = parse(self.data)
+        spec, suffix = (parsed[0], f"-outer{parsed[1]}of{parsed[2]}") if parsed else (self.data, "")
+        head = spec.partition(":")[0]
+        return (Path(head).name if ("/" in head or Path(head).is_dir()) else head) + suffix
 
     def as_params(self) -> dict[str, Any]:
         """The options as flat, loggable values (the parent run's params)."""
@@ -176,7 +181,7 @@ def resolve(cfg: SearchConfig) -> SearchConfig:
                              f"({', '.join(space.names)})")
 
     data = cfg.data or space.data
-    name = cfg.name or f"{cfg.space}-{Path(data.partition(':')[0]).name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name = cfg.name or f"{cfg.space}-{replace(cfg, data=data).data_name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if "/" in name or name in (".", ".."):
         raise UsageError(f"--name {name}: must be a plain folder name")
     return replace(

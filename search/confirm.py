@@ -212,7 +212,8 @@ def run_stage(candidates: list[Candidate], scheme: Scheme, *, search_seed: int, 
         if key in errors or len(fresh) < len(scheme.seeds):
             c.error = errors.get(key, "a confirmation trial did not finish")
             continue
-        c.folds = {m: np.array([r[f"fold{k}_{m}"] for r in fresh for k in range(int(r["n_folds"]))]) for m in METRICS}
+        if fresh:
+            c.folds = {m: np.array([r[f"fold{k}_{m}"] for r in fresh for k in range(int(r["n_folds"]))]) for m in METRICS}
         if SEARCH_REPEAT in got:
             r = got[SEARCH_REPEAT]
             c.search_folds = {m: np.array([r[f"fold{k}_{m}"] for k in range(int(r["n_folds"]))]) for m in METRICS}
@@ -241,8 +242,15 @@ class Confirmation:
         return float(c.search_value - c.confirmed(self.metric))
 
     def models(self) -> list[Candidate]:
-        """This search's model candidates, best confirmed first (what gets registered)."""
-        return [c for c in self.candidates if c.is_model and not c.incumbent and not c.error]
+        """This search's model candidates, best confirmed first (what gets registered); the paper
+        default once when it is also one of the top-k trials."""
+        out, seen = [], set()
+        for c in self.candidates:
+            key = json.dumps(c.config, sort_keys=True, default=str)
+            if c.is_model and not c.incumbent and not c.error and key not in seen:
+                seen.add(key)
+                out.append(c)
+        return out
 
     def best_reference(self) -> Candidate | None:
         refs = [c for c in self.candidates if c.kind == "reference" and not c.error]
@@ -254,6 +262,8 @@ def verdict(candidates: list[Candidate], scheme: Scheme, mode: str) -> Confirmat
     ok = sorted((c for c in candidates if not c.error), key=lambda c: -sign * c.confirmed(scheme.metric))
     ordered = ok + [c for c in candidates if c.error]
     models = [c for c in ok if c.is_model and not c.incumbent]
+    models.sort(key=lambda c: c.name == PAPER_DEFAULT)  # stable: a tie with its own trial names the trial
+    models.sort(key=lambda c: -sign * c.confirmed(scheme.metric))
     champion = models[0] if models else None
     p_values: dict[str, float | None] = {}
     for c in ok:
@@ -290,7 +300,9 @@ def table(conf: Confirmation) -> str:
     head = ["candidate", f"search {m}", f"confirmed {m}", "p vs champion"]
     lines = []
     for c in conf.candidates:
-        label = c.name + (" (champion)" if c is conf.champion else " (registered champion)" if c.incumbent else "")
+        same = c.name == PAPER_DEFAULT and c.trial_id and any(o.name == c.trial_id for o in conf.candidates)
+        label = c.name + (f" (= {c.trial_id})" if same else "") + (
+            " (champion)" if c is conf.champion else " (registered champion)" if c.incumbent else "")
         if c.error:
             lines.append([label, _fmt(c.search_value), f"failed: {c.error}", ""])
             continue

@@ -95,9 +95,10 @@ class BundleModel(mlflow.pyfunc.PythonModel):
 
 
 def registered_model_name(space: str, data_name: str) -> str:
-    """``<space>-<data>`` with the characters MLflow forbids in model names (``/``, ``:``) replaced."""
+    """``<space>-<data>`` with the characters MLflow forbids in model names (``/``, ``:``) or that
+    ``models:/<name>@<alias>`` URIs cannot carry (``@``) replaced."""
     data = Path(data_name).name if "/" in data_name else data_name
-    return re.sub(r"[/:\s]+", "-", f"{space}-{data}").strip("-")
+    return re.sub(r"[/:@=,\s]+", "-", f"{space}-{data}").strip("-")
 
 
 def pyfunc_input(bundle: Bundle, data: MultimodalDataset) -> pd.DataFrame | dict[str, np.ndarray]:

@@ -179,6 +179,13 @@ def finish(cfg: SearchConfig, space: Any, data: Any, exp_path: str, fs: Any, uri
               f"{cfg.confirm_repeats} x {max(cfg.folds, 1)} fresh fold scores; {format_duration(timings['select_s'])}):")
         print(confirmation_table(chosen.confirmation))
         print(summary(chosen.confirmation))
+    elif chosen.reference_rows and ranked:
+        m, best = cfg.primary_metric, ranked[0].value(cfg.primary_metric)
+        ref = max(chosen.reference_rows, key=lambda r: r[m] if cfg.primary_mode == "max" else -r[m])
+        beaten = best > ref[m] if cfg.primary_mode == "max" else best < ref[m]
+        print(f"references on the search's folds: " + ", ".join(f"{r['trial_id']} {r[m]:.4f}" for r in chosen.reference_rows)
+              + f"; the best trial ({best:.4f}) {'beats' if beaten else 'does not beat'} {ref['trial_id']} "
+              "(not confirmed on fresh folds: --confirm-repeats 0)")
     if versions:
         print(f"registered model {registered}: versions {', '.join(map(str, versions))}; "
               f"v{versions[0]} -> alias {chosen.decision.alias} ({chosen.decision.reason})")

@@ -47,9 +47,17 @@ def _register_builtins() -> None:
 
 
 def load_dataset(spec: str) -> MultimodalDataset:
-    """``NAME``, ``NAME:k=v,...`` for a registered dataset, or a path to a user dataset folder."""
+    """``NAME``, ``NAME:k=v,...`` for a registered dataset, or a path to a user dataset folder;
+    any of them followed by ``@outer=I/N[,seed=S]`` for an outer fold of nested CV
+    (:mod:`trainables.data.outer`)."""
     if not _builtins_registered:  # not "if not DATASETS": importing synth first registers only itself
         _register_builtins()
+    from trainables.data import outer
+
+    parsed = outer.parse(spec)
+    if parsed is not None:
+        base, i, n, seed = parsed
+        return outer.make_outer(load_dataset(base), i, n, seed)
     name, _, args = spec.partition(":")
     if name in DATASETS:
         return DATASETS[name](args)

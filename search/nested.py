@@ -1,0 +1,359 @@
+"""``python -m search.nested``: an unbiased estimate of the whole tuning procedure (nested CV).
+
+    python -m search.nested --space baseline --data breast-tcga --outer-folds 5 [search.run options] [--json]
+
+The training part of ``--data`` is split into ``--outer-folds`` N stratified outer folds (seeded by
+``--seed``). For each outer fold one complete ``search.run`` (its trials, its confirmation stage,
+its refit) runs on the other N-1 folds only (``--data SPEC@outer=I/N``, :mod:`trainables.data.outer`),
+all N concurrently as separate drivers on one Ray cluster (the local one this command starts, or
+``--address``). Each outer search's champion is then scored once on its held-out outer fold (the
+refit's test evaluation). The mean ± std over outer folds of those scores estimates what "tune
+this space on this data" delivers on patients the tuning never saw; next to it, the paper default
+and the reference models trained on the same outer training folds, scored on the same outer test
+folds.
+
+Printed: each outer fold's chosen configuration and scores, the estimate for every metric, and how
+often each dimension's chosen value repeated across outer folds. ``--json`` prints one JSON object
+instead: ``estimate`` (metric -> mean), ``std``, ``outer`` (per outer fold: ``fold``, ``search``,
+``champion``, ``config``, ``scores``), ``baselines`` (``paper-default`` and ``reference:<name>``:
+``estimate`` and ``std``). MLflow: one parent run (tag ``fusetune.role = nested``) with the outer
+searches' runs nested under it. Running the command again with the same ``--name`` continues
+(finished outer searches are read back, interrupted ones resumed).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from search import cli
+from search.config import SearchConfig, resolve
+from search.errors import UsageError
+from trainables.data import DataError
+from trainables.metrics import METRICS
+
+PROG = "python -m search.nested"
+ROLE = "nested"
+PASSED_ON = ("--name", "--data", "--address", "--storage", "--resume", "--parent-run-id")
+"""Options this command sets itself for each outer search (the user's others are passed on)."""
+
+
+@dataclass
+class Outer:
+    fold: int
+    search: str
+    returncode: int | None = None
+    champion: str = ""
+    config: dict[str, Any] = field(default_factory=dict)
+    scores: dict[str, float] = field(default_factory=dict)
+    test_size: int = 0
+    error: str = ""
+
+
+# --------------------------------------------------------------------------------- options
+def split_argv(argv: list[str]) -> tuple[int, bool, list[str]]:
+    """``--outer-folds N`` and ``--json`` out of ``argv``; the rest are search.run options."""
+    outer, as_json, rest = 5, False, []
+    it = iter(argv)
+    for tok in it:
+        if tok == "--json":
+            as_json = True
+        elif tok == "--outer-folds" or tok.startswith("--outer-folds="):
+            value = tok.split("=", 1)[1] if "=" in tok else next(it, "")
+            try:
+                outer = int(value)
+            except ValueError:
+                raise UsageError(f"--outer-folds {value}: expected an integer >= 2") from None
+        else:
+            rest.append(tok)
+    if outer < 2:
+        raise UsageError(f"--outer-folds {outer}: expected an integer >= 2")
+    return outer, as_json, rest
+
+
+def passed_on(rest: list[str]) -> list[str]:
+    """``rest`` without the options this command sets per outer search."""
+    out, skip = [], False
+    for tok in rest:
+        if skip:
+            skip = False
+            continue
+        name = tok.split("=", 1)[0]
+        if name in PASSED_ON:
+            skip = "=" not in tok and name != "--resume"
+            continue
+        out.append(tok)
+    return out
+
+
+def check_outer(cfg: SearchConfig, outer_folds: int) -> None:
+    """Refuse, in one line, outer folds that leave a class with fewer samples than the inner folds."""
+    from trainables.data import load_dataset
+
+    labels = load_dataset(cfg.data).split_part("train").labels
+    counts = np.bincount(labels)
+    counts = counts[counts > 0]
+    if counts.min() < outer_folds:
+        raise UsageError(f"--outer-folds {outer_folds}: the smallest class of {cfg.data} has {counts.min()} "
+                         f"training samples, fewer than the outer folds")
+    inner = cfg.folds if cfg.folds else 2
+    left = int(counts.min() - math.ceil(counts.min() / outer_folds))
+    if left < inner:
+        raise UsageError(f"--outer-folds {outer_folds}: leaves about {left} samples of the smallest class in an "
+                         f"outer training part, fewer than the {inner} inner folds (--folds)")
+
+
+# --------------------------------------------------------------------------------- outer searches
+def _ray_address(cfg: SearchConfig) -> str:
+    if cfg.address:
+        return cfg.address
+    import ray
+
+    return ray.get_runtime_context().gcs_address
+
+
+def launch(cfg: SearchConfig, rest: list[str], outer_folds: int, address: str, parent_run_id: str | None,
+           folder: Path, quiet: bool) -> list[Outer]:
+    """One ``search.run`` per outer fold, all at once; waits for them."""
+    from ray import tune
+
+    from trainables.data.outer import outer_spec
+
+    env = dict(os.environ)
+    if "RAY_AUTH_MODE" not in env and (Path.home() / ".ray" / "auth_token").is_file():
+        env["RAY_AUTH_MODE"] = "token"
+    procs, outers = [], []
+    for i in range(1, outer_folds + 1):
+        name = f"{cfg.name}-outer{i}"
+        argv = [sys.executable, "-m", "search.run", *passed_on(rest), "--data", outer_spec(cfg.data, i, outer_folds, cfg.seed),
+                "--name", name, "--storage", cfg.storage, "--address", address]
+        if parent_run_id:
+            argv += ["--parent-run-id", parent_run_id]
+        if tune.Tuner.can_restore(f"{cfg.storage_path}/{name}"):
+            argv.append("--resume")
+        log = (folder / f"outer{i}.log").open("a")
+        procs.append((subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env), log))
+        outers.append(Outer(i, name))
+        _say(f"outer fold {i}/{outer_folds}: search {name} started (log {folder / f'outer{i}.log'})", quiet)
+    for o, (proc, log) in zip(outers, procs):
+        o.returncode = proc.wait()
+        log.close()
+        _say(f"outer fold {o.fold}/{outer_folds}: search {o.search} ended (exit code {o.returncode})", quiet)
+    return outers
+
+
+def _say(text: str, quiet: bool) -> None:
+    print(text, file=sys.stderr if quiet else sys.stdout, flush=True)
+
+
+def read_champion(o: Outer, storage_path: str, sampled: list[str]) -> None:
+    """The outer search's registered champion bundle: its config and its held-out outer-fold scores."""
+    models = sorted((Path(storage_path) / o.search / "models").glob("1-*"))
+    if o.returncode != 0 or not models:
+        o.error = f"outer search exited with code {o.returncode}" + ("" if models else " and registered no model")
+        return
+    desc = json.loads((models[0] / "inputs.json").read_text())
+    meta = desc.get("metadata", {})
+    config = json.loads((models[0] / "config.json").read_text())
+    o.champion = str(meta.get("trial_id", models[0].name.split("-", 1)[1]))
+    o.config = {k: config[k] for k in sampled if k in config}
+    test = meta.get("test_metrics") or {}
+    o.scores = {m: float(test[m]) for m in METRICS if m in test}
+    o.test_size = int(sum(v.get("support", 0) for v in (test.get("per_class") or {}).values()))
+    if not o.scores:
+        o.error = "the champion has no outer test scores"
+
+
+def baselines(cfg: SearchConfig, outer_folds: int, fixed: dict[str, Any], point: dict[str, Any]) -> dict[str, list[dict[str, float]]]:
+    """The paper default and the references trained on each outer training part, scored on its outer test fold."""
+    from search import references
+    from search.models import _test_part, refit
+    from trainables.data.outer import outer_spec
+    from trainables.metrics import classification_metrics, scalar_metrics
+    from trainables.trial_data import prepare_from_config
+
+    out: dict[str, list[dict[str, float]]] = {"paper-default": [], **{references.candidate_name(r): [] for r in cfg.references}}
+    for i in range(1, outer_folds + 1):
+        config = {**fixed, **point, "data": outer_spec(cfg.data, i, outer_folds, cfg.seed)}
+        fit = refit(config, device="cpu")
+        out["paper-default"].append(scalar_metrics(fit.test_metrics))
+        train, test = prepare_from_config(config).data, _test_part(config)
+        for r in cfg.references:
+            probs = references.fit_predict(r, train, test, cfg.seed + i)
+            out[references.candidate_name(r)].append(scalar_metrics(classification_metrics(test.labels, probs)))
+    return out
+
+
+def _mean_std(rows: list[dict[str, float]]) -> tuple[dict[str, float], dict[str, float]]:
+    mean = {m: float(np.mean([r[m] for r in rows])) for m in METRICS if rows and all(m in r for r in rows)}
+    std = {m: float(np.std([r[m] for r in rows])) for m in mean}
+    return mean, std
+
+
+def repeats(outers: list[Outer], sampled: list[str]) -> dict[str, list[tuple[str, int]]]:
+    """Per dimension: each chosen value and how many outer folds chose it, most frequent first."""
+    out = {}
+    for dim in sampled:
+        values = [json.dumps(o.config[dim]) for o in outers if dim in o.config]
+        if values:
+            out[dim] = Counter(values).most_common()
+    return out
+
+
+# --------------------------------------------------------------------------------- MLflow
+def _parent_run(uri: str, experiment: str, name: str, tags: dict[str, str], params: dict[str, Any]) -> str:
+    from mlflow.entities import Param, RunTag
+    from mlflow.tracking import MlflowClient
+
+    from search.tracking import ROLE_TAG, SEARCH_NAME_TAG, default_artifact_location
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    exp_id = exp.experiment_id if exp else client.create_experiment(
+        experiment, artifact_location=default_artifact_location(uri, experiment))
+    found = client.search_runs([exp_id], max_results=1, filter_string=(
+        f"tags.`{SEARCH_NAME_TAG}` = '{name}' and tags.`{ROLE_TAG}` = '{ROLE}'"))
+    if found:
+        return found[0].info.run_id
+    run = client.create_run(exp_id, run_name=name, tags={**tags, SEARCH_NAME_TAG: name, ROLE_TAG: ROLE})
+    client.log_batch(run.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()],
+                     tags=[RunTag("mlflow.note.content", __doc__.split("\n\n")[2][:2000])])
+    return run.info.run_id
+
+
+def _log_result(uri: str, run_id: str, report: dict[str, Any], failed: bool) -> None:
+    import tempfile
+
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    metrics = [Metric(f"nested_{m}", v, 0, 0) for m, v in report["estimate"].items()]
+    metrics += [Metric(f"nested_{m}_std", v, 0, 0) for m, v in report["std"].items()]
+    for name, b in report.get("baselines", {}).items():
+        key = name.replace(":", "_")
+        metrics += [Metric(f"{key}_{m}", v, 0, 0) for m, v in b["estimate"].items()]
+    client.log_batch(run_id, metrics=metrics)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "nested.json"
+        path.write_text(json.dumps(report, indent=2))
+        client.log_artifact(run_id, str(path))
+    client.set_terminated(run_id, "FAILED" if failed else "FINISHED")
+
+
+# --------------------------------------------------------------------------------- the command
+def run(argv: list[str] | None = None) -> int:
+    outer_folds, as_json, rest = split_argv(sys.argv[1:] if argv is None else list(argv))
+    given = cli.parse_args(rest)
+    if given.pop("resume", False):
+        raise UsageError("--resume: run search.nested again with the same --name to continue it")
+    if "space" not in given:
+        raise UsageError("--space is required (python -m search.spaces list)")
+    cfg = resolve(SearchConfig(**{**given, "name": given.get("name") or None}))
+    if "name" not in given:
+        cfg = replace(cfg, name=cfg.name.replace(f"{cfg.space}-", f"{cfg.space}-nested-", 1))
+    check_outer(cfg, outer_folds)
+    from search import orchestrate, preflight
+    from search.run import tracking_uri
+    from search.tracking import check_tracking_uri
+    from trainables.version import code_version
+
+    uri = tracking_uri(cfg)
+    check_tracking_uri(uri)
+    if cfg.address:
+        preflight.check_address(cfg.address)
+    space = cfg.space_spec
+    preflight.load_data(cfg, space)  # data errors now, and the feature cache filled once for all outer searches
+    t0 = time.monotonic()
+    preflight.connect(cfg)
+    folder = Path(cfg.storage_path) / cfg.name
+    folder.mkdir(parents=True, exist_ok=True)
+    run_id = _parent_run(uri, cfg.experiment, cfg.name,
+                         {"fusetune.space": space.name, "fusetune.data": cfg.data_name, "fusetune.code_version": code_version()},
+                         {**cfg.as_params(), "outer_folds": outer_folds})
+    _say(f"nested {cfg.name}: {outer_folds} outer folds of {cfg.data}, one search of space {space.name} per outer "
+         f"fold ({cfg.num_samples} trials x {cfg.epochs} epochs, confirmation x{cfg.confirm_repeats})", as_json)
+    if cfg.max_concurrent is None:  # share the cluster: each outer search gets its part of the trial slots
+        rest = [*rest, "--max-concurrent", str(max(1, preflight.check_resources(cfg) // outer_folds))]
+    outers = launch(cfg, rest, outer_folds, _ray_address(cfg), run_id, folder, as_json)
+    for o in outers:
+        read_champion(o, cfg.storage_path, space.names)
+    ok = [o for o in outers if not o.error]
+    _say("scoring the paper default and the references on the same outer folds ...", as_json)
+    base = baselines(cfg, outer_folds, orchestrate.fixed_keys(cfg, space), space.default_point())
+    estimate, std = _mean_std([o.scores for o in ok])
+    report = {
+        "estimate": estimate, "std": std, "metric": cfg.primary_metric, "outer_folds": outer_folds,
+        "selection": f"per outer fold: the champion of a {cfg.num_samples}-trial {cfg.sampler}/{cfg.scheduler} search "
+                     f"confirmed on {cfg.confirm_repeats} fresh repetition(s) of {cfg.folds}-fold CV of the outer "
+                     "training part, scored once on the outer test fold",
+        "outer": [{"fold": o.fold, "search": o.search, "champion": o.champion, "config": o.config, "scores": o.scores,
+                   "test_size": o.test_size, **({"error": o.error} if o.error else {})} for o in outers],
+        "baselines": {k: dict(zip(("estimate", "std"), _mean_std(v))) for k, v in base.items()},
+        "repeats": {k: [[v, n] for v, n in c] for k, c in repeats(ok, space.names).items()},
+        "wall_s": round(time.monotonic() - t0, 1),
+    }
+    (folder / "nested.json").write_text(json.dumps(report, indent=2))
+    _log_result(uri, run_id, report, failed=not ok)
+    if as_json:
+        print(json.dumps(report))
+    else:
+        print(render(report, cfg.primary_metric))
+    return 0 if len(ok) == len(outers) else 1
+
+
+def render(report: dict[str, Any], metric: str) -> str:
+    lines = [f"\nnested estimate ({report['selection']}):"]
+    for o in report["outer"]:
+        if "error" in o:
+            lines.append(f"  outer {o['fold']}: {o['error']}")
+            continue
+        cfg = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in o["config"].items())
+        lines.append(f"  outer {o['fold']}: {metric} {o['scores'].get(metric, float('nan')):.4f} on {o['test_size']} "
+                     f"held-out samples; champion {o['champion']}: {cfg}")
+    lines.append("estimate (mean ± std over outer folds):")
+    rows = [("tuned (this procedure)", report["estimate"], report["std"])]
+    rows += [(k, b["estimate"], b["std"]) for k, b in report["baselines"].items()]
+    width = max(len(r[0]) for r in rows)
+    lines.append("  " + " " * width + "  " + "  ".join(f"{m:>17}" for m in METRICS))
+    for label, est, sd in rows:
+        lines.append("  " + label.ljust(width) + "  " + "  ".join(
+            f"{est[m]:.4f} ± {sd[m]:.4f}".rjust(17) if m in est else " " * 17 for m in METRICS))
+    best_ref = max(((k, b["estimate"].get(metric)) for k, b in report["baselines"].items() if b["estimate"]),
+                   key=lambda kv: kv[1], default=None)
+    tuned = report["estimate"].get(metric)
+    if best_ref is not None and tuned is not None and tuned <= best_ref[1]:
+        lines.append(f"Tuning does not beat {best_ref[0]} on {metric} in this nested estimate "
+                     f"({tuned:.4f} vs {best_ref[1]:.4f}).")
+    lines.append("chosen values per dimension (value x outer folds):")
+    for dim, counts in report["repeats"].items():
+        lines.append(f"  {dim}: " + ", ".join(f"{v} x{n}" for v, n in counts))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from search.run import quiet_libraries
+
+    quiet_libraries()
+    try:
+        return run(argv)
+    except (UsageError, DataError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; run it again with the same --name to continue", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
