@@ -213,8 +213,9 @@ def trial_results(exp: Path) -> dict[str, list[dict[str, Any]]]:
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
+    """The trial rows of ``results.csv`` (not the reference models')."""
     with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+        return [r for r in csv.DictReader(f) if r["status"] != "REFERENCE"]
 
 
 def wait_for(condition, timeout: float, what: str, driver: Driver | None = None, every: float = 0.25) -> Any:

@@ -31,7 +31,7 @@ def search(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
 def read_rows(storage: Path) -> list[dict[str, str]]:
     (path,) = storage.glob("*/results.csv")
     with path.open(newline="") as f:
-        return list(csv.DictReader(f))
+        return [r for r in csv.DictReader(f) if r["status"] != "REFERENCE"]  # the trials
 
 
 def config_of(row: dict[str, str]) -> dict:
@@ -112,7 +112,7 @@ def test_more_gpus_than_the_cluster_has(tmp_path):
 def omnifuse_search(tmp_path_factory, data_dir):
     storage = tmp_path_factory.mktemp("omnifuse")
     out = search(["--space", "omnifuse", "--num-samples", "4", "--epochs", "3", "--storage", str(storage),
-                  "--name", "e2e", "--top-k", "1", "--seed", "1"])
+                  "--name", "e2e", "--top-k", "1", "--seed", "1", "--confirm-repeats", "1"])
     return storage, out
 
 
@@ -152,7 +152,8 @@ def test_end_to_end_mlflow(omnifuse_search):
     parents = [r for r in runs if r.data.tags.get(SEARCH_NAME_TAG) == "e2e" and r.data.tags.get(ROLE_TAG) == "search"]
     assert len(parents) == 1
     children = [r for r in runs if r.data.tags.get(PARENT_RUN_TAG) == parents[0].info.run_id]
-    assert len(children) == 4
+    assert sorted(c.data.tags.get(ROLE_TAG) for c in children) == ["reference"] * 2 + ["trial"] * 4
+    children = [c for c in children if c.data.tags.get(ROLE_TAG) == "trial"]
     for child in children:
         assert {"beta", "lambda1", "lambda2", "lambda3", "K", "lr"} <= set(child.data.params)
     champion = client.get_model_version_by_alias("omnifuse-breast-tcga", "champion")
@@ -167,6 +168,7 @@ def test_same_name_again_is_refused(omnifuse_search, capsys):
 
 def test_failing_trial_is_recorded_and_the_search_goes_on(tmp_path, data_dir):
     out = search(["--space", "baseline", "--num-samples", "3", "--epochs", "2", "--folds", "2", "--top-k", "0",
+                  "--confirm-repeats", "0", "--references", "none",
                   "--scheduler", "fifo", "--storage", str(tmp_path), "--points", '{"lr": 1e30}'])
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     rows = read_rows(tmp_path)

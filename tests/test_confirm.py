@@ -1,0 +1,201 @@
+"""Confirmation on fresh folds, reference models, gated promotion and nested CV (issue 13)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from search import confirm, nested, promotion, references
+from search.errors import UsageError
+from trainables.data import Modality, MultimodalDataset, load_dataset
+from trainables.data.outer import outer_splits
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def command(module: str, args: list[str], timeout: int = 900) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+# --------------------------------------------------------------------------------- units
+def _toy(values, mask, labels):
+    m = Modality("a", "vector", np.asarray(values, np.float32), np.asarray(mask, bool), ["x", "y"])
+    return MultimodalDataset("toy", np.array([f"s{i}" for i in range(len(labels))]), np.asarray(labels), ["n", "p"], {"a": m})
+
+
+def test_reference_inputs_use_the_training_folds_means_and_missing_indicators():
+    train = _toy([[1, 2], [3, 4], [0, 0]], [True, True, False], [0, 1, 1])
+    test = _toy([[5, 6], [0, 0]], [True, False], [0, 1])
+    xtr, xte = references.design_matrices(train, test)
+    # the missing rows get the training fold's mean of the available rows (2, 3); last column = missing
+    assert xtr.tolist() == [[1, 2, 0], [3, 4, 0], [2, 3, 1]]
+    assert xte.tolist() == [[5, 6, 0], [2, 3, 1]]
+
+
+def test_reference_probabilities_cover_every_class():
+    rng = np.random.default_rng(0)
+    labels = np.array([0] * 10 + [1] * 10)
+    data = _toy(rng.normal(size=(20, 2)) + labels[:, None], np.ones(20, bool), labels)
+    for name in references.REFERENCES:
+        p = references.fit_predict(name, data.take(np.arange(0, 20, 2)), data.take(np.arange(1, 20, 2)), 0)
+        assert p.shape == (10, 2) and np.allclose(p.sum(1), 1)
+
+
+def _cand(name, scores, kind="model", search=None, **kw):
+    c = confirm.Candidate(name, kind, {"id": name, **kw.pop("config", {})}, search, **kw)
+    c.folds = {m: np.asarray(scores, float) for m in ("accuracy", "weighted_f1", "macro_f1", "balanced_accuracy", "auroc")}
+    return c
+
+
+def test_the_champion_is_the_best_model_on_fresh_folds_not_on_the_search():
+    scheme = confirm.Scheme(3, 0.2, (1000, 2000), "macro_f1", "f" * 64)
+    lucky = _cand("lucky", [0.60, 0.62, 0.58, 0.61, 0.59, 0.60], search=0.90)
+    steady = _cand("steady", [0.70, 0.72, 0.69, 0.71, 0.70, 0.68], search=0.80)
+    ref = _cand("reference:logreg", [0.75, 0.74, 0.73, 0.76, 0.74, 0.75], kind="reference")
+    conf = confirm.verdict([lucky, steady, ref], scheme, "max")
+    assert conf.champion is steady and conf.selection_gap == pytest.approx(0.80 - np.mean(steady.folds["macro_f1"]))
+    assert [c.name for c in conf.candidates] == ["reference:logreg", "steady", "lucky"]
+    assert conf.p_values["steady"] is None and 0 < conf.p_values["lucky"] < 0.05
+    assert "does not beat the reference model reference:logreg" in confirm.summary(conf)
+    rows = list(csv.DictReader(confirm.csv_text(conf).splitlines()))
+    assert [r["candidate"] for r in rows] == ["reference:logreg", "steady", "lucky"]
+    assert rows[1]["p_value"] == "" and float(rows[2]["search_macro_f1"]) == 0.90 and rows[0]["search_macro_f1"] == ""
+
+
+def test_fresh_seeds_are_not_the_searchs():
+    seeds = confirm.fresh_seeds(7, 3)
+    assert seeds == [1007, 2007, 3007]
+    used = set(range(7, 7 + 10))  # the search splits with 7 and initialises fold k with 7 + k
+    assert not any(s + k in used for s in seeds for k in range(10))
+
+
+def test_promotion_rules():
+    inc = promotion.Incumbent("3", "f" * 64, "scheme", {"macro_f1": 0.8}, {"lr": 1e-3})
+    d = dict(fingerprint="f" * 64, metric="macro_f1", mode="max")
+    assert promotion.decide("better", None, new_value=0.1, incumbent_value=None, **d).alias == "champion"
+    assert promotion.decide("better", inc, new_value=0.7, incumbent_value=0.8, **d).alias == "challenger"
+    assert promotion.decide("better", inc, new_value=0.9, incumbent_value=0.8, **d).alias == "champion"
+    assert promotion.decide("always", inc, new_value=0.1, incumbent_value=0.8, **d).alias == "champion"
+    assert promotion.decide("never", inc, new_value=0.9, incumbent_value=0.8, **d).alias == "challenger"
+    other = dict(d, fingerprint="0" * 64)
+    assert promotion.decide("better", inc, new_value=0.1, incumbent_value=0.8, **other).alias == "champion"
+    assert promotion.decide("better", inc, new_value=None, incumbent_value=0.8, **d).alias == "challenger"
+    assert promotion.needs_retrain(inc, "better", "f" * 64, "another scheme", "macro_f1")
+    assert not promotion.needs_retrain(inc, "better", "f" * 64, "scheme", "macro_f1")
+
+
+def test_outer_folds_are_disjoint_and_cover_the_training_part(data_dir):
+    data = load_dataset("breast-tcga")
+    n = len(data.split_part("train"))
+    tests = [te for _, te in outer_splits(data, 3, 0)]
+    assert sorted(np.concatenate(tests).tolist()) == list(range(n))
+    outer = load_dataset("breast-tcga@outer=2/3,seed=0")
+    assert len(outer) == n and (outer.split == "test").sum() == len(tests[1])
+    assert load_dataset("breast-tcga@outer=1/3,seed=0").fingerprint() != outer.fingerprint()
+
+
+def test_nested_refuses_too_many_outer_folds_in_one_line(data_dir, capsys):
+    assert nested.main(["--space", "baseline", "--data", "rosmap:ratio=5", "--outer-folds", "30"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--outer-folds 30: the smallest class" in err[0]
+    assert nested.main(["--space", "baseline", "--data", "rosmap:ratio=5", "--outer-folds", "2", "--folds", "20"]) == 2
+    assert "fewer than the 20 inner folds" in capsys.readouterr().err
+    with pytest.raises(UsageError):
+        nested.split_argv(["--outer-folds", "1"])
+    assert nested.passed_on(["--name", "x", "--epochs", "2", "--data=y", "--resume", "--seed", "3"]) == \
+        ["--epochs", "2", "--seed", "3"]
+
+
+# --------------------------------------------------------------------------------- end to end
+@pytest.fixture(scope="module")
+def searches(tmp_path_factory, data_dir):
+    """A tuned search, a deliberately worse one (1 epoch), and the worse one again with --promote always."""
+    storage = tmp_path_factory.mktemp("confirm")
+    common = ["--space", "baseline", "--data", "breast-tcga", "--folds", "3", "--storage", str(storage), "--seed", "3"]
+    good = command("search.run", [*common, "--name", "good", "--num-samples", "3", "--epochs", "8", "--top-k", "2",
+                                  "--scheduler", "fifo",
+                                  "--confirm-repeats", "2", "--points", '{"lr": 0.003, "hidden": 64}'])
+    worse = [*common, "--num-samples", "1", "--epochs", "1", "--top-k", "1", "--confirm-repeats", "1", "--references", "none"]
+    bad = command("search.run", [*worse, "--name", "bad"])
+    forced = command("search.run", [*worse, "--name", "forced", "--promote", "always"])
+    return storage, good, bad, forced
+
+
+def test_confirmation_table_and_champion(searches):
+    from mlflow import MlflowClient
+
+    storage, good, _, _ = searches
+    assert good.returncode == 0, good.stdout[-3000:] + good.stderr[-3000:]
+    rows = list(csv.DictReader((storage / "good" / "confirmation.csv").open()))
+    names = [r["candidate"] for r in rows]
+    assert {"paper-default", "reference:logreg", "reference:rf"} <= set(names)
+    trials = [r for r in rows if r["kind"] == "model" and r["candidate"] != "paper-default"]
+    assert len(trials) == 2
+    for r in trials:  # fresh folds give other figures than the folds the trial was selected on
+        assert r["search_macro_f1"] and float(r["confirmed_macro_f1"]) != float(r["search_macro_f1"])
+        assert int(r["n_scores"]) == 6
+    assert all(r["search_macro_f1"] for r in rows if r["kind"] == "reference")  # also scored on the search's folds
+    best_model = next(r for r in rows if r["kind"] == "model")
+    assert best_model["p_value"] == "" and all(r["p_value"] for r in rows if r is not best_model)
+    client = MlflowClient(f"sqlite:///{storage.resolve()}/mlflow.db")
+    champion = client.get_model_version_by_alias("baseline-breast-tcga", "champion")
+    assert float(champion.tags["confirmed_macro_f1"]) == pytest.approx(float(best_model["confirmed_macro_f1"]), abs=1e-6)
+    assert "selection gap of the champion" in good.stdout and "p vs champion" in good.stdout
+    results = list(csv.DictReader((storage / "good" / "results.csv").open()))
+    assert [r["trial_id"] for r in results if r["status"] == "REFERENCE"] == ["reference:logreg", "reference:rf"]
+    refs = client.search_runs([client.get_experiment_by_name("fusetune").experiment_id],
+                              filter_string="tags.`fusetune.role` = 'reference'")
+    assert len(refs) == 2 and all("confirmed_macro_f1" in r.data.metrics for r in refs)
+    parent = client.search_runs([client.get_experiment_by_name("fusetune").experiment_id],
+                                filter_string="tags.`fusetune.search_name` = 'good' and tags.`fusetune.role` = 'search'")[0]
+    assert {"confirmed_macro_f1", "selection_gap"} <= set(parent.data.metrics)
+
+
+def test_a_worse_search_leaves_the_champion_and_always_moves_it(searches):
+    from mlflow import MlflowClient
+
+    storage, good, bad, forced = searches
+    assert good.returncode == 0 and bad.returncode == 0, bad.stdout[-3000:] + bad.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{storage.resolve()}/mlflow.db")
+    name = "baseline-breast-tcga"
+    versions = {v.version: v for v in client.search_model_versions(f"name = '{name}'")}
+    by_run = lambda search: {v.version for v in versions.values()  # noqa: E731
+                             if client.get_run(v.run_id).data.tags.get("fusetune.search_name") == search}
+    assert "champion stays v" in bad.stdout
+    # the worse search retrained the incumbent on its own fresh folds (another scheme: 1 repeat)
+    bad_rows = [r["candidate"] for r in csv.DictReader((storage / "bad" / "confirmation.csv").open())]
+    assert any(c.startswith("champion:v") for c in bad_rows)
+    assert forced.returncode == 0, forced.stdout[-3000:] + forced.stderr[-3000:]
+    champion = client.get_model_version_by_alias(name, "champion")
+    assert str(champion.version) in by_run("forced")  # --promote always moved it
+    challenger = client.get_model_version_by_alias(name, "challenger")
+    assert str(challenger.version) in by_run("bad")
+
+
+def test_nested_json_estimate(tmp_path, data_dir):
+    out = command("search.nested", ["--space", "baseline", "--data", "breast-tcga", "--outer-folds", "3", "--json",
+                                    "--num-samples", "1", "--epochs", "2", "--folds", "2", "--confirm-repeats", "0",
+                                    "--references", "logreg", "--top-k", "1", "--storage", str(tmp_path), "--name", "n"])
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    report = json.loads(out.stdout)
+    assert len(report["outer"]) == 3 and set(report["estimate"]) == set(report["std"]) >= {"macro_f1", "accuracy"}
+    assert sum(o["test_size"] for o in report["outer"]) == 150  # the outer test folds cover the training part
+    assert {"paper-default", "reference:logreg"} == set(report["baselines"])
+    assert all(0 <= o["scores"]["macro_f1"] <= 1 for o in report["outer"])
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path.resolve()}/mlflow.db")
+    exp = client.get_experiment_by_name("fusetune").experiment_id
+    (parent,) = client.search_runs([exp], filter_string="tags.`fusetune.role` = 'nested'")
+    inner = client.search_runs([exp], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert len(inner) == 3 and "nested_macro_f1" in parent.data.metrics
