@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from search import cli, orchestrate, preflight, results
@@ -84,8 +84,43 @@ def ui_command(uri: str) -> str:
 
 
 # --------------------------------------------------------------------------------- the search
+@dataclass
+class SearchResult:
+    """What a search hands back to Python callers (:func:`search.run_search`); the CLI prints it."""
+
+    exit_code: int                 # 0 done, 1 no trial finished, 130 interrupted (resume it)
+    name: str
+    folder: str                    # the search folder: results.csv, confirmation.csv, reports/, models/
+    best_config: dict[str, Any] | None = None   # the champion's full config (confirmed best)
+    model_uri: str | None = None   # models:/<registered name>/<version> of the search's best model
+    alias: str | None = None       # the alias that version got: champion or challenger
+
+    @property
+    def metrics(self) -> "Any":
+        """``results.csv`` as a pandas DataFrame (one row per trial and reference model)."""
+        import pandas as pd
+
+        return pd.read_csv(f"{self.folder}/{results.RESULTS_CSV}")
+
+    @property
+    def confirmation(self) -> "Any":
+        """``confirmation.csv`` as a DataFrame (None when the stage was off)."""
+        import os
+
+        import pandas as pd
+
+        path = f"{self.folder}/confirmation.csv"
+        return pd.read_csv(path) if os.path.exists(path) else None
+
+
 def run(argv: list[str] | None = None) -> int:
-    cfg = options(cli.parse_args(argv))
+    return execute(cli.parse_args(argv)).exit_code
+
+
+def execute(given: dict[str, Any]) -> SearchResult:
+    """A whole search from the given options (by :class:`SearchConfig` field name): the one code
+    path of ``python -m search.run``, ``fusetune run`` and :func:`search.run_search`."""
+    cfg = options(given)
     space = cfg.space_spec
     uri = tracking_uri(cfg)
     from search.tracking import MLflowTracking, check_tracking_uri
@@ -133,7 +168,7 @@ def run(argv: list[str] | None = None) -> int:
 
 
 def finish(cfg: SearchConfig, space: Any, data: Any, exp_path: str, fs: Any, uri: str, parent_run_id: str | None,
-           timings: dict[str, float], search_tags: dict[str, str]) -> int:
+           timings: dict[str, float], search_tags: dict[str, str]) -> SearchResult:
     from search.champions import select
 
     sampled = space.names
@@ -145,7 +180,7 @@ def finish(cfg: SearchConfig, space: Any, data: Any, exp_path: str, fs: Any, uri
     if unfinished:  # Ctrl-C: Tune saved its state and returned early
         print(f"\nstopped with {len(unfinished)} trial(s) unfinished; results so far: {csv_path}\n"
               f"continue with: {PROG} --resume --storage {cfg.storage} --name {cfg.name}")
-        return 130
+        return SearchResult(130, cfg.name, exp_path)
     shown = ranked[: max(cfg.top_k, TABLE_ROWS)]
     if cfg.confirm_repeats and ranked:
         print(f"confirming the top {min(max(cfg.top_k, 1), len(ranked))}, the paper default"
@@ -192,7 +227,11 @@ def finish(cfg: SearchConfig, space: Any, data: Any, exp_path: str, fs: Any, uri
     print(f"results: {csv_path}")
     print(f"reports: {reports.location}" + (f" (skipped: {', '.join(reports.skipped)})" if reports.skipped else ""))
     print(f"MLflow: {ui_command(uri)}")
-    return 0 if ranked else 1
+    conf = chosen.confirmation
+    best = conf.champion.config if conf is not None and conf.champion is not None else (ranked[0].config if ranked else None)
+    return SearchResult(0 if ranked else 1, cfg.name, exp_path, best,
+                        f"models:/{registered}/{versions[0]}" if versions else None,
+                        chosen.decision.alias if chosen.decision else None)
 
 
 def quiet_libraries() -> None:
