@@ -148,8 +148,11 @@ def test_confirmation_table_and_champion(searches):
     best_model = next(r for r in rows if r["kind"] == "model")
     assert best_model["p_value"] == "" and all(r["p_value"] for r in rows if r is not best_model)
     client = MlflowClient(f"sqlite:///{storage.resolve()}/mlflow.db")
-    champion = client.get_model_version_by_alias("baseline-breast-tcga", "champion")
-    assert float(champion.tags["confirmed_macro_f1"]) == pytest.approx(float(best_model["confirmed_macro_f1"]), abs=1e-6)
+    versions = [v for v in client.search_model_versions("name = 'baseline-breast-tcga'")
+                if client.get_run(v.run_id).data.tags.get("fusetune.search_name") == "good"]
+    first = next(v for v in versions if v.tags["fusetune.rank"] == "1")  # the best confirmed model got the alias
+    assert float(first.tags["confirmed_macro_f1"]) == pytest.approx(float(best_model["confirmed_macro_f1"]), abs=1e-6)
+    assert f"v{first.version} -> alias champion (no champion existed)" in good.stdout
     assert "selection gap of the champion" in good.stdout and "p vs champion" in good.stdout
     results = list(csv.DictReader((storage / "good" / "results.csv").open()))
     assert [r["trial_id"] for r in results if r["status"] == "REFERENCE"] == ["reference:logreg", "reference:rf"]
