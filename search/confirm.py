@@ -283,11 +283,11 @@ def csv_text(conf: Confirmation) -> str:
     m = conf.metric
     out = io.StringIO()
     w = csv.writer(out)
-    w.writerow(["candidate", "kind", f"search_{m}", f"confirmed_{m}", f"confirmed_{m}_std", "p_value", "n_scores",
+    w.writerow(["candidate", "kind", "trial_id", f"search_{m}", f"confirmed_{m}", f"confirmed_{m}_std", "p_value", "n_scores",
                 *(f"confirmed_{o}" for o in METRICS if o != m), "error", "config"])
     for c in conf.candidates:
         p = conf.p_values.get(c.name)
-        w.writerow([c.name, "incumbent" if c.incumbent else c.kind, "" if c.search_value is None else c.search_value,
+        w.writerow([c.name, "incumbent" if c.incumbent else c.kind, c.trial_id or "", "" if c.search_value is None else c.search_value,
                     "" if c.confirmed(m) is None else c.confirmed(m), "" if c.confirmed_std(m) is None else c.confirmed_std(m),
                     "" if p is None else p, len(c.folds.get(m, ())),
                     *("" if c.confirmed(o) is None else c.confirmed(o) for o in METRICS if o != m),

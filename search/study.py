@@ -28,6 +28,7 @@ from search.config import SearchConfig as _SearchConfig
 from search.errors import UsageError
 
 RESULTS_CSV = "results.csv"
+CONFIRMATION_CSV = "confirmation.csv"  # search.confirm's table
 _FOLD_KEY = re.compile(r"fold\d+_accuracy")
 PARAMS_FILE = "params.json"
 RESULT_FILE = "result.json"
@@ -138,10 +139,26 @@ class StudyResults:
         return [t for t in self.trials if t.complete]
 
     def ranked(self, metric: str | None = None, mode: str | None = None) -> list[TrialResult]:
-        """Finished trials, best first, by the final value of ``metric`` (default: the study's)."""
+        """Finished trials, best first, by the final value of ``metric`` (default: the study's).
+        Where the search's confirmation stage ranked trials on fresh folds (``confirmation.csv``,
+        the study's own metric), those come first in its order: the champion is the confirmed best."""
         metric, mode = metric or self.metric, mode or self.mode
         scored = [t for t in self.finished() if t.value(metric) is not None]
-        return sorted(scored, key=lambda t: t.value(metric), reverse=(mode == "max"))
+        by_search = sorted(scored, key=lambda t: t.value(metric), reverse=(mode == "max"))
+        confirmed = self.confirmed_order() if metric == self.metric else []
+        first = [t for tid in confirmed for t in by_search if t.trial_id == tid]
+        return first + [t for t in by_search if t not in first]
+
+    def confirmed_order(self) -> list[str]:
+        """Trial ids of the model candidates of ``confirmation.csv``, best confirmed first."""
+        path = self.folder / CONFIRMATION_CSV
+        if not path.is_file():
+            return []
+        with path.open(newline="") as f:
+            rows = [r for r in csv.DictReader(f) if r.get("kind") == "model" and not r.get("error")]
+        ids = {t.trial_id for t in self.trials}
+        return list(dict.fromkeys(r.get("trial_id") or r["candidate"] for r in rows
+                                  if (r.get("trial_id") or r["candidate"]) in ids))
 
     def best(self, metric: str | None = None, mode: str | None = None) -> TrialResult:
         ranked = self.ranked(metric, mode)
