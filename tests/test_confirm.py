@@ -172,7 +172,7 @@ def test_a_worse_search_leaves_the_champion_and_always_moves_it(searches):
     client = MlflowClient(f"sqlite:///{storage.resolve()}/mlflow.db")
     name = "baseline-breast-tcga"
     versions = {v.version: v for v in client.search_model_versions(f"name = '{name}'")}
-    by_run = lambda search: {v.version for v in versions.values()  # noqa: E731
+    by_run = lambda search: {str(v.version) for v in versions.values()  # noqa: E731
                              if client.get_run(v.run_id).data.tags.get("fusetune.search_name") == search}
     assert "champion stays v" in bad.stdout
     # the worse search retrained the incumbent on its own fresh folds (another scheme: 1 repeat)
