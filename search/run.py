@@ -52,6 +52,8 @@ def options(given: dict[str, Any]) -> SearchConfig:
     name = preflight.find_search(storage_path(storage), given.get("name"))
     saved = json.loads(results.read_text(experiment_path(storage, name), SEARCH_FILE))
     saved["metric"], saved["mode"], saved["points"] = tuple(saved["metric"]), tuple(saved["mode"]), tuple(saved["points"])
+    if "references" in saved:
+        saved["references"] = tuple(saved["references"])
     cfg = SearchConfig(**saved)
     for key, value in given.items():
         if key in RESUME_OVERRIDES:
