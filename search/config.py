@@ -8,7 +8,6 @@ cluster, the tracking server or the data are in :mod:`search.preflight`.
 
 from __future__ import annotations
 
-import importlib.util
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -160,8 +159,6 @@ def resolve(cfg: SearchConfig) -> SearchConfig:
     if unknown_refs:
         raise UsageError(f"--references {','.join(cfg.references)}: unknown reference {unknown_refs[0]!r}; "
                          f"choose from {', '.join(REFERENCE_NAMES)} or none")
-    if cfg.sampler == "cmaes" and importlib.util.find_spec("cmaes") is None:
-        raise UsageError("--sampler cmaes: needs the cmaes package (pip install cmaes)")
     metric, mode = _objectives(cfg)
     if len(metric) > 1 and cfg.sampler not in MULTI_OBJECTIVE_SAMPLERS:
         raise UsageError(f"--sampler {cfg.sampler}: optimises one objective; --metric lists {len(metric)} "

@@ -7,7 +7,9 @@
 Prints JSON: the cache folder and, per encoded input (``<modality>.<representation>``), its cache
 key, shape, bytes and whether it was already cached. Without ``--representations`` it encodes
 every text representation the registered methods use and every image representation they use
-that the image encoder family gives (ResNet: pooled, map; ViT: pooled, patches).
+that the image encoder family gives (ResNet: pooled, map; ViT: pooled, patches). A kind of
+modality without its encoder (images but no ``--image-encoder``) is left out and listed under
+``skipped`` with the option that would encode it; giving neither encoder is an error.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import argparse
 import json
 
 from search.errors import UsageError
-from trainables.data import load_dataset
+from trainables.data import MultimodalDataset, load_dataset
 from trainables.encoders import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_MAX_LENGTH,
@@ -80,9 +82,35 @@ def default_representations(image_encoder: str | None) -> dict[str, tuple[str, .
     return out
 
 
+ENCODER_OPTIONS = {"text": "--text-encoder", "image": "--image-encoder"}
+
+
+def without_unencoded(data: MultimodalDataset, encoders: dict[str, str | None],
+                      reps: dict[str, tuple[str, ...]]) -> tuple[MultimodalDataset, dict[str, str]]:
+    """``data`` less the text/image modalities that have no encoder and no requested representation,
+    and, per left-out modality, the option that would encode it."""
+    skipped = {name: f"{m.kind} modality: give {ENCODER_OPTIONS[m.kind]} to encode it"
+               for name, m in data.modalities.items()
+               if m.kind in ENCODER_OPTIONS and not encoders[m.kind] and m.kind not in reps and name not in reps}
+    if not skipped:
+        return data, {}
+    kept = {name: m for name, m in data.modalities.items() if name not in skipped}
+    if not any(m.kind in ENCODER_OPTIONS for m in kept.values()):
+        kinds = sorted({data.modalities[n].kind for n in skipped})
+        raise UsageError(f"--data {data.name}: has {' and '.join(kinds)} modalities; give "
+                         f"{' and/or '.join(ENCODER_OPTIONS[k] for k in kinds)}")
+    out = data.with_modalities(kept)
+    out.meta = dict(data.meta)
+    return out, skipped
+
+
 def run(args: argparse.Namespace) -> int:
     data = load_dataset(args.data)
+    fingerprint = data.fingerprint()
     reps = parse_representations(args.representations) if args.representations else default_representations(args.image_encoder)
+    if not args.text_encoder and not args.representations:
+        reps.pop("text", None)
+    data, skipped = without_unencoded(data, {"text": args.text_encoder, "image": args.image_encoder}, reps)
     encoded = encode_dataset(
         data, reps, text_encoder=args.text_encoder, image_encoder=args.image_encoder, cache_dir=args.cache_dir,
         attributes_config=args.attributes, extractor=args.extractor, max_length=args.max_length,
@@ -95,9 +123,10 @@ def run(args: argparse.Namespace) -> int:
                          "cached_before": rec["hit"], "encoder": rec["encoder"]["id"], "pretrained": rec["encoder"]["pretrained"]}
     print(json.dumps({
         "data": data.name,
-        "fingerprint": data.fingerprint(),
+        "fingerprint": fingerprint,
         "cache_dir": str(FeatureCache(args.cache_dir).root),
         "entries": entries,
         "total_bytes": sum(e["bytes"] for e in entries.values()),
+        **({"skipped": skipped} if skipped else {}),
     }, indent=2))
     return 0

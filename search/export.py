@@ -6,8 +6,11 @@
 Each selected configuration becomes ``DEST/<study>-<rank>-<trial>/`` (``DEST/<model>-v<version>/``
 from the registry): a :mod:`trainables.bundle` (safetensors weights, full config, preprocessing
 statistics, class names, modality names and dimensions, encoder identities, SHA-256 manifest) plus
-``MODEL_CARD.md`` and its machine-readable twin ``model_card.json``, both covered by the manifest.
-Nothing else is needed to use it::
+``MODEL_CARD.md`` and its machine-readable twin ``model_card.json``, the fusetune wheel it was
+made with (``fusetune-<version>-py3-none-any.whl``, built from the code that is running, with
+``pip wheel --no-deps``) and ``requirements.txt`` (exact pins of what loading and predicting
+import), all covered by the manifest. ``pip install -r requirements.txt`` then
+``pip install --no-deps fusetune-*.whl`` is all a downstream machine needs (the card says so)::
 
     from trainables.bundle import load_bundle
     probs = load_bundle("DEST/tiny-1-1bc01323").predict(frame)   # missing modalities: NaN / absent columns
@@ -30,6 +33,7 @@ from the bundle alone and checks it (:mod:`search.reproduce`).
 from __future__ import annotations
 
 import json
+import platform
 import shlex
 import sys
 import tempfile
@@ -47,6 +51,8 @@ from trainables.bundle import BundleError, copy_bundle, load_bundle, verify_bund
 from trainables.metrics import METRICS, classification_metrics
 
 CARD = "MODEL_CARD.md"
+REQUIREMENTS = "requirements.txt"
+CPU_TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
 CARD_JSON = "model_card.json"
 MODELS_DIR = "models"
 """Where the search may keep its registered bundles (``log_top_models(bundle_dir=<study>/models)``)."""
@@ -279,6 +285,17 @@ def _confusion(cm: list[list[int]], classes: list[str]) -> list[str]:
     return _table(["true \\ predicted", *classes], [[c, *map(str, row)] for c, row in zip(classes, cm)])
 
 
+def _install_section(f: dict[str, Any]) -> list[str]:
+    install = f.get("install")
+    if not install:
+        return []
+    lines = ["## Install", "", f"In this folder (made with Python {install['python']}):", "",
+             "```", *install["commands"], "```", ""]
+    if not install.get("wheel"):
+        lines += [f"(no wheel in this bundle: install fusetune at code version `{f.get('code_version')}`)", ""]
+    return lines
+
+
 def render_card(f: dict[str, Any]) -> str:
     classes = f["class_names"]
     d = f["data"]
@@ -291,6 +308,7 @@ def render_card(f: dict[str, Any]) -> str:
         + (f", code version `{f['code_version']}`." if f.get("code_version") else "."), "",
         "```python", "from trainables.bundle import load_bundle",
         "probs = load_bundle(\"<this folder>\").predict(frame)  # [N, C], columns in class order below", "```", "",
+        *_install_section(f),
         "## Model", "",
         f"- classes (probability columns, in order): {', '.join(classes)}",
         f"- modalities: {', '.join(f['modalities'])}; any may be missing for a sample, "
@@ -308,7 +326,11 @@ def render_card(f: dict[str, Any]) -> str:
     if f["encoders"]:
         lines += ["", "Encoder identities (the bundle refuses raw inputs encoded by a different checkpoint):", ""]
         lines += [f"- `{m}` ({e['kind']} -> {', '.join(e['representations'])}): `{e['encoder']}` "
-                  f"{json.dumps(e.get('identity'), sort_keys=True)}" for m, e in f["encoders"].items()]
+                  f"{json.dumps(e.get('identity'), sort_keys=True)}"
+                  + (f"; sentence pooling {'+'.join(e['pooling']['modes'])}"
+                     + (", L2-normalised" if e["pooling"]["normalize"] else "") if e.get("pooling") else "")
+                  + (f"; image processor {e['processor']['class']}" if e.get("processor") else "")
+                  for m, e in f["encoders"].items()]
     lines += ["", "Searched hyperparameters:", ""]
     lines += _table(["parameter", "value"], [[k, f"{v:.4g}" if isinstance(v, float) else str(v)]
                                              for k, v in f["hyperparameters"].items()]) if f["hyperparameters"] else ["(none)"]
@@ -354,16 +376,73 @@ def render_card(f: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# ----------------------------------------------------------------------------- hand-off installability
+SOURCE_PARTS = ("pyproject.toml", "README.md", "search", "spaces", "trainables")
+"""What ``pip wheel`` needs of the checkout (pyproject's packages and readme)."""
+
+
+def fusetune_wheel(out_dir: Path) -> Path | None:
+    """Build the wheel of the fusetune code that is running (its checkout, copied aside so the build
+    leaves nothing in it) into ``out_dir``; None when fusetune does not run from a checkout."""
+    import shutil
+    import subprocess
+
+    import trainables
+
+    root = Path(trainables.__file__).resolve().parents[1]
+    if not all((root / part).exists() for part in SOURCE_PARTS):
+        return None
+    with tempfile.TemporaryDirectory(prefix="fusetune-wheel-") as tmp:
+        src = Path(tmp) / "src"
+        src.mkdir()
+        for part in SOURCE_PARTS:
+            if (root / part).is_dir():
+                shutil.copytree(root / part, src / part, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+            else:
+                shutil.copy2(root / part, src / part)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
+                               "--quiet", "-w", str(out_dir), str(src)], capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise UsageError(f"building the fusetune wheel for the bundle failed: {tail[0]}")
+    return next(iter(sorted(out_dir.glob("fusetune-*.whl"))))
+
+
+def bundle_requirements(bundle_path: Path) -> list[str]:
+    """Exact pins of what loading and predicting with the bundle imports (MLflow left out: a bundle
+    does not need it); the same list the registered pyfunc logs (:func:`search.models.pip_requirements`)."""
+    from search.models import pip_requirements
+
+    return [r for r in pip_requirements(load_bundle(bundle_path)) if not r.startswith("mlflow==")]
+
+
+def install_lines(wheel: str | None, requirements: list[str]) -> list[str]:
+    torch = next((r for r in requirements if r.startswith("torch==")), "torch")
+    lines = [f"pip install {torch} --index-url {CPU_TORCH_INDEX}   # machines without a GPU: the CPU build first",
+             f"pip install -r {REQUIREMENTS}"]
+    if wheel:
+        lines.append(f"pip install --no-deps {wheel}          # this bundle's fusetune code (all of fusetune: drop --no-deps)")
+    return lines
+
+
 # ----------------------------------------------------------------------------- export
-def export_one(sel: Selected, dest: Path, *, rates: tuple[float, ...], seed: int, overwrite: bool) -> Path:
+def export_one(sel: Selected, dest: Path, *, rates: tuple[float, ...], seed: int, overwrite: bool,
+               wheel: Path | None = None) -> Path:
     verify_bundle(sel.bundle)
     metric = sel.study.metric if sel.study else str(sel.trial.config.get("metric") or "macro_f1")
     metric = metric if metric in METRICS else "macro_f1"
     models = fold_models(sel.trial, log=lambda s: print(s, file=sys.stderr))
     rows = evaluate(models, metric, rates, seed=seed)
     facts = card_facts(sel, models, rows, metric, dest / sel.out_name)
-    return copy_bundle(sel.bundle, dest / sel.out_name, overwrite=overwrite,
-                       extra_files={CARD: render_card(facts), CARD_JSON: json.dumps(facts, indent=1, default=str)})
+    requirements = bundle_requirements(sel.bundle)
+    facts["install"] = {"wheel": wheel.name if wheel else None, "requirements": requirements, "python": platform.python_version(),
+                        "commands": install_lines(wheel.name if wheel else None, requirements)}
+    extra: dict[str, str | bytes] = {REQUIREMENTS: "\n".join(requirements) + "\n"}
+    if wheel is not None:
+        extra[wheel.name] = wheel.read_bytes()
+    extra.update({CARD: render_card(facts), CARD_JSON: json.dumps(facts, indent=1, default=str)})
+    return copy_bundle(sel.bundle, dest / sel.out_name, overwrite=overwrite, extra_files=extra)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -406,7 +485,12 @@ def main(argv: list[str] | None = None) -> int:
             for sel in selected:
                 if (dest / sel.out_name).exists() and not args.overwrite:
                     raise UsageError(f"--dest {dest}: {sel.out_name} exists (add --overwrite to replace it)")
-            written = [export_one(s, dest, rates=rates, seed=args.seed, overwrite=args.overwrite) for s in selected]
+            wheel = fusetune_wheel(Path(tmp) / "wheel")
+            if wheel is None:
+                print("python -m search.export: fusetune does not run from a checkout; the bundles carry no wheel "
+                      "(the model card names the fusetune version to install)", file=sys.stderr)
+            written = [export_one(s, dest, rates=rates, seed=args.seed, overwrite=args.overwrite, wheel=wheel)
+                       for s in selected]
     except (UsageError, BundleError) as exc:
         print(f"python -m search.export: error: {exc}", file=sys.stderr)
         return 2

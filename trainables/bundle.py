@@ -7,7 +7,8 @@ Layout (every file listed with its SHA-256 and size in ``MANIFEST.json``, verifi
     config.json          the full trial config the model was built from (engine + method defaults filled in)
     preprocessing.json   the Standardizer statistics (mean/std per vector input, fitted on the training part)
     inputs.json          method, class names, logical modalities, every input (name, kind, dim, tokens,
-                         feature names), the encoders (ids, identities, representations), data name/fingerprint
+                         feature names), the encoders (ids, identities, representations, text pooling,
+                         image processor), data name/fingerprint
     MANIFEST.json        {"format": "fusetune-bundle", "version": 1, "files": {name: {"sha256", "bytes"}}}
     (extra files given to :func:`save_bundle`, e.g. a model card, are listed in the manifest too)
 
@@ -64,7 +65,8 @@ CONFIG = "config.json"
 PREPROCESSING = "preprocessing.json"
 INPUTS = "inputs.json"
 CORE_FILES = (WEIGHTS, CONFIG, PREPROCESSING, INPUTS)
-RAW_KINDS = {"cls": "text", "tokens": "text", "attributes": "text", "pooled": "image", "map": "image", "patches": "image"}
+RAW_KINDS = {"sentence": "text", "cls": "text", "tokens": "text", "attributes": "text",
+             "pooled": "image", "map": "image", "patches": "image"}
 """Encoder representation -> the raw modality kind it comes from (see :mod:`trainables.encoders`)."""
 
 
@@ -121,8 +123,10 @@ def _sha256(path: Path) -> str:
 
 def _encoders_record(config: dict[str, Any], input_names: list[str], data: MultimodalDataset | None) -> dict[str, Any]:
     """Per raw modality: its kind, the representations the model reads, the encoder id (config
-    ``text_encoder``/``image_encoder``, else the data's encoding records) and the encoder's identity
-    (checkpoint SHA-256, or the random-init config) so a bundle can refuse a different encoder."""
+    ``text_encoder``/``image_encoder``, else the data's encoding records), the encoder's identity
+    (checkpoint SHA-256, or the random-init config) so a bundle can refuse a different encoder, and
+    how its outputs were made: a text encoder's sentence ``pooling`` (for ``sentence`` and
+    ``attributes``), an image checkpoint's ``processor`` (class and settings; None = images as given)."""
     records = (data.meta.get("encoders", {}) if data is not None else {}) or {}
     raw: dict[str, dict[str, Any]] = {}
     for name in input_names:
@@ -136,7 +140,26 @@ def _encoders_record(config: dict[str, Any], input_names: list[str], data: Multi
             entry["encoder"] = (records[name].get("encoder") or {}).get("id")
     for entry in raw.values():
         entry["identity"] = _encoder_identity(entry["kind"], entry["encoder"])
+        entry.update(_encoding_record(entry["kind"], entry["encoder"], entry["representations"]))
     return raw
+
+
+def _encoding_record(kind: str, encoder_id: str | None, representations: list[str]) -> dict[str, Any]:
+    """``{"pooling": ...}`` for text read through the sentence pooling, ``{"processor": ...}`` for images."""
+    if not encoder_id:
+        return {}
+    try:
+        from trainables.encoders import IMAGE_ENCODERS, TEXT_ENCODERS, resolve
+        from trainables.encoders.encode import POOLED_TEXT
+        from trainables.encoders.image import processor_identity
+
+        if kind == "text":
+            if not any(r in POOLED_TEXT for r in representations):
+                return {}
+            return {"pooling": resolve(encoder_id, TEXT_ENCODERS, "text encoder").sentence_pooling().identity()}
+        return {"processor": processor_identity(resolve(encoder_id, IMAGE_ENCODERS, "image encoder"))}
+    except Exception:  # noqa: BLE001 - not resolvable here: the bundle still works on encoded inputs
+        return {}
 
 
 def _encoder_identity(kind: str, encoder_id: str | None) -> dict[str, Any] | None:
@@ -478,6 +501,9 @@ class Bundle:
             if enc.get("identity") and _encoder_identity(enc["kind"], enc["encoder"]) != enc["identity"]:
                 raise BundleError(f"{enc['kind']} encoder {enc['encoder']!r}", "is not available here or differs from "
                                   "the one the model was trained with (checkpoint hash); pass encoded inputs")
+            if "pooling" in enc and _encoding_record(enc["kind"], enc["encoder"], enc["representations"]).get("pooling") != enc["pooling"]:
+                raise BundleError(f"text encoder {enc['encoder']!r}", f"pools differently here than when the model was "
+                                  f"trained (recorded {enc['pooling']}); pass encoded inputs")
             if enc["kind"] == "text":
                 texts = np.array(["" if _is_missing(v) else str(v) for v in values], dtype=object)
                 mask = np.array([bool(t.strip()) for t in texts])

@@ -5,8 +5,8 @@ A method class subclasses :class:`trainables.backbone.Backbone`, is built as
 module defines ``DEFAULTS``: the paper's default hyperparameters.
 
 ``representations`` says which encoder outputs the method reads for raw modalities: ``text`` may
-give ``cls`` (vector), ``tokens`` (token sequence) or ``attributes`` (one token per report
-attribute); ``image`` may give ``pooled`` (vector), ``map`` (spatial feature-map tokens) or
+give ``sentence`` (vector: the checkpoint's declared sentence embedding), ``cls`` (vector: the
+[CLS] state), ``tokens`` (token sequence) or ``attributes`` (one token per report attribute); ``image`` may give ``pooled`` (vector), ``map`` (spatial feature-map tokens) or
 ``patches`` (ViT patch tokens). Vector modalities (omics, EHR tables) are used as they are.
 """
 
@@ -48,12 +48,12 @@ def register_method(spec: MethodSpec) -> MethodSpec:
 
 register_method(MethodSpec(
     "baseline", "trainables.baseline:EarlyFusion",
-    {"text": ("cls",), "image": ("pooled",)},
+    {"text": ("sentence",), "image": ("pooled",)},
     "early fusion: modality MLP encoders, concatenation, classifier (CLIMD/OmniFuse baseline)",
 ))
 register_method(MethodSpec(
     "omnifuse", "trainables.omnifuse:OmniFuse",
-    {"text": ("cls",), "image": ("pooled",)},
+    {"text": ("sentence",), "image": ("pooled",)},
     "OmniFuse: CRA imputation, DWFuse, TLA",
 ))
 register_method(MethodSpec(

@@ -355,7 +355,7 @@ class RuleBasedExtractor(AttributeExtractor):
 
 # ---------------------------------------------------------------------- Eq.5 tokens
 def attribute_tokens(states: np.ndarray, prompt_vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Eq.5: per-sample attribute tokens from the per-prompt [CLS] table.
+    """Eq.5: per-sample attribute tokens from the per-prompt table (each prompt's sentence embedding).
 
     ``states`` int8 [N, A]; ``prompt_vectors`` [2*A, d] in :meth:`AttributeConfig.prompts` order.
     Returns tokens float32 [N, A, d] (zeros where unmentioned) and token_mask bool [N, A].

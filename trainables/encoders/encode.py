@@ -50,6 +50,8 @@ Representations = Mapping[str, Sequence[str]]
 :data:`trainables.registry.METHODS`."""
 
 DEFAULT_MAX_LENGTH = 128
+POOLED_TEXT = ("sentence", "attributes")
+"""Text representations made from the encoder's sentence pooling (recorded in their cache keys)."""
 DEFAULT_BATCH_SIZE = 64
 
 
@@ -149,7 +151,7 @@ def encode_dataset(
     for name, m in data.modalities.items():
         if m.kind == "text":
             plan[name] = _requested(representations, name, "text", text_mod.TEXT_REPRESENTATIONS)
-            ctx.check_text(m)
+            ctx.check_text(m, plan[name])
         elif m.kind == "image":
             plan[name] = _requested(representations, name, "image", image_mod.IMAGE_REPRESENTATIONS)
             ctx.check_image(name, plan[name])
@@ -217,9 +219,12 @@ class _Context:
         log.info("%s: %s %s (%d bytes, %.2fs)", input_name, "cache hit" if hit else "encoded", key[:12], nbytes, seconds)
         return arrays
 
-    def check_text(self, m: Modality) -> None:
-        """Resolve the text encoder; a sample marked available must have text (never encode "" as a report)."""
-        self.text_source()
+    def check_text(self, m: Modality, reps: tuple[str, ...]) -> None:
+        """Resolve the text encoder (and its sentence pooling when ``reps`` need it); a sample marked
+        available must have text (never encode "" as a report)."""
+        source = self.text_source()
+        if any(r in POOLED_TEXT for r in reps):
+            source.sentence_pooling()
         empty = [i for i in np.flatnonzero(m.mask) if not str(m.values[i]).strip()]
         if empty:
             raise DataError(f"{self.data.name}/{m.name}", f"sample {str(self.data.ids[empty[0]])!r} is marked available but its text is empty")
@@ -234,6 +239,8 @@ class _Context:
         descriptions: dict[str, dict[str, Any]] = {}
         for rep in reps:
             extra: dict[str, Any] = {"max_length": self.max_length}
+            if rep in POOLED_TEXT:
+                extra["pooling"] = source.sentence_pooling().identity()
             if rep == "attributes":
                 config = self.attributes_config if isinstance(self.attributes_config, AttributeConfig) else AttributeConfig.load(self.attributes_config)
                 extractor = get_extractor(self.extractor_name, config)
@@ -245,17 +252,17 @@ class _Context:
 
         computed: dict[str, dict[str, np.ndarray]] = {}
         seconds: dict[str, float] = {}
-        sequence_reps = [r for r in ("cls", "tokens") if r in reps and found[r][1] is None]
+        sequence_reps = [r for r in ("sentence", "cls", "tokens") if r in reps and found[r][1] is None]
         if sequence_reps:
             t0 = time.perf_counter()
             enc = self._text.get().encode(texts, max_length=self.max_length, batch_size=self.batch_size, outputs=sequence_reps)
             for rep in sequence_reps:
-                names = ("cls",) if rep == "cls" else ("tokens", "token_mask")
+                names = ("tokens", "token_mask") if rep == "tokens" else (rep,)
                 arrays = {}
                 for k in names:
                     full = np.zeros((n, *enc[k].shape[1:]), enc[k].dtype)
                     full[idx] = enc[k]
-                    arrays["values" if k in ("cls", "tokens") else k] = full
+                    arrays["token_mask" if k == "token_mask" else "values"] = full
                 computed[rep] = arrays
                 seconds[rep] = time.perf_counter() - t0  # of the one pass producing both
         if "attributes" in reps and found["attributes"][1] is None:
@@ -263,10 +270,12 @@ class _Context:
             t0 = time.perf_counter()
             states = np.full((n, len(extractor.config)), UNMENTIONED, np.int8)
             states[idx] = extractor.extract(texts)
-            # Eq.5: each of the 2*A prompts is encoded once; samples gather their tokens from the table
-            prompt_cls = self._text.get().encode(extractor.config.prompts(), max_length=self.max_length,
-                                                 batch_size=self.batch_size, outputs=("cls",))["cls"]
-            tokens, token_mask = attribute_tokens(states, prompt_cls)  # missing reports: all unmentioned
+            # Eq.5: each of the 2*A prompts is encoded once (its sentence embedding: [CLS] for a plain
+            # BERT as in the paper, the declared pooling for a sentence-transformers checkpoint);
+            # samples gather their tokens from the table
+            prompts = self._text.get().encode(extractor.config.prompts(), max_length=self.max_length,
+                                              batch_size=self.batch_size, outputs=("sentence",))["sentence"]
+            tokens, token_mask = attribute_tokens(states, prompts)  # missing reports: all unmentioned
             computed["attributes"] = {"values": tokens, "token_mask": token_mask, "states": states}
             seconds["attributes"] = time.perf_counter() - t0
 
@@ -275,7 +284,7 @@ class _Context:
             key, arrays = found[rep]
             hit = arrays is not None
             arrays = self._finish(f"{m.name}.{rep}", key, descriptions[rep], arrays if hit else computed[rep], hit, source, seconds.get(rep, 0.0))
-            kind = "vector" if rep == "cls" else "tokens"
+            kind = "vector" if rep in ("sentence", "cls") else "tokens"
             out[f"{m.name}.{rep}"] = Modality(f"{m.name}.{rep}", kind, arrays["values"], m.mask.copy(), token_mask=arrays.get("token_mask"))
             if rep == "attributes":
                 assert extractor is not None
@@ -297,7 +306,9 @@ class _Context:
         identity = source.identity()
         fp = modality_fingerprint(m)
         n = len(m.mask)
-        descriptions = {rep: entry_description(fp, "image", rep, identity, image_mod.ENCODING_VERSION) for rep in reps}
+        processor = image_mod.processor_identity(source)
+        descriptions = {rep: entry_description(fp, "image", rep, identity, image_mod.ENCODING_VERSION, processor=processor)
+                        for rep in reps}
         found = {rep: self._lookup(d) for rep, d in descriptions.items()}
         missing = [r for r in reps if found[r][1] is None]
         computed: dict[str, dict[str, np.ndarray]] = {}

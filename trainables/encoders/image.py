@@ -9,17 +9,19 @@ random config (:mod:`trainables.encoders.sources`). Outputs for images [N, C, H,
 ``patches``  float32 [N, P, d]      ViT only: final-layer-normed patch tokens (no [CLS])
 
 Channels: grayscale images are repeated to 3 channels for a 3-channel model, RGB images are
-averaged for a 1-channel model. Checkpoints with a ``preprocessor_config.json`` get its resize
-(to ``size``; a ``shortest_edge`` size is applied as a square) and mean/std normalisation;
-random configs take the images as they are. A ViT whose ``image_size`` differs from the input
-interpolates its position embeddings.
+averaged for a 1-channel model. A checkpoint folder with a ``preprocessor_config.json`` is
+preprocessed by the image processor its authors configured (``transformers.AutoImageProcessor``:
+its resize and resampling filter, centre crop, rescale and mean/std normalisation), fed the
+images as 8-bit pixels (``round(255 x)``, the input such processors are written for); random
+configs and checkpoints without a processor config take the images as they are. A ViT whose
+``image_size`` differs from the input interpolates its position embeddings.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -32,8 +34,33 @@ if TYPE_CHECKING:
 
 IMAGE_REPRESENTATIONS: tuple[str, ...] = ("pooled", "map", "patches")
 FAMILY_REPRESENTATIONS: dict[str, tuple[str, ...]] = {"resnet": ("pooled", "map"), "vit": ("pooled", "patches")}
-ENCODING_VERSION = "1"
+ENCODING_VERSION = "2"
 """Bump when the numbers this module produces for the same encoder and input change."""
+
+
+PROCESSOR_CONFIG = "preprocessor_config.json"
+
+
+def image_processor(source: ModelSource) -> Any | None:
+    """``AutoImageProcessor`` of a checkpoint folder that has a processor config, else None."""
+    if not source.pretrained or source.folder is None or not (source.folder / PROCESSOR_CONFIG).is_file():
+        return None
+    from transformers import AutoImageProcessor
+
+    try:
+        return AutoImageProcessor.from_pretrained(str(source.folder))
+    except (OSError, ValueError, KeyError) as err:
+        raise DataError(f"--image-encoder {source.id}", f"{PROCESSOR_CONFIG} does not describe an image processor: "
+                        f"{' '.join(str(err).split())[:200]}") from None
+
+
+def processor_identity(source: ModelSource) -> dict[str, Any] | None:
+    """What preprocesses a checkpoint's images, for the cache key: the processor class (its backend,
+    PIL or torchvision, resizes differently) and settings; None when the images go in as they are."""
+    processor = image_processor(source)
+    if processor is None:
+        return None
+    return {"class": type(processor).__name__, "config": json.loads(processor.to_json_string())}
 
 
 def model_family(source: ModelSource) -> str:
@@ -70,23 +97,13 @@ class ImageEncoder:
                 model = model_cls(config, **kwargs)
         self.model = model.to(self.device).eval()
         self.channels = int(self.model.config.num_channels)
-        self.size: tuple[int, int] | None = None
-        self.mean = self.std = None
-        proc = source.folder / "preprocessor_config.json" if source.pretrained and source.folder else None
-        if proc is not None and proc.is_file():
-            p = json.loads(proc.read_text())
-            size = p.get("size") if p.get("do_resize", True) else None
-            if isinstance(size, int):
-                self.size = (size, size)
-            elif isinstance(size, dict):
-                self.size = (size["height"], size["width"]) if "height" in size else (size["shortest_edge"],) * 2
-            if p.get("do_normalize", True) and "image_mean" in p:
-                self.mean = torch.tensor(p["image_mean"], dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
-                self.std = torch.tensor(p["image_std"], dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+        self.processor = image_processor(source)
 
-    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
-        import torch.nn.functional as F
+    def preprocess(self, images: np.ndarray) -> torch.Tensor:
+        """Images [N, C, H, W] in [0, 1] -> the model's ``pixel_values`` (module docstring)."""
+        import torch
 
+        x = torch.as_tensor(np.asarray(images), dtype=torch.float32, device=self.device)
         c = x.shape[1]
         if c != self.channels:
             if c == 1:
@@ -95,11 +112,11 @@ class ImageEncoder:
                 x = x.mean(dim=1, keepdim=True)
             else:
                 raise DataError(f"--image-encoder {self.source.id}", f"model takes {self.channels} channels, images have {c}")
-        if self.size is not None and tuple(x.shape[-2:]) != self.size:
-            x = F.interpolate(x, size=self.size, mode="bilinear", align_corners=False)
-        if self.mean is not None:
-            x = (x - self.mean[:, : x.shape[1]]) / self.std[:, : x.shape[1]]
-        return x
+        if self.processor is None:
+            return x
+        pixels = (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()  # [N, H, W, C]
+        out = self.processor(images=list(pixels), return_tensors="pt", input_data_format="channels_last")
+        return out["pixel_values"].to(self.device, torch.float32)
 
     def encode(self, images: np.ndarray, *, batch_size: int = 64, outputs: Sequence[str] = ("pooled",)) -> dict[str, np.ndarray]:
         import torch
@@ -118,8 +135,7 @@ class ImageEncoder:
             return {k: v[:0] for k, v in self.encode(np.zeros((1, *images.shape[1:]), np.float32), outputs=outputs).items()}
         parts: dict[str, list[np.ndarray]] = {o: [] for o in outputs}
         for start in range(0, len(images), batch_size):
-            x = torch.as_tensor(np.asarray(images[start:start + batch_size]), dtype=torch.float32, device=self.device)
-            x = self._prepare(x)
+            x = self.preprocess(images[start:start + batch_size])
             if self.family == "resnet":
                 out = self.model(pixel_values=x)
                 if "pooled" in parts:

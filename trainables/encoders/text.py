@@ -1,9 +1,12 @@
-"""Frozen BERT-family text encoder: [CLS] vectors and padded token sequences.
+"""Frozen BERT-family text encoder: sentence embeddings, [CLS] vectors and padded token sequences.
 
 Any ``transformers`` encoder checkpoint with a tokenizer works (BERT, ClinicalBERT, BioBERT,
 MiniLM, RoBERTa, ...), named as in :mod:`trainables.encoders.sources`. Outputs for a batch of
 texts, truncated to ``max_length`` word pieces (special tokens included):
 
+``sentence`` float32 [N, d']               the checkpoint's sentence embedding: its declared pooling
+                                           and normalisation (:mod:`trainables.encoders.pooling`;
+                                           ``minilm``: mean over the attention mask, L2 norm 1)
 ``cls``     float32 [N, d]                 last hidden state at [CLS] (position 0)
 ``tokens``  float32 [N, max_length, d]     last hidden states, zero at padding;
             bool    [N, max_length]        attention mask (True = real word piece)
@@ -19,12 +22,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from trainables.encoders.pooling import Pooling
 from trainables.encoders.sources import RANDOM_INIT_SEED, ModelSource, warn_random
 
 if TYPE_CHECKING:
     import torch
 
-TEXT_REPRESENTATIONS: tuple[str, ...] = ("cls", "tokens", "attributes")
+TEXT_REPRESENTATIONS: tuple[str, ...] = ("sentence", "cls", "tokens", "attributes")
 ENCODING_VERSION = "1"
 """Bump when the numbers this module produces for the same encoder and input change."""
 
@@ -56,10 +60,19 @@ class TextEncoder:
                 model = AutoModel.from_config(config)
         self.model = model.to(self.device).eval()
         self.dim = int(self.model.config.hidden_size)
+        self._pooling: Pooling | None = None
+
+    @property
+    def pooling(self) -> Pooling:
+        """The sentence pooling (read on first use, so cls/tokens never depend on it)."""
+        if self._pooling is None:
+            self._pooling = self.source.sentence_pooling()
+        return self._pooling
 
     def encode(self, texts: Sequence[str], *, max_length: int, batch_size: int = 64,
                outputs: Sequence[str] = ("cls",)) -> dict[str, np.ndarray]:
-        """``outputs`` from ``cls``, ``tokens``; returns arrays keyed ``cls``, ``tokens``, ``token_mask``."""
+        """``outputs`` from ``sentence``, ``cls``, ``tokens``; returns arrays keyed ``sentence``, ``cls``,
+        ``tokens``, ``token_mask``."""
         import torch
 
         with torch.inference_mode():
@@ -70,6 +83,8 @@ class TextEncoder:
         if n == 0:  # shapes from one blank text
             return {k: v[:0] for k, v in self.encode([""], max_length=max_length, outputs=outputs).items()}
         out: dict[str, np.ndarray] = {}
+        if "sentence" in outputs:
+            out["sentence"] = np.zeros((n, self.dim * len(self.pooling.modes)), np.float32)
         if "cls" in outputs:
             out["cls"] = np.zeros((n, self.dim), np.float32)
         if "tokens" in outputs:
@@ -81,6 +96,8 @@ class TextEncoder:
             enc = self.tokenizer([str(texts[i]) for i in idx], padding="longest", truncation=True,
                                  max_length=max_length, return_tensors="pt").to(self.device)
             hidden = self.model(**enc).last_hidden_state  # [b, l, d], l <= max_length
+            if "sentence" in out:
+                out["sentence"][idx] = self.pooling(hidden.float(), enc["attention_mask"]).cpu().numpy()
             if "cls" in out:
                 out["cls"][idx] = hidden[:, 0].float().cpu().numpy()
             if "tokens" in out:

@@ -1,0 +1,91 @@
+"""``mlflow models serve`` of the registered champion answers REST ``/invocations`` with class
+probabilities, on 127.0.0.1, in a process where fusetune is not installed (the model's own code
+and requirements are all it has)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from isolation import without_fusetune
+from mlflow_server import sqlite_store
+from search.models import TopTrial, log_top_models, pyfunc_input, registered_model_name
+from test_models import BASE, search_runs, with_missing
+from trainables.bundle import load_bundle
+from trainables.data import load_dataset
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _post(url: str, payload: dict) -> dict:
+    request = urllib.request.Request(url, json.dumps(payload).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.loads(response.read())
+
+
+def test_served_champion_answers_invocations_with_probabilities(tmp_path):
+    uri = sqlite_store(tmp_path / "store")
+    top = [TopTrial("t_00000", {**BASE, "epochs": 1}, {"macro_f1": 0.6})]
+    cb = search_runs(uri, top, "serve")
+    name = registered_model_name("baseline", "rosmap")
+    log_top_models(top, space="baseline", data_name="rosmap", tracking_uri=uri, parent_run_id=cb.parent_run_id,
+                   registered_name=name, bundle_dir=tmp_path / "bundles")
+    bundle = load_bundle(tmp_path / "bundles" / "1-t_00000")
+    test = with_missing(load_dataset("rosmap").split_part("test").take(np.arange(8)), "meth", np.array([1, 4]))
+    frame = pyfunc_input(bundle, test)
+    expected = bundle.predict(frame)
+
+    port = _free_port()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    log = open(tmp_path / "serve.log", "w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{name}@champion", "--env-manager", "local",
+         "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
+        cwd=elsewhere, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env={**without_fusetune(tmp_path), "MLFLOW_TRACKING_URI": uri})
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            try:
+                with urllib.request.urlopen(f"{base}/ping", timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            assert time.monotonic() < deadline, "server did not answer /ping: " + (tmp_path / "serve.log").read_text()[-3000:]
+            time.sleep(1)
+        split = json.loads(frame.to_json(orient="split", index=False))  # NaN -> null: 'meth' missing for 2 rows
+        by_split = _post(f"{base}/invocations", {"dataframe_split": split})["predictions"]
+        by_inputs = _post(f"{base}/invocations", {"inputs": {c: [None if np.isnan(v) else float(v) for v in frame[c]] for c in frame.columns}})["predictions"]
+        for predictions in (by_split, by_inputs):
+            probs = np.array([[row[c] for c in bundle.class_names] for row in predictions])
+            assert probs.shape == (8, 2)
+            np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-6)
+            np.testing.assert_allclose(probs, expected, rtol=1e-5, atol=1e-6)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+        log.close()
