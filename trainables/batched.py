@@ -153,6 +153,14 @@ class StackedAdamW:
             raise ValueError("StackedAdamW: folds with different eps")
         on = [bool(a) for a in active]
         t = [max(s, 1.0) for s in self.steps]
+        if all(on) and len({*zip(lr, wd, b1, b2, t)}) == 1:  # the common step: torch's scalar ops, no temporaries
+            lr0, wd0, beta1, beta2, t0 = lr[0], wd[0], b1[0], b2[0], t[0]
+            self.flat.mul_(1 - lr0 * wd0)
+            self.exp_avg.lerp_(grad, 1 - beta1)
+            self.exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            denom = (self.exp_avg_sq.sqrt() / ((1 - beta2 ** t0) ** 0.5)).add_(eps.pop())
+            self.flat.addcdiv_(self.exp_avg, denom, value=(lr0 / (1 - beta1 ** t0)) * -1)
+            return
         # the same python-float arithmetic as torch.optim.adam._multi_tensor_adam, per fold
         decay = self._column([1 - lr[k] * wd[k] if on[k] else 1.0 for k in range(len(on))])
         w1 = self._column([1 - b1[k] if on[k] else 0.0 for k in range(len(on))])
