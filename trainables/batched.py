@@ -196,6 +196,11 @@ class StackedKernel:
         """(per-fold total loss [k], per-fold parts [k])."""
         raise NotImplementedError
 
+    def end_epoch(self, params: dict[str, Tensor], buffers: dict[str, Tensor], train: StackedBatch) -> list[dict] | None:
+        """The module's ``end_epoch`` for every fold at once on the whole training parts (``train``,
+        no dropout); None: run each fold module's own ``end_epoch``."""
+        return None
+
 
 def _dropout_draw(g: torch.Generator, out: Tensor, p: float) -> None:
     """What ``torch.nn.functional.dropout`` draws on CPU for a [B, h] input: bernoulli(1 - p), in place."""
@@ -336,6 +341,38 @@ class OmniFuseStack(StackedKernel):
         parts.update(loss_forward=l_fw, loss_backward=l_bw, loss_rc=l_rc, loss_tla=l_tla)
         return total, {key: val.detach() for key, val in parts.items()}
 
+    @torch.no_grad()
+    def end_epoch(self, params, buffers, train):
+        """:meth:`OmniFuse.end_epoch` (TLA mining, Eq.15) of every fold: the mean L1 distance
+        ||softmax(o) - onehot(y)||_1 of each combination over the fold's samples that have it, the
+        argmax (the first on ties) becomes the fold's delta_lazy."""
+        m = self.model
+        if not m.tla:
+            return [{} for _ in range(train.y.shape[0])]
+        from trainables.omnifuse import all_combinations
+
+        combos = all_combinations(len(m.modalities))
+        onehot = torch.nn.functional.one_hot(train.y, m.num_classes).to(torch.float32)
+        totals, counts = [], []
+        for delta in combos:
+            delta = delta.to(train.mask.device)
+            restricted = train.mask & delta
+            eligible = (restricted == delta).all(-1) & train.valid
+            probs = torch.softmax(self._fuse(params, self._embed(params, train, restricted, lambda: None), lambda: None)[1], -1)
+            totals.append(((probs - onehot).abs().sum(-1) * eligible).sum(1))
+            counts.append(eligible.sum(1))
+        totals_h = torch.stack(totals).double().cpu().numpy()                                # [combinations, k]
+        counts_h = torch.stack(counts).cpu().numpy()
+        out = []
+        lazy = buffers["lazy"]
+        for f in range(totals_h.shape[1]):
+            scored = [(j, totals_h[j, f] / counts_h[j, f]) for j in range(len(combos)) if counts_h[j, f]]
+            j, dist = max(scored, key=lambda r: r[1])
+            lazy[f].copy_(combos[j])
+            code = sum(1 << i for i in range(len(combos[j])) if bool(combos[j][i]))
+            out.append({"tla_lazy_combination": float(code), "tla_lazy_distance": float(dist)})
+        return out
+
     def _slot_mse(self, a: Tensor, b: Tensor, slots: Tensor) -> Tensor:
         w = slots.repeat_interleave(self.model.d, dim=2).to(a.dtype)                      # [k, B, M*d]
         return (((a - b) ** 2) * w).sum((1, 2)) / w.sum((1, 2)).clamp_min(1.0)
@@ -416,6 +453,12 @@ class BatchedFolds:
         self.mask = torch.cat([d.mask for d in datas])
         self.y = torch.cat([d.y for d in datas])
         self.criteria = FoldCriteria([t.criterion for t in trainers], self.device)
+        n_max = max(len(d) for d in datas)
+        full = np.array([self.offsets[f] + np.minimum(np.arange(n_max), len(d) - 1) for f, d in enumerate(datas)])
+        full_t = torch.as_tensor(full, device=self.device)
+        valid = torch.as_tensor(np.array([np.arange(n_max) < len(d) for d in datas]), device=self.device)
+        self.full = StackedBatch(x=[x[full_t] for x in self.x], mask=self.mask[full_t], y=self.y[full_t], valid=valid,
+                                 sizes=[len(d) for d in datas], drops=None, observed=self.mask[full_t])
         self.generators = [torch.Generator(device=self.device) for _ in trainers]
         self.reload()
 
@@ -542,9 +585,13 @@ class BatchedFolds:
         out = []
         seen = np.maximum(counts, 1)
         host = {key: v.cpu().double().numpy() for key, v in sums.items()}
+        ends = self.kernel.end_epoch(self.params, self.buffers, self.full)
         for f, t in enumerate(trainers):
-            with t._own_rng():
-                end = t.model.end_epoch(t.train_data, t.criterion)
+            if ends is None:
+                with t._own_rng():
+                    end = t.model.end_epoch(t.train_data, t.criterion)
+            else:
+                end = ends[f]
             t.epoch += 1
             out.append({**{key: float(v[f] / seen[f]) for key, v in host.items()}, "epoch_samples": float(counts[f]), **end})
         return out
