@@ -110,15 +110,17 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     epochs, repeats = (5, 3) if args.quick else (10, 5)
     torch.set_num_threads(1)
-    print(f"breast-tcga, {args.folds} folds, 1 thread, best of {repeats} x {epochs} epochs; ms per trial epoch "
-          f"(ratio to the bare loop)")
+    print(f"breast-tcga, {args.folds} folds, 1 thread, fastest of {repeats} repeats x {epochs} epochs: ms per trial epoch "
+          f"(ratio to the bare loop)\n")
+    names = ("bare loop", "per-fold train", "batched train", "per-fold step", "batched step")
+    print("| space | " + " | ".join(names) + " | batched speed-up, train / step |")
+    print("|---" * (len(names) + 2) + "|")
     for space in ("baseline", "omnifuse"):
         best = measure(space, epochs, repeats, args.folds)
         floor = best["bare loop"]
-        cells = "  ".join(f"{name} {ms:7.1f} ({ms / floor:4.2f}x)" for name, ms in best.items())
-        print(f"{space:9s} {cells}")
-        print(f"{'':9s} batched vs per-fold: train {best['per-fold train'] / best['batched train']:.2f}x faster, "
-              f"step {best['per-fold step'] / best['batched step']:.2f}x faster")
+        cells = " | ".join(f"{best[n]:.1f} ({best[n] / floor:.2f}x)" for n in names)
+        print(f"| {space} | {cells} | {best['per-fold train'] / best['batched train']:.2f}x / "
+              f"{best['per-fold step'] / best['batched step']:.2f}x |", flush=True)
     return 0
 
 
