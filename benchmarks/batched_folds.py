@@ -10,8 +10,8 @@ engine's :class:`trainables.trainable.Trial` with ``batch_folds=False`` (per-fol
 interleaved, ``--repeats`` times, and the fastest repeat of each is reported (a shared machine's
 load only ever adds time), with ratios against (a).
 
-    FUSETUNE_DATA_DIR=../shared/data python benchmarks/batched_folds.py            # ~3 min on 2 cores
-    FUSETUNE_DATA_DIR=../shared/data python benchmarks/batched_folds.py --quick    # ~1 min
+    FUSETUNE_DATA_DIR=../shared/data python benchmarks/batched_folds.py            # 4 min CPU (15 min wall, loaded 2 cores)
+    FUSETUNE_DATA_DIR=../shared/data python benchmarks/batched_folds.py --quick    # about a third of that
 """
 
 from __future__ import annotations
