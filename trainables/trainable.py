@@ -11,6 +11,10 @@ report and the last carry a checkpoint (``state.pt``: epoch + every fold's
 fresh folder that Ray persists, so schedulers that pause trials (HyperBand, PBT), retries after a
 crash and ``Tuner.restore`` continue exactly from the epoch of the last checkpoint.
 
+Where the method's registry entry names a stacked kernel (``MethodSpec.stacked``), the folds'
+training runs as one batched model (:class:`trainables.batched.BatchedFolds`, same fold models,
+same checkpoint format); ``Trial(..., batch_folds=False)`` trains them one after the other.
+
 A non-finite loss or probability, or any exception while building or training, ends the trial
 with :class:`TrialFailure`, whose message is one line; Ray records the trial as ERROR and the
 search goes on.
