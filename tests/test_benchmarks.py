@@ -52,6 +52,7 @@ QUICK = [
     ("methods_breast_tcga.py", []),
     ("token_models_synth.py", []),
     ("attribute_missing.py", []),
+    ("batched_folds.py", []),
 ]
 
 

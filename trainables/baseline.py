@@ -55,7 +55,8 @@ class ModalityEncoder(nn.Module):
             if self.kinds[name] == "tokens":
                 x = pool_tokens(x, batch.token_masks.get(name))
             parts.append(x)
-        x = torch.cat(parts, dim=-1) * available.to(parts[0].dtype).unsqueeze(-1)
+        x = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)  # no copy for the common single input
+        x = x * available.to(x.dtype).unsqueeze(-1)
         return self.net(x)
 
 

@@ -118,7 +118,10 @@ class FoldTrainer:
         self._cuda_state: torch.Tensor | None = None
         with self._own_rng(seed_cuda=True):
             self.model = spec_m.load().from_config(self.spec, cfg).to(self.device)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=float(cfg["lr"]), weight_decay=float(cfg["weight_decay"]))
+        # foreach: one fused call per update term over all parameters instead of one per parameter
+        # tensor (bit-identical updates; 2.5x faster on CPU for these small models)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=float(cfg["lr"]), weight_decay=float(cfg["weight_decay"]),
+                                           foreach=True)
         self.sampler = climd.CurriculumSampler(train.labels, cfg, self.epochs, self.np_rng)
         self.epoch = 0
 
@@ -216,6 +219,8 @@ class FoldTrainer:
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        for group in self.optimizer.param_groups:  # a checkpoint from before foreach was the default
+            group["foreach"] = True
         self.epoch = int(state["epoch"])
         self._torch_state = state["rng"]["torch"].clone()
         if state["rng"]["cuda"] is not None and self._cuda:

@@ -37,6 +37,16 @@ class CrossEntropy(nn.Module):
         weight = None if self.weight is None else self.weight.to(logits.device, logits.dtype)
         return F.cross_entropy(logits, y, weight=weight, reduction=reduction)
 
+    @property
+    def class_weight(self) -> Tensor | None:
+        """w_c, or None for plain CE; the ``mean`` reduction is sum_i w_{y_i} l_i / sum_i w_{y_i}."""
+        return self.weight
+
+    def rows(self, logits: Tensor, y: Tensor) -> Tensor:
+        """Per-row loss without the class weight (logits [..., C], y [...]): for batched folds, which
+        apply each fold's own ``class_weight``."""
+        return F.cross_entropy(logits.flatten(0, -2), y.flatten(), reduction="none").view(y.shape)
+
 
 class FocalLoss(nn.Module):
     """Focal loss (Lin et al. 2017): FL = -(1 - p_t)^gamma_focal * log p_t, mean over the batch."""
@@ -52,6 +62,13 @@ class FocalLoss(nn.Module):
         # 1 - p_t via expm1, clamped: (0)^gamma with gamma < 1 has an infinite derivative (NaN grads)
         loss = -((-torch.expm1(log_pt)).clamp_min(1e-12) ** self.gamma_focal) * log_pt
         return loss.mean() if reduction == "mean" else loss
+
+    class_weight = None
+    """Focal loss weighs no class: its ``mean`` is the plain mean of :meth:`rows`."""
+
+    def rows(self, logits: Tensor, y: Tensor) -> Tensor:
+        """Per-row loss (logits [..., C], y [...])."""
+        return self(logits.flatten(0, -2), y.flatten(), reduction="none").view(y.shape)
 
 
 CriterionBuilder = Callable[[np.ndarray, dict], nn.Module]

@@ -25,9 +25,20 @@ class MethodSpec:
     target: str  # "module:Class"
     representations: dict[str, tuple[str, ...]] = field(default_factory=dict)
     description: str = ""
+    stacked: str = ""
+    """``module:Class`` of the :class:`trainables.batched.StackedKernel` that trains all folds of a
+    trial as one batched model; empty: the folds train one after the other."""
 
     def load(self) -> type[Backbone]:
         module, _, cls = self.target.partition(":")
+        return getattr(importlib.import_module(module), cls)
+
+    @property
+    def batches_folds(self) -> bool:
+        return bool(self.stacked)
+
+    def load_stacked(self) -> type:
+        module, _, cls = self.stacked.partition(":")
         return getattr(importlib.import_module(module), cls)
 
     def defaults(self) -> dict[str, Any]:
@@ -50,11 +61,13 @@ register_method(MethodSpec(
     "baseline", "trainables.baseline:EarlyFusion",
     {"text": ("sentence",), "image": ("pooled",)},
     "early fusion: modality MLP encoders, concatenation, classifier (CLIMD/OmniFuse baseline)",
+    stacked="trainables.batched:EarlyFusionStack",
 ))
 register_method(MethodSpec(
     "omnifuse", "trainables.omnifuse:OmniFuse",
     {"text": ("sentence",), "image": ("pooled",)},
     "OmniFuse: CRA imputation, DWFuse, TLA",
+    stacked="trainables.batched:OmniFuseStack",
 ))
 register_method(MethodSpec(
     "alignedfusion", "trainables.alignedfusion:AlignedFusion",

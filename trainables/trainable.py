@@ -11,6 +11,10 @@ report and the last carry a checkpoint (``state.pt``: epoch + every fold's
 fresh folder that Ray persists, so schedulers that pause trials (HyperBand, PBT), retries after a
 crash and ``Tuner.restore`` continue exactly from the epoch of the last checkpoint.
 
+Where the method's registry entry names a stacked kernel (``MethodSpec.stacked``), the folds'
+training runs as one batched model (:class:`trainables.batched.BatchedFolds`, same fold models,
+same checkpoint format); ``Trial(..., batch_folds=False)`` trains them one after the other.
+
 A non-finite loss or probability, or any exception while building or training, ends the trial
 with :class:`TrialFailure`, whose message is one line; Ray records the trial as ERROR and the
 search goes on.
@@ -101,7 +105,9 @@ def load_state(folder: Path) -> dict[str, Any]:
 class Trial:
     """The folds of one trial, trained in lockstep. Usable without Ray (tests, notebooks)."""
 
-    def __init__(self, method: str, config: dict[str, Any], data: TrialData, *, device: str = "cpu") -> None:
+    def __init__(self, method: str, config: dict[str, Any], data: TrialData, *, device: str = "cpu",
+                 batch_folds: bool = True) -> None:
+        """``batch_folds=False`` trains the folds one after the other even where the method batches them."""
         from trainables.engine import FoldTrainer  # torch-heavy import, inside the worker
 
         self.config = config
@@ -113,14 +119,21 @@ class Trial:
         for k, (tr, va) in enumerate(splits):
             train, val = data.data.take(tr), data.data.take(va)
             self.trainers.append(FoldTrainer(method, config, train, val, seed=seed + k, device=device))
+        self.batched = None  # all folds as one stacked model where the method's registry entry allows it
+        spec = METHODS[method]
+        if spec.batches_folds and batch_folds:
+            from trainables.batched import BatchedFolds
+
+            self.batched = BatchedFolds(self.trainers, spec.load_stacked())
         self.epoch = 0
 
     def step(self) -> dict[str, Any]:
         """Train every fold one epoch, evaluate on the validation folds, return the report."""
         epoch = self.epoch + 1
         fold_parts, fold_metrics = [], []
+        batched = self.batched.train_epoch() if self.batched is not None else None
         for k, t in enumerate(self.trainers):
-            parts = t.train_epoch()
+            parts = batched[k] if batched is not None else t.train_epoch()
             check_finite(parts, epoch, k)
             fold_parts.append(parts)
             fold_metrics.append(self._evaluate(t.val, t, epoch, k))
@@ -135,6 +148,8 @@ class Trial:
         return classification_metrics(val.labels, probs, trainer.class_names)
 
     def state(self, folder: Path) -> Path:
+        if self.batched is not None:
+            self.batched.sync()
         return save_state(folder, self.epoch, self.trainers)
 
     def restore(self, folder: Path) -> None:
@@ -147,6 +162,8 @@ class Trial:
             for group in t.optimizer.param_groups:
                 group["lr"] = float(t.config["lr"])
                 group["weight_decay"] = float(t.config["weight_decay"])
+        if self.batched is not None:
+            self.batched.reload()
         self.epoch = int(state["epoch"])
 
 

@@ -1,0 +1,180 @@
+"""All folds of a trial as one stacked model: the same fold models as per-fold training, per-fold
+AdamW, CLIMD's uneven folds, checkpoints that resume exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from trainables.batched import BatchedFolds, StackedAdamW
+from trainables.registry import METHODS
+from trainables.trainable import Trial
+from trainables.trial_data import prepare
+
+pytestmark = pytest.mark.filterwarnings("ignore:grad and param do not obey the gradient layout contract")
+
+SMALL = {"hidden": 16, "lr": 1e-3}
+OMNI = {**SMALL, "K": 2, "ra_latent": 8}
+
+
+@pytest.fixture(scope="module")
+def data(data_dir):
+    return prepare("breast-tcga", {})
+
+
+def _config(method: str, **extra) -> dict:
+    return {"method": method, "data": "breast-tcga", "seed": 3, "folds": 3, "epochs": 4,
+            **(OMNI if method == "omnifuse" else SMALL), **extra}
+
+
+def _params(trial: Trial) -> list[list[torch.Tensor]]:
+    return [[p.detach().clone() for p in t.model.parameters()] for t in trial.trainers]
+
+
+def _assert_same_models(a: Trial, b: Trial, atol: float = 1e-5) -> None:
+    for k, (pa, pb) in enumerate(zip(_params(a), _params(b))):
+        for x, y in zip(pa, pb):
+            assert torch.allclose(x, y, rtol=0, atol=atol), f"fold {k}: max diff {(x - y).abs().max():.3g}"
+    for ta, tb in zip(a.trainers, b.trainers):  # the same random draws were taken, in the same order
+        assert torch.equal(ta._torch_state, tb._torch_state)
+        assert ta.np_rng.bit_generator.state == tb.np_rng.bit_generator.state
+
+
+def _train_both(method: str, data, epochs: int | None = None, **extra) -> tuple[Trial, Trial, list, list]:
+    cfg = _config(method, **extra, **({"epochs": epochs} if epochs else {}))
+    per_fold, batched = Trial(method, cfg, data, batch_folds=False), Trial(method, cfg, data)
+    assert per_fold.batched is None and batched.batched is not None
+    ra, rb = [], []
+    for _ in range(epochs or cfg["epochs"]):
+        ra.append(per_fold.step())
+        rb.append(batched.step())
+    return per_fold, batched, ra, rb
+
+
+def _assert_same_reports(ra: list, rb: list) -> None:
+    for a, b in zip(ra, rb):
+        assert a.keys() == b.keys()
+        for key, v in a.items():
+            if isinstance(v, float):
+                assert b[key] == pytest.approx(v, rel=1e-4, abs=1e-6), key
+
+
+def test_registry_says_which_methods_batch_their_folds():
+    assert {n for n, s in METHODS.items() if s.batches_folds} == {"baseline", "omnifuse"}
+    assert all(issubclass(s.load_stacked(), object) for s in METHODS.values() if s.batches_folds)
+
+
+def test_stacked_adamw_equals_one_torch_adamw_per_fold():
+    g = torch.Generator().manual_seed(0)
+    k, P = 4, 37
+    start = torch.randn(k, P, generator=g)
+    singles = [torch.nn.Parameter(start[f].clone()) for f in range(k)]
+    opts = [torch.optim.AdamW([p], lr=1e-2 * (f + 1), weight_decay=1e-2, foreach=bool(f % 2)) for f, p in enumerate(singles)]
+    flat = start.clone()
+    stacked = StackedAdamW(flat, opts)
+    rng = np.random.default_rng(0)
+    for step in range(30):
+        grad = torch.randn(k, P, generator=g)
+        active = np.ones(k, bool) if step % 3 == 0 else rng.random(k) < 0.6  # folds skip steps
+        for f in range(k):
+            if active[f]:
+                opts[f].zero_grad()
+                singles[f].grad = grad[f].clone()
+                opts[f].step()
+        stacked.step(grad * torch.as_tensor(active, dtype=torch.float32)[:, None], active)
+    assert stacked.steps.tolist() == [float(o.state[p]["step"]) for o, p in zip(opts, singles)]
+    assert len(set(stacked.steps.tolist())) > 1
+    for f in range(k):
+        assert torch.allclose(flat[f], singles[f].detach(), rtol=0, atol=1e-7)
+        assert torch.allclose(stacked.exp_avg_sq[f], opts[f].state[singles[f]]["exp_avg_sq"], rtol=1e-6, atol=0)
+
+
+def test_equal_folds_step_exactly_like_torch_adamw():
+    """With every fold active and equal settings the stacked update is torch's own op sequence: bit-equal."""
+    g = torch.Generator().manual_seed(1)
+    k, P = 3, 50
+    start = torch.randn(k, P, generator=g)
+    singles = [torch.nn.Parameter(start[f].clone()) for f in range(k)]
+    opts = [torch.optim.AdamW([p], lr=1e-3, weight_decay=1e-4, foreach=True) for p in singles]
+    flat = start.clone()
+    stacked = StackedAdamW(flat, opts)
+    for _ in range(20):
+        grad = torch.randn(k, P, generator=g)
+        for f in range(k):
+            singles[f].grad = grad[f].clone()
+            opts[f].step()
+        stacked.step(grad, np.ones(k, bool))
+    assert all(torch.equal(flat[f], singles[f].detach()) for f in range(k))
+
+
+def test_baseline_same_seed_same_fold_models(data):
+    per_fold, batched, ra, rb = _train_both("baseline", data, epochs=3)
+    _assert_same_models(per_fold, batched)
+    _assert_same_reports(ra, rb)
+
+
+@pytest.mark.parametrize("extra", [{}, {"tla_mask": "restrict", "imbalance": "weighted_ce"}, {"dwfuse": False, "imp_backward": False}])
+def test_omnifuse_same_seed_same_fold_models(data, extra):
+    per_fold, batched, ra, rb = _train_both("omnifuse", data, epochs=2, **extra, **({"folds": 2} if extra else {}))
+    _assert_same_models(per_fold, batched)
+    _assert_same_reports(ra, rb)
+    assert all(bool(t.model.lazy.any()) for t in batched.trainers)  # epoch 2 trained with TLA on
+    assert all(torch.equal(a.model.lazy, b.model.lazy) for a, b in zip(per_fold.trainers, batched.trainers))
+
+
+def test_climd_uneven_folds_pad_and_skip_steps(data):
+    """CLIMD gives folds different subsets; with 4 folds (112/113 training samples) and batch size 28
+    the folds' epochs have different numbers of batches, so some steps leave a fold out: it must
+    get no AdamW step (its step count stays that of per-fold training)."""
+    per_fold, batched, ra, rb = _train_both("baseline", data, epochs=3, folds=4, batch_size=28, scheduler="climd",
+                                            imbalance="focal")
+    steps = batched.batched.optimizer.steps
+    assert len(set(steps.tolist())) > 1
+    batched.batched.sync()
+    for t_pf, t_b in zip(per_fold.trainers, batched.trainers):
+        s_pf = t_pf.optimizer.state_dict()["state"][0]["step"]
+        assert float(s_pf) == float(t_b.optimizer.state_dict()["state"][0]["step"])
+    _assert_same_models(per_fold, batched)
+    _assert_same_reports(ra, rb)
+
+
+def test_checkpoint_round_trip_resumes_identically(data, tmp_path):
+    cfg = _config("omnifuse", scheduler="climd", epochs=3, folds=2)
+    whole = Trial("omnifuse", cfg, data)
+    for _ in range(3):
+        last = whole.step()
+    first = Trial("omnifuse", cfg, data)
+    first.step(), first.step()
+    first.state(tmp_path)
+    resumed = Trial("omnifuse", cfg, data)
+    resumed.restore(tmp_path)
+    assert resumed.epoch == 2
+    again = resumed.step()
+    assert again == last
+    for pa, pb in zip(_params(whole), _params(resumed)):
+        assert all(torch.equal(x, y) for x, y in zip(pa, pb))
+
+
+def test_per_fold_checkpoint_resumes_batched(data, tmp_path):
+    """The checkpoint format is the per-fold one: a per-fold trial's state continues batched."""
+    cfg = _config("baseline", epochs=3, folds=2)
+    per_fold = Trial("baseline", cfg, data, batch_folds=False)
+    per_fold.step(), per_fold.step()
+    per_fold.state(tmp_path)
+    batched = Trial("baseline", cfg, data)
+    batched.restore(tmp_path)
+    ra, rb = per_fold.step(), batched.step()
+    _assert_same_reports([ra], [rb])
+    _assert_same_models(per_fold, batched)
+
+
+def test_fold_models_are_views_of_the_stacked_weights(data):
+    trial = Trial("baseline", _config("baseline", folds=2), data)
+    stack: BatchedFolds = trial.batched
+    before = [p.detach().clone() for p in trial.trainers[1].model.parameters()]
+    trial.step()
+    after = list(trial.trainers[1].model.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, after))  # prediction sees the trained weights
+    name = stack.names[0]
+    assert torch.equal(stack.params[name][1], dict(trial.trainers[1].model.named_parameters())[name])
