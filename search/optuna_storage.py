@@ -88,9 +88,9 @@ def check_url(url: str) -> None:
 def open_storage(url: str) -> optuna.storages.RDBStorage:
     """The RDB storage at ``url`` (schema created if new); one-line :class:`UsageError` if unusable."""
     check_url(url)
-    if url.startswith("sqlite:///"):
-        Path(url[len("sqlite:///"):]).expanduser().parent.mkdir(parents=True, exist_ok=True)
     try:
+        if url.startswith("sqlite:///"):
+            Path(url[len("sqlite:///"):]).expanduser().parent.mkdir(parents=True, exist_ok=True)
         return optuna.storages.RDBStorage(url)
     except Exception as exc:  # noqa: BLE001 - any failure means the storage is unusable
         text = " ".join(str(exc).split())[:240]
@@ -168,11 +168,15 @@ class PersistentOptunaSearch(OptunaSearch):
         super().__init__(*args, storage=open_storage(storage_url) if storage_url else None, **kwargs)
 
     def _setup_study(self, mode: str | list) -> None:
+        points, self._points_to_evaluate = self._points_to_evaluate, []
         super()._setup_study(mode)
+        self._points_to_evaluate = points
         for key, value in self._attrs.items():
             self._ot_study.set_user_attr(key, value)
-        for trial in self._warm:
+        for trial in self._warm:  # first, so the search's own trials follow them
             self._ot_study.add_trial(trial)
+        for point in points:  # a point the warm start already evaluated is not evaluated again
+            self._ot_study.enqueue_trial(point, skip_if_exists=bool(self._warm))
         self._warm = []
 
     @property
@@ -187,7 +191,8 @@ class PersistentOptunaSearch(OptunaSearch):
         return params
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if result and trial_id in self._ot_trials and trial_id not in self._completed_trials:
+        if (result and isinstance(self.metric, str) and self.metric in result and trial_id in self._ot_trials
+                and trial_id not in self._completed_trials):
             # Tune hands the last result to on_trial_complete only: it is an intermediate value too
             self.on_trial_result(trial_id, result)
         if result and not error and not result.get("final") and trial_id not in self._completed_trials:
