@@ -168,15 +168,17 @@ class PersistentOptunaSearch(OptunaSearch):
         super().__init__(*args, storage=open_storage(storage_url) if storage_url else None, **kwargs)
 
     def _setup_study(self, mode: str | list) -> None:
+        # the points to evaluate first are enqueued one at a time, when their trial is asked for:
+        # Optuna's ask scans every waiting trial, and a database holding a 729-point grid as waiting
+        # trials made each ask take a second (and enqueueing them all, most of a minute)
         points, self._points_to_evaluate = self._points_to_evaluate, []
         super()._setup_study(mode)
-        self._points_to_evaluate = points
+        self._queued = [dict(p) for p in points]
+        self._skip_seen = bool(self._warm)  # a point the warm start already evaluated is not run again
         for key, value in self._attrs.items():
             self._ot_study.set_user_attr(key, value)
         for trial in self._warm:  # first, so the search's own trials follow them
             self._ot_study.add_trial(trial)
-        for point in points:  # a point the warm start already evaluated is not evaluated again
-            self._ot_study.enqueue_trial(point, skip_if_exists=bool(self._warm))
         self._warm = []
 
     @property
@@ -185,6 +187,8 @@ class PersistentOptunaSearch(OptunaSearch):
 
     def suggest(self, trial_id: str) -> dict | None:
         new = trial_id not in self._ot_trials
+        if new and self._queued:
+            self._ot_study.enqueue_trial(self._queued.pop(0), skip_if_exists=self._skip_seen)
         params = super().suggest(trial_id)
         if new and trial_id in self._ot_trials:
             self._ot_trials[trial_id].set_user_attr(RAY_TRIAL_ATTR, trial_id)
