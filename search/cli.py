@@ -72,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     a("--text-encoder", help="text encoder for report modalities (default: the space's, minilm)")
     a("--image-encoder", help="image encoder (default: the space's, resnet-tiny or vit-tiny)")
     a("--cache-dir", help="feature cache folder (default $FUSETUNE_CACHE_DIR or ~/.cache/fusetune/features)")
+    a("--optuna-storage", metavar="URL",
+      help="Optuna study storage, an RDB URL without password (default sqlite:///<storage>/<name>/optuna.db)")
+    a("--warm-start", metavar="NAME",
+      help="seed the sampler with the finished trials of the earlier search NAME (same space, data, objective)")
     a("--points", type=_point, action="append", metavar="JSON",
       help="a configuration to evaluate right after the paper default (repeatable), e.g. '{\"lr\": 1e-3}'")
     a("--confirm-repeats", type=int,

@@ -54,6 +54,8 @@ class SearchConfig:
     text_encoder: str | None = None
     image_encoder: str | None = None
     cache_dir: str | None = None
+    optuna_storage: str | None = None
+    warm_start: str | None = None
     points: tuple[dict[str, Any], ...] = field(default_factory=tuple)
     confirm_repeats: int = 3
     references: tuple[str, ...] = ("logreg", "rf")
@@ -177,10 +179,19 @@ def resolve(cfg: SearchConfig) -> SearchConfig:
             raise UsageError(f"--points: {unknown[0]!r} is not a dimension of space {space.name} "
                              f"({', '.join(space.names)})")
 
+    if cfg.optuna_storage is not None:
+        if cfg.scheduler == "pbt":
+            raise UsageError("--optuna-storage: --scheduler pbt draws its population without Optuna; there is no "
+                             "study to store")
+        from search.optuna_storage import check_url
+
+        check_url(cfg.optuna_storage)
     data = cfg.data or space.data
     name = cfg.name or f"{cfg.space}-{replace(cfg, data=data).data_name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if "/" in name or name in (".", ".."):
         raise UsageError(f"--name {name}: must be a plain folder name")
+    if cfg.warm_start is not None and ("/" in cfg.warm_start or cfg.warm_start in (".", "..", name)):
+        raise UsageError(f"--warm-start {cfg.warm_start}: must name another, earlier search (its --name)")
     return replace(
         cfg, data=data, name=name, metric=metric, mode=mode,
         epochs=cfg.epochs or space.epochs,

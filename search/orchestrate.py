@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import random
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import optuna
@@ -32,9 +32,9 @@ from ray.tune.schedulers import (
     PopulationBasedTraining,
     TrialScheduler,
 )
-from ray.tune.search import BasicVariantGenerator, SearchAlgorithm, Searcher
-from ray.tune.search.optuna import OptunaSearch
+from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter, SearchAlgorithm, Searcher, SearchGenerator
 
+from search import optuna_storage
 from search.config import SearchConfig
 from spaces import Space
 from trainables.trainable import TRAINABLES
@@ -74,13 +74,53 @@ def num_trials(cfg: SearchConfig, space: Space) -> int:
     return cfg.num_samples
 
 
-def build_searcher(cfg: SearchConfig, space: Space) -> Searcher | SearchAlgorithm:
+def build_searcher(cfg: SearchConfig, space: Space, fingerprint: str = "",
+                   warm: Sequence[optuna.trial.FrozenTrial] = ()) -> Searcher | SearchAlgorithm:
+    """The Optuna searcher on the search's persistent study (:mod:`search.optuna_storage`), with
+    ``warm`` (an earlier search's finished trials) in it; PBT's fixed population otherwise."""
     if cfg.scheduler == "pbt":
         return pbt_population(cfg, space)
     metric: str | list[str] = list(cfg.metric) if cfg.multi_objective else cfg.primary_metric
     mode: str | list[str] = list(cfg.mode) if cfg.multi_objective else cfg.primary_mode
-    return OptunaSearch(space, metric=metric, mode=mode, points_to_evaluate=initial_points(cfg, space),
-                        sampler=SAMPLERS[cfg.sampler](cfg), study_name=cfg.name)
+    return optuna_storage.PersistentOptunaSearch(
+        space, metric=metric, mode=mode, points_to_evaluate=initial_points(cfg, space),
+        sampler=SAMPLERS[cfg.sampler](cfg), study_name=cfg.name, storage_url=optuna_storage.storage_url(cfg),
+        attrs=optuna_storage.study_attrs(cfg, fingerprint), warm=warm)
+
+
+class SearchBudget(SearchGenerator):
+    """Ray's ``SearchGenerator`` whose number of trials can grow when the search is resumed:
+    Ray restores the count it was started with; ``total`` (this session's ``--num-samples``)
+    raises it, so a finished search samples the extra trials and its finished ones stay."""
+
+    def __init__(self, searcher: Searcher, total: int) -> None:
+        super().__init__(searcher)
+        self.total = total
+
+    def restore_from_dir(self, dirpath: str) -> None:
+        super().restore_from_dir(dirpath)
+        if self.total > self._total_samples:
+            self._total_samples = self.total
+            self._finished = False
+
+
+def search_algorithm(cfg: SearchConfig, space: Space, fingerprint: str = "",
+                     warm: Sequence[optuna.trial.FrozenTrial] = ()) -> SearchAlgorithm:
+    """The searcher as Tune would wrap it (``--max-concurrent`` as a ``ConcurrencyLimiter``), in a
+    :class:`SearchBudget`; PBT's population as it is."""
+    searcher = build_searcher(cfg, space, fingerprint, warm)
+    if not isinstance(searcher, Searcher):
+        return searcher
+    if cfg.max_concurrent:
+        searcher = ConcurrencyLimiter(searcher, max_concurrent=cfg.max_concurrent)
+    return SearchBudget(searcher, num_trials(cfg, space))
+
+
+def base_searcher(search_alg: Any) -> Any:
+    """The innermost searcher of Tune's wrappers (``SearchGenerator``, ``ConcurrencyLimiter``)."""
+    while hasattr(search_alg, "searcher"):
+        search_alg = search_alg.searcher
+    return search_alg
 
 
 def pbt_population(cfg: SearchConfig, space: Space) -> BasicVariantGenerator:
@@ -175,15 +215,18 @@ def trainable(cfg: SearchConfig, space: Space, data: TrialData) -> Any:
     return tune.with_resources(fn, {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial})
 
 
-def build_tuner(cfg: SearchConfig, space: Space, data: TrialData, callbacks: list[tune.Callback]) -> tune.Tuner:
+def build_tuner(cfg: SearchConfig, space: Space, data: TrialData, callbacks: list[tune.Callback],
+                warm: Sequence[optuna.trial.FrozenTrial] = ()) -> tune.Tuner:
+    search_alg = search_algorithm(cfg, space, data.fingerprint, warm)
     return tune.Tuner(
         trainable(cfg, space, data),
         param_space=param_space(cfg, space),
         tune_config=tune.TuneConfig(
-            search_alg=build_searcher(cfg, space),
+            search_alg=search_alg,
             scheduler=SCHEDULERS[cfg.scheduler](cfg, space),
             num_samples=num_trials(cfg, space),
-            max_concurrent_trials=cfg.max_concurrent,
+            # the SearchBudget holds the ConcurrencyLimiter; PBT's generator takes the bound itself
+            max_concurrent_trials=None if isinstance(search_alg, SearchBudget) else cfg.max_concurrent,
             reuse_actors=True,
             trial_dirname_creator=trial_dirname,
         ),
@@ -203,9 +246,16 @@ def build_tuner(cfg: SearchConfig, space: Space, data: TrialData, callbacks: lis
 
 def restore_tuner(cfg: SearchConfig, space: Space, data: TrialData, callbacks: list[tune.Callback]) -> tune.Tuner:
     """The search ``--name`` as it was left: finished trials stay, unfinished ones continue from
-    their checkpoints, the searcher's state comes back. The callbacks are this run's (new
-    tracking URI, fresh progress line) with the state Tune saved for them."""
+    their checkpoints, the searcher's state comes back (its Optuna study from its storage). The
+    callbacks are this run's (new tracking URI, fresh progress line) with the state Tune saved
+    for them. A ``--num-samples`` above the saved one extends the search by that many trials."""
     tuner = tune.Tuner.restore(cfg.experiment_path, trainable(cfg, space, data), resume_unfinished=True,
                                resume_errored=False, restart_errored=False)
     tuner._local_tuner.get_run_config().callbacks = callbacks  # no public setter in Ray 2.60
+    search_alg = tuner._local_tuner._tune_config.search_alg  # nor for the search algorithm
+    if isinstance(search_alg, SearchBudget):
+        search_alg.total = num_trials(cfg, space)
+        base = base_searcher(search_alg)
+        if isinstance(base, optuna_storage.PersistentOptunaSearch) and base.storage_url is not None:
+            base.storage_url = optuna_storage.storage_url(cfg)
     return tuner

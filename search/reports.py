@@ -19,7 +19,7 @@ the pages share one ``plotly.min.js`` in the folder, so they open offline), plus
 (files, axes labels, skipped plots with the reason) and ``README.md``. A plot that cannot be drawn
 (fewer than two finished trials, a single parameter, ...) is skipped with a note, never an error.
 With a tracking URI and the parent run id, the folder is logged as the parent MLflow run's
-artifacts under ``reports/``.
+artifacts under ``reports/``, and the search's ``results.csv`` at the artifact root.
 
 Trial states in the rebuilt study: a trial that finished all its epochs is ``COMPLETE`` with its
 final value; one an early-stopping scheduler stopped is ``PRUNED`` (its per-epoch values are the
@@ -46,7 +46,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.trial import TrialState
 
 from search.errors import UsageError
-from search.study import OneLineParser, StudyResults, add_storage_option, load_study
+from search.study import RESULTS_CSV, OneLineParser, StudyResults, add_storage_option, load_study
 
 logger = logging.getLogger("fusetune.reports")
 
@@ -378,6 +378,8 @@ def _write_reports(results_dir: Path, metric: str | None, mode: str | None, trac
     _write_index(out, study, ctx, metric, mode)
     if tracking_uri and parent_run_id:
         out.logged_to = log_reports(out.folder, tracking_uri, parent_run_id)
+        if out.logged_to and (results_dir / RESULTS_CSV).is_file():
+            log_reports(results_dir / RESULTS_CSV, tracking_uri, parent_run_id, artifact_path=None)
     return out
 
 
@@ -406,19 +408,26 @@ def _write_index(out: Reports, study: StudyResults, ctx: _Context, metric: str, 
     (out.folder / "README.md").write_text("\n".join(lines) + "\n")
 
 
-def log_reports(folder: Path, tracking_uri: str, parent_run_id: str) -> str | None:
-    """Log ``folder`` as artifacts ``reports/`` of the parent run; a warning (not an error) on failure."""
+def log_reports(folder: Path, tracking_uri: str, parent_run_id: str,
+                artifact_path: str | None = ARTIFACT_PATH) -> str | None:
+    """Log ``folder`` as artifacts ``reports/`` of the parent run (a file such as ``results.csv``
+    at ``artifact_path``, None = the root); a warning (not an error) on failure."""
     from mlflow.tracking import MlflowClient
 
     from search.tracking import fast_http
 
     try:
         with fast_http(10.0):
-            MlflowClient(tracking_uri=tracking_uri).log_artifacts(parent_run_id, str(folder), ARTIFACT_PATH)
+            client = MlflowClient(tracking_uri=tracking_uri)
+            if folder.is_dir():
+                client.log_artifacts(parent_run_id, str(folder), artifact_path)
+            else:
+                client.log_artifact(parent_run_id, str(folder), artifact_path)
     except Exception as exc:  # noqa: BLE001 - the files are on disk; MLflow is a mirror
-        logger.warning("reports not logged to MLflow run %s: %s", parent_run_id, " ".join(str(exc).split())[:300])
+        logger.warning("%s not logged to MLflow run %s: %s", folder.name, parent_run_id,
+                       " ".join(str(exc).split())[:300])
         return None
-    return f"runs:/{parent_run_id}/{ARTIFACT_PATH}"
+    return f"runs:/{parent_run_id}/{artifact_path or folder.name}"
 
 
 def parent_run_id_of(tracking_uri: str, search_name: str) -> str | None:

@@ -34,8 +34,9 @@ SEARCH_FILE = "search.json"
 TABLE_ROWS = 5
 """Configurations in the final table (at least; ``--top-k`` more if larger)."""
 
-RESUME_OVERRIDES = ("storage", "name", "resume", "address", "tracking_uri", "top_k")
-"""Options a resumed search may change; the others are the saved search's."""
+RESUME_OVERRIDES = ("storage", "name", "resume", "address", "tracking_uri", "top_k", "num_samples")
+"""Options a resumed search may change; the others are the saved search's. A larger
+``--num-samples`` extends the search (a finished one too) by the extra trials."""
 
 
 # --------------------------------------------------------------------------------- options
@@ -55,6 +56,12 @@ def options(given: dict[str, Any]) -> SearchConfig:
     if "references" in saved:
         saved["references"] = tuple(saved["references"])
     cfg = SearchConfig(**saved)
+    if given.get("num_samples", cfg.num_samples) != cfg.num_samples:
+        if given["num_samples"] < cfg.num_samples:
+            raise UsageError(f"--num-samples {given['num_samples']}: a resumed search keeps its trials "
+                             f"(it has {cfg.num_samples}); give more to extend it")
+        if cfg.scheduler == "pbt":
+            raise UsageError("--num-samples: PBT's population is fixed when the search starts; it cannot be extended")
     for key, value in given.items():
         if key in RESUME_OVERRIDES:
             continue
@@ -125,13 +132,22 @@ def execute(given: dict[str, Any]) -> SearchResult:
     cfg = options(given)
     space = cfg.space_spec
     uri = tracking_uri(cfg)
+    from search.dataset_input import DatasetInfo
     from search.tracking import MLflowTracking, check_tracking_uri
 
     check_tracking_uri(uri)
+    from search import optuna_storage
+
+    study_url = optuna_storage.storage_url(cfg) if cfg.scheduler != "pbt" else None
+    if study_url:
+        optuna_storage.open_storage(study_url)
+        if not cfg.resume:
+            optuna_storage.check_new_study(study_url, cfg.name)
     if cfg.address:
         preflight.check_address(cfg.address)
     t0 = time.monotonic()
     data = preflight.load_data(cfg, space)
+    warm = optuna_storage.warm_start_trials(cfg, data.fingerprint) if not cfg.resume else []
     timings = {"data_s": time.monotonic() - t0}
     timings.update(preflight.connect(cfg))
     slots = preflight.check_resources(cfg)
@@ -151,17 +167,23 @@ def execute(given: dict[str, Any]) -> SearchResult:
         from search.tracking import PARENT_RUN_TAG
 
         search_tags[PARENT_RUN_TAG] = cfg.parent_run_id
-    tracking = MLflowTracking(uri, cfg.experiment, cfg.name, search_tags=search_tags, search_params=cfg.as_params())
+    tracking = MLflowTracking(uri, cfg.experiment, cfg.name, search_tags=search_tags, search_params=cfg.as_params(),
+                             dataset=DatasetInfo.of(cfg, data))
     callbacks = [ProgressLine(total=total, epochs=cfg.epochs, metric=cfg.primary_metric, mode=cfg.primary_mode), tracking]
+    results.write_text(json.dumps(asdict(cfg), indent=2, default=list), exp_path, SEARCH_FILE)
     if cfg.resume:
         tuner = orchestrate.restore_tuner(cfg, space, data, callbacks)
     else:
-        results.write_text(json.dumps(asdict(cfg), indent=2, default=list), exp_path, SEARCH_FILE)
-        tuner = orchestrate.build_tuner(cfg, space, data, callbacks)
+        tuner = orchestrate.build_tuner(cfg, space, data, callbacks, warm)
     print(f"{'resuming' if cfg.resume else 'search'} {cfg.name}: space {space.name} ({space.method}) on {cfg.data} "
           f"[{len(data.data)} training samples, {'hold-out' if cfg.folds == 0 else f'{cfg.folds}-fold'}], "
           f"{total} trials x {cfg.epochs} epochs, sampler {cfg.sampler}, scheduler {cfg.scheduler}, "
           f"objective {', '.join(f'{m} ({d})' for m, d in zip(cfg.metric, cfg.mode))}", flush=True)
+    if study_url:
+        print(f"Optuna study {cfg.name}: optuna-dashboard {study_url}" + (
+            f" (warm start: {len(warm)} finished trials of {cfg.warm_start})" if warm else ""), flush=True)
+    elif cfg.scheduler != "pbt":
+        print("Optuna study in memory (a remote --storage; give --optuna-storage URL to keep it)", flush=True)
     t1 = time.monotonic()
     grid = tuner.fit()
     timings["search_s"] = time.monotonic() - t1

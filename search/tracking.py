@@ -15,6 +15,11 @@ duplicated: the parent by ``fusetune.search_name`` (+ ``fusetune.role = search``
 ``fusetune.trial_id``; a child already FINISHED is not logged again, and the epochs a resumed child
 already holds are not logged twice.
 
+The parent run also gets the dataset as an MLflow dataset input (:mod:`search.dataset_input`)
+and, when the search ends, summary metrics (:func:`summary_metrics`): ``best_<metric>`` over the
+trials that finished all their epochs, ``trials_completed``/``_pruned``/``_failed`` and
+``wall_time_s`` (the driver's time over all sessions of the search).
+
 Also here: :func:`check_tracking_uri` (fail fast, one line, before any trial starts) and
 :func:`default_tracking_uri` (a SQLite store in the results folder).
 """
@@ -47,6 +52,11 @@ TRIAL_ID_TAG = "fusetune.trial_id"
 ROLE_TAG = "fusetune.role"          # "search" (parent) or "trial" (child)
 PARENT_RUN_TAG = "mlflow.parentRunId"  # MLflow's own nesting tag (the UI groups children under it)
 ERROR_TAG = "error"
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+"""MLflow 3's experiment kind for model training (its UI's ``ExperimentKind.CUSTOM_MODEL_DEVELOPMENT``):
+the UI opens such an experiment on its runs, not on the GenAI overview (traces, judges). Set on an
+experiment this module creates, and on an existing one that has no kind yet."""
 STEP_METRIC = "epoch"               # logged with every result; the resume guard reads its history
 
 RESULT_TAG_KEYS = ("data_fingerprint", "code_version")
@@ -228,13 +238,31 @@ def trial_error_reason(trial: Any) -> str:
     return _one_line(lines[-1], 1000) if lines else "unknown error"
 
 
+def summary_metrics(trials: list, metrics: tuple[str, ...]) -> dict[str, float]:
+    """The parent run's summary of Tune's trials: counts by outcome and, for each of ``metrics``
+    (and the objectives the trials carry), its best final value (in the metric's own direction)
+    among the trials that finished all their epochs."""
+    from search.config import natural_mode
+
+    completed = [t.last_result for t in trials if getattr(t, "status", "") == "TERMINATED"
+                 and (getattr(t, "last_result", None) or {}).get("final")]
+    out = {"trials_completed": float(len(completed)),
+           "trials_pruned": float(sum(getattr(t, "status", "") == "TERMINATED" for t in trials) - len(completed)),
+           "trials_failed": float(sum(getattr(t, "status", "") == "ERROR" for t in trials))}
+    for m in metrics:
+        values = [float(r[m]) for r in completed if isinstance(r.get(m), (int, float)) and math.isfinite(r[m])]
+        if values:
+            out[f"best_{m}"] = max(values) if natural_mode(m) == "max" else min(values)
+    return out
+
+
 def _is_permanent(e: Exception) -> bool:
     return isinstance(e, MlflowException) and e.error_code in _PERMANENT_ERRORS
 
 
 # ----------------------------------------------------------------------------- callback
 _RUNTIME_ATTRS = frozenset({"_lock", "_changed", "_thread", "_client", "_closing", "_busy", "_down_since",
-                            "_tagged", "_synced", "_open_runs", "_parent_checked"})
+                            "_tagged", "_synced", "_open_runs", "_parent_checked", "_session_start"})
 
 class MLflowTracking(Callback):
     """Ray Tune callback writing the search to MLflow (see the module docstring).
@@ -252,6 +280,9 @@ class MLflowTracking(Callback):
         setup_timeout: seconds ``setup`` waits for the parent run (so ``parent_run_id`` is set).
         request_timeout: per-request time-out of MLflow's REST client while the search runs.
         max_backoff: longest pause between two attempts while the server is unreachable.
+        dataset: the search's dataset, logged as the parent run's dataset input.
+        summary: metrics whose best final value the parent run gets (default: every metric the
+            task computes, and the loss).
     """
 
     def __init__(
@@ -267,6 +298,8 @@ class MLflowTracking(Callback):
         setup_timeout: float = 15.0,
         request_timeout: float = 10.0,
         max_backoff: float = 15.0,
+        dataset: Any = None,
+        summary: tuple[str, ...] | None = None,
     ) -> None:
         self.tracking_uri = tracking_uri
         self.experiment = experiment
@@ -278,6 +311,12 @@ class MLflowTracking(Callback):
         self.setup_timeout = float(setup_timeout)
         self.request_timeout = float(request_timeout)
         self.max_backoff = float(max_backoff)
+        self.dataset = dataset
+        if summary is None:
+            from trainables.metrics import METRICS
+
+            summary = (*METRICS, "loss")
+        self.summary = tuple(summary)
         # persistent state (get_state / set_state)
         self.parent_run_id: str | None = None
         self.experiment_id: str | None = None
@@ -287,6 +326,7 @@ class MLflowTracking(Callback):
         self._skip_until: dict[str, int] = {}       # trial_id -> last step the run already holds
         self._queue: deque[dict] = deque()
         self.dropped = 0                            # records dropped (queue full / rejected)
+        self.wall_s = 0.0                           # driver time of the earlier sessions
         self._init_runtime()
 
     # ------------------------------------------------------------------ runtime (not pickled)
@@ -302,6 +342,7 @@ class MLflowTracking(Callback):
         self._open_runs: set[str] = set()           # run ids known to be RUNNING this session
         self._parent_checked = False                # parent run looked up this session
         self._client: MlflowClient | None = None
+        self._session_start = time.monotonic()
 
     def __getstate__(self) -> dict:
         with self._lock:
@@ -334,6 +375,7 @@ class MLflowTracking(Callback):
                 "skip_until": dict(self._skip_until),
                 "pending": list(self._queue),
                 "dropped": self.dropped,
+                "wall_s": self.wall_s + (time.monotonic() - self._session_start),
             }
 
     def set_state(self, state: dict) -> None:
@@ -351,10 +393,13 @@ class MLflowTracking(Callback):
             self._skip_until = {k: int(v) for k, v in state.get("skip_until", {}).items()}
             self._queue = deque(state.get("pending", []))
             self.dropped = int(state.get("dropped", 0))
+            self.wall_s = float(state.get("wall_s", 0.0))
+            self._session_start = time.monotonic()
 
     # ------------------------------------------------------------------ Tune hooks
     def setup(self, stop=None, num_samples=None, total_num_samples=None, **info) -> None:
         with self._lock:
+            self._session_start = time.monotonic()
             self._queue.appendleft({"op": "parent"})
         self._start()
         if not self.flush(self.setup_timeout, until_parent=True):
@@ -410,6 +455,9 @@ class MLflowTracking(Callback):
     def on_experiment_end(self, trials: list, **info) -> None:
         statuses = {getattr(t, "status", "TERMINATED") for t in trials}
         complete = statuses <= {"TERMINATED", "ERROR"}
+        summary = summary_metrics(trials, self.summary)
+        summary["wall_time_s"] = self.wall_s + (time.monotonic() - self._session_start)
+        self._put({"op": "summary", "metrics": summary, "time_ms": int(time.time() * 1000)})
         self._put({"op": "end_parent", "status": "FINISHED" if complete else "KILLED",
                    "trial_ids": sorted(str(t.trial_id) for t in trials)})
         sent = self.flush(self.flush_timeout)
@@ -527,6 +575,13 @@ class MLflowTracking(Callback):
         if op == "parent":
             self._ensure_parent()
             return
+        if op == "summary":
+            from mlflow.entities import Metric
+
+            run_id = self._ensure_parent()
+            self.client.log_batch(run_id, metrics=[Metric(k, float(v), record["time_ms"], 0)
+                                                   for k, v in sorted(record["metrics"].items())])
+            return
         if op == "end_parent":
             self._ensure_parent()
             if "trial_ids" in record:
@@ -590,13 +645,16 @@ class MLflowTracking(Callback):
             if exp is None:
                 try:
                     self.experiment_id = self.client.create_experiment(
-                        self.experiment, artifact_location=default_artifact_location(self.tracking_uri, self.experiment))
+                        self.experiment, artifact_location=default_artifact_location(self.tracking_uri, self.experiment),
+                        tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
                 except MlflowException as e:  # created meanwhile by another driver
                     if e.error_code != "RESOURCE_ALREADY_EXISTS":
                         raise
                     self.experiment_id = self.client.get_experiment_by_name(self.experiment).experiment_id
             else:
                 self.experiment_id = exp.experiment_id
+                if EXPERIMENT_KIND_TAG not in exp.tags:  # a kind the user (or MLflow) chose stays
+                    self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return self.experiment_id
 
     def _ensure_parent(self) -> str:
@@ -623,6 +681,8 @@ class MLflowTracking(Callback):
         from mlflow.entities import RunTag
 
         self.client.log_batch(run_id, tags=[RunTag(k, v[:_MAX_TAG_VALUE]) for k, v in tags.items()])
+        if self.dataset is not None:  # MLflow keeps one input per dataset (name, digest) and run
+            self.client.log_inputs(run_id, datasets=[self.dataset.entity()])
         with self._lock:
             self.parent_run_id = run_id
             self._parent_checked = True

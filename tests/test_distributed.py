@@ -320,6 +320,14 @@ def test_driver_killed_then_resumed(cluster, drivers, tmp_path):
         assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "macro_f1")]
         assert sorted(steps) == list(range(1, epochs + 1)), f"trial {run.data.tags['fusetune.trial_id']}: steps {steps}"
+    # the Optuna study (opened again from <search>/optuna.db): every trial of the search COMPLETE,
+    # one a killed driver had asked for after the last snapshot FAIL, none left RUNNING
+    import optuna
+
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{exp / 'optuna.db'}")
+    states = {t.user_attrs.get("ray_trial_id"): t.state.name for t in study.trials}
+    assert {t: states.get(t) for t in known} == dict.fromkeys(known, "COMPLETE")
+    assert set(states.values()) <= {"COMPLETE", "FAIL"}, states
 
 
 # faster detection of a dead node than Ray's defaults (which wait tens of seconds)

@@ -6,6 +6,7 @@ The hooks are driven with small fake trials (what Ray Tune passes: ``trial_id``,
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import time
@@ -304,8 +305,8 @@ def test_unreachable_store_never_blocks_and_buffer_is_bounded(tmp_path):
     state = cb.get_state()
     ops = [r["op"] for r in state["pending"]]
     # structural records survive; the oldest per-epoch metrics were dropped
-    assert ops[0] == "parent" and "trial" in ops and "end" in ops and ops[-1] == "end_parent"
-    assert len(ops) == 10 and cb.dropped == 30 + 4 - 10
+    assert ops[0] == "parent" and "trial" in ops and "end" in ops and ops[-2:] == ["summary", "end_parent"]
+    assert len(ops) == 10 and cb.dropped == 30 + 5 - 10
     kept = [r["step"] for r in state["pending"] if r["op"] == "metrics"]
     assert kept == sorted(kept) and kept[-1] == 30
     print(f"hooks with the server down: {hooks_s:.2f} s for 33 hooks (incl. 1 s setup wait)")
@@ -446,3 +447,64 @@ def test_check_tracking_uri_names_auth_and_non_mlflow_servers(status, body, expe
     finally:
         httpd.shutdown()
     assert expected in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+# ----------------------------------------------------------------------------- the parent run as users read it
+class _Data:
+    """Stands in for trainables.trial_data.TrialData (what DatasetInfo.of reads)."""
+
+    class _Part:
+        labels = [0, 1, 1, 2]
+        class_names = ("a", "b", "c")
+        modalities = {"mrna": type("M", (), {"kind": "vector"})()}
+
+        def class_counts(self):
+            return [1, 2, 1]
+
+    data = _Part()
+    fingerprint = "ab" * 32
+    raw_kinds = ("vector",)
+
+
+def test_parent_run_summary_dataset_and_experiment_kind(tmp_path):
+    from search.config import SearchConfig
+    from search.dataset_input import DatasetInfo
+    from search.tracking import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
+
+    uri = sqlite_store(tmp_path)
+    dataset = DatasetInfo.of(SearchConfig(space="baseline", data="breast-tcga"), _Data())
+    cb = new_callback(uri, dataset=dataset)
+    ok, bad = trials()
+    early = FakeTrial("t_00002", {"epochs": 3, "lr": 0.5})
+    early.status, early.last_result = "TERMINATED", result(1, 0.9, 0.3)   # stopped by the scheduler
+    run_search(cb, ok, bad)
+    cb.on_experiment_end([ok, bad, early])  # the summary is of the trials Tune hands over
+    client = MlflowClient(uri)
+    assert client.get_experiment(cb.experiment_id).tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND == "custom_model_development"
+    (parent,) = parents(client, cb.experiment_id, cb.search_name)
+    m = parent.data.metrics
+    assert (m["trials_completed"], m["trials_pruned"], m["trials_failed"]) == (1, 1, 1)
+    # best final value of each metric over the trial that finished all its epochs (ok: macro_f1 0.8)
+    assert m["best_macro_f1"] == pytest.approx(0.8) and m["best_accuracy"] == pytest.approx(0.9)
+    assert m["best_loss"] == pytest.approx(1 / 3) and m["wall_time_s"] > 0
+    (inp,) = parent.inputs.dataset_inputs
+    assert inp.dataset.name == "breast-tcga" and inp.dataset.digest == ("ab" * 32)[:36]
+    assert inp.dataset.source_type == "code" and '"fusetune.data": "breast-tcga"' in inp.dataset.source
+    assert json.loads(inp.dataset.profile)["training_samples"] == 4
+    assert {t.key: t.value for t in inp.tags} == {"mlflow.data.context": "training", "fusetune.data_fingerprint": "ab" * 32,
+                                                  "fusetune.data_spec": "breast-tcga"}
+
+
+def test_experiment_kind_a_user_chose_stays(tmp_path):
+    from search.tracking import EXPERIMENT_KIND_TAG
+
+    uri = sqlite_store(tmp_path)
+    client = MlflowClient(uri)
+    plain = client.create_experiment("fusetune-test")                        # made before: no kind
+    other = client.create_experiment("mine", tags={EXPERIMENT_KIND_TAG: "genai_development"})
+    run_search(new_callback(uri), *trials())
+    assert client.get_experiment(plain).tags[EXPERIMENT_KIND_TAG] == "custom_model_development"
+    cb = MLflowTracking(uri, "mine", "s2", {}, {})
+    cb.setup()
+    cb.on_experiment_end([])
+    assert client.get_experiment(other).tags[EXPERIMENT_KIND_TAG] == "genai_development"
