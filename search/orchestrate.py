@@ -226,6 +226,17 @@ def trainable(cfg: SearchConfig, space: Space, data: TrialData) -> Any:
     return tune.with_resources(fn, {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial})
 
 
+def result_loggers() -> list[tune.Callback]:
+    """The result files every trial folder gets: ``result.json`` (every report, its ``curve``
+    included: :mod:`search.study` and the reports read it) and ``progress.csv``. Ray would add a
+    TensorBoard logger too, writing an event file on every report that nothing here reads and
+    that cannot hold a ``curve``; ``TUNE_DISABLE_AUTO_CALLBACK_LOGGERS`` (set by
+    ``search.preflight.connect``) leaves it out."""
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
+    return [JsonLoggerCallback(), CSVLoggerCallback()]
+
+
 def build_tuner(cfg: SearchConfig, space: Space, data: TrialData, callbacks: list[tune.Callback]) -> tune.Tuner:
     return tune.Tuner(
         trainable(cfg, space, data),
@@ -241,7 +252,7 @@ def build_tuner(cfg: SearchConfig, space: Space, data: TrialData, callbacks: lis
         run_config=tune.RunConfig(
             name=cfg.name,
             storage_path=cfg.storage_path,
-            callbacks=callbacks,
+            callbacks=[*callbacks, *result_loggers()],
             failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
             # the latest only: resume, HyperBand, PBT and export need no older one, and a checkpoint
             # holds every fold's model and optimizer (OmniFuse, 5 folds: 17 to 200 MB), which a
@@ -258,5 +269,5 @@ def restore_tuner(cfg: SearchConfig, space: Space, data: TrialData, callbacks: l
     tracking URI, fresh progress line) with the state Tune saved for them."""
     tuner = tune.Tuner.restore(cfg.experiment_path, trainable(cfg, space, data), resume_unfinished=True,
                                resume_errored=False, restart_errored=False)
-    tuner._local_tuner.get_run_config().callbacks = callbacks  # no public setter in Ray 2.60
+    tuner._local_tuner.get_run_config().callbacks = [*callbacks, *result_loggers()]  # no public setter in Ray 2.60
     return tuner

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from dataclasses import asdict, replace
 from typing import Any
 
@@ -24,6 +23,8 @@ from search import cli, orchestrate, preflight, results
 from search.config import SearchConfig, experiment_path, resolve, storage_path
 from search.errors import UsageError
 from search.progress import ProgressLine, format_duration
+from search.cleanup import prune_checkpoints
+from search.timing import Steps, since_start
 from trainables.data import DataError
 from trainables.version import code_version
 
@@ -33,6 +34,11 @@ SEARCH_FILE = "search.json"
 
 TABLE_ROWS = 5
 """Configurations in the final table (at least; ``--top-k`` more if larger)."""
+
+STEP_ORDER = ("startup_s", "checks_s", "data_s", "ray_init_s", "search_s", "results_s", "prune_s", "models_s",
+              "reports_s", "total_s")
+"""The fixed steps of a search in the final ``steps:`` line (seconds; ``startup`` = interpreter
+start and imports, ``models`` = refit, test evaluation and registration of the top-k)."""
 
 RESUME_OVERRIDES = ("storage", "name", "resume", "address", "tracking_uri", "top_k")
 """Options a resumed search may change; the others are the saved search's."""
@@ -90,19 +96,27 @@ def run(argv: list[str] | None = None) -> int:
     uri = tracking_uri(cfg)
     from search.tracking import MLflowTracking, check_tracking_uri
 
-    check_tracking_uri(uri)
-    if cfg.address:
-        preflight.check_address(cfg.address)
-    t0 = time.monotonic()
-    data = preflight.load_data(cfg, space)
-    timings = {"data_s": time.monotonic() - t0}
+    timings = Steps(startup_s=since_start())
+    # the driver's own torch work (model check, refit of the top-k) runs on a trial's share of the
+    # cores: torch's default (every core) makes each small op wait for the slowest thread, which on
+    # a busy machine made a refit 13x slower (benchmarks/RESULTS.md, throughput)
+    import torch
+
+    torch.set_num_threads(max(1, int(cfg.cpus_per_trial)))
+    with timings("checks_s"):
+        check_tracking_uri(uri)
+        if cfg.address:
+            preflight.check_address(cfg.address)
+    with timings("data_s"):
+        data = preflight.load_data(cfg, space)
     timings.update(preflight.connect(cfg))
     slots = preflight.check_resources(cfg)
     if cfg.max_concurrent is None:
         # as many as fit; Tune then also starts that many trial workers at once (with a searcher it
         # starts one at a time otherwise) and samples a trial only when it can run
         cfg = replace(cfg, max_concurrent=slots)
-    preflight.smoke_check(cfg, space, data)
+    with timings("checks_s"):
+        preflight.smoke_check(cfg, space, data)
 
     exp_path = cfg.experiment_path
     total = orchestrate.num_trials(cfg, space)
@@ -124,17 +138,18 @@ def run(argv: list[str] | None = None) -> int:
           f"[{len(data.data)} training samples, {'hold-out' if cfg.folds == 0 else f'{cfg.folds}-fold'}], "
           f"{total} trials x {cfg.epochs} epochs, sampler {cfg.sampler}, scheduler {cfg.scheduler}, "
           f"objective {', '.join(f'{m} ({d})' for m, d in zip(cfg.metric, cfg.mode))}", flush=True)
-    t1 = time.monotonic()
-    grid = tuner.fit()
-    timings["search_s"] = time.monotonic() - t1
+    with timings("search_s"):
+        grid = tuner.fit()
     return finish(cfg, space.names, grid.experiment_path, grid.filesystem, uri, tracking.parent_run_id, cfg.data_name, timings)
 
 
 def finish(cfg: SearchConfig, sampled: list[str], exp_path: str, fs: Any, uri: str, parent_run_id: str | None,
            data_name: str, timings: dict[str, float]) -> int:
-    rows = results.collect(exp_path, fs)
-    pareto = results.pareto_front(rows, cfg.metric, cfg.mode) if cfg.multi_objective else None
-    csv_path = results.write_text(results.csv_text(rows, sampled, pareto), exp_path, results.RESULTS_CSV, fs)
+    timings = timings if isinstance(timings, Steps) else Steps(timings)
+    with timings("results_s"):
+        rows = results.collect(exp_path, fs)
+        pareto = results.pareto_front(rows, cfg.metric, cfg.mode) if cfg.multi_objective else None
+        csv_path = results.write_text(results.csv_text(rows, sampled, pareto), exp_path, results.RESULTS_CSV, fs)
     ranked = results.ranked(rows, cfg.primary_metric, cfg.primary_mode)
     unfinished = [r for r in rows if r.status not in ("TERMINATED", "ERROR")]
     if unfinished:  # Ctrl-C: Tune saved its state and returned early
@@ -143,26 +158,33 @@ def finish(cfg: SearchConfig, sampled: list[str], exp_path: str, fs: Any, uri: s
         return 130
     top = ranked[: cfg.top_k]
     shown = ranked[: max(cfg.top_k, TABLE_ROWS)]
+    with timings("prune_s"):  # an ended search: only the top trials' checkpoints are still read (export)
+        pruned = prune_checkpoints(rows, {r.trial_id for r in ranked[: max(cfg.top_k, 1)]}, fs)
     versions: list[str] = []
     if top and parent_run_id:
         from search.models import TopTrial, log_top_models, registered_model_name
 
         registered = registered_model_name(cfg.space, data_name)
-        versions = log_top_models(
-            [TopTrial(r.trial_id, r.config, r.last, r.checkpoint) for r in top],
-            space=cfg.space, data_name=data_name, tracking_uri=uri, parent_run_id=parent_run_id,
-            registered_name=registered,
-            bundle_dir=None if "://" in exp_path else f"{exp_path}/models",
-        )
+        with timings("models_s"):
+            versions = log_top_models(
+                [TopTrial(r.trial_id, r.config, r.last, r.checkpoint) for r in top],
+                space=cfg.space, data_name=data_name, tracking_uri=uri, parent_run_id=parent_run_id,
+                registered_name=registered,
+                bundle_dir=None if "://" in exp_path else f"{exp_path}/models",
+            )
     from search.reports import write_search_reports
 
-    reports = write_search_reports(exp_path, metric=cfg.primary_metric, mode=cfg.primary_mode,
-                                   tracking_uri=uri, parent_run_id=parent_run_id, seed=cfg.seed)
+    with timings("reports_s"):
+        reports = write_search_reports(exp_path, metric=cfg.primary_metric, mode=cfg.primary_mode,
+                                       tracking_uri=uri, parent_run_id=parent_run_id, seed=cfg.seed)
     failed = sum(r.status == "ERROR" for r in rows)
     print()
     print(f"{len(rows)} trials ({len(ranked)} finished all {cfg.epochs} epochs, "
           f"{len(rows) - len(ranked) - failed} stopped early, {failed} failed) in {format_duration(timings['search_s'])}"
           f" (Ray start {timings['ray_init_s']:.1f}s, data {timings['data_s']:.1f}s)")
+    if pruned.folders:
+        print(f"checkpoints of {pruned.folders} trial(s) outside the top {max(cfg.top_k, 1)} deleted "
+              f"({pruned.bytes / 2**20:.1f} MiB)")
     print(f"top {len(shown)} by {cfg.primary_metric} " + ("(mean ± std over folds):" if cfg.folds else "(hold-out split):"))
     print(results.table(shown, cfg.primary_metric, sampled, cfg.metric[1:], spread=cfg.folds != 0))
     if pareto is not None:
@@ -172,6 +194,8 @@ def finish(cfg: SearchConfig, sampled: list[str], exp_path: str, fs: Any, uri: s
     print(f"results: {csv_path}")
     print(f"reports: {reports.location}" + (f" (skipped: {', '.join(reports.skipped)})" if reports.skipped else ""))
     print(f"MLflow: {ui_command(uri)}")
+    timings["total_s"] = since_start()
+    print(f"steps: {timings.line(STEP_ORDER)}", flush=True)
     return 0 if ranked else 1
 
 
