@@ -191,6 +191,9 @@ def run_search(argv: list[str], storage: Path, name: str) -> dict:
             "in_trial_s": sum(float(r["duration_s"]) for r in rows), "bytes": folder_bytes(storage),
             "experiment_bytes": folder_bytes(storage / name),
             "kept_checkpoint_bytes": sum(folder_bytes(c) for c in (storage / name).glob("fusetune_*/checkpoint_*")),
+            # what grows with the trials: their folders (reports, params) and the MLflow store
+            "per_trial_files": sum(folder_bytes(d) for d in (storage / name).glob("fusetune_*"))
+            + sum(p.stat().st_size for p in storage.glob("mlflow.db*")),
             "pruned_bytes": float(deleted.group(1)) * 2**20 if deleted else 0.0, "stdout": done.stdout}
 
 
@@ -255,13 +258,15 @@ def main() -> None:
           + ", ".join(f"{k} {v:.1f}s" for k, v in one["steps"].items()))
     n = max(1, len(disk["rows"]))
     kept = disk["kept_checkpoint_bytes"]                        # the top trial's checkpoint
-    rest = disk["bytes"] - kept                                  # per-trial files, MLflow store, reports
+    growing = disk["per_trial_files"] - kept                      # trial folders and MLflow store
+    fixed = disk["bytes"] - growing - kept                        # registered model, bundle, reports
     before = (disk["bytes"] + disk["pruned_bytes"]) / n
     print(f"disk, omnifuse-paper grid ({n} trials x {args.disk_epochs} epochs, 5 folds, top-k 1): "
-          f"{before / 2**20:.2f} MiB per trial with every trial's checkpoint, {disk['bytes'] / n / 2**20:.2f} MiB per "
-          f"trial after pruning (whole storage incl. MLflow {disk['bytes'] / 2**20:.1f} MiB, of which the kept "
-          f"checkpoint {kept / 2**20:.1f} MiB); 729 trials extrapolated: {729 * before / 2**30:.2f} GiB without "
-          f"pruning, {(kept + 729 * rest / n) / 2**30:.2f} GiB after")
+          f"{(growing + disk['pruned_bytes'] + kept) / n / 2**20:.2f} MiB per trial with every trial's checkpoint, "
+          f"{growing / n / 2**20:.2f} MiB per trial after pruning (trial folder + MLflow), plus "
+          f"{kept / 2**20:.1f} MiB kept checkpoint and {fixed / 2**20:.1f} MiB registered model, bundle and reports; "
+          f"729 trials extrapolated: {(729 * before) / 2**30:.2f} GiB without pruning, "
+          f"{(fixed + kept + 729 * growing / n) / 2**30:.2f} GiB after")
     print(f"\nload average at end {os.getloadavg()[0]:.1f}")
 
 

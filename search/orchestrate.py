@@ -167,6 +167,7 @@ class Cadence:
     every: Callable[[SearchConfig], int] = field(default=lambda cfg: 0)
     seconds: float = 10.0
     checkpoint_every: Callable[[SearchConfig], int] = field(default=_fault_tolerance)
+    prune_while_running: bool = True  # search.cleanup.PruneCheckpoints: ended trials' checkpoints go
 
     def keys(self, cfg: SearchConfig) -> dict[str, Any]:
         return {"report_at": [int(e) for e in self.milestones(cfg)], "report_every": int(self.every(cfg)),
@@ -180,8 +181,10 @@ CADENCES: dict[str, Cadence] = {
     "hyperband": Cadence(every=lambda cfg: 1, checkpoint_every=lambda cfg: 1),
     # the median rule compares running means of every result up to an epoch
     "median": Cadence(every=lambda cfg: 1),
-    # PBT exploits at every perturbation interval, from the checkpoint of that report
-    "pbt": Cadence(every=_perturbation_interval, seconds=0.0, checkpoint_every=_perturbation_interval),
+    # PBT exploits at every perturbation interval, from the checkpoint of that report, and may
+    # clone an ended trial of its upper quantile, so no checkpoint goes before the search ends
+    "pbt": Cadence(every=_perturbation_interval, seconds=0.0, checkpoint_every=_perturbation_interval,
+                   prune_while_running=False),
     "fifo": Cadence(),
 }
 

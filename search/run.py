@@ -23,7 +23,7 @@ from search import cli, orchestrate, preflight, results
 from search.config import SearchConfig, experiment_path, resolve, storage_path
 from search.errors import UsageError
 from search.progress import ProgressLine, format_duration
-from search.cleanup import prune_checkpoints
+from search.cleanup import Pruned, PruneCheckpoints, prune_checkpoints
 from search.timing import Steps, since_start
 from trainables.data import DataError
 from trainables.version import code_version
@@ -129,6 +129,8 @@ def run(argv: list[str] | None = None) -> int:
         search_params=cfg.as_params(),
     )
     callbacks = [ProgressLine(total=total, epochs=cfg.epochs, metric=cfg.primary_metric, mode=cfg.primary_mode), tracking]
+    if orchestrate.CADENCES[cfg.scheduler].prune_while_running:  # the disk does not grow with the trials
+        callbacks.append(PruneCheckpoints(cfg.primary_metric, cfg.primary_mode, keep=max(cfg.top_k, 1)))
     if cfg.resume:
         tuner = orchestrate.restore_tuner(cfg, space, data, callbacks)
     else:
@@ -140,11 +142,13 @@ def run(argv: list[str] | None = None) -> int:
           f"objective {', '.join(f'{m} ({d})' for m, d in zip(cfg.metric, cfg.mode))}", flush=True)
     with timings("search_s"):
         grid = tuner.fit()
-    return finish(cfg, space.names, grid.experiment_path, grid.filesystem, uri, tracking.parent_run_id, cfg.data_name, timings)
+    pruner = next((c for c in callbacks if isinstance(c, PruneCheckpoints)), None)
+    return finish(cfg, space.names, grid.experiment_path, grid.filesystem, uri, tracking.parent_run_id, cfg.data_name, timings,
+                  pruned_during=pruner.pruned if pruner else None)
 
 
 def finish(cfg: SearchConfig, sampled: list[str], exp_path: str, fs: Any, uri: str, parent_run_id: str | None,
-           data_name: str, timings: dict[str, float]) -> int:
+           data_name: str, timings: dict[str, float], pruned_during: Pruned | None = None) -> int:
     timings = timings if isinstance(timings, Steps) else Steps(timings)
     with timings("results_s"):
         rows = results.collect(exp_path, fs)
@@ -160,6 +164,8 @@ def finish(cfg: SearchConfig, sampled: list[str], exp_path: str, fs: Any, uri: s
     shown = ranked[: max(cfg.top_k, TABLE_ROWS)]
     with timings("prune_s"):  # an ended search: only the top trials' checkpoints are still read (export)
         pruned = prune_checkpoints(rows, {r.trial_id for r in ranked[: max(cfg.top_k, 1)]}, fs)
+        if pruned_during is not None:
+            pruned = Pruned(pruned.folders + pruned_during.folders, pruned.bytes + pruned_during.bytes)
     versions: list[str] = []
     if top and parent_run_id:
         from search.models import TopTrial, log_top_models, registered_model_name
@@ -183,7 +189,7 @@ def finish(cfg: SearchConfig, sampled: list[str], exp_path: str, fs: Any, uri: s
           f"{len(rows) - len(ranked) - failed} stopped early, {failed} failed) in {format_duration(timings['search_s'])}"
           f" (Ray start {timings['ray_init_s']:.1f}s, data {timings['data_s']:.1f}s)")
     if pruned.folders:
-        print(f"checkpoints of {pruned.folders} trial(s) outside the top {max(cfg.top_k, 1)} deleted "
+        print(f"{pruned.folders} checkpoint(s) of trials outside the top {max(cfg.top_k, 1)} deleted "
               f"({pruned.bytes / 2**20:.1f} MiB)")
     print(f"top {len(shown)} by {cfg.primary_metric} " + ("(mean ± std over folds):" if cfg.folds else "(hold-out split):"))
     print(results.table(shown, cfg.primary_metric, sampled, cfg.metric[1:], spread=cfg.folds != 0))
