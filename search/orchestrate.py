@@ -9,17 +9,24 @@ Samplers and schedulers are registries (``SAMPLERS``, ``SCHEDULERS``): name -> f
   enqueued points, so conditional dimensions are respected; ``--num-samples`` larger than the
   grid is cut to the grid. ``nsga2`` (and tpe/random given several metrics) optimise several
   objectives at once.
-- Schedulers act on the primary metric, counting epochs (``training_iteration``) with the
-  ``--epochs`` budget as ``max_t``; ASHA/median stop poor trials early, HyperBand pauses and
+- Schedulers act on the primary metric, counting epochs (the result's ``epoch``, not Tune's
+  ``training_iteration``, which counts reports) with the ``--epochs`` budget as ``max_t``; ASHA/median stop poor trials early, HyperBand pauses and
   resumes them from their checkpoints, PBT perturbs the space's mutable dimensions of a
   population drawn at random (PBT cannot be combined with a search algorithm in Ray Tune).
+- A trial reports to Ray Tune only when its scheduler or the progress line needs a result
+  (``CADENCES``: the scheduler's milestone epochs, every N epochs where the scheduler acts on
+  every N-th, a timed report for the progress line, the last epoch); the epochs in between
+  travel in the next report's ``curve`` and reach MLflow in full. It checkpoints only at
+  reports, as often as the scheduler (HyperBand pauses, PBT exploits) and fault tolerance need.
 """
 
 from __future__ import annotations
 
+import math
 import random
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
@@ -146,8 +153,12 @@ def _perturbation_interval(cfg: SearchConfig) -> int:
     return max(1, cfg.epochs // 5)
 
 
+ASHA_REDUCTION_FACTOR = 3
+
+
 def _common(cfg: SearchConfig) -> dict[str, Any]:
-    return {"metric": cfg.primary_metric, "mode": cfg.primary_mode, "time_attr": "training_iteration"}
+    # epochs, not reports: a trial reports only at the epochs its scheduler needs (CADENCES)
+    return {"metric": cfg.primary_metric, "mode": cfg.primary_mode, "time_attr": "epoch"}
 
 
 def _pbt(cfg: SearchConfig, space: Space) -> PopulationBasedTraining:
@@ -160,7 +171,7 @@ def _pbt(cfg: SearchConfig, space: Space) -> PopulationBasedTraining:
 
 SCHEDULERS: dict[str, SchedulerFactory] = {
     "asha": lambda cfg, space: ASHAScheduler(**_common(cfg), max_t=cfg.epochs, grace_period=_grace(cfg),
-                                             reduction_factor=3),
+                                             reduction_factor=ASHA_REDUCTION_FACTOR),
     "hyperband": lambda cfg, space: HyperBandScheduler(**_common(cfg), max_t=cfg.epochs, reduction_factor=3),
     "median": lambda cfg, space: MedianStoppingRule(**_common(cfg), grace_period=_grace(cfg), min_samples_required=3),
     "pbt": lambda cfg, space: _pbt(cfg, space),
@@ -169,16 +180,59 @@ SCHEDULERS: dict[str, SchedulerFactory] = {
 
 
 # --------------------------------------------------------------------------------- the tuner
+def asha_rungs(cfg: SearchConfig) -> list[int]:
+    """The epochs at which ASHA compares a trial with its rung (Ray's ``_Bracket``: grace * rf^k
+    for k = 0 .. int(log(max_t / grace) / log(rf))); it acts on the first result at or past each."""
+    grace, rf = _grace(cfg), ASHA_REDUCTION_FACTOR
+    n = int(math.log(cfg.epochs / grace) / math.log(rf) + 1)
+    return sorted({grace * rf ** k for k in range(n)} - {cfg.epochs})
+
+
+def _fault_tolerance(cfg: SearchConfig) -> int:
+    """Epochs between checkpoints when only a crash (``--max-failures``) or a kill (``--resume``)
+    needs one: a quarter of the budget, so a retry repeats at most that much of the trial."""
+    return max(1, cfg.epochs // 4)
+
+
+@dataclass(frozen=True)
+class Cadence:
+    """When the trials of a scheduler report to Ray Tune and checkpoint (``run_trial`` reads the
+    keys of :meth:`keys`). A report costs tens of milliseconds in Ray's result path (see
+    ``benchmarks/throughput.py``), an epoch of a small model about as much, so a trial reports at:
+    ``milestones`` (the epochs the scheduler decides at), every ``every`` epochs (0: never on a
+    count), every ``seconds`` of wall clock for the progress line (0: never on time; a scheduler
+    that acts on whatever result it gets, PBT, must not see extra results), and the last epoch."""
+
+    milestones: Callable[[SearchConfig], list[int]] = field(default=lambda cfg: [])
+    every: Callable[[SearchConfig], int] = field(default=lambda cfg: 0)
+    seconds: float = 10.0
+    checkpoint_every: Callable[[SearchConfig], int] = field(default=_fault_tolerance)
+    prune_while_running: bool = True  # search.cleanup.PruneCheckpoints: ended trials' checkpoints go
+
+    def keys(self, cfg: SearchConfig) -> dict[str, Any]:
+        return {"report_at": [int(e) for e in self.milestones(cfg)], "report_every": int(self.every(cfg)),
+                "report_seconds": float(self.seconds), "checkpoint_every": int(self.checkpoint_every(cfg))}
+
+
+CADENCES: dict[str, Cadence] = {
+    # ASHA acts on the first result at or past each rung, so reports at the rungs are enough
+    "asha": Cadence(milestones=asha_rungs),
+    # HyperBand pauses trials at its brackets' milestones and resumes them from their checkpoints
+    "hyperband": Cadence(every=lambda cfg: 1, checkpoint_every=lambda cfg: 1),
+    # the median rule compares running means of every result up to an epoch
+    "median": Cadence(every=lambda cfg: 1),
+    # PBT exploits at every perturbation interval, from the checkpoint of that report, and may
+    # clone an ended trial of its upper quantile, so no checkpoint goes before the search ends
+    "pbt": Cadence(every=_perturbation_interval, seconds=0.0, checkpoint_every=_perturbation_interval,
+                   prune_while_running=False),
+    "fifo": Cadence(),
+}
+
+
 def checkpoint_every(cfg: SearchConfig) -> int:
-    """Epochs between checkpoints (the last epoch always has one). HyperBand pauses trials at any
-    rung and PBT exploits at every perturbation, so they checkpoint when they act; the others only
-    need checkpoints to survive a crash, and a checkpoint of every fold's model and optimizer
-    every epoch would cost more I/O than these small models cost to train."""
-    if cfg.scheduler == "hyperband":
-        return 1
-    if cfg.scheduler == "pbt":
-        return _perturbation_interval(cfg)
-    return max(1, cfg.epochs // 10)
+    """Epochs between checkpoints (the last epoch always has one; checkpoints are written only
+    with a report): what the scheduler needs, else what fault tolerance needs."""
+    return CADENCES[cfg.scheduler].checkpoint_every(cfg)
 
 
 def fixed_keys(cfg: SearchConfig, space: Space) -> dict[str, Any]:
@@ -187,7 +241,7 @@ def fixed_keys(cfg: SearchConfig, space: Space) -> dict[str, Any]:
         **space.fixed,
         "method": space.method, "space": space.name, "data": cfg.data, "seed": cfg.seed,
         "folds": cfg.folds, "val_fraction": cfg.val_fraction, "epochs": cfg.epochs,
-        "checkpoint_every": checkpoint_every(cfg),
+        **CADENCES[cfg.scheduler].keys(cfg),
         "metric": cfg.primary_metric if not cfg.multi_objective else list(cfg.metric),
         "mode": cfg.primary_mode if not cfg.multi_objective else list(cfg.mode),
         "text_encoder": cfg.text_encoder, "image_encoder": cfg.image_encoder, "cache_dir": cfg.cache_dir,
@@ -215,6 +269,17 @@ def trainable(cfg: SearchConfig, space: Space, data: TrialData) -> Any:
     return tune.with_resources(fn, {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial})
 
 
+def result_loggers() -> list[tune.Callback]:
+    """The result files every trial folder gets: ``result.json`` (every report, its ``curve``
+    included: :mod:`search.study` and the reports read it) and ``progress.csv``. Ray would add a
+    TensorBoard logger too, writing an event file on every report that nothing here reads and
+    that cannot hold a ``curve``; ``TUNE_DISABLE_AUTO_CALLBACK_LOGGERS`` (set by
+    ``search.preflight.connect``) leaves it out."""
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
+    return [JsonLoggerCallback(), CSVLoggerCallback()]
+
+
 def build_tuner(cfg: SearchConfig, space: Space, data: TrialData, callbacks: list[tune.Callback],
                 warm: Sequence[optuna.trial.FrozenTrial] = ()) -> tune.Tuner:
     search_alg = search_algorithm(cfg, space, data.fingerprint, warm)
@@ -233,7 +298,7 @@ def build_tuner(cfg: SearchConfig, space: Space, data: TrialData, callbacks: lis
         run_config=tune.RunConfig(
             name=cfg.name,
             storage_path=cfg.storage_path,
-            callbacks=callbacks,
+            callbacks=[*callbacks, *result_loggers()],
             failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
             # the latest only: resume, HyperBand, PBT and export need no older one, and a checkpoint
             # holds every fold's model and optimizer (OmniFuse, 5 folds: 17 to 200 MB), which a
@@ -251,7 +316,7 @@ def restore_tuner(cfg: SearchConfig, space: Space, data: TrialData, callbacks: l
     for them. A ``--num-samples`` above the saved one extends the search by that many trials."""
     tuner = tune.Tuner.restore(cfg.experiment_path, trainable(cfg, space, data), resume_unfinished=True,
                                resume_errored=False, restart_errored=False)
-    tuner._local_tuner.get_run_config().callbacks = callbacks  # no public setter in Ray 2.60
+    tuner._local_tuner.get_run_config().callbacks = [*callbacks, *result_loggers()]  # no public setter in Ray 2.60
     search_alg = tuner._local_tuner._tune_config.search_alg  # nor for the search algorithm
     if isinstance(search_alg, SearchBudget):
         search_alg.total = num_trials(cfg, space)

@@ -30,6 +30,9 @@ RAY_QUIET_ENV = {
     # keeping 2 checkpoints per trial forces an experiment snapshot every second checkpoint; on a
     # local or shared folder that is cheap, so Tune's warning about it is noise here
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+    # result.json and progress.csv only (search.orchestrate.result_loggers): no TensorBoard event
+    # file written on every report
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
 }
 
 

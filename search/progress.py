@@ -122,10 +122,16 @@ class ProgressLine(Callback):
         return self._best
 
     def eta(self, trials: list, elapsed: float, status: list[str]) -> float | None:
-        trained = sum(int((t.last_result or {}).get("training_iteration", 0)) for t in trials)
+        trained = sum(_epochs(t) for t in trials)
         if trained == 0:
             return None
         ended = [t for t, s in zip(trials, status) if s in ("TERMINATED", "ERROR")]
-        given_back = sum(self.epochs - int((t.last_result or {}).get("training_iteration", 0)) for t in ended)
+        given_back = sum(self.epochs - _epochs(t) for t in ended)
         left = max(0, self.total * self.epochs - trained - given_back)
         return elapsed / trained * left
+
+
+def _epochs(trial: Any) -> int:
+    """Epochs a trial has trained (its ``epoch``: a trial does not report every epoch)."""
+    last = trial.last_result or {}
+    return int(last.get("epoch", last.get("training_iteration", 0)) or 0)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -24,6 +23,8 @@ from search import cli, orchestrate, preflight, results
 from search.config import SearchConfig, experiment_path, resolve, storage_path
 from search.errors import UsageError
 from search.progress import ProgressLine, format_duration
+from search.cleanup import Pruned, PruneCheckpoints, prune_checkpoints
+from search.timing import Steps, since_start
 from trainables.data import DataError
 from trainables.version import code_version
 
@@ -33,6 +34,12 @@ SEARCH_FILE = "search.json"
 
 TABLE_ROWS = 5
 """Configurations in the final table (at least; ``--top-k`` more if larger)."""
+
+STEP_ORDER = ("startup_s", "checks_s", "data_s", "ray_init_s", "search_s", "results_s", "prune_s", "models_s",
+              "reports_s", "total_s")
+"""The fixed steps of a search in the final ``steps:`` line (seconds; ``startup`` = interpreter
+start and imports, ``models`` = the confirmation stage, the references, the refit, test evaluation,
+registration and promotion of the top-k)."""
 
 RESUME_OVERRIDES = ("storage", "name", "resume", "address", "tracking_uri", "top_k", "num_samples")
 """Options a resumed search may change; the others are the saved search's. A larger
@@ -135,27 +142,35 @@ def execute(given: dict[str, Any]) -> SearchResult:
     from search.dataset_input import DatasetInfo
     from search.tracking import MLflowTracking, check_tracking_uri
 
-    check_tracking_uri(uri)
+    timings = Steps(startup_s=since_start())
+    # the driver's own torch work (model check, refit of the top-k) runs on a trial's share of the
+    # cores: torch's default (every core) makes each small op wait for the slowest thread, which on
+    # a busy machine made a refit 13x slower (benchmarks/RESULTS.md, throughput)
+    import torch
+
+    torch.set_num_threads(max(1, int(cfg.cpus_per_trial)))
     from search import optuna_storage
 
-    study_url = optuna_storage.storage_url(cfg) if cfg.scheduler != "pbt" else None
-    if study_url:
-        optuna_storage.open_storage(study_url)
-        if not cfg.resume:
-            optuna_storage.check_new_study(study_url, cfg.name)
-    if cfg.address:
-        preflight.check_address(cfg.address)
-    t0 = time.monotonic()
-    data = preflight.load_data(cfg, space)
+    with timings("checks_s"):
+        check_tracking_uri(uri)
+        study_url = optuna_storage.storage_url(cfg) if cfg.scheduler != "pbt" else None
+        if study_url:
+            optuna_storage.open_storage(study_url)
+            if not cfg.resume:
+                optuna_storage.check_new_study(study_url, cfg.name)
+        if cfg.address:
+            preflight.check_address(cfg.address)
+    with timings("data_s"):
+        data = preflight.load_data(cfg, space)
     warm = optuna_storage.warm_start_trials(cfg, data.fingerprint) if not cfg.resume else []
-    timings = {"data_s": time.monotonic() - t0}
     timings.update(preflight.connect(cfg))
     slots = preflight.check_resources(cfg)
     if cfg.max_concurrent is None:
         # as many as fit; Tune then also starts that many trial workers at once (with a searcher it
         # starts one at a time otherwise) and samples a trial only when it can run
         cfg = replace(cfg, max_concurrent=slots)
-    preflight.smoke_check(cfg, space, data)
+    with timings("checks_s"):
+        preflight.smoke_check(cfg, space, data)
 
     exp_path = cfg.experiment_path
     total = orchestrate.num_trials(cfg, space)
@@ -171,6 +186,8 @@ def execute(given: dict[str, Any]) -> SearchResult:
                              dataset=DatasetInfo.of(cfg, data))
     callbacks = [ProgressLine(total=total, epochs=cfg.epochs, metric=cfg.primary_metric, mode=cfg.primary_mode), tracking]
     results.write_text(json.dumps(asdict(cfg), indent=2, default=list), exp_path, SEARCH_FILE)
+    if orchestrate.CADENCES[cfg.scheduler].prune_while_running:  # the disk does not grow with the trials
+        callbacks.append(PruneCheckpoints(cfg.primary_metric, cfg.primary_mode, keep=max(cfg.top_k, 1)))
     if cfg.resume:
         tuner = orchestrate.restore_tuner(cfg, space, data, callbacks)
     else:
@@ -184,21 +201,23 @@ def execute(given: dict[str, Any]) -> SearchResult:
             f" (warm start: {len(warm)} finished trials of {cfg.warm_start})" if warm else ""), flush=True)
     elif cfg.scheduler != "pbt":
         print("Optuna study in memory (a remote --storage; give --optuna-storage URL to keep it)", flush=True)
-    t1 = time.monotonic()
-    grid = tuner.fit()
-    timings["search_s"] = time.monotonic() - t1
+    with timings("search_s"):
+        grid = tuner.fit()
+    pruner = next((c for c in callbacks if isinstance(c, PruneCheckpoints)), None)
     return finish(cfg, space, data, grid.experiment_path, grid.filesystem, uri, tracking.parent_run_id, timings,
-                  search_tags)
+                  search_tags, pruned_during=pruner.pruned if pruner else None)
 
 
 def finish(cfg: SearchConfig, space: Any, data: Any, exp_path: str, fs: Any, uri: str, parent_run_id: str | None,
-           timings: dict[str, float], search_tags: dict[str, str]) -> SearchResult:
+           timings: dict[str, float], search_tags: dict[str, str], pruned_during: Pruned | None = None) -> SearchResult:
     from search.champions import select
 
     sampled = space.names
-    rows = results.collect(exp_path, fs)
-    pareto = results.pareto_front(rows, cfg.metric, cfg.mode) if cfg.multi_objective else None
-    csv_path = results.write_text(results.csv_text(rows, sampled, pareto), exp_path, results.RESULTS_CSV, fs)
+    timings = timings if isinstance(timings, Steps) else Steps(timings)
+    with timings("results_s"):
+        rows = results.collect(exp_path, fs)
+        pareto = results.pareto_front(rows, cfg.metric, cfg.mode) if cfg.multi_objective else None
+        csv_path = results.write_text(results.csv_text(rows, sampled, pareto), exp_path, results.RESULTS_CSV, fs)
     ranked = results.ranked(rows, cfg.primary_metric, cfg.primary_mode)
     unfinished = [r for r in rows if r.status not in ("TERMINATED", "ERROR")]
     if unfinished:  # Ctrl-C: Tune saved its state and returned early
@@ -206,14 +225,17 @@ def finish(cfg: SearchConfig, space: Any, data: Any, exp_path: str, fs: Any, uri
               f"continue with: {PROG} --resume --storage {cfg.storage} --name {cfg.name}")
         return SearchResult(130, cfg.name, exp_path)
     shown = ranked[: max(cfg.top_k, TABLE_ROWS)]
+    with timings("prune_s"):  # an ended search: only the top trials' checkpoints are still read (export)
+        pruned = prune_checkpoints(rows, {r.trial_id for r in ranked[: max(cfg.top_k, 1)]}, fs)
+        if pruned_during is not None:
+            pruned = Pruned(pruned.folders + pruned_during.folders, pruned.bytes + pruned_during.bytes)
     if cfg.confirm_repeats and ranked:
         print(f"confirming the top {min(max(cfg.top_k, 1), len(ranked))}, the paper default"
               f"{' and ' + ', '.join(cfg.references) if cfg.references else ''} on {cfg.confirm_repeats} fresh "
               f"repetition(s) of the folds ...", flush=True)
-    t2 = time.monotonic()
-    chosen = select(cfg, space, rows, ranked, data, exp_path=exp_path, fs=fs, uri=uri, parent_run_id=parent_run_id,
-                    data_name=cfg.data_name, fixed=orchestrate.fixed_keys(cfg, space), search_tags=search_tags)
-    timings["select_s"] = time.monotonic() - t2
+    with timings("models_s"):  # confirmation, references, refit, test evaluation, registration, promotion
+        chosen = select(cfg, space, rows, ranked, data, exp_path=exp_path, fs=fs, uri=uri, parent_run_id=parent_run_id,
+                        data_name=cfg.data_name, fixed=orchestrate.fixed_keys(cfg, space), search_tags=search_tags)
     if chosen.reference_rows:
         csv_path = results.write_text(results.csv_text(rows, sampled, pareto, chosen.reference_rows), exp_path,
                                       results.RESULTS_CSV, fs)
@@ -222,20 +244,24 @@ def finish(cfg: SearchConfig, space: Any, data: Any, exp_path: str, fs: Any, uri
     from search.confirm import table as confirmation_table
     from search.reports import write_search_reports
 
-    reports = write_search_reports(exp_path, metric=cfg.primary_metric, mode=cfg.primary_mode,
-                                   tracking_uri=uri, parent_run_id=parent_run_id, seed=cfg.seed)
+    with timings("reports_s"):
+        reports = write_search_reports(exp_path, metric=cfg.primary_metric, mode=cfg.primary_mode,
+                                       tracking_uri=uri, parent_run_id=parent_run_id, seed=cfg.seed)
     failed = sum(r.status == "ERROR" for r in rows)
     print()
     print(f"{len(rows)} trials ({len(ranked)} finished all {cfg.epochs} epochs, "
           f"{len(rows) - len(ranked) - failed} stopped early, {failed} failed) in {format_duration(timings['search_s'])}"
           f" (Ray start {timings['ray_init_s']:.1f}s, data {timings['data_s']:.1f}s)")
+    if pruned.folders:
+        print(f"{pruned.folders} checkpoint(s) of trials outside the top {max(cfg.top_k, 1)} deleted "
+              f"({pruned.bytes / 2**20:.1f} MiB)")
     print(f"top {len(shown)} by {cfg.primary_metric} " + ("(mean ± std over folds):" if cfg.folds else "(hold-out split):"))
     print(results.table(shown, cfg.primary_metric, sampled, cfg.metric[1:], spread=cfg.folds != 0))
     if pareto is not None:
         print(f"pareto-optimal trials on {', '.join(cfg.metric)}: {', '.join(sorted(pareto)) or '-'}")
     if chosen.confirmation is not None:
         print(f"\nconfirmation on fresh folds ({cfg.primary_metric}, mean ± std over the "
-              f"{cfg.confirm_repeats} x {max(cfg.folds, 1)} fresh fold scores; {format_duration(timings['select_s'])}):")
+              f"{cfg.confirm_repeats} x {max(cfg.folds, 1)} fresh fold scores):")
         print(confirmation_table(chosen.confirmation))
         print(summary(chosen.confirmation))
     elif chosen.reference_rows and ranked:
@@ -251,6 +277,8 @@ def finish(cfg: SearchConfig, space: Any, data: Any, exp_path: str, fs: Any, uri
     print(f"results: {csv_path}")
     print(f"reports: {reports.location}" + (f" (skipped: {', '.join(reports.skipped)})" if reports.skipped else ""))
     print(f"MLflow: {ui_command(uri)}")
+    timings["total_s"] = since_start()
+    print(f"steps: {timings.line(STEP_ORDER)}", flush=True)
     conf = chosen.confirmation
     best = conf.champion.config if conf is not None and conf.champion is not None else (ranked[0].config if ranked else None)
     return SearchResult(0 if ranked else 1, cfg.name, exp_path, best,

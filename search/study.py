@@ -68,12 +68,14 @@ class TrialResult:
                          if f"fold{k}_{metric}" in self.last], dtype=float)
 
     def curve(self, metric: str) -> dict[int, float]:
-        """Epoch -> ``metric`` (validation, mean over folds) as reported after every epoch."""
+        """Epoch -> ``metric`` (validation, mean over folds) of every epoch (reported or in a ``curve``)."""
         out: dict[int, float] = {}
-        for r in self.history:
-            v = r.get(metric)
-            if isinstance(v, (int, float)) and math.isfinite(v):
-                out[int(r.get("epoch", r.get("training_iteration", len(out) + 1)))] = float(v)
+        for report in self.history:
+            # the epochs a trial did not report on their own travel in the next report's ``curve``
+            for r in [*(e for e in report.get("curve") or () if isinstance(e, dict)), report]:
+                v = r.get(metric)
+                if isinstance(v, (int, float)) and math.isfinite(v):
+                    out[int(r.get("epoch", r.get("training_iteration", len(out) + 1)))] = float(v)
         return out
 
     def checkpoint(self) -> Path | None:

@@ -13,7 +13,8 @@ the set of finished trials are the callback's Tune state (``get_state``/``set_st
 every experiment checkpoint and given back on ``--resume``. Runs are found again by tag, never
 duplicated: the parent by ``fusetune.search_name`` (+ ``fusetune.role = search``), a child by
 ``fusetune.trial_id``; a child already FINISHED is not logged again, and the epochs a resumed child
-already holds are not logged twice.
+already holds are not logged twice. A trial reports only some epochs to Tune; the others come in
+the next result's ``curve`` and are logged in one batch with it, so every run has every epoch.
 
 The parent run also gets the dataset as an MLflow dataset input (:mod:`search.dataset_input`)
 and, when the search ends, summary metrics (:func:`summary_metrics`): ``best_<metric>`` over the
@@ -58,6 +59,9 @@ EXPERIMENT_KIND = "custom_model_development"
 the UI opens such an experiment on its runs, not on the GenAI overview (traces, judges). Set on an
 experiment this module creates, and on an existing one that has no kind yet."""
 STEP_METRIC = "epoch"               # logged with every result; the resume guard reads its history
+CURVE_KEY = "curve"
+"""A result's list of the epochs the trial did not report on their own (``trainables.trainable``);
+each is logged with its own step, in the same batch as the result."""
 
 RESULT_TAG_KEYS = ("data_fingerprint", "code_version")
 """Metadata the trainable puts in every result; logged once per child run as tags."""
@@ -428,6 +432,10 @@ class MLflowTracking(Callback):
         metrics[STEP_METRIC] = float(step)
         record: dict[str, Any] = {"op": "metrics", "trial_id": trial_id, "step": step, "metrics": metrics,
                                   "time_ms": int(time.time() * 1000)}
+        curve = result.get(CURVE_KEY)
+        if curve:  # the epochs the trial did not report on their own: one batch with the result
+            record["curve"] = [{"step": result_step(e), "metrics": {**result_metrics(e), STEP_METRIC: float(result_step(e))}}
+                               for e in curve if isinstance(e, Mapping)]
         if trial_id not in self._tagged:
             tags = {k: str(result[k]) for k in RESULT_TAG_KEYS if k in result}
             if tags:
@@ -599,7 +607,10 @@ class MLflowTracking(Callback):
             self._reopen(run_id)
             from mlflow.entities import Metric, RunTag
 
-            metrics = [Metric(k, v, record["time_ms"], step) for k, v in sorted(record["metrics"].items())]
+            skip = self._skip_until.get(trial_id, -1)
+            metrics = [Metric(k, v, record["time_ms"], int(e["step"]))
+                       for e in record.get("curve", ()) if int(e["step"]) > skip for k, v in sorted(e["metrics"].items())]
+            metrics += [Metric(k, v, record["time_ms"], step) for k, v in sorted(record["metrics"].items())]
             tags = [RunTag(k, v[:_MAX_TAG_VALUE]) for k, v in record.get("tags", {}).items()]
             for i in range(0, max(len(metrics), 1), _MAX_METRICS_PER_BATCH):
                 self.client.log_batch(run_id, metrics=metrics[i:i + _MAX_METRICS_PER_BATCH], tags=tags if i == 0 else [])

@@ -48,6 +48,7 @@ QUICK = [
     ("robustness.py", []),
     ("trial_memory.py", []),
     ("concurrency.py", []),
+    ("throughput.py", []),
     ("encoder_cache.py", []),
     ("methods_breast_tcga.py", []),
     ("token_models_synth.py", []),

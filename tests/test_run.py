@@ -160,6 +160,32 @@ def test_end_to_end_mlflow(omnifuse_search):
     assert champion.run_id in {c.info.run_id for c in children}
 
 
+def test_every_epoch_in_mlflow_only_top_checkpoints_kept_and_a_resume_reruns_nothing(omnifuse_search):
+    """Trials report to Tune only at ASHA's rung (epoch 1) and the last epoch; epoch 2 comes in
+    the last report's curve. The ended search kept the top-1 trial's checkpoint only, and
+    resuming it (as after a kill) reruns no trial."""
+    from mlflow import MlflowClient
+
+    storage, out = omnifuse_search
+    assert out.returncode == 0
+    assert "steps: startup" in out.stdout and "search " in out.stdout.split("steps: ")[-1]
+    rows = read_rows(storage)
+    client = MlflowClient(f"sqlite:///{storage.resolve()}/mlflow.db")
+    exp = client.get_experiment_by_name("fusetune")
+    children = {r.data.tags["fusetune.trial_id"]: r for r in client.search_runs(
+        [exp.experiment_id], filter_string="tags.`fusetune.role` = 'trial' and tags.`fusetune.search_name` = 'e2e'")}
+    for row in rows:
+        steps = sorted(m.step for m in client.get_metric_history(children[row["trial_id"]].info.run_id, "macro_f1"))
+        assert steps == list(range(1, int(row["epochs_done"]) + 1))
+    kept = {p.parent.name.rsplit("_", 1)[-1] for p in (storage / "e2e").glob("fusetune_*/checkpoint_*")}
+    ranked = sorted((r for r in rows if r["final"] == "True"), key=lambda r: -float(r["macro_f1"]))
+    assert kept == {ranked[0]["trial_id"]}
+    again = search(["--resume", "--storage", str(storage), "--name", "e2e"])
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert [(r["trial_id"], r["status"], r["epochs_done"]) for r in read_rows(storage)] == \
+        [(r["trial_id"], r["status"], r["epochs_done"]) for r in rows]
+
+
 def test_same_name_again_is_refused(omnifuse_search, capsys):
     storage, _ = omnifuse_search
     assert run_mod.main(["--space", "omnifuse", "--storage", str(storage), "--name", "e2e"]) == 2

@@ -238,3 +238,26 @@ def test_list_and_show(capsys):
 def test_module_entry_point():
     out = subprocess.run([sys.executable, "-m", "search.spaces", "show", "climd"], capture_output=True, text=True, check=True)
     assert "gamma" in out.stdout and "scheduler=climd" in out.stdout
+
+
+@pytest.mark.parametrize("epochs", [4, 20, 50, 100, 300])
+def test_asha_reports_at_the_rungs_ray_decides_at(epochs):
+    from search.orchestrate import CADENCES, SCHEDULERS, asha_rungs
+
+    cfg = resolve(SearchConfig(space="baseline", epochs=epochs))
+    scheduler = SCHEDULERS["asha"](cfg, get_space("baseline"))
+    ray_rungs = sorted(m for m, _ in scheduler._brackets[0]._rungs)  # Ray's own milestones
+    assert asha_rungs(cfg) == [m for m in ray_rungs if m < epochs]
+    keys = CADENCES["asha"].keys(cfg)
+    assert keys["report_at"] == asha_rungs(cfg) and keys["report_every"] == 0
+
+
+def test_every_scheduler_has_a_cadence_and_pbt_reports_only_at_its_interval():
+    from search.orchestrate import CADENCES, SCHEDULERS
+
+    assert set(CADENCES) == set(SCHEDULERS)
+    cfg = resolve(SearchConfig(space="baseline", epochs=50, scheduler="pbt"))
+    keys = fixed_keys(cfg, get_space("baseline"))
+    assert keys["report_every"] == keys["checkpoint_every"] == 10 and keys["report_seconds"] == 0.0
+    median = fixed_keys(resolve(SearchConfig(space="baseline", epochs=50, scheduler="median")), get_space("baseline"))
+    assert median["report_every"] == 1

@@ -508,3 +508,27 @@ def test_experiment_kind_a_user_chose_stays(tmp_path):
     cb.setup()
     cb.on_experiment_end([])
     assert client.get_experiment(other).tags[EXPERIMENT_KIND_TAG] == "genai_development"
+
+
+def test_epochs_carried_in_a_result_reach_mlflow_with_their_steps(tmp_path):
+    """A trial reports epochs 3 and 5 only; epochs 1, 2 and 4 come in the results' ``curve``."""
+    uri = sqlite_store(tmp_path)
+    cb = new_callback(uri)
+    ok = FakeTrial("t_00000", {"lr": 0.01, "epochs": 5})
+    cb.setup()
+    cb.on_trial_start(0, [ok], ok)
+    r3 = result(3, 1 / 3, 0.8)
+    r3["curve"] = [{"epoch": e, "loss": 1.0 / e, "macro_f1": 0.5 + 0.1 * e} for e in (1, 2)]
+    cb.on_trial_result(1, [ok], ok, r3)
+    r5 = result(5, 0.2, 1.0, final=True)
+    r5["curve"] = [{"epoch": 4, "loss": 0.25, "macro_f1": 0.9}]
+    cb.on_trial_result(2, [ok], ok, r5)
+    ok.status, ok.last_result = "TERMINATED", r5
+    cb.on_trial_complete(3, [ok], ok)
+    cb.on_experiment_end([ok])
+    client = MlflowClient(uri)
+    run = children(client, cb.experiment_id, cb.search_name)["t_00000"]
+    hist = sorted(client.get_metric_history(run.info.run_id, "macro_f1"), key=lambda m: m.step)
+    assert [(m.step, round(m.value, 6)) for m in hist] == [(1, 0.6), (2, 0.7), (3, 0.8), (4, 0.9), (5, 1.0)]
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "epoch")) == [1, 2, 3, 4, 5]
+    assert "curve" not in run.data.metrics

@@ -140,3 +140,23 @@ def test_progress_line():
 def test_trial_data_is_loaded_once_per_process(breast):
     assert prepare("breast-tcga", {}) is breast
     assert breast.raw_kinds == ("vector",) and len(breast.data) == 150  # the fixed train split only
+
+
+def test_report_cadence_milestones_every_n_timed_and_last():
+    from trainables.trainable import ReportCadence
+
+    now = [0.0]
+    c = ReportCadence(20, at=[5, 15], every=0, seconds=0.0, checkpoint_every=5, clock=lambda: now[0])
+    assert [e for e in range(1, 21) if c.due(e)] == [5, 15, 20]
+    c = ReportCadence(20, at=[], every=4, seconds=0.0, checkpoint_every=5)
+    assert [e for e in range(1, 21) if c.due(e)] == [4, 8, 12, 16, 20]
+    c = ReportCadence(20, at=[], every=0, seconds=10.0, checkpoint_every=5, clock=lambda: now[0])
+    due = []
+    for e in range(1, 21):
+        now[0] += 3.0  # an epoch takes 3 s: a timed report every 4th epoch
+        if c.due(e):
+            due.append(e)
+            c.reported()
+    assert due == [4, 8, 12, 16, 20]
+    legacy = ReportCadence.from_config({"checkpoint_every": 1}, 3)  # a config without the keys
+    assert all(legacy.due(e) for e in (1, 2, 3)) and legacy.checkpoint_every == 1

@@ -2,11 +2,14 @@
 
 A trial builds one :class:`trainables.engine.FoldTrainer` per fold (stratified k-fold, or one
 hold-out split with ``folds = 0``), trains the folds in lockstep epoch by epoch and after every
-epoch reports (``tune.report``) the mean over folds of every metric of
+epoch computes (and, at the epochs below, reports with ``tune.report``) the mean over folds of every metric of
 :data:`trainables.metrics.METRICS` on the validation folds, its ``<metric>_std``, the mean
 training ``loss`` (and loss parts), ``epoch``, ``data_fingerprint`` and ``code_version``; the last
-epoch adds ``fold<k>_<metric>`` for every fold and ``final: True``. Every ``checkpoint_every``-th
-report and the last carry a checkpoint (``state.pt``: epoch + every fold's
+epoch adds ``fold<k>_<metric>`` for every fold and ``final: True``. Only the epochs its scheduler
+and the progress line need are reported (:class:`ReportCadence`); a report carries the epochs
+since the previous one as ``curve`` (a list of those epochs' numbers), which the MLflow callback
+logs with their own steps. A report at least ``checkpoint_every`` epochs after the last
+checkpoint, and the last report, carry a checkpoint (``state.pt``: epoch + every fold's
 ``FoldTrainer.state_dict()``: model, optimizer, RNG states, sampler, standardizer), written to a
 fresh folder that Ray persists, so schedulers that pause trials (HyperBand, PBT), retries after a
 crash and ``Tuner.restore`` continue exactly from the epoch of the last checkpoint.
@@ -20,7 +23,8 @@ with :class:`TrialFailure`, whose message is one line; Ray records the trial as 
 search goes on.
 
 Config keys read here (the driver adds them, see ``notes/SEARCH_INTERFACE``): ``method``,
-``data``, ``seed``, ``folds``, ``val_fraction``, ``epochs``, ``checkpoint_every`` (default 1),
+``data``, ``seed``, ``folds``, ``val_fraction``, ``epochs``, ``report_at``, ``report_every``,
+``report_seconds``, ``checkpoint_every`` (without them: a report and a checkpoint every epoch),
 ``text_encoder``, ``image_encoder``, ``cache_dir``; everything else goes to the FoldTrainer and the model.
 """
 
@@ -29,6 +33,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -44,6 +49,7 @@ from trainables.trial_data import TrialData, fold_splits, prepare_from_config
 from trainables.version import code_version
 
 STATE_FILE = "state.pt"
+CURVE_KEY = "curve"  # search.tracking.CURVE_KEY: the epochs since the last report
 
 
 class TrialFailure(RuntimeError):
@@ -202,7 +208,9 @@ def run_trial(method: str, config: dict[str, Any], data: TrialData | None = None
     except Exception as exc:
         raise TrialFailure(one_line(exc)) from exc
 
-    every = max(1, int(config.get("checkpoint_every", 1)))
+    cadence = ReportCadence.from_config(config, trial.epochs)
+    curve: list[dict[str, Any]] = []        # the epochs since the last report, for MLflow's curves
+    last_checkpoint = trial.epoch
     while trial.epoch < trial.epochs:
         try:
             result = {**trial.step(), **meta}
@@ -210,12 +218,54 @@ def run_trial(method: str, config: dict[str, Any], data: TrialData | None = None
             raise
         except Exception as exc:
             raise TrialFailure(f"epoch {trial.epoch + 1}: {one_line(exc)}") from exc
-        if trial.epoch % every and trial.epoch < trial.epochs:
+        if not cadence.due(trial.epoch):
+            curve.append(result)
+            continue
+        if curve:
+            result[CURVE_KEY] = [curve_entry(r) for r in curve]
+            curve = []
+        cadence.reported()
+        if trial.epoch - last_checkpoint < cadence.checkpoint_every and trial.epoch < trial.epochs:
             tune.report(result)
             continue
+        last_checkpoint = trial.epoch
         with tempfile.TemporaryDirectory(prefix="fusetune-ckpt-") as folder:
             trial.state(Path(folder))
             tune.report(result, checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+def curve_entry(result: dict[str, Any]) -> dict[str, float]:
+    """An unreported epoch's numbers (``epoch``, loss parts, metrics and their ``_std``)."""
+    return {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+class ReportCadence:
+    """Which epochs a trial reports to Ray Tune (config keys ``report_at``, ``report_every``,
+    ``report_seconds``, ``checkpoint_every``; see ``search.orchestrate.CADENCES``): the
+    scheduler's milestones, every ``report_every``-th epoch, the first epoch at least
+    ``report_seconds`` after the last report, the last epoch. Without the keys (a config from an
+    older search, a test): every epoch."""
+
+    def __init__(self, epochs: int, at: list[int], every: int, seconds: float, checkpoint_every: int,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.epochs, self.at, self.every, self.seconds = epochs, set(at), every, seconds
+        self.checkpoint_every = max(1, checkpoint_every)
+        self.clock = clock
+        self.last = clock()
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], epochs: int) -> ReportCadence:
+        if "report_every" not in config:
+            return cls(epochs, [], 1, 0.0, int(config.get("checkpoint_every", 1)))
+        return cls(epochs, [int(e) for e in config.get("report_at") or []], int(config["report_every"]),
+                   float(config.get("report_seconds", 0.0)), int(config.get("checkpoint_every", 1)))
+
+    def due(self, epoch: int) -> bool:
+        return (epoch >= self.epochs or epoch in self.at or (self.every > 0 and epoch % self.every == 0)
+                or (self.seconds > 0 and self.clock() - self.last >= self.seconds))
+
+    def reported(self) -> None:
+        self.last = self.clock()
 
 
 def make_trainable(method: str) -> Callable[..., None]:

@@ -1,0 +1,274 @@
+"""Throughput: what a trial costs through the engine and through a search, against a bare loop.
+
+Side by side, on the same configurations, data (breast-tcga's training part), folds and epochs:
+
+(a) **bare loop**: the `baseline` space's early-fusion network (one MLP per modality, the
+    concatenation of the modality embeddings and the availability mask, an MLP classifier, linear
+    probes on the detached embeddings) written here in plain PyTorch: tensors built once per fold,
+    a shuffled index per epoch, AdamW, cross-entropy, the metrics once at the end. The floor.
+(b) **engine**: ``trainables.trainable.Trial(method, config, data).step()`` per epoch outside Ray
+    (every fold trained and evaluated every epoch, as in a search).
+(c) **search**: ``python -m search.run --space baseline --sampler random --scheduler fifo
+    --top-k 0`` with ``--max-concurrent 1`` and ``2``, each in a fresh process; the search wall is
+    ``Tuner.fit()`` (from the command's ``steps:`` line), so Ray's start is excluded.
+(d) **one small search end to end**: 1 trial, ``--top-k 1`` (refit, test evaluation,
+    registration, reports), command start to exit, with its ``steps:`` line.
+(e) **disk**: an ``omnifuse-paper`` grid search of a few trials; bytes per trial with every
+    trial's checkpoint (before the end-of-search pruning) and after it, extrapolated to the
+    729-point grid.
+
+All trials use fixed configurations: the space's paper default, then ``--points`` drawn here
+(seeded) from the space's ranges with plain cross-entropy (``imbalance none``, which the bare loop
+implements), so (a), (b) and (c) train the same 16 models. Per-epoch cost = wall / (trials x
+epochs); per-report cost (in the trial) = (the trials' in-trial time in (c) - (b)'s wall) /
+reports; Ray's per-trial overhead = ((c) search wall x concurrency - in-trial time) / trials.
+
+    FUSETUNE_DATA_DIR=../shared/data python benchmarks/throughput.py            # 16 trials x 50 epochs
+    FUSETUNE_DATA_DIR=../shared/data python benchmarks/throughput.py --quick    # 4 trials x 10 epochs
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from search.config import SearchConfig, resolve  # noqa: E402
+from search.orchestrate import fixed_keys  # noqa: E402
+from spaces import get_space  # noqa: E402
+from trainables.metrics import classification_metrics  # noqa: E402
+from trainables.trainable import Trial  # noqa: E402
+from trainables.trial_data import TrialData, fold_splits, prepare_from_config  # noqa: E402
+
+STEPS_LINE = re.compile(r"^steps: (.*)$", re.M)
+
+
+# ----------------------------------------------------------------------------- configurations
+def points(n: int, seed: int) -> list[dict]:
+    """``n - 1`` configurations drawn from the baseline space's ranges (log-uniform lr and weight
+    decay), plain cross-entropy; the search enqueues them after the paper default."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n - 1):
+        out.append({"lr": float(10 ** rng.uniform(-4, -2.5)), "weight_decay": float(10 ** rng.uniform(-6, -1)),
+                    "batch_size": int(rng.choice([16, 32, 64, 128])), "hidden": int(rng.choice([32, 64, 128, 256])),
+                    "dropout": float(rng.uniform(0.0, 0.5)), "imbalance": "none"})
+    return out
+
+
+def trial_configs(args: argparse.Namespace) -> list[dict]:
+    """The configs the search's trials get: fixed keys + paper default, then the points."""
+    cfg = resolve(SearchConfig(space="baseline", data="breast-tcga", folds=args.folds, epochs=args.epochs,
+                               seed=args.seed, sampler="random", scheduler="fifo"))
+    space = get_space("baseline")
+    base = {**space.default_config(), **fixed_keys(cfg, space)}
+    return [base] + [{**base, **p} for p in points(args.trials, args.seed)]
+
+
+# ----------------------------------------------------------------------------- (a) the bare loop
+def _mlp(d_in: int, hidden: int, d_out: int, dropout: float) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(d_in, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, d_out))
+
+
+class BareEarlyFusion(nn.Module):
+    def __init__(self, dims: list[int], classes: int, hidden: int, dropout: float) -> None:
+        super().__init__()
+        self.encoders = nn.ModuleList(_mlp(d, hidden, hidden, dropout) for d in dims)
+        self.classifier = _mlp(len(dims) * hidden + len(dims), hidden, classes, dropout)
+        self.probes = nn.ModuleList(nn.Linear(hidden, classes) for _ in dims)
+
+    def forward(self, xs: list[torch.Tensor], mask: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        m = mask.to(xs[0].dtype)
+        emb = [enc(x * m[:, j:j + 1]) * m[:, j:j + 1] for j, (enc, x) in enumerate(zip(self.encoders, xs))]
+        logits = self.classifier(torch.cat([*emb, m], dim=1))
+        return logits, [p(e.detach()) for p, e in zip(self.probes, emb)]
+
+
+def bare_fold(data: TrialData, train: np.ndarray, val: np.ndarray, config: dict, seed: int) -> dict:
+    mods = list(data.data.modalities.values())
+    xs_tr, xs_va = [], []
+    for m in mods:
+        x = np.nan_to_num(m.values.astype(np.float32))
+        avail = m.mask[train]
+        mean = x[train][avail].mean(axis=0) if avail.any() else np.zeros(x.shape[1], np.float32)
+        std = x[train][avail].std(axis=0) if avail.any() else np.ones(x.shape[1], np.float32)
+        z = (x - mean) / np.where(std < 1e-6, 1.0, std)
+        xs_tr.append(torch.from_numpy(z[train].astype(np.float32)))
+        xs_va.append(torch.from_numpy(z[val].astype(np.float32)))
+    mask = np.stack([m.mask for m in mods], axis=1)
+    mask_tr, mask_va = torch.from_numpy(mask[train]), torch.from_numpy(mask[val])
+    y = torch.from_numpy(data.data.labels[train].astype(np.int64))
+    torch.manual_seed(seed)
+    model = BareEarlyFusion([x.shape[1] for x in xs_tr], len(data.data.class_names), int(config["hidden"]),
+                            float(config["dropout"]))
+    opt = torch.optim.AdamW(model.parameters(), lr=float(config["lr"]), weight_decay=float(config["weight_decay"]))
+    ce = nn.CrossEntropyLoss()
+    gen = torch.Generator().manual_seed(seed)
+    bs = int(config["batch_size"])
+    for _ in range(int(config["epochs"])):
+        model.train()
+        for idx in torch.randperm(len(y), generator=gen).split(bs):
+            logits, probes = model([x[idx] for x in xs_tr], mask_tr[idx])
+            yb, mb = y[idx], mask_tr[idx]
+            loss = ce(logits, yb) + sum(ce(p[mb[:, j]], yb[mb[:, j]]) for j, p in enumerate(probes) if mb[:, j].any())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    model.eval()
+    with torch.no_grad():
+        probs = torch.softmax(model(xs_va, mask_va)[0], dim=1).numpy()
+    return classification_metrics(data.data.labels[val], probs)
+
+
+def run_bare(configs: list[dict], data: TrialData, args: argparse.Namespace) -> dict:
+    splits = fold_splits(data.data.labels, args.folds, args.seed)
+    f1 = []
+    t0 = time.perf_counter()
+    for config in configs:
+        f1.append(np.mean([bare_fold(data, tr, va, config, args.seed + k)["macro_f1"]
+                           for k, (tr, va) in enumerate(splits)]))
+    return {"wall_s": time.perf_counter() - t0, "macro_f1": float(np.mean(f1))}
+
+
+# ----------------------------------------------------------------------------- (b) the engine
+def run_engine(configs: list[dict], data: TrialData) -> dict:
+    f1 = []
+    t0 = time.perf_counter()
+    for config in configs:
+        trial = Trial("baseline", config, data)
+        while trial.epoch < trial.epochs:
+            last = trial.step()
+        f1.append(last["macro_f1"])
+    return {"wall_s": time.perf_counter() - t0, "macro_f1": float(np.mean(f1))}
+
+
+# ----------------------------------------------------------------------------- (c, d, e) searches
+def folder_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def steps(stdout: str) -> dict[str, float]:
+    found = STEPS_LINE.findall(stdout)
+    if not found:
+        return {}
+    out = {}
+    for part in found[-1].split(", "):
+        name, _, value = part.rpartition(" ")
+        out[name] = float(value.rstrip("s"))
+    return out
+
+
+def run_search(argv: list[str], storage: Path, name: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    cmd = [sys.executable, "-m", "search.run", *argv, "--storage", str(storage), "--name", name]
+    t0 = time.perf_counter()
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    command_s = time.perf_counter() - t0
+    if done.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed (exit {done.returncode}):\n{(done.stdout + done.stderr)[-3000:]}")
+    with open(storage / name / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    reports = sum(sum(1 for ln in (d / "result.json").read_text().splitlines() if ln.strip())
+                  for d in (storage / name).glob("fusetune_*") if (d / "result.json").is_file())
+    deleted = re.search(r"deleted \(([\d.]+) MiB\)", done.stdout)
+    return {"command_s": command_s, "steps": steps(done.stdout), "rows": rows, "reports": reports,
+            "in_trial_s": sum(float(r["duration_s"]) for r in rows), "bytes": folder_bytes(storage),
+            "experiment_bytes": folder_bytes(storage / name),
+            "kept_checkpoint_bytes": sum(folder_bytes(c) for c in (storage / name).glob("fusetune_*/checkpoint_*")),
+            # what grows with the trials: their folders (reports, params) and the MLflow store
+            "per_trial_files": sum(folder_bytes(d) for d in (storage / name).glob("fusetune_*"))
+            + sum(p.stat().st_size for p in storage.glob("mlflow.db*")),
+            "pruned_bytes": float(deleted.group(1)) * 2**20 if deleted else 0.0, "stdout": done.stdout}
+
+
+def search_argv(args: argparse.Namespace, trials: int, concurrency: int, top_k: int) -> list[str]:
+    argv = ["--space", "baseline", "--data", "breast-tcga", "--folds", str(args.folds), "--epochs", str(args.epochs),
+            "--sampler", "random", "--scheduler", "fifo", "--seed", str(args.seed), "--num-samples", str(trials),
+            "--max-concurrent", str(concurrency), "--cpus-per-trial", "1", "--top-k", str(top_k)]
+    for p in points(trials, args.seed):
+        argv += ["--points", json.dumps(p)]
+    return argv
+
+
+# ----------------------------------------------------------------------------- main
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--trials", type=int, default=16)
+    ap.add_argument("--epochs", type=int, default=50)
+    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--disk-trials", type=int, default=12, help="trials of the omnifuse-paper grid for (e)")
+    ap.add_argument("--disk-epochs", type=int, default=4)
+    ap.add_argument("--quick", action="store_true", help="4 trials x 10 epochs, 3 folds; 3 grid trials")
+    args = ap.parse_args()
+    if args.quick:
+        args.trials, args.epochs, args.folds, args.disk_trials, args.disk_epochs = 4, 10, 3, 3, 2
+    torch.set_num_threads(1)  # one core per trial, as in the search (--cpus-per-trial 1)
+
+    configs = trial_configs(args)
+    data = prepare_from_config(configs[0])
+    print(f"# throughput: {args.trials} trials x {args.epochs} epochs, {args.folds}-fold, baseline on breast-tcga\n")
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.platform()}, torch {torch.__version__}, "
+          f"load average at start {os.getloadavg()[0]:.1f}\n")
+    bare = run_bare(configs, data, args)
+    engine = run_engine(configs, data)
+    epochs = args.trials * args.epochs
+    with tempfile.TemporaryDirectory(prefix="fusetune-throughput-") as tmp:
+        tmp = Path(tmp)
+        c1 = run_search(search_argv(args, args.trials, 1, 0), tmp / "c1", "c1")
+        c2 = run_search(search_argv(args, args.trials, 2, 0), tmp / "c2", "c2")
+        one = run_search(search_argv(args, 1, 1, 1), tmp / "one", "one")
+        disk = run_search(["--space", "omnifuse-paper", "--data", "breast-tcga", "--sampler", "grid", "--scheduler", "fifo",
+                           "--num-samples", str(args.disk_trials), "--epochs", str(args.disk_epochs), "--folds", "5",
+                           "--top-k", "1", "--seed", str(args.seed)], tmp / "disk", "disk")
+
+    def row(label: str, wall: float, note: str = "") -> str:
+        return (f"| {label} | {wall:.1f} | {wall / bare['wall_s']:.2f}x | {1000 * wall / epochs:.1f} | {note} |")
+
+    print("| run | wall (s) | vs (a) | per trial-epoch (ms) | note |")
+    print("|---|---|---|---|---|")
+    print(row("(a) bare PyTorch loop", bare["wall_s"], f"macro F1 {bare['macro_f1']:.4f}"))
+    print(row("(b) engine `Trial` outside Ray", engine["wall_s"], f"macro F1 {engine['macro_f1']:.4f}; metrics every epoch"))
+    for label, c, conc in (("(c) search.run, 1 concurrent", c1, 1), ("(c) search.run, 2 concurrent", c2, 2)):
+        wall = c["steps"].get("search", float("nan"))
+        overhead = (conc * wall - c["in_trial_s"]) / args.trials
+        per_report = (c["in_trial_s"] - engine["wall_s"]) / max(1, c["reports"])
+        print(row(label, wall, f"Tuner.fit only; {c['reports']} reports; in-trial {c['in_trial_s']:.1f} s; "
+                  f"per report in the trial {1000 * per_report:.0f} ms; Ray per trial {overhead:.2f} s; "
+                  f"command {c['command_s']:.1f} s; {c['bytes'] / 2**20:.1f} MiB written"))
+    speedup = c1["steps"].get("search", float("nan")) / c2["steps"].get("search", float("nan"))
+    print(f"\nspeed-up with 2 concurrent trials: {speedup:.2f}x")
+    print(f"1-trial search end to end (top-k 1): {one['command_s']:.1f} s; steps: "
+          + ", ".join(f"{k} {v:.1f}s" for k, v in one["steps"].items()))
+    n = max(1, len(disk["rows"]))
+    kept = disk["kept_checkpoint_bytes"]                        # the top trial's checkpoint
+    growing = disk["per_trial_files"] - kept                      # trial folders and MLflow store
+    fixed = disk["bytes"] - growing - kept                        # registered model, bundle, reports
+    before = (disk["bytes"] + disk["pruned_bytes"]) / n
+    print(f"disk, omnifuse-paper grid ({n} trials x {args.disk_epochs} epochs, 5 folds, top-k 1): "
+          f"{(growing + disk['pruned_bytes'] + kept) / n / 2**20:.2f} MiB per trial with every trial's checkpoint, "
+          f"{growing / n / 2**20:.2f} MiB per trial after pruning (trial folder + MLflow), plus "
+          f"{kept / 2**20:.1f} MiB kept checkpoint and {fixed / 2**20:.1f} MiB registered model, bundle and reports; "
+          f"729 trials extrapolated: {(729 * before) / 2**30:.2f} GiB without pruning, "
+          f"{(fixed + kept + 729 * growing / n) / 2**30:.2f} GiB after")
+    print(f"\nload average at end {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    main()
