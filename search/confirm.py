@@ -33,6 +33,7 @@ import numpy as np
 from ray import tune
 
 from search import references
+from search.orchestrate import result_loggers
 from search.stats import TEST_NAME, corrected_resampled_ttest, test_train_ratio
 from trainables.metrics import METRICS
 from trainables.trial_data import TrialData, fold_splits
@@ -191,7 +192,8 @@ def run_stage(candidates: list[Candidate], scheme: Scheme, *, search_seed: int, 
             fn, param_space={"job": tune.grid_search(jobs(candidates, scheme, search_seed))},
             tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=max_concurrent, reuse_actors=True,
                                         trial_dirname_creator=_dirname),
-            run_config=tune.RunConfig(name=EXPERIMENT, storage_path=experiment_path, verbose=0, callbacks=callbacks),
+            run_config=tune.RunConfig(name=EXPERIMENT, storage_path=experiment_path, verbose=0,
+                                      callbacks=[*(callbacks or []), *result_loggers()]),
         )
     grid = tuner.fit()
     by_config: dict[str, dict[int, dict[str, Any]]] = {}
