@@ -194,6 +194,17 @@ class PersistentOptunaSearch(OptunaSearch):
             self._ot_trials[trial_id].set_user_attr(RAY_TRIAL_ATTR, trial_id)
         return params
 
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        """Intermediate values by epoch (Ray's own class steps by report count), the epochs a sparse
+        report carries in its ``curve`` included."""
+        if not isinstance(self.metric, str) or trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return super().on_trial_result(trial_id, result)
+        ot_trial = self._ot_trials[trial_id]
+        for point in [*result.get("curve", ()), result]:
+            value, epoch = point.get(self.metric), point.get("epoch", result.get("training_iteration"))
+            if isinstance(value, (int, float)) and epoch is not None:
+                ot_trial.report(float(value), int(epoch))
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if (result and isinstance(self.metric, str) and self.metric in result and trial_id in self._ot_trials
                 and trial_id not in self._completed_trials):

@@ -191,7 +191,7 @@ def test_load_study_of_a_real_search(tiny):
     assert f"optuna-dashboard {url}" in tiny["output"]
     study = optuna.load_study(study_name=tiny["name"], storage=url)
     with (tiny["folder"] / "results.csv").open(newline="") as f:
-        rows = {r["trial_id"]: r for r in csv.DictReader(f)}
+        rows = {r["trial_id"]: r for r in csv.DictReader(f) if r["status"] != "REFERENCE"}
     assert {t.user_attrs[RAY_TRIAL_ATTR] for t in study.trials} == set(rows)
     for t in study.trials:  # fifo, all epochs: every trial COMPLETE with its final mean over folds
         row = rows[t.user_attrs[RAY_TRIAL_ATTR]]
@@ -211,7 +211,7 @@ def test_mlflow_parent_run_of_a_real_search(tiny):
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
     (parent,) = client.search_runs([exp.experiment_id], f"tags.`{SEARCH_NAME_TAG}` = 'tiny' and tags.`{ROLE_TAG}` = 'search'")
     with (tiny["folder"] / "results.csv").open(newline="") as f:
-        rows = list(csv.DictReader(f))
+        rows = [r for r in csv.DictReader(f) if r["status"] != "REFERENCE"]
     m = parent.data.metrics
     assert (m["trials_completed"], m["trials_pruned"], m["trials_failed"]) == (2, 0, 0)
     assert m["best_macro_f1"] == pytest.approx(max(float(r["macro_f1"]) for r in rows))
@@ -249,7 +249,7 @@ def test_extend_a_finished_search_and_warm_start_from_it(tmp_path, data_dir):
     url = f"sqlite:///{tmp_path / 's1' / 'optuna.db'}"
     before = {t.user_attrs[RAY_TRIAL_ATTR]: t for t in optuna.load_study(study_name="s1", storage=url).trials}
     with (tmp_path / "s1" / "results.csv").open(newline="") as f:
-        rows = {r["trial_id"]: r for r in csv.DictReader(f)}
+        rows = {r["trial_id"]: r for r in csv.DictReader(f) if r["status"] != "REFERENCE"}
     for tid, t in before.items():
         assert t.state == (TrialState.COMPLETE if rows[tid]["final"] == "True" else TrialState.PRUNED)
     assert len(before) == 5
@@ -262,7 +262,7 @@ def test_extend_a_finished_search_and_warm_start_from_it(tmp_path, data_dir):
     for tid, t in before.items():  # the finished trials stay as they were
         assert (after[tid].state, after[tid].value, after[tid].datetime_complete) == (t.state, t.value, t.datetime_complete)
     with (tmp_path / "s1" / "results.csv").open(newline="") as f:
-        rows_after = {r["trial_id"]: r for r in csv.DictReader(f)}
+        rows_after = {r["trial_id"]: r for r in csv.DictReader(f) if r["status"] != "REFERENCE"}
     assert len(rows_after) == 7 and all(rows_after[t]["duration_s"] == rows[t]["duration_s"] for t in rows)
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("fusetune").experiment_id], "tags.`fusetune.search_name` = 's1'")

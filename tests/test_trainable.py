@@ -128,7 +128,9 @@ def test_progress_line():
     trials = [_T("a", "TERMINATED", 10, 0.7), _T("b", "ERROR", 2), _T("c", "RUNNING", 5, 0.8), _T("d", "PENDING", 0)]
     line = p.line(trials, elapsed=34.0)
     assert line.startswith("[0:00:34] trials 2/4 done | 1 running | 1 failed")
-    assert "best macro_f1 0.8000 ± 0.0100 (c, epoch 5)" in line
+    assert "best so far macro_f1 0.8000 ± 0.0100 (c, epoch 5)" in line
+    worse = [_T("a", "TERMINATED", 10, 0.7), _T("b", "ERROR", 2), _T("c", "RUNNING", 6, 0.6), _T("d", "PENDING", 0)]
+    assert "best so far macro_f1 0.8000 ± 0.0100 (c, epoch 5)" in p.line(worse, 36.0)  # monotone: c's epoch 6 is worse
     # 17 epochs trained in 34 s; budget 40, 8 given back by the failed trial -> 15 left -> 30 s
     assert line.endswith("ETA 0:00:30")
     assert ProgressLine(total=1, epochs=1, metric="macro_f1", mode="max").line([_T("a", "PENDING", 0)], 1.0).endswith("ETA -")
