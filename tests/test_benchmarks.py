@@ -54,6 +54,7 @@ QUICK = [
     ("token_models_synth.py", []),
     ("attribute_missing.py", []),
     ("batched_folds.py", []),
+    ("nested_tuning.py", []),
 ]
 
 
