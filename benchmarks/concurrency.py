@@ -68,7 +68,7 @@ def run_search(concurrency: int, args: argparse.Namespace, storage: Path) -> dic
         sys.exit(f"search with --max-concurrent {concurrency} failed (exit {done.returncode}):\n"
                  f"{(done.stdout + done.stderr)[-3000:]}")
     with open(storage / name / "results.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
+        rows = [r for r in csv.DictReader(f) if r["status"] != "REFERENCE"]
     if len(rows) != args.trials or not all(r["final"] == "True" for r in rows):
         sys.exit(f"--max-concurrent {concurrency}: expected {args.trials} complete trials in results.csv")
     first_epoch, later_epochs = [], []

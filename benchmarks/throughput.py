@@ -183,7 +183,7 @@ def run_search(argv: list[str], storage: Path, name: str) -> dict:
     if done.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed (exit {done.returncode}):\n{(done.stdout + done.stderr)[-3000:]}")
     with open(storage / name / "results.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
+        rows = [r for r in csv.DictReader(f) if r["status"] != "REFERENCE"]
     reports = sum(sum(1 for ln in (d / "result.json").read_text().splitlines() if ln.strip())
                   for d in (storage / name).glob("fusetune_*") if (d / "result.json").is_file())
     deleted = re.search(r"deleted \(([\d.]+) MiB\)", done.stdout)
@@ -200,7 +200,9 @@ def run_search(argv: list[str], storage: Path, name: str) -> dict:
 def search_argv(args: argparse.Namespace, trials: int, concurrency: int, top_k: int) -> list[str]:
     argv = ["--space", "baseline", "--data", "breast-tcga", "--folds", str(args.folds), "--epochs", str(args.epochs),
             "--sampler", "random", "--scheduler", "fifo", "--seed", str(args.seed), "--num-samples", str(trials),
-            "--max-concurrent", str(concurrency), "--cpus-per-trial", "1", "--top-k", str(top_k)]
+            "--max-concurrent", str(concurrency), "--cpus-per-trial", "1", "--top-k", str(top_k),
+            # the trials' cost only: the confirmation stage (issue 13) is more training by design
+            "--confirm-repeats", "0", "--references", "none"]
     for p in points(trials, args.seed):
         argv += ["--points", json.dumps(p)]
     return argv
