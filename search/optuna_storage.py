@@ -27,7 +27,7 @@ Ray trials and are not rerun.
 from __future__ import annotations
 
 import logging
-import pickle
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -220,7 +220,7 @@ class PersistentOptunaSearch(OptunaSearch):
             return
         super().on_trial_complete(trial_id, result=result, error=error)
 
-    # ---- pickled (Ray's searcher checkpoint, tuner.pkl): the sampler and the trial map; the study
+    # ---- pickled by Ray into tuner.pkl with the TuneConfig: the sampler and the trial map; the study
     # stays in its storage and is opened again by restore()
     def __getstate__(self) -> dict[str, Any]:
         if self.storage_url is None:
@@ -235,22 +235,31 @@ class PersistentOptunaSearch(OptunaSearch):
             self._ot_study, self._ot_trials, self._storage = None, {}, None
 
     def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump(self.__getstate__(), f)
+        """A persistent study's searcher state as JSON (the trial map and the queue; the trials
+        themselves are in the storage); an in-memory study is Ray's own checkpoint."""
+        if self.storage_url is None:
+            return super().save(checkpoint_path)
+        state = {"format": "fusetune-optuna-search/1", "study_name": self._study_name,
+                 "ot_trial_ids": {rid: t._trial_id for rid, t in self._ot_trials.items()},
+                 "completed": sorted(self._completed_trials), "queued": self._queued, "skip_seen": self._skip_seen}
+        with open(checkpoint_path, "w") as f:
+            json.dump(state, f, default=str)
 
     def restore(self, checkpoint_path: str) -> None:
-        url = self.storage_url  # this session's (the results folder may have moved)
-        with open(checkpoint_path, "rb") as f:
-            state = pickle.load(f)  # Ray's own searcher checkpoint, written by save() above
-        if "_ot_trial_ids" not in state:
-            self.__dict__.update(state)
-            return
-        ids: dict[str, int] = state.pop("_ot_trial_ids")
-        self.__dict__.update(state)
-        self.storage_url = url or self.storage_url
-        self._storage = open_storage(self.storage_url)
+        if self.storage_url is None:
+            return super().restore(checkpoint_path)
+        with open(checkpoint_path) as f:
+            state = json.load(f)
+        self._study_name = state["study_name"]
+        self._completed_trials = set(state["completed"])
+        self._queued, self._skip_seen, self._warm = list(state["queued"]), bool(state["skip_seen"]), []
+        self._storage = open_storage(self.storage_url)  # this session's URL (the results folder may have moved)
+        # the sampler is the one Tune restored with the search; its random state restarts from a fresh
+        # seed, so a resumed search does not redraw the start-up points it already tried
+        self._sampler.reseed_rng()
         self._ot_study = optuna.load_study(study_name=self._study_name, storage=self._storage,
                                            sampler=self._sampler, pruner=optuna.pruners.NopPruner())
+        ids = {rid: int(tid) for rid, tid in state["ot_trial_ids"].items()}
         self._ot_trials = {rid: optuna.trial.Trial(self._ot_study, tid) for rid, tid in ids.items()}
         self._fail_lost(set(ids.values()))
 

@@ -266,7 +266,8 @@ def test_extend_a_finished_search_and_warm_start_from_it(tmp_path, data_dir):
     assert len(rows_after) == 7 and all(rows_after[t]["duration_s"] == rows[t]["duration_s"] for t in rows)
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("fusetune").experiment_id], "tags.`fusetune.search_name` = 's1'")
-    assert len(runs) == 8  # the parent and one run per trial, none twice
+    roles = sorted(r.data.tags["fusetune.role"] for r in runs)
+    assert roles == ["reference"] * 2 + ["search"] + ["trial"] * 7  # one run per trial and reference, none twice
     (parent,) = [r for r in runs if r.data.tags["fusetune.role"] == "search"]
     assert parent.data.metrics["trials_completed"] + parent.data.metrics["trials_pruned"] == 7
 
