@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 from searches import machine, pm, run_search
 
-from search.study import StudyResults
+from search.results import StudyResults
 
 DATASETS = ("breast-tcga", "rosmap:ratio=5")
 SPACES = (("baseline", "baseline (concatenation)"), ("climd", "baseline + CLIMD"), ("omnifuse", "OmniFuse"))

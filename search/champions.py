@@ -18,7 +18,7 @@ from typing import Any
 
 from search import confirm, promotion, references
 from search.config import SearchConfig
-from search.results import TrialRow, write_text
+from search.results import CONFIRMATION_CSV, TrialResult, write_text
 from spaces import Space
 from trainables.metrics import METRICS
 from trainables.trial_data import TrialData
@@ -33,7 +33,7 @@ class Selection:
     reference_rows: list[dict[str, Any]]   # rows for results.csv: the references on the search's folds
 
 
-def candidates(cfg: SearchConfig, space: Space, rows: list[TrialRow], ranked: list[TrialRow],
+def candidates(cfg: SearchConfig, space: Space, rows: list[TrialResult], ranked: list[TrialResult],
                fixed: dict[str, Any]) -> list[confirm.Candidate]:
     """The top-k trials, the paper default, the references (in that order)."""
     metric = cfg.primary_metric
@@ -53,7 +53,7 @@ def _resources(cfg: SearchConfig) -> dict[str, float]:
     return {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial}
 
 
-def run_confirmation(cfg: SearchConfig, space: Space, rows: list[TrialRow], ranked: list[TrialRow], data: TrialData,
+def run_confirmation(cfg: SearchConfig, space: Space, rows: list[TrialResult], ranked: list[TrialResult], data: TrialData,
                      exp_path: str, fixed: dict[str, Any], incumbent: promotion.Incumbent | None) -> confirm.Confirmation:
     scheme = _scheme(cfg, data.fingerprint)
     cands = candidates(cfg, space, rows, ranked, fixed)
@@ -107,7 +107,7 @@ def _log_to_parent(conf: confirm.Confirmation, client, parent_run_id: str, searc
     client.log_batch(parent_run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in metrics.items()])
     if artifact:
         with tempfile.TemporaryDirectory(prefix="fusetune-confirm-") as tmp:
-            path = Path(tmp) / confirm.CONFIRMATION_CSV
+            path = Path(tmp) / CONFIRMATION_CSV
             path.write_text(csv_text)
             client.log_artifact(parent_run_id, str(path))
     parent = client.get_run(parent_run_id)
@@ -137,7 +137,7 @@ def _log_to_parent(conf: confirm.Confirmation, client, parent_run_id: str, searc
         client.set_terminated(run.info.run_id, "FINISHED")
 
 
-def select(cfg: SearchConfig, space: Space, rows: list[TrialRow], ranked: list[TrialRow], data: TrialData, *,
+def select(cfg: SearchConfig, space: Space, rows: list[TrialResult], ranked: list[TrialResult], data: TrialData, *,
            exp_path: str, fs: Any, uri: str, parent_run_id: str | None, data_name: str,
            fixed: dict[str, Any], search_tags: dict[str, str]) -> Selection:
     from mlflow.tracking import MlflowClient
@@ -151,7 +151,7 @@ def select(cfg: SearchConfig, space: Space, rows: list[TrialRow], ranked: list[T
     if cfg.confirm_repeats > 0 and ranked:
         conf = run_confirmation(cfg, space, rows, ranked, data, exp_path, fixed, inc)
         text = confirm.csv_text(conf)
-        write_text(text, exp_path, confirm.CONFIRMATION_CSV, fs)
+        write_text(text, exp_path, CONFIRMATION_CSV, fs)
         if parent_run_id:
             _log_to_parent(conf, client, parent_run_id, search_tags, text)
     elif cfg.references:  # no confirmation: the references on the search's folds only

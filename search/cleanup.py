@@ -36,7 +36,7 @@ from typing import Any
 import pyarrow.fs
 from ray.tune import Callback
 
-from search.results import TrialRow
+from search.results import TrialResult
 
 ENDED = frozenset({"TERMINATED", "ERROR"})
 
@@ -62,7 +62,7 @@ def folder_bytes(path: str, fs: pyarrow.fs.FileSystem) -> int:
     return sum(int(i.size or 0) for i in infos if i.type == pyarrow.fs.FileType.File)
 
 
-def prune_checkpoints(rows: Iterable[TrialRow], keep: set[str], fs: pyarrow.fs.FileSystem | None) -> Pruned:
+def prune_checkpoints(rows: Iterable[TrialResult], keep: set[str], fs: pyarrow.fs.FileSystem | None) -> Pruned:
     """Delete the checkpoints of every trial of an ended search whose id is not in ``keep``.
 
     ``rows`` are :func:`search.results.collect`'s (the checkpoint paths are on ``fs``, the

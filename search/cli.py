@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from search.config import PROMOTE_POLICIES, SAMPLER_NAMES, SCHEDULER_NAMES
+from search.config import PROMOTE_POLICIES, SAMPLER_NAMES, SCHEDULER_NAMES, SearchConfig
 from search.errors import UsageError
 
 
@@ -139,3 +139,20 @@ def parse_args(argv: list[str] | None) -> dict[str, Any]:
     if "points" in given:
         given["points"] = tuple(given["points"])
     return given
+
+
+# ----------------------------------------------------------------------------- shared by the study commands
+DEFAULT_STORAGE: str = SearchConfig.storage
+"""``--storage`` default of the study commands (reports, compare, export, ...): the search driver's."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors are one line and exit with code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def add_storage_option(parser: argparse.ArgumentParser, default: str | None = DEFAULT_STORAGE) -> None:
+    parser.add_argument("--storage", default=default, metavar="DIR",
+                        help=f"results folder of the searches (default: {DEFAULT_STORAGE})")

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from search.study import DEFAULT_STORAGE
+from search.cli import DEFAULT_STORAGE
 
 
 @dataclass(frozen=True)

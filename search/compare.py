@@ -30,7 +30,8 @@ import numpy as np
 
 from search.errors import UsageError
 from search.stats import TEST_NAME, corrected_resampled_ttest, test_train_ratio
-from search.study import OneLineParser, StudyResults, TrialResult, add_storage_option, load_study
+from search.cli import OneLineParser, add_storage_option
+from search.results import StudyResults, TrialResult, load_study
 from trainables.metrics import METRICS
 
 

@@ -16,7 +16,7 @@ candidate's ``p_value`` is the corrected resampled t-test (:mod:`search.stats`) 
 scores against the champion's, paired fold by fold.
 
 The stage's Ray experiment lives in ``<search>/confirmation/``, so a killed driver continues it
-with ``--resume`` (finished candidates stay finished); the table is ``<search>/confirmation.csv``.
+with ``--resume`` (finished candidates stay finished); the table is ``<search>/confirmation.csv`` (:data:`search.results.CONFIRMATION_CSV`).
 """
 
 from __future__ import annotations
@@ -34,11 +34,11 @@ from ray import tune
 
 from search import references
 from search.orchestrate import result_loggers
+from search.results import error_reason
 from search.stats import TEST_NAME, corrected_resampled_ttest, test_train_ratio
 from trainables.metrics import METRICS
 from trainables.trial_data import TrialData, fold_splits
 
-CONFIRMATION_CSV = "confirmation.csv"
 EXPERIMENT = "confirmation"
 PAPER_DEFAULT = "paper-default"
 SEED_STRIDE = 1000
@@ -202,8 +202,6 @@ def run_stage(candidates: list[Candidate], scheme: Scheme, *, search_seed: int, 
         job = res.config["job"]
         key = json.dumps(job["config"], sort_keys=True, default=str)
         if res.error is not None:
-            from search.results import error_reason
-
             errors[key] = error_reason(str(res.error))
             continue
         by_config.setdefault(key, {})[int(job["repeat"])] = res.metrics

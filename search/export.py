@@ -46,7 +46,8 @@ import numpy as np
 
 from search.errors import UsageError
 from search.robustness import ALL, DEFAULT_RATES, FoldModels, Row, evaluate, fold_models, parse_rates
-from search.study import DEFAULT_STORAGE, OneLineParser, StudyResults, TrialResult, add_storage_option, load_study
+from search.cli import DEFAULT_STORAGE, OneLineParser, add_storage_option
+from search.results import StudyResults, TrialResult, load_study
 from trainables.bundle import BundleError, copy_bundle, load_bundle, verify_bundle
 from trainables.metrics import METRICS, classification_metrics
 

@@ -271,7 +271,7 @@ def trainable(cfg: SearchConfig, space: Space, data: TrialData) -> Any:
 
 def result_loggers() -> list[tune.Callback]:
     """The result files every trial folder gets: ``result.json`` (every report, its ``curve``
-    included: :mod:`search.study` and the reports read it) and ``progress.csv``. Ray would add a
+    included: :mod:`search.results` and the reports read it) and ``progress.csv``. Ray would add a
     TensorBoard logger too, writing an event file on every report that nothing here reads and
     that cannot hold a ``curve``; ``TUNE_DISABLE_AUTO_CALLBACK_LOGGERS`` (set by
     ``search.preflight.connect``) leaves it out."""

@@ -46,7 +46,8 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.trial import TrialState
 
 from search.errors import UsageError
-from search.study import RESULTS_CSV, OneLineParser, StudyResults, add_storage_option, load_study
+from search.cli import OneLineParser, add_storage_option
+from search.results import RESULTS_CSV, StudyResults, load_study
 
 logger = logging.getLogger("fusetune.reports")
 
@@ -334,7 +335,7 @@ def _fetch_study(uri: str, dest: Path) -> Path:
     of a results folder on a pyarrow filesystem, copied into ``dest/<name>``."""
     import pyarrow.fs as pafs
 
-    from search.study import PARAMS_FILE, RESULT_FILE, RESULTS_CSV
+    from search.results import PARAMS_FILE, RESULT_FILE, RESULTS_CSV
 
     fs, root = pafs.FileSystem.from_uri(uri)
     root = root.rstrip("/")

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from search.errors import UsageError
-from search.study import OneLineParser
+from search.cli import OneLineParser
 from trainables.bundle import Bundle, BundleError, load_bundle
 from trainables.data import DataError
 

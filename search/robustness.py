@@ -4,7 +4,7 @@ go missing, as in the papers' robustness figures.
     python -m search.robustness --name STUDY [--storage DIR] [--rates 0,0.3,0.6,0.9]
                                 [--metric M] [--trial ID] [--seed 0] [--out DIR]
 
-The champion is the study's best trial (:meth:`search.study.StudyResults.best`, the rule the
+The champion is the study's best trial (:meth:`search.results.StudyResults.best`, the rule the
 search uses to pick the registered ``champion``). Its fold models are evaluated on their own
 validation folds, so rate 0 reproduces the fold metrics the search reported (checked and printed),
 and every figure is a mean ± std over the same folds. The fold models come from the trial's last
@@ -42,7 +42,8 @@ from pathlib import Path
 import numpy as np
 
 from search.errors import UsageError
-from search.study import OneLineParser, StudyResults, TrialResult, add_storage_option, load_study
+from search.cli import OneLineParser, add_storage_option
+from search.results import StudyResults, TrialResult, load_study
 from trainables.backbone import logical_name
 from trainables.data import MultimodalDataset
 from trainables.metrics import METRICS, classification_metrics
@@ -83,7 +84,7 @@ def fold_models(trial: TrialResult, log: Callable[[str], None] = lambda s: None)
     config["method"] = method
     data = prepare_from_config(config)
     folds = Trial(method, config, data)
-    ckpt = trial.checkpoint()
+    ckpt = Path(trial.checkpoint) if trial.checkpoint else None
     if ckpt is not None and int(load_state(ckpt)["epoch"]) == folds.epochs:
         folds.restore(ckpt)
         source = f"checkpoint {ckpt}"

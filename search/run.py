@@ -125,7 +125,7 @@ class SearchResult:
 
         import pandas as pd
 
-        path = f"{self.folder}/confirmation.csv"
+        path = f"{self.folder}/{results.CONFIRMATION_CSV}"
         return pd.read_csv(path) if os.path.exists(path) else None
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from search.cleanup import prune_checkpoints
-from search.results import TrialRow
+from search.results import TrialResult
 
 
-def _trial(root: Path, tid: str, status: str = "TERMINATED", checkpoints: int = 1) -> TrialRow:
+def _trial(root: Path, tid: str, status: str = "TERMINATED", checkpoints: int = 1) -> TrialResult:
     folder = root / f"fusetune_baseline_{tid}"
     folder.mkdir(parents=True)
     (folder / "result.json").write_text('{"epoch": 1}\n')
@@ -17,7 +17,7 @@ def _trial(root: Path, tid: str, status: str = "TERMINATED", checkpoints: int = 
         ck.mkdir()
         (ck / "state.pt").write_bytes(b"x" * 1000)
     latest = str(folder / f"checkpoint_{checkpoints - 1:06d}") if checkpoints else None
-    return TrialRow(tid, status, {}, {"final": True}, 1.0, "", latest)
+    return TrialResult(tid, status, {}, [{"final": True}], checkpoint=latest)
 
 
 def test_an_ended_search_keeps_only_the_top_checkpoints(tmp_path):

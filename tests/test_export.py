@@ -17,7 +17,7 @@ import pytest
 from studies import ROOT, tiny_search
 
 from search.export import CARD, CARD_JSON, main, render_card
-from search.study import load_study
+from search.results import load_study
 from trainables.bundle import BundleError, load_bundle, verify_bundle
 from trainables.data import load_dataset
 

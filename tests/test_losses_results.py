@@ -5,7 +5,7 @@ import io
 
 import torch
 
-from search.results import TrialRow, csv_text
+from search.results import TrialResult, csv_text
 from trainables.losses import FocalLoss
 from trainables.metrics import METRICS
 
@@ -34,7 +34,7 @@ def test_results_csv_has_one_column_per_fold_and_metric():
         last[m], last[f"{m}_std"] = 0.8, 0.1
         for k in range(2):
             last[f"fold{k}_{m}"] = 0.8
-    row = TrialRow("t1", "TERMINATED", {"lr": 0.01}, last, 1.0, "", None)
+    row = TrialResult("t1", "TERMINATED", {"lr": 0.01}, [last])
     header = next(csv.reader(io.StringIO(csv_text([row], ["lr"]))))
     fold_cols = [c for c in header if c.startswith("fold")]
     assert len(fold_cols) == 2 * len(METRICS)

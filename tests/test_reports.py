@@ -12,7 +12,7 @@ from PIL import Image
 from studies import fake_study, tiny_search
 
 from search.reports import PLOTS, rebuild_optuna_study, write_search_reports
-from search.study import load_study
+from search.results import load_study
 
 BASE = {"lr": 1e-3, "weight_decay": 1e-4, "batch_size": 32, "hidden": 128, "dropout": 0.1, "imbalance": "none"}
 
@@ -201,7 +201,7 @@ def test_masking_keeps_one_modality_and_drops_exact_counts():
 
 def test_attribute_missing_rows_for_attribute_models():
     from search.robustness import FoldModels, evaluate
-    from search.study import TrialResult
+    from search.results import TrialResult
     from trainables.data import Modality, MultimodalDataset
 
     n, a = 30, 6

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from search.progress import ProgressLine, format_duration
-from search.results import TrialRow, error_reason, pareto_front, ranked
+from search.results import TrialResult, error_reason, pareto_front, ranked
 from trainables.metrics import METRICS
 from trainables.registry import METHODS
 from trainables.trainable import TRAINABLES, Trial, TrialFailure, check_finite, summarize
@@ -103,7 +103,7 @@ def test_error_reason_finds_the_trial_failure_line():
 
 
 def _row(tid, status="TERMINATED", final=True, **metrics):
-    return TrialRow(tid, status, {}, {"final": final, **metrics}, 1.0, "", None)
+    return TrialResult(tid, status, {}, [{"final": final, **metrics}])
 
 
 def test_ranking_and_pareto_front():
