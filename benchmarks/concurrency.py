@@ -22,7 +22,6 @@ process. Measured per run:
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import platform
@@ -33,6 +32,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from search.results import RESULTS_CSV, trial_rows  # noqa: E402
 FIT_TIME = "FUSETUNE_BENCH_FIT_S="
 
 # Run in a child process: search.run.main with Tuner.fit timed (the search itself, nothing around it).
@@ -67,8 +69,7 @@ def run_search(concurrency: int, args: argparse.Namespace, storage: Path) -> dic
     if done.returncode != 0 or not fit:
         sys.exit(f"search with --max-concurrent {concurrency} failed (exit {done.returncode}):\n"
                  f"{(done.stdout + done.stderr)[-3000:]}")
-    with open(storage / name / "results.csv", newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r["status"] != "REFERENCE"]
+    rows = list(trial_rows(storage / name / RESULTS_CSV).values())
     if len(rows) != args.trials or not all(r["final"] == "True" for r in rows):
         sys.exit(f"--max-concurrent {concurrency}: expected {args.trials} complete trials in results.csv")
     first_epoch, later_epochs = [], []

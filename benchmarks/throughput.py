@@ -30,7 +30,6 @@ reports; Ray's per-trial overhead = ((c) search wall x concurrency - in-trial ti
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import platform
@@ -50,6 +49,7 @@ sys.path.insert(0, str(REPO))
 
 from search.config import SearchConfig, resolve  # noqa: E402
 from search.orchestrate import fixed_keys  # noqa: E402
+from search.results import RESULTS_CSV, trial_rows  # noqa: E402
 from spaces import get_space  # noqa: E402
 from trainables.metrics import classification_metrics  # noqa: E402
 from trainables.trainable import Trial  # noqa: E402
@@ -182,8 +182,7 @@ def run_search(argv: list[str], storage: Path, name: str) -> dict:
     command_s = time.perf_counter() - t0
     if done.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed (exit {done.returncode}):\n{(done.stdout + done.stderr)[-3000:]}")
-    with open(storage / name / "results.csv", newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r["status"] != "REFERENCE"]
+    rows = list(trial_rows(storage / name / RESULTS_CSV).values())
     reports = sum(sum(1 for ln in (d / "result.json").read_text().splitlines() if ln.strip())
                   for d in (storage / name).glob("fusetune_*") if (d / "result.json").is_file())
     deleted = re.search(r"deleted \(([\d.]+) MiB\)", done.stdout)
