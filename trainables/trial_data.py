@@ -10,7 +10,8 @@ feature cache makes it cheap.
 
 Only the training part is searched (``split_part("train")``: breast-tcga's fixed train split,
 the whole dataset where there is no fixed split); a fixed test part stays untouched for the
-final evaluation of the chosen models.
+final evaluation of the chosen models (:func:`fixed_test_part`: loaded and encoded with the
+training part, cached beside it, never in :class:`TrialData`, so no trial sees it).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class TrialData:
 
 
 _CACHE: dict[tuple, TrialData] = {}
+_TEST: dict[tuple, MultimodalDataset | None] = {}  # the fixed test part of the same load, if any
 
 
 def _key(spec: str, representations: dict[str, tuple[str, ...]], text_encoder: str | None,
@@ -62,7 +64,16 @@ def prepare(spec: str, representations: dict[str, tuple[str, ...]], *, text_enco
                                   cache_dir=cache_dir)
         kinds = tuple(dict.fromkeys(m.kind for m in raw.modalities.values()))
         _CACHE[key] = TrialData(data.split_part("train"), fingerprint, raw.name, kinds)
+        _TEST[key] = data.split_part("test") if data.split is not None and (data.split == "test").any() else None
     return _CACHE[key]
+
+
+def fixed_test_part(spec: str, representations: dict[str, tuple[str, ...]], *, text_encoder: str | None = None,
+                    image_encoder: str | None = None, cache_dir: str | None = None) -> MultimodalDataset | None:
+    """The fixed test part of ``spec`` (rosmap, breast-tcga), encoded exactly as :func:`prepare`
+    encodes the training part (the same load, cached with it); None when the dataset has none."""
+    prepare(spec, representations, text_encoder=text_encoder, image_encoder=image_encoder, cache_dir=cache_dir)
+    return _TEST[_key(spec, representations, text_encoder, image_encoder, cache_dir)]
 
 
 def prepare_from_config(config: dict[str, Any]) -> TrialData:
@@ -71,6 +82,15 @@ def prepare_from_config(config: dict[str, Any]) -> TrialData:
     return prepare(config["data"], get_method(config["method"]).representations,
                    text_encoder=config.get("text_encoder"), image_encoder=config.get("image_encoder"),
                    cache_dir=config.get("cache_dir"))
+
+
+def fixed_test_part_from_config(config: dict[str, Any]) -> MultimodalDataset | None:
+    """:func:`fixed_test_part` with the data spec, method and encoders of a trial config."""
+    from trainables.registry import get_method
+
+    return fixed_test_part(config["data"], get_method(config["method"]).representations,
+                           text_encoder=config.get("text_encoder"), image_encoder=config.get("image_encoder"),
+                           cache_dir=config.get("cache_dir"))
 
 
 def fold_splits(labels: np.ndarray, folds: int, seed: int, val_fraction: float = 0.2) -> list[Split]:
