@@ -33,7 +33,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import re
 import tempfile
 from collections.abc import Iterator
@@ -209,37 +208,23 @@ def _device() -> str:
 
 
 def refit(config: dict[str, Any], *, device: str | None = None) -> Refit:
-    """Train ``config`` on the whole training part (same seed and epochs) and score it on the fixed
-    test part when the dataset has one."""
-    from trainables.engine import FoldTrainer
-    from trainables.trial_data import prepare_from_config
+    """Train ``config`` on the whole training part (same seed and epochs) through the trial's own
+    loop (:class:`trainables.trainable.Trial` with ``refit=True``) and score it on the fixed test
+    part when the dataset has one (:func:`trainables.trial_data.fixed_test_part_from_config`: the
+    same load and encoding as the training part)."""
+    from trainables.trainable import Trial
+    from trainables.trial_data import fixed_test_part_from_config, prepare_from_config
 
     data = prepare_from_config(config)
-    trainer = FoldTrainer(config["method"], config, data.data, None, seed=int(config["seed"]), device=device or _device())
-    while trainer.epoch < trainer.epochs:
-        parts = trainer.train_epoch()
-        if not math.isfinite(parts["loss"]):
-            raise ValueError(f"refit of the config diverged: loss {parts['loss']} at epoch {trainer.epoch}")
-    test = _test_part(config)
+    trial = Trial(config["method"], config, data, device=device or _device(), refit=True)
+    while trial.epoch < trial.epochs:
+        trial.step()  # a non-finite loss ends it with a one-line TrialFailure
+    (trainer,) = trial.trainers
+    test = fixed_test_part_from_config(config)
     metrics = None
     if test is not None:
         metrics = classification_metrics(test.labels, trainer.predict_proba(test), trainer.class_names)
     return Refit(trainer, data.data, test, data.fingerprint, metrics)
-
-
-def _test_part(config: dict[str, Any]) -> MultimodalDataset | None:
-    from trainables.data import load_dataset
-    from trainables.registry import get_method
-
-    raw = load_dataset(config["data"])
-    if raw.split is None or not (raw.split == "test").any():
-        return None
-    if any(m.kind in ("text", "image") for m in raw.modalities.values()):
-        from trainables.encoders import encode_dataset
-
-        raw = encode_dataset(raw, get_method(config["method"]).representations, text_encoder=config.get("text_encoder"),
-                             image_encoder=config.get("image_encoder"), cache_dir=config.get("cache_dir"))
-    return raw.split_part("test")
 
 
 # ----------------------------------------------------------------------------- MLflow

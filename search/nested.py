@@ -177,17 +177,16 @@ def read_champion(o: Outer, storage_path: str, sampled: list[str]) -> None:
 def baselines(cfg: SearchConfig, outer_folds: int, fixed: dict[str, Any], point: dict[str, Any]) -> dict[str, list[dict[str, float]]]:
     """The paper default and the references trained on each outer training part, scored on its outer test fold."""
     from search import references
-    from search.models import _test_part, refit
+    from search.models import refit
     from trainables.data.outer import outer_spec
     from trainables.metrics import classification_metrics, scalar_metrics
-    from trainables.trial_data import prepare_from_config
 
     out: dict[str, list[dict[str, float]]] = {"paper-default": [], **{references.candidate_name(r): [] for r in cfg.references}}
     for i in range(1, outer_folds + 1):
         config = {**fixed, **point, "data": outer_spec(cfg.data, i, outer_folds, cfg.seed)}
         fit = refit(config, device="cpu")
         out["paper-default"].append(scalar_metrics(fit.test_metrics))
-        train, test = prepare_from_config(config).data, _test_part(config)
+        train, test = fit.train, fit.test
         for r in cfg.references:
             probs = references.fit_predict(r, train, test, cfg.seed + i)
             out[references.candidate_name(r)].append(scalar_metrics(classification_metrics(test.labels, probs)))

@@ -347,3 +347,25 @@ def test_bundle_works_without_mlflow(small_bundle):
                          env={**os.environ, "PYTHONPATH": str(REPO)})
     assert out.returncode == 0, out.stderr[-3000:]
     np.testing.assert_allclose(np.load(out_file), trainer.predict_proba(test), rtol=1e-5, atol=1e-6)
+
+
+def test_refit_is_one_model_of_the_trial_loop_on_the_whole_training_part():
+    """The refit goes through ``Trial``'s loop: bit-identical to one FoldTrainer trained on the whole
+    training part with the config's seed; the test part is the dataset's fixed one, encoded alike."""
+    import torch
+
+    from trainables.trial_data import prepare_from_config
+
+    config = {**BASE, "data": "breast-tcga"}
+    fit = refit(config, device="cpu")
+    by_hand = FoldTrainer("baseline", config, prepare_from_config(config).data, None, seed=config["seed"])
+    while by_hand.epoch < by_hand.epochs:
+        by_hand.train_epoch()
+    assert fit.trainer.epoch == config["epochs"] and fit.trainer.val is None
+    for (k, a), b in zip(fit.trainer.model.state_dict().items(), by_hand.model.state_dict().values()):
+        assert torch.equal(a, b), k
+    test = load_dataset("breast-tcga").split_part("test")
+    assert np.array_equal(fit.test.labels, test.labels) and len(fit.test) == 70
+    assert fit.train.name == test.name and len(fit.train) + len(fit.test) == len(load_dataset("breast-tcga"))
+    assert fit.test_metrics["accuracy"] == pytest.approx(
+        float(np.mean(by_hand.predict_proba(test).argmax(1) == test.labels)))

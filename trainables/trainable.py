@@ -70,12 +70,12 @@ def summarize(epoch: int, fold_parts: list[dict[str, float]], fold_metrics: list
     """One epoch's report from per-fold training parts and validation metrics.
 
     Means over folds; ``<metric>_std`` is the population standard deviation over folds (0 for a
-    single hold-out split)."""
+    single hold-out split). No validation metrics (a refit): the training parts alone."""
     out: dict[str, Any] = {"epoch": epoch}
     for key in dict.fromkeys(k for parts in fold_parts for k in parts):
         vals = [p[key] for p in fold_parts if key in p]
         out[key] = float(np.mean(vals))
-    for m in METRICS:
+    for m in METRICS if fold_metrics else ():
         vals = np.array([fm[m] for fm in fold_metrics], dtype=float)
         out[m] = float(vals.mean())
         out[f"{m}_std"] = float(vals.std())
@@ -112,29 +112,35 @@ class Trial:
     """The folds of one trial, trained in lockstep. Usable without Ray (tests, notebooks)."""
 
     def __init__(self, method: str, config: dict[str, Any], data: TrialData, *, device: str = "cpu",
-                 batch_folds: bool = True) -> None:
-        """``batch_folds=False`` trains the folds one after the other even where the method batches them."""
+                 batch_folds: bool = True, refit: bool = False) -> None:
+        """``batch_folds=False`` trains the folds one after the other even where the method batches them.
+        ``refit=True``: one model on the whole training part instead of the folds (seed ``config["seed"]``,
+        no validation part, so :meth:`step` reports the training parts alone), like scikit-learn's
+        ``refit``: the deployable model of a configuration (:func:`search.models.refit`)."""
         from trainables.engine import FoldTrainer  # torch-heavy import, inside the worker
 
         self.config = config
         self.epochs = int(config["epochs"])
         self.data = data
         seed = int(config["seed"])
-        splits = fold_splits(data.data.labels, int(config["folds"]), seed, float(config.get("val_fraction", 0.2)))
         self.trainers = []
-        for k, (tr, va) in enumerate(splits):
-            train, val = data.data.take(tr), data.data.take(va)
-            self.trainers.append(FoldTrainer(method, config, train, val, seed=seed + k, device=device))
+        if refit:
+            self.trainers.append(FoldTrainer(method, config, data.data, None, seed=seed, device=device))
+        else:
+            splits = fold_splits(data.data.labels, int(config["folds"]), seed, float(config.get("val_fraction", 0.2)))
+            for k, (tr, va) in enumerate(splits):
+                train, val = data.data.take(tr), data.data.take(va)
+                self.trainers.append(FoldTrainer(method, config, train, val, seed=seed + k, device=device))
         self.batched = None  # all folds as one stacked model where the method's registry entry allows it
         spec = METHODS[method]
-        if spec.batches_folds and batch_folds:
+        if spec.batches_folds and batch_folds and not refit:
             from trainables.batched import BatchedFolds
 
             self.batched = BatchedFolds(self.trainers, spec.load_stacked())
         self.epoch = 0
 
     def step(self) -> dict[str, Any]:
-        """Train every fold one epoch, evaluate on the validation folds, return the report."""
+        """Train every fold one epoch, evaluate on the validation folds (if any), return the report."""
         epoch = self.epoch + 1
         fold_parts, fold_metrics = [], []
         batched = self.batched.train_epoch() if self.batched is not None else None
@@ -142,7 +148,8 @@ class Trial:
             parts = batched[k] if batched is not None else t.train_epoch()
             check_finite(parts, epoch, k)
             fold_parts.append(parts)
-            fold_metrics.append(self._evaluate(t.val, t, epoch, k))
+            if t.val is not None:
+                fold_metrics.append(self._evaluate(t.val, t, epoch, k))
         self.epoch = epoch
         return summarize(epoch, fold_parts, fold_metrics, final=epoch == self.epochs)
 
