@@ -35,6 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from search.results import RESULTS_CSV, trial_rows  # noqa: E402
+
 FIT_TIME = "FUSETUNE_BENCH_FIT_S="
 
 # Run in a child process: search.run.main with Tuner.fit timed (the search itself, nothing around it).

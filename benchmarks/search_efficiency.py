@@ -159,7 +159,7 @@ def main() -> None:
         name = label if i is None else f"{label} (seed {i})"
         print(f"| {name} | {100 * trial.value(METRIC):.1f} | {pm(fresh)} | {params} |", flush=True)
     total = {label: sum(len(t.history) for st in studies for t in st.trials) for label, studies in runs.items()}
-    print(f"\ntrial-epochs per strategy (all seeds): " + ", ".join(f"{k} {v:,}" for k, v in total.items()))
+    print("\ntrial-epochs per strategy (all seeds): " + ", ".join(f"{k} {v:,}" for k, v in total.items()))
     print(f"searches ran for {wall / 60:.1f} min on this machine (reused finished ones take 0)")
 
 

@@ -135,7 +135,8 @@ def main(argv: list[str] | None = None) -> None:
         for a in arms:
             r = train_and_score(ARMS[a], base, train, test, args.seed)
             results[a].append(r)
-            print(f"fold {k} {a}: macro F1 {100 * r['macro_f1']:.1f}, acc {100 * r['accuracy']:.1f} ({r['seconds']:.0f}s)", flush=True)
+            print(f"fold {k} {a}: macro F1 {100 * r['macro_f1']:.1f}, acc {100 * r['accuracy']:.1f} "
+                  f"({r['seconds']:.0f}s)", flush=True)
 
     counts = np.bincount(data.labels, minlength=data.num_classes).tolist()
     print(f"\n{args.data} (class counts {counts}), {args.folds}-fold CV seed {args.seed}; text {args.text_encoder}, "

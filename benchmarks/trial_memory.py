@@ -2,13 +2,14 @@
 
 For every method, in a fresh process: load the data the way a trial gets it (``prepare``: the
 training part, text and images encoded through the feature cache, which an earlier process has
-filled), read the resident set size (RSS), warm torch up (one step of a tiny layer), then build the trial's 5 fold models exactly as the
-trainable does (``trainables.trainable.Trial``, the space's paper-default configuration) and train
-them for a few epochs while a thread samples the RSS every 2 ms. Reported: the RSS before the
-trial, the peak during it, and the difference (the trial's own memory: models, optimizer states,
-activations, fold copies of the data). Separately, the RSS of an idle Ray worker that has imported
-the trainables: what every concurrent trial costs before it starts. CPU only (no GPU on the
-benchmark machine): peak GPU memory would be ``torch.cuda.max_memory_allocated`` on a GPU worker.
+filled), read the resident set size (RSS), warm torch up (one step of a tiny layer), then build the
+trial's 5 fold models exactly as the trainable does (``trainables.trainable.Trial``, the space's
+paper-default configuration) and train them for a few epochs while a thread samples the RSS every
+2 ms. Reported: the RSS before the trial, the peak during it, and the difference (the trial's own
+memory: models, optimizer states, activations, fold copies of the data). Separately, the RSS of an
+idle Ray worker that has imported the trainables: what every concurrent trial costs before it
+starts. CPU only (no GPU on the benchmark machine): peak GPU memory would be
+``torch.cuda.max_memory_allocated`` on a GPU worker.
 
     FUSETUNE_DATA_DIR=../shared/data python benchmarks/trial_memory.py            # ~2 min on 2 cores
     FUSETUNE_DATA_DIR=../shared/data python benchmarks/trial_memory.py --quick    # ~1 min

@@ -28,10 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
-from search.errors import UsageError
-from search.stats import TEST_NAME, corrected_resampled_ttest, test_train_ratio
 from search.cli import OneLineParser, add_storage_option
+from search.errors import UsageError
 from search.results import StudyResults, TrialResult, load_study
+from search.stats import TEST_NAME, corrected_resampled_ttest, test_train_ratio
 from trainables.metrics import METRICS
 
 
@@ -187,12 +187,15 @@ def write(table: list[dict[str, str]], markdown: str, out: Path, stem: str) -> t
 
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(prog="python -m search.compare",
-                           description="Leaderboard of the best configuration of several studies, with paired t-tests over folds.")
+                           description="Leaderboard of the best configuration of several studies, "
+                                       "with paired t-tests over folds.")
     parser.add_argument("studies", nargs="+", metavar="STUDY", help="study names (or space names: most recent study of it)")
     add_storage_option(parser)
-    parser.add_argument("--reference", default=None, metavar="STUDY", help="the study the others are tested against (default: the first)")
+    parser.add_argument("--reference", default=None, metavar="STUDY",
+                        help="the study the others are tested against (default: the first)")
     parser.add_argument("--metric", default="macro_f1", help=f"one of {', '.join(METRICS)} (default: macro_f1)")
-    parser.add_argument("--out", default=None, metavar="DIR", help="where to write the Markdown and CSV (default: <storage>/comparisons)")
+    parser.add_argument("--out", default=None, metavar="DIR",
+                        help="where to write the Markdown and CSV (default: <storage>/comparisons)")
     args = parser.parse_args(argv)
     try:
         studies = resolve(args.studies, args.storage)

@@ -16,7 +16,8 @@ candidate's ``p_value`` is the corrected resampled t-test (:mod:`search.stats`) 
 scores against the champion's, paired fold by fold.
 
 The stage's Ray experiment lives in ``<search>/confirmation/``, so a killed driver continues it
-with ``--resume`` (finished candidates stay finished); the table is ``<search>/confirmation.csv`` (:data:`search.results.CONFIRMATION_CSV`).
+with ``--resume`` (finished candidates stay finished); the table is ``<search>/confirmation.csv``
+(:data:`search.results.CONFIRMATION_CSV`).
 """
 
 from __future__ import annotations
@@ -287,7 +288,8 @@ def csv_text(conf: Confirmation) -> str:
                 *(f"confirmed_{o}" for o in METRICS if o != m), "error", "config"])
     for c in conf.candidates:
         p = conf.p_values.get(c.name)
-        w.writerow([c.name, "incumbent" if c.incumbent else c.kind, c.trial_id or "", "" if c.search_value is None else c.search_value,
+        w.writerow([c.name, "incumbent" if c.incumbent else c.kind, c.trial_id or "",
+                    "" if c.search_value is None else c.search_value,
                     "" if c.confirmed(m) is None else c.confirmed(m), "" if c.confirmed_std(m) is None else c.confirmed_std(m),
                     "" if p is None else p, len(c.folds.get(m, ())),
                     *("" if c.confirmed(o) is None else c.confirmed(o) for o in METRICS if o != m),

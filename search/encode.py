@@ -45,7 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"{', '.join(IMAGE_ENCODERS)}, a ResNet/ViT checkpoint folder or a hub id")
     parser.add_argument("--representations", nargs="+", metavar="KIND=REP,...",
                         help="e.g. text=cls,tokens,attributes image=pooled,map (default: what the registered methods use)")
-    parser.add_argument("--cache-dir", metavar="DIR", help="feature cache folder (default $FUSETUNE_CACHE_DIR or ~/.cache/fusetune/features)")
+    parser.add_argument("--cache-dir", metavar="DIR",
+                        help="feature cache folder (default $FUSETUNE_CACHE_DIR or ~/.cache/fusetune/features)")
     parser.add_argument("--max-length", type=int, default=DEFAULT_MAX_LENGTH, help="word pieces per report")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     parser.add_argument("--attributes", metavar="FILE", help="attribute vocabulary YAML/JSON (default: the synth-clinic one)")

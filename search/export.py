@@ -44,10 +44,10 @@ from typing import Any
 
 import numpy as np
 
-from search.errors import UsageError
-from search.robustness import ALL, DEFAULT_RATES, FoldModels, Row, evaluate, fold_models, parse_rates
 from search.cli import DEFAULT_STORAGE, OneLineParser, add_storage_option
+from search.errors import UsageError
 from search.results import StudyResults, TrialResult, load_study
+from search.robustness import ALL, DEFAULT_RATES, FoldModels, Row, evaluate, fold_models, parse_rates
 from trainables.bundle import BundleError, copy_bundle, load_bundle, verify_bundle
 from trainables.metrics import METRICS, classification_metrics
 

@@ -40,10 +40,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import numpy as np
 import pandas as pd
-
-import mlflow
 from mlflow.tracking import MlflowClient
 
 from search.tracking import PARENT_RUN_TAG, ROLE_TAG, SEARCH_NAME_TAG, TRIAL_ID_TAG, fast_http

@@ -174,7 +174,8 @@ def read_champion(o: Outer, storage_path: str, sampled: list[str]) -> None:
         o.error = "the champion has no outer test scores"
 
 
-def baselines(cfg: SearchConfig, outer_folds: int, fixed: dict[str, Any], point: dict[str, Any]) -> dict[str, list[dict[str, float]]]:
+def baselines(cfg: SearchConfig, outer_folds: int, fixed: dict[str, Any],
+              point: dict[str, Any]) -> dict[str, list[dict[str, float]]]:
     """The paper default and the references trained on each outer training part, scored on its outer test fold."""
     from search import references
     from search.models import refit

@@ -26,8 +26,8 @@ Ray trials and are not rerun.
 
 from __future__ import annotations
 
-import logging
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any

@@ -83,7 +83,8 @@ def connect(cfg: SearchConfig) -> dict[str, Any]:
                  logging_config=ray.LoggingConfig(log_level="WARNING"), ignore_reinit_error=True)
     except Exception as exc:  # noqa: BLE001 - ConnectionError, RuntimeError, ValueError, ... from Ray
         where = f"--address {cfg.address}" if cfg.address else "local Ray"
-        raise UsageError(f"{where}: cannot start or connect ({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__})") from None
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"{where}: cannot start or connect ({reason})") from None
     return {"ray_init_s": time.monotonic() - start}
 
 

@@ -45,8 +45,8 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from search.errors import UsageError
 from search.cli import OneLineParser, add_storage_option
+from search.errors import UsageError
 from search.results import RESULTS_CSV, StudyResults, load_study
 
 logger = logging.getLogger("fusetune.reports")

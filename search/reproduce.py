@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from search.errors import UsageError
 from search.cli import OneLineParser
+from search.errors import UsageError
 from trainables.bundle import Bundle, BundleError, load_bundle
 from trainables.data import DataError
 

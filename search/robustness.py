@@ -41,8 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
-from search.errors import UsageError
 from search.cli import OneLineParser, add_storage_option
+from search.errors import UsageError
 from search.results import StudyResults, TrialResult, load_study
 from trainables.backbone import logical_name
 from trainables.data import MultimodalDataset
@@ -185,7 +185,8 @@ def evaluate(models: FoldModels, metric: str, rates: tuple[float, ...] = DEFAULT
                 data, achieved = mask_modality(t.val, mods, target, rate, _rng(seed, k, target, rate))
                 vals.append(classification_metrics(data.labels, models.predict(k, data), t.class_names)[metric])
                 got.append(achieved)
-            rows.append(Row("modality", target, rate, float(np.mean(got)), float(np.mean(vals)), float(np.std(vals)), tuple(vals)))
+            rows.append(Row("modality", target, rate, float(np.mean(got)), float(np.mean(vals)), float(np.std(vals)),
+                            tuple(vals)))
     attr_inputs = [n for n in models.trainers[0].modality_names if n.endswith(".attributes")]
     if attributes if attributes is not None else bool(attr_inputs):
         from trainables.attribute_missing import drop_attributes

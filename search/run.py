@@ -20,10 +20,10 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from search import cli, orchestrate, preflight, results
+from search.cleanup import PruneCheckpoints, Pruned, prune_checkpoints
 from search.config import SearchConfig, experiment_path, resolve, storage_path
 from search.errors import UsageError
 from search.progress import ProgressLine, format_duration
-from search.cleanup import Pruned, PruneCheckpoints, prune_checkpoints
 from search.timing import Steps, since_start
 from trainables.data import DataError
 from trainables.version import code_version
@@ -112,14 +112,14 @@ class SearchResult:
     alias: str | None = None       # the alias that version got: champion or challenger
 
     @property
-    def metrics(self) -> "Any":
+    def metrics(self) -> Any:
         """``results.csv`` as a pandas DataFrame (one row per trial and reference model)."""
         import pandas as pd
 
         return pd.read_csv(f"{self.folder}/{results.RESULTS_CSV}")
 
     @property
-    def confirmation(self) -> "Any":
+    def confirmation(self) -> Any:
         """``confirmation.csv`` as a DataFrame (None when the stage was off)."""
         import os
 
@@ -268,7 +268,7 @@ def finish(cfg: SearchConfig, space: Any, data: Any, exp_path: str, fs: Any, uri
         m, best = cfg.primary_metric, ranked[0].value(cfg.primary_metric)
         ref = max(chosen.reference_rows, key=lambda r: r[m] if cfg.primary_mode == "max" else -r[m])
         beaten = best > ref[m] if cfg.primary_mode == "max" else best < ref[m]
-        print(f"references on the search's folds: " + ", ".join(f"{r['trial_id']} {r[m]:.4f}" for r in chosen.reference_rows)
+        print("references on the search's folds: " + ", ".join(f"{r['trial_id']} {r[m]:.4f}" for r in chosen.reference_rows)
               + f"; the best trial ({best:.4f}) {'beats' if beaten else 'does not beat'} {ref['trial_id']} "
               "(not confirmed on fresh folds: --confirm-repeats 0)")
     if versions:

@@ -28,7 +28,7 @@ class MlflowServer:
         self.uri = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 90.0) -> "MlflowServer":
+    def start(self, timeout: float = 90.0) -> MlflowServer:
         env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
         log = open(self.root / "server.log", "ab")
         self.proc = subprocess.Popen(

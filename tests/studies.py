@@ -90,7 +90,8 @@ def tiny_search(tmp_path_factory) -> dict[str, Any]:
         name = "tiny"
         cmd = [sys.executable, "-m", "search.run", "--space", TINY["space"], "--data", TINY["data"],
                "--num-samples", str(TINY["num_samples"]), "--epochs", str(TINY["epochs"]), "--folds", str(TINY["folds"]),
-               "--seed", str(TINY["seed"]), "--sampler", "random", "--scheduler", "fifo", "--top-k", "1", "--confirm-repeats", "1",
+               "--seed", str(TINY["seed"]), "--sampler", "random", "--scheduler", "fifo", "--top-k", "1",
+               "--confirm-repeats", "1",
                "--cpus-per-trial", "1", "--storage", str(storage), "--name", name]
         env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_DEDUP_LOGS": "0"}
         if "FUSETUNE_DATA_DIR" in env:  # CI gives it relative to the checkout; the search runs elsewhere

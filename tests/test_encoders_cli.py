@@ -12,7 +12,8 @@ def test_encode_prints_keys_and_sizes_then_hits(tmp_path, capsys):
     assert main(ARGS + ["--cache-dir", str(tmp_path)]) == 0
     first = json.loads(capsys.readouterr().out)
     # default representations: what the registered methods read, image part as a ResNet gives it
-    assert set(first["entries"]) == {"report.sentence", "report.cls", "report.tokens", "report.attributes", "image.pooled", "image.map"}
+    assert set(first["entries"]) == {"report.sentence", "report.cls", "report.tokens", "report.attributes",
+                                     "image.pooled", "image.map"}
     assert first["cache_dir"] == str(tmp_path)
     for e in first["entries"].values():
         assert len(e["key"]) == 64 and not e["cached_before"] and e["bytes"] > 0

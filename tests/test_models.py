@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
-
 from mlflow_server import sqlite_store
+
 from search.models import TopTrial, log_top_models, pyfunc_input, refit, registered_model_name
 from search.tracking import MLflowTracking
 from trainables.bundle import BundleError, load_bundle, save_bundle
@@ -63,7 +63,8 @@ print(json.dumps(columns))
 """
 
 
-def predict_in_fresh_process(uri: str, model_uri: str, frames: list[pd.DataFrame], tmp: Path) -> tuple[list[np.ndarray], list[str]]:
+def predict_in_fresh_process(uri: str, model_uri: str, frames: list[pd.DataFrame],
+                             tmp: Path) -> tuple[list[np.ndarray], list[str]]:
     """Load ``model_uri`` with ``mlflow.pyfunc.load_model`` in a new Python process and predict ``frames``."""
     paths = [tmp / f"input{k}.parquet" for k in range(len(frames))]
     for frame, path in zip(frames, paths):
@@ -101,7 +102,8 @@ def test_champion_from_the_registry_in_a_fresh_process(tmp_path):
     bundle = load_bundle(tmp_path / "bundles" / "1-t_00001")
     frame = pyfunc_input(bundle, test)
     frame_no_mirna = frame.drop(columns=[c for c in frame.columns if c.startswith("mirna/")])
-    (probs, probs_no_mirna), columns = predict_in_fresh_process(uri, f"models:/{name}@champion", [frame, frame_no_mirna], tmp_path)
+    (probs, probs_no_mirna), columns = predict_in_fresh_process(uri, f"models:/{name}@champion",
+                                                                [frame, frame_no_mirna], tmp_path)
     assert columns == ["NC", "AD"] and probs.shape == (len(test), 2)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-6)
 
@@ -173,7 +175,8 @@ def test_bundle_with_token_inputs_reproduces_the_trainer(tmp_path):
     mask_t = rng.random(n) > 0.2
     vec = rng.normal(size=(n, 3)).astype(np.float32) + labels[:, None]
     data = MultimodalDataset("toy", np.arange(n), labels, ["a", "b"], {
-        "notes.tokens": Modality("notes.tokens", "tokens", np.where(mask_t[:, None, None], tokens, 0), mask_t, token_mask=token_mask & mask_t[:, None]),
+        "notes.tokens": Modality("notes.tokens", "tokens", np.where(mask_t[:, None, None], tokens, 0), mask_t,
+                                 token_mask=token_mask & mask_t[:, None]),
         "lab": Modality("lab", "vector", vec, np.ones(n, bool), ["x", "y", "z"]),
     })
     trainer = FoldTrainer("baseline", {"epochs": 2, "lr": 1e-2, "hidden": 8}, data.take(np.arange(40)), seed=1)
@@ -261,7 +264,8 @@ def test_raw_reports_and_images_go_through_the_recorded_encoders(tmp_path):
     trainer = FoldTrainer("baseline", {"epochs": 1, "hidden": 8, **encoders}, encoded.take(np.arange(60)), seed=0)
     trainer.train_epoch()
     bundle = load_bundle(save_bundle(tmp_path / "b", trainer, data=encoded))
-    assert bundle.encoders["report"]["encoder"] == "random-bert-tiny" and bundle.encoders["image"]["representations"] == ["pooled"]
+    assert bundle.encoders["report"]["encoder"] == "random-bert-tiny"
+    assert bundle.encoders["image"]["representations"] == ["pooled"]
     # how the encoded inputs were made is part of the record: [CLS] pooling (random-bert-tiny declares none), raw images
     assert bundle.encoders["report"]["representations"] == ["sentence"]
     assert bundle.encoders["report"]["pooling"] == {"modes": ["cls"], "normalize": False, "declared": False, "version": "1"}

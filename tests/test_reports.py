@@ -200,8 +200,8 @@ def test_masking_keeps_one_modality_and_drops_exact_counts():
 
 
 def test_attribute_missing_rows_for_attribute_models():
-    from search.robustness import FoldModels, evaluate
     from search.results import TrialResult
+    from search.robustness import FoldModels, evaluate
     from trainables.data import Modality, MultimodalDataset
 
     n, a = 30, 6

@@ -38,7 +38,8 @@ def attribute_input(data: MultimodalDataset) -> str:
     """Name of the dataset's single ``<report>.attributes`` input."""
     names = [k for k, m in data.modalities.items() if m.kind == "tokens" and k.endswith(".attributes")]
     if len(names) != 1:
-        raise DataError(data.name, f"expected one '<report>.attributes' token input to drop attributes from, found {names or 'none'}")
+        raise DataError(data.name, "expected one '<report>.attributes' token input to drop attributes from, "
+                                   f"found {names or 'none'}")
     return names[0]
 
 

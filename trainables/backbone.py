@@ -55,12 +55,13 @@ class DataSpec:
         return next(i for i in self.inputs if i.name == name)
 
     @classmethod
-    def from_dataset(cls, data: MultimodalDataset) -> "DataSpec":
+    def from_dataset(cls, data: MultimodalDataset) -> DataSpec:
         inputs = []
         for m in data.modalities.values():
             if m.kind not in ("vector", "tokens"):
                 raise ValueError(f"modality {m.name!r} is {m.kind}; encode it first (trainables.encoders)")
-            inputs.append(InputSpec(m.name, m.kind, int(m.values.shape[-1]), int(m.values.shape[1]) if m.kind == "tokens" else None))
+            length = int(m.values.shape[1]) if m.kind == "tokens" else None
+            inputs.append(InputSpec(m.name, m.kind, int(m.values.shape[-1]), length))
         return cls(tuple(inputs), data.num_classes, tuple(data.class_names))
 
 
@@ -103,12 +104,12 @@ class Backbone(nn.Module):
         loss = criterion(out.logits, batch.y)
         return loss, {"loss_cls": float(loss.detach())}
 
-    def end_epoch(self, train: "TensorData", criterion: Criterion) -> dict[str, float]:
+    def end_epoch(self, train: TensorData, criterion: Criterion) -> dict[str, float]:
         """Hook run after every training epoch on the whole training part (e.g. OmniFuse's TLA mining)."""
         return {}
 
     @torch.no_grad()
-    def predict_proba(self, data: "TensorData", batch_size: int = 256) -> np.ndarray:
+    def predict_proba(self, data: TensorData, batch_size: int = 256) -> np.ndarray:
         was_training = self.training
         self.eval()
         probs = [torch.softmax(self(b).logits, dim=-1).cpu() for b in data.batches(batch_size)]

@@ -221,7 +221,6 @@ class EarlyFusionStack(StackedKernel):
         return available
 
     def loss(self, params, buffers, batch, criteria):
-        M = len(batch.x)
         obs = batch.observed.to(torch.float32)
         d = iter(range(self.n_drops(None)))
         drop = (lambda: None) if batch.drops is None else (lambda: batch.drops[next(d)])
@@ -486,7 +485,7 @@ class BatchedFolds:
             states = [t.optimizer.state.get(p, {}) for p in params]
             off = 0
             step = 0.0
-            for n, p, st in zip(self.names, params, states):
+            for _n, p, st in zip(self.names, params, states):
                 size = p.numel()
                 if "exp_avg" in st:
                     self.optimizer.exp_avg[f, off:off + size] = st["exp_avg"].reshape(-1)

@@ -13,12 +13,10 @@ import numpy as np
 import pandas as pd
 
 from trainables.data.dataset import Modality, MultimodalDataset
+from trainables.data.download import CACHE_DIR, DATA_DIR_ENV, download_builtin
 from trainables.data.errors import DataError
 from trainables.data.params import key_values
 from trainables.data.tables import read_numeric_table
-
-DATA_DIR_ENV = "FUSETUNE_DATA_DIR"
-CACHE_DIR = Path(os.path.expanduser("~/.cache/fusetune/data"))
 
 
 def locate(folder: str, required: list[str]) -> Path:
@@ -34,8 +32,6 @@ def locate(folder: str, required: list[str]) -> Path:
     if env:
         missing = [f for f in required if not (Path(env).expanduser() / folder / f).is_file()]
         raise DataError(f"{DATA_DIR_ENV}={env}", f"folder {folder}/ lacks {', '.join(missing[:3])}")
-    from trainables.data.download import download_builtin
-
     return download_builtin(folder, CACHE_DIR / folder)
 
 

@@ -50,7 +50,8 @@ class Modality:
         if self.kind == "text":
             self.values = np.asarray(self.values, dtype=object)
         elif self.values.ndim != expected_ndim:
-            raise DataError(f"modality {self.name!r}", f"kind {self.kind} needs {expected_ndim}-d values, got shape {self.values.shape}")
+            raise DataError(f"modality {self.name!r}",
+                            f"kind {self.kind} needs {expected_ndim}-d values, got shape {self.values.shape}")
         if self.token_mask is not None:
             self.token_mask = np.asarray(self.token_mask, dtype=bool)
 
@@ -63,7 +64,7 @@ class Modality:
             return tuple(int(s) for s in self.values.shape[1:])
         return None
 
-    def take(self, idx: np.ndarray) -> "Modality":
+    def take(self, idx: np.ndarray) -> Modality:
         return replace(
             self,
             values=self.values[idx],
@@ -115,7 +116,7 @@ class MultimodalDataset:
         """Bool [N, M] availability matrix, columns in ``modality_names`` order."""
         return np.stack([m.mask for m in self.modalities.values()], axis=1)
 
-    def take(self, idx: np.ndarray) -> "MultimodalDataset":
+    def take(self, idx: np.ndarray) -> MultimodalDataset:
         idx = np.asarray(idx)
         meta = {k: (v[idx] if isinstance(v, np.ndarray) and len(v) == len(self) else v) for k, v in self.meta.items()}
         return MultimodalDataset(
@@ -128,7 +129,7 @@ class MultimodalDataset:
             meta=meta,
         )
 
-    def split_part(self, part: str) -> "MultimodalDataset":
+    def split_part(self, part: str) -> MultimodalDataset:
         """Samples of a fixed split (``"train"`` or ``"test"``); the whole dataset when it has no split
         and ``part == "train"``."""
         if self.split is None:
@@ -137,7 +138,7 @@ class MultimodalDataset:
             raise DataError(self.name, f"has no fixed split, so there is no {part!r} part")
         return self.take(np.flatnonzero(self.split == part))
 
-    def with_modalities(self, modalities: dict[str, Modality]) -> "MultimodalDataset":
+    def with_modalities(self, modalities: dict[str, Modality]) -> MultimodalDataset:
         return replace(self, modalities=modalities)
 
     def class_counts(self) -> np.ndarray:

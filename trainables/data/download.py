@@ -25,8 +25,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainables.data.builtin import DATA_DIR_ENV
 from trainables.data.errors import DataError
+
+DATA_DIR_ENV = "FUSETUNE_DATA_DIR"
+"""A folder holding ``rosmap/`` and ``breast_tcga/``: read first, nothing downloaded (:func:`trainables.data.builtin.locate`)."""
+CACHE_DIR = Path(os.path.expanduser("~/.cache/fusetune/data"))
+"""Where :func:`download_builtin` installs verified downloads, read second."""
 
 MOGONET_COMMIT = "32d9066b7fe289b3f7cdb496a5668834079c274c"
 MIXOMICS_COMMIT = "d732983ad52fdd7fb2496a7ca8ac1bec501a63ab"
@@ -75,7 +79,8 @@ def convert_breast_tcga(folder: Path) -> None:
     try:
         data = rdata.read_rda(str(rda))["breast.TCGA"]
     except Exception as exc:  # rdata raises many types for a malformed file
-        raise DataError(rda, f"cannot be read as an R data file with object 'breast.TCGA' ({type(exc).__name__}: {exc})") from None
+        raise DataError(rda, f"cannot be read as an R data file with object 'breast.TCGA' "
+                             f"({type(exc).__name__}: {exc})") from None
     for part, blocks in BREAST_BLOCKS.items():
         section = data[f"data.{part}"]
         samples = None
@@ -92,7 +97,8 @@ def convert_breast_tcga(folder: Path) -> None:
         subtype = [str(s) for s in section["subtype"]]
         if len(subtype) != len(samples):
             raise DataError(rda, f"data.{part}$subtype has {len(subtype)} entries for {len(samples)} samples")
-        pd.DataFrame({"sample": samples, "subtype": subtype}).to_csv(folder / f"subtype_{part}.csv", index=False, lineterminator="\n")
+        pd.DataFrame({"sample": samples, "subtype": subtype}).to_csv(folder / f"subtype_{part}.csv", index=False,
+                                                                     lineterminator="\n")
 
 
 SOURCES: dict[str, Source] = {
@@ -138,7 +144,8 @@ def download_builtin(folder: str, dest: Path) -> Path:
                 ) from None
             got = sha256(payload)
             if got != remote.sha256:
-                raise DataError(remote.url, f"SHA-256 {got} does not match the pinned {remote.sha256}: corrupt download or changed source")
+                raise DataError(remote.url, f"SHA-256 {got} does not match the pinned {remote.sha256}: "
+                                            "corrupt download or changed source")
             (staging / remote.name).write_bytes(payload)
         if SOURCES[folder].convert is not None:
             SOURCES[folder].convert(staging)

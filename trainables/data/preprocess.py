@@ -22,7 +22,7 @@ class Standardizer:
     eps: float = 1e-6
 
     @classmethod
-    def fit(cls, data: MultimodalDataset) -> "Standardizer":
+    def fit(cls, data: MultimodalDataset) -> Standardizer:
         st = cls()
         for name, m in data.modalities.items():
             if m.kind != "vector":
@@ -57,7 +57,7 @@ class Standardizer:
         return out
 
     @classmethod
-    def from_state_dict(cls, state: dict[str, list[float]]) -> "Standardizer":
+    def from_state_dict(cls, state: dict[str, list[float]]) -> Standardizer:
         st = cls()
         for key, val in state.items():
             name, stat = key.rsplit(".", 1)

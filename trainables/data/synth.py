@@ -215,7 +215,8 @@ def generate(p: SynthParams) -> MultimodalDataset:
     if sizes.min() < 2:
         raise DataError(
             f"--data {p.spec()}",
-            f"n={p.n} is too small for classes={p.classes}, imbalance={p.imbalance:g}: the smallest class would have {sizes.min()} samples",
+            f"n={p.n} is too small for classes={p.classes}, imbalance={p.imbalance:g}: "
+            f"the smallest class would have {sizes.min()} samples",
         )
     vocab = attribute_vocabulary()
     n_attr = len(vocab)

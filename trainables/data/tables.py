@@ -20,7 +20,8 @@ def read_table(path: Path, *, str_columns: tuple[str, ...] = ()) -> pd.DataFrame
             return pd.read_parquet(path)
         return pd.read_csv(path, dtype={c: str for c in str_columns})
     except Exception as exc:  # pandas/pyarrow raise many types; the user needs one line
-        raise DataError(path, f"cannot be read as a table ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise DataError(path, f"cannot be read as a table ({type(exc).__name__}: {first})") from None
 
 
 def read_numeric_table(path: Path, *, id_column: str | None = None, header: bool = True) -> pd.DataFrame | np.ndarray:

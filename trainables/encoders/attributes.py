@@ -330,7 +330,8 @@ class RuleBasedExtractor(AttributeExtractor):
                 own = self._own_value(clause, k)
                 if own is not None:
                     # the shared value word is read with the earlier attribute's vocabulary
-                    word = next(it.text for it in clause[k + 1:] if it.kind == "value" and it.text in self._values[clause[k].attr])
+                    values = self._values[clause[k].attr]
+                    word = next(it.text for it in clause[k + 1:] if it.kind == "value" and it.text in values)
                     return self._values[clause[j].attr].get(word, own)
                 j = k
             elif clause[k].kind != "connector":

@@ -146,17 +146,7 @@ def encode_dataset(
     cache = FeatureCache(cache_dir) if use_cache else None
     dev = device or _default_device()
     ctx = _Context(data, cache, dev, batch_size, max_length, text_encoder, image_encoder, attributes_config, extractor)
-    # validate every request (and resolve the encoders) before encoding anything
-    plan: dict[str, tuple[str, ...]] = {}
-    for name, m in data.modalities.items():
-        if m.kind == "text":
-            plan[name] = _requested(representations, name, "text", text_mod.TEXT_REPRESENTATIONS)
-            ctx.check_text(m, plan[name])
-        elif m.kind == "image":
-            plan[name] = _requested(representations, name, "image", image_mod.IMAGE_REPRESENTATIONS)
-            ctx.check_image(name, plan[name])
-    if sum("attributes" in reps for reps in plan.values()) > 1:
-        raise DataError(data.name, "attributes can be extracted from one text modality only")
+    plan = _plan(data, representations, ctx)
     modalities: dict[str, Modality] = {}
     for name, m in data.modalities.items():
         if name not in plan:
@@ -169,6 +159,22 @@ def encode_dataset(
     out = data.with_modalities(modalities)
     out.meta = meta
     return out
+
+
+def _plan(data: MultimodalDataset, representations: Representations, ctx: _Context) -> dict[str, tuple[str, ...]]:
+    """The representations of every text/image modality, every request validated (and the encoders
+    resolved) before anything is encoded."""
+    plan: dict[str, tuple[str, ...]] = {}
+    for name, m in data.modalities.items():
+        if m.kind == "text":
+            plan[name] = _requested(representations, name, "text", text_mod.TEXT_REPRESENTATIONS)
+            ctx.check_text(m, plan[name])
+        elif m.kind == "image":
+            plan[name] = _requested(representations, name, "image", image_mod.IMAGE_REPRESENTATIONS)
+            ctx.check_image(name, plan[name])
+    if sum("attributes" in reps for reps in plan.values()) > 1:
+        raise DataError(data.name, "attributes can be extracted from one text modality only")
+    return plan
 
 
 class _Context:
@@ -199,7 +205,8 @@ class _Context:
     def image_source(self) -> ModelSource:
         if self._image_source is None:
             if not self.image_id:
-                raise DataError(self.data.name, "has an image modality; give an image encoder (--image-encoder, e.g. resnet-tiny)")
+                raise DataError(self.data.name,
+                                "has an image modality; give an image encoder (--image-encoder, e.g. resnet-tiny)")
             self._image_source = resolve(self.image_id, IMAGE_ENCODERS, "--image-encoder")
         return self._image_source
 
@@ -227,70 +234,91 @@ class _Context:
             source.sentence_pooling()
         empty = [i for i in np.flatnonzero(m.mask) if not str(m.values[i]).strip()]
         if empty:
-            raise DataError(f"{self.data.name}/{m.name}", f"sample {str(self.data.ids[empty[0]])!r} is marked available but its text is empty")
+            raise DataError(f"{self.data.name}/{m.name}",
+                            f"sample {str(self.data.ids[empty[0]])!r} is marked available but its text is empty")
 
     # ------------------------------------------------------------------ text
     def encode_text(self, m: Modality, reps: tuple[str, ...]) -> dict[str, Modality]:
+        """The inputs ``<m>.<rep>`` of a text modality: cache hits loaded, the rest encoded (one
+        encoder pass for the sequence representations, one for the attribute prompts)."""
         source = self.text_source()
-        identity = source.identity()
-        fp = modality_fingerprint(m)
-        n = len(m.mask)
-        extractor = None
-        descriptions: dict[str, dict[str, Any]] = {}
-        for rep in reps:
-            extra: dict[str, Any] = {"max_length": self.max_length}
-            if rep in POOLED_TEXT:
-                extra["pooling"] = source.sentence_pooling().identity()
-            if rep == "attributes":
-                config = self.attributes_config if isinstance(self.attributes_config, AttributeConfig) else AttributeConfig.load(self.attributes_config)
-                extractor = get_extractor(self.extractor_name, config)
-                extra["extractor"] = extractor.identity()
-            descriptions[rep] = entry_description(fp, "text", rep, identity, text_mod.ENCODING_VERSION, **extra)
+        extractor = self._attribute_extractor() if "attributes" in reps else None
+        descriptions = self._text_descriptions(m, reps, source, extractor)
         found = {rep: self._lookup(d) for rep, d in descriptions.items()}
         idx = np.flatnonzero(m.mask)
         texts = [str(m.values[i]) for i in idx]
-
         computed: dict[str, dict[str, np.ndarray]] = {}
         seconds: dict[str, float] = {}
         sequence_reps = [r for r in ("sentence", "cls", "tokens") if r in reps and found[r][1] is None]
         if sequence_reps:
             t0 = time.perf_counter()
-            enc = self._text.get().encode(texts, max_length=self.max_length, batch_size=self.batch_size, outputs=sequence_reps)
-            for rep in sequence_reps:
-                names = ("tokens", "token_mask") if rep == "tokens" else (rep,)
-                arrays = {}
-                for k in names:
-                    full = np.zeros((n, *enc[k].shape[1:]), enc[k].dtype)
-                    full[idx] = enc[k]
-                    arrays["token_mask" if k == "token_mask" else "values"] = full
-                computed[rep] = arrays
-                seconds[rep] = time.perf_counter() - t0  # of the one pass producing both
+            computed.update(self._encode_sequences(texts, idx, len(m.mask), sequence_reps))
+            seconds.update(dict.fromkeys(sequence_reps, time.perf_counter() - t0))  # of the one pass producing all
         if "attributes" in reps and found["attributes"][1] is None:
-            assert extractor is not None
             t0 = time.perf_counter()
-            states = np.full((n, len(extractor.config)), UNMENTIONED, np.int8)
-            states[idx] = extractor.extract(texts)
-            # Eq.5: each of the 2*A prompts is encoded once (its sentence embedding: [CLS] for a plain
-            # BERT as in the paper, the declared pooling for a sentence-transformers checkpoint);
-            # samples gather their tokens from the table
-            prompts = self._text.get().encode(extractor.config.prompts(), max_length=self.max_length,
-                                              batch_size=self.batch_size, outputs=("sentence",))["sentence"]
-            tokens, token_mask = attribute_tokens(states, prompts)  # missing reports: all unmentioned
-            computed["attributes"] = {"values": tokens, "token_mask": token_mask, "states": states}
+            computed["attributes"] = self._encode_attributes(texts, idx, len(m.mask), extractor)
             seconds["attributes"] = time.perf_counter() - t0
 
         out: dict[str, Modality] = {}
         for rep in reps:
             key, arrays = found[rep]
             hit = arrays is not None
-            arrays = self._finish(f"{m.name}.{rep}", key, descriptions[rep], arrays if hit else computed[rep], hit, source, seconds.get(rep, 0.0))
+            arrays = self._finish(f"{m.name}.{rep}", key, descriptions[rep], arrays if hit else computed[rep], hit,
+                                  source, seconds.get(rep, 0.0))
             kind = "vector" if rep in ("sentence", "cls") else "tokens"
-            out[f"{m.name}.{rep}"] = Modality(f"{m.name}.{rep}", kind, arrays["values"], m.mask.copy(), token_mask=arrays.get("token_mask"))
+            out[f"{m.name}.{rep}"] = Modality(f"{m.name}.{rep}", kind, arrays["values"], m.mask.copy(),
+                                              token_mask=arrays.get("token_mask"))
             if rep == "attributes":
-                assert extractor is not None
                 self.meta["attribute_states"] = np.asarray(arrays["states"], dtype=np.int8)
                 self.meta["attribute_names"] = extractor.config.names
         return out
+
+    def _attribute_extractor(self):
+        config = self.attributes_config
+        config = config if isinstance(config, AttributeConfig) else AttributeConfig.load(config)
+        return get_extractor(self.extractor_name, config)
+
+    def _text_descriptions(self, m: Modality, reps: tuple[str, ...], source: ModelSource,
+                           extractor: Any) -> dict[str, dict[str, Any]]:
+        """The cache-key content of every requested text representation."""
+        identity, fp = source.identity(), modality_fingerprint(m)
+        descriptions: dict[str, dict[str, Any]] = {}
+        for rep in reps:
+            extra: dict[str, Any] = {"max_length": self.max_length}
+            if rep in POOLED_TEXT:
+                extra["pooling"] = source.sentence_pooling().identity()
+            if rep == "attributes":
+                extra["extractor"] = extractor.identity()
+            descriptions[rep] = entry_description(fp, "text", rep, identity, text_mod.ENCODING_VERSION, **extra)
+        return descriptions
+
+    def _encode_sequences(self, texts: list[str], idx: np.ndarray, n: int,
+                          reps: list[str]) -> dict[str, dict[str, np.ndarray]]:
+        """``sentence`` / ``cls`` / ``tokens`` of the available samples ``idx`` in one encoder pass;
+        the unavailable samples' rows are zeros."""
+        enc = self._text.get().encode(texts, max_length=self.max_length, batch_size=self.batch_size, outputs=reps)
+        computed: dict[str, dict[str, np.ndarray]] = {}
+        for rep in reps:
+            names = ("tokens", "token_mask") if rep == "tokens" else (rep,)
+            arrays = {}
+            for k in names:
+                full = np.zeros((n, *enc[k].shape[1:]), enc[k].dtype)
+                full[idx] = enc[k]
+                arrays["token_mask" if k == "token_mask" else "values"] = full
+            computed[rep] = arrays
+        return computed
+
+    def _encode_attributes(self, texts: list[str], idx: np.ndarray, n: int, extractor: Any) -> dict[str, np.ndarray]:
+        """AlignedFusion's attribute tokens: each sample's attribute states, then its prompt embeddings."""
+        states = np.full((n, len(extractor.config)), UNMENTIONED, np.int8)
+        states[idx] = extractor.extract(texts)
+        # Eq.5: each of the 2*A prompts is encoded once (its sentence embedding: [CLS] for a plain
+        # BERT as in the paper, the declared pooling for a sentence-transformers checkpoint);
+        # samples gather their tokens from the table
+        prompts = self._text.get().encode(extractor.config.prompts(), max_length=self.max_length,
+                                          batch_size=self.batch_size, outputs=("sentence",))["sentence"]
+        tokens, token_mask = attribute_tokens(states, prompts)  # missing reports: all unmentioned
+        return {"values": tokens, "token_mask": token_mask, "states": states}
 
     # ------------------------------------------------------------------ image
     def check_image(self, name: str, reps: tuple[str, ...]) -> None:
@@ -328,7 +356,9 @@ class _Context:
         for rep in reps:
             key, arrays = found[rep]
             hit = arrays is not None
-            arrays = self._finish(f"{m.name}.{rep}", key, descriptions[rep], arrays if hit else computed[rep], hit, source, 0.0 if hit else seconds)
+            arrays = self._finish(f"{m.name}.{rep}", key, descriptions[rep], arrays if hit else computed[rep], hit,
+                                  source, 0.0 if hit else seconds)
             kind = "vector" if rep == "pooled" else "tokens"
-            out[f"{m.name}.{rep}"] = Modality(f"{m.name}.{rep}", kind, arrays["values"], m.mask.copy(), token_mask=arrays.get("token_mask"))
+            out[f"{m.name}.{rep}"] = Modality(f"{m.name}.{rep}", kind, arrays["values"], m.mask.copy(),
+                                              token_mask=arrays.get("token_mask"))
         return out

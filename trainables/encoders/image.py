@@ -125,8 +125,6 @@ class ImageEncoder:
             return self._encode(images, batch_size, outputs)
 
     def _encode(self, images: np.ndarray, batch_size: int, outputs: Sequence[str]) -> dict[str, np.ndarray]:
-        import torch
-
         bad = [o for o in outputs if o not in FAMILY_REPRESENTATIONS[self.family]]
         if bad:
             raise DataError(f"--image-encoder {self.source.id}",

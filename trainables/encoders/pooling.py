@@ -18,8 +18,9 @@ With h_i the last hidden state of word piece i and m_i its attention mask (1 = r
 A checkpoint without ``modules.json`` (a plain transformers checkpoint such as ClinicalBERT)
 declares no embedding; it gets its [CLS] state, BERT's own sequence representation (and
 AlignedFusion's Eq.5 reading), marked ``declared: false``. (sentence-transformers would mean-pool
-such a checkpoint; we keep [CLS] so that a plain BERT's ``sentence`` equals its ``cls``.) Modules fusetune does not apply (Dense projections, other poolings) are
-refused in one line rather than silently dropped.
+such a checkpoint; we keep [CLS] so that a plain BERT's ``sentence`` equals its ``cls``.) Modules
+fusetune does not apply (Dense projections, other poolings) are refused in one line rather than
+silently dropped.
 """
 
 from __future__ import annotations
@@ -39,30 +40,30 @@ POOLING_VERSION = "1"
 """Bump when the numbers a pooling mode produces change."""
 
 
-def _cls(hidden: "torch.Tensor", mask: "torch.Tensor") -> "torch.Tensor":
+def _cls(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return hidden[:, 0]
 
 
-def _masked_sum(hidden: "torch.Tensor", mask: "torch.Tensor") -> tuple["torch.Tensor", "torch.Tensor"]:
+def _masked_sum(hidden: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     m = mask.to(hidden.dtype).unsqueeze(-1)
     return (hidden * m).sum(dim=1), m.sum(dim=1).clamp(min=1e-9)
 
 
-def _mean(hidden: "torch.Tensor", mask: "torch.Tensor") -> "torch.Tensor":
+def _mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     total, count = _masked_sum(hidden, mask)
     return total / count
 
 
-def _mean_sqrt_len(hidden: "torch.Tensor", mask: "torch.Tensor") -> "torch.Tensor":
+def _mean_sqrt_len(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     total, count = _masked_sum(hidden, mask)
     return total / count.sqrt()
 
 
-def _max(hidden: "torch.Tensor", mask: "torch.Tensor") -> "torch.Tensor":
+def _max(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return hidden.masked_fill(~mask.bool().unsqueeze(-1), float("-inf")).max(dim=1).values
 
 
-POOLING_MODES: dict[str, Callable[["torch.Tensor", "torch.Tensor"], "torch.Tensor"]] = {
+POOLING_MODES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "cls": _cls, "mean": _mean, "max": _max, "mean_sqrt_len_tokens": _mean_sqrt_len,
 }
 """Pooling mode -> (last hidden states [B, L, d], attention mask [B, L]) -> [B, d]."""
@@ -86,13 +87,14 @@ class Pooling:
     def __post_init__(self) -> None:
         bad = [m for m in self.modes if m not in POOLING_MODES]
         if bad or not self.modes:
-            raise DataError("text encoder pooling", f"mode(s) {bad or '(none)'} not supported; expected {', '.join(POOLING_MODES)}")
+            raise DataError("text encoder pooling",
+                            f"mode(s) {bad or '(none)'} not supported; expected {', '.join(POOLING_MODES)}")
 
     def identity(self) -> dict[str, Any]:
         """Part of the feature-cache key and of a bundle's encoder record."""
         return {"modes": list(self.modes), "normalize": self.normalize, "declared": self.declared, "version": POOLING_VERSION}
 
-    def __call__(self, hidden: "torch.Tensor", mask: "torch.Tensor") -> "torch.Tensor":
+    def __call__(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         import torch
 
         out = torch.cat([POOLING_MODES[m](hidden, mask) for m in self.modes], dim=-1)
@@ -123,7 +125,8 @@ def declared_pooling(folder: Path | None, where: str) -> Pooling:
             normalize = True
         else:
             raise DataError(where, f"declares a {kind} module ({modules_file}); fusetune applies Transformer, Pooling "
-                            "and Normalize only, so its sentence embedding cannot be reproduced (use the cls or tokens representation)")
+                            "and Normalize only, so its sentence embedding cannot be reproduced "
+                            "(use the cls or tokens representation)")
     if modes is None:
         raise DataError(where, f"{modules_file} declares no Pooling module")
     return Pooling(modes, normalize, declared=True)
