@@ -38,6 +38,7 @@ import shlex
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -298,20 +299,26 @@ def _install_section(f: dict[str, Any]) -> list[str]:
 
 
 def render_card(f: dict[str, Any]) -> str:
-    classes = f["class_names"]
-    d = f["data"]
-    folds = "hold-out split" if d["folds"] == 0 else f"{d['folds']}-fold stratified cross-validation"
-    n_folds = len(f["cv_metrics"][f["objective"]]["folds"])
-    lines = [
+    """``model_card.md`` from the card's facts (:func:`card_facts`), one section after another."""
+    return "\n".join(line for section in CARD_SECTIONS for line in section(f))
+
+
+def _card_header(f: dict[str, Any]) -> list[str]:
+    return [
         f"# Model card: {f['model']}", "",
         f"Trial `{f['trial_id']}` (rank {f['rank']}) of study `{f['study']}`, space `{f['space']}`, "
         f"method `{f['method']}`. Model from {f['source']}; exported {f['exported']}"
         + (f", code version `{f['code_version']}`." if f.get("code_version") else "."), "",
         "```python", "from trainables.bundle import load_bundle",
         "probs = load_bundle(\"<this folder>\").predict(frame)  # [N, C], columns in class order below", "```", "",
-        *_install_section(f),
+    ]
+
+
+def _model_section(f: dict[str, Any]) -> list[str]:
+    """Classes, inputs and how missing ones are given, the encoders, the searched hyperparameters."""
+    lines = [
         "## Model", "",
-        f"- classes (probability columns, in order): {', '.join(classes)}",
+        f"- classes (probability columns, in order): {', '.join(f['class_names'])}",
         f"- modalities: {', '.join(f['modalities'])}; any may be missing for a sample, "
         + ("given as a dict of arrays `{input: array, 'mask/<modality>': bool [N]}` (mask False = missing)"
            if any(i["kind"] == "tokens" for i in f["inputs"]) else
@@ -335,10 +342,18 @@ def render_card(f: dict[str, Any]) -> str:
     lines += ["", "Searched hyperparameters:", ""]
     lines += _table(["parameter", "value"], [[k, f"{v:.4g}" if isinstance(v, float) else str(v)]
                                              for k, v in f["hyperparameters"].items()]) if f["hyperparameters"] else ["(none)"]
-    lines += ["", "## Data", "",
-              f"- dataset `{d['spec']}`, fingerprint `{d['fingerprint']}` (SHA-256 of the loaded content)",
-              f"- validation: {folds} of the training part, seed {d['seed']}", "",
-              f"## Cross-validation metrics (mean ± std over {n_folds} folds)", ""]
+    return lines
+
+
+def _evidence_section(f: dict[str, Any]) -> list[str]:
+    """The data, the cross-validation figures, the out-of-fold per-class figures, the fixed test part."""
+    d, classes = f["data"], f["class_names"]
+    folds = "hold-out split" if d["folds"] == 0 else f"{d['folds']}-fold stratified cross-validation"
+    n_folds = len(f["cv_metrics"][f["objective"]]["folds"])
+    lines = ["", "## Data", "",
+             f"- dataset `{d['spec']}`, fingerprint `{d['fingerprint']}` (SHA-256 of the loaded content)",
+             f"- validation: {folds} of the training part, seed {d['seed']}", "",
+             f"## Cross-validation metrics (mean ± std over {n_folds} folds)", ""]
     lines += _table(["metric", "mean ± std", *(f"fold {k}" for k in range(n_folds))],
                     [[m + (" (objective)" if m == f["objective"] else ""), _pm(v["mean"], v["std"]),
                       *(f"{x:.4f}" for x in v["folds"])] for m, v in f["cv_metrics"].items()])
@@ -351,12 +366,17 @@ def render_card(f: dict[str, Any]) -> str:
         lines += ["", "## Fixed test part (the deployable model, scored once, never used for selection)", "",
                   ", ".join(f"{m} {t[m]:.4f}" for m in METRICS if m in t), ""]
         lines += _per_class(t["per_class"]) + [""] + _confusion(t["confusion_matrix"], classes)
+    return lines
+
+
+def _robustness_section(f: dict[str, Any]) -> list[str]:
+    """The fold models with modalities removed: one row per target, one column per rate."""
     rob = f["robustness"]
     rates = sorted({r["rate"] for r in rob["rows"]})
-    lines += ["", f"## Missing modalities ({rob['metric']}, mean ± std over folds)", "",
-              ("Each fold model on its validation fold with a modality removed from a random fraction of the samples "
-               "(seeded; a sample always keeps one modality; `all` drops (sample, modality) cells at random and "
-               "reports the fraction it could drop). Rate 0 is the search's own figure."), ""]
+    lines = ["", f"## Missing modalities ({rob['metric']}, mean ± std over folds)", "",
+             ("Each fold model on its validation fold with a modality removed from a random fraction of the samples "
+              "(seeded; a sample always keeps one modality; `all` drops (sample, modality) cells at random and "
+              "reports the fraction it could drop). Rate 0 is the search's own figure."), ""]
     targets = list(dict.fromkeys((r["kind"], r["target"]) for r in rob["rows"]))
     cells = {(r["kind"], r["target"], r["rate"]): r for r in rob["rows"]}
     body = []
@@ -369,12 +389,21 @@ def render_card(f: dict[str, Any]) -> str:
             row.append("-" if c is None else _pm(c["mean"], c["std"]) + extra)
         body.append(row)
     lines += _table(["missing", *(f"{r:.0%}" for r in rates)], body) if body else ["(one modality: nothing can go missing)"]
-    lines += ["", "## Reproduce", ""]
+    return lines
+
+
+def _reproduce_section(f: dict[str, Any]) -> list[str]:
+    lines = ["", "## Reproduce", ""]
     if f["reproduce"]["search"]:
         lines += ["The search that selected this configuration:", "", "```", f["reproduce"]["search"], "```", ""]
     lines += [("Retrain this model from the bundle alone (same data, seed and epochs) and check it gives the same "
                "probabilities:"), "", "```", f["reproduce"]["model"], "```", ""]
-    return "\n".join(lines)
+    return lines
+
+
+CARD_SECTIONS: tuple[Callable[[dict[str, Any]], list[str]], ...] = (
+    _card_header, _install_section, _model_section, _evidence_section, _robustness_section, _reproduce_section)
+"""The model card's sections, in order; each turns the facts into its Markdown lines."""
 
 
 # ----------------------------------------------------------------------------- hand-off installability
