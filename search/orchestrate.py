@@ -236,7 +236,7 @@ def checkpoint_every(cfg: SearchConfig) -> int:
 
 
 def fixed_keys(cfg: SearchConfig, space: Space) -> dict[str, Any]:
-    """The keys every trial config gets besides the sampled ones (notes/SEARCH_INTERFACE)."""
+    """The keys every trial config gets besides the sampled ones (ARCHITECTURE.md, "Config path")."""
     return {
         **space.fixed,
         "method": space.method, "space": space.name, "data": cfg.data, "seed": cfg.seed,

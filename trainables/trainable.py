@@ -22,7 +22,7 @@ A non-finite loss or probability, or any exception while building or training, e
 with :class:`TrialFailure`, whose message is one line; Ray records the trial as ERROR and the
 search goes on.
 
-Config keys read here (the driver adds them, see ``notes/SEARCH_INTERFACE``): ``method``,
+Config keys read here (the driver adds them, see ARCHITECTURE.md, "Config path"): ``method``,
 ``data``, ``seed``, ``folds``, ``val_fraction``, ``epochs``, ``report_at``, ``report_every``,
 ``report_seconds``, ``checkpoint_every`` (without them: a report and a checkpoint every epoch),
 ``text_encoder``, ``image_encoder``, ``cache_dir``; everything else goes to the FoldTrainer and the model.
