@@ -114,7 +114,8 @@ def test_baseline_same_seed_same_fold_models(data):
     _assert_same_reports(ra, rb)
 
 
-@pytest.mark.parametrize("extra", [{}, {"tla_mask": "restrict", "imbalance": "weighted_ce"}, {"dwfuse": False, "imp_backward": False}])
+@pytest.mark.parametrize("extra", [{}, {"tla_mask": "restrict", "imbalance": "weighted_ce"},
+                                   {"dwfuse": False, "imp_backward": False}])
 def test_omnifuse_same_seed_same_fold_models(data, extra):
     per_fold, batched, ra, rb = _train_both("omnifuse", data, epochs=2, **extra, **({"folds": 2} if extra else {}))
     _assert_same_models(per_fold, batched)

@@ -8,11 +8,11 @@ import subprocess
 import sys
 
 import pytest
-from studies import ROOT, fake_study
 
 from search.compare import leaderboard, main, resolve
 from search.errors import UsageError
 from search.results import load_study
+from studies import ROOT, fake_study
 
 P = {"lr": 1e-3, "weight_decay": 1e-4, "batch_size": 32, "hidden": 128, "dropout": 0.1, "imbalance": "none"}
 

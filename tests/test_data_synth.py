@@ -9,14 +9,19 @@ import re
 import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.metrics import balanced_accuracy_score
+from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from trainables.data import DataError, load_dataset
 from trainables.data.synth import (
-    SynthParams, attribute_vocabulary, class_sizes, draw_missing, parse_params, visible_groups,
+    SynthParams,
+    attribute_vocabulary,
+    class_sizes,
+    draw_missing,
+    parse_params,
+    visible_groups,
 )
 
 

@@ -14,10 +14,10 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 import pytest
-from studies import ROOT, tiny_search
 
 from search.export import CARD, CARD_JSON, main, render_card
 from search.results import load_study
+from studies import ROOT, tiny_search
 from trainables.bundle import BundleError, load_bundle, verify_bundle
 from trainables.data import load_dataset
 

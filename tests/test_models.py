@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
-from mlflow_server import sqlite_store
 
+from mlflow_server import sqlite_store
 from search.models import TopTrial, log_top_models, pyfunc_input, refit, registered_model_name
 from search.tracking import MLflowTracking
 from trainables.bundle import BundleError, load_bundle, save_bundle

@@ -9,10 +9,10 @@ import numpy as np
 import optuna
 import pytest
 from PIL import Image
-from studies import fake_study, tiny_search
 
 from search.reports import PLOTS, rebuild_optuna_study, write_search_reports
 from search.results import load_study
+from studies import fake_study, tiny_search
 
 BASE = {"lr": 1e-3, "weight_decay": 1e-4, "batch_size": 32, "hidden": 128, "dropout": 0.1, "imbalance": "none"}
 

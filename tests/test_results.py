@@ -14,7 +14,7 @@ from search.results import (
     load_study,
     ranked,
 )
-from tests.studies import fake_study
+from studies import fake_study
 
 
 def test_value_is_a_finite_number_of_the_last_result():

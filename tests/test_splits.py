@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from trainables.data import DataError, Modality, MultimodalDataset, Standardizer, fixed_split, stratified_holdout, stratified_kfold
+from trainables.data import (
+    DataError,
+    Modality,
+    MultimodalDataset,
+    Standardizer,
+    fixed_split,
+    stratified_holdout,
+    stratified_kfold,
+)
 
 LABELS = np.array([0] * 50 + [1] * 30 + [2] * 20)
 
