@@ -11,6 +11,7 @@ from typing import Any
 import optuna
 
 from spaces.dimensions import Dimension, _fmt
+from trainables.engine import EngineConfig
 
 
 @dataclass(frozen=True)
@@ -33,8 +34,8 @@ class Space:
     """Default ``--data``: ``synth-clinic`` where the method needs images and reports."""
     requires: tuple[str, ...] = ()
     """Raw modality kinds the data must have (``text``, ``image``)."""
-    epochs: int = 100
-    """Default ``--epochs``: CLIMD's T = 100, also the engine's default for the others."""
+    epochs: int = EngineConfig.epochs
+    """Default ``--epochs``: the engine's (CLIMD's T = 100)."""
     text_encoder: str = "minilm"
     """Default ``--text-encoder`` (used only when the data has a text modality)."""
     image_encoder: str = "resnet-tiny"

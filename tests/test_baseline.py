@@ -4,7 +4,7 @@ import numpy as np
 import torch
 
 from trainables.backbone import DataSpec, TensorData
-from trainables.baseline import DEFAULTS, EarlyFusion, pool_tokens
+from trainables.baseline import EarlyFusion, pool_tokens
 from trainables.data.dataset import Modality, MultimodalDataset
 from trainables.losses import CrossEntropy
 
@@ -29,7 +29,7 @@ def toy(n=12) -> MultimodalDataset:
 
 def model_for(data) -> EarlyFusion:
     torch.manual_seed(0)
-    return EarlyFusion.from_config(DataSpec.from_dataset(data), {**DEFAULTS, "hidden": 6}).eval()
+    return EarlyFusion.from_config(DataSpec.from_dataset(data), {"hidden": 6}).eval()
 
 
 def test_shapes_and_logical_modalities():

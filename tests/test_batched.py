@@ -127,7 +127,7 @@ def test_climd_uneven_folds_pad_and_skip_steps(data):
     """CLIMD gives folds different subsets; with 4 folds (112/113 training samples) and batch size 28
     the folds' epochs have different numbers of batches, so some steps leave a fold out: it must
     get no AdamW step (its step count stays that of per-fold training)."""
-    per_fold, batched, ra, rb = _train_both("baseline", data, epochs=3, folds=4, batch_size=28, scheduler="climd",
+    per_fold, batched, ra, rb = _train_both("baseline", data, epochs=3, folds=4, batch_size=28, curriculum="climd",
                                             imbalance="focal")
     steps = batched.batched.optimizer.steps
     assert len(set(steps.tolist())) > 1
@@ -140,7 +140,7 @@ def test_climd_uneven_folds_pad_and_skip_steps(data):
 
 
 def test_checkpoint_round_trip_resumes_identically(data, tmp_path):
-    cfg = _config("omnifuse", scheduler="climd", epochs=3, folds=2)
+    cfg = _config("omnifuse", curriculum="climd", epochs=3, folds=2)
     whole = Trial("omnifuse", cfg, data)
     for _ in range(3):
         last = whole.step()

@@ -10,7 +10,7 @@ import torch
 from trainables.backbone import DataSpec, TensorData
 from trainables.data.dataset import Modality, MultimodalDataset
 from trainables.losses import CrossEntropy
-from trainables.omnifuse import DEFAULTS, OmniFuse, all_combinations, dwfuse_weights
+from trainables.omnifuse import OmniFuse, all_combinations, dwfuse_weights
 
 torch.set_num_threads(1)  # small MLPs: one thread is fastest, and robust on a busy 2-core machine
 
@@ -31,7 +31,7 @@ def toy(n=24, missing=True, seed=0) -> MultimodalDataset:
 
 def build(data, **switches) -> OmniFuse:
     torch.manual_seed(0)
-    return OmniFuse.from_config(DataSpec.from_dataset(data), {**DEFAULTS, "hidden": 8, "ra_latent": 4, "K": 2, **switches})
+    return OmniFuse.from_config(DataSpec.from_dataset(data), {"hidden": 8, "ra_latent": 4, "K": 2, **switches})
 
 
 def test_dwfuse_weights_two_modalities_by_hand():

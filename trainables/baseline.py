@@ -16,14 +16,21 @@ embeddings and the availability mask, and an MLP classifier trained with the cri
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 
 from trainables.backbone import Backbone, BackboneOutput, Batch, Criterion, DataSpec, InputSpec, logical_name
 
-DEFAULTS: dict = {"hidden": 128, "dropout": 0.1}
-"""Encoder/classifier width and dropout; the paper's training defaults (lr 5e-5, 100 epochs) are
-the engine's and CLIMD's defaults."""
+
+@dataclass(frozen=True)
+class EarlyFusionConfig:
+    """The baseline's hyperparameters (the paper's training defaults, lr 5e-5 and 100 epochs, are
+    :class:`trainables.engine.EngineConfig`'s)."""
+
+    hidden: int = 128      # encoder/classifier width (our choice; the papers give none for this MLP)
+    dropout: float = 0.1   # dropout of every MLP (our choice)
 
 
 def pool_tokens(x: Tensor, token_mask: Tensor | None) -> Tensor:
@@ -76,17 +83,16 @@ def masked_criterion(criterion: Criterion, logits: Tensor, y: Tensor, keep: Tens
 
 
 class EarlyFusion(Backbone):
-    def __init__(self, spec: DataSpec, hidden: int = 128, dropout: float = 0.1) -> None:
+    Config = EarlyFusionConfig
+
+    def __init__(self, spec: DataSpec, config: EarlyFusionConfig = EarlyFusionConfig()) -> None:
         super().__init__(spec)
+        self.config = config
+        hidden, dropout = config.hidden, config.dropout
         M, C = len(self.modalities), self.num_classes
         self.encoders = modality_encoders(spec, hidden, hidden, dropout)
         self.classifier = mlp(M * hidden + M, hidden, C, dropout)
         self.unimodal_heads = nn.ModuleList(nn.Linear(hidden, C) for _ in range(M))
-
-    @classmethod
-    def from_config(cls, spec: DataSpec, config: dict) -> EarlyFusion:
-        cfg = {**DEFAULTS, **config}
-        return cls(spec, hidden=int(cfg["hidden"]), dropout=float(cfg["dropout"]))
 
     def forward(self, batch: Batch) -> BackboneOutput:
         mask = batch.mask

@@ -1,7 +1,7 @@
 """All folds of a trial as one batched model: the k fold models stacked, one forward/backward per step.
 
 :class:`BatchedFolds` takes the trial's k :class:`trainables.engine.FoldTrainer` s, built exactly
-as for per-fold training (same data, standardisation, resampling, criterion, sampler, seeds and
+as for per-fold training (same data, standardisation, resampling, criterion, curriculum, seeds and
 initial weights), and trains them together:
 
 - **Stacked weights.** Every parameter of the k fold models lives in one flat buffer ``[k, P]``
@@ -10,7 +10,7 @@ initial weights), and trains them together:
   method's :class:`StackedKernel` runs the fold models' forward on ``[k, B, ...]`` batches with
   batched matrix products (``torch.baddbmm``), and one backward fills the flat gradient buffer.
 - **Each fold its own data order.** Every step takes the s-th mini-batch of every fold's own epoch
-  order (the fold's sampler: shuffle, CLIMD's curriculum). Folds whose batches differ in size
+  order (the fold's curriculum: a shuffle, or CLIMD's subset). Folds whose batches differ in size
   (train parts differing by one sample, CLIMD's per-fold subsets) are padded to the largest batch
   of the step with a row mask; a fold with no batch left in this step (CLIMD gives folds different
   numbers of batches per epoch) is padded whole and marked inactive: its rows weigh 0 in every
@@ -548,10 +548,10 @@ class BatchedFolds:
             raise RuntimeError(f"all {trainers[0].epochs} epochs are done (config 'epochs')")
         orders = []
         for t in trainers:
-            if t.sampler.needs_difficulty(epoch):
+            if t.curriculum.needs_difficulty(epoch):
                 with t._own_rng():
-                    t.sampler.set_difficulty(t.measure_difficulty())
-            orders.append(np.asarray(t.sampler.epoch_indices(epoch), dtype=np.int64))
+                    t.curriculum.set_difficulty(t.measure_difficulty())
+            orders.append(np.asarray(t.curriculum.epoch_indices(epoch), dtype=np.int64))
         self._take_rng()
         counts = np.array([len(o) for o in orders])
         steps = int(max(-(-int(c) // bs) for c in counts)) if len(counts) else 0

@@ -50,6 +50,8 @@ The paper leaves lr and epochs open; the engine's defaults apply.
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -58,25 +60,33 @@ from torch import Tensor, nn
 from trainables.backbone import Backbone, BackboneOutput, Batch, Criterion, DataSpec, TensorData
 from trainables.baseline import masked_criterion, mlp, modality_encoders
 
-DEFAULTS: dict = {
-    "hidden": 128,
-    "dropout": 0.1,
-    "K": 5,
-    "ra_latent": 64,
-    "alpha": 0.1,
-    "beta": 0.5,
-    "lambda1": 1.0,
-    "lambda2": 10.0,
-    "lambda3": 0.5,
-    "dwfuse": True,
-    "tla": True,
-    "imp_forward": True,
-    "imp_backward": True,
-    "tla_mask": "combination",
-}
-"""Paper defaults: K = 5 RAs, alpha = 0.1, beta = 0.5, lambda1..3 = 1, 10, 0.5, all components on."""
 
-TLA_MASKS = ("combination", "restrict")
+@dataclass(frozen=True)
+class OmniFuseConfig:
+    """OmniFuse's hyperparameters. Paper defaults (Sec. 4.3): K = 5 RAs, alpha = 0.1, beta = 0.5,
+    lambda1..3 = 1, 10, 0.5, all components on; the paper gives no learning rate or epochs (the
+    engine's defaults apply)."""
+
+    hidden: int = 128                                   # encoder width d (our choice)
+    dropout: float = 0.1                                # dropout of every MLP (our choice)
+    K: int = 5                                          # residual autoencoders per CRA (Eq.4; paper 5)
+    ra_latent: int = 64                                 # latent width of each RA, s_k (our choice)
+    alpha: float = 0.1                                  # weight of L_rc in L_DWFuse (Eq.14; paper 0.1)
+    beta: float = 0.5                                   # suppression strength of omega (Eq.10; paper 0.5)
+    lambda1: float = 1.0                                # weight of L_backward (Eq.18; paper 1)
+    lambda2: float = 10.0                               # weight of L_DWFuse (Eq.18; paper 10)
+    lambda3: float = 0.5                                # weight of L_TLA (Eq.18; paper 0.5)
+    dwfuse: bool = True                                 # Table 4 switch: L_DWFuse (Eq.12-14)
+    tla: bool = True                                    # Table 4 switch: L_TLA (Eq.15-17)
+    imp_forward: bool = True                            # Table 4 switch: L_forward (Eq.7)
+    imp_backward: bool = True                           # Table 4 switch: backward CRA, L_backward (Eq.8)
+    tla_mask: Literal["combination", "restrict"] = "combination"  # reading of Eq.16's Mask (module docstring)
+
+    def __post_init__(self) -> None:
+        if self.K < 1:
+            raise ValueError(f"config 'K': needs at least one residual autoencoder, got {self.K}")
+
+
 
 
 def dwfuse_weights(p_true, beta: float):
@@ -132,15 +142,15 @@ def all_combinations(M: int) -> list[Tensor]:
 
 
 class OmniFuse(Backbone):
-    def __init__(self, spec: DataSpec, *, hidden: int = 128, dropout: float = 0.1, K: int = 5, ra_latent: int = 64,
-                 alpha: float = 0.1, beta: float = 0.5, lambda1: float = 1.0, lambda2: float = 10.0, lambda3: float = 0.5,
-                 dwfuse: bool = True, tla: bool = True, imp_forward: bool = True, imp_backward: bool = True,
-                 tla_mask: str = "combination") -> None:
+    Config = OmniFuseConfig
+
+    def __init__(self, spec: DataSpec, config: OmniFuseConfig = OmniFuseConfig()) -> None:
         super().__init__(spec)
-        if tla_mask not in TLA_MASKS:
-            raise ValueError(f"config 'tla_mask': unknown {tla_mask!r}; expected one of {list(TLA_MASKS)}")
-        if K < 1:
-            raise ValueError(f"config 'K': needs at least one residual autoencoder, got {K}")
+        self.config = config
+        c = config
+        hidden, dropout, K, ra_latent = c.hidden, c.dropout, c.K, c.ra_latent
+        alpha, beta, lambda1, lambda2, lambda3 = c.alpha, c.beta, c.lambda1, c.lambda2, c.lambda3
+        dwfuse, tla, imp_forward, imp_backward, tla_mask = c.dwfuse, c.tla, c.imp_forward, c.imp_backward, c.tla_mask
         M, C = len(self.modalities), self.num_classes
         self.d = hidden
         self.alpha, self.beta = alpha, beta
@@ -155,14 +165,6 @@ class OmniFuse(Backbone):
         self.unimodal_classifiers = nn.ModuleList(mlp(hidden, hidden, C, dropout) for _ in range(M))  # g_m, Eq.9
         self.joint_classifier = mlp(K * ra_latent if self.use_cra else M * hidden, hidden, C, dropout)  # g_rc, Eq.11
         self.register_buffer("lazy", torch.zeros(M, dtype=torch.bool))   # delta_lazy (all False = not mined yet)
-
-    @classmethod
-    def from_config(cls, spec: DataSpec, config: dict) -> OmniFuse:
-        cfg = {**DEFAULTS, **config}
-        floats = ("dropout", "alpha", "beta", "lambda1", "lambda2", "lambda3")
-        flags = ("dwfuse", "tla", "imp_forward", "imp_backward")
-        return cls(spec, hidden=int(cfg["hidden"]), K=int(cfg["K"]), ra_latent=int(cfg["ra_latent"]),
-                   tla_mask=str(cfg["tla_mask"]), **{k: float(cfg[k]) for k in floats}, **{k: bool(cfg[k]) for k in flags})
 
     # ------------------------------------------------------------------ forward
     def simulate_missing(self, available: Tensor) -> Tensor:
