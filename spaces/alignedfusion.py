@@ -40,6 +40,7 @@ register_space(Space(
     "AlignedFusion: attribute tokens, intermediate-token fusion, masked token reconstruction",
     combine(common.training(), common.width(PAPER), transformer(), masked_reconstruction()),
     fixed={"intermediate_token": PAPER.intermediate_token, "curriculum": "none"},
+    lr_source=common.BORROWED_LR,
     **COMMON,
 ))
 
@@ -51,6 +52,7 @@ register_space(Space(
         common.without_grid(masked_reconstruction(mask_grid=(0.0, 0.1, 0.2, 0.3, 0.4, 0.5)), keep=("mask_p",)),
     ),
     fixed={"curriculum": "none"},
+    lr_source=common.BORROWED_LR,
     **COMMON,
 ))
 
@@ -59,6 +61,7 @@ register_space(Space(
     "plain self-attention fusion over the joint token set (AlignedFusion's comparison baseline)",
     combine(common.training(), common.width(SelfAttentionConfig(), hidden_grid=(64, 128, 256)), transformer()),
     fixed={"curriculum": "none"},
+    lr_source=common.BORROWED_LR,
     **COMMON,
 ))
 
@@ -68,5 +71,7 @@ register_space(Space(
     combine(common.training(), common.width(PAPER), transformer(), masked_reconstruction(),
             common.without_grid(common.climd(), keep=("gamma",))),
     fixed={"intermediate_token": PAPER.intermediate_token},
+    forbidden=common.CLIMD_FORBIDDEN,
+    lr_source=common.BORROWED_LR,
     **COMMON,
 ))

@@ -25,8 +25,11 @@ register_space(Space(
         common.training(lr_grid=(1e-5, 1e-4, 5e-4, 1e-3)),
         common.width(EarlyFusionConfig(), hidden_grid=(64, 128, 256), dropout_grid=(0.0, 0.1, 0.3)),
         IMBALANCE,
+        (Float("modality_dropout", 0.0, 1.0, default=EarlyFusionConfig.modality_dropout,
+               help="P(a training sample sees a random non-empty subset of its modalities; OmniFuse's scheme = 1)"),),
     ),
     fixed={"curriculum": "none"},
+    lr_source=common.CLIMD_LR + "; the baseline is CLIMD's and OmniFuse's comparison model",
 ))
 
 register_space(Space(
@@ -34,4 +37,6 @@ register_space(Space(
     "CLIMD (difficulty measurer + curriculum) around the early-fusion baseline, as in the paper",
     combine(common.training(), common.width(EarlyFusionConfig()), common.climd()),
     fixed={"imbalance": "none"},
+    forbidden=common.CLIMD_FORBIDDEN,
+    lr_source=common.CLIMD_LR,
 ))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from spaces.dimensions import Categorical, Dimension, Float, Int, When
+from spaces.dimensions import Categorical, Dimension, Float, Forbidden, Int, When
 from trainables.climd import CURRICULA, CurriculumConfig
 from trainables.engine import EngineConfig
 
@@ -67,7 +67,24 @@ def climd() -> tuple[Dimension, ...]:
         Categorical("difficulty_order", ("desc", "asc"), default=c.difficulty_order, grid=("desc", "asc"),
                     help="desc: high r is easy; asc: low r is easy (paper ambiguous)"),
         Int("difficulty_every", 0, 10, default=c.difficulty_every, help="recompute r every k curriculum epochs (0 = once)"),
+        Int("warmup_epochs", 0, 20, default=c.warmup_epochs, grid=(0, 10),
+            help="epochs on every sample before the curriculum (paper: none; capped at epochs - 1)"),
+        Int("competence_epochs", 0, 100, default=c.competence_epochs, when=(When("curriculum", "linear", "root", "geom"),),
+            help="T_g of Linear / Root / Geom; 0 = the curriculum length (paper reading)"),
     )
+
+
+CLIMD_FORBIDDEN = (
+    Forbidden((When("difficulty_every", 0), When("warmup_epochs", 0)),
+              "difficulty measured once, by the untrained model: needs warmup_epochs > 0"),
+)
+"""The CLIMD spaces' forbidden combination: a conditional domain (``warmup_epochs`` is drawn from
+[1, 20] when ``difficulty_every`` = 0, so no sampler proposes it; the grid leaves it out), and
+``trainables.climd.CurriculumConfig`` refuses it in one line in a config given by hand."""
+
+CLIMD_LR = "CLIMD's paper (Sec. 3, Implementation Details: lr 5e-5, T = 100, for its early-fusion backbone)"
+BORROWED_LR = ("CLIMD's paper value (5e-5), borrowed: this method's paper gives no learning rate, "
+               "and it is not calibrated here")
 
 
 def without_grid(dims: tuple[Dimension, ...], keep: tuple[str, ...] = ()) -> tuple[Dimension, ...]:

@@ -32,6 +32,7 @@ register_space(Space(
     "EMR fusion: alignment, attention, residual, dynamic weighting; loss weights searched",
     combine(common.training(), common.width(PAPER, hidden_grid=(64, 128, 256)), loss_weights()),
     fixed={**ALL_ON, "curriculum": "none"},
+    lr_source=common.BORROWED_LR,
     **COMMON,
 ))
 
@@ -40,6 +41,7 @@ register_space(Space(
     "EMR fusion's ablation switches searched (grid: all 16 combinations)",
     combine(tuple(Switch(s) for s in SWITCHES), common.training(), common.width(PAPER), common.without_grid(loss_weights())),
     fixed={"curriculum": "none"},
+    lr_source=common.BORROWED_LR,
     **COMMON,
 ))
 
@@ -48,5 +50,7 @@ register_space(Space(
     "CLIMD's curriculum around the EMR fusion model",
     combine(common.training(), common.width(PAPER), loss_weights(), common.without_grid(common.climd(), keep=("gamma",))),
     fixed=ALL_ON,
+    forbidden=common.CLIMD_FORBIDDEN,
+    lr_source=common.BORROWED_LR,
     **COMMON,
 ))

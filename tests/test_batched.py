@@ -108,13 +108,15 @@ def test_equal_folds_step_exactly_like_torch_adamw():
     assert all(torch.equal(flat[f], singles[f].detach()) for f in range(k))
 
 
-def test_baseline_same_seed_same_fold_models(data):
-    per_fold, batched, ra, rb = _train_both("baseline", data, epochs=3)
+@pytest.mark.parametrize("extra", [{}, {"modality_dropout": 0.5}, {"modality_dropout": 1.0, "folds": 2}])
+def test_baseline_same_seed_same_fold_models(data, extra):
+    per_fold, batched, ra, rb = _train_both("baseline", data, epochs=3 if not extra else 2, **extra)
     _assert_same_models(per_fold, batched)
     _assert_same_reports(ra, rb)
 
 
-@pytest.mark.parametrize("extra", [{}, {"tla_mask": "restrict", "imbalance": "weighted_ce"}, {"dwfuse": False, "imp_backward": False}])
+@pytest.mark.parametrize("extra", [{}, {"tla_mask": "restrict", "imbalance": "weighted_ce"}, {"dwfuse": False, "imp_backward": False},
+                                   {"modality_dropout": 0.3}])
 def test_omnifuse_same_seed_same_fold_models(data, extra):
     per_fold, batched, ra, rb = _train_both("omnifuse", data, epochs=2, **extra, **({"folds": 2} if extra else {}))
     _assert_same_models(per_fold, batched)

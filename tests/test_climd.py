@@ -144,3 +144,37 @@ def test_sampler_order_warmup_and_shortfall_modes():
     assert len(warm.epoch_indices(4)) == 150 and not warm.needs_difficulty(4) and warm.needs_difficulty(5)
     with pytest.raises(ValueError, match="curriculum"):
         Curriculum(labels, {"curriculum": "cosine"}, 100, np.random.default_rng(0))
+
+
+def test_a_curriculum_ordered_only_by_an_untrained_model_is_refused():
+    """difficulty_every = 0 measures r once, at curriculum epoch 1: with no warm-up that is the
+    untrained model's r for the whole run, so it is refused in one line; with a warm-up it is not."""
+    labels = np.array([0] * 10 + [1] * 5)
+    with pytest.raises(ValueError, match="'difficulty_every' = 0 .* needs 'warmup_epochs' > 0") as info:
+        Curriculum(labels, {"curriculum": "climd", "difficulty_every": 0}, 10, np.random.default_rng(0))
+    assert "\n" not in str(info.value)
+    once = Curriculum(labels, {"curriculum": "climd", "difficulty_every": 0, "warmup_epochs": 2}, 10, np.random.default_rng(0))
+    assert [once.needs_difficulty(e) for e in range(3)] == [False, False, True]   # measured after the warm-up
+    once.set_difficulty(np.arange(15.0))
+    assert not any(once.needs_difficulty(e) for e in range(3, 10))                 # and never again
+    # no curriculum: nothing is measured, nothing to refuse
+    Curriculum(labels, {"curriculum": "none", "difficulty_every": 0}, 10, np.random.default_rng(0))
+
+
+def test_warmup_longer_than_the_budget_leaves_one_curriculum_epoch():
+    labels = np.array([0] * 10 + [1] * 5)
+    c = Curriculum(labels, {"curriculum": "linear", "warmup_epochs": 20}, 6, np.random.default_rng(0))
+    assert c.warmup == 5 and c.schedule.total_epochs == 1
+    assert [c.curriculum_epoch(e) for e in range(6)] == [None] * 5 + [1]
+
+
+def test_competence_epochs_is_t_g_and_zero_is_the_curriculum_length():
+    """linear: c(t) = min(1, t (1 - c0) / T_g + c0); 40 samples, c0 = 0.1, t = 2:
+    T_g = 4 -> 0.55 -> ceil(22) = 22 samples; T_g = 0 -> T = 10 -> 0.28 -> ceil(11.2) = 12."""
+    labels = np.array([0] * 20 + [1] * 20)
+    sizes = {}
+    for tg in (4, 0):
+        c = Curriculum(labels, {"curriculum": "linear", "c0": 0.1, "competence_epochs": tg}, 10, np.random.default_rng(0))
+        c.set_difficulty(np.arange(40.0))
+        sizes[tg] = len(c.epoch_indices(1))
+    assert sizes == {4: 22, 0: 12}

@@ -165,3 +165,16 @@ def test_breast_tcga_omnifuse_trains_and_predicts_test_split_without_protein(dat
     probs = ft.predict_proba(test)
     assert probs.shape == (70, 3) and np.isfinite(probs).all()
     assert ft.evaluate(test)["macro_f1"] > 0.6
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.4, 1.0])
+def test_modality_dropout_rate_of_omnifuse(rate):
+    """The paper's scheme at the default 1 (every sample a random non-empty pattern), none at 0,
+    q * 9/21 of the slots dropped in between (3 modalities)."""
+    model = build(toy(), modality_dropout=rate) if rate != 1.0 else build(toy())
+    assert model.modality_dropout == rate
+    torch.manual_seed(3)
+    available = torch.ones(14_000, 3, dtype=torch.bool)
+    observed = model.simulate_missing(available)
+    assert observed.any(1).all()
+    assert float((~observed).double().mean()) == pytest.approx(rate * 9 / 21, abs=0.01)

@@ -12,7 +12,7 @@ import pytest
 from search import spaces as spaces_cli
 from search.config import SearchConfig, resolve
 from search.orchestrate import build_searcher, fixed_keys
-from spaces import SPACES, Categorical, Float, Space, When, get_space
+from spaces import SPACES, Categorical, Float, Forbidden, Int, Space, When, get_space
 from trainables import engine
 from trainables.config import ConfigError
 from trainables.registry import METHODS
@@ -117,9 +117,10 @@ def test_omnifuse_paper_space_is_the_papers_grid():
     assert space.fixed["lr"] == 1e-3 and space.epochs == 30
 
 
-SPACE_CHOICES = {"curriculum"}
-"""Keys where a space's default deliberately differs from the code's: a CLIMD space's default
-curriculum is the paper's TSS (``climd``), the engine's is ``none``."""
+SPACE_CHOICES = {"curriculum", "lr"}
+"""Keys where a space's default may deliberately differ from the code's: a CLIMD space's default
+curriculum is the paper's TSS (``climd``), the engine's is ``none``; each space documents its own
+default learning rate (``Space.lr_source``, tested below)."""
 
 
 @pytest.mark.parametrize("name", [s for s in SPACES if s not in TRAINING_FIXED])
@@ -146,7 +147,12 @@ def test_every_value_a_space_can_give_is_a_config_the_code_accepts(name):
         values = [*getattr(dim, "choices", ()), *dim.grid, dim.default]
         values += [getattr(dim, b) for b in ("low", "high") if hasattr(dim, b)]
         for v in values:
-            engine.parse_config(space.method, {**base, dim.name: v})
+            config = {**base, dim.name: v}
+            if space.forbids(config):  # what the space forbids, the code refuses
+                with pytest.raises(ConfigError):
+                    engine.parse_config(space.method, config)
+            else:
+                engine.parse_config(space.method, config)
 
 
 def test_a_config_the_code_refuses_fails_in_one_line():
@@ -292,3 +298,74 @@ def test_every_scheduler_has_a_cadence_and_pbt_reports_only_at_its_interval():
     assert keys["report_every"] == keys["checkpoint_every"] == 10 and keys["report_seconds"] == 0.0
     median = fixed_keys(resolve(SearchConfig(space="baseline", epochs=50, scheduler="median")), get_space("baseline"))
     assert median["report_every"] == 1
+
+
+@pytest.mark.parametrize("name", list(SPACES))
+def test_every_space_documents_its_default_learning_rate(name):
+    space = get_space(name)
+    assert space.default_lr is not None and len(space.lr_source) > 20
+    assert f"default learning rate {space.default_lr:g}: {space.lr_source}" in space.show()
+
+
+def test_paper_learning_rates_where_the_papers_give_one():
+    for name in ("baseline", "climd"):
+        assert get_space(name).default_lr == 5e-5 and "CLIMD's paper" in get_space(name).lr_source
+    for name in ("alignedfusion", "selfattn", "emrfusion"):
+        assert "borrowed" in get_space(name).lr_source  # no paper value: said so, not passed off as the paper's
+
+
+CLIMD_SPACES = [s for s in SPACES if "climd" in s]
+
+
+@pytest.mark.parametrize("name", CLIMD_SPACES)
+def test_climd_spaces_search_warmup_and_competence_and_forbid_an_untrained_only_curriculum(name):
+    space = get_space(name)
+    assert {"warmup_epochs", "competence_epochs", "difficulty_every"} <= set(space.names)
+    c = space.default_config()
+    assert c["warmup_epochs"] == 0 and c["difficulty_every"] == 1 and "competence_epochs" not in c  # paper reading; TSS
+    bad = {**space.default_point(), "difficulty_every": 0}
+    assert any("forbidden combination: difficulty_every=0 and warmup_epochs=0" in p for p in space.validate(bad))
+    assert not space.validate({**bad, "warmup_epochs": 3})
+    assert all(not (p.get("difficulty_every") == 0 and p.get("warmup_epochs") == 0) for p in space.grid_points())
+    with pytest.raises(ConfigError, match="needs 'warmup_epochs' > 0"):
+        engine.parse_config(space.method, {**space.default_config(), "difficulty_every": 0})
+    linear = {**space.default_point(), "curriculum": "linear"}
+    linear = {k: v for k, v in linear.items() if k not in ("gamma", "shortfall")}
+    assert any("competence_epochs: missing although active" in p for p in space.validate(linear))
+
+
+def test_modality_dropout_is_a_dimension_of_omnifuse_and_the_baseline():
+    o, b = get_space("omnifuse").dimension("modality_dropout"), get_space("baseline").dimension("modality_dropout")
+    assert (o.low, o.high, o.default) == (b.low, b.high, 1.0) and b.default == 0.0
+    ablation = get_space("omnifuse-ablation")
+    no_cra = {**ablation.default_point(), "imp_forward": False, "imp_backward": False}
+    assert not ablation.dimension("modality_dropout").active(no_cra)  # the drop acts only while a CRA runs
+
+
+def test_show_lists_the_new_dimensions():
+    for name, dims in (("climd", ("warmup_epochs", "competence_epochs")), ("omnifuse", ("modality_dropout",)),
+                       ("baseline", ("modality_dropout",))):
+        text = get_space(name).show()
+        assert all(d in text for d in dims) and "default learning rate" in text
+    assert "forbidden: difficulty_every=0 and warmup_epochs=0" in get_space("climd").show()
+
+
+def test_a_forbidden_combination_is_never_sampled_the_domain_is_conditional():
+    space = get_space("climd")
+    configs = sample_configs(space, 400, optuna.samplers.RandomSampler(seed=4))
+    once = [c for c in configs if c["difficulty_every"] == 0]
+    assert len(once) > 10 and all(1 <= c["warmup_epochs"] <= 20 for c in once)
+    assert any(c["warmup_epochs"] == 0 for c in configs if c["difficulty_every"] > 0)
+    assert space.allowed(space.dimension("warmup_epochs"), {"difficulty_every": 0}).describe() == "int [1, 20]"
+    assert space.allowed(space.dimension("warmup_epochs"), {"difficulty_every": 2}).describe() == "int [0, 20]"
+
+
+def test_dimensions_leave_out_values_at_their_ends_only():
+    assert Int("k", 0, 5, default=1).excluding((0,)).low == 1
+    assert Int("k", 0, 5, default=1).excluding((5, 4)).high == 3
+    assert Categorical("c", ("a", "b", "c"), default="a").excluding(("b",)).choices == ("a", "c")
+    with pytest.raises(ValueError, match="ends only"):
+        Int("k", 0, 5, default=1).excluding((3,))
+    with pytest.raises(ValueError, match="cannot leave out"):
+        Space("bad", "baseline", "x", (Float("lr", 1e-5, 1e-2, default=1e-3), Float("dropout", 0.0, 0.5, default=0.1)),
+              forbidden=(Forbidden((When("lr", 1e-3), When("dropout", 0.5)), "x"),))

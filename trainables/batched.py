@@ -56,7 +56,7 @@ import torch
 from torch import Tensor
 
 from trainables.backbone import logical_name
-from trainables.baseline import pool_tokens
+from trainables.baseline import drop_modalities, pool_tokens
 
 # a stacked parameter is a strided view of the flat [k, P] buffer, and so is its gradient; autograd
 # warns (once) that such a layout may be slow, but accumulates into it correctly
@@ -218,7 +218,8 @@ class EarlyFusionStack(StackedKernel):
         return len(self.model.modalities) + 1
 
     def simulate(self, g: torch.Generator, available: Tensor) -> Tensor:
-        return available
+        """The module's training-time modality drop (``modality_dropout``) with the fold's generator."""
+        return drop_modalities(available, self.model.modality_dropout, g)
 
     def loss(self, params, buffers, batch, criteria):
         M = len(batch.x)
@@ -252,16 +253,10 @@ class OmniFuseStack(StackedKernel):
         return n
 
     def simulate(self, g: torch.Generator, available: Tensor) -> Tensor:
-        """:meth:`OmniFuse.simulate_missing` with the fold's generator."""
+        """:meth:`OmniFuse.simulate_missing` with the fold's generator (only while a CRA runs)."""
         if not self.model.use_cra:
             return available
-        observed = available & (torch.rand(available.shape, device=available.device, generator=g) < 0.5)
-        redo = available.any(1) & ~observed.any(1)
-        while bool(redo.any()):
-            observed[redo] = available[redo] & (torch.rand((int(redo.sum()), available.shape[1]), device=available.device,
-                                                            generator=g) < 0.5)
-            redo = available.any(1) & ~observed.any(1)
-        return observed
+        return drop_modalities(available, self.model.modality_dropout, g)
 
     def _embed(self, params, batch, observed: Tensor, drop) -> Tensor:
         obs = observed.to(torch.float32)

@@ -39,6 +39,19 @@ Documented choices (the paper leaves them open):
   min(1, sqrt(t(1-c0^2)/T_g + c0^2)), epoch t trains on the easiest c(t) N samples), ``geom``
   (geometric progression c(t) = min(1, c0^(1 - t/T_g))), and ``none`` (every sample every epoch).
   T_g = ``competence_epochs`` (default: the curriculum length).
+
+Paper reading of the options the paper leaves open (defaults of :class:`CurriculumConfig`):
+- ``warmup_epochs`` = 0: the paper's curriculum starts at epoch 1 (D_1 is class-uniform, "t in
+  [0, T]"); it mentions no warm-up. ``warmup_epochs`` = w trains w epochs on every sample first and
+  runs the curriculum over the remaining T - w epochs.
+- ``difficulty_every`` = 1: MCM reads the model being trained (p^m and F(x^m)), and the paper does
+  not say when; re-measuring every epoch lets the ranking follow the model (MCM's first measure,
+  at curriculum epoch 1, is of the model as warm-up left it).
+- ``competence_epochs`` = 0, read as T_g = the curriculum length: Platanios et al.'s T_g is the
+  time to full competence, and the paper's Table 4 runs those curricula within its T = 100 epochs.
+- Refused: ``difficulty_every`` = 0 (r measured once) with ``warmup_epochs`` = 0, whose whole
+  curriculum would be ordered by an untrained model's noise (one-line error; the CLIMD spaces
+  declare it forbidden, so ``Space.validate`` and the grid leave it out).
 """
 
 from __future__ import annotations
@@ -51,6 +64,11 @@ from typing import Any, Literal
 import numpy as np
 
 from trainables.config import choices, from_config
+
+
+UNTRAINED_ONLY = ("config 'difficulty_every' = 0 (difficulty measured once) needs 'warmup_epochs' > 0: "
+                  "otherwise the whole curriculum is ordered by an untrained model's difficulty")
+"""The refused combination (see "Paper reading" in the module docstring)."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +91,8 @@ class CurriculumConfig:
         for key in ("warmup_epochs", "difficulty_every", "competence_epochs"):
             if getattr(self, key) < 0:
                 raise ValueError(f"config {key!r} must be >= 0, got {getattr(self, key)}")
+        if self.active and self.difficulty_every == 0 and self.warmup_epochs == 0:
+            raise ValueError(UNTRAINED_ONLY)
 
     @property
     def active(self) -> bool:
@@ -270,9 +290,9 @@ CURRICULA: dict[str, CurriculumFn] = {
 class Curriculum:
     """Chooses each epoch's training subset from the difficulty ranking and a curriculum.
 
-    Epochs are counted from 0 (the engine's ``epoch``). The first ``warmup_epochs`` epochs use
-    every sample; the curriculum then runs for T = ``total_epochs - warmup_epochs`` epochs, its
-    epoch t = epoch - warmup + 1. r is (re)measured at curriculum epoch 1 and then every
+    Epochs are counted from 0 (the engine's ``epoch``). The first w = min(``warmup_epochs``,
+    ``total_epochs`` - 1) epochs use every sample; the curriculum then runs for T = ``total_epochs`` - w
+    epochs, its epoch t = epoch - w + 1. r is (re)measured at curriculum epoch 1 and then every
     ``difficulty_every`` epochs (0: only once). Samples of an epoch are shuffled with ``rng``.
     """
 
@@ -284,10 +304,11 @@ class Curriculum:
         self.measurer = cfg.measurer
         self.order = cfg.difficulty_order
         self.every = cfg.difficulty_every
-        self.warmup = cfg.warmup_epochs
-        T = total_epochs - (self.warmup if cfg.active else 0)
-        if T < 1:
-            raise ValueError(f"config 'warmup_epochs' ({self.warmup}) must be smaller than 'epochs' ({total_epochs})")
+        # a warm-up as long as the budget leaves one curriculum epoch (a search's warm-up range does not know --epochs)
+        self.warmup = min(cfg.warmup_epochs, total_epochs - 1) if cfg.active else 0
+        if cfg.active and self.every == 0 and self.warmup == 0:
+            raise ValueError(UNTRAINED_ONLY)
+        T = total_epochs - self.warmup
         self.schedule = Schedule(
             labels=np.asarray(labels, dtype=np.int64), total_epochs=T, gamma=cfg.gamma,
             shortfall=cfg.shortfall, n_buckets=cfg.n_buckets, c0=cfg.c0, competence_epochs=cfg.competence_epochs or T,

@@ -57,11 +57,6 @@ def field_names(cls: type) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(cls))
 
 
-def defaults(cls: type) -> dict[str, Any]:
-    """Every field of ``cls`` with its default, as config keys."""
-    return dataclasses.asdict(cls())
-
-
 def choices(cls: type, name: str) -> tuple[Any, ...]:
     """The values a ``Literal`` field of ``cls`` accepts."""
     hint = typing.get_type_hints(cls)[name]

@@ -24,6 +24,7 @@ states, the curriculum and the standardizer, so training resumed from it continu
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ import torch
 
 from trainables import climd
 from trainables.backbone import DataSpec, TensorData, logical_name
-from trainables.config import TrialConfig, check_keys, defaults, from_config, upgrade
+from trainables.config import TrialConfig, check_keys, from_config, upgrade
 from trainables.data.dataset import MultimodalDataset
 from trainables.data.errors import DataError
 from trainables.data.preprocess import Standardizer
@@ -42,6 +43,7 @@ from trainables.losses import CRITERIA
 from trainables.metrics import classification_metrics
 from trainables.registry import get_method
 from trainables.resampling import RESAMPLERS
+
 
 @dataclass(frozen=True)
 class EngineConfig:
@@ -88,10 +90,9 @@ def parse_config(method: str, config: Mapping[str, Any]) -> Configs:
     check_keys(config, classes, where=f"{method} config")
     config = upgrade(config)
     parsed = [from_config(cls, config) for cls in classes]
-    flat: dict[str, Any] = {}
+    flat: dict[str, Any] = {k: v for k, v in config.items() if v is not None}  # the driver's keys as given
     for part in parsed[1:]:
-        flat.update(defaults(type(part)))
-    flat.update({k: v for k, v in config.items() if v is not None})
+        flat.update(dataclasses.asdict(part))                                   # the rest as parsed, defaults filled in
     return Configs(*parsed, flat=flat)
 
 

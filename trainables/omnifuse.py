@@ -19,9 +19,10 @@ Switches (paper Table 4) and how this implementation reads them:
 - ``imp_forward``: the forward CRA is supervised by L_forward (Eq.7). ``imp_backward``: the
   backward CRA and L_backward (Eq.8). The forward CRA runs whenever either is on (Table 4 row (e)
   trains it through the cycle and classification losses only); with both off there is no CRA
-  and v' = v. While the CRA runs, training simulates missing patterns: every sample observes a
-  uniformly drawn non-empty subset of its available modalities (all 2^k - 1 patterns of Table 1,
-  the complete one included); the rest are dropped to v^miss. Inference runs the forward CRA only.
+  and v' = v. While the CRA runs, training simulates missing patterns: with probability
+  ``modality_dropout`` (default 1, the paper's scheme: every sample) a sample observes a uniformly
+  drawn non-empty subset of its available modalities (all 2^k - 1 patterns of Table 1, the
+  complete one included); the rest are dropped to v^miss. Inference runs the forward CRA only.
 - ``dwfuse``: L_DWFuse (Eq.12-14). Off: the classification term is CE(o, y) alone and the
   per-modality classifiers become probes trained on detached embeddings (they only serve
   CLIMD's p^m and never change the model). Without a CRA, the joint classifier g_rc reads the
@@ -58,7 +59,7 @@ import torch
 from torch import Tensor, nn
 
 from trainables.backbone import Backbone, BackboneOutput, Batch, Criterion, DataSpec, TensorData
-from trainables.baseline import masked_criterion, mlp, modality_encoders
+from trainables.baseline import check_rate, drop_modalities, masked_criterion, mlp, modality_encoders
 
 
 @dataclass(frozen=True)
@@ -81,8 +82,14 @@ class OmniFuseConfig:
     imp_forward: bool = True                            # Table 4 switch: L_forward (Eq.7)
     imp_backward: bool = True                           # Table 4 switch: backward CRA, L_backward (Eq.8)
     tla_mask: Literal["combination", "restrict"] = "combination"  # reading of Eq.16's Mask (module docstring)
+    modality_dropout: float = 1.0
+    """Probability that a training sample's modalities are replaced by a uniformly drawn non-empty
+    subset of its available ones while a CRA runs (:func:`trainables.baseline.drop_modalities`):
+    1 = the paper's scheme (every sample, every batch; about 43% of the slots for 3 modalities),
+    0 = no training-time drop."""
 
     def __post_init__(self) -> None:
+        check_rate("modality_dropout", self.modality_dropout)
         if self.K < 1:
             raise ValueError(f"config 'K': needs at least one residual autoencoder, got {self.K}")
 
@@ -158,6 +165,7 @@ class OmniFuse(Backbone):
         self.dwfuse, self.tla, self.imp_forward, self.imp_backward = dwfuse, tla, imp_forward, imp_backward
         self.tla_mask = tla_mask
         self.use_cra = imp_forward or imp_backward
+        self.modality_dropout = c.modality_dropout
 
         self.encoders = modality_encoders(spec, hidden, hidden, dropout)                    # e_m, Eq.1
         self.forward_cra = CascadeResidualAutoencoder(M * hidden, ra_latent, K) if self.use_cra else None
@@ -168,13 +176,9 @@ class OmniFuse(Backbone):
 
     # ------------------------------------------------------------------ forward
     def simulate_missing(self, available: Tensor) -> Tensor:
-        """A uniformly drawn non-empty subset of each sample's available modalities."""
-        observed = available & (torch.rand(available.shape, device=available.device) < 0.5)
-        redo = available.any(1) & ~observed.any(1)
-        while bool(redo.any()):
-            observed[redo] = available[redo] & (torch.rand((int(redo.sum()), available.shape[1]), device=available.device) < 0.5)
-            redo = available.any(1) & ~observed.any(1)
-        return observed
+        """With probability ``modality_dropout``, a uniformly drawn non-empty subset of a sample's
+        available modalities (:func:`trainables.baseline.drop_modalities`)."""
+        return drop_modalities(available, self.modality_dropout)
 
     def embed(self, batch: Batch, observed: Tensor) -> Tensor:
         """Eq.1-3: the triplet v [B, M*d] with v^miss (encoder of a zero input) in unobserved slots."""

@@ -6,7 +6,7 @@ their defaults and where each comes from); it is built as ``cls.from_config(spec
 takes the keys its ``Config`` declares from the flat trial config.
 
 Adding a method: a module with the class and its ``Config``, one :func:`register_method` line, and
-a space (:mod:`spaces`); ``tests/test_registry.py`` does it with a toy method.
+a space (:mod:`spaces`); ``tests/test_config.py`` does it with a toy method.
 
 ``representations`` says which encoder outputs the method reads for raw modalities: ``text`` may
 give ``sentence`` (vector: the checkpoint's declared sentence embedding), ``cls`` (vector: the
