@@ -45,7 +45,8 @@ of the slots it concerns (L_forward: slots whose modality the sample really has,
 unknown elsewhere; L_backward: slots observed in this pass); both targets are detached. omega is
 a constant weight (no gradient). The fused prediction (``logits``) is the joint classifier o.
 Each RA is Linear(M d, ``ra_latent``) + ReLU (the latent s_k) then Linear(``ra_latent``, M d).
-The paper leaves lr and epochs open; the engine's defaults apply.
+The paper leaves lr and epochs open: the engine's defaults apply to a bare config; the OmniFuse spaces
+use a learning rate of our own calibration (``spaces/omnifuse.py``, ``CALIBRATED_LR``).
 """
 
 from __future__ import annotations
