@@ -74,8 +74,7 @@ def per_epoch_ms(fn, epochs: int) -> float:
 
 def measure(space_name: str, epochs: int, repeats: int, folds: int) -> dict[str, float]:
     from spaces import get_space
-    from trainables.engine import DEFAULTS
-    from trainables.registry import get_method
+    from trainables.engine import parse_config
     from trainables.trainable import Trial
     from trainables.trial_data import prepare
 
@@ -83,7 +82,7 @@ def measure(space_name: str, epochs: int, repeats: int, folds: int) -> dict[str,
     data = prepare("breast-tcga", space.representations)
     config = {**space.default_config(), "method": space.method, "data": "breast-tcga", "seed": 0, "folds": folds,
               "epochs": 10_000}
-    full = {**DEFAULTS, **get_method(space.method).defaults(), **config}
+    full = parse_config(space.method, config).flat
     bare = bare_folds(data.data, full, folds, 0)
     per_fold = Trial(space.method, config, data, batch_folds=False)
     batched = Trial(space.method, config, data)

@@ -6,7 +6,7 @@ method (``trainables.registry``), its default data and epochs, and its paper-def
 configuration, which a search evaluates first.
 """
 
-from spaces.dimensions import AnyOf, Categorical, Dimension, Float, Int, Switch, When
+from spaces.dimensions import AnyOf, Categorical, Dimension, Float, Forbidden, Int, Switch, When
 from spaces.registry import SPACES, get_space, register_space
 from spaces.space import Space
 
@@ -14,5 +14,5 @@ from spaces.space import Space
 from spaces import baseline, omnifuse, alignedfusion, emrfusion  # noqa: F401  (register the built-in spaces, listed in this order)
 # isort: on
 
-__all__ = ["SPACES", "AnyOf", "Categorical", "Dimension", "Float", "Int", "Space", "Switch", "When",
+__all__ = ["SPACES", "AnyOf", "Categorical", "Dimension", "Float", "Forbidden", "Int", "Space", "Switch", "When",
            "get_space", "register_space"]

@@ -7,13 +7,15 @@ from spaces import common
 from spaces.dimensions import Categorical, Float, Int, When
 from spaces.registry import register_space
 from spaces.space import Space, combine
+from trainables.baseline import EarlyFusionConfig
+from trainables.engine import EngineConfig
 
 IMBALANCE = (
-    Categorical("imbalance", ("none", "weighted_ce", "focal", "undersample", "smote"), default="none",
+    Categorical("imbalance", ("none", "weighted_ce", "focal", "undersample", "smote"), default=EngineConfig.imbalance,
                 grid=("none", "weighted_ce", "focal", "undersample", "smote"),
                 help="imbalance baseline of CLIMD's Table 2 (none = plain cross-entropy)"),
-    Float("gamma_focal", 0.5, 5.0, default=2.0, when=(When("imbalance", "focal"),), help="focal-loss exponent"),
-    Int("smote_k", 1, 10, default=5, when=(When("imbalance", "smote"),), help="SMOTE neighbours"),
+    Float("gamma_focal", 0.5, 5.0, default=EngineConfig.gamma_focal, when=(When("imbalance", "focal"),), help="focal-loss exponent"),
+    Int("smote_k", 1, 10, default=EngineConfig.smote_k, when=(When("imbalance", "smote"),), help="SMOTE neighbours"),
 )
 
 register_space(Space(
@@ -21,15 +23,20 @@ register_space(Space(
     "early fusion (modality MLPs, concatenation, classifier) with the imbalance baselines",
     combine(
         common.training(lr_grid=(1e-5, 1e-4, 5e-4, 1e-3)),
-        common.width(hidden_grid=(64, 128, 256), dropout_grid=(0.0, 0.1, 0.3)),
+        common.width(EarlyFusionConfig(), hidden_grid=(64, 128, 256), dropout_grid=(0.0, 0.1, 0.3)),
         IMBALANCE,
+        (Float("modality_dropout", 0.0, 1.0, default=EarlyFusionConfig.modality_dropout,
+               help="P(a training sample sees a random non-empty subset of its modalities; OmniFuse's scheme = 1)"),),
     ),
-    fixed={"scheduler": "none"},
+    fixed={"curriculum": "none"},
+    lr_source=common.CLIMD_LR + "; the baseline is CLIMD's and OmniFuse's comparison model",
 ))
 
 register_space(Space(
     "climd", "baseline",
-    "CLIMD curriculum (measurer + scheduler) around the early-fusion baseline, as in the paper",
-    combine(common.training(), common.width(), common.climd()),
+    "CLIMD (difficulty measurer + curriculum) around the early-fusion baseline, as in the paper",
+    combine(common.training(), common.width(EarlyFusionConfig()), common.climd()),
     fixed={"imbalance": "none"},
+    forbidden=common.CLIMD_FORBIDDEN,
+    lr_source=common.CLIMD_LR,
 ))

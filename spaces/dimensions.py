@@ -9,7 +9,7 @@ prints exactly what a search samples.
 from __future__ import annotations
 
 import math
-from dataclasses import KW_ONLY, dataclass
+from dataclasses import KW_ONLY, dataclass, replace
 from typing import Any
 
 import optuna
@@ -64,6 +64,24 @@ Condition = When | AnyOf
 
 
 @dataclass(frozen=True)
+class Forbidden:
+    """A combination no configuration of the space may have: all ``conditions`` hold at once.
+    The code refuses it too (one line). The space never samples it (the last-declared parameter of
+    the combination is drawn without the forbidden values while the other conditions hold: a
+    conditional domain), says so before a trial starts (``Space.validate``), leaves it out of its
+    grid and shows it."""
+
+    conditions: tuple[When, ...]
+    reason: str
+
+    def holds(self, config: dict[str, Any]) -> bool:
+        return all(c.holds(config) for c in self.conditions)
+
+    def __str__(self) -> str:
+        return " and ".join(map(str, self.conditions)) + f" ({self.reason})"
+
+
+@dataclass(frozen=True)
 class Dimension:
     name: str
     _: KW_ONLY
@@ -91,6 +109,10 @@ class Dimension:
         """The same distribution as a Ray Tune domain (PBT's ``hyperparam_mutations``)."""
         raise NotImplementedError
 
+    def excluding(self, values: tuple[Any, ...]) -> Dimension:
+        """The dimension without ``values`` (a forbidden combination's, see :class:`Forbidden`)."""
+        raise ValueError(f"{self.name}: {type(self).__name__} cannot leave out values {values}")
+
 
 @dataclass(frozen=True)
 class Float(Dimension):
@@ -112,6 +134,11 @@ class Float(Dimension):
     def tune_domain(self) -> tune.search.sample.Domain:
         return tune.loguniform(self.low, self.high) if self.log else tune.uniform(self.low, self.high)
 
+    def excluding(self, values: tuple[Any, ...]) -> Float:
+        if any(v in (self.low, self.high) for v in values):
+            raise ValueError(f"{self.name}: a float dimension cannot leave out its bound")
+        return self  # single points of a continuous range are never drawn
+
 
 @dataclass(frozen=True)
 class Int(Dimension):
@@ -132,6 +159,17 @@ class Int(Dimension):
     def tune_domain(self) -> tune.search.sample.Domain:
         return tune.lograndint(self.low, self.high + 1) if self.log else tune.randint(self.low, self.high + 1)
 
+    def excluding(self, values: tuple[Any, ...]) -> Int:
+        """The range narrowed past excluded end values; an excluded value inside it is refused."""
+        low, high = self.low, self.high
+        while low in values and low < high:
+            low += 1
+        while high in values and high > low:
+            high -= 1
+        if any(low <= v <= high for v in values):
+            raise ValueError(f"{self.name}: an int dimension can leave out values at its ends only, not {values}")
+        return replace(self, low=low, high=high)
+
 
 @dataclass(frozen=True)
 class Categorical(Dimension):
@@ -149,6 +187,12 @@ class Categorical(Dimension):
 
     def tune_domain(self) -> tune.search.sample.Domain:
         return tune.choice(list(self.choices))
+
+    def excluding(self, values: tuple[Any, ...]) -> Categorical:
+        kept = tuple(c for c in self.choices if not any(c == v and type(c) is type(v) for v in values))
+        if not kept:
+            raise ValueError(f"{self.name}: leaving out {values} leaves no choice")
+        return replace(self, choices=kept)
 
 
 def Switch(name: str, *, default: bool = True, help: str = "") -> Categorical:

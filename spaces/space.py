@@ -10,7 +10,8 @@ from typing import Any
 
 import optuna
 
-from spaces.dimensions import Dimension, _fmt
+from spaces.dimensions import Dimension, Forbidden, _fmt
+from trainables.engine import EngineConfig
 
 
 @dataclass(frozen=True)
@@ -33,12 +34,17 @@ class Space:
     """Default ``--data``: ``synth-clinic`` where the method needs images and reports."""
     requires: tuple[str, ...] = ()
     """Raw modality kinds the data must have (``text``, ``image``)."""
-    epochs: int = 100
-    """Default ``--epochs``: CLIMD's T = 100, also the engine's default for the others."""
+    epochs: int = EngineConfig.epochs
+    """Default ``--epochs``: the engine's (CLIMD's T = 100)."""
     text_encoder: str = "minilm"
     """Default ``--text-encoder`` (used only when the data has a text modality)."""
     image_encoder: str = "resnet-tiny"
     """Default ``--image-encoder``: ResNet gives ``pooled``/``map``, ViT gives ``patches``."""
+    lr_source: str = ""
+    """Where the space's default learning rate (its ``lr`` default or fixed value) comes from: a
+    paper, or our own calibration (on which data); ``show`` prints it."""
+    forbidden: tuple[Forbidden, ...] = ()
+    """Combinations no configuration may have (the code refuses them too)."""
 
     def __post_init__(self) -> None:
         seen: dict[str, Dimension] = {}
@@ -59,6 +65,23 @@ class Space:
             if bad:
                 raise ValueError(f"space {self.name}: grid values {bad} of {dim.name!r} outside {dim.describe()}")
             seen[dim.name] = dim
+        for rule in self.forbidden:
+            for w in rule.conditions:
+                if w.param not in seen and w.param not in self.fixed:
+                    raise ValueError(f"space {self.name}: forbidden combination {rule} names {w.param!r}, neither fixed nor declared")
+            last = max((w for w in rule.conditions if w.param in seen), key=lambda w: self.names.index(w.param))
+            seen[last.param].excluding(last.values)  # the conditional domain exists (an int's end value, a choice)
+        if self.forbids(self.default_config()):
+            raise ValueError(f"space {self.name}: its default configuration is forbidden ({self.forbids(self.default_config())})")
+
+    def forbids(self, config: Mapping[str, Any]) -> str:
+        """The forbidden combination ``config`` has (its description), or ``""``."""
+        return next((str(rule) for rule in self.forbidden if rule.holds(dict(config))), "")
+
+    @property
+    def default_lr(self) -> float | None:
+        """The learning rate of the space's default configuration."""
+        return self.default_config().get("lr")
 
     # ------------------------------------------------------------------ sampling
     def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
@@ -66,8 +89,19 @@ class Space:
         config: dict[str, Any] = dict(self.fixed)
         for dim in self.dimensions:
             if dim.active(config):
-                config[dim.name] = dim.suggest(trial)
+                config[dim.name] = self.allowed(dim, config).suggest(trial)
         return dict(self.fixed)
+
+    def allowed(self, dim: Dimension, config: Mapping[str, Any]) -> Dimension:
+        """``dim`` as it may be drawn after ``config``: without the values of a forbidden combination
+        whose other conditions hold (the combination's last-declared parameter is the one narrowed)."""
+        excluded: list[Any] = []
+        for rule in self.forbidden:
+            mine = [w for w in rule.conditions if w.param == dim.name]
+            others = [w for w in rule.conditions if w.param != dim.name]
+            if mine and all(w.param in config for w in others) and all(w.holds(dict(config)) for w in others):
+                excluded += [v for w in mine for v in w.values]
+        return dim.excluding(tuple(excluded)) if excluded else dim
 
     def sample(self, trial: optuna.Trial) -> dict[str, Any]:
         """A whole configuration (sampled dimensions plus fixed keys) from one Optuna trial."""
@@ -113,6 +147,9 @@ class Space:
         for key, value in self.fixed.items():
             if key in config and config[key] != value:
                 problems.append(f"{key}={config[key]!r} but the space fixes it to {value!r}")
+        forbidden = self.forbids({**self.fixed, **config})
+        if forbidden:
+            problems.append(f"forbidden combination: {forbidden}")
         return problems
 
     def grid_points(self, seed: int = 0) -> list[dict[str, Any]]:
@@ -129,7 +166,7 @@ class Space:
                 else:
                     nxt.append(point)
             partial = nxt
-        points = [{k: v for k, v in p.items() if k not in self.fixed} for p in partial]
+        points = [{k: v for k, v in p.items() if k not in self.fixed} for p in partial if not self.forbids(p)]
         default = self.default_point()
         rest = [p for p in points if p != default]
         random.Random(seed).shuffle(rest)
@@ -179,6 +216,11 @@ class Space:
             lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
         if self.fixed:
             lines.append("  fixed: " + ", ".join(f"{k}={_fmt(v)}" for k, v in self.fixed.items()))
+        for rule in self.forbidden:
+            last = max((w.param for w in rule.conditions if w.param in self.names), key=self.names.index)
+            lines.append(f"  forbidden: {rule}; {last} is drawn without it")
+        if self.default_lr is not None:
+            lines.append(f"  default learning rate {_fmt(self.default_lr)}: {self.lr_source or 'source not documented'}")
         lines.append(f"  grid points: {len(self.grid_points())}   (* = perturbed by PBT)")
         return "\n".join(lines)
 

@@ -59,7 +59,7 @@ def fake_study(storage: Path, name: str, trials: list[dict[str, Any]], *, space:
     folder = storage / name
     fixed = {"method": "baseline", "space": space, "data": "breast-tcga", "seed": seed, "folds": folds,
              "val_fraction": 0.2, "epochs": max(len(t["curve"]) for t in trials), "metric": "macro_f1", "mode": "max",
-             "scheduler": "none"}
+             "curriculum": "none"}
     rows = []
     for i, t in enumerate(trials):
         if t.get("status") == "ERROR" and not t["curve"]:

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainables.alignedfusion import DEFAULTS, AlignedFusion, SelfAttentionFusion, reconstruction_loss
+from trainables.alignedfusion import AlignedFusion, AlignedFusionConfig, SelfAttentionConfig, SelfAttentionFusion, reconstruction_loss
 from trainables.backbone import Batch, DataSpec, InputSpec
 
 A, D_TEXT, P, D_IMG, D_EHR, C = 4, 6, 9, 5, 3, 3
@@ -37,7 +37,7 @@ def make_batch(b: int = 8, seed: int = 0, present_p: float = 0.7) -> Batch:
 
 def model(**kw) -> AlignedFusion:
     torch.manual_seed(0)
-    return AlignedFusion(make_spec(), **{"hidden": 16, "heads": 2, "dropout": 0.0, **kw}).eval()
+    return AlignedFusion(make_spec(), AlignedFusionConfig(**{"hidden": 16, "heads": 2, "dropout": 0.0, **kw})).eval()
 
 
 def with_new_image(batch: Batch) -> Batch:
@@ -173,7 +173,7 @@ def test_missing_modalities_are_handled_through_the_mask():
 
 def test_self_attention_baseline_mixes_tokens_directly():
     torch.manual_seed(0)
-    m = SelfAttentionFusion(make_spec(), hidden=16, depth=1, heads=2, dropout=0.0).eval()
+    m = SelfAttentionFusion(make_spec(), SelfAttentionConfig(hidden=16, depth=1, heads=2, dropout=0.0)).eval()
     b, b2 = make_batch(), with_new_image(make_batch())
     out = m(b)
     assert out.logits.shape == (8, C) and out.embeddings.shape == (3, 8, 16)
@@ -186,9 +186,9 @@ def test_from_config_and_errors():
     spec = make_spec()
     m = AlignedFusion.from_config(spec, {"hidden": 8, "heads": 2, "depth": 3, "intermediate_token": False, "lr": 1.0})
     assert len(m.report_blocks) == 3 and not m.intermediate_token
-    assert AlignedFusion.from_config(spec, {}).mask_p == DEFAULTS["mask_p"] == 0.3
+    assert AlignedFusion.from_config(spec, {}).mask_p == AlignedFusionConfig.mask_p == 0.3
     with pytest.raises(ValueError, match="mask_p"):
-        AlignedFusion(spec, mask_p=1.0)
+        AlignedFusionConfig(mask_p=1.0)
     with pytest.raises(ValueError, match="attributes"):
         AlignedFusion(DataSpec((InputSpec("image.patches", "tokens", 5, 9),), 2, ("a", "b")))
 

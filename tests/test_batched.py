@@ -108,14 +108,15 @@ def test_equal_folds_step_exactly_like_torch_adamw():
     assert all(torch.equal(flat[f], singles[f].detach()) for f in range(k))
 
 
-def test_baseline_same_seed_same_fold_models(data):
-    per_fold, batched, ra, rb = _train_both("baseline", data, epochs=3)
+@pytest.mark.parametrize("extra", [{}, {"modality_dropout": 0.5}, {"modality_dropout": 1.0, "folds": 2}])
+def test_baseline_same_seed_same_fold_models(data, extra):
+    per_fold, batched, ra, rb = _train_both("baseline", data, epochs=3 if not extra else 2, **extra)
     _assert_same_models(per_fold, batched)
     _assert_same_reports(ra, rb)
 
 
 @pytest.mark.parametrize("extra", [{}, {"tla_mask": "restrict", "imbalance": "weighted_ce"},
-                                   {"dwfuse": False, "imp_backward": False}])
+                                   {"dwfuse": False, "imp_backward": False}, {"modality_dropout": 0.3}])
 def test_omnifuse_same_seed_same_fold_models(data, extra):
     per_fold, batched, ra, rb = _train_both("omnifuse", data, epochs=2, **extra, **({"folds": 2} if extra else {}))
     _assert_same_models(per_fold, batched)
@@ -128,7 +129,7 @@ def test_climd_uneven_folds_pad_and_skip_steps(data):
     """CLIMD gives folds different subsets; with 4 folds (112/113 training samples) and batch size 28
     the folds' epochs have different numbers of batches, so some steps leave a fold out: it must
     get no AdamW step (its step count stays that of per-fold training)."""
-    per_fold, batched, ra, rb = _train_both("baseline", data, epochs=3, folds=4, batch_size=28, scheduler="climd",
+    per_fold, batched, ra, rb = _train_both("baseline", data, epochs=3, folds=4, batch_size=28, curriculum="climd",
                                             imbalance="focal")
     steps = batched.batched.optimizer.steps
     assert len(set(steps.tolist())) > 1
@@ -141,7 +142,7 @@ def test_climd_uneven_folds_pad_and_skip_steps(data):
 
 
 def test_checkpoint_round_trip_resumes_identically(data, tmp_path):
-    cfg = _config("omnifuse", scheduler="climd", epochs=3, folds=2)
+    cfg = _config("omnifuse", curriculum="climd", epochs=3, folds=2)
     whole = Trial("omnifuse", cfg, data)
     for _ in range(3):
         last = whole.step()

@@ -1,4 +1,4 @@
-"""CLIMD's public functions against hand-worked cases, and the curriculum sampler's schedulers."""
+"""CLIMD's public functions against hand-worked cases, and the curricula."""
 
 import math
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from trainables.climd import (
-    SCHEDULERS,
-    CurriculumSampler,
+    CURRICULA,
+    Curriculum,
     Schedule,
     alpha_hat,
     class_distribution,
@@ -106,41 +106,75 @@ def test_tss_takes_easiest_of_each_class_first():
     labels = np.array([0] * 6 + [1] * 3 + [2])
     s = _schedule(labels, T=2)
     order = np.array([9, 8, 7, 6, 5, 4, 3, 2, 1, 0])  # easy first: reverse index
-    chosen = SCHEDULERS["climd"](s, 1, order)  # S_1 = 5, uniform thirds -> [2, 2, 1]
+    chosen = CURRICULA["climd"](s, 1, order)  # S_1 = 5, uniform thirds -> [2, 2, 1]
     assert sorted(chosen.tolist()) == [4, 5, 7, 8, 9]
-    assert sorted(SCHEDULERS["climd"](s, 2, order).tolist()) == list(range(10))
+    assert sorted(CURRICULA["climd"](s, 2, order).tolist()) == list(range(10))
 
 
 def test_competence_and_bucket_schedulers():
     labels = np.zeros(100, dtype=int)
     order = np.arange(100)[::-1]
     s = _schedule(labels, T=10)
-    sizes = {name: [len(SCHEDULERS[name](s, t, order)) for t in range(1, 11)] for name in ("linear", "root", "geom", "baby_step")}
+    sizes = {name: [len(CURRICULA[name](s, t, order)) for t in range(1, 11)] for name in ("linear", "root", "geom", "baby_step")}
     for name, sz in sizes.items():
         assert sz == sorted(sz) and sz[-1] == 100, name
     assert sizes["linear"][0] == math.ceil(100 * (1 * 0.9 / 10 + 0.1))  # c(1) = 0.19
     assert sizes["root"][0] == math.ceil(100 * math.sqrt(0.99 / 10 + 0.01))
     assert sizes["geom"][0] == math.ceil(100 * 0.1 ** 0.9)
     assert sizes["baby_step"] == [20, 20, 40, 40, 60, 60, 80, 80, 100, 100]
-    one = [SCHEDULERS["one_pass"](s, t, order) for t in (1, 3, 9)]
+    one = [CURRICULA["one_pass"](s, t, order) for t in (1, 3, 9)]
     assert [b.tolist() for b in one] == [order[:20].tolist(), order[20:40].tolist(), order[80:].tolist()]
 
 
 def test_sampler_order_warmup_and_shortfall_modes():
     labels = np.array([0] * 45 + [1] * 30 + [2] * 75)
     r = np.arange(150, dtype=float)
-    base = {"scheduler": "climd", "gamma": 0.3, "difficulty_every": 1}
-    desc = CurriculumSampler(labels, {**base, "difficulty_order": "desc"}, 100, np.random.default_rng(0))
-    asc = CurriculumSampler(labels, {**base, "difficulty_order": "asc"}, 100, np.random.default_rng(0))
+    base = {"curriculum": "climd", "gamma": 0.3, "difficulty_every": 1}
+    desc = Curriculum(labels, {**base, "difficulty_order": "desc"}, 100, np.random.default_rng(0))
+    asc = Curriculum(labels, {**base, "difficulty_order": "asc"}, 100, np.random.default_rng(0))
     for s in (desc, asc):
         s.set_difficulty(r)
     assert set(desc.epoch_indices(9)) != set(asc.epoch_indices(9))
     chosen = asc.epoch_indices(9)
     assert max(chosen[labels[chosen] == 0]) < 10  # asc: the lowest r of Basal (indices 0..44) first
-    drop = CurriculumSampler(labels, {**base, "shortfall": "drop"}, 100, np.random.default_rng(0))
+    drop = Curriculum(labels, {**base, "shortfall": "drop"}, 100, np.random.default_rng(0))
     drop.set_difficulty(r)
     assert len(desc.epoch_indices(99)) == 150 and len(drop.epoch_indices(99)) == 93
-    warm = CurriculumSampler(labels, {**base, "warmup_epochs": 5}, 100, np.random.default_rng(0))
+    warm = Curriculum(labels, {**base, "warmup_epochs": 5}, 100, np.random.default_rng(0))
     assert len(warm.epoch_indices(4)) == 150 and not warm.needs_difficulty(4) and warm.needs_difficulty(5)
-    with pytest.raises(ValueError, match="scheduler"):
-        CurriculumSampler(labels, {"scheduler": "cosine"}, 100, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="curriculum"):
+        Curriculum(labels, {"curriculum": "cosine"}, 100, np.random.default_rng(0))
+
+
+def test_a_curriculum_ordered_only_by_an_untrained_model_is_refused():
+    """difficulty_every = 0 measures r once, at curriculum epoch 1: with no warm-up that is the
+    untrained model's r for the whole run, so it is refused in one line; with a warm-up it is not."""
+    labels = np.array([0] * 10 + [1] * 5)
+    with pytest.raises(ValueError, match="'difficulty_every' = 0 .* needs 'warmup_epochs' > 0") as info:
+        Curriculum(labels, {"curriculum": "climd", "difficulty_every": 0}, 10, np.random.default_rng(0))
+    assert "\n" not in str(info.value)
+    once = Curriculum(labels, {"curriculum": "climd", "difficulty_every": 0, "warmup_epochs": 2}, 10, np.random.default_rng(0))
+    assert [once.needs_difficulty(e) for e in range(3)] == [False, False, True]   # measured after the warm-up
+    once.set_difficulty(np.arange(15.0))
+    assert not any(once.needs_difficulty(e) for e in range(3, 10))                 # and never again
+    # no curriculum: nothing is measured, nothing to refuse
+    Curriculum(labels, {"curriculum": "none", "difficulty_every": 0}, 10, np.random.default_rng(0))
+
+
+def test_warmup_longer_than_the_budget_leaves_one_curriculum_epoch():
+    labels = np.array([0] * 10 + [1] * 5)
+    c = Curriculum(labels, {"curriculum": "linear", "warmup_epochs": 20}, 6, np.random.default_rng(0))
+    assert c.warmup == 5 and c.schedule.total_epochs == 1
+    assert [c.curriculum_epoch(e) for e in range(6)] == [None] * 5 + [1]
+
+
+def test_competence_epochs_is_t_g_and_zero_is_the_curriculum_length():
+    """linear: c(t) = min(1, t (1 - c0) / T_g + c0); 40 samples, c0 = 0.1, t = 2:
+    T_g = 4 -> 0.55 -> ceil(22) = 22 samples; T_g = 0 -> T = 10 -> 0.28 -> ceil(11.2) = 12."""
+    labels = np.array([0] * 20 + [1] * 20)
+    sizes = {}
+    for tg in (4, 0):
+        c = Curriculum(labels, {"curriculum": "linear", "c0": 0.1, "competence_epochs": tg}, 10, np.random.default_rng(0))
+        c.set_difficulty(np.arange(40.0))
+        sizes[tg] = len(c.epoch_indices(1))
+    assert sizes == {4: 22, 0: 12}

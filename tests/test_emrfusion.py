@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from trainables.backbone import Batch, DataSpec, InputSpec
-from trainables.emrfusion import DEFAULTS, EMRFusion, alignment_loss, attention_pooling, channel_attention, orthogonality_loss
+from trainables.emrfusion import EMRFusion, EMRFusionConfig, alignment_loss, attention_pooling, channel_attention, orthogonality_loss
 
 D_TXT, L_TXT, D_IMG, HW, D_EHR, C = 6, 5, 4, 9, 3, 3
 
@@ -40,7 +40,7 @@ def make_batch(b: int = 8, seed: int = 0) -> Batch:
 
 def model(**kw) -> EMRFusion:
     torch.manual_seed(0)
-    return EMRFusion(make_spec(), **{"hidden": 8, "dropout": 0.0, **kw}).eval()
+    return EMRFusion(make_spec(), EMRFusionConfig(**{"hidden": 8, "dropout": 0.0, **kw})).eval()
 
 
 def test_alignment_loss_hand_computed():
@@ -164,7 +164,7 @@ def test_sample_without_any_modality_gives_finite_gradients():
 def test_from_config_and_errors():
     spec = make_spec()
     m = EMRFusion.from_config(spec, {"hidden": 4, "residual": False, "optimizer": "x"})
-    assert not m.residual and m.W_f.in_features == 4 and m.align_weight == DEFAULTS["align_weight"]
+    assert not m.residual and m.W_f.in_features == 4 and m.align_weight == EMRFusionConfig.align_weight
     with pytest.raises(ValueError, match="at least 2 modalities"):
         EMRFusion(DataSpec((InputSpec("ehr", "vector", 3),), 2, ("a", "b")))
     with pytest.raises(ValueError, match="report.cls"):

@@ -87,18 +87,18 @@ def test_modality_subset():
 @pytest.mark.parametrize("method", ["baseline", "omnifuse"])
 def test_climd_wraps_any_backbone(method):
     data = toy()
-    cfg = {**FAST, "epochs": 4, "scheduler": "climd", "ra_latent": 4, "K": 2}
+    cfg = {**FAST, "epochs": 4, "curriculum": "climd", **({"ra_latent": 4, "K": 2} if method == "omnifuse" else {})}
     ft = FoldTrainer(method, cfg, data, seed=0)
     sizes = [ft.train_epoch()["epoch_samples"] for _ in range(4)]
     assert sizes == [15, 30, 45, 60]  # S_t = t/T * N with the shortfall redistributed
-    assert ft.sampler.r is not None and ft.sampler.r.shape == (60,)
+    assert ft.curriculum.r is not None and ft.curriculum.r.shape == (60,)
 
 
 def _run(ft, n):
     return [ft.train_epoch()["loss"] for _ in range(n)]
 
 
-@pytest.mark.parametrize("method,extra", [("baseline", {"scheduler": "climd"}), ("omnifuse", {"ra_latent": 4, "K": 2})])
+@pytest.mark.parametrize("method,extra", [("baseline", {"curriculum": "climd"}), ("omnifuse", {"ra_latent": 4, "K": 2})])
 def test_resume_from_checkpoint_continues_identically(method, extra):
     data = toy()
     cfg = {**FAST, **extra}
@@ -114,7 +114,7 @@ def test_resume_from_checkpoint_continues_identically(method, extra):
 
 def test_seed_reproducible_and_trainers_independent():
     data = toy()
-    cfg = {**FAST, "scheduler": "climd", "dropout": 0.3}
+    cfg = {**FAST, "curriculum": "climd", "dropout": 0.3}
     alone = _run(FoldTrainer("baseline", cfg, data, seed=1), 4)
     x, y = FoldTrainer("baseline", cfg, data, seed=1), FoldTrainer("baseline", cfg, data, seed=2)
     interleaved = []
@@ -128,7 +128,7 @@ def test_seed_reproducible_and_trainers_independent():
 
 BREAST = [
     ("baseline", {}),
-    ("baseline", {"scheduler": "climd"}),
+    ("baseline", {"curriculum": "climd"}),
     ("baseline", {"imbalance": "weighted_ce"}),
     ("baseline", {"imbalance": "focal"}),
     ("omnifuse", {"dwfuse": False, "hidden": 64, "ra_latent": 32}),

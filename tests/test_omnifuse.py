@@ -10,7 +10,7 @@ import torch
 from trainables.backbone import DataSpec, TensorData
 from trainables.data.dataset import Modality, MultimodalDataset
 from trainables.losses import CrossEntropy
-from trainables.omnifuse import DEFAULTS, OmniFuse, all_combinations, dwfuse_weights
+from trainables.omnifuse import OmniFuse, all_combinations, dwfuse_weights
 
 torch.set_num_threads(1)  # small MLPs: one thread is fastest, and robust on a busy 2-core machine
 
@@ -31,7 +31,7 @@ def toy(n=24, missing=True, seed=0) -> MultimodalDataset:
 
 def build(data, **switches) -> OmniFuse:
     torch.manual_seed(0)
-    return OmniFuse.from_config(DataSpec.from_dataset(data), {**DEFAULTS, "hidden": 8, "ra_latent": 4, "K": 2, **switches})
+    return OmniFuse.from_config(DataSpec.from_dataset(data), {"hidden": 8, "ra_latent": 4, "K": 2, **switches})
 
 
 def test_dwfuse_weights_two_modalities_by_hand():
@@ -165,3 +165,16 @@ def test_breast_tcga_omnifuse_trains_and_predicts_test_split_without_protein(dat
     probs = ft.predict_proba(test)
     assert probs.shape == (70, 3) and np.isfinite(probs).all()
     assert ft.evaluate(test)["macro_f1"] > 0.6
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.4, 1.0])
+def test_modality_dropout_rate_of_omnifuse(rate):
+    """The paper's scheme at the default 1 (every sample a random non-empty pattern), none at 0,
+    q * 9/21 of the slots dropped in between (3 modalities)."""
+    model = build(toy(), modality_dropout=rate) if rate != 1.0 else build(toy())
+    assert model.modality_dropout == rate
+    torch.manual_seed(3)
+    available = torch.ones(14_000, 3, dtype=torch.bool)
+    observed = model.simulate_missing(available)
+    assert observed.any(1).all()
+    assert float((~observed).double().mean()) == pytest.approx(rate * 9 / 21, abs=0.01)

@@ -12,9 +12,10 @@ import pytest
 from search import spaces as spaces_cli
 from search.config import SearchConfig, resolve
 from search.orchestrate import build_searcher, fixed_keys
-from spaces import SPACES, Categorical, Float, Space, When, get_space
-from trainables import climd, engine
-from trainables.registry import METHODS, get_method
+from spaces import SPACES, Categorical, Float, Forbidden, Int, Space, When, get_space
+from trainables import engine
+from trainables.config import ConfigError
+from trainables.registry import METHODS
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -68,14 +69,14 @@ def test_omnifuse_ablation_conditionals():
 
 def test_climd_scheduler_conditionals():
     for c in sample_configs(get_space("climd"), 150, optuna.samplers.RandomSampler(seed=3)):
-        assert ("gamma" in c) == ("shortfall" in c) == (c["scheduler"] == "climd")
-        assert ("n_buckets" in c) == (c["scheduler"] in ("baby_step", "one_pass"))
-        assert ("c0" in c) == (c["scheduler"] in ("linear", "root", "geom"))
+        assert ("gamma" in c) == ("shortfall" in c) == (c["curriculum"] == "climd")
+        assert ("n_buckets" in c) == (c["curriculum"] in ("baby_step", "one_pass"))
+        assert ("c0" in c) == (c["curriculum"] in ("linear", "root", "geom"))
         assert c["imbalance"] == "none"
     for c in sample_configs(get_space("baseline"), 100, optuna.samplers.RandomSampler(seed=4)):
         assert ("gamma_focal" in c) == (c["imbalance"] == "focal")
         assert ("smote_k" in c) == (c["imbalance"] == "smote")
-        assert c["scheduler"] == "none"
+        assert c["curriculum"] == "none"
 
 
 def test_conditions_may_read_fixed_keys():
@@ -88,7 +89,7 @@ def test_conditions_may_read_fixed_keys():
 
 def test_issue_coverage():
     names = lambda s: set(get_space(s).names) | set(get_space(s).fixed)
-    assert {"gamma", "scheduler", "measurer", "difficulty_order"} <= names("climd")
+    assert {"gamma", "curriculum", "measurer", "difficulty_order"} <= names("climd")
     assert {"K", "alpha", "beta", "lambda1", "lambda2", "lambda3"} <= names("omnifuse")
     assert {"mask_p", "rec_weight", "intermediate_token", "depth"} <= names("alignedfusion-ablation")
     assert {"align_weight", "ortho_weight", "alignment", "self_attention", "residual", "dynamic_weighting"} \
@@ -99,7 +100,7 @@ def test_issue_coverage():
     for composite, method in (("climd+omnifuse", "omnifuse"), ("climd+alignedfusion", "alignedfusion"),
                               ("climd+emrfusion", "emrfusion")):
         assert get_space(composite).method == method
-        assert {"scheduler", "gamma", "measurer"} <= names(composite)
+        assert {"curriculum", "gamma", "measurer"} <= names(composite)
         assert set(get_space(method).names) <= names(composite)
 
 
@@ -116,24 +117,60 @@ def test_omnifuse_paper_space_is_the_papers_grid():
     assert space.fixed["lr"] == 1e-3 and space.epochs == 30
 
 
+SPACE_CHOICES = {"curriculum", "lr"}
+"""Keys where a space's default may deliberately differ from the code's: a CLIMD space's default
+curriculum is the paper's TSS (``climd``), the engine's is ``none``; each space documents its own
+default learning rate (``Space.lr_source``, tested below)."""
+
+
 @pytest.mark.parametrize("name", [s for s in SPACES if s not in TRAINING_FIXED])
-def test_defaults_are_the_codes_defaults(name):
-    """The first trial trains exactly what the engine and the model do without configuration
-    (their DEFAULTS hold the papers' values)."""
+def test_the_first_trial_trains_what_the_code_trains_without_configuration(name):
+    """The space's default configuration, parsed into the typed configs, equals an empty config
+    parsed (the dataclasses' defaults) except where the space says otherwise (SPACE_CHOICES)."""
     space = get_space(name)
-    config = space.default_config()
-    code = {**engine.DEFAULTS, **get_method(space.method).defaults()}
-    if config.get("scheduler", "none") != "none":
-        code.update(climd.DEFAULTS)
-    for key, value in config.items():
-        if key in code:
-            assert value == code[key], f"{name}: {key}={value!r} but the code's default is {code[key]!r}"
-    assert space.epochs == code["epochs"]
+    parsed = engine.parse_config(space.method, space.default_config()).flat
+    bare = engine.parse_config(space.method, {}).flat
+    differ = {k for k in bare if parsed[k] != bare[k]} - SPACE_CHOICES
+    assert not differ, f"{name}: {', '.join(f'{k}={parsed[k]!r} (code: {bare[k]!r})' for k in sorted(differ))}"
+    assert space.epochs == bare["epochs"]
+
+
+@pytest.mark.parametrize("name", list(SPACES))
+def test_every_value_a_space_can_give_is_a_config_the_code_accepts(name):
+    """Every dimension and fixed key is a key the method's configs declare, and every grid value,
+    categorical choice and bound has the type (and choice) the config expects: a space that searched
+    a key the code ignores, or offered a value the code refuses, fails here."""
+    space = get_space(name)
+    base = {**space.default_config(), **fixed_keys(resolve(SearchConfig(space=name)), space)}
+    engine.parse_config(space.method, base)
+    for dim in space.dimensions:
+        values = [*getattr(dim, "choices", ()), *dim.grid, dim.default]
+        values += [getattr(dim, b) for b in ("low", "high") if hasattr(dim, b)]
+        for v in values:
+            config = {**base, dim.name: v}
+            if space.forbids(config):  # what the space forbids, the code refuses
+                with pytest.raises(ConfigError):
+                    engine.parse_config(space.method, config)
+            else:
+                engine.parse_config(space.method, config)
+
+
+def test_a_config_the_code_refuses_fails_in_one_line():
+    with pytest.raises(ConfigError, match=r"'lamda1': unknown key; did you mean 'lambda1'\?"):
+        engine.parse_config("omnifuse", {"lamda1": 1.0})
+    with pytest.raises(ConfigError, match=r"'curriculum': expected one of 'none', 'climd'.*got 'cosine'"):
+        engine.parse_config("baseline", {"curriculum": "cosine"})
+    with pytest.raises(ConfigError, match=r"'K': expected an integer, got 2.5"):
+        engine.parse_config("omnifuse", {"K": 2.5})
+    with pytest.raises(ConfigError, match=r"'lr': expected a number, got '1e-3'"):
+        engine.parse_config("baseline", {"lr": "1e-3"})
+    with pytest.raises(ConfigError, match=r"'dwfuse': expected true or false, got 1"):
+        engine.parse_config("omnifuse", {"dwfuse": 1})
 
 
 def test_paper_defaults_where_the_papers_give_them():
     c = get_space("climd").default_config()
-    assert (c["lr"], c["gamma"], c["scheduler"], get_space("climd").epochs) == (5e-5, 0.3, "climd", 100)
+    assert (c["lr"], c["gamma"], c["curriculum"], get_space("climd").epochs) == (5e-5, 0.3, "climd", 100)
     o = get_space("omnifuse").default_config()
     assert (o["K"], o["alpha"], o["beta"], o["lambda1"], o["lambda2"], o["lambda3"]) == (5, 0.1, 0.5, 1.0, 10.0, 0.5)
     a = get_space("alignedfusion").default_config()
@@ -237,7 +274,7 @@ def test_list_and_show(capsys):
 
 def test_module_entry_point():
     out = subprocess.run([sys.executable, "-m", "search.spaces", "show", "climd"], capture_output=True, text=True, check=True)
-    assert "gamma" in out.stdout and "scheduler=climd" in out.stdout
+    assert "gamma" in out.stdout and "curriculum=climd" in out.stdout
 
 
 @pytest.mark.parametrize("epochs", [4, 20, 50, 100, 300])
@@ -261,3 +298,74 @@ def test_every_scheduler_has_a_cadence_and_pbt_reports_only_at_its_interval():
     assert keys["report_every"] == keys["checkpoint_every"] == 10 and keys["report_seconds"] == 0.0
     median = fixed_keys(resolve(SearchConfig(space="baseline", epochs=50, scheduler="median")), get_space("baseline"))
     assert median["report_every"] == 1
+
+
+@pytest.mark.parametrize("name", list(SPACES))
+def test_every_space_documents_its_default_learning_rate(name):
+    space = get_space(name)
+    assert space.default_lr is not None and len(space.lr_source) > 20
+    assert f"default learning rate {space.default_lr:g}: {space.lr_source}" in space.show()
+
+
+def test_paper_learning_rates_where_the_papers_give_one():
+    for name in ("baseline", "climd"):
+        assert get_space(name).default_lr == 5e-5 and "CLIMD's paper" in get_space(name).lr_source
+    for name in ("alignedfusion", "selfattn", "emrfusion"):
+        assert "borrowed" in get_space(name).lr_source  # no paper value: said so, not passed off as the paper's
+
+
+CLIMD_SPACES = [s for s in SPACES if "climd" in s]
+
+
+@pytest.mark.parametrize("name", CLIMD_SPACES)
+def test_climd_spaces_search_warmup_and_competence_and_forbid_an_untrained_only_curriculum(name):
+    space = get_space(name)
+    assert {"warmup_epochs", "competence_epochs", "difficulty_every"} <= set(space.names)
+    c = space.default_config()
+    assert c["warmup_epochs"] == 0 and c["difficulty_every"] == 1 and "competence_epochs" not in c  # paper reading; TSS
+    bad = {**space.default_point(), "difficulty_every": 0}
+    assert any("forbidden combination: difficulty_every=0 and warmup_epochs=0" in p for p in space.validate(bad))
+    assert not space.validate({**bad, "warmup_epochs": 3})
+    assert all(not (p.get("difficulty_every") == 0 and p.get("warmup_epochs") == 0) for p in space.grid_points())
+    with pytest.raises(ConfigError, match="needs 'warmup_epochs' > 0"):
+        engine.parse_config(space.method, {**space.default_config(), "difficulty_every": 0})
+    linear = {**space.default_point(), "curriculum": "linear"}
+    linear = {k: v for k, v in linear.items() if k not in ("gamma", "shortfall")}
+    assert any("competence_epochs: missing although active" in p for p in space.validate(linear))
+
+
+def test_modality_dropout_is_a_dimension_of_omnifuse_and_the_baseline():
+    o, b = get_space("omnifuse").dimension("modality_dropout"), get_space("baseline").dimension("modality_dropout")
+    assert (o.low, o.high, o.default) == (b.low, b.high, 1.0) and b.default == 0.0
+    ablation = get_space("omnifuse-ablation")
+    no_cra = {**ablation.default_point(), "imp_forward": False, "imp_backward": False}
+    assert not ablation.dimension("modality_dropout").active(no_cra)  # the drop acts only while a CRA runs
+
+
+def test_show_lists_the_new_dimensions():
+    for name, dims in (("climd", ("warmup_epochs", "competence_epochs")), ("omnifuse", ("modality_dropout",)),
+                       ("baseline", ("modality_dropout",))):
+        text = get_space(name).show()
+        assert all(d in text for d in dims) and "default learning rate" in text
+    assert "forbidden: difficulty_every=0 and warmup_epochs=0" in get_space("climd").show()
+
+
+def test_a_forbidden_combination_is_never_sampled_the_domain_is_conditional():
+    space = get_space("climd")
+    configs = sample_configs(space, 400, optuna.samplers.RandomSampler(seed=4))
+    once = [c for c in configs if c["difficulty_every"] == 0]
+    assert len(once) > 10 and all(1 <= c["warmup_epochs"] <= 20 for c in once)
+    assert any(c["warmup_epochs"] == 0 for c in configs if c["difficulty_every"] > 0)
+    assert space.allowed(space.dimension("warmup_epochs"), {"difficulty_every": 0}).describe() == "int [1, 20]"
+    assert space.allowed(space.dimension("warmup_epochs"), {"difficulty_every": 2}).describe() == "int [0, 20]"
+
+
+def test_dimensions_leave_out_values_at_their_ends_only():
+    assert Int("k", 0, 5, default=1).excluding((0,)).low == 1
+    assert Int("k", 0, 5, default=1).excluding((5, 4)).high == 3
+    assert Categorical("c", ("a", "b", "c"), default="a").excluding(("b",)).choices == ("a", "c")
+    with pytest.raises(ValueError, match="ends only"):
+        Int("k", 0, 5, default=1).excluding((3,))
+    with pytest.raises(ValueError, match="cannot leave out"):
+        Space("bad", "baseline", "x", (Float("lr", 1e-5, 1e-2, default=1e-3), Float("dropout", 0.0, 0.5, default=0.1)),
+              forbidden=(Forbidden((When("lr", 1e-3), When("dropout", 0.5)), "x"),))

@@ -58,7 +58,7 @@ def breast(data_dir):
 
 def _config(**over):
     return {"method": "baseline", "data": "breast-tcga", "seed": 3, "folds": 2, "epochs": 3, "hidden": 32,
-            "scheduler": "climd", "lr": 1e-3, **over}
+            "curriculum": "climd", "lr": 1e-3, **over}
 
 
 def test_checkpoint_resumes_exactly(breast, tmp_path):
@@ -91,7 +91,7 @@ def test_restore_applies_a_perturbed_learning_rate(breast, tmp_path):
 
 
 def test_nan_loss_fails_the_trial(breast):
-    trial = Trial("baseline", _config(lr=1e30, scheduler="none"), breast)
+    trial = Trial("baseline", _config(lr=1e30, curriculum="none"), breast)
     with pytest.raises(TrialFailure, match="non-finite training loss at epoch 1"):
         trial.step()
 

@@ -37,7 +37,7 @@ information into the report tokens themselves (after one layer only ``t_int`` ha
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -45,17 +45,35 @@ from torch import Tensor, nn
 
 from trainables.backbone import Backbone, BackboneOutput, Batch, Criterion, DataSpec, InputSpec, logical_name
 
-DEFAULTS: dict[str, Any] = {
-    "hidden": 128,               # token width d (our choice; paper uses the ViT width)
-    "depth": 2,                  # fusion layers (our choice; not given in the paper)
-    "heads": 4,
-    "dropout": 0.1,
-    "mask_p": 0.3,               # Eq.9, paper p = 0.3 (Table 4b sweeps 0..0.5)
-    "rec_weight": 1.0,           # l_all = l_d + rec_weight * l_rec (paper: 1)
-    "intermediate_token": True,  # False = "w/o IT" ablation (direct token-wise cross-attention)
-}
 
-SELFATTN_DEFAULTS: dict[str, Any] = {k: DEFAULTS[k] for k in ("hidden", "depth", "heads", "dropout")}
+@dataclass(frozen=True)
+class AlignedFusionConfig:
+    """AlignedFusion's hyperparameters."""
+
+    hidden: int = 128               # token width d (our choice; the paper uses the ViT width)
+    depth: int = 2                  # fusion layers (our choice; not given in the paper)
+    heads: int = 4                  # attention heads (our choice)
+    dropout: float = 0.1            # dropout of attention, MLPs and classifier (our choice)
+    mask_p: float = 0.3             # Eq.9, paper p = 0.3 (Table 4b sweeps 0..0.5)
+    rec_weight: float = 1.0         # l_all = l_d + rec_weight * l_rec (paper: 1)
+    intermediate_token: bool = True # False = "w/o IT" ablation (direct token-wise cross-attention)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.mask_p < 1.0:
+            raise ValueError(f"alignedfusion: mask_p must be in [0, 1), got {self.mask_p}")
+        if self.rec_weight < 0:
+            raise ValueError(f"alignedfusion: rec_weight must be >= 0, got {self.rec_weight}")
+
+
+@dataclass(frozen=True)
+class SelfAttentionConfig:
+    """The self-attention baseline's hyperparameters: AlignedFusion's transformer, same defaults."""
+
+    hidden: int = AlignedFusionConfig.hidden
+    depth: int = AlignedFusionConfig.depth
+    heads: int = AlignedFusionConfig.heads
+    dropout: float = AlignedFusionConfig.dropout
+
 
 ATTRIBUTES = "attributes"
 """Representation name of the report attribute tokens (``<report>.attributes``)."""
@@ -238,16 +256,12 @@ def reconstruction_loss(t_hat: Tensor, tokens: Tensor, present: Tensor, masked: 
 
 
 class AlignedFusion(_TokenFusionBase):
-    DEFAULTS = DEFAULTS
+    Config = AlignedFusionConfig
 
-    def __init__(self, spec: DataSpec, hidden: int = DEFAULTS["hidden"], depth: int = DEFAULTS["depth"],
-                 heads: int = DEFAULTS["heads"], dropout: float = DEFAULTS["dropout"], mask_p: float = DEFAULTS["mask_p"],
-                 rec_weight: float = DEFAULTS["rec_weight"], intermediate_token: bool = DEFAULTS["intermediate_token"]) -> None:
-        if not 0.0 <= mask_p < 1.0:
-            raise ValueError(f"alignedfusion: mask_p must be in [0, 1), got {mask_p}")
-        if rec_weight < 0:
-            raise ValueError(f"alignedfusion: rec_weight must be >= 0, got {rec_weight}")
-        self.intermediate_token = bool(intermediate_token)
+    def __init__(self, spec: DataSpec, config: AlignedFusionConfig = AlignedFusionConfig()) -> None:
+        hidden, depth, heads, dropout = config.hidden, config.depth, config.heads, config.dropout
+        mask_p, rec_weight = config.mask_p, config.rec_weight
+        self.intermediate_token = bool(config.intermediate_token)
         super().__init__(spec, hidden, 3 if self.intermediate_token else 2, dropout, "alignedfusion")
         self.mask_p = float(mask_p)
         self.rec_weight = float(rec_weight)
@@ -258,10 +272,7 @@ class AlignedFusion(_TokenFusionBase):
             self.t_int = nn.Parameter(0.02 * torch.randn(hidden))
         # F_rec (Eq.10): reads the fused report tokens, outputs the reconstructed token.
         self.F_rec = nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, hidden))
-
-    @classmethod
-    def from_config(cls, spec: DataSpec, config: dict[str, Any]) -> "AlignedFusion":
-        return cls(spec, **{k: config.get(k, v) for k, v in DEFAULTS.items()})
+        self.config = config
 
     @staticmethod
     def merge_intermediate(t_int_r: Tensor, t_int_v: Tensor) -> Tensor:
@@ -314,16 +325,13 @@ class SelfAttentionFusion(_TokenFusionBase):
     every other; no masking, no reconstruction; ``t_cls = [mean(t_r); mean(t_v)]``.
     """
 
-    DEFAULTS = SELFATTN_DEFAULTS
+    Config = SelfAttentionConfig
 
-    def __init__(self, spec: DataSpec, hidden: int = SELFATTN_DEFAULTS["hidden"], depth: int = SELFATTN_DEFAULTS["depth"],
-                 heads: int = SELFATTN_DEFAULTS["heads"], dropout: float = SELFATTN_DEFAULTS["dropout"]) -> None:
+    def __init__(self, spec: DataSpec, config: SelfAttentionConfig = SelfAttentionConfig()) -> None:
+        hidden, depth, heads, dropout = config.hidden, config.depth, config.heads, config.dropout
         super().__init__(spec, hidden, 2, dropout, "selfattn")
         self.blocks = nn.ModuleList([Block(hidden, heads, dropout) for _ in range(depth)])
-
-    @classmethod
-    def from_config(cls, spec: DataSpec, config: dict[str, Any]) -> "SelfAttentionFusion":
-        return cls(spec, **{k: config.get(k, v) for k, v in SELFATTN_DEFAULTS.items()})
+        self.config = config
 
     def forward(self, batch: Batch) -> BackboneOutput:
         present, unknown = self._report_unknown(batch)

@@ -12,13 +12,15 @@ the raw modality's availability. :func:`logical_name` maps an input to its logic
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from trainables.config import from_config
 from trainables.data.dataset import MultimodalDataset
 
 Criterion = Callable[[Tensor, Tensor], Tensor]
@@ -88,13 +90,22 @@ class BackboneOutput:
 
 
 class Backbone(nn.Module):
-    """Base class. Subclasses implement ``forward`` and may override ``loss`` and ``end_epoch``."""
+    """Base class. Subclasses set ``Config`` (their frozen config dataclass), are built as
+    ``cls(spec, config)``, implement ``forward`` and may override ``loss`` and ``end_epoch``."""
+
+    Config: ClassVar[type]
+    """The method's config dataclass: the single home of its hyperparameters and their defaults."""
 
     def __init__(self, spec: DataSpec) -> None:
         super().__init__()
         self.spec = spec
         self.modalities = spec.modalities
         self.num_classes = spec.num_classes
+
+    @classmethod
+    def from_config(cls, spec: DataSpec, config: Mapping[str, Any] | Any) -> "Backbone":
+        """The model from the flat trial config (the keys its ``Config`` declares) or a ``Config``."""
+        return cls(spec, from_config(cls.Config, config))
 
     def forward(self, batch: Batch) -> BackboneOutput:  # pragma: no cover - abstract
         raise NotImplementedError

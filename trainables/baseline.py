@@ -6,6 +6,9 @@ embeddings and the availability mask, and an MLP classifier trained with the cri
 
 - Missing modalities enter as zeros plus the mask: a missing modality's input is zero and its
   slot in the fused vector is zero; the mask bits are appended to the fused vector.
+- ``modality_dropout`` (default 0: the papers' baseline never sees a missing modality it has):
+  in training, OmniFuse's simulated missing patterns (:func:`drop_modalities`); a dropped modality
+  enters exactly as a missing one (zero input, zero slot, mask bit 0).
 - Token inputs (``kind == "tokens"``) are mean-pooled over their ``token_mask`` before the MLP;
   several inputs of one logical modality (``report.cls`` + ``report.tokens``) are concatenated.
 - Unimodal heads (one linear classifier per modality, on the modality embedding) exist so CLIMD
@@ -16,14 +19,57 @@ embeddings and the availability mask, and an MLP classifier trained with the cri
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 
 from trainables.backbone import Backbone, BackboneOutput, Batch, Criterion, DataSpec, InputSpec, logical_name
 
-DEFAULTS: dict = {"hidden": 128, "dropout": 0.1}
-"""Encoder/classifier width and dropout; the paper's training defaults (lr 5e-5, 100 epochs) are
-the engine's and CLIMD's defaults."""
+
+@dataclass(frozen=True)
+class EarlyFusionConfig:
+    """The baseline's hyperparameters (the paper's training defaults, lr 5e-5 and 100 epochs, are
+    :class:`trainables.engine.EngineConfig`'s)."""
+
+    hidden: int = 128      # encoder/classifier width (our choice; the papers give none for this MLP)
+    dropout: float = 0.1   # dropout of every MLP (our choice)
+    modality_dropout: float = 0.0
+    """Training-time modality drop (:func:`drop_modalities`): 0 = none, the baseline of the papers;
+    OmniFuse's scheme is 1. The same option as OmniFuse's, so a robustness comparison can be run
+    with both models trained on the same simulated missing patterns."""
+
+    def __post_init__(self) -> None:
+        check_rate("modality_dropout", self.modality_dropout)
+
+
+def check_rate(key: str, rate: float) -> None:
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError(f"config {key!r} must be in [0, 1], got {rate}")
+
+
+def drop_modalities(available: Tensor, rate: float, generator: torch.Generator | None = None) -> Tensor:
+    """Training-time modality drop: with probability ``rate`` a sample's modalities are replaced by a
+    uniformly drawn non-empty subset of its available ones (all 2^k - 1 subsets of its k available
+    modalities equally likely, the complete one included; OmniFuse's scheme, Table 1's patterns);
+    otherwise it keeps all of them. ``available`` [B, M] bool -> observed [B, M] bool; a sample
+    without any modality stays empty. Draws: the subsets first (each available modality kept with
+    probability 1/2, redrawn while empty), then, for 0 < rate < 1, one uniform per sample; nothing
+    for rate 0. Expected share of a sample's k available modalities dropped:
+    rate * sum_j C(k, j) (k - j) / (k (2^k - 1)), e.g. k = 3: rate * 9/21."""
+    if rate <= 0.0:
+        return available
+    device = available.device
+    observed = available & (torch.rand(available.shape, device=device, generator=generator) < 0.5)
+    redo = available.any(1) & ~observed.any(1)
+    while bool(redo.any()):
+        observed[redo] = available[redo] & (torch.rand((int(redo.sum()), available.shape[1]), device=device,
+                                                        generator=generator) < 0.5)
+        redo = available.any(1) & ~observed.any(1)
+    if rate < 1.0:
+        keep = torch.rand(available.shape[0], device=device, generator=generator) >= rate
+        observed = torch.where(keep[:, None], available, observed)
+    return observed
 
 
 def pool_tokens(x: Tensor, token_mask: Tensor | None) -> Tensor:
@@ -76,20 +122,20 @@ def masked_criterion(criterion: Criterion, logits: Tensor, y: Tensor, keep: Tens
 
 
 class EarlyFusion(Backbone):
-    def __init__(self, spec: DataSpec, hidden: int = 128, dropout: float = 0.1) -> None:
+    Config = EarlyFusionConfig
+
+    def __init__(self, spec: DataSpec, config: EarlyFusionConfig = EarlyFusionConfig()) -> None:
         super().__init__(spec)
+        self.config = config
+        hidden, dropout = config.hidden, config.dropout
         M, C = len(self.modalities), self.num_classes
         self.encoders = modality_encoders(spec, hidden, hidden, dropout)
         self.classifier = mlp(M * hidden + M, hidden, C, dropout)
         self.unimodal_heads = nn.ModuleList(nn.Linear(hidden, C) for _ in range(M))
-
-    @classmethod
-    def from_config(cls, spec: DataSpec, config: dict) -> EarlyFusion:
-        cfg = {**DEFAULTS, **config}
-        return cls(spec, hidden=int(cfg["hidden"]), dropout=float(cfg["dropout"]))
+        self.modality_dropout = config.modality_dropout
 
     def forward(self, batch: Batch) -> BackboneOutput:
-        mask = batch.mask
+        mask = drop_modalities(batch.mask, self.modality_dropout) if self.training else batch.mask
         emb = torch.stack([enc(batch, mask[:, m]) for m, enc in enumerate(self.encoders)])    # [M, B, d]
         slots = emb * mask.T.unsqueeze(-1).to(emb.dtype)                                      # zeros when missing
         fused = torch.cat([*slots, mask.to(emb.dtype)], dim=-1)                               # [B, M*d + M]

@@ -1,7 +1,7 @@
 """All folds of a trial as one batched model: the k fold models stacked, one forward/backward per step.
 
 :class:`BatchedFolds` takes the trial's k :class:`trainables.engine.FoldTrainer` s, built exactly
-as for per-fold training (same data, standardisation, resampling, criterion, sampler, seeds and
+as for per-fold training (same data, standardisation, resampling, criterion, curriculum, seeds and
 initial weights), and trains them together:
 
 - **Stacked weights.** Every parameter of the k fold models lives in one flat buffer ``[k, P]``
@@ -10,7 +10,7 @@ initial weights), and trains them together:
   method's :class:`StackedKernel` runs the fold models' forward on ``[k, B, ...]`` batches with
   batched matrix products (``torch.baddbmm``), and one backward fills the flat gradient buffer.
 - **Each fold its own data order.** Every step takes the s-th mini-batch of every fold's own epoch
-  order (the fold's sampler: shuffle, CLIMD's curriculum). Folds whose batches differ in size
+  order (the fold's curriculum: a shuffle, or CLIMD's subset). Folds whose batches differ in size
   (train parts differing by one sample, CLIMD's per-fold subsets) are padded to the largest batch
   of the step with a row mask; a fold with no batch left in this step (CLIMD gives folds different
   numbers of batches per epoch) is padded whole and marked inactive: its rows weigh 0 in every
@@ -56,7 +56,7 @@ import torch
 from torch import Tensor
 
 from trainables.backbone import logical_name
-from trainables.baseline import pool_tokens
+from trainables.baseline import drop_modalities, pool_tokens
 
 # a stacked parameter is a strided view of the flat [k, P] buffer, and so is its gradient; autograd
 # warns (once) that such a layout may be slow, but accumulates into it correctly
@@ -218,7 +218,8 @@ class EarlyFusionStack(StackedKernel):
         return len(self.model.modalities) + 1
 
     def simulate(self, g: torch.Generator, available: Tensor) -> Tensor:
-        return available
+        """The module's training-time modality drop (``modality_dropout``) with the fold's generator."""
+        return drop_modalities(available, self.model.modality_dropout, g)
 
     def loss(self, params, buffers, batch, criteria):
         obs = batch.observed.to(torch.float32)
@@ -251,16 +252,10 @@ class OmniFuseStack(StackedKernel):
         return n
 
     def simulate(self, g: torch.Generator, available: Tensor) -> Tensor:
-        """:meth:`OmniFuse.simulate_missing` with the fold's generator."""
+        """:meth:`OmniFuse.simulate_missing` with the fold's generator (only while a CRA runs)."""
         if not self.model.use_cra:
             return available
-        observed = available & (torch.rand(available.shape, device=available.device, generator=g) < 0.5)
-        redo = available.any(1) & ~observed.any(1)
-        while bool(redo.any()):
-            observed[redo] = available[redo] & (torch.rand((int(redo.sum()), available.shape[1]), device=available.device,
-                                                            generator=g) < 0.5)
-            redo = available.any(1) & ~observed.any(1)
-        return observed
+        return drop_modalities(available, self.model.modality_dropout, g)
 
     def _embed(self, params, batch, observed: Tensor, drop) -> Tensor:
         obs = observed.to(torch.float32)
@@ -547,10 +542,10 @@ class BatchedFolds:
             raise RuntimeError(f"all {trainers[0].epochs} epochs are done (config 'epochs')")
         orders = []
         for t in trainers:
-            if t.sampler.needs_difficulty(epoch):
+            if t.curriculum.needs_difficulty(epoch):
                 with t._own_rng():
-                    t.sampler.set_difficulty(t.measure_difficulty())
-            orders.append(np.asarray(t.sampler.epoch_indices(epoch), dtype=np.int64))
+                    t.curriculum.set_difficulty(t.measure_difficulty())
+            orders.append(np.asarray(t.curriculum.epoch_indices(epoch), dtype=np.int64))
         self._take_rng()
         counts = np.array([len(o) for o in orders])
         steps = int(max(-(-int(c) // bs) for c in counts)) if len(counts) else 0

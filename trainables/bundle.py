@@ -4,7 +4,8 @@ that predicts with nothing but the folder and an installed fusetune.
 Layout (every file listed with its SHA-256 and size in ``MANIFEST.json``, verified on load)::
 
     model.safetensors    the network's weights (safetensors: no pickle is ever loaded)
-    config.json          the full trial config the model was built from (engine + method defaults filled in)
+    config.json          the full trial config the model was built from (engine + method defaults filled in),
+                         with ``config_version`` (trainables.config.CONFIG_VERSION; absent = 1)
     preprocessing.json   the Standardizer statistics (mean/std per vector input, fitted on the training part)
     inputs.json          method, class names, logical modalities, every input (name, kind, dim, tokens,
                          feature names), the encoders (ids, identities, representations, text pooling,
@@ -52,6 +53,7 @@ import numpy as np
 import torch
 
 from trainables.backbone import Backbone, DataSpec, InputSpec, TensorData, logical_name
+from trainables.config import CONFIG_VERSION, VERSION_KEY, upgrade
 from trainables.data.dataset import Modality, MultimodalDataset
 from trainables.data.errors import DataError
 from trainables.data.preprocess import Standardizer
@@ -222,7 +224,8 @@ def save_bundle(dest: str | Path, trainer_or_parts: Any, *, data: MultimodalData
         from safetensors.torch import save_model
 
         save_model(parts.model, str(tmp / WEIGHTS))  # tensors on a GPU are copied to the CPU as they are written
-        (tmp / CONFIG).write_text(json.dumps(_jsonable(parts.config), indent=1, sort_keys=True))
+        config = {**_jsonable(parts.config), VERSION_KEY: CONFIG_VERSION}
+        (tmp / CONFIG).write_text(json.dumps(config, indent=1, sort_keys=True))
         (tmp / PREPROCESSING).write_text(json.dumps(parts.standardizer.state_dict()))
         (tmp / INPUTS).write_text(json.dumps(description, indent=1))
         _write_extra(tmp, extra_files)
@@ -309,7 +312,7 @@ def load_bundle(path: str | Path, *, device: str = "cpu") -> "Bundle":
     path = Path(path)
     verify_bundle(path)
     description = json.loads((path / INPUTS).read_text())
-    config = json.loads((path / CONFIG).read_text())
+    config = upgrade(json.loads((path / CONFIG).read_text()))  # a bundle of an older config version: old keys renamed
     standardizer = Standardizer.from_state_dict(json.loads((path / PREPROCESSING).read_text()))
     spec = DataSpec(
         tuple(InputSpec(i["name"], i["kind"], int(i["dim"]), i.get("length")) for i in description["inputs"]),

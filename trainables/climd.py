@@ -32,39 +32,78 @@ Documented choices (the paper leaves them open):
   ``shortfall`` says what happens to the samples a capped class cannot give:
   ``redistribute`` (default) hands them to the classes that still have samples, in proportion
   to q_t, until S_t is met or the data run out; ``drop`` trains the epoch on fewer samples.
-- The other schedulers of the paper's Table 4 rank all samples globally by r:
+- The other curricula of the paper's Table 4 (its "schedulers") rank all samples globally by r:
   ``baby_step`` (Bengio et al. 2009: ``n_buckets`` difficulty buckets added cumulatively, one
   more every T/n_buckets epochs), ``one_pass`` (the same buckets visited one at a time),
   ``linear`` / ``root`` (Platanios et al. 2019 competence c(t) = min(1, t(1-c0)/T_g + c0) and
   min(1, sqrt(t(1-c0^2)/T_g + c0^2)), epoch t trains on the easiest c(t) N samples), ``geom``
   (geometric progression c(t) = min(1, c0^(1 - t/T_g))), and ``none`` (every sample every epoch).
   T_g = ``competence_epochs`` (default: the curriculum length).
+
+Paper reading of the options the paper leaves open (defaults of :class:`CurriculumConfig`):
+- ``warmup_epochs`` = 0: the paper's curriculum starts at epoch 1 (D_1 is class-uniform, "t in
+  [0, T]"); it mentions no warm-up. ``warmup_epochs`` = w trains w epochs on every sample first and
+  runs the curriculum over the remaining T - w epochs.
+- ``difficulty_every`` = 1: MCM reads the model being trained (p^m and F(x^m)), and the paper does
+  not say when; re-measuring every epoch lets the ranking follow the model (MCM's first measure,
+  at curriculum epoch 1, is of the model as warm-up left it).
+- ``competence_epochs`` = 0, read as T_g = the curriculum length: Platanios et al.'s T_g is the
+  time to full competence, and the paper's Table 4 runs those curricula within its T = 100 epochs.
+- Refused: ``difficulty_every`` = 0 (r measured once) with ``warmup_epochs`` = 0, whose whole
+  curriculum would be ordered by an untrained model's noise (one-line error; the CLIMD spaces
+  declare it forbidden, so ``Space.validate`` and the grid leave it out).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 
-DEFAULTS: dict = {
-    "lr": 5e-5,
-    "epochs": 100,
-    "gamma": 0.3,
-    "scheduler": "climd",
-    "measurer": "both",
-    "difficulty_order": "desc",
-    "difficulty_every": 1,
-    "warmup_epochs": 0,
-    "shortfall": "redistribute",
-}
-"""Paper defaults (lr 5e-5, T = 100, gamma = 0.3) and the defaults of the documented choices."""
+from trainables.config import choices, from_config
 
-MEASURERS = ("intra", "inter", "both")
-ORDERS = ("asc", "desc")
-SHORTFALLS = ("redistribute", "drop")
+
+UNTRAINED_ONLY = ("config 'difficulty_every' = 0 (difficulty measured once) needs 'warmup_epochs' > 0: "
+                  "otherwise the whole curriculum is ordered by an untrained model's difficulty")
+"""The refused combination (see "Paper reading" in the module docstring)."""
+
+
+@dataclass(frozen=True)
+class CurriculumConfig:
+    """Which samples each epoch trains on: CLIMD's curriculum, a Table 4 baseline, or none."""
+
+    curriculum: Literal["none", "climd", "baby_step", "one_pass", "linear", "root", "geom"] = "none"
+    """``none`` (every sample, shuffled; the engine's default) | ``climd`` (TSS, Eq.6-7) | a Table 4 baseline."""
+    measurer: Literal["intra", "inter", "both"] = "both"            # MCM terms: Eq.4, or Eq.1 / Eq.3 alone
+    gamma: float = 0.3                                               # TSS smoothing gamma (Eq.6-7; paper 0.3)
+    difficulty_order: Literal["desc", "asc"] = "desc"                # which end of r is easy (module docstring)
+    difficulty_every: int = 1                                        # re-measure r every k curriculum epochs; 0 = once
+    warmup_epochs: int = 0                                           # epochs on all samples before the curriculum
+    shortfall: Literal["redistribute", "drop"] = "redistribute"      # TSS quota a capped class cannot fill
+    n_buckets: int = 10                                              # buckets of baby_step / one_pass
+    c0: float = 0.01                                                 # initial competence of linear / root / geom
+    competence_epochs: int = 0                                       # T_g of linear / root / geom; 0 = curriculum length
+
+    def __post_init__(self) -> None:
+        for key in ("warmup_epochs", "difficulty_every", "competence_epochs"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"config {key!r} must be >= 0, got {getattr(self, key)}")
+        if self.active and self.difficulty_every == 0 and self.warmup_epochs == 0:
+            raise ValueError(UNTRAINED_ONLY)
+
+    @property
+    def active(self) -> bool:
+        return self.curriculum != "none"
+
+
+CURRICULUM_NAMES = choices(CurriculumConfig, "curriculum")
+"""``none`` and the curricula of :data:`CURRICULA` (below; ``tests/test_climd.py`` checks they agree)."""
+MEASURERS = choices(CurriculumConfig, "measurer")
+ORDERS = choices(CurriculumConfig, "difficulty_order")
+SHORTFALLS = choices(CurriculumConfig, "shortfall")
 
 
 # --------------------------------------------------------------------------- MCM (Eq.1-4)
@@ -184,10 +223,10 @@ def redistribute_shortfall(quota: np.ndarray, class_counts, q: np.ndarray, targe
     return quota
 
 
-# --------------------------------------------------------------------------- schedulers
+# --------------------------------------------------------------------------- curricula
 @dataclass(frozen=True)
 class Schedule:
-    """What a scheduler sees: labels, the curriculum length T and the scheduler options."""
+    """What a curriculum sees: labels, the curriculum length T and the curriculum options."""
 
     labels: np.ndarray
     total_epochs: int
@@ -198,7 +237,7 @@ class Schedule:
     competence_epochs: int
 
 
-Scheduler = Callable[[Schedule, int, np.ndarray], np.ndarray]
+CurriculumFn = Callable[[Schedule, int, np.ndarray], np.ndarray]
 """``(schedule, t, easy_first_order) -> sample indices`` for curriculum epoch t (1..T);
 ``easy_first_order`` lists all sample indices from easiest to hardest."""
 
@@ -231,14 +270,14 @@ def _one_pass(s: Schedule, t: int, order: np.ndarray) -> np.ndarray:
     return buckets[_bucket_index(s, t, len(buckets))]
 
 
-def _competence(fn: Callable[[float, float, float], float]) -> Scheduler:
+def _competence(fn: Callable[[float, float, float], float]) -> CurriculumFn:
     def schedule(s: Schedule, t: int, order: np.ndarray) -> np.ndarray:
         c = min(1.0, fn(t, s.c0, s.competence_epochs))
         return order[: max(1, math.ceil(c * len(order)))]
     return schedule
 
 
-SCHEDULERS: dict[str, Scheduler] = {
+CURRICULA: dict[str, CurriculumFn] = {
     "climd": _tss,
     "baby_step": _baby_step,
     "one_pass": _one_pass,
@@ -246,46 +285,40 @@ SCHEDULERS: dict[str, Scheduler] = {
     "root": _competence(lambda t, c0, tg: math.sqrt(t * (1 - c0 ** 2) / tg + c0 ** 2)),
     "geom": _competence(lambda t, c0, tg: c0 ** (1 - t / tg)),
 }
-SCHEDULER_NAMES: tuple[str, ...] = (*SCHEDULERS, "none")
 
 
-class CurriculumSampler:
-    """Chooses each epoch's training subset from the difficulty ranking and a scheduler.
+class Curriculum:
+    """Chooses each epoch's training subset from the difficulty ranking and a curriculum.
 
-    Epochs are counted from 0 (the engine's ``epoch``). The first ``warmup_epochs`` epochs use
-    every sample; the curriculum then runs for T = ``total_epochs - warmup_epochs`` epochs, its
-    epoch t = epoch - warmup + 1. r is (re)measured at curriculum epoch 1 and then every
+    Epochs are counted from 0 (the engine's ``epoch``). The first w = min(``warmup_epochs``,
+    ``total_epochs`` - 1) epochs use every sample; the curriculum then runs for T = ``total_epochs`` - w
+    epochs, its epoch t = epoch - w + 1. r is (re)measured at curriculum epoch 1 and then every
     ``difficulty_every`` epochs (0: only once). Samples of an epoch are shuffled with ``rng``.
     """
 
-    def __init__(self, labels: np.ndarray, config: dict, total_epochs: int, rng: np.random.Generator) -> None:
-        cfg = {**DEFAULTS, **config}
-        self.scheduler = str(cfg["scheduler"])
-        if self.scheduler not in SCHEDULER_NAMES:
-            raise ValueError(f"config 'scheduler': unknown {self.scheduler!r}; expected one of {list(SCHEDULER_NAMES)}")
-        for key, allowed in (("measurer", MEASURERS), ("difficulty_order", ORDERS), ("shortfall", SHORTFALLS)):
-            if cfg[key] not in allowed:
-                raise ValueError(f"config {key!r}: unknown {cfg[key]!r}; expected one of {list(allowed)}")
-        self.measurer = str(cfg["measurer"])
-        self.order = str(cfg["difficulty_order"])
-        self.every = int(cfg["difficulty_every"])
-        self.warmup = int(cfg["warmup_epochs"])
-        if self.warmup < 0 or self.every < 0:
-            raise ValueError("config 'warmup_epochs' and 'difficulty_every' must be >= 0")
-        T = total_epochs - (self.warmup if self.scheduler != "none" else 0)
-        if T < 1:
-            raise ValueError(f"config 'warmup_epochs' ({self.warmup}) must be smaller than 'epochs' ({total_epochs})")
+    def __init__(self, labels: np.ndarray, config: CurriculumConfig | Mapping[str, Any], total_epochs: int,
+                 rng: np.random.Generator) -> None:
+        cfg = from_config(CurriculumConfig, config)
+        self.config = cfg
+        self.name = cfg.curriculum
+        self.measurer = cfg.measurer
+        self.order = cfg.difficulty_order
+        self.every = cfg.difficulty_every
+        # a warm-up as long as the budget leaves one curriculum epoch (a search's warm-up range does not know --epochs)
+        self.warmup = min(cfg.warmup_epochs, total_epochs - 1) if cfg.active else 0
+        if cfg.active and self.every == 0 and self.warmup == 0:
+            raise ValueError(UNTRAINED_ONLY)
+        T = total_epochs - self.warmup
         self.schedule = Schedule(
-            labels=np.asarray(labels, dtype=np.int64), total_epochs=T, gamma=float(cfg["gamma"]),
-            shortfall=str(cfg["shortfall"]), n_buckets=int(cfg.get("n_buckets", 10)),
-            c0=float(cfg.get("c0", 0.01)), competence_epochs=int(cfg.get("competence_epochs") or T),
+            labels=np.asarray(labels, dtype=np.int64), total_epochs=T, gamma=cfg.gamma,
+            shortfall=cfg.shortfall, n_buckets=cfg.n_buckets, c0=cfg.c0, competence_epochs=cfg.competence_epochs or T,
         )
         self.rng = rng
         self.r: np.ndarray | None = None
 
     @property
     def active(self) -> bool:
-        return self.scheduler != "none"
+        return self.config.active
 
     def curriculum_epoch(self, epoch: int) -> int | None:
         """t (1..T) of the curriculum for engine epoch ``epoch`` (0-based); None during warm-up."""
@@ -309,10 +342,10 @@ class CurriculumSampler:
             chosen = np.arange(n)
         else:
             if self.r is None:
-                raise RuntimeError("CurriculumSampler: set_difficulty() must run before a curriculum epoch")
+                raise RuntimeError("Curriculum: set_difficulty() must run before a curriculum epoch")
             key = self.r if self.order == "asc" else -self.r
             easy_first = np.argsort(key, kind="stable")
-            chosen = SCHEDULERS[self.scheduler](self.schedule, t, easy_first)
+            chosen = CURRICULA[self.name](self.schedule, t, easy_first)
         return self.rng.permutation(chosen)
 
     def state_dict(self) -> dict:

@@ -51,8 +51,8 @@ Documented choices where the paper is loose:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from itertools import combinations
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -60,16 +60,22 @@ from torch import Tensor, nn
 
 from trainables.backbone import Backbone, BackboneOutput, Batch, Criterion, DataSpec, InputSpec, logical_name
 
-DEFAULTS: dict[str, Any] = {
-    "hidden": 128,             # common width of the projected features (our choice)
-    "dropout": 0.1,
-    "alignment": True,         # Eq.14-16 (ablation switch)
-    "self_attention": True,    # Eq.8-12 (ablation switch)
-    "residual": True,          # residual connection around the fusion layer (ablation switch)
-    "dynamic_weighting": True, # Eq.17-18 (ablation switch)
-    "align_weight": 0.1,       # not given by the paper: a search dimension
-    "ortho_weight": 0.01,      # not given by the paper: a search dimension
-}
+@dataclass(frozen=True)
+class EMRFusionConfig:
+    """The EMR fusion model's hyperparameters."""
+
+    hidden: int = 128               # common width of the projected features (our choice)
+    dropout: float = 0.1            # dropout of the projections and the classifier (our choice)
+    alignment: bool = True          # Eq.14-16 (ablation switch)
+    self_attention: bool = True     # Eq.8-12 (ablation switch)
+    residual: bool = True           # residual connection around the fusion layer (ablation switch)
+    dynamic_weighting: bool = True  # Eq.17-18 (ablation switch)
+    align_weight: float = 0.1       # not given by the paper: a search dimension
+    ortho_weight: float = 0.01      # not given by the paper: a search dimension
+
+    def __post_init__(self) -> None:
+        if self.align_weight < 0 or self.ortho_weight < 0:
+            raise ValueError(f"emrfusion: align_weight and ortho_weight must be >= 0, got {self.align_weight}, {self.ortho_weight}")
 
 
 # ------------------------------------------------------------------------- the paper's equations
@@ -159,17 +165,16 @@ class ModalityFeature(nn.Module):
 
 
 class EMRFusion(Backbone):
-    DEFAULTS = DEFAULTS
+    Config = EMRFusionConfig
 
-    def __init__(self, spec: DataSpec, hidden: int = DEFAULTS["hidden"], dropout: float = DEFAULTS["dropout"],
-                 alignment: bool = DEFAULTS["alignment"], self_attention: bool = DEFAULTS["self_attention"],
-                 residual: bool = DEFAULTS["residual"], dynamic_weighting: bool = DEFAULTS["dynamic_weighting"],
-                 align_weight: float = DEFAULTS["align_weight"], ortho_weight: float = DEFAULTS["ortho_weight"]) -> None:
+    def __init__(self, spec: DataSpec, config: EMRFusionConfig = EMRFusionConfig()) -> None:
         super().__init__(spec)
+        self.config = config
+        hidden, dropout, alignment, self_attention = config.hidden, config.dropout, config.alignment, config.self_attention
+        residual, dynamic_weighting = config.residual, config.dynamic_weighting
+        align_weight, ortho_weight = config.align_weight, config.ortho_weight
         if len(self.modalities) < 2:
             raise ValueError(f"emrfusion: needs at least 2 modalities, got {self.modalities}")
-        if align_weight < 0 or ortho_weight < 0:
-            raise ValueError(f"emrfusion: align_weight and ortho_weight must be >= 0, got {align_weight}, {ortho_weight}")
         self.alignment, self.residual, self.dynamic_weighting = bool(alignment), bool(residual), bool(dynamic_weighting)
         self.self_attention = bool(self_attention)
         self.align_weight, self.ortho_weight = float(align_weight), float(ortho_weight)
@@ -183,10 +188,6 @@ class EMRFusion(Backbone):
         self.drop = nn.Dropout(dropout)
         self.W_c = nn.Linear(hidden, self.num_classes)                                      # Eq.20
         self.unimodal_heads = nn.ModuleList([nn.Linear(hidden, self.num_classes) for _ in self.modalities])
-
-    @classmethod
-    def from_config(cls, spec: DataSpec, config: dict[str, Any]) -> "EMRFusion":
-        return cls(spec, **{k: config.get(k, v) for k, v in DEFAULTS.items()})
 
     def forward(self, batch: Batch) -> BackboneOutput:
         avail = batch.mask.to(torch.float32)                                        # [B, M]

@@ -1,57 +1,41 @@
 """Training engine: one method trained on one fold, epoch by epoch, resumable from a checkpoint.
 
-:class:`FoldTrainer` fits the :class:`Standardizer` on the fold's training part only, restricts
-the data to ``config["modalities"]`` when given, applies the imbalance option, builds the model
-via :mod:`trainables.registry` and trains it with AdamW. The epoch sampler is CLIMD's curriculum
-(:mod:`trainables.climd`) when ``config["scheduler"] != "none"``; it wraps any backbone through
-the contract (unimodal logits + per-modality embeddings).
+:class:`FoldTrainer` parses the flat trial config into the typed configs (:func:`parse_config`:
+:class:`EngineConfig` below, :class:`trainables.climd.CurriculumConfig`, the method's ``Config``,
+:class:`trainables.config.TrialConfig`; a key none of them declares, or a value of the wrong type,
+is a one-line :class:`trainables.config.ConfigError`), fits the :class:`Standardizer` on the
+fold's training part only, restricts the data to ``modalities`` when given, applies the imbalance
+option, builds the model via :mod:`trainables.registry` and trains it with AdamW. The epoch's
+samples come from the curriculum (:class:`trainables.climd.Curriculum`; every sample, shuffled,
+with ``curriculum = "none"``); it wraps any backbone through the contract (unimodal logits +
+per-modality embeddings).
 
-Config keys (flat dict; method keys are read by the method's ``from_config``). Defaults: this
-module's ``DEFAULTS``, then the method module's ``DEFAULTS``, then the config.
-
-=====================  ==========================================================================
-``lr``                 AdamW learning rate (default 5e-5, CLIMD's paper value)
-``weight_decay``       AdamW weight decay (1e-4)
-``batch_size``         mini-batch size (32)
-``epochs``             total epochs T (100, CLIMD's paper value); CLIMD's schedule needs it
-``hidden``             model width, read by the method (its DEFAULTS: 128)
-``dropout``            model dropout, read by the method (its DEFAULTS: 0.1)
-``modalities``         optional subset: list (or comma-separated string) of logical modality
-                       names (``report``) or input names (``report.cls``)
-``imbalance``          ``none`` | ``weighted_ce`` (w_c = N / (C n_c)) | ``focal`` | ``undersample``
-                       (random, once per fold) | ``smote`` (once per fold, vector inputs only)
-``gamma_focal``        focal-loss exponent (2.0)
-``smote_k``            SMOTE neighbours (5)
-``scheduler``          ``none`` (every sample, shuffled) | ``climd`` | ``baby_step`` | ``one_pass``
-                       | ``linear`` | ``root`` | ``geom``
-``measurer``           ``both`` | ``intra`` | ``inter`` (CLIMD Eq.4 or one of its terms)
-``gamma``              CLIMD's smoothing gamma (0.3)
-``difficulty_order``   ``desc`` (high r = easy, default) | ``asc``
-``difficulty_every``   recompute r every k curriculum epochs (1); 0 = measure once
-``warmup_epochs``      epochs on all samples before the curriculum starts (0)
-``shortfall``          ``redistribute`` | ``drop``: what TSS does with quota a class cannot fill
-``n_buckets``          buckets of ``baby_step`` / ``one_pass`` (10)
-``c0``                 initial competence of ``linear`` / ``root`` / ``geom`` (0.01)
-``competence_epochs``  T_g of ``linear`` / ``root`` / ``geom`` (default: curriculum length)
-=====================  ==========================================================================
+The defaults and the meaning of every key live in the dataclasses (field default and comment):
+``EngineConfig`` (optimiser, batch, epochs, imbalance option, modality subset),
+``CurriculumConfig`` (curriculum, measurer and their options), the method's config.
 
 Reproducibility: ``seed`` fixes the model initialisation, dropout and any random drop a model
 does (a torch RNG state private to the trainer, swapped in around its own work so several
 trainers in one process do not disturb each other), the epoch order and curriculum shuffles (a
 numpy ``Generator``) and the resamplers. ``state_dict`` holds model, optimizer, epoch, both RNG
-states, the sampler and the standardizer, so training resumed from it continues identically.
+states, the curriculum and the standardizer, so training resumed from it continues identically.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
 from trainables import climd
 from trainables.backbone import DataSpec, TensorData, logical_name
+from trainables.config import TrialConfig, check_keys, from_config, upgrade
 from trainables.data.dataset import MultimodalDataset
 from trainables.data.errors import DataError
 from trainables.data.preprocess import Standardizer
@@ -60,16 +44,56 @@ from trainables.metrics import classification_metrics
 from trainables.registry import get_method
 from trainables.resampling import RESAMPLERS
 
-DEFAULTS: dict = {
-    "lr": 5e-5,
-    "weight_decay": 1e-4,
-    "batch_size": 32,
-    "epochs": 100,
-    "imbalance": "none",
-    "gamma_focal": 2.0,
-    "smote_k": 5,
-    "scheduler": "none",
-}
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How a fold trains: optimiser, mini-batches, epochs, the imbalance option, the modalities."""
+
+    lr: float = 5e-5                   # AdamW learning rate (CLIMD's paper value)
+    weight_decay: float = 1e-4         # AdamW weight decay (our choice)
+    batch_size: int = 32               # mini-batch size (our choice)
+    epochs: int = 100                  # total epochs T (CLIMD's paper value); the curriculum's schedule needs it
+    imbalance: str = "none"
+    """A key of :data:`trainables.losses.CRITERIA`: ``none`` (plain CE) | ``weighted_ce`` (w_c = N / (C n_c))
+    | ``focal`` | ``undersample`` (random, once per fold) | ``smote`` (once per fold, vector inputs
+    only): CLIMD's Table 2 baselines."""
+    gamma_focal: float = 2.0           # focal-loss exponent (Lin et al.)
+    smote_k: int = 5                   # SMOTE neighbours
+    modalities: tuple[str, ...] | None = None
+    """Optional subset: logical modality names (``report``) or input names (``report.cls``), as a
+    list or a comma-separated string; None keeps all."""
+
+    def __post_init__(self) -> None:
+        if self.imbalance not in CRITERIA:
+            raise ValueError(f"config 'imbalance': unknown {self.imbalance!r}; expected one of {sorted(CRITERIA)}")
+        if self.epochs < 1:
+            raise ValueError(f"config 'epochs' must be >= 1, got {self.epochs}")
+
+
+@dataclass(frozen=True)
+class Configs:
+    """A trial config parsed: the driver's keys, the engine's, the curriculum's, the method's."""
+
+    trial: TrialConfig
+    engine: EngineConfig
+    curriculum: climd.CurriculumConfig
+    model: Any
+    flat: dict[str, Any]
+    """Every key with its value or default (what a bundle's ``config.json`` records)."""
+
+
+def parse_config(method: str, config: Mapping[str, Any]) -> Configs:
+    """The flat trial config of ``method`` as typed configs; one-line ``ConfigError`` on an unknown
+    key or a value of the wrong type. Keys of older configs are renamed (``trainables.config.RENAMED``)."""
+    model_cls = get_method(method).config_class
+    classes = (TrialConfig, EngineConfig, climd.CurriculumConfig, model_cls)
+    check_keys(config, classes, where=f"{method} config")
+    config = upgrade(config)
+    parsed = [from_config(cls, config) for cls in classes]
+    flat: dict[str, Any] = {k: v for k, v in config.items() if v is not None}  # the driver's keys as given
+    for part in parsed[1:]:
+        flat.update(dataclasses.asdict(part))                                   # the rest as parsed, defaults filled in
+    return Configs(*parsed, flat=flat)
 
 
 def select_modalities(data: MultimodalDataset, wanted) -> MultimodalDataset:
@@ -86,43 +110,41 @@ def select_modalities(data: MultimodalDataset, wanted) -> MultimodalDataset:
 
 
 class FoldTrainer:
-    def __init__(self, method: str, config: dict, train: MultimodalDataset,
+    def __init__(self, method: str, config: Mapping[str, Any] | Configs, train: MultimodalDataset,
                  val: MultimodalDataset | None = None, *, seed: int = 0, device: str = "cpu") -> None:
         spec_m = get_method(method)
         self.method = method
-        self.config = {**DEFAULTS, **spec_m.defaults(), **config}
-        cfg = self.config
-        imbalance = str(cfg["imbalance"])
-        if imbalance not in CRITERIA:
-            raise ValueError(f"config 'imbalance': unknown {imbalance!r}; expected one of {sorted(CRITERIA)}")
+        self.configs = config if isinstance(config, Configs) else parse_config(method, config)
+        self.config = self.configs.flat
+        cfg = self.configs.engine
+        imbalance = cfg.imbalance
         self.device = torch.device(device)
         self.seed = int(seed)
-        self.epochs = int(cfg["epochs"])
-        self.batch_size = int(cfg["batch_size"])
+        self.epochs = cfg.epochs
+        self.batch_size = cfg.batch_size
 
-        train = select_modalities(train, cfg.get("modalities"))
+        train = select_modalities(train, cfg.modalities)
         self.modality_names = list(train.modalities)
         self.class_names = list(train.class_names)
         self.standardizer = Standardizer.fit(train)
         train = self.standardizer.transform(train)
         if imbalance in RESAMPLERS:
-            train = RESAMPLERS[imbalance](train, cfg, self.seed)
+            train = RESAMPLERS[imbalance](train, self.config, self.seed)
         self.train_data = TensorData(train, self.device)
         self.val = val
         self.spec = DataSpec.from_dataset(train)
-        self.criterion = CRITERIA[imbalance](train.class_counts(), cfg).to(self.device)
+        self.criterion = CRITERIA[imbalance](train.class_counts(), self.config).to(self.device)
 
         self.np_rng = np.random.default_rng(self.seed)
         self._cuda = self.device.type == "cuda"
         self._torch_state = torch.Generator().manual_seed(self.seed).get_state()
         self._cuda_state: torch.Tensor | None = None
         with self._own_rng(seed_cuda=True):
-            self.model = spec_m.load().from_config(self.spec, cfg).to(self.device)
+            self.model = spec_m.load().from_config(self.spec, self.configs.model).to(self.device)
         # foreach: one fused call per update term over all parameters instead of one per parameter
         # tensor (bit-identical updates; 2.5x faster on CPU for these small models)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=float(cfg["lr"]), weight_decay=float(cfg["weight_decay"]),
-                                           foreach=True)
-        self.sampler = climd.CurriculumSampler(train.labels, cfg, self.epochs, self.np_rng)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
+        self.curriculum = climd.Curriculum(train.labels, self.configs.curriculum, self.epochs, self.np_rng)
         self.epoch = 0
 
     # ------------------------------------------------------------------ rng
@@ -156,19 +178,19 @@ class FoldTrainer:
             masks.append(out.mask.cpu())
         self.model.train(was_training)
         return climd.difficulty(torch.cat(probs, 1).numpy(), self.train_data.y.cpu().numpy(), torch.cat(feats, 1).numpy(),
-                                mask=torch.cat(masks).numpy(), measurer=self.sampler.measurer)
+                                mask=torch.cat(masks).numpy(), measurer=self.curriculum.measurer)
 
     def train_epoch(self) -> dict[str, float]:
-        """One epoch on the sampler's subset; returns the sample-weighted mean of the loss parts,
+        """One epoch on the curriculum's subset; returns the sample-weighted mean of the loss parts,
         ``loss`` (total), ``epoch_samples`` and whatever the model's ``end_epoch`` reports."""
         if self.epoch >= self.epochs:
             raise RuntimeError(f"all {self.epochs} epochs are done (config 'epochs')")
         sums: dict[str, float] = defaultdict(float)
         seen = 0
         with self._own_rng():
-            if self.sampler.needs_difficulty(self.epoch):
-                self.sampler.set_difficulty(self.measure_difficulty())
-            order = self.sampler.epoch_indices(self.epoch)
+            if self.curriculum.needs_difficulty(self.epoch):
+                self.curriculum.set_difficulty(self.measure_difficulty())
+            order = self.curriculum.epoch_indices(self.epoch)
             self.model.train()
             for batch in self.train_data.batches(self.batch_size, order=order):
                 out = self.model(batch)
@@ -212,7 +234,7 @@ class FoldTrainer:
             "epoch": self.epoch,
             "rng": {"torch": self._torch_state.clone(), "cuda": None if self._cuda_state is None else self._cuda_state.clone(),
                     "numpy": self.np_rng.bit_generator.state},
-            "sampler": self.sampler.state_dict(),
+            "curriculum": self.curriculum.state_dict(),
             "standardizer": self.standardizer.state_dict(),
         }
 
@@ -226,5 +248,5 @@ class FoldTrainer:
         if state["rng"]["cuda"] is not None and self._cuda:
             self._cuda_state = state["rng"]["cuda"].clone()
         self.np_rng.bit_generator.state = state["rng"]["numpy"]
-        self.sampler.load_state_dict(state["sampler"])
+        self.curriculum.load_state_dict(state["curriculum" if "curriculum" in state else "sampler"])  # "sampler": before the rename
         self.standardizer = Standardizer.from_state_dict(state["standardizer"])

@@ -19,9 +19,10 @@ Switches (paper Table 4) and how this implementation reads them:
 - ``imp_forward``: the forward CRA is supervised by L_forward (Eq.7). ``imp_backward``: the
   backward CRA and L_backward (Eq.8). The forward CRA runs whenever either is on (Table 4 row (e)
   trains it through the cycle and classification losses only); with both off there is no CRA
-  and v' = v. While the CRA runs, training simulates missing patterns: every sample observes a
-  uniformly drawn non-empty subset of its available modalities (all 2^k - 1 patterns of Table 1,
-  the complete one included); the rest are dropped to v^miss. Inference runs the forward CRA only.
+  and v' = v. While the CRA runs, training simulates missing patterns: with probability
+  ``modality_dropout`` (default 1, the paper's scheme: every sample) a sample observes a uniformly
+  drawn non-empty subset of its available modalities (all 2^k - 1 patterns of Table 1, the
+  complete one included); the rest are dropped to v^miss. Inference runs the forward CRA only.
 - ``dwfuse``: L_DWFuse (Eq.12-14). Off: the classification term is CE(o, y) alone and the
   per-modality classifiers become probes trained on detached embeddings (they only serve
   CLIMD's p^m and never change the model). Without a CRA, the joint classifier g_rc reads the
@@ -44,39 +45,56 @@ of the slots it concerns (L_forward: slots whose modality the sample really has,
 unknown elsewhere; L_backward: slots observed in this pass); both targets are detached. omega is
 a constant weight (no gradient). The fused prediction (``logits``) is the joint classifier o.
 Each RA is Linear(M d, ``ra_latent``) + ReLU (the latent s_k) then Linear(``ra_latent``, M d).
-The paper leaves lr and epochs open; the engine's defaults apply.
+The paper leaves lr and epochs open: the engine's defaults apply to a bare config; the OmniFuse spaces
+use a learning rate of our own calibration (``spaces/omnifuse.py``, ``CALIBRATED_LR``).
 """
 
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from trainables.backbone import Backbone, BackboneOutput, Batch, Criterion, DataSpec, TensorData
-from trainables.baseline import masked_criterion, mlp, modality_encoders
+from trainables.baseline import check_rate, drop_modalities, masked_criterion, mlp, modality_encoders
 
-DEFAULTS: dict = {
-    "hidden": 128,
-    "dropout": 0.1,
-    "K": 5,
-    "ra_latent": 64,
-    "alpha": 0.1,
-    "beta": 0.5,
-    "lambda1": 1.0,
-    "lambda2": 10.0,
-    "lambda3": 0.5,
-    "dwfuse": True,
-    "tla": True,
-    "imp_forward": True,
-    "imp_backward": True,
-    "tla_mask": "combination",
-}
-"""Paper defaults: K = 5 RAs, alpha = 0.1, beta = 0.5, lambda1..3 = 1, 10, 0.5, all components on."""
 
-TLA_MASKS = ("combination", "restrict")
+@dataclass(frozen=True)
+class OmniFuseConfig:
+    """OmniFuse's hyperparameters. Paper defaults (Sec. 4.3): K = 5 RAs, alpha = 0.1, beta = 0.5,
+    lambda1..3 = 1, 10, 0.5, all components on; the paper gives no learning rate or epochs (the
+    engine's defaults apply)."""
+
+    hidden: int = 128                                   # encoder width d (our choice)
+    dropout: float = 0.1                                # dropout of every MLP (our choice)
+    K: int = 5                                          # residual autoencoders per CRA (Eq.4; paper 5)
+    ra_latent: int = 64                                 # latent width of each RA, s_k (our choice)
+    alpha: float = 0.1                                  # weight of L_rc in L_DWFuse (Eq.14; paper 0.1)
+    beta: float = 0.5                                   # suppression strength of omega (Eq.10; paper 0.5)
+    lambda1: float = 1.0                                # weight of L_backward (Eq.18; paper 1)
+    lambda2: float = 10.0                               # weight of L_DWFuse (Eq.18; paper 10)
+    lambda3: float = 0.5                                # weight of L_TLA (Eq.18; paper 0.5)
+    dwfuse: bool = True                                 # Table 4 switch: L_DWFuse (Eq.12-14)
+    tla: bool = True                                    # Table 4 switch: L_TLA (Eq.15-17)
+    imp_forward: bool = True                            # Table 4 switch: L_forward (Eq.7)
+    imp_backward: bool = True                           # Table 4 switch: backward CRA, L_backward (Eq.8)
+    tla_mask: Literal["combination", "restrict"] = "combination"  # reading of Eq.16's Mask (module docstring)
+    modality_dropout: float = 1.0
+    """Probability that a training sample's modalities are replaced by a uniformly drawn non-empty
+    subset of its available ones while a CRA runs (:func:`trainables.baseline.drop_modalities`):
+    1 = the paper's scheme (every sample, every batch; about 43% of the slots for 3 modalities),
+    0 = no training-time drop."""
+
+    def __post_init__(self) -> None:
+        check_rate("modality_dropout", self.modality_dropout)
+        if self.K < 1:
+            raise ValueError(f"config 'K': needs at least one residual autoencoder, got {self.K}")
+
+
 
 
 def dwfuse_weights(p_true, beta: float):
@@ -132,15 +150,15 @@ def all_combinations(M: int) -> list[Tensor]:
 
 
 class OmniFuse(Backbone):
-    def __init__(self, spec: DataSpec, *, hidden: int = 128, dropout: float = 0.1, K: int = 5, ra_latent: int = 64,
-                 alpha: float = 0.1, beta: float = 0.5, lambda1: float = 1.0, lambda2: float = 10.0, lambda3: float = 0.5,
-                 dwfuse: bool = True, tla: bool = True, imp_forward: bool = True, imp_backward: bool = True,
-                 tla_mask: str = "combination") -> None:
+    Config = OmniFuseConfig
+
+    def __init__(self, spec: DataSpec, config: OmniFuseConfig = OmniFuseConfig()) -> None:
         super().__init__(spec)
-        if tla_mask not in TLA_MASKS:
-            raise ValueError(f"config 'tla_mask': unknown {tla_mask!r}; expected one of {list(TLA_MASKS)}")
-        if K < 1:
-            raise ValueError(f"config 'K': needs at least one residual autoencoder, got {K}")
+        self.config = config
+        c = config
+        hidden, dropout, K, ra_latent = c.hidden, c.dropout, c.K, c.ra_latent
+        alpha, beta, lambda1, lambda2, lambda3 = c.alpha, c.beta, c.lambda1, c.lambda2, c.lambda3
+        dwfuse, tla, imp_forward, imp_backward, tla_mask = c.dwfuse, c.tla, c.imp_forward, c.imp_backward, c.tla_mask
         M, C = len(self.modalities), self.num_classes
         self.d = hidden
         self.alpha, self.beta = alpha, beta
@@ -148,6 +166,7 @@ class OmniFuse(Backbone):
         self.dwfuse, self.tla, self.imp_forward, self.imp_backward = dwfuse, tla, imp_forward, imp_backward
         self.tla_mask = tla_mask
         self.use_cra = imp_forward or imp_backward
+        self.modality_dropout = c.modality_dropout
 
         self.encoders = modality_encoders(spec, hidden, hidden, dropout)                    # e_m, Eq.1
         self.forward_cra = CascadeResidualAutoencoder(M * hidden, ra_latent, K) if self.use_cra else None
@@ -156,23 +175,11 @@ class OmniFuse(Backbone):
         self.joint_classifier = mlp(K * ra_latent if self.use_cra else M * hidden, hidden, C, dropout)  # g_rc, Eq.11
         self.register_buffer("lazy", torch.zeros(M, dtype=torch.bool))   # delta_lazy (all False = not mined yet)
 
-    @classmethod
-    def from_config(cls, spec: DataSpec, config: dict) -> OmniFuse:
-        cfg = {**DEFAULTS, **config}
-        floats = ("dropout", "alpha", "beta", "lambda1", "lambda2", "lambda3")
-        flags = ("dwfuse", "tla", "imp_forward", "imp_backward")
-        return cls(spec, hidden=int(cfg["hidden"]), K=int(cfg["K"]), ra_latent=int(cfg["ra_latent"]),
-                   tla_mask=str(cfg["tla_mask"]), **{k: float(cfg[k]) for k in floats}, **{k: bool(cfg[k]) for k in flags})
-
     # ------------------------------------------------------------------ forward
     def simulate_missing(self, available: Tensor) -> Tensor:
-        """A uniformly drawn non-empty subset of each sample's available modalities."""
-        observed = available & (torch.rand(available.shape, device=available.device) < 0.5)
-        redo = available.any(1) & ~observed.any(1)
-        while bool(redo.any()):
-            observed[redo] = available[redo] & (torch.rand((int(redo.sum()), available.shape[1]), device=available.device) < 0.5)
-            redo = available.any(1) & ~observed.any(1)
-        return observed
+        """With probability ``modality_dropout``, a uniformly drawn non-empty subset of a sample's
+        available modalities (:func:`trainables.baseline.drop_modalities`)."""
+        return drop_modalities(available, self.modality_dropout)
 
     def embed(self, batch: Batch, observed: Tensor) -> Tensor:
         """Eq.1-3: the triplet v [B, M*d] with v^miss (encoder of a zero input) in unobserved slots."""

@@ -1,8 +1,12 @@
 """Registry of the model families: name -> class, and the encoder representations it consumes.
 
-A method class subclasses :class:`trainables.backbone.Backbone`, is built as
-``cls.from_config(spec, config)`` (taking the keys it knows from the flat trial config), and its
-module defines ``DEFAULTS``: the paper's default hyperparameters.
+A method class subclasses :class:`trainables.backbone.Backbone` and names its frozen config
+dataclass as ``Config`` (defined in the method's own file: the single home of its hyperparameters,
+their defaults and where each comes from); it is built as ``cls.from_config(spec, config)``, which
+takes the keys its ``Config`` declares from the flat trial config.
+
+Adding a method: a module with the class and its ``Config``, one :func:`register_method` line, and
+a space (:mod:`spaces`); ``tests/test_config.py`` does it with a toy method.
 
 ``representations`` says which encoder outputs the method reads for raw modalities: ``text`` may
 give ``sentence`` (vector: the checkpoint's declared sentence embedding), ``cls`` (vector: the
@@ -14,8 +18,6 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
-from typing import Any
-
 from trainables.backbone import Backbone
 
 
@@ -41,12 +43,10 @@ class MethodSpec:
         module, _, cls = self.stacked.partition(":")
         return getattr(importlib.import_module(module), cls)
 
-    def defaults(self) -> dict[str, Any]:
-        cls = self.load()
-        if "DEFAULTS" in vars(cls):  # a module holding two methods gives each class its own DEFAULTS
-            return dict(cls.DEFAULTS)
-        module = importlib.import_module(self.target.partition(":")[0])
-        return dict(getattr(module, "DEFAULTS", {}))
+    @property
+    def config_class(self) -> type:
+        """The method's config dataclass (``Config`` of its class)."""
+        return self.load().Config
 
 
 METHODS: dict[str, MethodSpec] = {}

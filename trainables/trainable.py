@@ -22,10 +22,12 @@ A non-finite loss or probability, or any exception while building or training, e
 with :class:`TrialFailure`, whose message is one line; Ray records the trial as ERROR and the
 search goes on.
 
-Config keys read here (the driver adds them, see ARCHITECTURE.md, "Config path"): ``method``,
-``data``, ``seed``, ``folds``, ``val_fraction``, ``epochs``, ``report_at``, ``report_every``,
-``report_seconds``, ``checkpoint_every`` (without them: a report and a checkpoint every epoch),
-``text_encoder``, ``image_encoder``, ``cache_dir``; everything else goes to the FoldTrainer and the model.
+The trial config is parsed at the top of the trial (:func:`trainables.engine.parse_config`; see ARCHITECTURE.md, "Config path"): the
+driver's keys (:class:`trainables.config.TrialConfig`: ``method``, ``data``, ``seed``, ``folds``,
+``val_fraction``, ``report_at``, ``report_every``, ``report_seconds``, ``checkpoint_every`` (without
+them: a report and a checkpoint every epoch), ``text_encoder``, ``image_encoder``, ``cache_dir``, ...),
+the engine's, the curriculum's and the method's; a key none of them declares, or a value of the
+wrong type, fails the trial with one line naming it.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from ray import tune
 
 from trainables.data import MultimodalDataset
 from trainables.metrics import METRICS, classification_metrics
-from trainables.registry import METHODS
+from trainables.registry import METHODS, get_method
 from trainables.trial_data import TrialData, fold_splits, prepare_from_config
 from trainables.version import code_version
 
@@ -117,22 +119,23 @@ class Trial:
         ``refit=True``: one model on the whole training part instead of the folds (seed ``config["seed"]``,
         no validation part, so :meth:`step` reports the training parts alone), like scikit-learn's
         ``refit``: the deployable model of a configuration (:func:`search.models.refit`)."""
-        from trainables.engine import FoldTrainer  # torch-heavy import, inside the worker
+        from trainables.engine import FoldTrainer, parse_config  # torch-heavy import, inside the worker
 
+        self.configs = parse_config(method, config)  # typed; an unknown key or a wrong type fails here, in one line
         self.config = config
-        self.epochs = int(config["epochs"])
+        self.epochs = self.configs.engine.epochs
         self.data = data
-        seed = int(config["seed"])
+        seed = self.configs.trial.seed
         self.trainers = []
         if refit:
-            self.trainers.append(FoldTrainer(method, config, data.data, None, seed=seed, device=device))
+            self.trainers.append(FoldTrainer(method, self.configs, data.data, None, seed=seed, device=device))
         else:
-            splits = fold_splits(data.data.labels, int(config["folds"]), seed, float(config.get("val_fraction", 0.2)))
+            splits = fold_splits(data.data.labels, self.configs.trial.folds, seed, self.configs.trial.val_fraction)
             for k, (tr, va) in enumerate(splits):
                 train, val = data.data.take(tr), data.data.take(va)
-                self.trainers.append(FoldTrainer(method, config, train, val, seed=seed + k, device=device))
+                self.trainers.append(FoldTrainer(method, self.configs, train, val, seed=seed + k, device=device))
         self.batched = None  # all folds as one stacked model where the method's registry entry allows it
-        spec = METHODS[method]
+        spec = get_method(method)
         if spec.batches_folds and batch_folds and not refit:
             from trainables.batched import BatchedFolds
 
@@ -173,8 +176,8 @@ class Trial:
             t.load_state_dict(s)
             # a PBT exploit restarts from another trial's optimizer state with a perturbed config
             for group in t.optimizer.param_groups:
-                group["lr"] = float(t.config["lr"])
-                group["weight_decay"] = float(t.config["weight_decay"])
+                group["lr"] = t.configs.engine.lr
+                group["weight_decay"] = t.configs.engine.weight_decay
         if self.batched is not None:
             self.batched.reload()
         self.epoch = int(state["epoch"])
