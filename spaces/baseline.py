@@ -9,8 +9,8 @@ from spaces.registry import register_space
 from spaces.space import Space, combine
 
 IMBALANCE = (
-    Categorical("imbalance", ("none", "weighted_ce", "focal", "undersample", "smote"), default="none",
-                grid=("none", "weighted_ce", "focal", "undersample", "smote"),
+    Categorical("imbalance", ("none", "weighted_ce", "focal", "undersample", "smote", "vae"), default="none",
+                grid=("none", "weighted_ce", "focal", "undersample", "smote", "vae"),
                 help="imbalance baseline of CLIMD's Table 2 (none = plain cross-entropy)"),
     Float("gamma_focal", 0.5, 5.0, default=2.0, when=(When("imbalance", "focal"),), help="focal-loss exponent"),
     Int("smote_k", 1, 10, default=5, when=(When("imbalance", "smote"),), help="SMOTE neighbours"),
