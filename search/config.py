@@ -20,6 +20,8 @@ from trainables.metrics import METRICS
 SAMPLER_NAMES = ("tpe", "random", "grid", "cmaes", "nsga2")
 SCHEDULER_NAMES = ("asha", "hyperband", "median", "pbt", "fifo")
 PROMOTE_POLICIES = ("better", "always", "never")
+GRACE_SCHEDULERS = ("asha", "median")
+"""The schedulers that read ``--grace-period``."""
 REFERENCE_NAMES = ("logreg", "rf")
 """The entries of :data:`search.references.REFERENCES` (kept here so the options check imports no sklearn)."""
 MULTI_OBJECTIVE_SAMPLERS = ("nsga2", "tpe", "random")
@@ -38,6 +40,9 @@ class SearchConfig:
     val_fraction: float = 0.2
     sampler: str = "tpe"
     scheduler: str = "asha"
+    grace_period: int | None = None
+    """Epochs every trial trains before ASHA or the median rule may stop it (None: the space's
+    :meth:`spaces.Space.default_grace`, filled by :func:`resolve`)."""
     max_concurrent: int | None = None
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
@@ -186,6 +191,14 @@ def resolve(cfg: SearchConfig) -> SearchConfig:
         from search.optuna_storage import check_url
 
         check_url(cfg.optuna_storage)
+    epochs = cfg.epochs or space.epochs
+    if cfg.grace_period is not None:
+        if cfg.scheduler not in GRACE_SCHEDULERS:
+            raise UsageError(f"--grace-period: only --scheduler {' and '.join(GRACE_SCHEDULERS)} use a grace period "
+                             f"(this search uses {cfg.scheduler})")
+        if isinstance(cfg.grace_period, bool) or not isinstance(cfg.grace_period, int) or not 1 <= cfg.grace_period < epochs:
+            raise UsageError(f"--grace-period {cfg.grace_period}: must be a whole number of epochs from 1 to "
+                             f"--epochs - 1 ({epochs - 1})")
     data = cfg.data or space.data
     name = cfg.name or f"{cfg.space}-{replace(cfg, data=data).data_name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if "/" in name or name in (".", ".."):
@@ -194,7 +207,7 @@ def resolve(cfg: SearchConfig) -> SearchConfig:
         raise UsageError(f"--warm-start {cfg.warm_start}: must name another, earlier search (its --name)")
     return replace(
         cfg, data=data, name=name, metric=metric, mode=mode,
-        epochs=cfg.epochs or space.epochs,
+        epochs=epochs, grace_period=cfg.grace_period if cfg.grace_period is not None else space.default_grace(epochs),
         text_encoder=cfg.text_encoder or space.text_encoder,
         image_encoder=cfg.image_encoder or space.image_encoder,
     )

@@ -64,6 +64,6 @@ register_space(Space(
     "CLIMD's curriculum around AlignedFusion",
     combine(common.training(), common.width(), transformer(), masked_reconstruction(),
             common.without_grid(common.climd(), keep=("gamma",))),
-    fixed={"intermediate_token": True},
+    fixed={"intermediate_token": True}, grace=common.curriculum_grace,
     **COMMON,
 ))

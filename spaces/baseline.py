@@ -31,5 +31,5 @@ register_space(Space(
     "climd", "baseline",
     "CLIMD curriculum (measurer + scheduler) around the early-fusion baseline, as in the paper",
     combine(common.training(), common.width(), common.climd()),
-    fixed={"imbalance": "none"},
+    fixed={"imbalance": "none"}, grace=common.curriculum_grace,
 ))

@@ -44,6 +44,6 @@ register_space(Space(
     "climd+emrfusion", "emrfusion",
     "CLIMD's curriculum around the EMR fusion model",
     combine(common.training(), common.width(), loss_weights(), common.without_grid(common.climd(), keep=("gamma",))),
-    fixed=ALL_ON,
+    fixed=ALL_ON, grace=common.curriculum_grace,
     **COMMON,
 ))

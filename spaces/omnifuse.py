@@ -55,7 +55,7 @@ register_space(Space(
     "climd+omnifuse", "omnifuse",
     "CLIMD's curriculum around OmniFuse (all components on)",
     combine(common.training(), common.width(), omnifuse(), common.without_grid(common.climd(), keep=("gamma",))),
-    fixed=ALL_ON,
+    fixed=ALL_ON, grace=common.curriculum_grace,
 ))
 
 PAPER_TUNED = ("K", "alpha", "beta", "lambda1", "lambda2", "lambda3")

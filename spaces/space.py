@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +39,9 @@ class Space:
     """Default ``--text-encoder`` (used only when the data has a text modality)."""
     image_encoder: str = "resnet-tiny"
     """Default ``--image-encoder``: ResNet gives ``pooled``/``map``, ViT gives ``patches``."""
+    grace: Callable[["Space", int], int] | None = None
+    """Default ``--grace-period`` of ASHA / the median rule, ``(space, epochs) -> epochs`` (None: a
+    quarter of the budget); the CLIMD spaces' is :func:`spaces.common.curriculum_grace`."""
 
     def __post_init__(self) -> None:
         seen: dict[str, Dimension] = {}
@@ -81,6 +84,10 @@ class Space:
             if dim.active(config):
                 config[dim.name] = dim.default
         return {k: v for k, v in config.items() if k not in self.fixed}
+
+    def default_grace(self, epochs: int) -> int:
+        """Epochs a trial trains before ASHA or the median rule may stop it, for a budget of ``epochs``."""
+        return min(epochs, self.grace(self, epochs)) if self.grace is not None else max(1, epochs // 4)
 
     def default_config(self) -> dict[str, Any]:
         return {**self.default_point(), **self.fixed}
@@ -156,6 +163,7 @@ class Space:
         lines = [
             f"{self.name}: {self.description}",
             f"  method {self.method}; default data {self.data}; default epochs {self.epochs}"
+            + f"; default grace {self.default_grace(self.epochs)} epochs"
             + (f"; needs {' and '.join(self.requires)} modalities" if self.requires else ""),
         ]
         try:
