@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     a = p.add_argument
     a("--config", metavar="FILE", help="YAML file with the same keys as these options; flags override it")
     a("--space", help="search space (python -m search.spaces list)")
+    a("--only", type=_csv, metavar="DIMS",
+      help="search only these dimensions of the space (comma-separated), the others at their defaults, e.g. lr")
     a("--data", help="dataset: rosmap, breast-tcga, synth-clinic[:k=v,...] or a folder (default: the space's)")
     a("--metric", type=_csv, help="metric to optimise (default macro_f1); comma-separated for several objectives")
     a("--mode", type=_csv, help="max or min per metric (default: the metric's natural direction)")

@@ -31,6 +31,8 @@ MULTI_OBJECTIVE_SAMPLERS = ("nsga2", "tpe", "random")
 @dataclass(frozen=True)
 class SearchConfig:
     space: str
+    only: tuple[str, ...] = ()
+    """Search only these dimensions of the space, the others at their defaults (:meth:`Space.only`)."""
     data: str | None = None
     metric: tuple[str, ...] = ("macro_f1",)
     mode: tuple[str, ...] = ()
@@ -68,9 +70,13 @@ class SearchConfig:
     parent_run_id: str | None = None
     """The MLflow run this search's parent run is nested under (``search.nested``'s)."""
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "only", tuple(self.only))  # a list from search.json or YAML
+
     @property
     def space_spec(self) -> Space:
-        return get_space(self.space)
+        space = get_space(self.space)
+        return space.only(*self.only) if self.only else space
 
     @property
     def search_seed(self) -> int:
@@ -113,7 +119,7 @@ class SearchConfig:
 
     def as_params(self) -> dict[str, Any]:
         """The options as flat, loggable values (the parent run's params)."""
-        out = {k: (",".join(v) if k in ("metric", "mode", "references") else v) for k, v in asdict(self).items() if k != "points"}
+        out = {k: (",".join(v) if k in ("metric", "mode", "references", "only") else v) for k, v in asdict(self).items() if k != "points"}
         out["points"] = len(self.points)
         return out
 
@@ -143,6 +149,11 @@ def resolve(cfg: SearchConfig) -> SearchConfig:
     if cfg.space not in SPACES:
         raise UsageError(f"--space {cfg.space}: unknown space; known: {', '.join(SPACES)}")
     space = get_space(cfg.space)
+    unknown_dims = [n for n in cfg.only if n not in space.names]
+    if unknown_dims or (cfg.only and len(set(cfg.only)) != len(cfg.only)):
+        raise UsageError(f"--only {','.join(cfg.only)}: " + (f"{unknown_dims[0]!r} is not a dimension of space {space.name} "
+                         f"({', '.join(space.names)})" if unknown_dims else "a dimension is listed twice"))
+    space = cfg.space_spec
     _check_choice("--sampler", cfg.sampler, SAMPLER_NAMES)
     _check_choice("--scheduler", cfg.scheduler, SCHEDULER_NAMES)
     for option, value, low in (("--num-samples", cfg.num_samples, 1), ("--epochs", cfg.epochs, 1),

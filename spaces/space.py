@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import random
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import optuna
@@ -91,6 +91,18 @@ class Space:
 
     def default_config(self) -> dict[str, Any]:
         return {**self.default_point(), **self.fixed}
+
+    def only(self, *names: str) -> "Space":
+        """The same space searching only ``names``: every other dimension is held at its default (a
+        fixed key where it is active at the default point, gone where it is not), so e.g.
+        ``only("lr")`` is a learning-rate-only search of the method at its defaults otherwise."""
+        unknown = [n for n in names if n not in self.names]
+        if unknown:
+            raise KeyError(f"space {self.name} has no dimension {unknown[0]!r}; it has {', '.join(self.names)}")
+        held = {k: v for k, v in self.default_point().items() if k not in names}
+        return replace(self, dimensions=tuple(d for d in self.dimensions if d.name in names),
+                       fixed={**self.fixed, **held},
+                       description=f"{self.description} (searching only {', '.join(names)})")
 
     @property
     def names(self) -> list[str]:
