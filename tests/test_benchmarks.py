@@ -53,6 +53,7 @@ QUICK = [
     ("methods_breast_tcga.py", []),
     ("token_models_synth.py", []),
     ("attribute_missing.py", []),
+    ("fusion_claims.py", []),
     ("batched_folds.py", []),
     ("nested_tuning.py", []),
 ]
@@ -68,3 +69,14 @@ def test_benchmark_quick_mode_prints_a_table(script, extra, tmp_path, data_dir):
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "|---" in proc.stdout
+
+
+def test_reproduction_variants_are_whole_points_or_say_why_not():
+    import reproduction
+
+    ok, missing = reproduction.valid_points("climd", [("default", {}), ("asc", {"difficulty_order": "asc"}),
+                                                      ("bad", {"difficulty_order": "sideways"}), ("new", {"zz": 1})])
+    assert [label for label, _ in ok] == ["default", "asc"]
+    assert ok[1][1]["difficulty_order"] == "asc" and ok[1][1]["gamma"] == ok[0][1]["gamma"]
+    assert dict(missing) == {"bad": "difficulty_order='sideways' outside choice {desc, asc}",
+                             "new": "'zz' is not a dimension of space climd"}
