@@ -20,7 +20,7 @@ sample's last one (with 3 modalities at most 2/3 of the cells can go, so the ach
 printed). Rate 0 reproduces the fold metrics the search reported (checked).
 
     FUSETUNE_DATA_DIR=../shared/data python benchmarks/robustness.py --storage DIR   # DIR of reproduction.py
-    FUSETUNE_DATA_DIR=../shared/data python benchmarks/robustness.py --quick --storage DIR
+    FUSETUNE_DATA_DIR=../shared/data python benchmarks/robustness.py --quick --storage DIR   # variants only
 """
 
 from __future__ import annotations
@@ -43,12 +43,13 @@ SHORT = {"omnifuse": "OmniFuse", "baseline": "concatenation"}
 
 def models(storage: Path, data: str, *, quick: bool, max_concurrent: int) -> list[tuple[str, object]]:
     """(column label, trial): per space its variants (paper default, modality dropout changed) and its
-    full search's champion; variants a space cannot express are left out (reproduction.py says why)."""
+    full search's champion (``--quick``: the variants only); variants a space cannot express are left
+    out (reproduction.py says why)."""
     b = QUICK if quick else FULL
     out = []
     for space in SPACES:
         result = run_all(storage, b, data, space, max_concurrent=max_concurrent, quick=quick,
-                         kinds=("variants", "full"))
+                         kinds=("variants",) if quick else ("variants", "full"))
         for label, _, trial, _ in rows_of(space, result):
             p = trial.config.get("modality_dropout")
             name = "tuned" if label.startswith("full") else label.split(" (")[0]

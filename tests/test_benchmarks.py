@@ -59,6 +59,10 @@ QUICK = [
 ]
 
 
+TIMEOUTS = {"reproduction.py": 2400}
+"""Seconds; reproduction's quick mode runs 9 small searches (28 min on a heavily loaded 2-core machine)."""
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("script, extra", QUICK, ids=[s for s, _ in QUICK])
 def test_benchmark_quick_mode_prints_a_table(script, extra, tmp_path, data_dir):
@@ -66,7 +70,7 @@ def test_benchmark_quick_mode_prints_a_table(script, extra, tmp_path, data_dir):
     storage = ["--storage", str(tmp_path / "searches")] if script in ("search_efficiency.py", "reproduction.py",
                                                                        "robustness.py") else []
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--quick", *storage, *extra],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUTS.get(script, 900))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "|---" in proc.stdout
 
