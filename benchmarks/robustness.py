@@ -1,18 +1,26 @@
-"""Robustness to missing modalities (as in the OmniFuse paper's Fig. 6): the tuned champions of
-OmniFuse and of the concatenation baseline, macro F1 as modalities go missing at test time.
+"""Robustness to missing modalities (as in the OmniFuse paper's Fig. 6), run both ways: OmniFuse and
+the concatenation baseline with and without the same training-time modality dropout, and their
+tuned champions; macro F1 as modalities go missing at test time.
 
-The champions are those of ``benchmarks/reproduction.py`` (40-trial TPE + ASHA searches, 5-fold
-CV, fold seed 0); with the same ``--storage`` their searches are reused, otherwise they are run.
-Each champion's fold models (from the trial's final checkpoint) are evaluated on their own
-validation folds with ``search.robustness``'s seeded protocol: for one modality, that fraction of
-the validation samples lose it (only samples that keep another modality); for ``all``, that
-fraction of all (sample, modality) cells are dropped, never a sample's last one (with 3 modalities
-at most 2/3 of the cells can go, so the achieved rate is printed). Models never saw missing
-inputs in training (both training parts are complete), as in the paper's test-time protocol.
-Rate 0 reproduces the fold metrics the search reported (checked).
+The models are trials of ``benchmarks/reproduction.py``'s searches (5-fold CV, fold seed 0): the
+variants search's paper default and modality-dropout variant of each space, and the full search's
+confirmed champion; with the same ``--storage`` they are reused, otherwise they are run. What a
+model saw in training is its configuration's: ``modality_dropout`` p replaces, with probability p,
+a training sample's modalities by a uniformly drawn non-empty subset of its available ones.
+OmniFuse's paper scheme (and default) is p = 1, every sample every epoch (about 43% of the
+modality slots dropped with 3 modalities); the concatenation baseline's default is p = 0, complete
+training inputs. So the paper's comparison (OmniFuse p = 1 vs concatenation p = 0) mixes the model
+with its training-time dropout; the p = 0 / p = 1 rows separate the two.
 
-    FUSETUNE_DATA_DIR=../shared/data python benchmarks/robustness.py --storage DIR   # DIR of reproduction.py: ~1 min
-    FUSETUNE_DATA_DIR=../shared/data python benchmarks/robustness.py --quick         # ~3 min
+Each model's fold models (from the trial's final checkpoint, else retrained from its config) are
+evaluated on their own validation folds with ``search.robustness``'s seeded protocol: for one
+modality, that fraction of the validation samples lose it (only samples that keep another
+modality); for ``all``, that fraction of all (sample, modality) cells are dropped, never a
+sample's last one (with 3 modalities at most 2/3 of the cells can go, so the achieved rate is
+printed). Rate 0 reproduces the fold metrics the search reported (checked).
+
+    FUSETUNE_DATA_DIR=../shared/data python benchmarks/robustness.py --storage DIR   # DIR of reproduction.py
+    FUSETUNE_DATA_DIR=../shared/data python benchmarks/robustness.py --quick --storage DIR   # variants only
 """
 
 from __future__ import annotations
@@ -22,14 +30,31 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from reproduction import DATASETS, searches
+from reproduction import FULL, QUICK, rows_of, run_all
 from searches import machine
 
 from search.robustness import ALL, evaluate, fold_models, reproduces_search
 
 METRIC = "macro_f1"
 RATES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
-MODELS = (("omnifuse", "OmniFuse"), ("baseline", "concatenation"))
+SPACES = ("omnifuse", "baseline")
+SHORT = {"omnifuse": "OmniFuse", "baseline": "concatenation"}
+
+
+def models(storage: Path, data: str, *, quick: bool, max_concurrent: int) -> list[tuple[str, object]]:
+    """(column label, trial): per space its variants (paper default, modality dropout changed) and its
+    full search's champion (``--quick``: the variants only); variants a space cannot express are left
+    out (reproduction.py says why)."""
+    b = QUICK if quick else FULL
+    out = []
+    for space in SPACES:
+        result = run_all(storage, b, data, space, max_concurrent=max_concurrent, quick=quick,
+                         kinds=("variants",) if quick else ("variants", "full"))
+        for label, _, trial, _ in rows_of(space, result):
+            p = trial.config.get("modality_dropout")
+            name = "tuned" if label.startswith("full") else label.split(" (")[0]
+            out.append((f"{SHORT[space]}, {name}" + ("" if p is None else f", p = {p:g}"), trial))
+    return out
 
 
 def main() -> None:
@@ -41,32 +66,27 @@ def main() -> None:
     args = ap.parse_args()
     storage = Path(args.storage or tempfile.mkdtemp(prefix="fusetune-reproduction-")).resolve()
     print(f"machine: {machine()}\nsearches in {storage}\n")
-    for data in DATASETS:
-        results = {}
-        for space, label in MODELS:
-            study = searches(storage, data, space, quick=args.quick, max_concurrent=args.max_concurrent)["tuned"]
-            models = fold_models(study.best(METRIC, "max"))
-            targets = [*models.modalities, ALL]
-            # "all" cannot go past (M-1)/M; rates above it give the same cells as the largest achievable
-            rows = evaluate(models, METRIC, RATES, seed=args.seed, targets=targets)
-            ok = reproduces_search(models, METRIC, rows)
+    datasets = (QUICK if args.quick else FULL).datasets
+    for data in datasets:
+        results, labels = {}, []
+        for label, trial in models(storage, data, quick=args.quick, max_concurrent=args.max_concurrent):
+            fm = fold_models(trial)
+            targets = [*fm.modalities, ALL]
+            rows = evaluate(fm, METRIC, RATES, seed=args.seed, targets=targets)
             results[label] = {(r.target, r.rate): r for r in rows}
-            print(f"{data}: {label} champion {study.best(METRIC, 'max').trial_id} ({models.source.split(' ')[0]}); "
-                  f"rate 0 reproduces the search's fold values: {ok}")
-        labels = [label for _, label in MODELS]
+            labels.append(label)
+            print(f"{data}: {label} = trial {trial.trial_id} ({fm.source.split(' ')[0]}); rate 0 reproduces the "
+                  f"search's fold values: {reproduces_search(fm, METRIC, rows)}")
         targets = list(dict.fromkeys(t for t, _ in results[labels[0]]))
-        print(f"\n### {data}: CV macro F1 (%) of the tuned champions as modalities go missing in the validation folds "
-              f"(mean ± std over folds)\n")
-        print("| missing | rate (achieved) | " + " | ".join(labels) + " | OmniFuse - concatenation |\n|---|---|"
-              + "---|" * (len(labels) + 1))
+        print(f"\n### {data}: CV macro F1 (%) as modalities go missing in the validation folds (mean ± std over folds)\n")
+        print("| missing | rate (achieved) | " + " | ".join(labels) + " |\n|---|---|" + "---|" * len(labels))
         for target in targets:
             for rate in RATES:
                 rows = [results[label].get((target, rate)) for label in labels]
                 if any(r is None for r in rows):
                     continue
-                diff = rows[0].mean - rows[1].mean
                 cells = [f"{100 * r.mean:.1f} ± {100 * r.std:.1f}" for r in rows]
-                print(f"| {target} | {rate:g} ({rows[0].achieved:.2f}) | {' | '.join(cells)} | {100 * diff:+.1f} |")
+                print(f"| {target} | {rate:g} ({rows[0].achieved:.2f}) | {' | '.join(cells)} |")
         drop = {label: np.mean([results[label][(t, 0.0)].mean - results[label][(t, max(RATES))].mean
                                 for t in targets if t != ALL]) for label in labels}
         print("\nmean drop from rate 0 to 1 over single modalities: "

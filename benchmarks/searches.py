@@ -9,6 +9,7 @@ re-prints the tables from the folders alone.
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
 import subprocess
@@ -25,11 +26,13 @@ from search.results import StudyResults, load_study  # noqa: E402
 
 
 def run_search(storage: Path, name: str, options: dict[str, object], *, log=print) -> StudyResults:
-    """``python -m search.run --name NAME --storage STORAGE --OPTION VALUE ...``, unless done."""
+    """``python -m search.run --name NAME --storage STORAGE --OPTION VALUE ...``, unless done (a list
+    value repeats its flag, a dict is given as JSON: ``points=[{...}, {...}]``)."""
     if not (storage / name / "results.csv").is_file():
         argv = [sys.executable, "-m", "search.run", "--storage", str(storage), "--name", name]
         for key, value in options.items():
-            argv += [f"--{key.replace('_', '-')}", str(value)]
+            for v in (value if isinstance(value, (list, tuple)) else [value]):  # a list: the flag repeated
+                argv += [f"--{key.replace('_', '-')}", json.dumps(v) if isinstance(v, dict) else str(v)]
         log(f"  running {name}: {' '.join(argv[3:])}")
         t0 = time.monotonic()
         env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_DEDUP_LOGS": "1"}

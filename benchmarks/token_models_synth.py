@@ -12,8 +12,9 @@ the last epoch is scored on the held-out fold (no early stopping on the fold).
 Rows: single-modality and concatenation models are the early-fusion ``baseline`` restricted to
 ``image.pooled`` / ``report.cls`` / ``ehr`` / all three; ``selfattn`` and ``alignedfusion`` read
 ``report.attributes`` + ``image.map`` + ``ehr`` (rows at paper defaults, plus the w/o IT ablation
-and mask_p = 0); ``emrfusion`` (all switches on, and without alignment) reads ``report.cls`` +
-``report.tokens`` + ``image.pooled`` + ``image.map`` + ``ehr``. Prints a Markdown table (mean ±
+and mask_p = 0 and 0.5, the paper's Table 4); ``emrfusion`` (all switches on, and without alignment) reads ``report.cls`` +
+``report.tokens`` + ``image.pooled`` + ``image.map`` + ``ehr``; its rows without one of the four
+modules of the paper's Table 3 are the ablations. Prints a Markdown table (mean ±
 std over the folds) and, with ``--out``, writes the per-fold figures as JSON.
 
     python benchmarks/token_models_synth.py                       # 5 folds, 40 epochs, lr 1e-3
@@ -59,8 +60,12 @@ ARMS: dict[str, Arm] = {
     "AlignedFusion": Arm("alignedfusion", TOKEN_INPUTS),
     "AlignedFusion w/o IT": Arm("alignedfusion", TOKEN_INPUTS, (("intermediate_token", False),)),
     "AlignedFusion (mask_p 0)": Arm("alignedfusion", TOKEN_INPUTS, (("mask_p", 0.0),)),
+    "AlignedFusion (mask_p 0.5)": Arm("alignedfusion", TOKEN_INPUTS, (("mask_p", 0.5),)),
     "EMR fusion": Arm("emrfusion", EMR_INPUTS),
     "EMR fusion w/o alignment": Arm("emrfusion", EMR_INPUTS, (("alignment", False),)),
+    "EMR fusion w/o self-attention": Arm("emrfusion", EMR_INPUTS, (("self_attention", False),)),
+    "EMR fusion w/o residual": Arm("emrfusion", EMR_INPUTS, (("residual", False),)),
+    "EMR fusion w/o dynamic weighting": Arm("emrfusion", EMR_INPUTS, (("dynamic_weighting", False),)),
 }
 
 

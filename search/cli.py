@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     a = p.add_argument
     a("--config", metavar="FILE", help="YAML file with the same keys as these options; flags override it")
     a("--space", help="search space (python -m search.spaces list)")
+    a("--only", type=_csv, metavar="DIMS",
+      help="search only these dimensions of the space (comma-separated), the others at their defaults, e.g. lr")
     a("--data", help="dataset: rosmap, breast-tcga, synth-clinic[:k=v,...] or a folder (default: the space's)")
     a("--metric", type=_csv, help="metric to optimise (default macro_f1); comma-separated for several objectives")
     a("--mode", type=_csv, help="max or min per metric (default: the metric's natural direction)")
@@ -55,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--val-fraction", type=float, help="held-out fraction with --folds 0 (default 0.2)")
     a("--sampler", choices=SAMPLER_NAMES, help="Optuna sampler (default tpe); nsga2: multi-objective")
     a("--scheduler", choices=SCHEDULER_NAMES, help="trial scheduler (default asha)")
+    a("--grace-period", type=int, help="epochs every trial trains before asha or median may stop it (default: the "
+                                       "space's, a quarter of --epochs; CLIMD spaces: until the curriculum reaches "
+                                       "the whole training set)")
     a("--max-concurrent", type=int, help="trials running at once (default: as many as resources allow)")
     a("--cpus-per-trial", type=float, help="CPUs per trial (default 1)")
     a("--gpus-per-trial", type=float, help="GPUs per trial, fractions share a GPU (default 0)")

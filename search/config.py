@@ -20,6 +20,8 @@ from trainables.metrics import METRICS
 SAMPLER_NAMES = ("tpe", "random", "grid", "cmaes", "nsga2")
 SCHEDULER_NAMES = ("asha", "hyperband", "median", "pbt", "fifo")
 PROMOTE_POLICIES = ("better", "always", "never")
+GRACE_SCHEDULERS = ("asha", "median")
+"""The schedulers that read ``--grace-period``."""
 REFERENCE_NAMES = ("logreg", "rf")
 """The entries of :data:`search.references.REFERENCES` (kept here so the options check imports no sklearn)."""
 MULTI_OBJECTIVE_SAMPLERS = ("nsga2", "tpe", "random")
@@ -29,6 +31,8 @@ MULTI_OBJECTIVE_SAMPLERS = ("nsga2", "tpe", "random")
 @dataclass(frozen=True)
 class SearchConfig:
     space: str
+    only: tuple[str, ...] = ()
+    """Search only these dimensions of the space, the others at their defaults (:meth:`Space.only`)."""
     data: str | None = None
     metric: tuple[str, ...] = ("macro_f1",)
     mode: tuple[str, ...] = ()
@@ -38,6 +42,9 @@ class SearchConfig:
     val_fraction: float = 0.2
     sampler: str = "tpe"
     scheduler: str = "asha"
+    grace_period: int | None = None
+    """Epochs every trial trains before ASHA or the median rule may stop it (None: the space's
+    :meth:`spaces.Space.default_grace`, filled by :func:`resolve`)."""
     max_concurrent: int | None = None
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
@@ -63,9 +70,13 @@ class SearchConfig:
     parent_run_id: str | None = None
     """The MLflow run this search's parent run is nested under (``search.nested``'s)."""
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "only", tuple(self.only))  # a list from search.json or YAML
+
     @property
     def space_spec(self) -> Space:
-        return get_space(self.space)
+        space = get_space(self.space)
+        return space.only(*self.only) if self.only else space
 
     @property
     def search_seed(self) -> int:
@@ -108,7 +119,7 @@ class SearchConfig:
 
     def as_params(self) -> dict[str, Any]:
         """The options as flat, loggable values (the parent run's params)."""
-        out = {k: (",".join(v) if k in ("metric", "mode", "references") else v) for k, v in asdict(self).items() if k != "points"}
+        out = {k: (",".join(v) if k in ("metric", "mode", "references", "only") else v) for k, v in asdict(self).items() if k != "points"}
         out["points"] = len(self.points)
         return out
 
@@ -138,6 +149,11 @@ def resolve(cfg: SearchConfig) -> SearchConfig:
     if cfg.space not in SPACES:
         raise UsageError(f"--space {cfg.space}: unknown space; known: {', '.join(SPACES)}")
     space = get_space(cfg.space)
+    unknown_dims = [n for n in cfg.only if n not in space.names]
+    if unknown_dims or (cfg.only and len(set(cfg.only)) != len(cfg.only)):
+        raise UsageError(f"--only {','.join(cfg.only)}: " + (f"{unknown_dims[0]!r} is not a dimension of space {space.name} "
+                         f"({', '.join(space.names)})" if unknown_dims else "a dimension is listed twice"))
+    space = cfg.space_spec
     _check_choice("--sampler", cfg.sampler, SAMPLER_NAMES)
     _check_choice("--scheduler", cfg.scheduler, SCHEDULER_NAMES)
     for option, value, low in (("--num-samples", cfg.num_samples, 1), ("--epochs", cfg.epochs, 1),
@@ -186,6 +202,14 @@ def resolve(cfg: SearchConfig) -> SearchConfig:
         from search.optuna_storage import check_url
 
         check_url(cfg.optuna_storage)
+    epochs = cfg.epochs or space.epochs
+    if cfg.grace_period is not None:
+        if cfg.scheduler not in GRACE_SCHEDULERS:
+            raise UsageError(f"--grace-period: only --scheduler {' and '.join(GRACE_SCHEDULERS)} use a grace period "
+                             f"(this search uses {cfg.scheduler})")
+        if isinstance(cfg.grace_period, bool) or not isinstance(cfg.grace_period, int) or not 1 <= cfg.grace_period < epochs:
+            raise UsageError(f"--grace-period {cfg.grace_period}: must be a whole number of epochs from 1 to "
+                             f"--epochs - 1 ({epochs - 1})")
     data = cfg.data or space.data
     name = cfg.name or f"{cfg.space}-{replace(cfg, data=data).data_name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if "/" in name or name in (".", ".."):
@@ -194,7 +218,7 @@ def resolve(cfg: SearchConfig) -> SearchConfig:
         raise UsageError(f"--warm-start {cfg.warm_start}: must name another, earlier search (its --name)")
     return replace(
         cfg, data=data, name=name, metric=metric, mode=mode,
-        epochs=cfg.epochs or space.epochs,
+        epochs=epochs, grace_period=cfg.grace_period if cfg.grace_period is not None else space.default_grace(epochs),
         text_encoder=cfg.text_encoder or space.text_encoder,
         image_encoder=cfg.image_encoder or space.image_encoder,
     )

@@ -145,8 +145,9 @@ SchedulerFactory = Callable[[SearchConfig, Space], TrialScheduler]
 
 
 def _grace(cfg: SearchConfig) -> int:
-    """Epochs every trial gets before it can be stopped: a quarter of the budget (at least 1)."""
-    return max(1, cfg.epochs // 4)
+    """Epochs every trial gets before it can be stopped: ``--grace-period`` (resolved to the space's
+    default, :meth:`spaces.Space.default_grace`); a quarter of the budget where unset."""
+    return cfg.grace_period if cfg.grace_period is not None else max(1, cfg.epochs // 4)
 
 
 def _perturbation_interval(cfg: SearchConfig) -> int:

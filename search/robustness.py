@@ -23,6 +23,13 @@ a dropped modality gets availability False, zero values and an all-False token m
 input ``<modality>.<representation>`` of it), which is what the dataset convention gives a
 missing sample; models read inputs only through the availability mask.
 
+Missing inputs at test time are not new to every model: what a model saw in training is its
+trial's configuration. OmniFuse trains with ``modality_dropout`` (default 1.0, the paper's scheme:
+each training sample's modalities replaced by a uniformly drawn non-empty subset of its available
+ones), the concatenation baseline by default on complete inputs (``modality_dropout`` 0.0); a
+comparison of the two at their defaults therefore mixes the model with its training-time dropout
+(``benchmarks/robustness.py`` runs it both ways).
+
 Attribute-missing (models reading ``<report>.attributes``, i.e. AlignedFusion and its
 self-attention baseline): the paper's ``C-Tr+M-Te`` protocol on the validation folds,
 :func:`trainables.attribute_missing.drop_attributes` at each rate.

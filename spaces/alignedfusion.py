@@ -72,6 +72,7 @@ register_space(Space(
             common.without_grid(common.climd(), keep=("gamma",))),
     fixed={"intermediate_token": PAPER.intermediate_token},
     forbidden=common.CLIMD_FORBIDDEN,
+    grace=common.curriculum_grace,
     lr_source=common.BORROWED_LR,
     **COMMON,
 ))

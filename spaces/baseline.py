@@ -11,8 +11,8 @@ from trainables.baseline import EarlyFusionConfig
 from trainables.engine import EngineConfig
 
 IMBALANCE = (
-    Categorical("imbalance", ("none", "weighted_ce", "focal", "undersample", "smote"), default=EngineConfig.imbalance,
-                grid=("none", "weighted_ce", "focal", "undersample", "smote"),
+    Categorical("imbalance", ("none", "weighted_ce", "focal", "undersample", "smote", "vae"), default=EngineConfig.imbalance,
+                grid=("none", "weighted_ce", "focal", "undersample", "smote", "vae"),
                 help="imbalance baseline of CLIMD's Table 2 (none = plain cross-entropy)"),
     Float("gamma_focal", 0.5, 5.0, default=EngineConfig.gamma_focal, when=(When("imbalance", "focal"),), help="focal-loss exponent"),
     Int("smote_k", 1, 10, default=EngineConfig.smote_k, when=(When("imbalance", "smote"),), help="SMOTE neighbours"),
@@ -38,5 +38,6 @@ register_space(Space(
     combine(common.training(), common.width(EarlyFusionConfig()), common.climd()),
     fixed={"imbalance": "none"},
     forbidden=common.CLIMD_FORBIDDEN,
+    grace=common.curriculum_grace,
     lr_source=common.CLIMD_LR,
 ))

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import numpy as np
+
 from spaces.dimensions import Categorical, Dimension, Float, Forbidden, Int, When
 from trainables.climd import CURRICULA, CurriculumConfig
 from trainables.engine import EngineConfig
@@ -85,6 +87,31 @@ CLIMD_FORBIDDEN = (
 CLIMD_LR = "CLIMD's paper (Sec. 3, Implementation Details: lr 5e-5, T = 100, for its early-fusion backbone)"
 BORROWED_LR = ("CLIMD's paper value (5e-5), borrowed: this method's paper gives no learning rate, "
                "and it is not calibrated here")
+
+
+def curriculum_grace(space, epochs: int) -> int:
+    """Default grace of the CLIMD spaces: the epochs the space's default curriculum (its paper
+    default point) needs until it trains on the whole training set for good, so that ASHA and the
+    median rule never compare trials that have seen only the easy part of the data.
+
+    Read off :class:`trainables.climd.Curriculum` itself (one epoch after the last epoch
+    that trains on a subset). With CLIMD's TSS (Eq.7: S_t = t/T N, after ``warmup_epochs``) that is
+    the whole budget: S_t = N only at the last epoch, so a CLIMD search stops no trial early unless
+    ``--grace-period`` asks for it. A curriculum that never trains on a subset gets a quarter.
+    """
+    from trainables import climd as curriculum
+
+    config = space.default_config()
+    labels = np.repeat(np.arange(3), (60, 30, 10))  # any imbalanced labels: S_t and c(t) do not depend on them
+    rng = np.random.default_rng(0)
+    sampler = curriculum.Curriculum(labels, {**config, "epochs": epochs}, epochs, rng)
+    last_partial = None
+    for epoch in range(epochs):
+        if sampler.needs_difficulty(epoch):
+            sampler.set_difficulty(rng.random(len(labels)))
+        if len(np.unique(sampler.epoch_indices(epoch))) < len(labels):
+            last_partial = epoch
+    return max(1, epochs // 4) if last_partial is None else min(epochs, last_partial + 2)
 
 
 def without_grid(dims: tuple[Dimension, ...], keep: tuple[str, ...] = ()) -> tuple[Dimension, ...]:

@@ -51,6 +51,7 @@ register_space(Space(
     combine(common.training(), common.width(PAPER), loss_weights(), common.without_grid(common.climd(), keep=("gamma",))),
     fixed=ALL_ON,
     forbidden=common.CLIMD_FORBIDDEN,
+    grace=common.curriculum_grace,
     lr_source=common.BORROWED_LR,
     **COMMON,
 ))

@@ -81,6 +81,7 @@ register_space(Space(
             common.without_grid(common.climd(), keep=("gamma",))),
     fixed=ALL_ON,
     forbidden=common.CLIMD_FORBIDDEN,
+    grace=common.curriculum_grace,
     lr_source=CALIBRATED_LR_SOURCE + " (the curriculum leaves the optimiser as it is)",
 ))
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import optuna
@@ -45,6 +45,9 @@ class Space:
     paper, or our own calibration (on which data); ``show`` prints it."""
     forbidden: tuple[Forbidden, ...] = ()
     """Combinations no configuration may have (the code refuses them too)."""
+    grace: Callable[["Space", int], int] | None = None
+    """Default ``--grace-period`` of ASHA / the median rule, ``(space, epochs) -> epochs`` (None: a
+    quarter of the budget); the CLIMD spaces' is :func:`spaces.common.curriculum_grace`."""
 
     def __post_init__(self) -> None:
         seen: dict[str, Dimension] = {}
@@ -116,8 +119,24 @@ class Space:
                 config[dim.name] = dim.default
         return {k: v for k, v in config.items() if k not in self.fixed}
 
+    def default_grace(self, epochs: int) -> int:
+        """Epochs a trial trains before ASHA or the median rule may stop it, for a budget of ``epochs``."""
+        return min(epochs, self.grace(self, epochs)) if self.grace is not None else max(1, epochs // 4)
+
     def default_config(self) -> dict[str, Any]:
         return {**self.default_point(), **self.fixed}
+
+    def only(self, *names: str) -> "Space":
+        """The same space searching only ``names``: every other dimension is held at its default (a
+        fixed key where it is active at the default point, gone where it is not), so e.g.
+        ``only("lr")`` is a learning-rate-only search of the method at its defaults otherwise."""
+        unknown = [n for n in names if n not in self.names]
+        if unknown:
+            raise KeyError(f"space {self.name} has no dimension {unknown[0]!r}; it has {', '.join(self.names)}")
+        held = {k: v for k, v in self.default_point().items() if k not in names}
+        return replace(self, dimensions=tuple(d for d in self.dimensions if d.name in names),
+                       fixed={**self.fixed, **held},
+                       description=f"{self.description} (searching only {', '.join(names)})")
 
     @property
     def names(self) -> list[str]:
@@ -193,6 +212,7 @@ class Space:
         lines = [
             f"{self.name}: {self.description}",
             f"  method {self.method}; default data {self.data}; default epochs {self.epochs}"
+            + f"; default grace {self.default_grace(self.epochs)} epochs"
             + (f"; needs {' and '.join(self.requires)} modalities" if self.requires else ""),
         ]
         try:

@@ -53,9 +53,14 @@ QUICK = [
     ("methods_breast_tcga.py", []),
     ("token_models_synth.py", []),
     ("attribute_missing.py", []),
+    ("fusion_claims.py", []),
     ("batched_folds.py", []),
     ("nested_tuning.py", []),
 ]
+
+
+TIMEOUTS = {"reproduction.py": 2400}
+"""Seconds; reproduction's quick mode runs 9 small searches (28 min on a heavily loaded 2-core machine)."""
 
 
 @pytest.mark.slow
@@ -65,6 +70,17 @@ def test_benchmark_quick_mode_prints_a_table(script, extra, tmp_path, data_dir):
     storage = ["--storage", str(tmp_path / "searches")] if script in ("search_efficiency.py", "reproduction.py",
                                                                        "robustness.py") else []
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--quick", *storage, *extra],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUTS.get(script, 900))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "|---" in proc.stdout
+
+
+def test_reproduction_variants_are_whole_points_or_say_why_not():
+    import reproduction
+
+    ok, missing = reproduction.valid_points("climd", [("default", {}), ("asc", {"difficulty_order": "asc"}),
+                                                      ("bad", {"difficulty_order": "sideways"}), ("new", {"zz": 1})])
+    assert [label for label, _ in ok] == ["default", "asc"]
+    assert ok[1][1]["difficulty_order"] == "asc" and ok[1][1]["gamma"] == ok[0][1]["gamma"]
+    assert dict(missing) == {"bad": "difficulty_order='sideways' outside choice {desc, asc}",
+                             "new": "'zz' is not a dimension of space climd"}

@@ -75,7 +75,7 @@ def test_smote_refuses_token_inputs_and_bad_options():
     with pytest.raises(DataError, match="config 'modalities'.*'zz'"):
         FoldTrainer("baseline", {**FAST, "modalities": ["a", "zz"]}, toy(), seed=0)
     with pytest.raises(ValueError, match="imbalance"):
-        FoldTrainer("baseline", {**FAST, "imbalance": "vae"}, toy(), seed=0)
+        FoldTrainer("baseline", {**FAST, "imbalance": "gan"}, toy(), seed=0)
 
 
 def test_modality_subset():

@@ -42,7 +42,7 @@ from trainables.data.preprocess import Standardizer
 from trainables.losses import CRITERIA
 from trainables.metrics import classification_metrics
 from trainables.registry import get_method
-from trainables.resampling import RESAMPLERS
+from trainables.resampling import RESAMPLERS, VAEConfig
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,7 @@ def parse_config(method: str, config: Mapping[str, Any]) -> Configs:
     key or a value of the wrong type. Keys of older configs are renamed (``trainables.config.RENAMED``)."""
     model_cls = get_method(method).config_class
     classes = (TrialConfig, EngineConfig, climd.CurriculumConfig, model_cls)
-    check_keys(config, classes, where=f"{method} config")
+    check_keys(config, classes, where=f"{method} config", prefixed={"vae_": VAEConfig})  # imbalance=vae's keys
     config = upgrade(config)
     parsed = [from_config(cls, config) for cls in classes]
     flat: dict[str, Any] = {k: v for k, v in config.items() if v is not None}  # the driver's keys as given

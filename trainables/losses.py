@@ -77,6 +77,7 @@ CRITERIA: dict[str, CriterionBuilder] = {
     "none": lambda counts, cfg: CrossEntropy(),
     "undersample": lambda counts, cfg: CrossEntropy(),
     "smote": lambda counts, cfg: CrossEntropy(),
+    "vae": lambda counts, cfg: CrossEntropy(),
     "weighted_ce": lambda counts, cfg: CrossEntropy(torch.as_tensor(balanced_class_weights(counts), dtype=torch.float32)),
     "focal": lambda counts, cfg: FocalLoss(float(cfg.get("gamma_focal", 2.0))),
 }
