@@ -40,10 +40,10 @@ import argparse
 import csv
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from searches import machine, pm, run_search
+from searches import machine, run_search
 
 from search.results import StudyResults, TrialResult
 from spaces import get_space
@@ -68,14 +68,24 @@ class Budget:
 
 
 FULL = Budget(epochs=100, folds=5, full_trials=40, lr_trials=16, confirm_repeats=3, warmup=10, datasets=DATASETS)
+SHORT = Budget(epochs=100, folds=5, full_trials=10, lr_trials=5, confirm_repeats=2, warmup=10, datasets=DATASETS)
+"""The papers' epochs (T = 100) with a quarter of FULL's trials: what fits a session on 2 cores."""
 QUICK = Budget(epochs=6, folds=3, full_trials=4, lr_trials=3, confirm_repeats=1, warmup=2, datasets=DATASETS[:1])
+
+
+OMNIFUSE_LR = get_space("omnifuse").default_config()["lr"]
+"""The concatenation baseline is also run at OmniFuse's default learning rate, so that the two
+models' modality-dropout comparison is made at one learning rate."""
 
 
 def variants(b: Budget) -> dict[str, list[tuple[str, dict]]]:
     """Per space: (label, keys changed from the paper default); the first is the paper default."""
     return {
         "baseline": [("paper default (no modality dropout)", {}),
-                     ("modality dropout 1.0 (OmniFuse's random subsets)", {"modality_dropout": 1.0})],
+                     ("modality dropout 1.0 (OmniFuse's random subsets)", {"modality_dropout": 1.0}),
+                     (f"at OmniFuse's default lr {OMNIFUSE_LR:g}, no modality dropout", {"lr": OMNIFUSE_LR}),
+                     (f"at OmniFuse's default lr {OMNIFUSE_LR:g}, modality dropout 1.0",
+                      {"lr": OMNIFUSE_LR, "modality_dropout": 1.0})],
         "climd": [("desc (paper default), no warm-up", {}),
                   ("asc, no warm-up", {"difficulty_order": "asc"}),
                   (f"desc, {b.warmup} warm-up epochs", {"warmup_epochs": b.warmup}),
@@ -197,12 +207,20 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smoke run: breast-tcga, 6 epochs, 3 folds, 4 + 3 trials, "
                                                          "1 confirmation repeat")
+    ap.add_argument("--budget", choices=("full", "short"), default="full",
+                    help="full: 40 + 16 trials, 3 confirmation repeats; short: 10 + 5 trials, 2 repeats (both 100 epochs)")
+    ap.add_argument("--datasets", default=None, help=f"comma-separated subset of {','.join(DATASETS)}")
     ap.add_argument("--storage", default=None, help="searches folder (default: a new temporary folder); "
                                                     "finished searches in it are reused")
     ap.add_argument("--max-concurrent", type=int, default=2)
     ap.add_argument("--no-test", action="store_true", help="skip the test-part column (no refits)")
     args = ap.parse_args()
-    b = QUICK if args.quick else FULL
+    b = QUICK if args.quick else {"full": FULL, "short": SHORT}[args.budget]
+    if args.datasets:
+        unknown = set(args.datasets.split(",")) - set(DATASETS)
+        if unknown:
+            ap.error(f"--datasets: {', '.join(sorted(unknown))} not among {', '.join(DATASETS)}")
+        b = replace(b, datasets=tuple(args.datasets.split(",")))
     storage = Path(args.storage or tempfile.mkdtemp(prefix="fusetune-reproduction-")).resolve()
     print(f"machine: {machine()}\nsearches in {storage}\nbudget: {b}\n", flush=True)
     t0 = time.monotonic()
