@@ -63,6 +63,24 @@ RAY_AUTH_TOKEN_FILE = Path.home() / ".ray" / "auth_token"
 """Where ``ray start`` keeps the cluster's auth token (token authentication, Ray >= 2.5x)."""
 
 
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+"""Ray's switch between a node reachable from other machines and a loopback-only one. Off, the
+node's address is 127.0.0.1 and Ray's GCS, raylet, workers and runtime-env agent listen there only
+(its gRPC servers bind to all interfaces whenever the node address is another)."""
+
+
+def loopback_only() -> None:
+    """Make the local cluster that ``ray.init`` starts listen on 127.0.0.1 only. ``ray.init``
+    turns ``_node_ip_address="127.0.0.1"`` into the machine's outward address, so the node address
+    comes from Ray's own no-cluster setting instead: the environment variable for the processes
+    started from here, and the constant Ray read from it when it was imported. A cluster other
+    machines join is started with ``ray start --head`` and given as ``--address``."""
+    os.environ[LOOPBACK_ENV] = "0"
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False
+
+
 def connect(cfg: SearchConfig) -> dict[str, Any]:
     """``ray.init``: the cluster at ``--address``, or a light local one (no dashboard). Returns
     timings for the report."""
@@ -71,6 +89,7 @@ def connect(cfg: SearchConfig) -> dict[str, Any]:
     if not cfg.address:
         # local workers import this checkout even when it is not pip-installed
         os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+        loopback_only()
     if cfg.address and cfg.address != "auto" and "RAY_AUTH_MODE" not in os.environ and RAY_AUTH_TOKEN_FILE.is_file():
         # Ray sends its token by itself only for address="auto"; an explicit host:port to a
         # token-protected cluster would otherwise fail with an unrelated connection error
