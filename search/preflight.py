@@ -11,11 +11,13 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from search.config import SearchConfig
+from search.credentials import redact
 from search.errors import UsageError
 from spaces import Space
 from trainables.data import DataError
@@ -127,6 +129,32 @@ def check_resources(cfg: SearchConfig) -> int:
             fit = min(fit, int(n.get("GPU", 0.0) / cfg.gpus_per_trial + 1e-9))
         slots += fit
     return max(1, slots)
+
+
+# --------------------------------------------------------------------------------- paths
+def check_storage(cfg: SearchConfig) -> None:
+    """A local ``--storage`` must be a folder this user can write (created if missing), reported
+    as ``--storage`` rather than as the tracking store inside it."""
+    if "://" in cfg.storage:
+        return
+    root = Path(cfg.storage_path)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=root):
+            pass
+    except OSError as exc:
+        raise UsageError(f"--storage {cfg.storage}: cannot write there ({exc.strerror or exc})") from None
+
+
+def check_sqlite_file(option: str, uri: str) -> None:
+    """A ``sqlite:///PATH`` store must name a file (or nothing yet), not a folder: SQLite would
+    otherwise fail only after MLflow's long retry loop."""
+    if not uri.startswith("sqlite:///"):
+        return
+    path = Path(uri[len("sqlite:///"):].partition("?")[0])
+    if path.is_dir():
+        raise UsageError(f"{option} {redact(uri)}: {path} is a folder; name the database file, "
+                         f"e.g. sqlite:///{(path / 'mlflow.db').as_posix()}")
 
 
 # --------------------------------------------------------------------------------- data
