@@ -19,7 +19,7 @@ import sys
 from dataclasses import dataclass, replace
 from typing import Any
 
-from search import cli, orchestrate, preflight, results
+from search import cli, integrity, orchestrate, preflight, results
 from search.config import SearchConfig, experiment_path, resolve, storage_path
 from search.credentials import check_options, redact
 from search.errors import UsageError
@@ -60,6 +60,7 @@ def options(given: dict[str, Any]) -> SearchConfig:
     check_options(given)
     storage = given.get("storage", SearchConfig.storage)
     name = preflight.find_search(storage_path(storage), given.get("name"))
+    integrity.verify(experiment_path(storage, name))  # before anything of it is read, Ray started or unpickled
     saved = json.loads(results.read_text(experiment_path(storage, name), SEARCH_FILE))
     saved["metric"], saved["mode"], saved["points"] = tuple(saved["metric"]), tuple(saved["mode"]), tuple(saved["points"])
     if "references" in saved:
@@ -193,10 +194,13 @@ def execute(given: dict[str, Any]) -> SearchResult:
     results.write_text(json.dumps(cfg.as_saved(), indent=2, default=list), exp_path, SEARCH_FILE)
     if orchestrate.CADENCES[cfg.scheduler].prune_while_running:  # the disk does not grow with the trials
         callbacks.append(PruneCheckpoints(cfg.primary_metric, cfg.primary_mode, keep=max(cfg.top_k, 1)))
+    integrity.install()  # every snapshot Tune writes is sealed before it reaches the search folder
     if cfg.resume:
+        integrity.verify(exp_path)
         tuner = orchestrate.restore_tuner(cfg, space, data, callbacks)
     else:
         tuner = orchestrate.build_tuner(cfg, space, data, callbacks, warm)
+    integrity.seal(exp_path)  # tuner.pkl, written when the Tuner is built
     print(f"{'resuming' if cfg.resume else 'search'} {cfg.name}: space {space.name} ({space.method}) on {cfg.data} "
           f"[{len(data.data)} training samples, {'hold-out' if cfg.folds == 0 else f'{cfg.folds}-fold'}], "
           f"{total} trials x {cfg.epochs} epochs, sampler {cfg.sampler}, scheduler {cfg.scheduler}, "
