@@ -21,8 +21,8 @@ from spaces import SPACES, get_space
 REPO = Path(__file__).resolve().parents[1]
 
 
-def search(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+def search(args: list[str], timeout: int = 600, pythonpath: tuple[Path, ...] = ()) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(map(str, (*pythonpath, REPO))))
     env.pop("RAY_ADDRESS", None)  # a local cluster of its own
     return subprocess.run([sys.executable, "-m", "search.run", *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=timeout, check=False)
@@ -200,14 +200,34 @@ def test_same_name_again_is_refused(omnifuse_search, capsys):
     assert "add --resume" in capsys.readouterr().err
 
 
+POISON_LR = 0.0098765
+"""An lr inside the baseline space whose trials the test's sitecustomize makes diverge (a point
+outside the space, such as lr=1e30, is refused before the search starts)."""
+
+POISON_SITE = f"""
+import trainables.trainable as _trainable
+_step = _trainable.Trial.step
+def _diverging(self):
+    if self.config.get("lr") == {POISON_LR!r}:  # the first epoch's loss of fold 0 comes out NaN
+        _trainable.check_finite({{"loss": float("nan")}}, self.epoch + 1, 0)
+    return _step(self)
+_trainable.Trial.step = _diverging
+"""
+
+
 def test_failing_trial_is_recorded_and_the_search_goes_on(tmp_path, data_dir):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(POISON_SITE)  # imported by the driver and every Ray worker
+    storage = tmp_path / "results"
     out = search(["--space", "baseline", "--num-samples", "3", "--epochs", "2", "--folds", "2", "--top-k", "0",
                   "--confirm-repeats", "0", "--references", "none",
-                  "--scheduler", "fifo", "--storage", str(tmp_path), "--points", '{"lr": 1e30}'])
+                  "--scheduler", "fifo", "--storage", str(storage), "--points", json.dumps({"lr": POISON_LR})],
+                 pythonpath=(site,))
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    rows = read_rows(tmp_path)
+    rows = read_rows(storage)
     assert [r["status"] for r in rows] == ["TERMINATED", "ERROR", "TERMINATED"]  # default, the NaN point, a TPE draw
-    assert config_of(rows[1])["lr"] == 1e30
+    assert config_of(rows[1])["lr"] == POISON_LR
     assert rows[1]["error"].startswith("non-finite training loss at epoch 1, fold 0: loss=nan")
     assert rows[2]["final"] == "True"                        # the trial after the failure still ran to the end
     assert "failed: non-finite training loss" in out.stdout  # one line in the progress output
