@@ -47,8 +47,15 @@ SEAL_FILE = "fusetune.seal"
 HISTORY = 8
 """MACs kept per file: the current snapshot's and earlier ones a killed sync may have left."""
 
-OWN_JSON = ("search.json",)
-"""Root JSON files fusetune writes and reads as plain JSON (never unpickled), left unsealed."""
+def tune_json_patterns() -> tuple[str, ...]:
+    """The root JSON files Tune deserializes with (cloud)pickle inside: experiment state, the
+    search generator's and the basic variant generator's state (their ``CKPT_FILE_TMPL``). Other
+    JSON there (``search.json``, fusetune's own) is read as plain JSON and needs no seal."""
+    from ray.tune.execution.tune_controller import TuneController
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+    from ray.tune.search.search_generator import SearchGenerator
+
+    return tuple(cls.CKPT_FILE_TMPL.format("*") for cls in (TuneController, SearchGenerator, BasicVariantGenerator))
 
 _DOMAIN = b"fusetune-tune-state-v1"
 
@@ -103,10 +110,14 @@ def _fs(path: str) -> tuple[Any, str]:
 
 
 def state_files(fs: Any, root: str) -> list[str]:
-    """The files of a Tune experiment folder that Tune unpickles on restore, relative to it: the
-    root's ``*.pkl`` and ``*.json`` (but :data:`OWN_JSON`) and every trial folder's ``error.pkl``."""
+    """The files of a Tune experiment folder that Tune unpickles on restore, relative to it: every
+    ``*.pkl`` at its root (``tuner.pkl``, searcher and callback states), the JSON files of
+    :func:`tune_json_patterns` and every trial folder's ``error.pkl``."""
+    import fnmatch
+
     import pyarrow.fs
 
+    patterns = ("*.pkl", *tune_json_patterns())
     out = []
     try:
         entries = fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))
@@ -114,8 +125,7 @@ def state_files(fs: Any, root: str) -> list[str]:
         return []
     for info in entries:
         name = info.base_name
-        if info.type == pyarrow.fs.FileType.File and (name.endswith(".pkl") or name.endswith(".json")) \
-                and name not in OWN_JSON:
+        if info.type == pyarrow.fs.FileType.File and any(fnmatch.fnmatchcase(name, p) for p in patterns):
             out.append(name)
         elif info.type == pyarrow.fs.FileType.Directory:
             error = fs.get_file_info(f"{info.path}/error.pkl")

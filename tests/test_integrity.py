@@ -79,11 +79,12 @@ def test_seal_history_and_what_is_sealed(tmp_path, monkeypatch):
     folder = tmp_path / "exp"
     (folder / "trial_1").mkdir(parents=True)
     (folder / "tuner.pkl").write_bytes(b"v0")
-    (folder / "search.json").write_text("{}")
+    (folder / "search.json").write_text("{}")                  # fusetune's own plain JSON
+    (folder / "experiment_state-2026.json").write_text("{}")   # Tune's, pickles inside
     (folder / "trial_1" / "error.pkl").write_bytes(b"e")
     (folder / "trial_1" / "result.json").write_text("{}")
     fs, root = integrity._fs(str(folder))
-    assert integrity.state_files(fs, root) == ["trial_1/error.pkl", "tuner.pkl"]
+    assert integrity.state_files(fs, root) == ["experiment_state-2026.json", "trial_1/error.pkl", "tuner.pkl"]
     for i in range(integrity.HISTORY + 2):
         (folder / "tuner.pkl").write_bytes(f"v{i}".encode())
         integrity.seal(str(folder))
