@@ -95,8 +95,8 @@ def refuse_credentials(option: str, uri: str | None) -> None:
         return
     found = credentials_in(uri)
     if found:
-        raise UsageError(f"{option} {redact(uri)}: the URI holds {found}, which would be saved with the search; "
-                         f"leave it out: {WHERE_CREDENTIALS_GO[option]}")
+        raise UsageError(f"{option} {redact(uri)}: leave the credentials out of the URI (it holds {found}, which "
+                         f"would be saved with the search); {WHERE_CREDENTIALS_GO[option]}")
 
 
 def check_options(values: dict[str, Any]) -> None:

@@ -77,7 +77,7 @@ BAD = [
     (["--space", "omnifuse", "--points", '{"K": "five"}'], 'K="five" is outside the space (int [1, 8])'),
     (["--space", "omnifuse-ablation", "--points", '{"dwfuse": false, "beta": 0.5}'], "beta is not searched when dwfuse=True does not hold"),
     (["--space", "omnifuse", "--tracking-uri", "http://alice:s3cr3t@127.0.0.1:9"],
-     "--tracking-uri http://alice:***@127.0.0.1:9: the URI holds a password"),
+     "--tracking-uri http://alice:***@127.0.0.1:9: leave the credentials out of the URI (it holds a password"),
     (["--space", "omnifuse", "--folds", "40"], "--folds 40 (stratified k-fold): smallest class has"),
     (["--space", "omnifuse", "--points", "lr=1"], "not JSON"),
     (["--space", "omnifuse", "--epochs", "ten"], "--epochs: invalid int value"),
