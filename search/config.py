@@ -8,11 +8,13 @@ cluster, the tracking server or the data are in :mod:`search.preflight`.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from search.credentials import check_options, redact_options
 from search.errors import UsageError
 from spaces import SPACES, Space, get_space
 from trainables.metrics import METRICS
@@ -118,10 +120,15 @@ class SearchConfig:
         return (Path(head).name if ("/" in head or Path(head).is_dir()) else head) + suffix
 
     def as_params(self) -> dict[str, Any]:
-        """The options as flat, loggable values (the parent run's params)."""
-        out = {k: (",".join(v) if k in ("metric", "mode", "references", "only") else v) for k, v in asdict(self).items() if k != "points"}
+        """The options as flat, loggable values (the parent run's params; URIs redacted)."""
+        out = {k: (",".join(v) if k in ("metric", "mode", "references", "only") else v) for k, v in self.as_saved().items()
+               if k != "points"}
         out["points"] = len(self.points)
         return out
+
+    def as_saved(self) -> dict[str, Any]:
+        """The options as ``search.json`` keeps them (URIs redacted: credentials never reach a file)."""
+        return redact_options(asdict(self))
 
 
 def storage_path(storage: str) -> str:
@@ -149,6 +156,7 @@ def resolve(cfg: SearchConfig) -> SearchConfig:
     if cfg.space not in SPACES:
         raise UsageError(f"--space {cfg.space}: unknown space; known: {', '.join(SPACES)}")
     space = get_space(cfg.space)
+    check_options(asdict(cfg))
     unknown_dims = [n for n in cfg.only if n not in space.names]
     if unknown_dims or (cfg.only and len(set(cfg.only)) != len(cfg.only)):
         raise UsageError(f"--only {','.join(cfg.only)}: " + (f"{unknown_dims[0]!r} is not a dimension of space {space.name} "
@@ -190,10 +198,7 @@ def resolve(cfg: SearchConfig) -> SearchConfig:
         if not space.mutable():
             raise UsageError(f"--scheduler pbt: space {space.name} has no dimension PBT may perturb")
     for point in cfg.points:
-        unknown = [k for k in point if k not in space.names]
-        if unknown:
-            raise UsageError(f"--points: {unknown[0]!r} is not a dimension of space {space.name} "
-                             f"({', '.join(space.names)})")
+        check_point(point, space)
 
     if cfg.optuna_storage is not None:
         if cfg.scheduler == "pbt":
@@ -222,6 +227,25 @@ def resolve(cfg: SearchConfig) -> SearchConfig:
         text_encoder=cfg.text_encoder or space.text_encoder,
         image_encoder=cfg.image_encoder or space.image_encoder,
     )
+
+
+def check_point(point: dict[str, Any], space: Space) -> None:
+    """A ``--points`` entry (a partial configuration; the sampler fills the rest): every key a
+    dimension of the space, every value of its type and in its range or choices, no value for a
+    dimension its own given values switch off. :class:`UsageError` naming the point and the field."""
+    shown = json.dumps(point, sort_keys=True, default=str)
+    for key, value in point.items():
+        if key not in space.names:
+            raise UsageError(f"--points {shown}: {key!r} is not a dimension of space {space.name} "
+                             f"({', '.join(space.names)})")
+        dim = space.dimension(key)
+        if not dim.contains(value):
+            raise UsageError(f"--points {shown}: {key}={json.dumps(value, default=str)} is outside the space "
+                             f"({dim.describe()})")
+        decided = [w for w in dim.when if all(p in point for p in w.params)]
+        if not all(w.holds(point) for w in decided):
+            raise UsageError(f"--points {shown}: {key} is not searched when "
+                             f"{' and '.join(str(w) for w in decided if not w.holds(point))} does not hold")
 
 
 def _objectives(cfg: SearchConfig) -> tuple[tuple[str, ...], tuple[str, ...]]:

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from ray import tune
 
-from search import references
+from search import integrity, references
 from search.orchestrate import result_loggers
 from search.results import error_reason
 from search.stats import TEST_NAME, corrected_resampled_ttest, test_train_ratio
@@ -186,7 +186,9 @@ def run_stage(candidates: list[Candidate], scheme: Scheme, *, search_seed: int, 
     """Run (or resume) the confirmation trials and fill every candidate's fold scores."""
     fn = tune.with_resources(tune.with_parameters(fusetune_confirm, data=data), resources)
     path = f"{experiment_path.rstrip('/')}/{EXPERIMENT}"
+    integrity.install()
     if tune.Tuner.can_restore(path):
+        integrity.verify(path, option="--resume (confirmation stage)")
         tuner = tune.Tuner.restore(path, fn, resume_unfinished=True, resume_errored=False)
     else:
         tuner = tune.Tuner(
@@ -196,6 +198,7 @@ def run_stage(candidates: list[Candidate], scheme: Scheme, *, search_seed: int, 
             run_config=tune.RunConfig(name=EXPERIMENT, storage_path=experiment_path, verbose=0,
                                       callbacks=[*(callbacks or []), *result_loggers()]),
         )
+    integrity.seal(path)
     grid = tuner.fit()
     by_config: dict[str, dict[int, dict[str, Any]]] = {}
     errors: dict[str, str] = {}

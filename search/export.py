@@ -2,6 +2,7 @@
 
     python -m search.export --name STUDY [--storage DIR] [--top-k K] --dest DIR
     python -m search.export --model NAME [--alias champion | --version N] [--tracking-uri URI] --dest DIR
+    python -m search.export --name STUDY --dest DIR --sign-key KEY     # and sign each bundle (Ed25519)
 
 Each selected configuration becomes ``DEST/<study>-<rank>-<trial>/`` (``DEST/<model>-v<version>/``
 from the registry): a :mod:`trainables.bundle` (safetensors weights, full config, preprocessing
@@ -46,11 +47,14 @@ from typing import Any
 import numpy as np
 
 from search.cli import DEFAULT_STORAGE, OneLineParser, add_storage_option
+from search.credentials import refuse_credentials
 from search.errors import UsageError
 from search.results import StudyResults, TrialResult, load_study
 from search.robustness import ALL, DEFAULT_RATES, FoldModels, Row, evaluate, fold_models, parse_rates
-from trainables.bundle import BundleError, copy_bundle, load_bundle, verify_bundle
+from trainables.bundle import copy_bundle, load_bundle, sign_bundle, verify_bundle
+from trainables.data import DataError
 from trainables.metrics import METRICS, classification_metrics
+from trainables.signing import key_id, load_private_key
 
 CARD = "MODEL_CARD.md"
 REQUIREMENTS = "requirements.txt"
@@ -457,12 +461,27 @@ def install_lines(wheel: str | None, requirements: list[str]) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- export
+def _fold_models(sel: Selected) -> FoldModels:
+    """The trial's fold models; a checkpoint that cannot be restored (corrupt, truncated, another
+    model's) is one line naming it rather than a traceback."""
+    try:
+        return fold_models(sel.trial, log=lambda s: print(s, file=sys.stderr))
+    except Exception as exc:  # noqa: BLE001 - torch, safetensors and the model raise many types
+        ckpt = sel.trial.checkpoint()
+        if ckpt is None:
+            raise
+        detail = " ".join(str(exc).split())[:160]
+        raise UsageError(f"checkpoint {ckpt} of trial {sel.trial.trial_id}: cannot be restored "
+                         f"({type(exc).__name__}: {detail}); delete that folder to have the export retrain "
+                         "the trial's folds from its config") from None
+
+
 def export_one(sel: Selected, dest: Path, *, rates: tuple[float, ...], seed: int, overwrite: bool,
                wheel: Path | None = None) -> Path:
     verify_bundle(sel.bundle)
     metric = sel.study.metric if sel.study else str(sel.trial.config.get("metric") or "macro_f1")
     metric = metric if metric in METRICS else "macro_f1"
-    models = fold_models(sel.trial, log=lambda s: print(s, file=sys.stderr))
+    models = _fold_models(sel)
     rows = evaluate(models, metric, rates, seed=seed)
     facts = card_facts(sel, models, rows, metric, dest / sel.out_name)
     requirements = bundle_requirements(sel.bundle)
@@ -492,9 +511,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="missing-modality rates for the card (default 0,0.3,0.6,0.9)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random masking (default 0)")
     parser.add_argument("--overwrite", action="store_true", help="replace bundles already in --dest")
+    parser.add_argument("--sign-key", default=None, metavar="KEY",
+                        help="sign each bundle with this Ed25519 private key (PEM; python -m trainables.signing keygen)")
     args = parser.parse_args(argv)
     dest = Path(args.dest).expanduser()
     try:
+        refuse_credentials("--tracking-uri", args.tracking_uri)
+        sign_key = load_private_key(args.sign_key) if args.sign_key else None
         if args.top_k < 1:
             raise UsageError(f"--top-k {args.top_k}: must be at least 1")
         if args.model is None and (args.alias or args.version or args.tracking_uri):
@@ -521,12 +544,16 @@ def main(argv: list[str] | None = None) -> int:
                       "(the model card names the fusetune version to install)", file=sys.stderr)
             written = [export_one(s, dest, rates=rates, seed=args.seed, overwrite=args.overwrite, wheel=wheel)
                        for s in selected]
-    except (UsageError, BundleError) as exc:
+            for path in written if sign_key is not None else []:
+                sign_bundle(path, sign_key)
+    except (UsageError, DataError) as exc:  # BundleError and SigningError are DataErrors
         print(f"python -m search.export: error: {exc}", file=sys.stderr)
         return 2
     for sel, path in zip(selected, written):
         print(f"{path}  (rank {sel.rank}, trial {sel.trial.trial_id}, model from {sel.origin})")
     print("load: from trainables.bundle import load_bundle; load_bundle(PATH).predict(frame)")
+    if sign_key is not None:
+        print(f"signed with key {key_id(sign_key.public_key())}: load_bundle(PATH, public_key=\"KEY.pub\") checks it")
     return 0
 
 

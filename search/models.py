@@ -85,6 +85,11 @@ class BundleModel(mlflow.pyfunc.PythonModel):
 
 mlflow.models.set_model(BundleModel())
 '''
+ENTRY_FILE = "fusetune_pyfunc.py"
+"""The pyfunc entry file (:data:`_PYFUNC_CODE`); also a file of the bundle, so the bundle's
+manifest records its SHA-256 and :func:`verify_model` can check the logged copy before MLflow runs it."""
+CODE_LOADER = "mlflow.pyfunc.loaders.code_model"
+"""MLflow's loader of models-from-code: the only loader :func:`load_model` accepts (no pickle)."""
 CODE_PACKAGES = ("trainables",)
 """What the pyfunc imports from fusetune; logged as ``code_paths`` (``trainables`` never imports
 ``search`` or ``spaces``)."""
@@ -291,13 +296,15 @@ def log_top_models(top: list[TopTrial], *, space: str, data_name: str, tracking_
             "test_metrics": fit.test_metrics,
         }
         with tempfile.TemporaryDirectory(prefix="fusetune-model-") as tmp:
-            bundle_path = save_bundle(Path(tmp) / "bundle", fit.trainer, data=fit.train, metadata=metadata)
+            entry = {ENTRY_FILE: _PYFUNC_CODE}
+            bundle_path = save_bundle(Path(tmp) / "bundle", fit.trainer, data=fit.train, metadata=metadata,
+                                      extra_files=entry)
             if bundle_dir is not None:
                 save_bundle(Path(bundle_dir) / f"{rank}-{trial.trial_id}", fit.trainer, data=fit.train,
-                            metadata=metadata, overwrite=True)
+                            metadata=metadata, overwrite=True, extra_files=entry)
             bundle = load_bundle(bundle_path)
             example = pyfunc_input(bundle, _example_rows(fit.test if fit.test is not None else fit.train))
-            code = Path(tmp) / "fusetune_pyfunc.py"
+            code = Path(tmp) / ENTRY_FILE
             code.write_text(_PYFUNC_CODE)
             with _tracking(tracking_uri), fast_http(60, retries=3), mlflow.start_run(run_id=run_id):
                 info = mlflow.pyfunc.log_model(
@@ -322,3 +329,49 @@ def log_top_models(top: list[TopTrial], *, space: str, data_name: str, tracking_
         client.set_registered_model_alias(registered_name, CHAMPION, versions[0])
         client.set_tag(parent_run_id, "fusetune.champion", f"models:/{registered_name}/{versions[0]}")
     return versions
+
+
+# ----------------------------------------------------------------------------- loading, verified
+def verify_model(local: str | Path, *, public_key: Any = None) -> Path:
+    """Check a downloaded pyfunc model folder before anything in it runs: MLflow's models-from-code
+    loader (no pickled Python object), the bundle artifact intact (and signed by ``public_key``,
+    if given), and the entry file MLflow would execute byte for byte the one the bundle's
+    manifest records. Returns the bundle folder; :class:`BundleError` (one line) otherwise."""
+    import yaml
+
+    from trainables.bundle import BundleError, _sha256, verify_bundle
+
+    local = Path(local)
+    where = f"model {local}"
+    try:
+        flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
+    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        raise BundleError(where, "has no readable MLmodel with a python_function flavor") from None
+    if flavor.get("loader_module") != CODE_LOADER or "python_model" in flavor:
+        raise BundleError(where, f"is not a models-from-code pyfunc (loader {flavor.get('loader_module')!r}); "
+                          "refusing to unpickle it")
+    bundle = local / str(((flavor.get("artifacts") or {}).get("bundle") or {}).get("path", "artifacts/bundle"))
+    manifest = verify_bundle(bundle, public_key=public_key)
+    entry = local / Path(str(flavor.get("model_code_path", ENTRY_FILE))).name
+    recorded = manifest["files"].get(ENTRY_FILE)
+    if recorded is None:
+        raise BundleError(where, f"its bundle does not record the pyfunc entry file {ENTRY_FILE} (logged by an older "
+                          "fusetune); load the bundle itself with trainables.bundle.load_bundle")
+    if not entry.is_file() or _sha256(entry) != recorded["sha256"]:
+        raise BundleError(where, f"the pyfunc entry file {entry.name} does not match the SHA-256 its bundle's manifest "
+                          "records (edited in the artifact store?); refusing to run it")
+    return bundle
+
+
+def load_model(model_uri: str, *, tracking_uri: str | None = None, public_key: Any = None,
+               dst: str | Path | None = None) -> Any:
+    """``mlflow.pyfunc.load_model`` after :func:`verify_model`: download the model (``models:/NAME@champion``,
+    ``runs:/...``, a folder), check it, then load the checked copy."""
+    import contextlib
+
+    context = _tracking(tracking_uri) if tracking_uri else contextlib.nullcontext()
+    with context:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri,
+                                                         dst_path=str(dst) if dst else tempfile.mkdtemp(prefix="fusetune-model-")))
+    verify_model(local, public_key=public_key)
+    return mlflow.pyfunc.load_model(str(local))

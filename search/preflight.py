@@ -11,11 +11,13 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from search.config import SearchConfig
+from search.credentials import redact
 from search.errors import UsageError
 from spaces import Space
 from trainables.data import DataError
@@ -63,6 +65,24 @@ RAY_AUTH_TOKEN_FILE = Path.home() / ".ray" / "auth_token"
 """Where ``ray start`` keeps the cluster's auth token (token authentication, Ray >= 2.5x)."""
 
 
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+"""Ray's switch between a node reachable from other machines and a loopback-only one. Off, the
+node's address is 127.0.0.1 and Ray's GCS, raylet, workers and runtime-env agent listen there only
+(its gRPC servers bind to all interfaces whenever the node address is another)."""
+
+
+def loopback_only() -> None:
+    """Make the local cluster that ``ray.init`` starts listen on 127.0.0.1 only. ``ray.init``
+    turns ``_node_ip_address="127.0.0.1"`` into the machine's outward address, so the node address
+    comes from Ray's own no-cluster setting instead: the environment variable for the processes
+    started from here, and the constant Ray read from it when it was imported. A cluster other
+    machines join is started with ``ray start --head`` and given as ``--address``."""
+    os.environ[LOOPBACK_ENV] = "0"
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False
+
+
 def connect(cfg: SearchConfig) -> dict[str, Any]:
     """``ray.init``: the cluster at ``--address``, or a light local one (no dashboard). Returns
     timings for the report."""
@@ -71,6 +91,7 @@ def connect(cfg: SearchConfig) -> dict[str, Any]:
     if not cfg.address:
         # local workers import this checkout even when it is not pip-installed
         os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+        loopback_only()
     if cfg.address and cfg.address != "auto" and "RAY_AUTH_MODE" not in os.environ and RAY_AUTH_TOKEN_FILE.is_file():
         # Ray sends its token by itself only for address="auto"; an explicit host:port to a
         # token-protected cluster would otherwise fail with an unrelated connection error
@@ -109,6 +130,32 @@ def check_resources(cfg: SearchConfig) -> int:
             fit = min(fit, int(n.get("GPU", 0.0) / cfg.gpus_per_trial + 1e-9))
         slots += fit
     return max(1, slots)
+
+
+# --------------------------------------------------------------------------------- paths
+def check_storage(cfg: SearchConfig) -> None:
+    """A local ``--storage`` must be a folder this user can write (created if missing), reported
+    as ``--storage`` rather than as the tracking store inside it."""
+    if "://" in cfg.storage:
+        return
+    root = Path(cfg.storage_path)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=root):
+            pass
+    except OSError as exc:
+        raise UsageError(f"--storage {cfg.storage}: cannot write there ({exc.strerror or exc})") from None
+
+
+def check_sqlite_file(option: str, uri: str) -> None:
+    """A ``sqlite:///PATH`` store must name a file (or nothing yet), not a folder: SQLite would
+    otherwise fail only after MLflow's long retry loop."""
+    if not uri.startswith("sqlite:///"):
+        return
+    path = Path(uri[len("sqlite:///"):].partition("?")[0])
+    if path.is_dir():
+        raise UsageError(f"{option} {redact(uri)}: {path} is a folder; name the database file, "
+                         f"e.g. sqlite:///{(path / 'mlflow.db').as_posix()}")
 
 
 # --------------------------------------------------------------------------------- data

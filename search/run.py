@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
-from search import cli, orchestrate, preflight, results
+from search import cli, integrity, orchestrate, preflight, results
 from search.cleanup import PruneCheckpoints, Pruned, prune_checkpoints
 from search.config import SearchConfig, experiment_path, resolve, storage_path
+from search.credentials import check_options, redact
 from search.errors import UsageError
 from search.progress import ProgressLine, format_duration
 from search.timing import Steps, since_start
@@ -56,8 +57,10 @@ def options(given: dict[str, Any]) -> SearchConfig:
             raise UsageError(f"--name {cfg.name}: a search of that name exists in {cfg.storage_path}; "
                              "add --resume to continue it, or choose another --name")
         return cfg
+    check_options(given)
     storage = given.get("storage", SearchConfig.storage)
     name = preflight.find_search(storage_path(storage), given.get("name"))
+    integrity.verify(experiment_path(storage, name))  # before anything of it is read, Ray started or unpickled
     saved = json.loads(results.read_text(experiment_path(storage, name), SEARCH_FILE))
     saved["metric"], saved["mode"], saved["points"] = tuple(saved["metric"]), tuple(saved["mode"]), tuple(saved["points"])
     if "references" in saved:
@@ -94,6 +97,7 @@ def tracking_uri(cfg: SearchConfig) -> str:
 
 
 def ui_command(uri: str) -> str:
+    uri = redact(uri)
     if uri.startswith(("http://", "https://", "databricks")):
         return f"open {uri} (the MLflow server's UI)"
     return f"mlflow ui --backend-store-uri {uri}"
@@ -152,6 +156,8 @@ def execute(given: dict[str, Any]) -> SearchResult:
     from search import optuna_storage
 
     with timings("checks_s"):
+        preflight.check_storage(cfg)
+        preflight.check_sqlite_file("--tracking-uri" if cfg.tracking_uri else f"--storage {cfg.storage} (its mlflow.db)", uri)
         check_tracking_uri(uri)
         study_url = optuna_storage.storage_url(cfg) if cfg.scheduler != "pbt" else None
         if study_url:
@@ -185,19 +191,22 @@ def execute(given: dict[str, Any]) -> SearchResult:
     tracking = MLflowTracking(uri, cfg.experiment, cfg.name, search_tags=search_tags, search_params=cfg.as_params(),
                              dataset=DatasetInfo.of(cfg, data))
     callbacks = [ProgressLine(total=total, epochs=cfg.epochs, metric=cfg.primary_metric, mode=cfg.primary_mode), tracking]
-    results.write_text(json.dumps(asdict(cfg), indent=2, default=list), exp_path, SEARCH_FILE)
+    results.write_text(json.dumps(cfg.as_saved(), indent=2, default=list), exp_path, SEARCH_FILE)
     if orchestrate.CADENCES[cfg.scheduler].prune_while_running:  # the disk does not grow with the trials
         callbacks.append(PruneCheckpoints(cfg.primary_metric, cfg.primary_mode, keep=max(cfg.top_k, 1)))
+    integrity.install()  # every snapshot Tune writes is sealed before it reaches the search folder
     if cfg.resume:
+        integrity.verify(exp_path)
         tuner = orchestrate.restore_tuner(cfg, space, data, callbacks)
     else:
         tuner = orchestrate.build_tuner(cfg, space, data, callbacks, warm)
+    integrity.seal(exp_path)  # tuner.pkl, written when the Tuner is built
     print(f"{'resuming' if cfg.resume else 'search'} {cfg.name}: space {space.name} ({space.method}) on {cfg.data} "
           f"[{len(data.data)} training samples, {'hold-out' if cfg.folds == 0 else f'{cfg.folds}-fold'}], "
           f"{total} trials x {cfg.epochs} epochs, sampler {cfg.sampler}, scheduler {cfg.scheduler}, "
           f"objective {', '.join(f'{m} ({d})' for m, d in zip(cfg.metric, cfg.mode))}", flush=True)
     if study_url:
-        print(f"Optuna study {cfg.name}: optuna-dashboard {study_url}" + (
+        print(f"Optuna study {cfg.name}: optuna-dashboard {redact(study_url)}" + (
             f" (warm start: {len(warm)} finished trials of {cfg.warm_start})" if warm else ""), flush=True)
     elif cfg.scheduler != "pbt":
         print("Optuna study in memory (a remote --storage; give --optuna-storage URL to keep it)", flush=True)

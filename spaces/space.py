@@ -45,7 +45,7 @@ class Space:
     paper, or our own calibration (on which data); ``show`` prints it."""
     forbidden: tuple[Forbidden, ...] = ()
     """Combinations no configuration may have (the code refuses them too)."""
-    grace: Callable[["Space", int], int] | None = None
+    grace: Callable[[Space, int], int] | None = None
     """Default ``--grace-period`` of ASHA / the median rule, ``(space, epochs) -> epochs`` (None: a
     quarter of the budget); the CLIMD spaces' is :func:`spaces.common.curriculum_grace`."""
 
@@ -126,7 +126,7 @@ class Space:
     def default_config(self) -> dict[str, Any]:
         return {**self.default_point(), **self.fixed}
 
-    def only(self, *names: str) -> "Space":
+    def only(self, *names: str) -> Space:
         """The same space searching only ``names``: every other dimension is held at its default (a
         fixed key where it is active at the default point, gone where it is not), so e.g.
         ``only("lr")`` is a learning-rate-only search of the method at its defaults otherwise."""

@@ -6,7 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainables.alignedfusion import AlignedFusion, AlignedFusionConfig, SelfAttentionConfig, SelfAttentionFusion, reconstruction_loss
+from trainables.alignedfusion import (
+    AlignedFusion,
+    AlignedFusionConfig,
+    SelfAttentionConfig,
+    SelfAttentionFusion,
+    reconstruction_loss,
+)
 from trainables.backbone import Batch, DataSpec, InputSpec
 
 A, D_TEXT, P, D_IMG, D_EHR, C = 4, 6, 9, 5, 3, 3

@@ -192,6 +192,7 @@ def test_a_toy_method_needs_a_method_file_its_space_and_one_registry_line(tmp_pa
 
     register_method(MethodSpec("toy", "toy_method:Toy", description="toy"))   # the registry line
     import toy_space  # noqa: F401  (registers the space)
+
     from spaces.registry import get_space
 
     space = get_space("toy")

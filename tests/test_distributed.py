@@ -104,7 +104,7 @@ class LocalCluster:
         return subprocess.run(["bash", str(LOCAL_CLUSTER), *args, "--dir", str(self.dir)], env=self.env,
                               capture_output=True, text=True, timeout=300)
 
-    def start(self) -> "LocalCluster":
+    def start(self) -> LocalCluster:
         done = self._script("start", "--workers", str(self.workers), *self.options)
         if done.returncode != 0:
             self.stop()
@@ -405,6 +405,7 @@ def test_fractional_gpus_share_one_gpu(data_dir, drivers, tmp_path):
 
 def test_tracking_server_outage_mid_search(data_dir, drivers, tmp_path):
     from mlflow.tracking import MlflowClient
+
     from mlflow_server import MlflowServer
 
     epochs, n = 150, 2  # long enough to outlast stopping the server

@@ -7,7 +7,14 @@ import torch
 import torch.nn.functional as F
 
 from trainables.backbone import Batch, DataSpec, InputSpec
-from trainables.emrfusion import EMRFusion, EMRFusionConfig, alignment_loss, attention_pooling, channel_attention, orthogonality_loss
+from trainables.emrfusion import (
+    EMRFusion,
+    EMRFusionConfig,
+    alignment_loss,
+    attention_pooling,
+    channel_attention,
+    orthogonality_loss,
+)
 
 D_TXT, L_TXT, D_IMG, HW, D_EHR, C = 6, 5, 4, 9, 3, 3
 

@@ -202,3 +202,36 @@ def test_bundle_carries_an_installable_fusetune_and_exact_requirements(exported,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     np.testing.assert_allclose(np.load(tmp_path / "probs.npy"), load_bundle(exported).predict(frame), rtol=0, atol=1e-7)
+
+
+def test_export_signs_with_sign_key_and_the_signature_checks_origin(search, tmp_path, capsys):
+    from trainables.signing import keygen
+
+    private, public = keygen(tmp_path / "keys" / "producer")
+    _, stranger = keygen(tmp_path / "keys" / "stranger")
+    dest = tmp_path / "signed"
+    assert main(["--name", search["name"], "--storage", str(search["storage"]), "--dest", str(dest),
+                 "--sign-key", str(private)]) == 0
+    assert "signed with key" in capsys.readouterr().out
+    (bundle,) = dest.iterdir()
+    load_bundle(bundle, public_key=public)
+    with pytest.raises(BundleError, match="signature does not verify"):
+        load_bundle(bundle, public_key=stranger)
+    assert main(["--name", search["name"], "--storage", str(search["storage"]), "--dest", str(tmp_path / "x"),
+                 "--sign-key", str(tmp_path / "keys" / "producer.pub")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a PEM private key" in err
+
+
+def test_export_of_a_corrupt_checkpoint_is_one_line(search, tmp_path, capsys):
+    storage = tmp_path / "copy"
+    shutil.copytree(search["storage"], storage)
+    study = load_study(search["name"], str(storage))
+    for trial in study.trials:
+        ckpt = trial.checkpoint()
+        if ckpt is not None:
+            (ckpt / "state.pt").write_bytes(b"not a checkpoint")
+    capsys.readouterr()
+    assert main(["--name", search["name"], "--storage", str(storage), "--dest", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot be restored" in err and "Traceback" not in err, err

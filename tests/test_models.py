@@ -373,3 +373,37 @@ def test_refit_is_one_model_of_the_trial_loop_on_the_whole_training_part():
     assert fit.train.name == test.name and len(fit.train) + len(fit.test) == len(load_dataset("breast-tcga"))
     assert fit.test_metrics["accuracy"] == pytest.approx(
         float(np.mean(by_hand.predict_proba(test).argmax(1) == test.labels)))
+
+
+def test_the_pyfunc_entry_file_is_checked_before_it_runs(tmp_path):
+    """An edited entry file in the artifact store never runs through search.models.load_model."""
+    import shutil
+
+    from search.models import ENTRY_FILE, load_model, verify_model
+
+    uri = sqlite_store(tmp_path / "store")
+    top = [TopTrial("t_00000", {**BASE, "epochs": 1}, {"macro_f1": 0.6})]
+    cb = search_runs(uri, top, "entry")
+    name = registered_model_name("baseline", "rosmap")
+    log_top_models(top, space="baseline", data_name="rosmap", tracking_uri=uri, parent_run_id=cb.parent_run_id,
+                   registered_name=name)
+    model = load_model(f"models:/{name}@champion", tracking_uri=uri, dst=tmp_path / "ok")
+    test = load_dataset("rosmap").split_part("test").take(np.arange(3))
+    assert model.predict(pyfunc_input(load_bundle(tmp_path / "ok" / "artifacts" / "bundle"), test)).shape == (3, 2)
+
+    edited = tmp_path / "edited"
+    shutil.copytree(tmp_path / "ok", edited)
+    marker = tmp_path / "ran"
+    entry = edited / ENTRY_FILE
+    entry.write_text(f"open({str(marker)!r}, 'w').close()\n" + entry.read_text())
+    with pytest.raises(BundleError) as err:
+        load_model(str(edited), dst=tmp_path / "dl")
+    assert "entry file fusetune_pyfunc.py does not match the SHA-256" in str(err.value) and "\n" not in str(err.value)
+    assert not marker.exists()
+    # the store itself edited: the same refusal from models:/
+    (stored,) = [p for p in (tmp_path / "store" / "mlartifacts").rglob(ENTRY_FILE) if p.parent.name == "artifacts"]
+    stored.write_text(entry.read_text())
+    with pytest.raises(BundleError, match="does not match the SHA-256"):
+        load_model(f"models:/{name}@champion", tracking_uri=uri, dst=tmp_path / "dl2")
+    assert not marker.exists()
+    assert verify_model(tmp_path / "ok").name == "bundle"

@@ -7,14 +7,12 @@ import numpy as np
 import pytest
 import torch
 
+from test_engine import FAST, toy
 from trainables.data.errors import DataError
 from trainables.engine import FoldTrainer
-from trainables.resampling import (RESAMPLERS, VAE, VAEConfig, gaussian_kl, reconstruction, vae_loss,
-                                   vae_oversample)
+from trainables.resampling import RESAMPLERS, VAE, VAEConfig, gaussian_kl, reconstruction, vae_loss, vae_oversample
 from trainables.trainable import Trial
 from trainables.trial_data import prepare
-
-from test_engine import FAST, toy
 
 torch.set_num_threads(1)
 SMALL = {"vae_steps": 60, "vae_hidden": 16, "vae_latent": 4}

@@ -21,8 +21,8 @@ from spaces import SPACES, get_space
 REPO = Path(__file__).resolve().parents[1]
 
 
-def search(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+def search(args: list[str], timeout: int = 600, pythonpath: tuple[Path, ...] = ()) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(map(str, (*pythonpath, REPO))))
     env.pop("RAY_ADDRESS", None)  # a local cluster of its own
     return subprocess.run([sys.executable, "-m", "search.run", *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=timeout, check=False)
@@ -70,7 +70,15 @@ BAD = [
     (["--space", "omnifuse", "--folds", "1"], "--folds 1: must be 0"),
     (["--space", "omnifuse", "--sampler", "cmaes", "--metric", "macro_f1,auroc"], "--sampler cmaes: optimises one objective"),
     (["--space", "omnifuse", "--scheduler", "pbt", "--sampler", "grid"], "--sampler grid: PBT"),
-    (["--space", "omnifuse", "--points", '{"gamma": 0.3}'], "--points: 'gamma' is not a dimension of space omnifuse"),
+    (["--space", "omnifuse", "--points", '{"gamma": 0.3}'], "--points {\"gamma\": 0.3}: 'gamma' is not a dimension of space omnifuse"),
+    (["--space", "omnifuse", "--points", '{"lr": -5}'], "--points {\"lr\": -5}: lr=-5 is outside the space (float [1e-05, 0.01] log)"),
+    (["--space", "omnifuse", "--points", '{"lr": 10}'], "--points {\"lr\": 10}: lr=10 is outside the space"),
+    (["--space", "omnifuse", "--points", '{"batch_size": 48}'], "batch_size=48 is outside the space (choice {16, 32, 64, 128})"),
+    (["--space", "omnifuse", "--points", '{"K": "five"}'], 'K="five" is outside the space (int [1, 8])'),
+    (["--space", "omnifuse-ablation", "--points", '{"dwfuse": false, "beta": 0.5}'], "beta is not searched when dwfuse=True does not hold"),
+    (["--space", "omnifuse", "--tracking-uri", "http://alice:s3cr3t@127.0.0.1:9"],
+     "--tracking-uri http://alice:***@127.0.0.1:9: leave the credentials out of the URI (it holds a password"),
+    (["--space", "omnifuse", "--folds", "40"], "--folds 40 (stratified k-fold): smallest class has"),
     (["--space", "omnifuse", "--points", "lr=1"], "not JSON"),
     (["--space", "omnifuse", "--epochs", "ten"], "--epochs: invalid int value"),
     (["--epochs", "3"], "--space is required"),
@@ -192,14 +200,34 @@ def test_same_name_again_is_refused(omnifuse_search, capsys):
     assert "add --resume" in capsys.readouterr().err
 
 
+POISON_LR = 0.0098765
+"""An lr inside the baseline space whose trials the test's sitecustomize makes diverge (a point
+outside the space, such as lr=1e30, is refused before the search starts)."""
+
+POISON_SITE = f"""
+import trainables.trainable as _trainable
+_step = _trainable.Trial.step
+def _diverging(self):
+    if self.config.get("lr") == {POISON_LR!r}:  # the first epoch's loss of fold 0 comes out NaN
+        _trainable.check_finite({{"loss": float("nan")}}, self.epoch + 1, 0)
+    return _step(self)
+_trainable.Trial.step = _diverging
+"""
+
+
 def test_failing_trial_is_recorded_and_the_search_goes_on(tmp_path, data_dir):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(POISON_SITE)  # imported by the driver and every Ray worker
+    storage = tmp_path / "results"
     out = search(["--space", "baseline", "--num-samples", "3", "--epochs", "2", "--folds", "2", "--top-k", "0",
                   "--confirm-repeats", "0", "--references", "none",
-                  "--scheduler", "fifo", "--storage", str(tmp_path), "--points", '{"lr": 1e30}'])
+                  "--scheduler", "fifo", "--storage", str(storage), "--points", json.dumps({"lr": POISON_LR})],
+                 pythonpath=(site,))
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    rows = read_rows(tmp_path)
+    rows = read_rows(storage)
     assert [r["status"] for r in rows] == ["TERMINATED", "ERROR", "TERMINATED"]  # default, the NaN point, a TPE draw
-    assert config_of(rows[1])["lr"] == 1e30
+    assert config_of(rows[1])["lr"] == POISON_LR
     assert rows[1]["error"].startswith("non-finite training loss at epoch 1, fold 0: loss=nan")
     assert rows[2]["final"] == "True"                        # the trial after the failure still ran to the end
     assert "failed: non-finite training loss" in out.stdout  # one line in the progress output

@@ -103,7 +103,7 @@ class Backbone(nn.Module):
         self.num_classes = spec.num_classes
 
     @classmethod
-    def from_config(cls, spec: DataSpec, config: Mapping[str, Any] | Any) -> "Backbone":
+    def from_config(cls, spec: DataSpec, config: Mapping[str, Any] | Any) -> Backbone:
         """The model from the flat trial config (the keys its ``Config`` declares) or a ``Config``."""
         return cls(spec, from_config(cls.Config, config))
 

@@ -11,7 +11,13 @@ Layout (every file listed with its SHA-256 and size in ``MANIFEST.json``, verifi
                          feature names), the encoders (ids, identities, representations, text pooling,
                          image processor), data name/fingerprint
     MANIFEST.json        {"format": "fusetune-bundle", "version": 1, "files": {name: {"sha256", "bytes"}}}
+    MANIFEST.sig         optional: the producer's Ed25519 signature of MANIFEST.json (:func:`sign_bundle`,
+                         checked by ``load_bundle(path, public_key=...)``; see :mod:`trainables.signing`)
     (extra files given to :func:`save_bundle`, e.g. a model card, are listed in the manifest too)
+
+The manifest proves the files are intact; only the signature proves who wrote them (anyone can
+edit a file and reseal the manifest). Inputs must be finite (NaN marks a missing modality); a
+sample with every modality missing is refused rather than given a near-uniform prediction.
 
 Input formats of :meth:`Bundle.predict` (both return class probabilities, float32 [N, C], columns
 in ``class_names`` order):
@@ -62,6 +68,7 @@ from trainables.registry import get_method
 FORMAT = "fusetune-bundle"
 VERSION = 1
 MANIFEST = "MANIFEST.json"
+SIGNATURE = "MANIFEST.sig"
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 PREPROCESSING = "preprocessing.json"
@@ -90,7 +97,7 @@ class BundleParts:
     token_masked: dict[str, bool] = field(default_factory=dict)  # token input -> had a token_mask
 
     @classmethod
-    def from_trainer(cls, trainer: Any, data: MultimodalDataset | None = None) -> "BundleParts":
+    def from_trainer(cls, trainer: Any, data: MultimodalDataset | None = None) -> BundleParts:
         masked = {}
         if data is not None:
             masked = {k: data.modalities[k].token_mask is not None for k in trainer.modality_names
@@ -193,8 +200,42 @@ def save_bundle(dest: str | Path, trainer_or_parts: Any, *, data: MultimodalData
     dest = Path(dest)
     if dest.exists() and not overwrite:
         raise BundleError(str(dest), "already exists (pass overwrite=True to replace it)")
+    description = description_of(parts, data, metadata)
+    with _building(dest) as tmp:
+        from safetensors.torch import save_model
+
+        save_model(parts.model, str(tmp / WEIGHTS))  # tensors on a GPU are copied to the CPU as they are written
+        config = {**_jsonable(parts.config), VERSION_KEY: CONFIG_VERSION}
+        (tmp / CONFIG).write_text(json.dumps(config, indent=1, sort_keys=True))
+        (tmp / PREPROCESSING).write_text(json.dumps(parts.standardizer.state_dict()))
+        (tmp / INPUTS).write_text(json.dumps(description, indent=1))
+        _write_extra(tmp, extra_files)
+    return dest
+
+
+def description_of(parts: BundleParts, data: MultimodalDataset | None = None,
+                   metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``inputs.json``: the method, the classes, every input in feeding order, the encoders, the
+    training data's name and the caller's ``metadata``."""
+    return {
+        "format": FORMAT, "version": VERSION,
+        "method": parts.method,
+        "class_names": list(parts.spec.class_names),
+        "modalities": list(dict.fromkeys(logical_name(n) for n in parts.input_names)),
+        "inputs": input_records(parts, data),
+        "encoders": _encoders_record(parts.config, parts.input_names, data),
+        "data": {"name": data.name if data is not None else None},
+        "metadata": _jsonable(metadata or {}),
+        "torch": torch.__version__,
+    }
+
+
+def input_records(parts: BundleParts, data: MultimodalDataset | None = None) -> list[dict[str, Any]]:
+    """One record per input, in the order the trainer feeds them: name, logical modality, kind,
+    width; a token input's length and whether it had a token mask; a vector input's feature names
+    (the training data's when they are unique and complete, else ``0..d-1``)."""
     spec_inputs = {i.name: i for i in parts.spec.inputs}
-    inputs = []
+    records = []
     for name in parts.input_names:
         i = spec_inputs[name]
         entry: dict[str, Any] = {"name": name, "modality": logical_name(name), "kind": i.kind, "dim": i.dim}
@@ -208,28 +249,8 @@ def save_bundle(dest: str | Path, trainer_or_parts: Any, *, data: MultimodalData
             if feats is None or len(feats) != i.dim or len(set(feats)) != len(feats):
                 feats = [str(k) for k in range(i.dim)]
             entry["features"] = feats
-        inputs.append(entry)
-    description = {
-        "format": FORMAT, "version": VERSION,
-        "method": parts.method,
-        "class_names": list(parts.spec.class_names),
-        "modalities": list(dict.fromkeys(logical_name(n) for n in parts.input_names)),
-        "inputs": inputs,
-        "encoders": _encoders_record(parts.config, parts.input_names, data),
-        "data": {"name": data.name if data is not None else None},
-        "metadata": _jsonable(metadata or {}),
-        "torch": torch.__version__,
-    }
-    with _building(dest) as tmp:
-        from safetensors.torch import save_model
-
-        save_model(parts.model, str(tmp / WEIGHTS))  # tensors on a GPU are copied to the CPU as they are written
-        config = {**_jsonable(parts.config), VERSION_KEY: CONFIG_VERSION}
-        (tmp / CONFIG).write_text(json.dumps(config, indent=1, sort_keys=True))
-        (tmp / PREPROCESSING).write_text(json.dumps(parts.standardizer.state_dict()))
-        (tmp / INPUTS).write_text(json.dumps(description, indent=1))
-        _write_extra(tmp, extra_files)
-    return dest
+        records.append(entry)
+    return records
 
 
 @contextlib.contextmanager
@@ -254,14 +275,16 @@ def _building(dest: Path) -> Iterator[Path]:
 
 def _write_extra(folder: Path, extra_files: dict[str, str | bytes] | None) -> None:
     for name, content in (extra_files or {}).items():
-        if name == MANIFEST or name in CORE_FILES or Path(name).name != name:
+        if name in (MANIFEST, SIGNATURE) or name in CORE_FILES or Path(name).name != name:
             raise BundleError(name, "extra bundle files need a plain file name other than the bundle's own")
         (folder / name).write_bytes(content.encode() if isinstance(content, str) else content)
 
 
 # ----------------------------------------------------------------------------- what comes out
-def verify_bundle(path: str | Path) -> dict[str, Any]:
-    """Check ``MANIFEST.json`` against the files; returns the manifest or raises :class:`BundleError`."""
+def verify_bundle(path: str | Path, *, public_key: Any = None) -> dict[str, Any]:
+    """Check ``MANIFEST.json`` against the files and, with ``public_key`` (an Ed25519 public key,
+    PEM bytes or a PEM file), the manifest's signature; returns the manifest or raises
+    :class:`BundleError`."""
     path = Path(path)
     where = f"bundle {path}"
     if not path.is_dir():
@@ -288,7 +311,38 @@ def verify_bundle(path: str | Path) -> dict[str, Any]:
             raise BundleError(where, f"file {name} has {size} bytes, the manifest says {entry.get('bytes')} (truncated or altered)")
         if _sha256(f) != entry.get("sha256"):
             raise BundleError(where, f"file {name} does not match its SHA-256 in {MANIFEST} (tampered or corrupted)")
+    if public_key is not None:
+        _check_signature(path, public_key)
     return manifest
+
+
+def _check_signature(path: Path, public_key: Any) -> None:
+    from trainables import signing
+
+    where = f"bundle {path}"
+    try:
+        record = json.loads((path / SIGNATURE).read_text())
+    except FileNotFoundError:
+        raise BundleError(where, f"is not signed (no {SIGNATURE}), so its origin cannot be checked") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise BundleError(where, f"{SIGNATURE} is not valid JSON") from None
+    try:
+        signing.verify((path / MANIFEST).read_bytes(), record, public_key, where)
+    except signing.SigningError as exc:
+        raise BundleError(exc.where, exc.problem) from None
+
+
+def sign_bundle(path: str | Path, private_key: Any) -> Path:
+    """Sign the (verified) bundle's manifest with an Ed25519 private key or the path of its PEM
+    file: writes ``MANIFEST.sig``."""
+    from trainables import signing
+
+    path = Path(path)
+    verify_bundle(path)
+    key = signing.load_private_key(private_key) if isinstance(private_key, (str, Path)) else private_key
+    record = signing.sign((path / MANIFEST).read_bytes(), key)
+    (path / SIGNATURE).write_text(json.dumps(record, indent=1))
+    return path / SIGNATURE
 
 
 def copy_bundle(src: str | Path, dest: str | Path, *, extra_files: dict[str, str | bytes] | None = None,
@@ -307,10 +361,11 @@ def copy_bundle(src: str | Path, dest: str | Path, *, extra_files: dict[str, str
     return dest
 
 
-def load_bundle(path: str | Path, *, device: str = "cpu") -> "Bundle":
-    """Verify the manifest, rebuild the model from ``inputs.json`` + ``config.json`` and load its weights."""
+def load_bundle(path: str | Path, *, device: str = "cpu", public_key: Any = None) -> Bundle:
+    """Verify the manifest (and with ``public_key`` the producer's signature), rebuild the model
+    from ``inputs.json`` + ``config.json`` and load its weights."""
     path = Path(path)
-    verify_bundle(path)
+    verify_bundle(path, public_key=public_key)
     description = json.loads((path / INPUTS).read_text())
     config = upgrade(json.loads((path / CONFIG).read_text()))  # a bundle of an older config version: old keys renamed
     standardizer = Standardizer.from_state_dict(json.loads((path / PREPROCESSING).read_text()))
@@ -399,7 +454,7 @@ class Bundle:
             present = [c for c in cols if c in columns]
             if len(present) == len(cols):
                 try:
-                    arrays[name] = frame[cols].to_numpy(dtype=np.float32, na_value=np.nan)
+                    arrays[name] = frame[cols].to_numpy(dtype=np.float64, na_value=np.nan)
                 except (TypeError, ValueError):
                     bad = next(c for c in cols if not _numeric(frame[c]))
                     raise BundleError(f"column {bad!r}", "must be numeric (NaN for missing)") from None
@@ -432,7 +487,7 @@ class Bundle:
             elif key in known:
                 arrays[key] = value
             elif key in self.encoders:
-                raw[key] = np.asarray(value, dtype=object if self.encoders[key]["kind"] == "text" else np.float32)
+                raw[key] = np.asarray(value, dtype=object if self.encoders[key]["kind"] == "text" else np.float64)
             else:
                 raise BundleError(f"input {key!r}", f"is not an input of this model; inputs: {', '.join(sorted(known | set(self.encoders)))}")
         if not arrays and not raw:
@@ -444,6 +499,8 @@ class Bundle:
         if len(sizes) != 1:
             raise BundleError("predict", f"inputs have different numbers of samples: {sorted(sizes)}")
         n = sizes.pop()
+        if n == 0:
+            raise BundleError("predict", "no samples to predict (an empty frame or arrays of length 0)")
         encoded = self._encode_raw(raw, n) if raw else {}
         modalities: dict[str, Modality] = {}
         logical_masks: dict[str, np.ndarray] = {}
@@ -451,10 +508,12 @@ class Bundle:
             name, kind, dim = i["name"], i["kind"], int(i["dim"])
             shape = (n, dim) if kind == "vector" else (n, int(i["length"]), dim)
             if name in arrays:
-                x = np.asarray(arrays[name], dtype=np.float32)
-                if x.shape != shape:
+                given = np.asarray(arrays[name], dtype=np.float64)  # as given: 1e300 is not yet inf
+                if given.shape != shape:
                     want = "[N, d]" if kind == "vector" else "[N, L, d]"
-                    raise BundleError(f"input {name!r}", f"expected {want} = {list(shape)[1:]} per sample, got shape {list(x.shape)}")
+                    raise BundleError(f"input {name!r}", f"expected {want} = {list(shape)[1:]} per sample, got shape {list(given.shape)}")
+                _refuse_non_finite(name, given, n)
+                x = given.astype(np.float32)
                 nan = np.isnan(x)
                 row_nan = nan.reshape(n, -1).all(axis=1)
                 tmask = None
@@ -483,6 +542,7 @@ class Bundle:
                 raise BundleError(f"modality {lm!r}", "its inputs disagree on which samples have it")
             logical_masks[lm] = m.mask
             modalities[name] = m
+        _refuse_empty_samples(logical_masks, n)
         return MultimodalDataset("predict", np.arange(n).astype(str), np.zeros(n, np.int64), list(self.class_names), modalities)
 
     @staticmethod
@@ -512,9 +572,11 @@ class Bundle:
                 mask = np.array([bool(t.strip()) for t in texts])
                 mods[name] = Modality(name, "text", texts, mask)
             else:
-                images = np.asarray(values, dtype=np.float32)
-                if images.ndim != 4:
-                    raise BundleError(f"input {name!r}", f"images must be [N, C, H, W], got shape {list(images.shape)}")
+                given = np.asarray(values, dtype=np.float64)
+                if given.ndim != 4:
+                    raise BundleError(f"input {name!r}", f"images must be [N, C, H, W], got shape {list(given.shape)}")
+                _refuse_non_finite(name, given, n)
+                images = given.astype(np.float32)
                 mask = ~np.isnan(images).reshape(n, -1).all(axis=1)
                 mods[name] = Modality(name, "image", np.nan_to_num(images, nan=0.0), mask)
         data = MultimodalDataset("predict", np.arange(n).astype(str), np.zeros(n, np.int64), list(self.class_names), mods)
@@ -522,6 +584,30 @@ class Bundle:
         ids = {f"{e['kind']}_encoder": e["encoder"] for k, e in self.encoders.items() if k in raw}
         out = encode_dataset(data, reps, use_cache=False, **ids)
         return dict(out.modalities)
+
+
+def _refuse_non_finite(name: str, values: np.ndarray, n: int) -> None:
+    """inf, or a finite value beyond float32 (which would become inf), is refused: the network
+    would turn it into NaN probabilities. NaN stays the missing-value marker."""
+    with np.errstate(invalid="ignore"):
+        bad = (np.isinf(values) | (np.abs(values) > np.finfo(np.float32).max)).reshape(n, -1)
+    if bad.any():
+        row = int(np.flatnonzero(bad.any(axis=1))[0])
+        value = values.reshape(n, -1)[row][bad[row]][0]
+        raise BundleError(f"input {name!r}", f"sample {row} has the non-finite or out-of-range value {value:g} "
+                          "(inputs must be finite float32; NaN marks a missing modality)")
+
+
+def _refuse_empty_samples(masks: dict[str, np.ndarray], n: int) -> None:
+    """A sample with no modality at all has nothing to predict from: the network would return
+    little more than its class prior, so it is an error rather than a silent near-uniform row."""
+    present = np.zeros(n, bool)
+    for mask in masks.values():
+        present |= np.asarray(mask, bool)
+    if not present.all():
+        missing = np.flatnonzero(~present)
+        raise BundleError("predict", f"sample {int(missing[0])} has every modality missing ({len(missing)} such "
+                          "sample(s)); give at least one modality per sample, or leave those samples out")
 
 
 def _is_missing(v: Any) -> bool:

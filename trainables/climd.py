@@ -65,7 +65,6 @@ import numpy as np
 
 from trainables.config import choices, from_config
 
-
 UNTRAINED_ONLY = ("config 'difficulty_every' = 0 (difficulty measured once) needs 'warmup_epochs' > 0: "
                   "otherwise the whole curriculum is ordered by an untrained model's difficulty")
 """The refused combination (see "Paper reading" in the module docstring)."""

@@ -60,6 +60,7 @@ from torch import Tensor, nn
 
 from trainables.backbone import Backbone, BackboneOutput, Batch, Criterion, DataSpec, InputSpec, logical_name
 
+
 @dataclass(frozen=True)
 class EMRFusionConfig:
     """The EMR fusion model's hyperparameters."""

@@ -35,9 +35,9 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
-from torch import nn
 from imblearn.over_sampling import SMOTE
 from imblearn.under_sampling import RandomUnderSampler
+from torch import nn
 
 from trainables.data.dataset import Modality, MultimodalDataset
 from trainables.data.errors import DataError
@@ -113,7 +113,7 @@ class VAEConfig:
     """weight of the KL term (1 = the ELBO)"""
 
     @classmethod
-    def from_config(cls, config: dict) -> "VAEConfig":
+    def from_config(cls, config: dict) -> VAEConfig:
         values = {}
         for f in fields(cls):
             key = f"vae_{f.name}"

@@ -73,7 +73,7 @@ import yaml
 
 from trainables.data.dataset import Modality, MultimodalDataset
 from trainables.data.errors import DataError
-from trainables.data.tables import read_numeric_table, read_table
+from trainables.data.tables import not_a_folder, read_numeric_table, read_table
 
 MANIFEST_NAMES = ("dataset.yaml", "dataset.yml", "dataset.json")
 TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
@@ -215,6 +215,8 @@ def discover_modalities(folder: Path, labels_file: Path) -> list[ModalitySpec]:
     ``<m>_train`` / ``<m>_test`` are the two halves of modality ``m``."""
     found: dict[str, dict[str | None, Path]] = {}
     for f in sorted(folder.iterdir()):
+        if f.suffix.lower() in TABLE_SUFFIXES and not f.is_file():
+            not_a_folder(f, "table (a modality's CSV or Parquet file)")
         if not f.is_file() or f.suffix.lower() not in TABLE_SUFFIXES or f.resolve() == labels_file.resolve():
             continue
         stem, part = f.stem, None
@@ -410,6 +412,8 @@ LOADERS: dict[str, Callable[[ModalitySpec, _Context], Modality]] = {
 def read_image(path: Path, listed_in: str = "") -> np.ndarray:
     """float32 [H, W, C] in [0, 1], C in (1, 3), from a Pillow-readable file or a ``.npy`` array."""
     where = f"{path} (listed in {listed_in})" if listed_in else str(path)
+    if path.is_dir():
+        raise DataError(where, "is a folder; expected an image file")
     if not path.is_file():
         raise DataError(where, "image file not found")
     try:

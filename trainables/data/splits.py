@@ -24,7 +24,7 @@ def stratified_kfold(labels: np.ndarray, n_splits: int, seed: int) -> list[Split
     labels = np.asarray(labels)
     if n_splits < 2:
         raise DataError("--folds", f"k-fold needs at least 2 folds, got {n_splits}")
-    _check_stratifiable(labels, n_splits, "stratified k-fold")
+    _check_stratifiable(labels, n_splits, f"--folds {n_splits} (stratified k-fold)")
     skf = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     return [(np.sort(tr), np.sort(va)) for tr, va in skf.split(np.zeros(len(labels)), labels)]
 
@@ -34,7 +34,7 @@ def stratified_holdout(labels: np.ndarray, val_fraction: float, seed: int) -> Sp
     labels = np.asarray(labels)
     if not 0.0 < val_fraction < 1.0:
         raise DataError("--val-fraction", f"must be in (0, 1), got {val_fraction}")
-    _check_stratifiable(labels, 2, "stratified hold-out")
+    _check_stratifiable(labels, 2, f"--folds 0 (stratified hold-out, --val-fraction {val_fraction:g})")
     idx = np.arange(len(labels))
     tr, va = train_test_split(idx, test_size=val_fraction, stratify=labels, random_state=seed)
     return np.sort(tr), np.sort(va)

@@ -9,10 +9,33 @@ import pandas as pd
 
 from trainables.data.errors import DataError
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+"""Features are float32: a finite value beyond this (``1e300``) would become inf."""
+
+
+def check_finite(values: np.ndarray, where: str | Path, columns: list[str]) -> None:
+    """Refuse ``inf``/``-inf`` and values beyond float32's range in a [rows, columns] array of
+    floats (NaN, a missing value, is left to the caller), naming the first such cell."""
+    values = np.asarray(values, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        bad = np.isinf(values) | (np.abs(values) > FLOAT32_MAX)
+    if bad.any():
+        r, c = np.argwhere(bad)[0]
+        v = values[r, c]
+        problem = "non-finite value" if np.isinf(v) else f"value beyond float32's range (±{FLOAT32_MAX:.3g})"
+        raise DataError(where, f"{problem} {v:g} in column {columns[c]!r}, row {r + 1}")
+
+
+def not_a_folder(path: Path, what: str = "file") -> None:
+    """A path given as a file (a table, an image) must not name a folder."""
+    if path.is_dir():
+        raise DataError(path, f"is a folder; expected a {what}")
+
 
 def read_table(path: Path, *, str_columns: tuple[str, ...] = ()) -> pd.DataFrame:
     """A CSV or Parquet table; ``str_columns`` (e.g. the sample id) are read as text, so "007" stays "007"."""
     path = Path(path)
+    not_a_folder(path, "table (CSV or Parquet)")
     if not path.is_file():
         raise DataError(path, "file not found")
     try:
@@ -29,6 +52,7 @@ def read_numeric_table(path: Path, *, id_column: str | None = None, header: bool
     unique). With ``header=False``: a plain float array (headerless CSV, one sample per row)."""
     path = Path(path)
     if not header:
+        not_a_folder(path, "table (CSV)")
         if not path.is_file():
             raise DataError(path, "file not found")
         df = pd.read_csv(path, header=None)
@@ -53,4 +77,5 @@ def read_numeric_table(path: Path, *, id_column: str | None = None, header: bool
     if numeric.isna().to_numpy().any():
         r, c = np.argwhere(numeric.isna().to_numpy())[0]
         raise DataError(path, f"empty cell in column {df.columns[c]!r}, row {r + 1}")
+    check_finite(numeric.to_numpy(np.float64), path, [str(c) for c in df.columns])
     return numeric.to_numpy(np.float32) if not header else numeric.astype(np.float32)

@@ -1,0 +1,189 @@
+"""Tune's state is sealed with a per-user HMAC; ``--resume`` refuses what this user's fusetune did
+not write. The same small search shows that no file or MLflow run under it holds a secret."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from search import integrity
+from search import run as run_mod
+from search.errors import UsageError
+
+REPO = Path(__file__).resolve().parents[1]
+SECRET = "pw-4d1c9e-never-logged"
+
+
+def _env(key_file: Path) -> dict[str, str]:
+    env = dict(os.environ, PYTHONPATH=str(REPO), FUSETUNE_STATE_KEY_FILE=str(key_file),
+               MLFLOW_TRACKING_PASSWORD=SECRET, MLFLOW_TRACKING_TOKEN=SECRET)
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+SMALL = ["--space", "baseline", "--num-samples", "2", "--epochs", "2", "--folds", "2", "--top-k", "1",
+         "--confirm-repeats", "1", "--references", "logreg"]
+
+
+@pytest.fixture(scope="module")
+def sealed_search(tmp_path_factory, data_dir):
+    root = tmp_path_factory.mktemp("sealed")
+    key = root / "config" / "state.key"
+    storage = root / "results"
+    out = subprocess.run([sys.executable, "-m", "search.run", *SMALL, "--storage", str(storage), "--name", "s"],
+                         cwd=REPO, env=_env(key), capture_output=True, text=True, timeout=600, check=False)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return storage, key, out
+
+
+@pytest.fixture
+def key_env(monkeypatch, sealed_search):
+    monkeypatch.setenv(integrity.KEY_ENV, str(sealed_search[1]))
+
+
+# --------------------------------------------------------------------------------- the key
+def test_the_key_is_created_once_private(tmp_path, monkeypatch):
+    monkeypatch.setenv(integrity.KEY_ENV, str(tmp_path / "cfg" / "state.key"))
+    first = integrity.secret_key()
+    assert stat.S_IMODE((tmp_path / "cfg" / "state.key").stat().st_mode) == 0o600
+    assert integrity.secret_key() == first and len(first) == 64
+    (tmp_path / "cfg" / "state.key").chmod(0o644)
+    with pytest.raises(UsageError, match="readable by other users"):
+        integrity.secret_key()
+
+
+def test_the_key_lives_under_xdg_config_home(tmp_path, monkeypatch):
+    monkeypatch.delenv(integrity.KEY_ENV, raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    assert integrity.key_path() == tmp_path / "fusetune" / "state.key"
+
+
+def test_a_mac_binds_path_content_and_key():
+    m = integrity.mac(b"k" * 64, "tuner.pkl", b"abc")
+    assert m != integrity.mac(b"k" * 64, "tuner.pkl", b"abd")
+    assert m != integrity.mac(b"k" * 64, "other.pkl", b"abc")
+    assert m != integrity.mac(b"j" * 64, "tuner.pkl", b"abc")
+
+
+def test_seal_history_and_what_is_sealed(tmp_path, monkeypatch):
+    monkeypatch.setenv(integrity.KEY_ENV, str(tmp_path / "key"))
+    folder = tmp_path / "exp"
+    (folder / "trial_1").mkdir(parents=True)
+    (folder / "tuner.pkl").write_bytes(b"v0")
+    (folder / "search.json").write_text("{}")                  # fusetune's own plain JSON
+    (folder / "experiment_state-2026.json").write_text("{}")   # Tune's, pickles inside
+    (folder / "trial_1" / "error.pkl").write_bytes(b"e")
+    (folder / "trial_1" / "result.json").write_text("{}")
+    fs, root = integrity._fs(str(folder))
+    assert integrity.state_files(fs, root) == ["experiment_state-2026.json", "trial_1/error.pkl", "tuner.pkl"]
+    for i in range(integrity.HISTORY + 2):
+        (folder / "tuner.pkl").write_bytes(f"v{i}".encode())
+        integrity.seal(str(folder))
+    integrity.verify(str(folder))                           # the newest
+    (folder / "tuner.pkl").write_bytes(f"v{integrity.HISTORY + 2 - integrity.HISTORY}".encode())
+    integrity.verify(str(folder))                           # the oldest kept
+    (folder / "tuner.pkl").write_bytes(b"v0")
+    with pytest.raises(UsageError, match="tuner.pkl does not match its HMAC"):
+        integrity.verify(str(folder))                       # dropped from the history
+
+
+# --------------------------------------------------------------------------------- a real search
+def test_a_finished_search_is_sealed(sealed_search, key_env):
+    storage, _, _ = sealed_search
+    folder = storage / "s"
+    integrity.verify(str(folder))
+    integrity.verify(str(folder / "confirmation"))
+    fs, root = integrity._fs(str(folder))
+    sealed = set(integrity.state_files(fs, root))
+    assert {"tuner.pkl"} < sealed and any(f.startswith("experiment_state-") for f in sealed)
+    assert any(f.startswith("callback-states-") for f in sealed)
+
+
+class _Payload:
+    def __reduce__(self):
+        return (os.system, (f"touch {os.environ['FUSETUNE_TEST_MARKER']}",))
+
+
+@pytest.mark.parametrize("attack", ["planted tuner.pkl", "edited experiment state", "no seal", "another user's key"])
+def test_resume_refuses_state_this_user_did_not_write(attack, sealed_search, tmp_path, monkeypatch, capsys):
+    storage, key, _ = sealed_search
+    copy = tmp_path / "copy"
+    shutil.copytree(storage, copy)
+    folder = copy / "s"
+    marker = tmp_path / "payload-ran"
+    monkeypatch.setenv("FUSETUNE_TEST_MARKER", str(marker))
+    monkeypatch.setenv(integrity.KEY_ENV, str(key))
+    if attack == "planted tuner.pkl":
+        (folder / "tuner.pkl").write_bytes(pickle.dumps(_Payload()))
+        expected = "s/tuner.pkl does not match its HMAC in fusetune.seal"
+    elif attack == "edited experiment state":
+        (state,) = folder.glob("experiment_state-*.json")
+        state.write_bytes(state.read_bytes() + b" ")  # still valid JSON, one byte more
+        expected = f"s/{state.name} does not match its HMAC"
+    elif attack == "no seal":
+        (folder / integrity.SEAL_FILE).unlink()
+        expected = "has no fusetune.seal"
+    else:
+        monkeypatch.setenv(integrity.KEY_ENV, str(tmp_path / "someone-else.key"))
+        expected = "does not match its HMAC"
+    rc = run_mod.main(["--resume", "--storage", str(copy), "--name", "s"])
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.strip().splitlines()) == 1, err
+    assert expected in err and "python -m search.integrity trust" in err
+    assert not marker.exists()
+
+
+def test_trust_seals_a_checked_folder(sealed_search, tmp_path, monkeypatch):
+    storage, key, _ = sealed_search
+    shutil.copytree(storage / "s", tmp_path / "s")
+    monkeypatch.setenv(integrity.KEY_ENV, str(tmp_path / "new.key"))
+    assert integrity.main(["verify", str(tmp_path / "s")]) == 2
+    assert integrity.main(["trust", str(tmp_path / "s")]) == 0
+    assert integrity.main(["verify", str(tmp_path / "s")]) == 0
+
+
+def test_no_file_or_run_under_the_search_holds_the_secret(sealed_search):
+    from mlflow import MlflowClient
+
+    storage, _, out = sealed_search
+    assert SECRET not in out.stdout + out.stderr
+    holding = [p for p in storage.rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()]
+    assert not holding
+    client = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
+    experiments = client.search_experiments()
+    runs = client.search_runs([e.experiment_id for e in experiments], max_results=500)
+    assert len(runs) >= 4  # parent, 2 trials, references/confirmation
+    for run in runs:
+        assert SECRET not in repr(run.data.params) + repr(run.data.tags)
+
+
+def test_a_driver_killed_mid_search_leaves_sealed_state(tmp_path, data_dir):
+    """SIGKILL while trials run: every state file Tune left has its MAC already."""
+    key, storage = tmp_path / "key", tmp_path / "results"
+    proc = subprocess.Popen([sys.executable, "-m", "search.run", *SMALL, "--num-samples", "4", "--epochs", "30",
+                             "--storage", str(storage), "--name", "k", "--max-concurrent", "1"],
+                            cwd=REPO, env=_env(key), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not list((storage / "k").glob("*/result.json")):
+            time.sleep(0.5)
+        assert list((storage / "k").glob("*/result.json")), "no trial reported in time"
+        time.sleep(1.5)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    os.environ[integrity.KEY_ENV] = str(key)
+    try:
+        integrity.verify(str(storage / "k"))
+    finally:
+        del os.environ[integrity.KEY_ENV]
