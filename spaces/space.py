@@ -136,6 +136,8 @@ class Space:
         held = {k: v for k, v in self.default_point().items() if k not in names}
         return replace(self, dimensions=tuple(d for d in self.dimensions if d.name in names),
                        fixed={**self.fixed, **held},
+                       # a rule over held keys alone is settled by the default point, which obeys it
+                       forbidden=tuple(r for r in self.forbidden if any(w.param in names for w in r.conditions)),
                        description=f"{self.description} (searching only {', '.join(names)})")
 
     @property

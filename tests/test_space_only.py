@@ -26,7 +26,7 @@ def test_lr_only_varies_lr_and_keeps_every_default(name):
 def test_inactive_dimensions_are_dropped_and_conditions_still_hold():
     space = get_space("climd").only("gamma", "lr")
     assert space.names == ["lr", "gamma"]
-    assert "n_buckets" not in space.fixed and space.fixed["scheduler"] == "climd"
+    assert "n_buckets" not in space.fixed and space.fixed["curriculum"] == "climd"
 
 
 def test_only_option_resolves_and_checks():
@@ -37,7 +37,7 @@ def test_only_option_resolves_and_checks():
         resolve(SearchConfig(**parse_args(["--space", "climd", "--only", "lr,zz"])))
     with pytest.raises(UsageError, match="^--only lr,lr: a dimension is listed twice"):
         resolve(SearchConfig(space="climd", only=("lr", "lr")))
-    with pytest.raises(UsageError, match="--points: 'gamma' is not a dimension"):
+    with pytest.raises(UsageError, match=r"--points \{\"gamma\": 0.5\}: 'gamma' is not a dimension of space climd \(lr\)"):
         resolve(SearchConfig(space="climd", only=("lr",), points=({"gamma": 0.5},)))
     with pytest.raises(KeyError, match="no dimension 'zz'"):
         get_space("baseline").only("zz")
