@@ -19,7 +19,7 @@ import sys
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from search import cli, orchestrate, preflight, results
+from search import cli, orchestrate, preflight, relocate, results
 from search.config import SearchConfig, experiment_path, resolve, storage_path
 from search.errors import UsageError
 from search.progress import ProgressLine, format_duration
@@ -62,7 +62,8 @@ def options(given: dict[str, Any]) -> SearchConfig:
     saved["metric"], saved["mode"], saved["points"] = tuple(saved["metric"]), tuple(saved["mode"]), tuple(saved["points"])
     if "references" in saved:
         saved["references"] = tuple(saved["references"])
-    cfg = SearchConfig(**saved)
+    # the folder it was found in, not the one it was saved in (a copied or moved results folder)
+    cfg = relocate.rebased(SearchConfig(**saved), storage)
     if given.get("num_samples", cfg.num_samples) != cfg.num_samples:
         if given["num_samples"] < cfg.num_samples:
             raise UsageError(f"--num-samples {given['num_samples']}: a resumed search keeps its trials "
@@ -151,6 +152,9 @@ def execute(given: dict[str, Any]) -> SearchResult:
     torch.set_num_threads(max(1, int(cfg.cpus_per_trial)))
     from search import optuna_storage
 
+    if cfg.resume:  # a copied results folder: its MLflow store's artifact locations follow it
+        saved_storage = json.loads(results.read_text(cfg.experiment_path, SEARCH_FILE))["storage"]
+        relocate.rebase_mlflow_store(uri, storage_path(saved_storage), cfg.storage_path)
     with timings("checks_s"):
         check_tracking_uri(uri)
         study_url = optuna_storage.storage_url(cfg) if cfg.scheduler != "pbt" else None
