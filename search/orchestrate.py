@@ -41,8 +41,9 @@ from ray.tune.schedulers import (
 )
 from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter, SearchAlgorithm, Searcher, SearchGenerator
 
-from search import optuna_storage
+from search import faults, optuna_storage
 from search.config import SearchConfig
+from search.settle import RecordFinal, settle
 from spaces import Space
 from trainables.trainable import TRAINABLES
 from trainables.trial_data import TrialData
@@ -103,12 +104,17 @@ class SearchBudget(SearchGenerator):
     def __init__(self, searcher: Searcher, total: int) -> None:
         super().__init__(searcher)
         self.total = total
+        self.settled: dict[str, dict[str, Any]] = {}
 
     def restore_from_dir(self, dirpath: str) -> None:
         super().restore_from_dir(dirpath)
         if self.total > self._total_samples:
             self._total_samples = self.total
             self._finished = False
+        # trials search.settle marked finished: the searcher's snapshot still has them running
+        for trial_id, result in getattr(self, "settled", {}).items():
+            self.on_trial_complete(trial_id, result=result)
+        self.settled = {}
 
 
 def search_algorithm(cfg: SearchConfig, space: Space, fingerprint: str = "",
@@ -207,7 +213,7 @@ class Cadence:
     every: Callable[[SearchConfig], int] = field(default=lambda cfg: 0)
     seconds: float = 10.0
     checkpoint_every: Callable[[SearchConfig], int] = field(default=_fault_tolerance)
-    prune_while_running: bool = True  # search.cleanup.PruneCheckpoints: ended trials' checkpoints go
+    prune_ended: bool = True  # search.cleanup.PruneCheckpoints: ended trials' checkpoints go while it runs
 
     def keys(self, cfg: SearchConfig) -> dict[str, Any]:
         return {"report_at": [int(e) for e in self.milestones(cfg)], "report_every": int(self.every(cfg)),
@@ -224,7 +230,7 @@ CADENCES: dict[str, Cadence] = {
     # PBT exploits at every perturbation interval, from the checkpoint of that report, and may
     # clone an ended trial of its upper quantile, so no checkpoint goes before the search ends
     "pbt": Cadence(every=_perturbation_interval, seconds=0.0, checkpoint_every=_perturbation_interval,
-                   prune_while_running=False),
+                   prune_ended=False),
     "fifo": Cadence(),
 }
 
@@ -298,12 +304,12 @@ def build_tuner(cfg: SearchConfig, space: Space, data: TrialData, callbacks: lis
         run_config=tune.RunConfig(
             name=cfg.name,
             storage_path=cfg.storage_path,
-            callbacks=[*callbacks, *result_loggers()],
+            callbacks=[*callbacks, RecordFinal(), *result_loggers(), *faults.callbacks()],
             failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
-            # the latest only: resume, HyperBand, PBT and export need no older one, and a checkpoint
-            # holds every fold's model and optimizer (OmniFuse, 5 folds: 17 to 200 MB), which a
-            # 729-trial grid multiplies into tens of GB
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            # Ray deletes none: its rotation (num_to_keep) deletes a checkpoint the stored snapshot may
+            # still point to; search.cleanup.PruneCheckpoints deletes only what no resume can need
+            # (a checkpoint holds every fold's model and optimizer: OmniFuse, 5 folds, 17 to 200 MB)
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
             verbose=0,
         ),
     )
@@ -313,13 +319,17 @@ def restore_tuner(cfg: SearchConfig, space: Space, data: TrialData, callbacks: l
     """The search ``--name`` as it was left: finished trials stay, unfinished ones continue from
     their checkpoints, the searcher's state comes back (its Optuna study from its storage). The
     callbacks are this run's (new tracking URI, fresh progress line) with the state Tune saved
-    for them. A ``--num-samples`` above the saved one extends the search by that many trials."""
+    for them. A ``--num-samples`` above the saved one extends the search by that many trials.
+    A trial whose final result was recorded after the last snapshot stays finished (:mod:`search.settle`)."""
+    settled = settle(cfg.experiment_path)
     tuner = tune.Tuner.restore(cfg.experiment_path, trainable(cfg, space, data), resume_unfinished=True,
                                resume_errored=False, restart_errored=False)
-    tuner._local_tuner.get_run_config().callbacks = [*callbacks, *result_loggers()]  # no public setter in Ray 2.60
+    # no public setter in Ray 2.60
+    tuner._local_tuner.get_run_config().callbacks = [*callbacks, RecordFinal(), *result_loggers(), *faults.callbacks()]
     search_alg = tuner._local_tuner._tune_config.search_alg  # nor for the search algorithm
     if isinstance(search_alg, SearchBudget):
         search_alg.total = num_trials(cfg, space)
+        search_alg.settled = settled
         base = base_searcher(search_alg)
         if isinstance(base, optuna_storage.PersistentOptunaSearch) and base.storage_url is not None:
             base.storage_url = optuna_storage.storage_url(cfg)

@@ -19,7 +19,7 @@ import sys
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from search import cli, orchestrate, preflight, relocate, results
+from search import cli, faults, orchestrate, preflight, relocate, results
 from search.config import SearchConfig, experiment_path, resolve, storage_path
 from search.errors import UsageError
 from search.progress import ProgressLine, format_duration
@@ -190,8 +190,9 @@ def execute(given: dict[str, Any]) -> SearchResult:
                              dataset=DatasetInfo.of(cfg, data))
     callbacks = [ProgressLine(total=total, epochs=cfg.epochs, metric=cfg.primary_metric, mode=cfg.primary_mode), tracking]
     results.write_text(json.dumps(asdict(cfg), indent=2, default=list), exp_path, SEARCH_FILE)
-    if orchestrate.CADENCES[cfg.scheduler].prune_while_running:  # the disk does not grow with the trials
-        callbacks.append(PruneCheckpoints(cfg.primary_metric, cfg.primary_mode, keep=max(cfg.top_k, 1)))
+    # the only deleter of checkpoints: the disk does not grow with the trials, and none a resume needs goes
+    callbacks.append(PruneCheckpoints(cfg.primary_metric, cfg.primary_mode, keep=max(cfg.top_k, 1),
+                                      ended=orchestrate.CADENCES[cfg.scheduler].prune_ended))
     if cfg.resume:
         tuner = orchestrate.restore_tuner(cfg, space, data, callbacks)
     else:
@@ -248,6 +249,7 @@ def finish(cfg: SearchConfig, space: Any, data: Any, exp_path: str, fs: Any, uri
     from search.confirm import table as confirmation_table
     from search.reports import write_search_reports
 
+    faults.point("reports")
     with timings("reports_s"):
         reports = write_search_reports(exp_path, metric=cfg.primary_metric, mode=cfg.primary_mode,
                                        tracking_uri=uri, parent_run_id=parent_run_id, seed=cfg.seed)

@@ -51,6 +51,8 @@ logger = logging.getLogger("fusetune.tracking")
 SEARCH_NAME_TAG = "fusetune.search_name"
 TRIAL_ID_TAG = "fusetune.trial_id"
 ROLE_TAG = "fusetune.role"          # "search" (parent) or "trial" (child)
+SUPERSEDED_ROLE = "superseded"      # the role of a lost trial's run once a new trial took its place
+SUPERSEDED_TAG = "fusetune.superseded_by"
 PARENT_RUN_TAG = "mlflow.parentRunId"  # MLflow's own nesting tag (the UI groups children under it)
 ERROR_TAG = "error"
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
@@ -266,7 +268,7 @@ def _is_permanent(e: Exception) -> bool:
 
 # ----------------------------------------------------------------------------- callback
 _RUNTIME_ATTRS = frozenset({"_lock", "_changed", "_thread", "_client", "_closing", "_busy", "_down_since",
-                            "_tagged", "_synced", "_open_runs", "_parent_checked", "_session_start"})
+                            "_tagged", "_synced", "_open_runs", "_parent_checked", "_session_start", "_restored"})
 
 class MLflowTracking(Callback):
     """Ray Tune callback writing the search to MLflow (see the module docstring).
@@ -347,6 +349,7 @@ class MLflowTracking(Callback):
         self._parent_checked = False                # parent run looked up this session
         self._client: MlflowClient | None = None
         self._session_start = time.monotonic()
+        self._restored: list[str] | None = None     # trial ids Tune held at this session's first step
 
     def __getstate__(self) -> dict:
         with self._lock:
@@ -422,6 +425,19 @@ class MLflowTracking(Callback):
                 }
         return trial_id
 
+    def on_step_begin(self, iteration: int, trials: list, **info) -> None:
+        """On the first step of a session: remember which trials the restored search holds (a trial
+        sampled later may supersede a lost one), and finish the runs of trials the snapshot holds as
+        TERMINATED whose end never reached MLflow (a trial settled on resume: :mod:`search.settle`)."""
+        if self._restored is not None:
+            return
+        self._restored = [str(t.trial_id) for t in trials]
+        for t in trials:
+            if getattr(t, "status", "") == "TERMINATED" and str(t.trial_id) not in self._finished \
+                    and (getattr(t, "last_result", None) or {}).get("final"):
+                self.on_trial_result(iteration, trials, t, dict(t.last_result))
+                self.on_trial_complete(iteration, trials, t)
+
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info) -> None:
         self._put({"op": "trial", "trial_id": self._remember(trial)})
 
@@ -466,8 +482,10 @@ class MLflowTracking(Callback):
         summary = summary_metrics(trials, self.summary)
         summary["wall_time_s"] = self.wall_s + (time.monotonic() - self._session_start)
         self._put({"op": "summary", "metrics": summary, "time_ms": int(time.time() * 1000)})
+        restored = set(self._restored or [])
         self._put({"op": "end_parent", "status": "FINISHED" if complete else "KILLED",
-                   "trial_ids": sorted(str(t.trial_id) for t in trials)})
+                   "trial_ids": sorted(str(t.trial_id) for t in trials),
+                   "new_ids": [str(t.trial_id) for t in trials if str(t.trial_id) not in restored]})
         sent = self.flush(self.flush_timeout)
         self.close()
         if not sent:
@@ -593,7 +611,7 @@ class MLflowTracking(Callback):
         if op == "end_parent":
             self._ensure_parent()
             if "trial_ids" in record:
-                self._end_orphans(set(record["trial_ids"]))
+                self._end_orphans(set(record["trial_ids"]), record.get("new_ids", []))
             self.client.set_terminated(self.parent_run_id, record["status"])
             return
         trial_id = record["trial_id"]
@@ -628,18 +646,28 @@ class MLflowTracking(Callback):
                     self._finished.add(trial_id)
         # "trial" records only need the run to exist (done by _ensure_run)
 
-    def _end_orphans(self, trial_ids: set[str]) -> None:
-        """Child runs still RUNNING whose trial is not in the search's final trial list: trials a
-        killed driver had started after Tune's last saved snapshot (the resumed search sampled new
-        trials in their place). They end as KILLED with the reason as a tag, never stay RUNNING."""
+    def _end_orphans(self, trial_ids: set[str], new_ids: list[str]) -> None:
+        """Child runs whose trial is not in the search's final trial list: trials a killed driver had
+        started after Tune's last saved snapshot, which the resumed search sampled again under new
+        ids. Each, oldest first, is tagged ``fusetune.superseded_by`` = the next trial this session
+        sampled (in order) and gets the role ``superseded``, so that no count or table of the
+        search's trial runs holds it; it ends as KILLED (never stays RUNNING), with the reason."""
         runs = self.client.search_runs(
             [self._ensure_experiment()],
-            filter_string=(f"tags.`{SEARCH_NAME_TAG}` = {_quote(self.search_name)} and tags.`{ROLE_TAG}` = 'trial' "
-                           "and attributes.status = 'RUNNING'"),
+            filter_string=f"tags.`{SEARCH_NAME_TAG}` = {_quote(self.search_name)} and tags.`{ROLE_TAG}` = 'trial'",
+            order_by=["attributes.start_time ASC"], max_results=5000,
         )
-        for run in runs:
-            if run.data.tags.get(TRIAL_ID_TAG) not in trial_ids:
-                self.client.set_tag(run.info.run_id, ERROR_TAG, "trial lost with a killed driver before Tune saved it; not resumed")
+        lost = [r for r in runs if r.data.tags.get(TRIAL_ID_TAG) not in trial_ids]
+        replacements = iter(new_ids)
+        for run in lost:
+            tags = {ROLE_TAG: SUPERSEDED_ROLE,
+                    ERROR_TAG: "trial lost with a killed driver before Tune saved it; sampled again, not resumed"}
+            new = next(replacements, None)
+            if new is not None:
+                tags[SUPERSEDED_TAG] = new
+            for k, v in tags.items():
+                self.client.set_tag(run.info.run_id, k, v)
+            if run.info.status == "RUNNING":
                 self.client.set_terminated(run.info.run_id, "KILLED")
 
     def _reopen(self, run_id: str) -> None:

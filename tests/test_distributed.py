@@ -443,3 +443,148 @@ def test_tracking_server_outage_mid_search(data_dir, drivers, tmp_path):
             assert sorted(steps) == list(range(1, int(rows[t]["epochs_done"]) + 1)), f"trial {t}: steps {steps}"
     finally:
         server.stop()
+
+
+# ------------------------------------------------------------------------------ kill at every phase
+def _hashes(root: Path) -> dict[str, str]:
+    import hashlib
+
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _search_runs(storage: Path, name: str) -> list:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{storage / 'mlflow.db'}")
+    return client.search_runs([e.experiment_id for e in client.search_experiments()],
+                              filter_string=f"tags.`fusetune.search_name` = '{name}'", max_results=1000)
+
+
+def _versions(storage: Path) -> list:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{storage / 'mlflow.db'}")
+    return [client.get_model_version(v.name, v.version) for v in client.search_model_versions()]
+
+
+def _finished(exp: Path, storage: Path, name: str) -> set[str]:
+    """Trials whose final result the driver recorded (search.settle.RecordFinal) or whose MLflow run
+    is FINISHED. (Their ``result.json`` in the search folder may lack the last lines: Ray copies it
+    there from the driver's staging folder with its experiment snapshots.)"""
+    recorded = {p.parent.name.rsplit("_", 1)[1] for p in exp.glob("fusetune_*/final_result.json")}
+    tracked = {r.data.tags["fusetune.trial_id"] for r in _search_runs(storage, name)
+               if r.data.tags.get("fusetune.role") == "trial" and r.info.status == "FINISHED"}
+    return recorded | tracked
+
+
+def _wait_for_orphans(exp: Path) -> None:
+    """A killed driver's trials write their own result.json on their workers: wait until Ray has
+    ended them before looking at what they left."""
+    workers = {r["pid"] for rs in trial_results(exp).values() for r in rs}
+    wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers), 120,
+             "the killed driver's trial processes to end")
+
+
+KILL_PHASES = ("startup", "trial_end", "mid_search", "refit", "registration", "reports")
+"""search.faults.PHASES (not imported: the test process does not import the search package)."""
+
+
+@pytest.mark.parametrize("phase", KILL_PHASES)
+def test_driver_killed_at_every_phase_then_resumed_keeps_every_finished_trial(phase, cluster, drivers, tmp_path):
+    """The driver SIGKILLs itself at ``phase`` (``FUSETUNE_KILL_AT``, search.faults) and the search
+    is resumed: every trial finished before the kill is kept as it was (not rerun, one row, one
+    counted MLflow run), every trial of the search ends complete, and the registered versions are
+    one per trial with every tag."""
+    epochs, n = 12, 3
+    storage, name = tmp_path / "results", f"kill-{phase.replace('_', '-')}"
+    exp = storage / name
+    args = ["--address", cluster.address, "--storage", str(storage), "--name", name]
+    drivers.append(Driver([*SEARCH, *args, "--num-samples", str(n), "--epochs", str(epochs), "--max-concurrent", "2",
+                           "--top-k", "1", "--confirm-repeats", "0", "--references", "none"],
+                          tmp_path / "driver-1.log", env={"FUSETUNE_KILL_AT": phase}))
+    rc = drivers[0].wait(600)
+    assert rc == -signal.SIGKILL, f"not killed at {phase} (rc {rc}):\n{drivers[0].output()[-3000:]}"
+    _wait_for_orphans(exp)
+    before = trial_results(exp)
+    finished_before = _finished(exp, storage, name) if (storage / "mlflow.db").exists() else set()
+    versions_before = _versions(storage)
+    if phase in ("startup", "mid_search"):
+        assert len(finished_before) < n, f"all trials had finished before the {phase} kill"
+    if phase == "startup":
+        assert not finished_before
+    if phase == "trial_end":
+        assert finished_before
+    if phase in ("refit", "registration", "reports"):
+        assert len(finished_before) == n
+        assert len(versions_before) == {"refit": 0, "registration": 1, "reports": 1}[phase]
+    if phase == "registration":  # created, killed before its tags: the resume completes them
+        assert not any(k.startswith("cv_") for k in versions_before[0].tags)
+
+    drivers.append(Driver([*args, "--resume"], tmp_path / "driver-2.log"))
+    assert drivers[1].wait(900) == 0, drivers[1].output()[-3000:]
+
+    rows = read_csv(exp / "results.csv")
+    ids = [r["trial_id"] for r in rows]
+    assert len(ids) == len(set(ids)) == n and completed(rows, epochs), rows
+    after = trial_results(exp)
+    for t in finished_before:  # kept as it was: in the results, not rerun
+        assert t in ids, f"finished trial {t} lost at {phase}"
+        epochs_reported = [r["epoch"] for r in after[t]]
+        assert after[t][: len(before[t])] == before[t] and epochs_reported == sorted(set(epochs_reported)), (
+            f"finished trial {t} reported again after --resume: epochs {epochs_reported}")
+    runs = _search_runs(storage, name)
+    parents = [r for r in runs if r.data.tags.get("fusetune.role") == "search"]
+    counted = [r for r in runs if r.data.tags.get("fusetune.role") == "trial"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert sorted(r.data.tags["fusetune.trial_id"] for r in counted) == sorted(ids)  # one counted run per trial
+    for run in counted:
+        assert run.info.status == "FINISHED"
+        steps = [m.step for m in MlflowClientFor(storage).get_metric_history(run.info.run_id, "macro_f1")]
+        assert sorted(steps) == list(range(1, epochs + 1)), f"trial {run.data.tags['fusetune.trial_id']}: steps {steps}"
+    for run in runs:  # a trial lost with the driver was sampled again: its run names the one that took its place
+        if run.data.tags.get("fusetune.role") == "superseded":
+            assert run.data.tags.get("fusetune.superseded_by") in ids and run.info.status == "KILLED"
+    assert parents[0].data.metrics["trials_completed"] == n
+    versions = _versions(storage)
+    assert len(versions) == 1, [(v.version, v.run_id) for v in versions]  # not a second version
+    tags = versions[0].tags
+    assert {"fusetune.trial_id", "fusetune.rank", "fusetune.config", "cv_macro_f1", "cv_accuracy"} <= set(tags), tags
+    assert tags["fusetune.trial_id"] in ids
+    assert "fusetune.champion" in parents[0].data.tags
+    assert (exp / "reports" / "index.json").exists()
+
+
+def MlflowClientFor(storage: Path):  # noqa: N802 - reads like the client it returns
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=f"sqlite:///{storage / 'mlflow.db'}")
+
+
+def test_a_copied_then_moved_results_folder_resumes_in_place(cluster, drivers, tmp_path):
+    """``--resume --storage COPY`` on a copy of a results folder reads and writes only the copy:
+    every file under the original is byte for byte as it was; the copy moved elsewhere resumes too."""
+    epochs = 4
+    original, copy, moved, name = tmp_path / "original", tmp_path / "copy", tmp_path / "moved", "portable"
+    base = ["--address", cluster.address, "--name", name, "--top-k", "1", "--confirm-repeats", "0"]
+    drivers.append(Driver([*SEARCH, *base, "--storage", str(original), "--num-samples", "2", "--epochs", str(epochs),
+                           "--references", "none"], tmp_path / "driver-1.log"))
+    assert drivers[0].wait(600) == 0, drivers[0].output()[-3000:]
+    shutil.copytree(original, copy, symlinks=True)
+    hashes = _hashes(original)
+
+    drivers.append(Driver([*base, "--storage", str(copy), "--resume", "--num-samples", "3"], tmp_path / "driver-2.log"))
+    assert drivers[1].wait(600) == 0, drivers[1].output()[-3000:]
+    assert _hashes(original) == hashes, "resuming the copy changed the original"
+    assert len(read_csv(copy / name / "results.csv")) == 3
+    trial_runs = [r for r in _search_runs(copy, name) if r.data.tags.get("fusetune.role") == "trial"]
+    assert len(trial_runs) == 3
+    assert all(r.info.artifact_uri.startswith(copy.as_uri()) for r in trial_runs)
+
+    shutil.move(copy, moved)
+    drivers.append(Driver([*base, "--storage", str(moved), "--resume", "--num-samples", "4"], tmp_path / "driver-3.log"))
+    assert drivers[2].wait(600) == 0, drivers[2].output()[-3000:]
+    assert not copy.exists(), "the moved folder's old location was written to"
+    assert _hashes(original) == hashes
+    assert len(read_csv(moved / name / "results.csv")) == 4
+    assert len([r for r in _search_runs(moved, name) if r.data.tags.get("fusetune.role") == "trial"]) == 4

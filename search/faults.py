@@ -1,0 +1,76 @@
+"""Named points at which the driver kills itself, for the kill-and-resume tests only.
+
+``FUSETUNE_KILL_AT=<phase>`` in the driver's environment makes it SIGKILL itself (no clean-up, as
+a crash or an OOM kill would) at that phase; nothing else reads the variable and, unset, every
+point is a no-op. The phases, in the order a search meets them:
+
+- ``startup``: the first trial has started and Tune's first experiment snapshot is on storage;
+- ``trial_end``: right after the first trial's final result was recorded (its ``result.json``
+  line written, its MLflow record queued), before Tune has saved that the trial ended;
+- ``mid_search``: at the first step after Tune registered the third checkpoint of the search;
+- ``refit``: the search has ended and its results are written, before the top-k are refitted;
+- ``registration``: a model version was created, before its tags are set;
+- ``reports``: the models are registered and promoted, before the reports are written.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import signal
+import time
+from typing import Any
+
+import pyarrow.fs
+from ray.tune import Callback
+
+KILL_ENV = "FUSETUNE_KILL_AT"
+PHASES = ("startup", "trial_end", "mid_search", "refit", "registration", "reports")
+MID_SEARCH_CHECKPOINTS = 3
+
+
+def armed(phase: str) -> bool:
+    return os.environ.get(KILL_ENV) == phase
+
+
+def point(phase: str) -> None:
+    """Kill this process now if ``FUSETUNE_KILL_AT`` names ``phase``."""
+    if armed(phase):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class KillAt(Callback):
+    """The phases inside the Tune loop; listed after every other callback, so that what they do
+    for the same event (the result files, the MLflow queue) is done when the driver dies."""
+
+    def __init__(self) -> None:
+        self.checkpoints = 0
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if not armed("startup"):
+            return
+        storage = trial.storage
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # a snapshot to resume from (written at the first steps)
+            infos = storage.storage_filesystem.get_file_info(
+                pyarrow.fs.FileSelector(storage.experiment_fs_path, allow_not_found=True))
+            if any(posixpath.basename(i.path).startswith("experiment_state-") for i in infos):
+                break
+            time.sleep(0.2)
+        point("startup")
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        if result.get("final"):
+            point("trial_end")
+
+    def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
+        self.checkpoints += 1  # called just before Tune registers the checkpoint with the trial
+
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        if self.checkpoints >= MID_SEARCH_CHECKPOINTS:
+            point("mid_search")
+
+
+def callbacks() -> list[Callback]:
+    """The kill callback when a Tune-loop phase is armed, else none."""
+    return [KillAt()] if any(armed(p) for p in ("startup", "trial_end", "mid_search")) else []
