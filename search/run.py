@@ -68,7 +68,7 @@ def options(given: dict[str, Any]) -> SearchConfig:
         if given["num_samples"] < cfg.num_samples:
             raise UsageError(f"--num-samples {given['num_samples']}: a resumed search keeps its trials "
                              f"(it has {cfg.num_samples}); give more to extend it")
-        if cfg.scheduler == "pbt":
+        if not orchestrate.has_study(cfg):
             raise UsageError("--num-samples: PBT's population is fixed when the search starts; it cannot be extended")
     for key, value in given.items():
         if key in RESUME_OVERRIDES:
@@ -157,7 +157,7 @@ def execute(given: dict[str, Any]) -> SearchResult:
         relocate.rebase_mlflow_store(uri, storage_path(saved_storage), cfg.storage_path)
     with timings("checks_s"):
         check_tracking_uri(uri)
-        study_url = optuna_storage.storage_url(cfg) if cfg.scheduler != "pbt" else None
+        study_url = optuna_storage.storage_url(cfg) if orchestrate.has_study(cfg) else None
         if study_url:
             optuna_storage.open_storage(study_url)
             if not cfg.resume:
@@ -192,7 +192,7 @@ def execute(given: dict[str, Any]) -> SearchResult:
     results.write_text(json.dumps(asdict(cfg), indent=2, default=list), exp_path, SEARCH_FILE)
     # the only deleter of checkpoints: the disk does not grow with the trials, and none a resume needs goes
     callbacks.append(PruneCheckpoints(cfg.primary_metric, cfg.primary_mode, keep=max(cfg.top_k, 1),
-                                      ended=orchestrate.CADENCES[cfg.scheduler].prune_ended))
+                                      ended=orchestrate.SCHEDULERS[cfg.scheduler].cadence.prune_ended))
     if cfg.resume:
         tuner = orchestrate.restore_tuner(cfg, space, data, callbacks)
     else:
@@ -204,7 +204,7 @@ def execute(given: dict[str, Any]) -> SearchResult:
     if study_url:
         print(f"Optuna study {cfg.name}: optuna-dashboard {study_url}" + (
             f" (warm start: {len(warm)} finished trials of {cfg.warm_start})" if warm else ""), flush=True)
-    elif cfg.scheduler != "pbt":
+    elif orchestrate.has_study(cfg):
         print("Optuna study in memory (a remote --storage; give --optuna-storage URL to keep it)", flush=True)
     with timings("search_s"):
         grid = tuner.fit()

@@ -111,3 +111,15 @@ def test_a_copied_mlflow_store_points_at_its_own_artifacts(tmp_path):
     assert rebase_mlflow_store(f"sqlite:///{db}", old, new) == 0
     # a store outside the copied folder is not touched
     assert rebase_mlflow_store(f"sqlite:///{db}", old, str(tmp_path / "third")) == 0
+
+
+def test_the_options_check_and_the_registries_agree():
+    # search.config checks --sampler/--scheduler without importing Ray or Optuna: its name lists
+    # must be the registries' (whose entries carry the behaviour)
+    from search import config, orchestrate
+
+    assert config.SAMPLER_NAMES == tuple(orchestrate.SAMPLERS)
+    assert config.SCHEDULER_NAMES == tuple(orchestrate.SCHEDULERS)
+    assert set(config.MULTI_OBJECTIVE_SAMPLERS) == {n for n, s in orchestrate.SAMPLERS.items() if s.multi_objective}
+    assert [n for n, s in orchestrate.SCHEDULERS.items() if not orchestrate.has_study(
+        SearchConfig(space="baseline", scheduler=n))] == ["pbt"]
