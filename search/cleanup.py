@@ -196,6 +196,7 @@ class PruneCheckpoints(Callback):
         if time.monotonic() - self._last >= self.interval:
             self._last = time.monotonic()
             self.prune(trials)
+
     def top(self, trials: list) -> set[str]:
         scored = []
         for t in trials:

@@ -7,7 +7,8 @@ point is a no-op. The phases, in the order a search meets them:
 - ``startup``: the first trial has started and Tune's first experiment snapshot is on storage;
 - ``trial_end``: right after the first trial's final result was recorded (its ``result.json``
   line written, its MLflow record queued), before Tune has saved that the trial ended;
-- ``mid_search``: at the first step after Tune registered the third checkpoint of the search;
+- ``mid_search``: at the first step after a trial reported a checkpoint before its last epoch
+  (Tune has registered it; the next experiment snapshot may not have been written);
 - ``refit``: the search has ended and its results are written, before the top-k are refitted;
 - ``registration``: a model version was created, before its tags are set;
 - ``reports``: the models are registered and promoted, before the reports are written.
@@ -26,7 +27,6 @@ from ray.tune import Callback
 
 KILL_ENV = "FUSETUNE_KILL_AT"
 PHASES = ("startup", "trial_end", "mid_search", "refit", "registration", "reports")
-MID_SEARCH_CHECKPOINTS = 3
 
 
 def armed(phase: str) -> bool:
@@ -44,7 +44,7 @@ class KillAt(Callback):
     for the same event (the result files, the MLflow queue) is done when the driver dies."""
 
     def __init__(self) -> None:
-        self.checkpoints = 0
+        self.checkpointed = False
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if not armed("startup"):
@@ -62,12 +62,11 @@ class KillAt(Callback):
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         if result.get("final"):
             point("trial_end")
-
-    def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
-        self.checkpoints += 1  # called just before Tune registers the checkpoint with the trial
+        elif result.get("checkpoint_dir_name"):
+            self.checkpointed = True  # Tune registers it in this same step
 
     def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
-        if self.checkpoints >= MID_SEARCH_CHECKPOINTS:
+        if self.checkpointed:
             point("mid_search")
 
 

@@ -152,9 +152,11 @@ def execute(given: dict[str, Any]) -> SearchResult:
     torch.set_num_threads(max(1, int(cfg.cpus_per_trial)))
     from search import optuna_storage
 
+    copied_from = None
     if cfg.resume:  # a copied results folder: its MLflow store's artifact locations follow it
-        saved_storage = json.loads(results.read_text(cfg.experiment_path, SEARCH_FILE))["storage"]
-        relocate.rebase_mlflow_store(uri, storage_path(saved_storage), cfg.storage_path)
+        saved_storage = storage_path(json.loads(results.read_text(cfg.experiment_path, SEARCH_FILE))["storage"])
+        if relocate.rebase_mlflow_store(uri, saved_storage, cfg.storage_path) or saved_storage != cfg.storage_path:
+            copied_from = relocate.rebase_uri(uri, cfg.storage_path, saved_storage)
     with timings("checks_s"):
         check_tracking_uri(uri)
         study_url = optuna_storage.storage_url(cfg) if orchestrate.has_study(cfg) else None
@@ -187,7 +189,7 @@ def execute(given: dict[str, Any]) -> SearchResult:
 
         search_tags[PARENT_RUN_TAG] = cfg.parent_run_id
     tracking = MLflowTracking(uri, cfg.experiment, cfg.name, search_tags=search_tags, search_params=cfg.as_params(),
-                             dataset=DatasetInfo.of(cfg, data))
+                             dataset=DatasetInfo.of(cfg, data), copied_from=copied_from)
     callbacks = [ProgressLine(total=total, epochs=cfg.epochs, metric=cfg.primary_metric, mode=cfg.primary_mode), tracking]
     results.write_text(json.dumps(asdict(cfg), indent=2, default=list), exp_path, SEARCH_FILE)
     # the only deleter of checkpoints: the disk does not grow with the trials, and none a resume needs goes
