@@ -18,9 +18,23 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from search.tracking import (
-    _MAX_METRICS_PER_BATCH, _MAX_PARAMS_PER_BATCH, _MAX_TAG_VALUE, ERROR_TAG, EXPERIMENT_KIND, EXPERIMENT_KIND_TAG,
-    PARENT_RUN_TAG, ROLE_TAG, SEARCH_NAME_TAG, STEP_METRIC, SUPERSEDED_ROLE, SUPERSEDED_TAG, TRIAL_ID_TAG,
-    _param_value, _quote, default_artifact_location, logger,
+    _MAX_METRICS_PER_BATCH,
+    _MAX_PARAMS_PER_BATCH,
+    _MAX_TAG_VALUE,
+    ERROR_TAG,
+    EXPERIMENT_KIND,
+    EXPERIMENT_KIND_TAG,
+    PARENT_RUN_TAG,
+    ROLE_TAG,
+    SEARCH_NAME_TAG,
+    STEP_METRIC,
+    SUPERSEDED_ROLE,
+    SUPERSEDED_TAG,
+    TRIAL_ID_TAG,
+    _param_value,
+    _quote,
+    default_artifact_location,
+    logger,
 )
 
 

@@ -52,6 +52,7 @@ from spaces import Space
 from trainables.trainable import TRAINABLES
 from trainables.trial_data import TrialData
 
+
 # --------------------------------------------------------------------------------- samplers
 def default_then_points(cfg: SearchConfig, space: Space) -> list[dict[str, Any]]:
     """The paper default, then the ``--points`` the user gave."""

@@ -45,7 +45,8 @@ from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
 from search.errors import UsageError
-from search.tracking_queue import Sender, fast_http, one_line as _one_line
+from search.tracking_queue import Sender, fast_http
+from search.tracking_queue import one_line as _one_line
 
 logger = logging.getLogger("fusetune.tracking")
 

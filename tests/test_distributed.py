@@ -253,7 +253,9 @@ def test_two_node_cluster_runs_trials_on_both_nodes(cluster, drivers, tmp_path):
 def test_driver_killed_then_resumed(cluster, drivers, tmp_path):
     from mlflow.tracking import MlflowClient
 
-    epochs, n = 24, 4  # checkpoints every epochs // 10 = 2 epochs
+    # fifo: a trial reports every 10 s and at its last epoch, and checkpoints at a report at least
+    # epochs // 4 = 10 epochs after its last checkpoint: long enough trials for a checkpoint before the end
+    epochs, n = 40, 4
     storage, name = tmp_path / "results", "killed"
     exp = storage / name
     args = ["--address", cluster.address, "--storage", str(storage), "--name", name, "--top-k", "1"]
@@ -264,10 +266,10 @@ def test_driver_killed_then_resumed(cluster, drivers, tmp_path):
         results = trial_results(exp)
         done = [t for t, rs in results.items() if rs and rs[-1].get("final")]
         running = [t for t, rs in results.items()
-                   if rs and not rs[-1].get("final") and sum(bool(r.get("checkpoint_dir_name")) for r in rs) >= 3]
+                   if rs and not rs[-1].get("final") and any(r.get("checkpoint_dir_name") for r in rs)]
         return bool(done and running)
 
-    wait_for(finished_and_checkpointed, 600, "a finished trial and a running one with 3 checkpoints", drivers[0])
+    wait_for(finished_and_checkpointed, 900, "a finished trial and a running one with a checkpoint", drivers[0])
     # the experiment snapshot that --resume reads is written when checkpoints are rotated: let one land
     mark = time.time()
     wait_for(lambda: any(p.stat().st_mtime > mark for p in exp.glob("experiment_state-*.json")), 60,
