@@ -47,6 +47,7 @@ import pyarrow.fs
 from ray.tune import Callback
 
 from search.results import TrialRow
+from search.settle import newest_state
 
 ENDED = frozenset({"TERMINATED", "ERROR"})
 
@@ -124,12 +125,10 @@ def stored_trials(experiment_dir: str, fs: pyarrow.fs.FileSystem) -> dict[str, S
     """trial id -> status and ``last_result_time`` in the newest ``experiment_state-*.json`` on
     storage (what a resume reads; only its plain JSON fields are read, nothing is unpickled)."""
     try:
-        infos = fs.get_file_info(pyarrow.fs.FileSelector(experiment_dir, allow_not_found=True))
-        states = sorted(i.path for i in infos if posixpath.basename(i.path).startswith("experiment_state-")
-                        and i.path.endswith(".json"))
-        if not states:
+        path = newest_state(fs, experiment_dir)
+        if path is None:
             return {}
-        with fs.open_input_stream(states[-1]) as f:
+        with fs.open_input_stream(path) as f:
             state = json.loads(f.read())
     except (OSError, ValueError, pyarrow.ArrowException):
         return {}  # being written or unreadable: prune nothing this time

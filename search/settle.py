@@ -45,7 +45,8 @@ class RecordFinal(Callback):
         fs.move(f"{path}.tmp", path)
 
 
-def _newest_state(fs: pyarrow.fs.FileSystem, experiment_dir: str) -> str | None:
+def newest_state(fs: pyarrow.fs.FileSystem, experiment_dir: str) -> str | None:
+    """The path of the newest ``experiment_state-*.json`` (the one ``Tuner.restore`` reads), if any."""
     infos = fs.get_file_info(pyarrow.fs.FileSelector(experiment_dir, allow_not_found=True))
     states = sorted(i.path for i in infos if posixpath.basename(i.path).startswith("experiment_state-")
                     and i.path.endswith(".json"))
@@ -68,7 +69,7 @@ def settle(experiment_path: str) -> dict[str, dict[str, Any]]:
     result (empty when there was nothing to settle)."""
     fs, root = pyarrow.fs.FileSystem.from_uri(experiment_path) if "://" in experiment_path else (
         pyarrow.fs.LocalFileSystem(), experiment_path)
-    path = _newest_state(fs, root)
+    path = newest_state(fs, root)
     if path is None:
         return {}
     with fs.open_input_stream(path) as f:
