@@ -46,6 +46,11 @@ pytestmark = [
 # A small, quick search: the baseline space on breast-tcga (vector modalities, no encoders), two
 # folds, every trial the full budget (fifo), random sampling.
 SEARCH = ["--space", "baseline", "--folds", "2", "--scheduler", "fifo", "--sampler", "random"]
+# The same where a test needs checkpoints before a trial's last epoch whatever the machine's speed:
+# fifo's trials report every 10 s (and checkpoint only at a report), so a fast trial reports once,
+# at its end; the median rule's report every epoch and checkpoint every epochs // 4, and with at
+# most 3 trials it stops none (it compares a trial with at least 3 others).
+EVERY_EPOCH = [*SEARCH, "--scheduler", "median"]
 
 
 # ------------------------------------------------------------------------------ process tree
@@ -253,13 +258,11 @@ def test_two_node_cluster_runs_trials_on_both_nodes(cluster, drivers, tmp_path):
 def test_driver_killed_then_resumed(cluster, drivers, tmp_path):
     from mlflow.tracking import MlflowClient
 
-    # fifo: a trial reports every 10 s and at its last epoch, and checkpoints at a report at least
-    # epochs // 4 = 10 epochs after its last checkpoint: long enough trials for a checkpoint before the end
-    epochs, n = 40, 4
+    epochs, n = 24, 3  # checkpoints every epochs // 4 = 6 epochs
     storage, name = tmp_path / "results", "killed"
     exp = storage / name
     args = ["--address", cluster.address, "--storage", str(storage), "--name", name, "--top-k", "1"]
-    drivers.append(Driver([*SEARCH, *args, "--num-samples", str(n), "--epochs", str(epochs), "--max-concurrent", "2"],
+    drivers.append(Driver([*EVERY_EPOCH, *args, "--num-samples", str(n), "--epochs", str(epochs), "--max-concurrent", "2"],
                           tmp_path / "driver-1.log"))
 
     def finished_and_checkpointed() -> bool:
@@ -349,13 +352,13 @@ FAST_FAILURE_DETECTION = {
 
 
 def test_node_lost_mid_trial_is_rescheduled_on_the_remaining_node(data_dir, drivers, tmp_path):
-    epochs = 30  # checkpoints every 3 epochs
+    epochs = 30  # checkpoints every epochs // 4 = 7 epochs
     storage, name = tmp_path / "results", "node-loss"
     exp = storage / name
     cluster = LocalCluster(workers=1, env=FAST_FAILURE_DETECTION)
     try:
         cluster.start()
-        drivers.append(Driver([*SEARCH, "--address", cluster.address, "--num-samples", "2", "--epochs", str(epochs),
+        drivers.append(Driver([*EVERY_EPOCH, "--address", cluster.address, "--num-samples", "2", "--epochs", str(epochs),
                                "--max-concurrent", "2", "--max-failures", "3", "--top-k", "0",
                                "--storage", str(storage), "--name", name], tmp_path / "driver.log"))
 
@@ -509,8 +512,8 @@ def test_driver_killed_at_every_phase_then_resumed_keeps_every_finished_trial(ph
     storage, name = tmp_path / "results", f"kill-{phase.replace('_', '-')}"
     exp = storage / name
     args = ["--address", cluster.address, "--storage", str(storage), "--name", name]
-    drivers.append(Driver([*SEARCH, *args, "--num-samples", str(n), "--epochs", str(epochs), "--max-concurrent", "2",
-                           "--top-k", "1", "--confirm-repeats", "0", "--references", "none"],
+    drivers.append(Driver([*EVERY_EPOCH, *args, "--num-samples", str(n), "--epochs", str(epochs),
+                           "--max-concurrent", "2", "--top-k", "1", "--confirm-repeats", "0", "--references", "none"],
                           tmp_path / "driver-1.log", env={"FUSETUNE_KILL_AT": phase}))
     rc = drivers[0].wait(600)
     assert rc == -signal.SIGKILL, f"not killed at {phase} (rc {rc}):\n{drivers[0].output()[-3000:]}"
