@@ -17,12 +17,10 @@ point is a no-op. The phases, in the order a search meets them:
 from __future__ import annotations
 
 import os
-import posixpath
 import signal
 import time
 from typing import Any
 
-import pyarrow.fs
 from ray.tune import Callback
 
 KILL_ENV = "FUSETUNE_KILL_AT"
@@ -49,13 +47,14 @@ class KillAt(Callback):
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if not armed("startup"):
             return
+        from search.settle import newest_state
+
         storage = trial.storage
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:  # a snapshot to resume from (written at the first steps)
-            infos = storage.storage_filesystem.get_file_info(
-                pyarrow.fs.FileSelector(storage.experiment_fs_path, allow_not_found=True))
-            if any(posixpath.basename(i.path).startswith("experiment_state-") for i in infos):
-                break
+        # a snapshot to resume from: Tune writes the first at its first step and copies it to storage
+        # on a thread of its own, which this wait does not hold up
+        while newest_state(storage.storage_filesystem, storage.experiment_fs_path) is None \
+                and time.monotonic() < deadline:
             time.sleep(0.2)
         point("startup")
 
