@@ -425,7 +425,8 @@ def test_tracking_server_outage_mid_search(data_dir, drivers, tmp_path):
     server = MlflowServer(tmp_path / "mlflow").start()
     try:
         # a local Ray started by the driver; the server is given by URI
-        drivers.append(Driver([*SEARCH, "--num-samples", str(n), "--epochs", str(epochs), "--max-concurrent", "2",
+        # every epoch a report (the outage is measured in reports)
+        drivers.append(Driver([*EVERY_EPOCH, "--num-samples", str(n), "--epochs", str(epochs), "--max-concurrent", "2",
                                "--top-k", "1", "--tracking-uri", server.uri, "--storage", str(storage),
                                "--name", name], tmp_path / "driver.log"))
         wait_for(lambda: any(trial_results(exp).values()), 600, "the first epoch", drivers[0], every=0.05)
