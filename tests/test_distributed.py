@@ -354,7 +354,9 @@ FAST_FAILURE_DETECTION = {
 
 
 def test_node_lost_mid_trial_is_rescheduled_on_the_remaining_node(data_dir, drivers, tmp_path):
-    epochs = 30  # checkpoints every epochs // 4 = 7 epochs
+    # checkpoints every epochs // 4 = 30 epochs; long enough trials for the result.json that Ray
+    # copies to the search folder with its snapshots (every 10 s or more) to show two of them
+    epochs = 120
     storage, name = tmp_path / "results", "node-loss"
     exp = storage / name
     cluster = LocalCluster(workers=1, env=FAST_FAILURE_DETECTION)
