@@ -26,11 +26,13 @@ here branches on a name.
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -135,9 +137,20 @@ class SearchBudget(SearchGenerator):
         super().__init__(searcher)
         self.total = total
         self.settled: dict[str, dict[str, Any]] = {}
+        self.storage_path: str | None = None  # where the search is now (set on resume)
 
     def restore_from_dir(self, dirpath: str) -> None:
         super().restore_from_dir(dirpath)
+        # Ray restores the experiment of the first session with its storage: the trials sampled from
+        # here on would be written where the results folder was then (a copied or moved folder)
+        experiment = getattr(self, "_experiment", None)
+        if experiment is not None and getattr(self, "storage_path", None):
+            from ray.train._internal.storage import get_fs_and_path
+
+            storage = copy.copy(experiment.spec["storage"])
+            storage.storage_filesystem, fs_path = get_fs_and_path(self.storage_path, None)
+            storage.storage_fs_path = Path(fs_path).as_posix()
+            experiment.spec["storage"] = experiment.storage = storage
         if self.total > self._total_samples:
             self._total_samples = self.total
             self._finished = False
@@ -379,6 +392,7 @@ def restore_tuner(cfg: SearchConfig, space: Space, data: TrialData, callbacks: l
     if isinstance(search_alg, SearchBudget):
         search_alg.total = num_trials(cfg, space)
         search_alg.settled = settled
+        search_alg.storage_path = cfg.storage_path
         base = base_searcher(search_alg)
         if isinstance(base, optuna_storage.PersistentOptunaSearch) and base.storage_url is not None:
             base.storage_url = optuna_storage.storage_url(cfg)
