@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from search import confirm, promotion, references
+from search import confirm, faults, promotion, references
 from search.config import SearchConfig
 from search.results import CONFIRMATION_CSV, TrialResult, write_text
 from spaces import Space
@@ -179,6 +179,7 @@ def select(cfg: SearchConfig, space: Space, rows: list[TrialResult], ranked: lis
             tags["fusetune.candidate"] = c.name
         top.append(TopTrial(c.trial_id or c.name, c.config, dict(row.last) if row else {},
                             row.checkpoint if row else None, tags))
+    faults.point("refit")
     versions = log_top_models(top, space=cfg.space, data_name=data_name, tracking_uri=uri, parent_run_id=parent_run_id,
                               registered_name=registered, bundle_dir=None if "://" in exp_path else f"{exp_path}/models",
                               set_alias=False)

@@ -14,13 +14,23 @@ curves), its ``params.json`` and the MLflow records are untouched.
 An interrupted search (some trial neither TERMINATED nor ERROR) is never pruned: its unfinished
 trials resume from their checkpoints.
 
-While a search runs, :class:`PruneCheckpoints` (a Tune callback) does the same every
-``interval`` seconds for the trials that Tune's experiment state *on storage* already records as
-ended, so that the disk does not grow with the number of trials: a kill at any moment leaves a
-state in which every trial whose checkpoint is gone is finished (or failed) and is not rerun by
-``--resume``. It keeps the current top ``keep`` trials (complete trials by the primary metric),
-and it is off where a scheduler reads ended trials' checkpoints (PBT may clone any trial in its
-upper quantile).
+While a search runs, :class:`PruneCheckpoints` (a Tune callback) is the only thing that deletes
+checkpoints (Ray keeps them all: ``CheckpointConfig(num_to_keep=None)``). Ray's own rotation
+deletes a trial's older checkpoint as soon as a newer one is registered, while the experiment
+snapshot on storage (what ``--resume`` reads) may still point to the older one: a driver killed
+in that window came back with the trial in ERROR ("checkpoint ... does not exist"). Here a
+checkpoint goes only once it is older than the one the *stored* snapshot points to, so a kill at
+any moment leaves every checkpoint a resume needs. Which checkpoint a stored snapshot points to
+is known without reading Tune's pickled checkpoint manager: Tune calls :meth:`PruneCheckpoints.get_state`
+exactly when it writes a snapshot, so the callback records then, per trial, the trial's latest
+checkpoint under the trial's ``last_result_time``; the stored snapshot's (plain JSON) value of
+``last_result_time`` then names the record it holds.
+
+Every ``interval`` seconds it also deletes the checkpoints of the trials that the stored snapshot
+records as ended (``ended=True``), so that the disk does not grow with the number of trials: a
+resume from that snapshot does not rerun them. It keeps the current top ``keep`` trials (complete
+trials by the primary metric), and it leaves ended trials alone where a scheduler reads their
+checkpoints (PBT may clone any trial in its upper quantile).
 """
 
 from __future__ import annotations
@@ -37,6 +47,7 @@ import pyarrow.fs
 from ray.tune import Callback
 
 from search.results import TrialResult
+from search.settle import newest_state
 
 ENDED = frozenset({"TERMINATED", "ERROR"})
 
@@ -62,8 +73,28 @@ def folder_bytes(path: str, fs: pyarrow.fs.FileSystem) -> int:
     return sum(int(i.size or 0) for i in infos if i.type == pyarrow.fs.FileType.File)
 
 
+def checkpoint_index(path: str) -> int:
+    """Ray's running number of a ``checkpoint_NNNNNN`` folder (-1 for another name)."""
+    tail = posixpath.basename(path.rstrip("/")).rpartition("_")[2]
+    return int(tail) if tail.isdigit() else -1
+
+
+def delete_folders(paths: Iterable[str], fs: pyarrow.fs.FileSystem) -> Pruned:
+    folders = n_bytes = 0
+    for path in paths:
+        size = folder_bytes(path, fs)
+        try:
+            fs.delete_dir(path)
+        except (OSError, pyarrow.ArrowException):
+            continue  # gone already, or not ours to delete: the search's result does not depend on it
+        folders += 1
+        n_bytes += size
+    return Pruned(folders, n_bytes)
+
+
 def prune_checkpoints(rows: Iterable[TrialResult], keep: set[str], fs: pyarrow.fs.FileSystem | None) -> Pruned:
-    """Delete the checkpoints of every trial of an ended search whose id is not in ``keep``.
+    """Delete the checkpoints of every trial of an ended search whose id is not in ``keep``, and
+    of the kept ones all but the newest and the one the final state points to.
 
     ``rows`` are :func:`search.results.collect`'s (the checkpoint paths are on ``fs``, the
     search's storage filesystem; local when None). Returns what was deleted; nothing when a
@@ -72,59 +103,93 @@ def prune_checkpoints(rows: Iterable[TrialResult], keep: set[str], fs: pyarrow.f
     if any(r.status not in ENDED for r in rows):
         return Pruned(0, 0)
     fs = fs or pyarrow.fs.LocalFileSystem()
-    folders = n_bytes = 0
+    doomed: list[str] = []
     for r in rows:
-        if r.trial_id in keep or not r.checkpoint:
+        if not r.checkpoint:
             continue
-        for path in checkpoint_folders(posixpath.dirname(r.checkpoint.rstrip("/")), fs):
-            size = folder_bytes(path, fs)
-            try:
-                fs.delete_dir(path)
-            except (OSError, pyarrow.ArrowException):
-                continue  # gone already, or not ours to delete: the search's result does not depend on it
-            folders += 1
-            n_bytes += size
-    return Pruned(folders, n_bytes)
+        folders = checkpoint_folders(posixpath.dirname(r.checkpoint.rstrip("/")), fs)
+        if r.trial_id in keep:
+            newest = max(folders, key=checkpoint_index, default=None)
+            folders = [p for p in folders if p != newest and p.rstrip("/") != r.checkpoint.rstrip("/")]
+        doomed += folders
+    return delete_folders(doomed, fs)
 
 
-def stored_statuses(experiment_dir: str, fs: pyarrow.fs.FileSystem) -> dict[str, str]:
-    """trial id -> status in the newest ``experiment_state-*.json`` on storage (what a resume reads)."""
+@dataclass(frozen=True)
+class StoredTrial:
+    status: str
+    last_result_time: float
+
+
+def stored_trials(experiment_dir: str, fs: pyarrow.fs.FileSystem) -> dict[str, StoredTrial]:
+    """trial id -> status and ``last_result_time`` in the newest ``experiment_state-*.json`` on
+    storage (what a resume reads; only its plain JSON fields are read, nothing is unpickled)."""
     try:
-        infos = fs.get_file_info(pyarrow.fs.FileSelector(experiment_dir, allow_not_found=True))
-        states = sorted(i.path for i in infos if posixpath.basename(i.path).startswith("experiment_state-")
-                        and i.path.endswith(".json"))
-        if not states:
+        path = newest_state(fs, experiment_dir)
+        if path is None:
             return {}
-        with fs.open_input_stream(states[-1]) as f:
+        with fs.open_input_stream(path) as f:
             state = json.loads(f.read())
     except (OSError, ValueError, pyarrow.ArrowException):
         return {}  # being written or unreadable: prune nothing this time
-    out: dict[str, str] = {}
+    out: dict[str, StoredTrial] = {}
     for entry in state.get("trial_data", []):
         try:
-            trial = json.loads(entry[0] if isinstance(entry, list) else entry)
-            out[str(trial["trial_id"])] = str(trial["status"])
+            trial = json.loads(entry[0])
+            meta = json.loads(entry[1])
+            out[str(trial["trial_id"])] = StoredTrial(str(trial["status"]), float(meta.get("last_result_time", -math.inf)))
         except (KeyError, TypeError, ValueError, IndexError):
             continue
     return out
 
 
-class PruneCheckpoints(Callback):
-    """Delete, while the search runs, the checkpoints of ended trials outside the current top
-    ``keep`` (module docstring). ``metric``/``mode``: the primary objective."""
+def latest_checkpoint(trial: Any) -> str | None:
+    """The path of the checkpoint Tune would restore ``trial`` from (None before its first)."""
+    cpm = getattr(getattr(trial, "run_metadata", None), "checkpoint_manager", None)
+    latest = cpm.latest_checkpoint_result if cpm is not None else None
+    return latest.checkpoint.path if latest is not None and latest.checkpoint is not None else None
 
-    def __init__(self, metric: str, mode: str, keep: int, interval: float = 30.0) -> None:
-        self.metric, self.mode, self.keep, self.interval = metric, mode, max(1, keep), interval
+
+class PruneCheckpoints(Callback):
+    """Delete, while the search runs, the checkpoints no resume can need (module docstring):
+    those older than the checkpoint the stored snapshot points to, and, with ``ended``, those of
+    ended trials outside the current top ``keep``. ``metric``/``mode``: the primary objective."""
+
+    def __init__(self, metric: str, mode: str, keep: int, interval: float = 30.0, ended: bool = True) -> None:
+        self.metric, self.mode, self.keep, self.interval, self.ended = metric, mode, max(1, keep), interval, ended
         self.pruned = Pruned(0, 0)
+        self._init_runtime()
+
+    def _init_runtime(self) -> None:
         self._done: set[str] = set()
         self._last = 0.0
+        self._trials: list = []
+        # trial id -> {last_result_time at a snapshot: the checkpoint that snapshot points to}
+        self._refs: dict[str, dict[float, str | None]] = {}
 
     def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k not in ("_done", "_last")}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_done", "_last", "_trials", "_refs")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._done, self._last = set(), 0.0
+        self._init_runtime()
+
+    def _record(self) -> None:
+        for t in self._trials:
+            refs = self._refs.setdefault(str(t.trial_id), {})
+            refs[float(t.run_metadata.last_result_time)] = latest_checkpoint(t)
+
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        if not self._trials:  # the first step: what a restored snapshot points to is what Tune restored
+            self._trials = trials
+            self._record()
+        self._trials = trials
+
+    def get_state(self) -> dict | None:
+        """Called by Tune as it writes an experiment snapshot: remember what it points to. Returns
+        None (nothing of this callback needs restoring)."""
+        self._record()
+        return None
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         if time.monotonic() - self._last >= self.interval:
@@ -141,25 +206,31 @@ class PruneCheckpoints(Callback):
         return {tid for _, tid in sorted(scored, reverse=True)[: self.keep]}
 
     def prune(self, trials: list) -> None:
-        candidates = [t for t in trials if str(t.trial_id) not in self._done and t.status in ENDED]
-        if not candidates:
+        if not trials:
             return
-        storage = candidates[0].storage
+        storage = trials[0].storage
         fs = storage.storage_filesystem
-        stored = stored_statuses(storage.experiment_fs_path, fs)
-        keep = self.top(trials)
-        folders = n_bytes = 0
-        for t in candidates:
+        stored = stored_trials(storage.experiment_fs_path, fs)
+        keep = self.top(trials) if self.ended else set()
+        doomed: list[str] = []
+        for t in trials:
             tid = str(t.trial_id)
-            if tid in keep or stored.get(tid) not in ENDED:
-                continue  # a top trial, or one a resume from the stored state would still run
-            for path in checkpoint_folders(t.storage.trial_fs_path, fs):
-                size = folder_bytes(path, fs)
-                try:
-                    fs.delete_dir(path)
-                except (OSError, pyarrow.ArrowException):
-                    continue
-                folders += 1
-                n_bytes += size
-            self._done.add(tid)
-        self.pruned = Pruned(self.pruned.folders + folders, self.pruned.bytes + n_bytes)
+            if tid in self._done or tid not in stored:
+                continue  # pruned already, or unknown to the stored snapshot: a resume would sample it anew
+            if self.ended and t.status in ENDED and stored[tid].status in ENDED and tid not in keep:
+                doomed += checkpoint_folders(t.storage.trial_fs_path, fs)
+                self._done.add(tid)
+                continue
+            refs = self._refs.get(tid, {})
+            when = stored[tid].last_result_time
+            if when not in refs:
+                continue  # a snapshot this session did not see being written: keep everything
+            for older in [k for k in refs if k < when]:
+                del refs[older]
+            ref = refs[when]
+            if ref is None:
+                continue
+            doomed += [p for p in checkpoint_folders(t.storage.trial_fs_path, fs)
+                       if checkpoint_index(p) < checkpoint_index(ref)]
+        pruned = delete_folders(doomed, fs)
+        self.pruned = Pruned(self.pruned.folders + pruned.folders, self.pruned.bytes + pruned.bytes)

@@ -45,6 +45,7 @@ import numpy as np
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
+from search import faults
 from search.tracking import PARENT_RUN_TAG, ROLE_TAG, SEARCH_NAME_TAG, TRIAL_ID_TAG, fast_http
 from trainables.bundle import Bundle, load_bundle, save_bundle
 from trainables.data import MultimodalDataset
@@ -275,8 +276,10 @@ def log_top_models(top: list[TopTrial], *, space: str, data_name: str, tracking_
     decides instead). Returns the registered model versions in the order of ``top``.
 
     Idempotent: a trial whose run already holds a registered version of ``registered_name`` (a
-    repeated call after ``--resume``) keeps that version and is not refitted. ``bundle_dir``: also
-    keep each bundle there as ``<rank>-<trial_id>/`` (what ``search.export`` copies from).
+    repeated call after ``--resume``) keeps that version and is not refitted; its tags are set
+    again, which completes those of a version a killed driver had registered but not tagged.
+    ``bundle_dir``: also keep each bundle there as ``<rank>-<trial_id>/`` (what ``search.export``
+    copies from).
     """
     client = MlflowClient(tracking_uri)
     versions: list[str] = []
@@ -284,51 +287,65 @@ def log_top_models(top: list[TopTrial], *, space: str, data_name: str, tracking_
         run_id = _child_run(client, parent_run_id, trial.trial_id)
         existing = _existing_version(client, registered_name, run_id)
         if existing is not None:
-            versions.append(str(existing.version))
-            continue
-        config = trial.config
-        fit = refit(config, device=device)
-        test_scalars = scalar_metrics(fit.test_metrics) if fit.test_metrics else {}
-        metadata = {
-            "space": space, "data": data_name, "data_spec": config.get("data"), "data_fingerprint": fit.fingerprint,
-            "trial_id": trial.trial_id, "rank": rank, "refit": "whole training part, same seed and epochs",
-            "cv_metrics": {k: v for k, v in trial.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
-            "test_metrics": fit.test_metrics,
-        }
-        with tempfile.TemporaryDirectory(prefix="fusetune-model-") as tmp:
-            entry = {ENTRY_FILE: _PYFUNC_CODE}
-            bundle_path = save_bundle(Path(tmp) / "bundle", fit.trainer, data=fit.train, metadata=metadata,
-                                      extra_files=entry)
-            if bundle_dir is not None:
-                save_bundle(Path(bundle_dir) / f"{rank}-{trial.trial_id}", fit.trainer, data=fit.train,
-                            metadata=metadata, overwrite=True, extra_files=entry)
-            bundle = load_bundle(bundle_path)
-            example = pyfunc_input(bundle, _example_rows(fit.test if fit.test is not None else fit.train))
-            code = Path(tmp) / ENTRY_FILE
-            code.write_text(_PYFUNC_CODE)
-            with _tracking(tracking_uri), fast_http(60, retries=3), mlflow.start_run(run_id=run_id):
-                info = mlflow.pyfunc.log_model(
-                    name=MODEL_NAME, python_model=str(code), artifacts={"bundle": str(bundle_path)},
-                    signature=signature(bundle), input_example=example, pip_requirements=pip_requirements(bundle),
-                    code_paths=code_paths(),
-                    registered_model_name=registered_name,
-                )
-                if test_scalars:
-                    mlflow.log_metrics({f"test_{k}": float(v) for k, v in test_scalars.items()})
-        version = str(info.registered_model_version)
-        client.set_model_version_tag(registered_name, version, VERSION_TRIAL_TAG, trial.trial_id)
-        client.set_model_version_tag(registered_name, version, "fusetune.rank", str(rank))
-        for k in METRICS:
-            if k in trial.metrics:
-                client.set_model_version_tag(registered_name, version, f"cv_{k}", f"{trial.metrics[k]:.4f}")
-        client.set_model_version_tag(registered_name, version, CONFIG_TAG, json.dumps(config, sort_keys=True, default=str))
-        for key, value in trial.tags.items():
-            client.set_model_version_tag(registered_name, version, key, value)
+            version = str(existing.version)
+        else:
+            version = register_model(trial, rank, run_id=run_id, space=space, data_name=data_name,
+                                     tracking_uri=tracking_uri, registered_name=registered_name,
+                                     bundle_dir=bundle_dir, device=device)
+            faults.point("registration")
+        tag_version(client, registered_name, version, trial, rank)
         versions.append(version)
     if versions and set_alias:
         client.set_registered_model_alias(registered_name, CHAMPION, versions[0])
         client.set_tag(parent_run_id, "fusetune.champion", f"models:/{registered_name}/{versions[0]}")
     return versions
+
+
+def register_model(trial: TopTrial, rank: int, *, run_id: str, space: str, data_name: str, tracking_uri: str,
+                   registered_name: str, bundle_dir: str | Path | None = None, device: str | None = None) -> str:
+    """Refit ``trial``'s config, bundle it and log it as the pyfunc model of its run ``run_id``,
+    registered under ``registered_name``; the test figures (when the data has a test part) go to
+    the run first, so a registered version always has them. Returns the new version."""
+    config = trial.config
+    fit = refit(config, device=device)
+    metadata = {
+        "space": space, "data": data_name, "data_spec": config.get("data"), "data_fingerprint": fit.fingerprint,
+        "trial_id": trial.trial_id, "rank": rank, "refit": "whole training part, same seed and epochs",
+        "cv_metrics": {k: v for k, v in trial.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
+        "test_metrics": fit.test_metrics,
+    }
+    test_scalars = scalar_metrics(fit.test_metrics) if fit.test_metrics else {}
+    with tempfile.TemporaryDirectory(prefix="fusetune-model-") as tmp:
+        entry = {ENTRY_FILE: _PYFUNC_CODE}  # a bundle file too, so its manifest records the entry MLflow runs
+        bundle_path = save_bundle(Path(tmp) / "bundle", fit.trainer, data=fit.train, metadata=metadata,
+                                  extra_files=entry)
+        if bundle_dir is not None:
+            save_bundle(Path(bundle_dir) / f"{rank}-{trial.trial_id}", fit.trainer, data=fit.train,
+                        metadata=metadata, overwrite=True, extra_files=entry)
+        bundle = load_bundle(bundle_path)
+        example = pyfunc_input(bundle, _example_rows(fit.test if fit.test is not None else fit.train))
+        code = Path(tmp) / ENTRY_FILE
+        code.write_text(_PYFUNC_CODE)
+        with _tracking(tracking_uri), fast_http(60, retries=3), mlflow.start_run(run_id=run_id):
+            if test_scalars:
+                mlflow.log_metrics({f"test_{k}": float(v) for k, v in test_scalars.items()})
+            info = mlflow.pyfunc.log_model(
+                name=MODEL_NAME, python_model=str(code), artifacts={"bundle": str(bundle_path)},
+                signature=signature(bundle), input_example=example, pip_requirements=pip_requirements(bundle),
+                code_paths=code_paths(),
+                registered_model_name=registered_name,
+            )
+    return str(info.registered_model_version)
+
+
+def tag_version(client: MlflowClient, name: str, version: str, trial: TopTrial, rank: int) -> None:
+    """The model version's tags: its trial, rank, cross-validation figures (``cv_<metric>``), full
+    config and the caller's (confirmed figures, fingerprint); setting them again changes nothing."""
+    tags = {VERSION_TRIAL_TAG: trial.trial_id, "fusetune.rank": str(rank),
+            **{f"cv_{k}": f"{trial.metrics[k]:.4f}" for k in METRICS if k in trial.metrics},
+            CONFIG_TAG: json.dumps(trial.config, sort_keys=True, default=str), **trial.tags}
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
 
 
 # ----------------------------------------------------------------------------- loading, verified

@@ -26,6 +26,7 @@ Ray trials and are not rerun.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Sequence
@@ -209,7 +210,9 @@ class PersistentOptunaSearch(OptunaSearch):
         if (result and isinstance(self.metric, str) and self.metric in result and trial_id in self._ot_trials
                 and trial_id not in self._completed_trials):
             # Tune hands the last result to on_trial_complete only: it is an intermediate value too
-            self.on_trial_result(trial_id, result)
+            # (a trial settled on resume may have been told before the driver died)
+            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+                self.on_trial_result(trial_id, result)
         if result and not error and not result.get("final") and trial_id not in self._completed_trials:
             # a scheduler ended it before its last epoch: what it reported are intermediate values
             try:

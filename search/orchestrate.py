@@ -1,6 +1,10 @@
 """Build and run the Ray Tune search: sampler, scheduler, trainable, Tuner (or its restore).
 
-Samplers and schedulers are registries (``SAMPLERS``, ``SCHEDULERS``): name -> factory.
+Samplers and schedulers are registries (``SAMPLERS``, ``SCHEDULERS``): name -> an entry that makes
+the Optuna sampler or Ray scheduler and carries what the search does differently for it (the
+points a sampler enqueues first, whether they are the whole search, whether it is multi-objective;
+a scheduler's reporting and checkpoint cadence, whether it draws a fixed population), so nothing
+here branches on a name.
 
 - Every sampler is an Optuna sampler behind ``OptunaSearch`` with the space's define-by-run
   function; the paper-default configuration is enqueued first (``points_to_evaluate``), then the
@@ -14,7 +18,7 @@ Samplers and schedulers are registries (``SAMPLERS``, ``SCHEDULERS``): name -> f
   resumes them from their checkpoints, PBT perturbs the space's mutable dimensions of a
   population drawn at random (PBT cannot be combined with a search algorithm in Ray Tune).
 - A trial reports to Ray Tune only when its scheduler or the progress line needs a result
-  (``CADENCES``: the scheduler's milestone epochs, every N epochs where the scheduler acts on
+  (the entry's ``Cadence``: the scheduler's milestone epochs, every N epochs where the scheduler acts on
   every N-th, a timed report for the progress line, the last epoch); the epochs in between
   travel in the next report's ``curve`` and reach MLflow in full. It checkpoints only at
   reports, as often as the scheduler (HyperBand pauses, PBT exploits) and fault tolerance need.
@@ -22,11 +26,13 @@ Samplers and schedulers are registries (``SAMPLERS``, ``SCHEDULERS``): name -> f
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -41,14 +47,40 @@ from ray.tune.schedulers import (
 )
 from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter, SearchAlgorithm, Searcher, SearchGenerator
 
-from search import optuna_storage
+from search import faults, integrity, optuna_storage
 from search.config import SearchConfig
+from search.settle import RecordFinal, settle
 from spaces import Space
 from trainables.trainable import TRAINABLES
 from trainables.trial_data import TrialData
 
+
 # --------------------------------------------------------------------------------- samplers
-SamplerFactory = Callable[[SearchConfig], optuna.samplers.BaseSampler]
+def default_then_points(cfg: SearchConfig, space: Space) -> list[dict[str, Any]]:
+    """The paper default, then the ``--points`` the user gave."""
+    return [space.default_point(), *(dict(p) for p in cfg.points)]
+
+
+def grid_points(cfg: SearchConfig, space: Space) -> list[dict[str, Any]]:
+    """The space's paper-style grid: paper default first, the rest in a seeded order."""
+    return space.grid_points(cfg.search_seed)
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """An entry of :data:`SAMPLERS`: the Optuna sampler and what the search does for it."""
+
+    make: Callable[[SearchConfig], optuna.samplers.BaseSampler]
+    first: Callable[[SearchConfig, Space], list[dict[str, Any]]] = default_then_points
+    """The points enqueued before the sampler draws (``initial_points``)."""
+    enumerates: bool = False
+    """The first points are the whole search: ``--num-samples`` above their number is cut to it."""
+    multi_objective: bool = False
+    """Optimises several objectives at once (``search.config.MULTI_OBJECTIVE_SAMPLERS``)."""
+
+    def __call__(self, cfg: SearchConfig) -> optuna.samplers.BaseSampler:
+        return self.make(cfg)
+
 
 def _tpe(cfg: SearchConfig) -> optuna.samplers.TPESampler:
     """Multivariate TPE; ``group`` splits the conditional space into the groups of dimensions
@@ -58,35 +90,36 @@ def _tpe(cfg: SearchConfig) -> optuna.samplers.TPESampler:
         return optuna.samplers.TPESampler(seed=cfg.search_seed, multivariate=True, group=True)
 
 
-SAMPLERS: dict[str, SamplerFactory] = {
-    "tpe": _tpe,
-    "random": lambda cfg: optuna.samplers.RandomSampler(seed=cfg.search_seed),
+SAMPLERS: dict[str, Sampler] = {
+    "tpe": Sampler(_tpe, multi_objective=True),
+    "random": Sampler(lambda cfg: optuna.samplers.RandomSampler(seed=cfg.search_seed), multi_objective=True),
     # the grid's points are enqueued; the sampler only draws dimensions a point leaves open
-    "grid": lambda cfg: optuna.samplers.RandomSampler(seed=cfg.search_seed),
-    "cmaes": lambda cfg: optuna.samplers.CmaEsSampler(seed=cfg.search_seed, warn_independent_sampling=False),
-    "nsga2": lambda cfg: optuna.samplers.NSGAIISampler(seed=cfg.search_seed),
+    "grid": Sampler(lambda cfg: optuna.samplers.RandomSampler(seed=cfg.search_seed), first=grid_points,
+                    enumerates=True),
+    "cmaes": Sampler(lambda cfg: optuna.samplers.CmaEsSampler(seed=cfg.search_seed, warn_independent_sampling=False)),
+    "nsga2": Sampler(lambda cfg: optuna.samplers.NSGAIISampler(seed=cfg.search_seed), multi_objective=True),
 }
 
 
 def initial_points(cfg: SearchConfig, space: Space) -> list[dict[str, Any]]:
     """What is evaluated first: the paper default, then ``--points`` (or the whole grid)."""
-    if cfg.sampler == "grid":
-        return space.grid_points(cfg.search_seed)
-    return [space.default_point(), *(dict(p) for p in cfg.points)]
+    return SAMPLERS[cfg.sampler].first(cfg, space)
 
 
 def num_trials(cfg: SearchConfig, space: Space) -> int:
-    if cfg.sampler == "grid":
-        return min(cfg.num_samples, len(space.grid_points(cfg.search_seed)))
+    if SAMPLERS[cfg.sampler].enumerates:
+        return min(cfg.num_samples, len(initial_points(cfg, space)))
     return cfg.num_samples
 
 
 def build_searcher(cfg: SearchConfig, space: Space, fingerprint: str = "",
                    warm: Sequence[optuna.trial.FrozenTrial] = ()) -> Searcher | SearchAlgorithm:
     """The Optuna searcher on the search's persistent study (:mod:`search.optuna_storage`), with
-    ``warm`` (an earlier search's finished trials) in it; PBT's fixed population otherwise."""
-    if cfg.scheduler == "pbt":
-        return pbt_population(cfg, space)
+    ``warm`` (an earlier search's finished trials) in it; the scheduler's fixed population
+    where it draws one (PBT)."""
+    population = SCHEDULERS[cfg.scheduler].population
+    if population is not None:
+        return population(cfg, space)
     metric: str | list[str] = list(cfg.metric) if cfg.multi_objective else cfg.primary_metric
     mode: str | list[str] = list(cfg.mode) if cfg.multi_objective else cfg.primary_mode
     return optuna_storage.PersistentOptunaSearch(
@@ -103,12 +136,28 @@ class SearchBudget(SearchGenerator):
     def __init__(self, searcher: Searcher, total: int) -> None:
         super().__init__(searcher)
         self.total = total
+        self.settled: dict[str, dict[str, Any]] = {}
+        self.storage_path: str | None = None  # where the search is now (set on resume)
 
     def restore_from_dir(self, dirpath: str) -> None:
         super().restore_from_dir(dirpath)
+        # Ray restores the experiment of the first session with its storage: the trials sampled from
+        # here on would be written where the results folder was then (a copied or moved folder)
+        experiment = getattr(self, "_experiment", None)
+        if experiment is not None and getattr(self, "storage_path", None):
+            from ray.train._internal.storage import get_fs_and_path
+
+            storage = copy.copy(experiment.spec["storage"])
+            storage.storage_filesystem, fs_path = get_fs_and_path(self.storage_path, None)
+            storage.storage_fs_path = Path(fs_path).as_posix()
+            experiment.spec["storage"] = experiment.storage = storage
         if self.total > self._total_samples:
             self._total_samples = self.total
             self._finished = False
+        # trials search.settle marked finished: the searcher's snapshot still has them running
+        for trial_id, result in getattr(self, "settled", {}).items():
+            self.on_trial_complete(trial_id, result=result)
+        self.settled = {}
 
 
 def search_algorithm(cfg: SearchConfig, space: Space, fingerprint: str = "",
@@ -170,17 +219,6 @@ def _pbt(cfg: SearchConfig, space: Space) -> PopulationBasedTraining:
                                    hyperparam_mutations={d.name: d.tune_domain() for d in space.mutable()})
 
 
-SCHEDULERS: dict[str, SchedulerFactory] = {
-    "asha": lambda cfg, space: ASHAScheduler(**_common(cfg), max_t=cfg.epochs, grace_period=_grace(cfg),
-                                             reduction_factor=ASHA_REDUCTION_FACTOR),
-    "hyperband": lambda cfg, space: HyperBandScheduler(**_common(cfg), max_t=cfg.epochs, reduction_factor=3),
-    "median": lambda cfg, space: MedianStoppingRule(**_common(cfg), grace_period=_grace(cfg), min_samples_required=3),
-    "pbt": lambda cfg, space: _pbt(cfg, space),
-    "fifo": lambda cfg, space: FIFOScheduler(),
-}
-
-
-# --------------------------------------------------------------------------------- the tuner
 def asha_rungs(cfg: SearchConfig) -> list[int]:
     """The epochs at which ASHA compares a trial with its rung (Ray's ``_Bracket``: grace * rf^k
     for k = 0 .. int(log(max_t / grace) / log(rf))); it acts on the first result at or past each."""
@@ -208,28 +246,58 @@ class Cadence:
     every: Callable[[SearchConfig], int] = field(default=lambda cfg: 0)
     seconds: float = 10.0
     checkpoint_every: Callable[[SearchConfig], int] = field(default=_fault_tolerance)
-    prune_while_running: bool = True  # search.cleanup.PruneCheckpoints: ended trials' checkpoints go
+    prune_ended: bool = True  # search.cleanup.PruneCheckpoints: ended trials' checkpoints go while it runs
 
     def keys(self, cfg: SearchConfig) -> dict[str, Any]:
         return {"report_at": [int(e) for e in self.milestones(cfg)], "report_every": int(self.every(cfg)),
                 "report_seconds": float(self.seconds), "checkpoint_every": int(self.checkpoint_every(cfg))}
 
 
-CADENCES: dict[str, Cadence] = {
+@dataclass(frozen=True)
+class Scheduler:
+    """An entry of :data:`SCHEDULERS`: Ray's trial scheduler and what the search does for it."""
+
+    make: SchedulerFactory
+    cadence: Cadence = field(default_factory=Cadence)
+    """When its trials report and checkpoint."""
+    population: Callable[[SearchConfig, Space], SearchAlgorithm] | None = None
+    """A population fixed before the search starts instead of a searcher (Ray Tune cannot combine
+    PBT with a search algorithm): no Optuna study, no ``--resume --num-samples`` extension."""
+
+    def __call__(self, cfg: SearchConfig, space: Space) -> TrialScheduler:
+        return self.make(cfg, space)
+
+
+SCHEDULERS: dict[str, Scheduler] = {
     # ASHA acts on the first result at or past each rung, so reports at the rungs are enough
-    "asha": Cadence(milestones=asha_rungs),
+    "asha": Scheduler(lambda cfg, space: ASHAScheduler(**_common(cfg), max_t=cfg.epochs, grace_period=_grace(cfg),
+                                                       reduction_factor=ASHA_REDUCTION_FACTOR),
+                      Cadence(milestones=asha_rungs)),
     # HyperBand pauses trials at its brackets' milestones and resumes them from their checkpoints
-    "hyperband": Cadence(every=lambda cfg: 1, checkpoint_every=lambda cfg: 1),
+    "hyperband": Scheduler(lambda cfg, space: HyperBandScheduler(**_common(cfg), max_t=cfg.epochs, reduction_factor=3),
+                           Cadence(every=lambda cfg: 1, checkpoint_every=lambda cfg: 1)),
     # the median rule compares running means of every result up to an epoch
-    "median": Cadence(every=lambda cfg: 1),
+    "median": Scheduler(lambda cfg, space: MedianStoppingRule(**_common(cfg), grace_period=_grace(cfg),
+                                                              min_samples_required=3),
+                        Cadence(every=lambda cfg: 1)),
     # PBT exploits at every perturbation interval, from the checkpoint of that report, and may
-    # clone an ended trial of its upper quantile, so no checkpoint goes before the search ends
-    "pbt": Cadence(every=_perturbation_interval, seconds=0.0, checkpoint_every=_perturbation_interval,
-                   prune_while_running=False),
-    "fifo": Cadence(),
+    # clone an ended trial of its upper quantile, so no ended trial's checkpoint goes before the end
+    "pbt": Scheduler(_pbt, Cadence(every=_perturbation_interval, seconds=0.0,
+                                   checkpoint_every=_perturbation_interval, prune_ended=False),
+                     population=pbt_population),
+    "fifo": Scheduler(lambda cfg, space: FIFOScheduler()),
 }
 
+CADENCES: dict[str, Cadence] = {name: s.cadence for name, s in SCHEDULERS.items()}
+"""Each scheduler's :class:`Cadence` (read by ``trainables.trainable``'s keys)."""
 
+
+def has_study(cfg: SearchConfig) -> bool:
+    """Whether the search samples from an Optuna study (every scheduler but a fixed population)."""
+    return SCHEDULERS[cfg.scheduler].population is None
+
+
+# --------------------------------------------------------------------------------- the tuner
 def checkpoint_every(cfg: SearchConfig) -> int:
     """Epochs between checkpoints (the last epoch always has one; checkpoints are written only
     with a report): what the scheduler needs, else what fault tolerance needs."""
@@ -250,11 +318,11 @@ def fixed_keys(cfg: SearchConfig, space: Space) -> dict[str, Any]:
 
 
 def param_space(cfg: SearchConfig, space: Space) -> dict[str, Any]:
-    """The Tuner's ``param_space``: the fixed keys. Under PBT also every dimension as ``None``:
+    """The Tuner's ``param_space``: the fixed keys. With a fixed population (PBT) also every dimension as ``None``:
     Ray's ``BasicVariantGenerator`` only fills keys its ``param_space`` has, so a member of the
     population lacking a conditional dimension records it as null (the trainable drops it)."""
     keys = fixed_keys(cfg, space)
-    if cfg.scheduler == "pbt":
+    if not has_study(cfg):
         keys = {**{name: None for name in space.names}, **keys}
     return keys
 
@@ -299,12 +367,12 @@ def build_tuner(cfg: SearchConfig, space: Space, data: TrialData, callbacks: lis
         run_config=tune.RunConfig(
             name=cfg.name,
             storage_path=cfg.storage_path,
-            callbacks=[*callbacks, *result_loggers()],
+            callbacks=[*callbacks, RecordFinal(), *result_loggers(), *faults.callbacks()],
             failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
-            # the latest only: resume, HyperBand, PBT and export need no older one, and a checkpoint
-            # holds every fold's model and optimizer (OmniFuse, 5 folds: 17 to 200 MB), which a
-            # 729-trial grid multiplies into tens of GB
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            # Ray deletes none: its rotation (num_to_keep) deletes a checkpoint the stored snapshot may
+            # still point to; search.cleanup.PruneCheckpoints deletes only what no resume can need
+            # (a checkpoint holds every fold's model and optimizer: OmniFuse, 5 folds, 17 to 200 MB)
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
             verbose=0,
         ),
     )
@@ -314,13 +382,19 @@ def restore_tuner(cfg: SearchConfig, space: Space, data: TrialData, callbacks: l
     """The search ``--name`` as it was left: finished trials stay, unfinished ones continue from
     their checkpoints, the searcher's state comes back (its Optuna study from its storage). The
     callbacks are this run's (new tracking URI, fresh progress line) with the state Tune saved
-    for them. A ``--num-samples`` above the saved one extends the search by that many trials."""
+    for them. A ``--num-samples`` above the saved one extends the search by that many trials.
+    A trial whose final result was recorded after the last snapshot stays finished (:mod:`search.settle`)."""
+    settled = settle(cfg.experiment_path)
+    integrity.seal(cfg.experiment_path)  # settle rewrote Tune's experiment state (verified before it)
     tuner = tune.Tuner.restore(cfg.experiment_path, trainable(cfg, space, data), resume_unfinished=True,
                                resume_errored=False, restart_errored=False)
-    tuner._local_tuner.get_run_config().callbacks = [*callbacks, *result_loggers()]  # no public setter in Ray 2.60
+    # no public setter in Ray 2.60
+    tuner._local_tuner.get_run_config().callbacks = [*callbacks, RecordFinal(), *result_loggers(), *faults.callbacks()]
     search_alg = tuner._local_tuner._tune_config.search_alg  # nor for the search algorithm
     if isinstance(search_alg, SearchBudget):
         search_alg.total = num_trials(cfg, space)
+        search_alg.settled = settled
+        search_alg.storage_path = cfg.storage_path
         base = base_searcher(search_alg)
         if isinstance(base, optuna_storage.PersistentOptunaSearch) and base.storage_url is not None:
             base.storage_url = optuna_storage.storage_url(cfg)

@@ -19,7 +19,7 @@ import sys
 from dataclasses import dataclass, replace
 from typing import Any
 
-from search import cli, integrity, orchestrate, preflight, results
+from search import cli, faults, integrity, orchestrate, preflight, relocate, results
 from search.cleanup import PruneCheckpoints, Pruned, prune_checkpoints
 from search.config import SearchConfig, experiment_path, resolve, storage_path
 from search.credentials import check_options, redact
@@ -65,12 +65,13 @@ def options(given: dict[str, Any]) -> SearchConfig:
     saved["metric"], saved["mode"], saved["points"] = tuple(saved["metric"]), tuple(saved["mode"]), tuple(saved["points"])
     if "references" in saved:
         saved["references"] = tuple(saved["references"])
-    cfg = SearchConfig(**saved)
+    # the folder it was found in, not the one it was saved in (a copied or moved results folder)
+    cfg = relocate.rebased(SearchConfig(**saved), storage)
     if given.get("num_samples", cfg.num_samples) != cfg.num_samples:
         if given["num_samples"] < cfg.num_samples:
             raise UsageError(f"--num-samples {given['num_samples']}: a resumed search keeps its trials "
                              f"(it has {cfg.num_samples}); give more to extend it")
-        if cfg.scheduler == "pbt":
+        if not orchestrate.has_study(cfg):
             raise UsageError("--num-samples: PBT's population is fixed when the search starts; it cannot be extended")
     for key, value in given.items():
         if key in RESUME_OVERRIDES:
@@ -155,11 +156,16 @@ def execute(given: dict[str, Any]) -> SearchResult:
     torch.set_num_threads(max(1, int(cfg.cpus_per_trial)))
     from search import optuna_storage
 
+    copied_from = None
+    if cfg.resume:  # a copied results folder: its MLflow store's artifact locations follow it
+        saved_storage = storage_path(json.loads(results.read_text(cfg.experiment_path, SEARCH_FILE))["storage"])
+        if relocate.rebase_mlflow_store(uri, saved_storage, cfg.storage_path) or saved_storage != cfg.storage_path:
+            copied_from = relocate.rebase_uri(uri, cfg.storage_path, saved_storage)
     with timings("checks_s"):
         preflight.check_storage(cfg)
         preflight.check_sqlite_file("--tracking-uri" if cfg.tracking_uri else f"--storage {cfg.storage} (its mlflow.db)", uri)
         check_tracking_uri(uri)
-        study_url = optuna_storage.storage_url(cfg) if cfg.scheduler != "pbt" else None
+        study_url = optuna_storage.storage_url(cfg) if orchestrate.has_study(cfg) else None
         if study_url:
             optuna_storage.open_storage(study_url)
             if not cfg.resume:
@@ -189,11 +195,12 @@ def execute(given: dict[str, Any]) -> SearchResult:
 
         search_tags[PARENT_RUN_TAG] = cfg.parent_run_id
     tracking = MLflowTracking(uri, cfg.experiment, cfg.name, search_tags=search_tags, search_params=cfg.as_params(),
-                             dataset=DatasetInfo.of(cfg, data))
+                             dataset=DatasetInfo.of(cfg, data), copied_from=copied_from)
     callbacks = [ProgressLine(total=total, epochs=cfg.epochs, metric=cfg.primary_metric, mode=cfg.primary_mode), tracking]
     results.write_text(json.dumps(cfg.as_saved(), indent=2, default=list), exp_path, SEARCH_FILE)
-    if orchestrate.CADENCES[cfg.scheduler].prune_while_running:  # the disk does not grow with the trials
-        callbacks.append(PruneCheckpoints(cfg.primary_metric, cfg.primary_mode, keep=max(cfg.top_k, 1)))
+    # the only deleter of checkpoints: the disk does not grow with the trials, and none a resume needs goes
+    callbacks.append(PruneCheckpoints(cfg.primary_metric, cfg.primary_mode, keep=max(cfg.top_k, 1),
+                                      ended=orchestrate.SCHEDULERS[cfg.scheduler].cadence.prune_ended))
     integrity.install()  # every snapshot Tune writes is sealed before it reaches the search folder
     if cfg.resume:
         integrity.verify(exp_path)
@@ -208,7 +215,7 @@ def execute(given: dict[str, Any]) -> SearchResult:
     if study_url:
         print(f"Optuna study {cfg.name}: optuna-dashboard {redact(study_url)}" + (
             f" (warm start: {len(warm)} finished trials of {cfg.warm_start})" if warm else ""), flush=True)
-    elif cfg.scheduler != "pbt":
+    elif orchestrate.has_study(cfg):
         print("Optuna study in memory (a remote --storage; give --optuna-storage URL to keep it)", flush=True)
     with timings("search_s"):
         grid = tuner.fit()
@@ -253,6 +260,7 @@ def finish(cfg: SearchConfig, space: Any, data: Any, exp_path: str, fs: Any, uri
     from search.confirm import table as confirmation_table
     from search.reports import write_search_reports
 
+    faults.point("reports")
     with timings("reports_s"):
         reports = write_search_reports(exp_path, metric=cfg.primary_metric, mode=cfg.primary_mode,
                                        tracking_uri=uri, parent_run_id=parent_run_id, seed=cfg.seed)

@@ -21,8 +21,10 @@ and, when the search ends, summary metrics (:func:`summary_metrics`): ``best_<me
 trials that finished all their epochs, ``trials_completed``/``_pruned``/``_failed`` and
 ``wall_time_s`` (the driver's time over all sessions of the search).
 
-Also here: :func:`check_tracking_uri` (fail fast, one line, before any trial starts) and
-:func:`default_tracking_uri` (a SQLite store in the results folder).
+The queue and its sender thread (with the back-off) are :mod:`search.tracking_queue`; what a
+record does to the runs is :mod:`search.mlflow_writer`; this module is the Tune callback, which
+makes the records and keeps the state. Also here: :func:`check_tracking_uri` (fail fast, one line,
+before any trial starts) and :func:`default_tracking_uri` (a SQLite store in the results folder).
 """
 
 from __future__ import annotations
@@ -32,10 +34,8 @@ import json
 import logging
 import math
 import os
-import threading
 import time
-from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -45,12 +45,16 @@ from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
 from search.errors import UsageError
+from search.tracking_queue import Sender, fast_http
+from search.tracking_queue import one_line as _one_line
 
 logger = logging.getLogger("fusetune.tracking")
 
 SEARCH_NAME_TAG = "fusetune.search_name"
 TRIAL_ID_TAG = "fusetune.trial_id"
 ROLE_TAG = "fusetune.role"          # "search" (parent) or "trial" (child)
+SUPERSEDED_ROLE = "superseded"      # the role of a lost trial's run once a new trial took its place
+SUPERSEDED_TAG = "fusetune.superseded_by"
 PARENT_RUN_TAG = "mlflow.parentRunId"  # MLflow's own nesting tag (the UI groups children under it)
 ERROR_TAG = "error"
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
@@ -103,41 +107,6 @@ def default_artifact_location(tracking_uri: str, experiment: str) -> str | None:
     return (folder / "mlartifacts" / safe).as_uri()
 
 
-_FAST_HTTP_LOCK = threading.Lock()
-_fast_http_depth = 0
-_fast_http_saved: dict[str, str | None] = {}
-
-
-@contextlib.contextmanager
-def fast_http(timeout: float, retries: int = 0) -> Iterator[None]:
-    """Make MLflow's REST client fail fast (its defaults retry for minutes) inside the block.
-
-    MLflow reads these variables at request time; a value the user set explicitly is respected.
-    The variables are process-wide: overlapping blocks (the tracking thread and the main thread)
-    share the settings of the outermost one, and the last to leave restores the user's values.
-    """
-    global _fast_http_depth
-    wanted = {"MLFLOW_HTTP_REQUEST_TIMEOUT": str(int(math.ceil(timeout))), "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(retries)}
-    with _FAST_HTTP_LOCK:
-        if _fast_http_depth == 0:
-            _fast_http_saved.clear()
-            _fast_http_saved.update({k: os.environ.get(k) for k in wanted})
-            for k, v in wanted.items():
-                os.environ.setdefault(k, v)
-        _fast_http_depth += 1
-    try:
-        yield
-    finally:
-        with _FAST_HTTP_LOCK:
-            _fast_http_depth -= 1
-            if _fast_http_depth == 0:
-                for k, v in _fast_http_saved.items():
-                    if v is None:
-                        os.environ.pop(k, None)
-                    else:
-                        os.environ[k] = v
-
-
 def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
     """Raise :class:`UsageError` (one line) unless ``uri`` is a usable MLflow tracking store.
 
@@ -177,11 +146,6 @@ def _describe_failure(e: Exception, scheme: str) -> str:
     if scheme in ("http", "https"):
         return f"MLflow tracking server unreachable or not an MLflow server ({text})"
     return f"unusable tracking store ({text})"
-
-
-def _one_line(text: str, limit: int) -> str:
-    line = " ".join(str(text).split())
-    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def _param_value(v: Any) -> str:
@@ -265,9 +229,6 @@ def _is_permanent(e: Exception) -> bool:
 
 
 # ----------------------------------------------------------------------------- callback
-_RUNTIME_ATTRS = frozenset({"_lock", "_changed", "_thread", "_client", "_closing", "_busy", "_down_since",
-                            "_tagged", "_synced", "_open_runs", "_parent_checked", "_session_start"})
-
 class MLflowTracking(Callback):
     """Ray Tune callback writing the search to MLflow (see the module docstring).
 
@@ -287,6 +248,8 @@ class MLflowTracking(Callback):
         dataset: the search's dataset, logged as the parent run's dataset input.
         summary: metrics whose best final value the parent run gets (default: every metric the
             task computes, and the loss).
+        copied_from: the tracking URI of the store this one is a copy of (a copied results
+            folder, :mod:`search.relocate`): a state saved against it is this store's.
     """
 
     def __init__(
@@ -304,108 +267,100 @@ class MLflowTracking(Callback):
         max_backoff: float = 15.0,
         dataset: Any = None,
         summary: tuple[str, ...] | None = None,
+        copied_from: str | None = None,
     ) -> None:
-        self.tracking_uri = tracking_uri
-        self.experiment = experiment
-        self.search_name = search_name
-        self.search_tags = {str(k): str(v) for k, v in search_tags.items()}
-        self.search_params = dict(search_params)
-        self.max_pending = int(max_pending)
-        self.flush_timeout = float(flush_timeout)
-        self.setup_timeout = float(setup_timeout)
-        self.request_timeout = float(request_timeout)
-        self.max_backoff = float(max_backoff)
-        self.dataset = dataset
         if summary is None:
             from trainables.metrics import METRICS
 
             summary = (*METRICS, "loss")
+        self._args = {"tracking_uri": tracking_uri, "experiment": experiment, "search_name": search_name,
+                      "search_tags": {str(k): str(v) for k, v in search_tags.items()},
+                      "search_params": dict(search_params), "max_pending": int(max_pending),
+                      "flush_timeout": float(flush_timeout), "setup_timeout": float(setup_timeout),
+                      "request_timeout": float(request_timeout), "max_backoff": float(max_backoff),
+                      "dataset": dataset, "summary": tuple(summary), "copied_from": copied_from}
+        self.tracking_uri, self.experiment, self.search_name = tracking_uri, experiment, search_name
+        self.flush_timeout, self.setup_timeout = float(flush_timeout), float(setup_timeout)
         self.summary = tuple(summary)
-        # persistent state (get_state / set_state)
-        self.parent_run_id: str | None = None
-        self.experiment_id: str | None = None
-        self._runs: dict[str, str] = {}             # trial_id -> run_id
-        self._finished: set[str] = set()            # trial ids whose run is FINISHED
-        self._trials: dict[str, dict] = {}          # trial_id -> {"name", "params"}
-        self._skip_until: dict[str, int] = {}       # trial_id -> last step the run already holds
-        self._queue: deque[dict] = deque()
-        self.dropped = 0                            # records dropped (queue full / rejected)
+        self.copied_from = copied_from
+        from search.mlflow_writer import MLflowWriter  # it imports this module's tags and limits
+
+        self.writer = MLflowWriter(tracking_uri, experiment, search_name, self._args["search_tags"],
+                                   self._args["search_params"], dataset)
+        self.sender = Sender(self.writer.apply, permanent=_is_permanent, droppable=lambda r: r["op"] == "metrics",
+                             target=tracking_uri, max_pending=max_pending, request_timeout=request_timeout,
+                             max_backoff=max_backoff)
         self.wall_s = 0.0                           # driver time of the earlier sessions
-        self._init_runtime()
-
-    # ------------------------------------------------------------------ runtime (not pickled)
-    def _init_runtime(self) -> None:
-        self._lock = threading.Lock()
-        self._changed = threading.Condition(self._lock)
-        self._thread: threading.Thread | None = None
-        self._closing = False
-        self._busy = False
-        self._down_since: float | None = None
-        self._tagged: set[str] = set()              # trial ids whose result tags were queued
-        self._synced: set[str] = set()              # trial ids whose run was looked up this session
-        self._open_runs: set[str] = set()           # run ids known to be RUNNING this session
-        self._parent_checked = False                # parent run looked up this session
-        self._client: MlflowClient | None = None
         self._session_start = time.monotonic()
+        self._tagged: set[str] = set()              # trial ids whose result tags were queued
+        self._restored: list[str] | None = None     # trial ids Tune held at this session's first step
 
+    # pickled by Ray with the RunConfig: the arguments and the Tune state, no thread nor lock
     def __getstate__(self) -> dict:
-        with self._lock:
-            state = {k: v for k, v in self.__dict__.items()
-                     if k not in _RUNTIME_ATTRS}
-            state["_queue"] = deque(self._queue)
-        return state
+        return {"args": self._args, "state": self.get_state()}
 
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self._init_runtime()
+    def __setstate__(self, pickled: dict) -> None:
+        self.__init__(**pickled["args"])
+        self.set_state(pickled["state"])
+
+    @property
+    def parent_run_id(self) -> str | None:
+        return self.writer.parent_run_id
+
+    @property
+    def experiment_id(self) -> str | None:
+        return self.writer.experiment_id
 
     @property
     def client(self) -> MlflowClient:
-        if self._client is None:
-            self._client = MlflowClient(tracking_uri=self.tracking_uri)
-        return self._client
+        return self.writer.client
+
+    @property
+    def dropped(self) -> int:
+        """Records dropped (buffer full or rejected by the server)."""
+        return self.sender.dropped
 
     # ------------------------------------------------------------------ Tune state
     def get_state(self) -> dict | None:
-        with self._lock:
-            return {
+        w = self.writer
+        with w.lock:
+            state = {
                 "version": 1,
                 "tracking_uri": self.tracking_uri,
-                "parent_run_id": self.parent_run_id,
-                "experiment_id": self.experiment_id,
-                "runs": dict(self._runs),
-                "finished": sorted(self._finished),
-                "trials": dict(self._trials),
-                "skip_until": dict(self._skip_until),
-                "pending": list(self._queue),
-                "dropped": self.dropped,
-                "wall_s": self.wall_s + (time.monotonic() - self._session_start),
+                "parent_run_id": w.parent_run_id,
+                "experiment_id": w.experiment_id,
+                "runs": dict(w.runs),
+                "finished": sorted(w.finished),
+                "trials": dict(w.trials),
+                "skip_until": dict(w.skip_until),
             }
+        state.update(pending=self.sender.records(), dropped=self.sender.dropped,
+                     wall_s=self.wall_s + (time.monotonic() - self._session_start))
+        return state
 
     def set_state(self, state: dict) -> None:
-        with self._lock:
-            self._trials = dict(state.get("trials", {}))
-            if state.get("tracking_uri") != self.tracking_uri:
-                # resumed against another store: the saved run ids and unsent records belong to the old one
-                logger.warning("resuming with tracking URI %s (was %s): the search's earlier MLflow runs stay there",
-                               self.tracking_uri, state.get("tracking_uri"))
-                return
-            self.parent_run_id = state.get("parent_run_id")
-            self.experiment_id = state.get("experiment_id")
-            self._runs = dict(state.get("runs", {}))  # informative: runs are looked up again by tag
-            self._finished = set(state.get("finished", []))
-            self._skip_until = {k: int(v) for k, v in state.get("skip_until", {}).items()}
-            self._queue = deque(state.get("pending", []))
-            self.dropped = int(state.get("dropped", 0))
-            self.wall_s = float(state.get("wall_s", 0.0))
-            self._session_start = time.monotonic()
+        w = self.writer
+        with w.lock:
+            w.trials = dict(state.get("trials", {}))
+        if state.get("tracking_uri") not in (self.tracking_uri, self.copied_from):
+            # resumed against another store: the saved run ids and unsent records belong to the old one
+            logger.warning("resuming with tracking URI %s (was %s): the search's earlier MLflow runs stay there",
+                           self.tracking_uri, state.get("tracking_uri"))
+            return
+        with w.lock:
+            w.parent_run_id = state.get("parent_run_id")
+            w.experiment_id = state.get("experiment_id")
+            w.runs = dict(state.get("runs", {}))  # informative: runs are looked up again by tag
+            w.finished = set(state.get("finished", []))
+            w.skip_until = {k: int(v) for k, v in state.get("skip_until", {}).items()}
+        self.sender.load(state.get("pending", []), int(state.get("dropped", 0)))
+        self.wall_s = float(state.get("wall_s", 0.0))
+        self._session_start = time.monotonic()
 
     # ------------------------------------------------------------------ Tune hooks
     def setup(self, stop=None, num_samples=None, total_num_samples=None, **info) -> None:
-        with self._lock:
-            self._session_start = time.monotonic()
-            self._queue.appendleft({"op": "parent"})
-        self._start()
+        self._session_start = time.monotonic()
+        self.sender.put({"op": "parent"}, first=True)
         if not self.flush(self.setup_timeout, until_parent=True):
             logger.warning("MLflow at %s not reachable yet; the search goes on and its records are buffered",
                            self.tracking_uri)
@@ -414,13 +369,26 @@ class MLflowTracking(Callback):
         """Keep what a trial's run needs (name, params); any hook may be the first to see a trial
         (a trial can fail before it starts, a restored one may report before a start event)."""
         trial_id = str(trial.trial_id)
-        if trial_id not in self._trials:
-            with self._lock:
-                self._trials[trial_id] = {
+        with self.writer.lock:
+            if trial_id not in self.writer.trials:
+                self.writer.trials[trial_id] = {
                     "name": str(trial),
                     "params": {str(k): _param_value(v) for k, v in (getattr(trial, "config", None) or {}).items()},
                 }
         return trial_id
+
+    def on_step_begin(self, iteration: int, trials: list, **info) -> None:
+        """On the first step of a session: remember which trials the restored search holds (a trial
+        sampled later may supersede a lost one), and finish the runs of trials the snapshot holds as
+        TERMINATED whose end never reached MLflow (a trial settled on resume: :mod:`search.settle`)."""
+        if self._restored is not None:
+            return
+        self._restored = [str(t.trial_id) for t in trials]
+        for t in trials:
+            if getattr(t, "status", "") == "TERMINATED" and str(t.trial_id) not in self.writer.finished \
+                    and (getattr(t, "last_result", None) or {}).get("final"):
+                self.on_trial_result(iteration, trials, t, dict(t.last_result))
+                self.on_trial_complete(iteration, trials, t)
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info) -> None:
         self._put({"op": "trial", "trial_id": self._remember(trial)})
@@ -466,283 +434,32 @@ class MLflowTracking(Callback):
         summary = summary_metrics(trials, self.summary)
         summary["wall_time_s"] = self.wall_s + (time.monotonic() - self._session_start)
         self._put({"op": "summary", "metrics": summary, "time_ms": int(time.time() * 1000)})
+        restored = set(self._restored or [])
         self._put({"op": "end_parent", "status": "FINISHED" if complete else "KILLED",
-                   "trial_ids": sorted(str(t.trial_id) for t in trials)})
+                   "trial_ids": sorted(str(t.trial_id) for t in trials),
+                   "new_ids": [str(t.trial_id) for t in trials if str(t.trial_id) not in restored]})
         sent = self.flush(self.flush_timeout)
         self.close()
         if not sent:
-            with self._lock:
-                left = len(self._queue)
+            left = self.sender.pending()
             logger.warning(
                 "MLflow at %s still unreachable: %d records not sent; they stay in the experiment state "
                 "and are sent when the search is resumed (--resume)", self.tracking_uri, left)
         if self.dropped:
             logger.warning("%d MLflow records were dropped (buffer full or rejected by the server)", self.dropped)
 
-    # ------------------------------------------------------------------ queue
+    # ------------------------------------------------------------------ the queue
     def _put(self, record: dict) -> None:
-        with self._lock:
-            self._queue.append(record)
-            if len(self._queue) > self.max_pending:
-                self._drop_oldest_metrics()
-            self._changed.notify_all()
-        self._start()
-
-    def _drop_oldest_metrics(self) -> None:
-        for i, rec in enumerate(self._queue):
-            if rec["op"] == "metrics" and i > 0:  # never the head: the sender may be replaying it
-                del self._queue[i]
-                if self.dropped == 0:
-                    logger.warning("MLflow buffer full (%d records): dropping the oldest per-epoch metrics",
-                                   self.max_pending)
-                self.dropped += 1
-                return
+        self.sender.put(record)
 
     def pending(self) -> int:
         """Records not yet sent (including the one being sent)."""
-        with self._lock:
-            return len(self._queue)
+        return self.sender.pending()
 
     def flush(self, timeout: float, *, until_parent: bool = False) -> bool:
         """Wait up to ``timeout`` s until every buffered record is sent; True when all were."""
-        deadline = time.monotonic() + timeout
-        self._start()
-        with self._lock:
-            while True:
-                done = self._parent_checked if until_parent else (not self._queue and not self._busy)
-                left = deadline - time.monotonic()
-                if done or left <= 0:
-                    return done
-                self._changed.wait(min(left, 0.5))
+        return self.sender.wait(timeout, (lambda: self.writer.parent_checked) if until_parent else None)
 
     def close(self) -> None:
         """Stop the sender thread (records still queued are kept in the state)."""
-        with self._lock:
-            self._closing = True
-            self._changed.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout=self.request_timeout + 5)
-        self._thread = None
-        self._closing = False
-
-    def _start(self) -> None:
-        with self._lock:
-            if self._thread is not None and self._thread.is_alive():
-                return
-            self._closing = False
-            self._thread = threading.Thread(target=self._send_loop, name="fusetune-mlflow", daemon=True)
-            self._thread.start()
-
-    def _send_loop(self) -> None:
-        backoff = 0.5
-        while True:
-            with self._lock:
-                while not self._queue and not self._closing:
-                    self._changed.wait(0.5)
-                if self._closing:
-                    return  # what is still queued stays in the state
-                record = self._queue[0]
-                self._busy = True
-            try:
-                with fast_http(self.request_timeout):
-                    self._apply(record)
-            except Exception as e:  # noqa: BLE001 - the search must never die because of MLflow
-                if _is_permanent(e):
-                    logger.warning("MLflow rejected a %s record of %s: %s", record["op"],
-                                   record.get("trial_id", "the search"), _one_line(str(e), 300))
-                    self._pop(record, dropped=True)
-                    continue
-                with self._lock:
-                    self._busy = False
-                    if self._down_since is None:
-                        self._down_since = time.monotonic()
-                        logger.warning("MLflow at %s unreachable (%s); buffering records and retrying",
-                                       self.tracking_uri, _one_line(str(e), 200))
-                    self._changed.notify_all()
-                    self._changed.wait(backoff)
-                backoff = min(backoff * 2, self.max_backoff)
-                continue
-            backoff = 0.5
-            if self._down_since is not None:
-                logger.warning("MLflow at %s reachable again after %.0f s; sending %d buffered records",
-                               self.tracking_uri, time.monotonic() - self._down_since, self.pending())
-                self._down_since = None
-            self._pop(record)
-
-    def _pop(self, record: dict, dropped: bool = False) -> None:
-        with self._lock:
-            if self._queue and self._queue[0] is record:
-                self._queue.popleft()
-            self.dropped += int(dropped)
-            self._busy = False
-            self._changed.notify_all()
-
-    # ------------------------------------------------------------------ records -> MLflow
-    def _apply(self, record: dict) -> None:
-        op = record["op"]
-        if op == "parent":
-            self._ensure_parent()
-            return
-        if op == "summary":
-            from mlflow.entities import Metric
-
-            run_id = self._ensure_parent()
-            self.client.log_batch(run_id, metrics=[Metric(k, float(v), record["time_ms"], 0)
-                                                   for k, v in sorted(record["metrics"].items())])
-            return
-        if op == "end_parent":
-            self._ensure_parent()
-            if "trial_ids" in record:
-                self._end_orphans(set(record["trial_ids"]))
-            self.client.set_terminated(self.parent_run_id, record["status"])
-            return
-        trial_id = record["trial_id"]
-        run_id = self._ensure_run(trial_id)
-        if run_id is None or trial_id in self._finished:
-            return  # unknown trial, or a run that already finished in an earlier session
-        if op == "metrics":
-            step = int(record["step"])
-            if step <= self._skip_until.get(trial_id, -1):
-                return  # this epoch is already in the run (logged before a driver restart)
-            self._reopen(run_id)
-            from mlflow.entities import Metric, RunTag
-
-            skip = self._skip_until.get(trial_id, -1)
-            metrics = [Metric(k, v, record["time_ms"], int(e["step"]))
-                       for e in record.get("curve", ()) if int(e["step"]) > skip for k, v in sorted(e["metrics"].items())]
-            metrics += [Metric(k, v, record["time_ms"], step) for k, v in sorted(record["metrics"].items())]
-            tags = [RunTag(k, v[:_MAX_TAG_VALUE]) for k, v in record.get("tags", {}).items()]
-            for i in range(0, max(len(metrics), 1), _MAX_METRICS_PER_BATCH):
-                self.client.log_batch(run_id, metrics=metrics[i:i + _MAX_METRICS_PER_BATCH], tags=tags if i == 0 else [])
-        elif op == "tags":
-            for k, v in record["tags"].items():
-                self.client.set_tag(run_id, k, v[:_MAX_TAG_VALUE])
-        elif op == "end":
-            for k, v in record.get("tags", {}).items():
-                self.client.set_tag(run_id, k, v)
-            if record["status"] == "FAILED":
-                self.client.set_tag(run_id, ERROR_TAG, record.get("error", "")[:_MAX_TAG_VALUE])
-            self.client.set_terminated(run_id, record["status"])
-            if record["status"] == "FINISHED":
-                with self._lock:
-                    self._finished.add(trial_id)
-        # "trial" records only need the run to exist (done by _ensure_run)
-
-    def _end_orphans(self, trial_ids: set[str]) -> None:
-        """Child runs still RUNNING whose trial is not in the search's final trial list: trials a
-        killed driver had started after Tune's last saved snapshot (the resumed search sampled new
-        trials in their place). They end as KILLED with the reason as a tag, never stay RUNNING."""
-        runs = self.client.search_runs(
-            [self._ensure_experiment()],
-            filter_string=(f"tags.`{SEARCH_NAME_TAG}` = {_quote(self.search_name)} and tags.`{ROLE_TAG}` = 'trial' "
-                           "and attributes.status = 'RUNNING'"),
-        )
-        for run in runs:
-            if run.data.tags.get(TRIAL_ID_TAG) not in trial_ids:
-                self.client.set_tag(run.info.run_id, ERROR_TAG, "trial lost with a killed driver before Tune saved it; not resumed")
-                self.client.set_terminated(run.info.run_id, "KILLED")
-
-    def _reopen(self, run_id: str) -> None:
-        """A run that ended FAILED/KILLED and receives results again (retried on resume) runs again."""
-        if run_id in self._open_runs:
-            return
-        if self.client.get_run(run_id).info.status != "RUNNING":
-            self.client.update_run(run_id, status="RUNNING")
-        self._open_runs.add(run_id)
-
-    def _ensure_experiment(self) -> str:
-        if self.experiment_id is None:
-            exp = self.client.get_experiment_by_name(self.experiment)
-            if exp is None:
-                try:
-                    self.experiment_id = self.client.create_experiment(
-                        self.experiment, artifact_location=default_artifact_location(self.tracking_uri, self.experiment),
-                        tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
-                except MlflowException as e:  # created meanwhile by another driver
-                    if e.error_code != "RESOURCE_ALREADY_EXISTS":
-                        raise
-                    self.experiment_id = self.client.get_experiment_by_name(self.experiment).experiment_id
-            else:
-                self.experiment_id = exp.experiment_id
-                if EXPERIMENT_KIND_TAG not in exp.tags:  # a kind the user (or MLflow) chose stays
-                    self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
-        return self.experiment_id
-
-    def _ensure_parent(self) -> str:
-        if self.parent_run_id is not None and self._parent_checked:
-            return self.parent_run_id
-        exp_id = self._ensure_experiment()
-        # looked up by tag (the id a restored state holds may name a run deleted meanwhile)
-        found = self.client.search_runs(
-            [exp_id],
-            filter_string=f"tags.`{SEARCH_NAME_TAG}` = {_quote(self.search_name)} and tags.`{ROLE_TAG}` = 'search'",
-            max_results=1,
-        )
-        tags = {**self.search_tags, SEARCH_NAME_TAG: self.search_name, ROLE_TAG: "search"}
-        if found:
-            run = found[0]
-            run_id = run.info.run_id
-            if run.info.status != "RUNNING":
-                self.client.update_run(run_id, status="RUNNING")
-            existing = run.data.params
-        else:
-            run_id = self.client.create_run(exp_id, tags=tags, run_name=self.search_name).info.run_id
-            existing = {}
-        self._log_params(run_id, {k: _param_value(v) for k, v in self.search_params.items()}, existing)
-        from mlflow.entities import RunTag
-
-        self.client.log_batch(run_id, tags=[RunTag(k, v[:_MAX_TAG_VALUE]) for k, v in tags.items()])
-        if self.dataset is not None:  # MLflow keeps one input per dataset (name, digest) and run
-            self.client.log_inputs(run_id, datasets=[self.dataset.entity()])
-        with self._lock:
-            self.parent_run_id = run_id
-            self._parent_checked = True
-            self._changed.notify_all()
-        return run_id
-
-    def _ensure_run(self, trial_id: str) -> str | None:
-        """The child run of a trial: looked up by tag once per session (a run created by an earlier
-        driver is reused, and the epochs it already holds are skipped), created if absent."""
-        if trial_id in self._synced:
-            return self._runs.get(trial_id)
-        info = self._trials.get(trial_id)
-        if info is None:
-            return None
-        parent = self._ensure_parent()
-        found = self.client.search_runs(
-            [self.experiment_id],
-            filter_string=f"tags.`{TRIAL_ID_TAG}` = {_quote(trial_id)} and tags.`{SEARCH_NAME_TAG}` = {_quote(self.search_name)}",
-            max_results=1,
-        )
-        skip_until = -1
-        if found:
-            run = found[0]
-            run_id = run.info.run_id
-            existing = run.data.params
-            history = self.client.get_metric_history(run_id, STEP_METRIC)
-            skip_until = max((int(m.step) for m in history), default=-1)
-        else:
-            tags = {PARENT_RUN_TAG: parent, TRIAL_ID_TAG: trial_id, SEARCH_NAME_TAG: self.search_name, ROLE_TAG: "trial"}
-            run = self.client.create_run(self.experiment_id, tags=tags, run_name=info["name"])
-            run_id = run.info.run_id
-            existing = {}
-        self._log_params(run_id, info["params"], existing)
-        with self._lock:
-            self._runs[trial_id] = run_id
-            self._skip_until[trial_id] = skip_until
-            if run.info.status == "FINISHED":
-                self._finished.add(trial_id)
-            self._synced.add(trial_id)
-        return run_id
-
-    def _log_params(self, run_id: str, params: dict[str, str], existing: Mapping[str, str]) -> None:
-        """Params are immutable in MLflow: log the new ones, keep (and report) changed ones."""
-        from mlflow.entities import Param
-
-        changed = sorted(k for k, v in params.items() if k in existing and existing[k] != v)
-        if changed:
-            logger.warning("run %s keeps its recorded params %s (the resumed search passed other values)",
-                           run_id, ", ".join(changed))
-        new = [Param(k, v) for k, v in params.items() if k not in existing]
-        for i in range(0, len(new), _MAX_PARAMS_PER_BATCH):
-            self.client.log_batch(run_id, params=new[i:i + _MAX_PARAMS_PER_BATCH])
+        self.sender.close()

@@ -78,3 +78,73 @@ def test_while_running_only_trials_the_stored_state_records_as_ended_lose_their_
                              "failed": "ERROR", "running": "RUNNING"})
     pruner.on_step_end(1, trials)
     assert {p.parent.name.rsplit("_", 1)[-1] for p in tmp_path.glob("*/checkpoint_*")} == {"best", "running"}
+
+
+class _Checkpoint:
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+
+class _RunningTrial:
+    """A trial with checkpoints 0..n-1, Tune's latest being ``latest``, at ``last_result_time``."""
+
+    def __init__(self, root: Path, tid: str, n: int) -> None:
+        from types import SimpleNamespace
+
+        self.trial_id, self.status, self.last_result = tid, "RUNNING", {"epoch": 1}
+        self.folder = root / f"fusetune_baseline_{tid}"
+        for k in range(n):
+            (self.folder / f"checkpoint_{k:06d}").mkdir(parents=True)
+        self.storage = _Storage(root, self.folder)
+        self.run_metadata = SimpleNamespace(last_result_time=0.0, checkpoint_manager=SimpleNamespace(
+            latest_checkpoint_result=None))
+
+    def at(self, when: float, latest: int) -> None:
+        from types import SimpleNamespace
+
+        self.run_metadata.last_result_time = when
+        self.run_metadata.checkpoint_manager.latest_checkpoint_result = SimpleNamespace(
+            checkpoint=_Checkpoint(self.folder / f"checkpoint_{latest:06d}"))
+
+    def left(self) -> list[int]:
+        return sorted(int(p.name.rsplit("_", 1)[1]) for p in self.folder.glob("checkpoint_*"))
+
+
+def _stored_times(root: Path, times: dict[str, float]) -> None:
+    import json
+
+    data = [[json.dumps({"trial_id": tid, "status": "RUNNING"}), json.dumps({"last_result_time": when})]
+            for tid, when in times.items()]
+    (root / "experiment_state-2026-01-01_00-00-00.json").write_text(json.dumps({"trial_data": data}))
+
+
+def test_the_checkpoint_the_stored_snapshot_points_to_survives_until_a_newer_snapshot_is_stored(tmp_path):
+    from search.cleanup import PruneCheckpoints
+
+    t = _RunningTrial(tmp_path, "a", 4)
+    pruner = PruneCheckpoints("macro_f1", "max", keep=1, interval=0.0)
+    t.at(5.0, latest=1)
+    pruner.on_step_begin(0, [t])
+    pruner.get_state()                     # Tune writes a snapshot: it points to checkpoint 1
+    _stored_times(tmp_path, {"a": 5.0})    # ... and it reached storage
+    t.at(9.0, latest=3)                    # two more checkpoints since, no snapshot yet
+    pruner.on_step_end(1, [t])
+    assert t.left() == [1, 2, 3]           # what a resume from the stored snapshot restores is there
+    pruner.get_state()                     # a snapshot pointing to 3 is written, not yet stored
+    pruner.on_step_end(2, [t])
+    assert t.left() == [1, 2, 3]
+    _stored_times(tmp_path, {"a": 9.0})
+    pruner.on_step_end(3, [t])
+    assert t.left() == [3] and pruner.pruned.folders == 3
+
+
+def test_a_snapshot_this_session_did_not_see_written_keeps_every_checkpoint(tmp_path):
+    from search.cleanup import PruneCheckpoints
+
+    t = _RunningTrial(tmp_path, "a", 3)
+    t.at(7.0, latest=2)
+    _stored_times(tmp_path, {"a": 3.0})    # an older session's snapshot, pointing to we know not which
+    pruner = PruneCheckpoints("macro_f1", "max", keep=1, interval=0.0)
+    pruner.on_step_begin(0, [t])
+    pruner.on_step_end(1, [t])
+    assert t.left() == [0, 1, 2]

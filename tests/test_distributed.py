@@ -46,6 +46,11 @@ pytestmark = [
 # A small, quick search: the baseline space on breast-tcga (vector modalities, no encoders), two
 # folds, every trial the full budget (fifo), random sampling.
 SEARCH = ["--space", "baseline", "--folds", "2", "--scheduler", "fifo", "--sampler", "random"]
+# The same where a test needs checkpoints before a trial's last epoch whatever the machine's speed:
+# fifo's trials report every 10 s (and checkpoint only at a report), so a fast trial reports once,
+# at its end; the median rule's report every epoch and checkpoint every epochs // 4, and with at
+# most 3 trials it stops none (it compares a trial with at least 3 others).
+EVERY_EPOCH = [*SEARCH, "--scheduler", "median"]
 
 
 # ------------------------------------------------------------------------------ process tree
@@ -212,6 +217,17 @@ def trial_results(exp: Path) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
+def live_results(cluster: LocalCluster, name: str) -> dict[str, list[dict[str, Any]]]:
+    """The trials' results as the driver writes them, in Ray's staging folder of the cluster's
+    session (the search folder gets a copy with every experiment snapshot, seconds later)."""
+    temp = Path((cluster.dir / "ray_temp_dir").read_text().strip())
+    out = {}
+    for path in temp.glob(f"session_*/artifacts/*/{name}/driver_artifacts/fusetune_*/result.json"):
+        lines = path.read_text().splitlines()
+        out[path.parent.name.rsplit("_", 1)[1]] = [json.loads(ln) for ln in lines if ln.strip().endswith("}")]
+    return out
+
+
 def read_csv(path: Path) -> list[dict[str, str]]:
     """The trial rows of ``results.csv`` (not the reference models')."""
     with open(path, newline="") as f:
@@ -253,34 +269,39 @@ def test_two_node_cluster_runs_trials_on_both_nodes(cluster, drivers, tmp_path):
 def test_driver_killed_then_resumed(cluster, drivers, tmp_path):
     from mlflow.tracking import MlflowClient
 
-    epochs, n = 24, 4  # checkpoints every epochs // 10 = 2 epochs
+    # one trial at a time (the median rule would pause a running trial for a pending one), each
+    # reporting every epoch and checkpointing every epochs // 4 = 12 epochs
+    epochs, n, every = 48, 3, 12
     storage, name = tmp_path / "results", "killed"
     exp = storage / name
     args = ["--address", cluster.address, "--storage", str(storage), "--name", name, "--top-k", "1"]
-    drivers.append(Driver([*SEARCH, *args, "--num-samples", str(n), "--epochs", str(epochs), "--max-concurrent", "2"],
+    drivers.append(Driver([*EVERY_EPOCH, *args, "--num-samples", str(n), "--epochs", str(epochs), "--max-concurrent", "1"],
                           tmp_path / "driver-1.log"))
 
-    def finished_and_checkpointed() -> bool:
-        results = trial_results(exp)
-        done = [t for t, rs in results.items() if rs and rs[-1].get("final")]
-        running = [t for t, rs in results.items()
-                   if rs and not rs[-1].get("final") and sum(bool(r.get("checkpoint_dir_name")) for r in rs) >= 3]
-        return bool(done and running)
+    def snapshot_with_a_finished_and_a_checkpointed_trial() -> bool:
+        """The stored experiment snapshot (what --resume reads; its plain JSON fields) holds a
+        finished trial and an unfinished one past its first checkpoint."""
+        states = sorted(exp.glob("experiment_state-*.json"))
+        try:
+            trials = [(json.loads(t), json.loads(m)) for t, m in json.loads(states[-1].read_text())["trial_data"]]
+        except (IndexError, OSError, ValueError, KeyError):
+            return False
+        done = [t for t, _ in trials if t["status"] == "TERMINATED"]
+        going = [t for t, m in trials if t["status"] in ("RUNNING", "PENDING")
+                 and every <= int((m.get("last_result") or {}).get("epoch", 0)) < epochs]
+        return bool(done and going)
 
-    wait_for(finished_and_checkpointed, 600, "a finished trial and a running one with 3 checkpoints", drivers[0])
-    # the experiment snapshot that --resume reads is written when checkpoints are rotated: let one land
-    mark = time.time()
-    wait_for(lambda: any(p.stat().st_mtime > mark for p in exp.glob("experiment_state-*.json")), 60,
-             "an experiment snapshot", drivers[0])
+    wait_for(snapshot_with_a_finished_and_a_checkpointed_trial, 900,
+             "a snapshot with a finished trial and a checkpointed running one", drivers[0], every=0.1)
     os.kill(drivers[0].proc.pid, signal.SIGKILL)  # the driver alone, as a crash would
     drivers[0].proc.wait()
-    # a trial writes its own result.json on its worker: the orphaned trials may report an epoch or
-    # two more until Ray ends the dead driver's actors; look once they are gone
-    workers = {r["pid"] for rs in trial_results(exp).values() for r in rs}
-    wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers), 120,
-             "the killed driver's trial processes to end")
+    _wait_for_orphans(exp)
     before = trial_results(exp)
+    # finished: the driver recorded the final result (its result.json in the search folder may
+    # lack the last lines, which Ray copies there with its snapshots)
+    finished_before = _finished(exp, storage, name)
 
+    resumed_at = time.time()
     drivers.append(Driver([*args, "--resume"], tmp_path / "driver-2.log"))
     assert drivers[1].wait(900) == 0, drivers[1].output()[-3000:]
 
@@ -289,21 +310,25 @@ def test_driver_killed_then_resumed(cluster, drivers, tmp_path):
     assert len(rows) == n and completed(rows, epochs)
     known = {r["trial_id"] for r in rows}
     after = trial_results(exp)
-    finished_before = {t for t, rs in before.items() if rs and rs[-1].get("final")}
-    unfinished_before = {t: rs for t, rs in before.items() if rs and not rs[-1].get("final") and t in known}
+    unfinished_before = {t: rs for t, rs in before.items() if rs and t not in finished_before and t in known}
     assert finished_before and unfinished_before
-    for t in finished_before:  # not rerun: not one more report
-        assert after[t] == before[t], f"finished trial {t} reported again after --resume"
-    for t, rs in unfinished_before.items():
-        new = after[t][len(rs):]
-        checkpointed = {r["epoch"] for r in rs if r.get("checkpoint_dir_name")}
-        assert new and new[0]["epoch"] - 1 in checkpointed, (
-            f"trial {t} resumed at epoch {new[0]['epoch'] if new else None}, checkpoints at {sorted(checkpointed)}")
-        assert new[-1]["epoch"] == epochs
+    for t in finished_before:  # kept, not rerun
+        assert t in known, f"finished trial {t} lost"
+        assert after[t][: len(before[t])] == before[t]
+        assert all(r["timestamp"] <= resumed_at for r in after[t]), f"finished trial {t} ran again after --resume"
+    checkpoints = set(range(every, epochs, every))
+    continued = 0
+    for t, rs in unfinished_before.items():  # each from its last checkpoint in the snapshot, or anew
+        new = [r for r in after[t][len(rs):] if r["timestamp"] >= int(resumed_at)]
+        assert new, f"trial {t} did not go on after --resume"
+        assert new[0]["epoch"] == 1 or new[0]["epoch"] - 1 in checkpoints, (
+            f"trial {t} resumed at epoch {new[0]['epoch']}, checkpoints at {sorted(checkpoints)}")
+        continued += new[0]["epoch"] > 1
+    assert continued, "no unfinished trial continued from its checkpoint"
     # a trial started after the last experiment snapshot is unknown to the restored search (Ray Tune
     # samples a new one instead): it must not go on either
     for t in set(before) - known:
-        assert after[t] == before[t]
+        assert all(r["timestamp"] <= resumed_at for r in after[t]), f"lost trial {t} went on after --resume"
 
     client = MlflowClient(tracking_uri=f"sqlite:///{storage / 'mlflow.db'}")
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
@@ -340,25 +365,25 @@ FAST_FAILURE_DETECTION = {
 
 
 def test_node_lost_mid_trial_is_rescheduled_on_the_remaining_node(data_dir, drivers, tmp_path):
-    epochs = 30  # checkpoints every 3 epochs
+    epochs, every = 120, 30  # checkpoints every epochs // 4 epochs
     storage, name = tmp_path / "results", "node-loss"
     exp = storage / name
     cluster = LocalCluster(workers=1, env=FAST_FAILURE_DETECTION)
     try:
         cluster.start()
-        drivers.append(Driver([*SEARCH, "--address", cluster.address, "--num-samples", "2", "--epochs", str(epochs),
+        drivers.append(Driver([*EVERY_EPOCH, "--address", cluster.address, "--num-samples", "2", "--epochs", str(epochs),
                                "--max-concurrent", "2", "--max-failures", "3", "--top-k", "0",
                                "--storage", str(storage), "--name", name], tmp_path / "driver.log"))
 
         def trial_on_node_1_checkpointed() -> str | None:
-            for t, rs in trial_results(exp).items():
+            for t, rs in live_results(cluster, name).items():
                 if rs and cluster.node_of(rs[-1]["pid"]) == 1 and not rs[-1].get("final") \
                         and sum(bool(r.get("checkpoint_dir_name")) for r in rs) >= 2:
                     return t
             return None
 
-        victim = wait_for(trial_on_node_1_checkpointed, 600, "a trial on node 1 with 2 checkpoints", drivers[0])
-        reported_before = len(trial_results(exp)[victim])
+        victim = wait_for(trial_on_node_1_checkpointed, 600, "a trial on node 1 with 2 checkpoints", drivers[0],
+                          every=0.05)
         os.kill(cluster.raylet(1), signal.SIGKILL)
         assert drivers[0].wait(900) == 0, drivers[0].output()[-3000:]
     finally:
@@ -368,14 +393,12 @@ def test_node_lost_mid_trial_is_rescheduled_on_the_remaining_node(data_dir, driv
     assert len(rows) == 2 and completed(rows, epochs)
     results = trial_results(exp)[victim]
     nodes = [cluster.node_of(r["pid"]) for r in results]
-    # reports up to the kill (a straggler or two may land after we looked) come from node 1, the
-    # retry's from node 0 only
-    assert nodes[:reported_before] == [1] * reported_before
+    # the reports from node 1 (Ray's copy in the search folder keeps those up to its last snapshot
+    # before the loss), then the retry's, from node 0 only
     assert 0 in nodes, "the trial on the lost node never reported again"
     retry = nodes.index(0)
-    assert set(nodes[retry:]) == {0} and set(nodes[:retry]) == {1}, nodes
-    checkpointed = {r["epoch"] for r in results[:retry] if r.get("checkpoint_dir_name")}
-    assert results[retry]["epoch"] - 1 in checkpointed, (results[retry]["epoch"], sorted(checkpointed))
+    assert retry > 0 and set(nodes[:retry]) == {1} and set(nodes[retry:]) == {0}, nodes
+    assert results[retry]["epoch"] - 1 in set(range(every, epochs, every)), results[retry]["epoch"]
     assert results[-1]["epoch"] == epochs
 
 
@@ -414,7 +437,8 @@ def test_tracking_server_outage_mid_search(data_dir, drivers, tmp_path):
     server = MlflowServer(tmp_path / "mlflow").start()
     try:
         # a local Ray started by the driver; the server is given by URI
-        drivers.append(Driver([*SEARCH, "--num-samples", str(n), "--epochs", str(epochs), "--max-concurrent", "2",
+        # every epoch a report (the outage is measured in reports)
+        drivers.append(Driver([*EVERY_EPOCH, "--num-samples", str(n), "--epochs", str(epochs), "--max-concurrent", "2",
                                "--top-k", "1", "--tracking-uri", server.uri, "--storage", str(storage),
                                "--name", name], tmp_path / "driver.log"))
         wait_for(lambda: any(trial_results(exp).values()), 600, "the first epoch", drivers[0], every=0.05)
@@ -444,3 +468,148 @@ def test_tracking_server_outage_mid_search(data_dir, drivers, tmp_path):
             assert sorted(steps) == list(range(1, int(rows[t]["epochs_done"]) + 1)), f"trial {t}: steps {steps}"
     finally:
         server.stop()
+
+
+# ------------------------------------------------------------------------------ kill at every phase
+def _hashes(root: Path) -> dict[str, str]:
+    import hashlib
+
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _search_runs(storage: Path, name: str) -> list:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{storage / 'mlflow.db'}")
+    return client.search_runs([e.experiment_id for e in client.search_experiments()],
+                              filter_string=f"tags.`fusetune.search_name` = '{name}'", max_results=1000)
+
+
+def _versions(storage: Path) -> list:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{storage / 'mlflow.db'}")
+    return [client.get_model_version(v.name, v.version) for v in client.search_model_versions()]
+
+
+def _finished(exp: Path, storage: Path, name: str) -> set[str]:
+    """Trials whose final result the driver recorded (search.settle.RecordFinal) or whose MLflow run
+    is FINISHED. (Their ``result.json`` in the search folder may lack the last lines: Ray copies it
+    there from the driver's staging folder with its experiment snapshots.)"""
+    recorded = {p.parent.name.rsplit("_", 1)[1] for p in exp.glob("fusetune_*/final_result.json")}
+    tracked = {r.data.tags["fusetune.trial_id"] for r in _search_runs(storage, name)
+               if r.data.tags.get("fusetune.role") == "trial" and r.info.status == "FINISHED"}
+    return recorded | tracked
+
+
+def _wait_for_orphans(exp: Path) -> None:
+    """A killed driver's trials write their own result.json on their workers: wait until Ray has
+    ended them before looking at what they left."""
+    workers = {r["pid"] for rs in trial_results(exp).values() for r in rs}
+    wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers), 120,
+             "the killed driver's trial processes to end")
+
+
+KILL_PHASES = ("startup", "trial_end", "mid_search", "refit", "registration", "reports")
+"""search.faults.PHASES (not imported: the test process does not import the search package)."""
+
+
+@pytest.mark.parametrize("phase", KILL_PHASES)
+def test_driver_killed_at_every_phase_then_resumed_keeps_every_finished_trial(phase, cluster, drivers, tmp_path):
+    """The driver SIGKILLs itself at ``phase`` (``FUSETUNE_KILL_AT``, search.faults) and the search
+    is resumed: every trial finished before the kill is kept as it was (not rerun, one row, one
+    counted MLflow run), every trial of the search ends complete, and the registered versions are
+    one per trial with every tag."""
+    epochs, n = 12, 3
+    storage, name = tmp_path / "results", f"kill-{phase.replace('_', '-')}"
+    exp = storage / name
+    args = ["--address", cluster.address, "--storage", str(storage), "--name", name]
+    drivers.append(Driver([*EVERY_EPOCH, *args, "--num-samples", str(n), "--epochs", str(epochs),
+                           "--max-concurrent", "1", "--top-k", "1", "--confirm-repeats", "0", "--references", "none"],
+                          tmp_path / "driver-1.log", env={"FUSETUNE_KILL_AT": phase}))
+    rc = drivers[0].wait(600)
+    assert rc == -signal.SIGKILL, f"not killed at {phase} (rc {rc}):\n{drivers[0].output()[-3000:]}"
+    _wait_for_orphans(exp)
+    before = trial_results(exp)
+    finished_before = _finished(exp, storage, name) if (storage / "mlflow.db").exists() else set()
+    versions_before = _versions(storage)
+    if phase in ("startup", "mid_search", "trial_end"):
+        assert len(finished_before) < n, f"all trials had finished before the {phase} kill"
+    if phase == "startup":
+        assert not finished_before
+    if phase == "trial_end":
+        assert finished_before
+    if phase in ("refit", "registration", "reports"):
+        assert len(finished_before) == n
+        assert len(versions_before) == {"refit": 0, "registration": 1, "reports": 1}[phase]
+    if phase == "registration":  # created, killed before its tags: the resume completes them
+        assert not any(k.startswith("cv_") for k in versions_before[0].tags)
+
+    resumed_at = time.time()
+    drivers.append(Driver([*args, "--resume"], tmp_path / "driver-2.log"))
+    assert drivers[1].wait(900) == 0, drivers[1].output()[-3000:]
+
+    rows = read_csv(exp / "results.csv")
+    ids = [r["trial_id"] for r in rows]
+    assert len(ids) == len(set(ids)) == n and completed(rows, epochs), rows
+    after = trial_results(exp)
+    for t in finished_before:  # kept as it was: in the results, not rerun
+        assert t in ids, f"finished trial {t} lost at {phase}"
+        assert after[t][: len(before[t])] == before[t]
+        assert all(r["timestamp"] <= resumed_at for r in after[t]), f"finished trial {t} ran again after --resume"
+    runs = _search_runs(storage, name)
+    parents = [r for r in runs if r.data.tags.get("fusetune.role") == "search"]
+    counted = [r for r in runs if r.data.tags.get("fusetune.role") == "trial"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert sorted(r.data.tags["fusetune.trial_id"] for r in counted) == sorted(ids)  # one counted run per trial
+    for run in counted:
+        assert run.info.status == "FINISHED"
+        steps = [m.step for m in MlflowClientFor(storage).get_metric_history(run.info.run_id, "macro_f1")]
+        assert sorted(steps) == list(range(1, epochs + 1)), f"trial {run.data.tags['fusetune.trial_id']}: steps {steps}"
+    for run in runs:  # a trial lost with the driver was sampled again: its run names the one that took its place
+        if run.data.tags.get("fusetune.role") == "superseded":
+            assert run.data.tags.get("fusetune.superseded_by") in ids and run.info.status == "KILLED"
+    assert parents[0].data.metrics["trials_completed"] == n
+    versions = _versions(storage)
+    assert len(versions) == 1, [(v.version, v.run_id) for v in versions]  # not a second version
+    tags = versions[0].tags
+    assert {"fusetune.trial_id", "fusetune.rank", "fusetune.config", "cv_macro_f1", "cv_accuracy"} <= set(tags), tags
+    assert tags["fusetune.trial_id"] in ids
+    assert "fusetune.champion" in parents[0].data.tags
+    assert (exp / "reports" / "index.json").exists()
+
+
+def MlflowClientFor(storage: Path):  # noqa: N802 - reads like the client it returns
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=f"sqlite:///{storage / 'mlflow.db'}")
+
+
+def test_a_copied_then_moved_results_folder_resumes_in_place(cluster, drivers, tmp_path):
+    """``--resume --storage COPY`` on a copy of a results folder reads and writes only the copy:
+    every file under the original is byte for byte as it was; the copy moved elsewhere resumes too."""
+    epochs = 4
+    original, copy, moved, name = tmp_path / "original", tmp_path / "copy", tmp_path / "moved", "portable"
+    base = ["--address", cluster.address, "--name", name, "--top-k", "1", "--confirm-repeats", "0"]
+    drivers.append(Driver([*SEARCH, *base, "--storage", str(original), "--num-samples", "2", "--epochs", str(epochs),
+                           "--references", "none"], tmp_path / "driver-1.log"))
+    assert drivers[0].wait(600) == 0, drivers[0].output()[-3000:]
+    shutil.copytree(original, copy, symlinks=True)
+    hashes = _hashes(original)
+
+    drivers.append(Driver([*base, "--storage", str(copy), "--resume", "--num-samples", "3"], tmp_path / "driver-2.log"))
+    assert drivers[1].wait(600) == 0, drivers[1].output()[-3000:]
+    assert _hashes(original) == hashes, "resuming the copy changed the original"
+    assert len(read_csv(copy / name / "results.csv")) == 3
+    trial_runs = [r for r in _search_runs(copy, name) if r.data.tags.get("fusetune.role") == "trial"]
+    assert len(trial_runs) == 3
+    assert all(r.info.artifact_uri.startswith(copy.as_uri()) for r in trial_runs)
+
+    shutil.move(copy, moved)
+    drivers.append(Driver([*base, "--storage", str(moved), "--resume", "--num-samples", "4"], tmp_path / "driver-3.log"))
+    assert drivers[2].wait(600) == 0, drivers[2].output()[-3000:]
+    assert not copy.exists(), "the moved folder's old location was written to"
+    assert _hashes(original) == hashes
+    assert len(read_csv(moved / name / "results.csv")) == 4
+    assert len([r for r in _search_runs(moved, name) if r.data.tags.get("fusetune.role") == "trial"]) == 4

@@ -92,10 +92,15 @@ def test_champion_from_the_registry_in_a_fresh_process(tmp_path):
     assert run.data.tags["fusetune.trial_id"] == "t_00001" and run.data.tags["mlflow.parentRunId"] == cb.parent_run_id
     assert 0.0 <= run.data.metrics["test_macro_f1"] <= 1.0  # the refit scored once on rosmap's fixed test part
     assert list((tmp_path / "store" / "mlartifacts").rglob("model.safetensors"))  # artifacts beside the store
-    # a second call (e.g. after --resume) registers nothing new
+    # a second call (e.g. after --resume) registers nothing new, and completes the tags of a version
+    # a killed driver had created but not tagged
+    full = client.get_model_version(name, "2").tags
+    for key in [k for k in full if k.startswith("cv_") or k == "fusetune.config"]:
+        client.delete_model_version_tag(name, "2", key)
     assert log_top_models(top, space="baseline", data_name="rosmap", tracking_uri=uri, parent_run_id=cb.parent_run_id,
                           registered_name=name) == ["1", "2"]
     assert len(client.search_model_versions(f"name = '{name}'")) == 2
+    assert client.get_model_version(name, "2").tags == full
 
     # held-out samples, some lacking 'meth' (NaN columns), and 'mirna' absent for everyone (no columns)
     test = with_missing(load_dataset("rosmap").split_part("test"), "meth", np.arange(0, 40, 2))

@@ -238,7 +238,7 @@ def test_resume_reuses_runs_and_never_duplicates(tmp_path):
         assert runs["t_00000"].info.status == runs["t_00001"].info.status == "FINISHED"
 
 
-def test_trial_lost_with_a_killed_driver_ends_killed_on_resume(tmp_path):
+def test_trial_lost_with_a_killed_driver_is_superseded_on_resume(tmp_path):
     # a trial started after Tune's last snapshot dies with the driver; the resumed search never
     # sees it again (it samples a new trial instead), so its RUNNING run must not stay RUNNING
     uri = sqlite_store(tmp_path)
@@ -253,16 +253,28 @@ def test_trial_lost_with_a_killed_driver_ends_killed_on_resume(tmp_path):
 
     cb2 = new_callback(uri)
     cb2.setup()
+    cb2.on_step_begin(0, [kept])  # the restored search holds the trial of the last snapshot only
     for t in (kept, fresh):
         cb2.on_trial_start(0, [], t)
         cb2.on_trial_result(1, [], t, result(1, 0.5, 0.6, final=True))
         cb2.on_trial_complete(2, [], t)
         t.status = "TERMINATED"
     cb2.on_experiment_end([kept, fresh])
-    runs = children(MlflowClient(uri), cb2.experiment_id, cb2.search_name)
-    assert runs["t_lost"].info.status == "KILLED"
-    assert "killed driver" in runs["t_lost"].data.tags["error"]
+    client = MlflowClient(uri)
+    runs = children(client, cb2.experiment_id, cb2.search_name)
+    # the lost trial's run is out of the search's trial runs, superseded by the trial sampled in its place
+    assert sorted(runs) == ["t_keep", "t_new"]
     assert runs["t_keep"].info.status == runs["t_new"].info.status == "FINISHED"
+    (old,) = client.search_runs([cb2.experiment_id], filter_string="tags.`fusetune.trial_id` = 't_lost'")
+    assert old.info.status == "KILLED" and "killed driver" in old.data.tags["error"]
+    assert old.data.tags["fusetune.superseded_by"] == "t_new" and old.data.tags["fusetune.role"] == "superseded"
+    # a later session leaves it as it is
+    cb3 = new_callback(uri)
+    cb3.setup()
+    cb3.on_step_begin(0, [kept, fresh])
+    cb3.on_experiment_end([kept, fresh])
+    assert client.get_run(old.info.run_id).data.tags["fusetune.superseded_by"] == "t_new"
+    assert sorted(children(client, cb2.experiment_id, cb2.search_name)) == ["t_keep", "t_new"]
 
 
 def test_state_from_another_tracking_store_is_not_reused(tmp_path):
@@ -532,3 +544,26 @@ def test_epochs_carried_in_a_result_reach_mlflow_with_their_steps(tmp_path):
     assert [(m.step, round(m.value, 6)) for m in hist] == [(1, 0.6), (2, 0.7), (3, 0.8), (4, 0.9), (5, 1.0)]
     assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "epoch")) == [1, 2, 3, 4, 5]
     assert "curve" not in run.data.metrics
+
+
+def test_a_trial_settled_on_resume_gets_its_end_in_mlflow(tmp_path):
+    # killed right after a trial's final result: the resumed snapshot holds it as TERMINATED
+    # (search.settle) while MLflow got neither the final epoch nor the end of its run
+    uri = sqlite_store(tmp_path)
+    t = FakeTrial("t_set", {"lr": 0.1})
+    cb = new_callback(uri)
+    cb.setup()
+    cb.on_trial_start(0, [], t)
+    cb.on_trial_result(1, [], t, result(1, 0.9, 0.4))
+    assert cb.flush(30)
+    cb.close()
+
+    t.status, t.last_result = "TERMINATED", result(2, 0.5, 0.7, final=True)
+    cb2 = new_callback(uri)
+    cb2.setup()
+    cb2.on_step_begin(0, [t])
+    cb2.on_experiment_end([t])
+    client = MlflowClient(uri)
+    run = children(client, cb2.experiment_id, cb2.search_name)["t_set"]
+    assert run.info.status == "FINISHED"
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "loss")) == [1, 2]

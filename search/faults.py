@@ -1,0 +1,74 @@
+"""Named points at which the driver kills itself, for the kill-and-resume tests only.
+
+``FUSETUNE_KILL_AT=<phase>`` in the driver's environment makes it SIGKILL itself (no clean-up, as
+a crash or an OOM kill would) at that phase; nothing else reads the variable and, unset, every
+point is a no-op. The phases, in the order a search meets them:
+
+- ``startup``: the first trial has started and Tune's first experiment snapshot is on storage;
+- ``trial_end``: right after the first trial's final result was recorded (its ``result.json``
+  line written, its MLflow record queued), before Tune has saved that the trial ended;
+- ``mid_search``: at the first step after a trial reported a checkpoint before its last epoch
+  (Tune has registered it; the next experiment snapshot may not have been written);
+- ``refit``: the search has ended and its results are written, before the top-k are refitted;
+- ``registration``: a model version was created, before its tags are set;
+- ``reports``: the models are registered and promoted, before the reports are written.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Any
+
+from ray.tune import Callback
+
+KILL_ENV = "FUSETUNE_KILL_AT"
+PHASES = ("startup", "trial_end", "mid_search", "refit", "registration", "reports")
+
+
+def armed(phase: str) -> bool:
+    return os.environ.get(KILL_ENV) == phase
+
+
+def point(phase: str) -> None:
+    """Kill this process now if ``FUSETUNE_KILL_AT`` names ``phase``."""
+    if armed(phase):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class KillAt(Callback):
+    """The phases inside the Tune loop; listed after every other callback, so that what they do
+    for the same event (the result files, the MLflow queue) is done when the driver dies."""
+
+    def __init__(self) -> None:
+        self.checkpointed = False
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if not armed("startup"):
+            return
+        from search.settle import newest_state
+
+        storage = trial.storage
+        deadline = time.monotonic() + 60
+        # a snapshot to resume from: Tune writes the first at its first step and copies it to storage
+        # on a thread of its own, which this wait does not hold up
+        while newest_state(storage.storage_filesystem, storage.experiment_fs_path) is None \
+                and time.monotonic() < deadline:
+            time.sleep(0.2)
+        point("startup")
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        if result.get("final"):
+            point("trial_end")
+        elif result.get("checkpoint_dir_name"):
+            self.checkpointed = True  # Tune registers it in this same step
+
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        if self.checkpointed:
+            point("mid_search")
+
+
+def callbacks() -> list[Callback]:
+    """The kill callback when a Tune-loop phase is armed, else none."""
+    return [KillAt()] if any(armed(p) for p in ("startup", "trial_end", "mid_search")) else []

@@ -1,0 +1,96 @@
+"""Before a resume: a trial whose final result was recorded is finished, whatever the snapshot says.
+
+Ray Tune writes its experiment snapshot (``experiment_state-*.json``, what ``--resume`` reads) at
+most every few seconds, and copies the trials' ``result.json`` (written on the driver, in Ray's
+staging folder) to the search folder with it. A driver killed between a trial's final result
+(sent to MLflow) and the next snapshot leaves that trial RUNNING in the snapshot, and Tune would
+run it again from its last checkpoint (or fail it, when that checkpoint was gone): its run
+FINISHED in MLflow while Tune calls it unfinished. So :class:`RecordFinal` writes every trial's final
+result to ``<trial folder>/final_result.json`` on the search's storage the moment Tune hands it
+over (before the trial's end, which is what marks its MLflow run FINISHED, is processed); before
+``Tuner.restore`` reads the snapshot, :func:`settle` marks the trials that have one TERMINATED in
+it, with that final result as their last; :class:`search.orchestrate.SearchBudget` then tells the
+searcher they completed (the Optuna trial COMPLETE, the concurrency slot free).
+
+Only the snapshot's plain JSON fields are read and written (the trial's ``status`` and its run
+metadata's ``last_result``); the cloudpickled ones are copied as they are, never unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from typing import Any
+
+import pyarrow.fs
+from ray.tune import Callback
+from ray.tune.utils.util import SafeFallbackEncoder
+
+ENDED = ("TERMINATED", "ERROR")
+FINAL_RESULT = "final_result.json"
+
+
+class RecordFinal(Callback):
+    """Write a trial's final result (``final`` in it) to ``<trial folder>/final_result.json`` on the
+    search's storage at once (written whole, then renamed into place)."""
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        if not result.get("final"):
+            return
+        fs, folder = trial.storage.storage_filesystem, trial.path
+        fs.create_dir(folder, recursive=True)
+        path = posixpath.join(folder, FINAL_RESULT)
+        with fs.open_output_stream(f"{path}.tmp") as f:
+            f.write(json.dumps(result, cls=SafeFallbackEncoder).encode())
+        fs.move(f"{path}.tmp", path)
+
+
+def newest_state(fs: pyarrow.fs.FileSystem, experiment_dir: str) -> str | None:
+    """The path of the newest ``experiment_state-*.json`` (the one ``Tuner.restore`` reads), if any."""
+    infos = fs.get_file_info(pyarrow.fs.FileSelector(experiment_dir, allow_not_found=True))
+    states = sorted(i.path for i in infos if posixpath.basename(i.path).startswith("experiment_state-")
+                    and i.path.endswith(".json"))
+    return states[-1] if states else None
+
+
+def final_result(fs: pyarrow.fs.FileSystem, trial_dir: str) -> dict[str, Any] | None:
+    """The final result :class:`RecordFinal` wrote for the trial in ``trial_dir``, else None."""
+    try:
+        with fs.open_input_stream(posixpath.join(trial_dir, FINAL_RESULT)) as f:
+            result = json.loads(f.read())
+    except (OSError, ValueError, pyarrow.ArrowException):
+        return None
+    return result if isinstance(result, dict) and result.get("final") else None
+
+
+def settle(experiment_path: str) -> dict[str, dict[str, Any]]:
+    """Mark TERMINATED, in the newest snapshot of the experiment at ``experiment_path``, every
+    trial it holds as unfinished that has a recorded final result. Returns trial id -> that final
+    result (empty when there was nothing to settle)."""
+    fs, root = pyarrow.fs.FileSystem.from_uri(experiment_path) if "://" in experiment_path else (
+        pyarrow.fs.LocalFileSystem(), experiment_path)
+    path = newest_state(fs, root)
+    if path is None:
+        return {}
+    with fs.open_input_stream(path) as f:
+        state = json.loads(f.read())
+    settled: dict[str, dict[str, Any]] = {}
+    for entry in state.get("trial_data", []):
+        trial, meta = json.loads(entry[0]), json.loads(entry[1])
+        if trial.get("status") in ENDED or not trial.get("relative_logdir"):
+            continue
+        result = final_result(fs, posixpath.join(root, trial["relative_logdir"]))
+        if result is None or str(result.get("trial_id", trial["trial_id"])) != str(trial["trial_id"]):
+            continue
+        trial["status"] = "TERMINATED"
+        meta["last_result"] = result
+        if isinstance(result.get("timestamp"), (int, float)):
+            meta["last_result_time"] = float(result["timestamp"])
+        entry[0], entry[1] = json.dumps(trial), json.dumps(meta, indent=2)
+        settled[str(trial["trial_id"])] = result
+    if settled:
+        tmp = f"{path}.settle-tmp"
+        with fs.open_output_stream(tmp) as f:
+            f.write(json.dumps(state).encode())
+        fs.move(tmp, path)
+    return settled
