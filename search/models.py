@@ -388,7 +388,7 @@ def load_model(model_uri: str, *, tracking_uri: str | None = None, public_key: A
 
     context = _tracking(tracking_uri) if tracking_uri else contextlib.nullcontext()
     with context:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri,
-                                                         dst_path=str(dst) if dst else tempfile.mkdtemp(prefix="fusetune-model-")))
+        local = Path(mlflow.artifacts.download_artifacts(
+            artifact_uri=model_uri, dst_path=str(dst) if dst else tempfile.mkdtemp(prefix="fusetune-model-")))
     verify_model(local, public_key=public_key)
     return mlflow.pyfunc.load_model(str(local))

@@ -14,9 +14,10 @@ here branches on a name.
   grid is cut to the grid. ``nsga2`` (and tpe/random given several metrics) optimise several
   objectives at once.
 - Schedulers act on the primary metric, counting epochs (the result's ``epoch``, not Tune's
-  ``training_iteration``, which counts reports) with the ``--epochs`` budget as ``max_t``; ASHA/median stop poor trials early, HyperBand pauses and
-  resumes them from their checkpoints, PBT perturbs the space's mutable dimensions of a
-  population drawn at random (PBT cannot be combined with a search algorithm in Ray Tune).
+  ``training_iteration``, which counts reports) with the ``--epochs`` budget as ``max_t``;
+  ASHA/median stop poor trials early, HyperBand pauses and resumes them from their checkpoints,
+  PBT perturbs the space's mutable dimensions of a population drawn at random (PBT cannot be
+  combined with a search algorithm in Ray Tune).
 - A trial reports to Ray Tune only when its scheduler or the progress line needs a result
   (the entry's ``Cadence``: the scheduler's milestone epochs, every N epochs where the scheduler acts on
   every N-th, a timed report for the progress line, the last epoch); the epochs in between

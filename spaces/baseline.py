@@ -14,7 +14,8 @@ IMBALANCE = (
     Categorical("imbalance", ("none", "weighted_ce", "focal", "undersample", "smote", "vae"), default=EngineConfig.imbalance,
                 grid=("none", "weighted_ce", "focal", "undersample", "smote", "vae"),
                 help="imbalance baseline of CLIMD's Table 2 (none = plain cross-entropy)"),
-    Float("gamma_focal", 0.5, 5.0, default=EngineConfig.gamma_focal, when=(When("imbalance", "focal"),), help="focal-loss exponent"),
+    Float("gamma_focal", 0.5, 5.0, default=EngineConfig.gamma_focal, when=(When("imbalance", "focal"),),
+          help="focal-loss exponent"),
     Int("smote_k", 1, 10, default=EngineConfig.smote_k, when=(When("imbalance", "smote"),), help="SMOTE neighbours"),
 )
 

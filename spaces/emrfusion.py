@@ -17,8 +17,8 @@ SWITCHES = ("alignment", "self_attention", "residual", "dynamic_weighting")
 
 def loss_weights() -> tuple[Dimension, ...]:
     return (
-        Float("align_weight", 1e-3, 10.0, log=True, default=PAPER.align_weight, grid=(0.01, 0.1, 1.0), when=(When("alignment", True),),
-              mutable=True, help="weight of L_align = ||S - I||_F^2 (Eq.14-16)"),
+        Float("align_weight", 1e-3, 10.0, log=True, default=PAPER.align_weight, grid=(0.01, 0.1, 1.0),
+              when=(When("alignment", True),), mutable=True, help="weight of L_align = ||S - I||_F^2 (Eq.14-16)"),
         Float("ortho_weight", 1e-4, 1.0, log=True, default=PAPER.ortho_weight, grid=(0.001, 0.01, 0.1), mutable=True,
               help="weight of L_ortho (Eq.13)"),
     )

@@ -59,7 +59,8 @@ class Space:
                     if w.param in self.fixed:
                         continue
                     if w.param not in seen:
-                        raise ValueError(f"space {self.name}: {dim.name!r} depends on {w.param!r}, neither fixed nor declared before it")
+                        raise ValueError(f"space {self.name}: {dim.name!r} depends on {w.param!r}, "
+                                         "neither fixed nor declared before it")
                     if not all(seen[w.param].contains(v) for v in w.values):
                         raise ValueError(f"space {self.name}: condition {w} names a value {w.param!r} cannot take")
             if not dim.contains(dim.default):
@@ -71,7 +72,8 @@ class Space:
         for rule in self.forbidden:
             for w in rule.conditions:
                 if w.param not in seen and w.param not in self.fixed:
-                    raise ValueError(f"space {self.name}: forbidden combination {rule} names {w.param!r}, neither fixed nor declared")
+                    raise ValueError(f"space {self.name}: forbidden combination {rule} names {w.param!r}, "
+                                     "neither fixed nor declared")
             last = max((w for w in rule.conditions if w.param in seen), key=lambda w: self.names.index(w.param))
             seen[last.param].excluding(last.values)  # the conditional domain exists (an int's end value, a choice)
         if self.forbids(self.default_config()):

@@ -158,7 +158,8 @@ def test_breast_tcga_omnifuse_trains_and_predicts_test_split_without_protein(dat
     train, test = full.split_part("train"), full.split_part("test")
     assert not test.modalities["protein"].mask.any()
     tr, va = stratified_kfold(train.labels, 5, seed=0)[0]
-    ft = FoldTrainer("omnifuse", {"epochs": 12, "lr": 1e-3, "hidden": 64, "ra_latent": 32}, train.take(tr), train.take(va), seed=0)
+    ft = FoldTrainer("omnifuse", {"epochs": 12, "lr": 1e-3, "hidden": 64, "ra_latent": 32},
+                     train.take(tr), train.take(va), seed=0)
     losses = [ft.train_epoch()["loss"] for _ in range(12)]
     assert losses[-1] < 0.5 * losses[0]
     assert ft.evaluate()["macro_f1"] > 0.7  # majority class (LumA) alone: macro F1 0.22, accuracy 0.5

@@ -75,7 +75,8 @@ def test_served_champion_answers_invocations_with_probabilities(tmp_path):
             time.sleep(1)
         split = json.loads(frame.to_json(orient="split", index=False))  # NaN -> null: 'meth' missing for 2 rows
         by_split = _post(f"{base}/invocations", {"dataframe_split": split})["predictions"]
-        by_inputs = _post(f"{base}/invocations", {"inputs": {c: [None if np.isnan(v) else float(v) for v in frame[c]] for c in frame.columns}})["predictions"]
+        inputs = {c: [None if np.isnan(v) else float(v) for v in frame[c]] for c in frame.columns}
+        by_inputs = _post(f"{base}/invocations", {"inputs": inputs})["predictions"]
         for predictions in (by_split, by_inputs):
             probs = np.array([[row[c] for c in bundle.class_names] for row in predictions])
             assert probs.shape == (8, 2)

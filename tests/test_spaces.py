@@ -88,7 +88,9 @@ def test_conditions_may_read_fixed_keys():
 
 
 def test_issue_coverage():
-    names = lambda s: set(get_space(s).names) | set(get_space(s).fixed)
+    def names(s):
+        return set(get_space(s).names) | set(get_space(s).fixed)
+
     assert {"gamma", "curriculum", "measurer", "difficulty_order"} <= names("climd")
     assert {"K", "alpha", "beta", "lambda1", "lambda2", "lambda3"} <= names("omnifuse")
     assert {"mask_p", "rec_weight", "intermediate_token", "depth"} <= names("alignedfusion-ablation")
@@ -245,7 +247,8 @@ def test_space_declaration_errors():
     with pytest.raises(ValueError, match="twice"):
         Space("x", "baseline", "", (lr, lr))
     with pytest.raises(ValueError, match="cannot take"):
-        Space("x", "baseline", "", (Categorical("s", ("a", "b"), default="a"), Float("g", 0, 1, default=0.1, when=(When("s", "c"),))))
+        Space("x", "baseline", "", (Categorical("s", ("a", "b"), default="a"),
+                                    Float("g", 0, 1, default=0.1, when=(When("s", "c"),))))
 
 
 def test_pbt_mutations_are_unconditional_or_fixed_on():

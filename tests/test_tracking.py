@@ -66,12 +66,14 @@ def result(epoch: int, loss: float, f1: float, *, final: bool = False, folds: in
 
 
 def children(client: MlflowClient, exp_id: str, name: str) -> dict[str, object]:
-    runs = client.search_runs([exp_id], filter_string=f"tags.`fusetune.role` = 'trial' and tags.`fusetune.search_name` = '{name}'")
+    runs = client.search_runs([exp_id], filter_string="tags.`fusetune.role` = 'trial' and "
+                                                      f"tags.`fusetune.search_name` = '{name}'")
     return {r.data.tags["fusetune.trial_id"]: r for r in runs}
 
 
 def parents(client: MlflowClient, exp_id: str, name: str) -> list:
-    return client.search_runs([exp_id], filter_string=f"tags.`fusetune.role` = 'search' and tags.`fusetune.search_name` = '{name}'")
+    return client.search_runs([exp_id], filter_string="tags.`fusetune.role` = 'search' and "
+                                                      f"tags.`fusetune.search_name` = '{name}'")
 
 
 def new_callback(uri: str, name: str = "s1", **kw) -> MLflowTracking:
@@ -234,7 +236,8 @@ def test_resume_reuses_runs_and_never_duplicates(tmp_path):
         assert len(runs) == 2
         steps = sorted(m.step for m in client.get_metric_history(runs["t_00001"].info.run_id, "loss"))
         assert steps == [1, 2, 3]
-        assert [m.value for m in client.get_metric_history(runs["t_00000"].info.run_id, "loss") if m.step == 3] == [pytest.approx(1 / 3)]
+        history = client.get_metric_history(runs["t_00000"].info.run_id, "loss")
+        assert [m.value for m in history if m.step == 3] == [pytest.approx(1 / 3)]
         assert runs["t_00000"].info.status == runs["t_00001"].info.status == "FINISHED"
 
 

@@ -180,7 +180,8 @@ class _TokenFusionBase(Backbone):
         self.report = logical_name(self.report_input.name)
         visual = [i for i in spec.inputs if logical_name(i.name) != self.report]
         if not visual:
-            raise ValueError(f"{method}: needs at least one image (or other) input besides the report; got {[i.name for i in spec.inputs]}")
+            raise ValueError(f"{method}: needs at least one image (or other) input besides the report; "
+                             f"got {[i.name for i in spec.inputs]}")
         self.modality_index = {m: k for k, m in enumerate(self.modalities)}
         self.attribute_tokens = AttributeTokens(self.report_input.dim, self.report_input.length, hidden)
         self.visual_tokens = VisualTokens(visual, hidden)

@@ -308,7 +308,8 @@ def verify_bundle(path: str | Path, *, public_key: Any = None) -> dict[str, Any]
             raise BundleError(where, f"file {name} listed in {MANIFEST} is missing")
         size = f.stat().st_size
         if size != entry.get("bytes"):
-            raise BundleError(where, f"file {name} has {size} bytes, the manifest says {entry.get('bytes')} (truncated or altered)")
+            raise BundleError(where, f"file {name} has {size} bytes, the manifest says {entry.get('bytes')} "
+                                     "(truncated or altered)")
         if _sha256(f) != entry.get("sha256"):
             raise BundleError(where, f"file {name} does not match its SHA-256 in {MANIFEST} (tampered or corrupted)")
     if public_key is not None:
@@ -384,7 +385,8 @@ def load_bundle(path: str | Path, *, device: str = "cpu", public_key: Any = None
     try:
         load_model(model, str(path / WEIGHTS), strict=True)
     except (RuntimeError, KeyError, ValueError) as e:
-        raise BundleError(f"bundle {path}", f"weights do not fit the {description['method']} model: {' '.join(str(e).split())[:300]}") from None
+        raise BundleError(f"bundle {path}", f"weights do not fit the {description['method']} model: "
+                                            f"{' '.join(str(e).split())[:300]}") from None
     model.to(device).eval()
     return Bundle(path, description, config, model, standardizer, device)
 
@@ -489,7 +491,8 @@ class Bundle:
             elif key in self.encoders:
                 raw[key] = np.asarray(value, dtype=object if self.encoders[key]["kind"] == "text" else np.float64)
             else:
-                raise BundleError(f"input {key!r}", f"is not an input of this model; inputs: {', '.join(sorted(known | set(self.encoders)))}")
+                raise BundleError(f"input {key!r}", "is not an input of this model; "
+                                                    f"inputs: {', '.join(sorted(known | set(self.encoders)))}")
         if not arrays and not raw:
             raise BundleError("predict", "the dict holds no model input")
         return arrays, masks, token_masks, raw
@@ -511,7 +514,8 @@ class Bundle:
                 given = np.asarray(arrays[name], dtype=np.float64)  # as given: 1e300 is not yet inf
                 if given.shape != shape:
                     want = "[N, d]" if kind == "vector" else "[N, L, d]"
-                    raise BundleError(f"input {name!r}", f"expected {want} = {list(shape)[1:]} per sample, got shape {list(given.shape)}")
+                    raise BundleError(f"input {name!r}", f"expected {want} = {list(shape)[1:]} per sample, "
+                                                         f"got shape {list(given.shape)}")
                 _refuse_non_finite(name, given, n)
                 x = given.astype(np.float32)
                 nan = np.isnan(x)
@@ -564,7 +568,9 @@ class Bundle:
             if enc.get("identity") and _encoder_identity(enc["kind"], enc["encoder"]) != enc["identity"]:
                 raise BundleError(f"{enc['kind']} encoder {enc['encoder']!r}", "is not available here or differs from "
                                   "the one the model was trained with (checkpoint hash); pass encoded inputs")
-            if "pooling" in enc and _encoding_record(enc["kind"], enc["encoder"], enc["representations"]).get("pooling") != enc["pooling"]:
+            if ("pooling" in enc
+                    and _encoding_record(enc["kind"], enc["encoder"], enc["representations"]).get("pooling")
+                    != enc["pooling"]):
                 raise BundleError(f"text encoder {enc['encoder']!r}", f"pools differently here than when the model was "
                                   f"trained (recorded {enc['pooling']}); pass encoded inputs")
             if enc["kind"] == "text":

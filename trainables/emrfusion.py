@@ -76,7 +76,8 @@ class EMRFusionConfig:
 
     def __post_init__(self) -> None:
         if self.align_weight < 0 or self.ortho_weight < 0:
-            raise ValueError(f"emrfusion: align_weight and ortho_weight must be >= 0, got {self.align_weight}, {self.ortho_weight}")
+            raise ValueError(f"emrfusion: align_weight and ortho_weight must be >= 0, "
+                             f"got {self.align_weight}, {self.ortho_weight}")
 
 
 # ------------------------------------------------------------------------- the paper's equations

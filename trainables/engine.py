@@ -104,7 +104,8 @@ def select_modalities(data: MultimodalDataset, wanted) -> MultimodalDataset:
     known = set(data.modalities) | {logical_name(k) for k in data.modalities}
     unknown = [w for w in names if w not in known]
     if unknown or not names:
-        raise DataError("config 'modalities'", f"unknown modality {unknown[0] if unknown else '(empty list)'!r}; available: {', '.join(sorted(known))}")
+        raise DataError("config 'modalities'", f"unknown modality {unknown[0] if unknown else '(empty list)'!r}; "
+                                               f"available: {', '.join(sorted(known))}")
     keep = {k: m for k, m in data.modalities.items() if k in names or logical_name(k) in names}
     return data.with_modalities(keep)
 
@@ -248,5 +249,6 @@ class FoldTrainer:
         if state["rng"]["cuda"] is not None and self._cuda:
             self._cuda_state = state["rng"]["cuda"].clone()
         self.np_rng.bit_generator.state = state["rng"]["numpy"]
-        self.curriculum.load_state_dict(state["curriculum" if "curriculum" in state else "sampler"])  # "sampler": before the rename
+        # "sampler": before the rename
+        self.curriculum.load_state_dict(state["curriculum" if "curriculum" in state else "sampler"])
         self.standardizer = Standardizer.from_state_dict(state["standardizer"])

@@ -245,7 +245,8 @@ class OmniFuse(Backbone):
             parts["loss_ens"] = l_ens
         else:
             l_dw = l_rc
-            parts["loss_probe"] = sum(masked_criterion(criterion, lg, y, out.mask[:, m]) for m, lg in enumerate(out.unimodal_logits))
+            parts["loss_probe"] = sum(masked_criterion(criterion, lg, y, out.mask[:, m])
+                                      for m, lg in enumerate(out.unimodal_logits))
         l_tla = masked_criterion(criterion, ex["tla_logits"], y, ex["tla_select"]) if "tla_logits" in ex else zero  # Eq.17
         total = l_fw + self.lambda1 * l_bw + self.lambda2 * l_dw + self.lambda3 * l_tla                    # Eq.18
         if "loss_probe" in parts:

@@ -10,8 +10,9 @@ a space (:mod:`spaces`); ``tests/test_config.py`` does it with a toy method.
 
 ``representations`` says which encoder outputs the method reads for raw modalities: ``text`` may
 give ``sentence`` (vector: the checkpoint's declared sentence embedding), ``cls`` (vector: the
-[CLS] state), ``tokens`` (token sequence) or ``attributes`` (one token per report attribute); ``image`` may give ``pooled`` (vector), ``map`` (spatial feature-map tokens) or
-``patches`` (ViT patch tokens). Vector modalities (omics, EHR tables) are used as they are.
+[CLS] state), ``tokens`` (token sequence) or ``attributes`` (one token per report attribute);
+``image`` may give ``pooled`` (vector), ``map`` (spatial feature-map tokens) or ``patches`` (ViT
+patch tokens). Vector modalities (omics, EHR tables) are used as they are.
 """
 
 from __future__ import annotations

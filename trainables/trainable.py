@@ -22,12 +22,13 @@ A non-finite loss or probability, or any exception while building or training, e
 with :class:`TrialFailure`, whose message is one line; Ray records the trial as ERROR and the
 search goes on.
 
-The trial config is parsed at the top of the trial (:func:`trainables.engine.parse_config`; see ARCHITECTURE.md, "Config path"): the
-driver's keys (:class:`trainables.config.TrialConfig`: ``method``, ``data``, ``seed``, ``folds``,
-``val_fraction``, ``report_at``, ``report_every``, ``report_seconds``, ``checkpoint_every`` (without
-them: a report and a checkpoint every epoch), ``text_encoder``, ``image_encoder``, ``cache_dir``, ...),
-the engine's, the curriculum's and the method's; a key none of them declares, or a value of the
-wrong type, fails the trial with one line naming it.
+The trial config is parsed at the top of the trial (:func:`trainables.engine.parse_config`; see
+ARCHITECTURE.md, "Config path"): the driver's keys (:class:`trainables.config.TrialConfig`:
+``method``, ``data``, ``seed``, ``folds``, ``val_fraction``, ``report_at``, ``report_every``,
+``report_seconds``, ``checkpoint_every`` (without them: a report and a checkpoint every epoch),
+``text_encoder``, ``image_encoder``, ``cache_dir``, ...), the engine's, the curriculum's and the
+method's; a key none of them declares, or a value of the wrong type, fails the trial with one line
+naming it.
 """
 
 from __future__ import annotations

@@ -136,7 +136,8 @@ def load_folder(path: str | Path) -> MultimodalDataset:
     available = np.stack([m.mask for m in modalities.values()], axis=1).any(axis=1)
     if not available.all():
         lonely = ids[~available]
-        raise DataError(labels_file, f"sample {str(lonely[0])!r} has a label but no data in any modality ({len(lonely)} such samples)")
+        raise DataError(labels_file, f"sample {str(lonely[0])!r} has a label but no data in any modality "
+                                     f"({len(lonely)} such samples)")
     return MultimodalDataset(
         name=manifest.name or folder.resolve().name,
         ids=ids, labels=labels, class_names=class_names, modalities=modalities, split=split,
@@ -231,7 +232,8 @@ def discover_modalities(folder: Path, labels_file: Path) -> list[ModalitySpec]:
     for stem, slots in found.items():
         if None in slots and len(slots) > 1:
             other = next(v for k, v in slots.items() if k is not None)
-            raise DataError(slots[None], f"modality {stem!r} is also split into {other.name}; give one table or train/test tables")
+            raise DataError(slots[None], f"modality {stem!r} is also split into {other.name}; "
+                                         "give one table or train/test tables")
         name, kind = SPECIAL_TABLES.get(stem, (stem, "vector"))
         specs.append(ModalitySpec(name, kind, tuple((p, slots[p]) for p in (None, *PARTS) if p in slots)))
     return specs
