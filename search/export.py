@@ -467,7 +467,7 @@ def _fold_models(sel: Selected) -> FoldModels:
     try:
         return fold_models(sel.trial, log=lambda s: print(s, file=sys.stderr))
     except Exception as exc:  # noqa: BLE001 - torch, safetensors and the model raise many types
-        ckpt = sel.trial.checkpoint()
+        ckpt = sel.trial.checkpoint
         if ckpt is None:
             raise
         detail = " ".join(str(exc).split())[:160]

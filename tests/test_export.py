@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -228,9 +229,8 @@ def test_export_of_a_corrupt_checkpoint_is_one_line(search, tmp_path, capsys):
     shutil.copytree(search["storage"], storage)
     study = load_study(search["name"], str(storage))
     for trial in study.trials:
-        ckpt = trial.checkpoint()
-        if ckpt is not None:
-            (ckpt / "state.pt").write_bytes(b"not a checkpoint")
+        if trial.checkpoint is not None:
+            (Path(trial.checkpoint) / "state.pt").write_bytes(b"not a checkpoint")
     capsys.readouterr()
     assert main(["--name", search["name"], "--storage", str(storage), "--dest", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
