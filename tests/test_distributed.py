@@ -51,6 +51,10 @@ SEARCH = ["--space", "baseline", "--folds", "2", "--scheduler", "fifo", "--sampl
 # at its end; the median rule's report every epoch and checkpoint every epochs // 4, and with at
 # most 3 trials it stops none (it compares a trial with at least 3 others).
 EVERY_EPOCH = [*SEARCH, "--scheduler", "median"]
+# Tune snapshots the experiment (and copies the trials' result.json into the search folder, which
+# the tests read) every 10 s at least by default; on an idle machine a whole 48-epoch trial takes
+# less, so the tests that time a kill or an outage on the search folder ask for a snapshot a second
+FREQUENT_SNAPSHOTS = {"TUNE_GLOBAL_CHECKPOINT_S": "1"}
 
 
 # ------------------------------------------------------------------------------ process tree
@@ -276,7 +280,7 @@ def test_driver_killed_then_resumed(cluster, drivers, tmp_path):
     exp = storage / name
     args = ["--address", cluster.address, "--storage", str(storage), "--name", name, "--top-k", "1"]
     drivers.append(Driver([*EVERY_EPOCH, *args, "--num-samples", str(n), "--epochs", str(epochs), "--max-concurrent", "1"],
-                          tmp_path / "driver-1.log"))
+                          tmp_path / "driver-1.log", env=FREQUENT_SNAPSHOTS))
 
     def snapshot_with_a_finished_and_a_checkpointed_trial() -> bool:
         """The stored experiment snapshot (what --resume reads; its plain JSON fields) holds a
@@ -440,7 +444,7 @@ def test_tracking_server_outage_mid_search(data_dir, drivers, tmp_path):
         # every epoch a report (the outage is measured in reports)
         drivers.append(Driver([*EVERY_EPOCH, "--num-samples", str(n), "--epochs", str(epochs), "--max-concurrent", "2",
                                "--top-k", "1", "--tracking-uri", server.uri, "--storage", str(storage),
-                               "--name", name], tmp_path / "driver.log"))
+                               "--name", name], tmp_path / "driver.log", env=FREQUENT_SNAPSHOTS))
         wait_for(lambda: any(trial_results(exp).values()), 600, "the first epoch", drivers[0], every=0.05)
         server.stop()
         down_at = max(len(rs) for rs in trial_results(exp).values())
