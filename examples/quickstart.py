@@ -12,10 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import mlflow
-
 from search import run_search
-from search.models import pyfunc_input
+from search.models import load_model, pyfunc_input
 from trainables.bundle import load_bundle
 from trainables.data import load_dataset
 
@@ -28,8 +26,8 @@ def main() -> None:
     print(result.confirmation[["candidate", "search_macro_f1", "confirmed_macro_f1", "p_value"]].to_string(index=False))
     if result.model_uri is None:
         return
-    mlflow.set_tracking_uri("sqlite:///fusetune_results/mlflow.db")
-    model = mlflow.pyfunc.load_model(result.model_uri)
+    # mlflow.pyfunc.load_model after checking the download (manifest, entry file, code) before it runs
+    model = load_model(result.model_uri, tracking_uri="sqlite:///fusetune_results/mlflow.db")
     bundle = load_bundle(sorted(Path(result.folder, "models").iterdir())[0])  # the same model, as a bundle folder
     test = load_dataset("breast-tcga").split_part("test")
     probs = model.predict(pyfunc_input(bundle, test))

@@ -91,6 +91,10 @@ ENTRY_FILE = "fusetune_pyfunc.py"
 manifest records its SHA-256 and :func:`verify_model` can check the logged copy before MLflow runs it."""
 CODE_LOADER = "mlflow.pyfunc.loaders.code_model"
 """MLflow's loader of models-from-code: the only loader :func:`load_model` accepts (no pickle)."""
+CODE_RECORD = "pyfunc_code.json"
+"""A bundle file of the logged model: the SHA-256 of every file MLflow copies into the model's
+``code/`` folder (:data:`CODE_PACKAGES`), which the pyfunc puts first on ``sys.path`` and imports;
+:func:`verify_model` checks that folder against it before anything there runs."""
 CODE_PACKAGES = ("trainables",)
 """What the pyfunc imports from fusetune; logged as ``code_paths`` (``trainables`` never imports
 ``search`` or ``spaces``)."""
@@ -194,6 +198,27 @@ def code_paths() -> list[str]:
     import importlib
 
     return [str(Path(importlib.import_module(name).__file__).parent) for name in CODE_PACKAGES]
+
+
+def _code_files(folder: Path, prefix: str = "") -> dict[str, Path]:
+    """Relative path -> file for every file under ``folder`` except ``__pycache__`` (what MLflow's
+    ``code_paths`` copy leaves out: ``shutil.ignore_patterns("__pycache__")``)."""
+    files: dict[str, Path] = {}
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder)
+        if "__pycache__" not in rel.parts and not path.is_dir():
+            files[(Path(prefix) / rel).as_posix()] = path
+    return files
+
+
+def code_record() -> dict[str, str]:
+    """:data:`CODE_RECORD`'s content: ``<package>/<file>`` -> SHA-256 of what :func:`code_paths` logs."""
+    from trainables.bundle import _sha256
+
+    record: dict[str, str] = {}
+    for folder in map(Path, code_paths()):
+        record.update({rel: _sha256(path) for rel, path in _code_files(folder, folder.name).items()})
+    return record
 
 
 # ----------------------------------------------------------------------------- refit
@@ -316,7 +341,8 @@ def register_model(trial: TopTrial, rank: int, *, run_id: str, space: str, data_
     }
     test_scalars = scalar_metrics(fit.test_metrics) if fit.test_metrics else {}
     with tempfile.TemporaryDirectory(prefix="fusetune-model-") as tmp:
-        entry = {ENTRY_FILE: _PYFUNC_CODE}  # a bundle file too, so its manifest records the entry MLflow runs
+        # bundle files too, so its manifest records the entry file and the code MLflow runs
+        entry = {ENTRY_FILE: _PYFUNC_CODE, CODE_RECORD: json.dumps(code_record(), indent=1, sort_keys=True)}
         bundle_path = save_bundle(Path(tmp) / "bundle", fit.trainer, data=fit.train, metadata=metadata,
                                   extra_files=entry)
         if bundle_dir is not None:
@@ -352,8 +378,11 @@ def tag_version(client: MlflowClient, name: str, version: str, trial: TopTrial, 
 def verify_model(local: str | Path, *, public_key: Any = None) -> Path:
     """Check a downloaded pyfunc model folder before anything in it runs: MLflow's models-from-code
     loader (no pickled Python object), the bundle artifact intact (and signed by ``public_key``,
-    if given), and the entry file MLflow would execute byte for byte the one the bundle's
-    manifest records. Returns the bundle folder; :class:`BundleError` (one line) otherwise."""
+    if given), the entry file MLflow would execute byte for byte the one the bundle's manifest
+    records, and its ``code/`` folder exactly the files :data:`CODE_RECORD` lists (none added: that
+    folder comes first on ``sys.path``). Python's ``__pycache__`` folders there are removed first: MLflow
+    never logs them and a planted ``.pyc`` would run in place of its checked source. Returns the
+    bundle folder; :class:`BundleError` (one line) otherwise."""
     import yaml
 
     from trainables.bundle import BundleError, _sha256, verify_bundle
@@ -377,7 +406,35 @@ def verify_model(local: str | Path, *, public_key: Any = None) -> Path:
     if not entry.is_file() or _sha256(entry) != recorded["sha256"]:
         raise BundleError(where, f"the pyfunc entry file {entry.name} does not match the SHA-256 its bundle's manifest "
                           "records (edited in the artifact store?); refusing to run it")
+    _verify_code(local, flavor.get("code"), bundle, manifest, where)
     return bundle
+
+
+def _verify_code(local: Path, code: Any, bundle: Path, manifest: dict[str, Any], where: str) -> None:
+    """:func:`verify_model`'s check of the ``code/`` folder the flavor puts on ``sys.path``."""
+    import shutil
+
+    from trainables.bundle import BundleError, _sha256
+
+    if not code:
+        return  # nothing put on sys.path: the pyfunc imports the installed trainables
+    if CODE_RECORD not in manifest["files"]:
+        raise BundleError(where, f"its bundle does not record the code MLflow would import ({CODE_RECORD}; logged by an "
+                          "older fusetune); load the bundle itself with trainables.bundle.load_bundle")
+    folder = (local / str(code)).resolve()
+    if not folder.is_relative_to(local.resolve()) or not folder.is_dir():
+        raise BundleError(where, f"its MLmodel names the code folder {code!r}, which is not a folder inside the model")
+    for cache in [p for p in folder.rglob("__pycache__") if p.is_dir()]:
+        shutil.rmtree(cache)
+    recorded = json.loads((bundle / CODE_RECORD).read_text())
+    found = _code_files(folder)
+    for rel in sorted(set(found) | set(recorded)):
+        if rel not in recorded:
+            raise BundleError(where, f"its code folder holds {code}/{rel}, which its bundle does not record; refusing "
+                              "to import from it")
+        if rel not in found or _sha256(found[rel]) != recorded[rel]:
+            raise BundleError(where, f"{code}/{rel} does not match the SHA-256 its bundle records (edited in the "
+                              "artifact store?); refusing to import it")
 
 
 def load_model(model_uri: str, *, tracking_uri: str | None = None, public_key: Any = None,

@@ -46,6 +46,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.trial import TrialState
 
 from search.cli import OneLineParser, add_storage_option
+from search.credentials import refuse_credentials
 from search.errors import UsageError
 from search.results import RESULTS_CSV, StudyResults, load_study
 
@@ -455,6 +456,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         folder = Path(args.storage).expanduser() / args.name
+        refuse_credentials("--tracking-uri", args.tracking_uri)
         load_study(args.name, args.storage)  # one-line error for a wrong name before anything else
         parent = parent_run_id_of(args.tracking_uri, args.name) if args.tracking_uri else None
         if args.tracking_uri and parent is None:

@@ -44,6 +44,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
+from search.credentials import refuse_credentials
 from search.errors import UsageError
 from search.tracking_queue import Sender, fast_http
 from search.tracking_queue import one_line as _one_line
@@ -116,6 +117,7 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
     MLflow supports (``postgresql://``, ``mysql://``, ...). Plain folders/``file:`` stores are refused:
     MLflow 3 deprecates them and they have no Model Registry.
     """
+    refuse_credentials("--tracking-uri", uri)
     where = f"--tracking-uri {uri}"
     parsed = urlparse(uri)
     scheme = parsed.scheme.lower()

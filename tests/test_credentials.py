@@ -79,6 +79,26 @@ def test_a_resume_refuses_them_too(tmp_path, capsys):
     assert "--tracking-uri https://***@127.0.0.1:5000: leave the credentials out of the URI (it holds a token" in err
 
 
+@pytest.mark.parametrize("command", ["reports", "export"])
+def test_the_other_commands_refuse_them_too(command, tmp_path, capsys):
+    import importlib
+
+    main = importlib.import_module(f"search.{command}").main
+    args = {"reports": ["--name", "x", "--storage", str(tmp_path)],
+            "export": ["--model", "m", "--dest", str(tmp_path / "out")]}[command]
+    rc = main([*args, "--tracking-uri", f"http://alice:{SECRET}@127.0.0.1:5000"])
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and SECRET not in err, err
+    assert "--tracking-uri http://alice:***@127.0.0.1:5000: leave the credentials out of the URI" in err
+
+
+def test_the_tracking_check_itself_refuses_them():
+    from search.tracking import check_tracking_uri
+
+    with pytest.raises(UsageError, match=r"alice:\*\*\*@.*MLFLOW_TRACKING_PASSWORD"):
+        check_tracking_uri(f"http://alice:{SECRET}@127.0.0.1:9")
+
+
 def test_params_and_the_saved_options_are_redacted():
     # defence in depth: even a config built around the checks never shows a secret
     cfg = SearchConfig(space="baseline", tracking_uri=f"http://alice:{SECRET}@h:5000",

@@ -412,3 +412,47 @@ def test_the_pyfunc_entry_file_is_checked_before_it_runs(tmp_path):
         load_model(f"models:/{name}@champion", tracking_uri=uri, dst=tmp_path / "dl2")
     assert not marker.exists()
     assert verify_model(tmp_path / "ok").name == "bundle"
+
+
+@pytest.mark.parametrize("attack", ["edit", "add", "pyc"])
+def test_the_code_the_pyfunc_imports_is_checked_before_it_runs(tmp_path, attack):
+    """The model's code/ folder comes first on sys.path: an edited, added or planted cached file
+    there never runs through search.models.load_model."""
+    import shutil
+
+    from search.models import CODE_RECORD, load_model, verify_model
+
+    uri = sqlite_store(tmp_path / "store")
+    top = [TopTrial("t_00000", {**BASE, "epochs": 1}, {"macro_f1": 0.6})]
+    cb = search_runs(uri, top, "code")
+    name = registered_model_name("baseline", "rosmap")
+    log_top_models(top, space="baseline", data_name="rosmap", tracking_uri=uri, parent_run_id=cb.parent_run_id,
+                   registered_name=name)
+    ok = tmp_path / "ok"
+    load_model(f"models:/{name}@champion", tracking_uri=uri, dst=ok)
+    recorded = json.loads((ok / "artifacts" / "bundle" / CODE_RECORD).read_text())
+    assert "trainables/engine.py" in recorded and not any("__pycache__" in k for k in recorded)
+    assert set(recorded) == {p.relative_to(ok / "code").as_posix() for p in (ok / "code").rglob("*") if p.is_file()}
+
+    edited = tmp_path / "edited"
+    shutil.copytree(ok, edited)
+    code = edited / "code" / "trainables"
+    marker = f"open({str(tmp_path / 'ran')!r}, 'w').close()\n"
+    if attack == "edit":
+        (code / "engine.py").write_text(marker + (code / "engine.py").read_text())
+        expected = "code/trainables/engine.py does not match the SHA-256"
+    elif attack == "add":
+        (edited / "code" / "numpy.py").write_text(marker)  # would shadow numpy: code/ is first on sys.path
+        expected = "holds code/numpy.py, which its bundle does not record"
+    else:
+        (code / "__pycache__").mkdir(exist_ok=True)
+        (code / "__pycache__" / "planted.cpython-311.pyc").write_bytes(b"not checked")
+        expected = None
+    if expected is None:
+        verify_model(edited)  # Python's own cache is removed, never trusted
+        assert not (code / "__pycache__").exists()
+        return
+    with pytest.raises(BundleError) as err:
+        load_model(str(edited), dst=tmp_path / "dl")
+    assert expected in str(err.value) and "\n" not in str(err.value), err.value
+    assert not (tmp_path / "ran").exists()
