@@ -414,22 +414,31 @@ def test_the_pyfunc_entry_file_is_checked_before_it_runs(tmp_path):
     assert verify_model(tmp_path / "ok").name == "bundle"
 
 
+@pytest.fixture(scope="module")
+def registered_copy(tmp_path_factory):
+    """One registered baseline champion, downloaded through search.models.load_model."""
+    from search.models import load_model
+
+    root = tmp_path_factory.mktemp("registered")
+    uri = sqlite_store(root / "store")
+    top = [TopTrial("t_00000", {**BASE, "epochs": 1}, {"macro_f1": 0.6})]
+    cb = search_runs(uri, top, "code")
+    name = registered_model_name("baseline", "rosmap")
+    log_top_models(top, space="baseline", data_name="rosmap", tracking_uri=uri, parent_run_id=cb.parent_run_id,
+                   registered_name=name)
+    load_model(f"models:/{name}@champion", tracking_uri=uri, dst=root / "ok")
+    return root / "ok"
+
+
 @pytest.mark.parametrize("attack", ["edit", "add", "pyc"])
-def test_the_code_the_pyfunc_imports_is_checked_before_it_runs(tmp_path, attack):
+def test_the_code_the_pyfunc_imports_is_checked_before_it_runs(registered_copy, tmp_path, attack):
     """The model's code/ folder comes first on sys.path: an edited, added or planted cached file
     there never runs through search.models.load_model."""
     import shutil
 
     from search.models import CODE_RECORD, load_model, verify_model
 
-    uri = sqlite_store(tmp_path / "store")
-    top = [TopTrial("t_00000", {**BASE, "epochs": 1}, {"macro_f1": 0.6})]
-    cb = search_runs(uri, top, "code")
-    name = registered_model_name("baseline", "rosmap")
-    log_top_models(top, space="baseline", data_name="rosmap", tracking_uri=uri, parent_run_id=cb.parent_run_id,
-                   registered_name=name)
-    ok = tmp_path / "ok"
-    load_model(f"models:/{name}@champion", tracking_uri=uri, dst=ok)
+    ok = registered_copy
     recorded = json.loads((ok / "artifacts" / "bundle" / CODE_RECORD).read_text())
     assert "trainables/engine.py" in recorded and not any("__pycache__" in k for k in recorded)
     assert set(recorded) == {p.relative_to(ok / "code").as_posix() for p in (ok / "code").rglob("*") if p.is_file()}
