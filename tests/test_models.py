@@ -380,18 +380,32 @@ def test_refit_is_one_model_of_the_trial_loop_on_the_whole_training_part():
         float(np.mean(by_hand.predict_proba(test).argmax(1) == test.labels)))
 
 
-def test_the_pyfunc_entry_file_is_checked_before_it_runs(tmp_path):
+@pytest.fixture(scope="module")
+def registered(tmp_path_factory):
+    """One registered baseline champion in its own store, and a copy downloaded through
+    search.models.load_model (``ok``)."""
+    from types import SimpleNamespace
+
+    from search.models import load_model
+
+    root = tmp_path_factory.mktemp("registered")
+    uri = sqlite_store(root / "store")
+    top = [TopTrial("t_00000", {**BASE, "epochs": 1}, {"macro_f1": 0.6})]
+    cb = search_runs(uri, top, "code")
+    name = registered_model_name("baseline", "rosmap")
+    log_top_models(top, space="baseline", data_name="rosmap", tracking_uri=uri, parent_run_id=cb.parent_run_id,
+                   registered_name=name)
+    load_model(f"models:/{name}@champion", tracking_uri=uri, dst=root / "ok")
+    return SimpleNamespace(uri=uri, name=name, store=root / "store", ok=root / "ok")
+
+
+def test_the_pyfunc_entry_file_is_checked_before_it_runs(registered, tmp_path):
     """An edited entry file in the artifact store never runs through search.models.load_model."""
     import shutil
 
     from search.models import ENTRY_FILE, load_model, verify_model
 
-    uri = sqlite_store(tmp_path / "store")
-    top = [TopTrial("t_00000", {**BASE, "epochs": 1}, {"macro_f1": 0.6})]
-    cb = search_runs(uri, top, "entry")
-    name = registered_model_name("baseline", "rosmap")
-    log_top_models(top, space="baseline", data_name="rosmap", tracking_uri=uri, parent_run_id=cb.parent_run_id,
-                   registered_name=name)
+    uri, name = registered.uri, registered.name
     model = load_model(f"models:/{name}@champion", tracking_uri=uri, dst=tmp_path / "ok")
     test = load_dataset("rosmap").split_part("test").take(np.arange(3))
     assert model.predict(pyfunc_input(load_bundle(tmp_path / "ok" / "artifacts" / "bundle"), test)).shape == (3, 2)
@@ -406,7 +420,7 @@ def test_the_pyfunc_entry_file_is_checked_before_it_runs(tmp_path):
     assert "entry file fusetune_pyfunc.py does not match the SHA-256" in str(err.value) and "\n" not in str(err.value)
     assert not marker.exists()
     # the store itself edited: the same refusal from models:/
-    (stored,) = [p for p in (tmp_path / "store" / "mlartifacts").rglob(ENTRY_FILE) if p.parent.name == "artifacts"]
+    (stored,) = [p for p in (registered.store / "mlartifacts").rglob(ENTRY_FILE) if p.parent.name == "artifacts"]
     stored.write_text(entry.read_text())
     with pytest.raises(BundleError, match="does not match the SHA-256"):
         load_model(f"models:/{name}@champion", tracking_uri=uri, dst=tmp_path / "dl2")
@@ -414,31 +428,15 @@ def test_the_pyfunc_entry_file_is_checked_before_it_runs(tmp_path):
     assert verify_model(tmp_path / "ok").name == "bundle"
 
 
-@pytest.fixture(scope="module")
-def registered_copy(tmp_path_factory):
-    """One registered baseline champion, downloaded through search.models.load_model."""
-    from search.models import load_model
-
-    root = tmp_path_factory.mktemp("registered")
-    uri = sqlite_store(root / "store")
-    top = [TopTrial("t_00000", {**BASE, "epochs": 1}, {"macro_f1": 0.6})]
-    cb = search_runs(uri, top, "code")
-    name = registered_model_name("baseline", "rosmap")
-    log_top_models(top, space="baseline", data_name="rosmap", tracking_uri=uri, parent_run_id=cb.parent_run_id,
-                   registered_name=name)
-    load_model(f"models:/{name}@champion", tracking_uri=uri, dst=root / "ok")
-    return root / "ok"
-
-
 @pytest.mark.parametrize("attack", ["edit", "add", "pyc"])
-def test_the_code_the_pyfunc_imports_is_checked_before_it_runs(registered_copy, tmp_path, attack):
+def test_the_code_the_pyfunc_imports_is_checked_before_it_runs(registered, tmp_path, attack):
     """The model's code/ folder comes first on sys.path: an edited, added or planted cached file
     there never runs through search.models.load_model."""
     import shutil
 
     from search.models import CODE_RECORD, load_model, verify_model
 
-    ok = registered_copy
+    ok = registered.ok
     recorded = json.loads((ok / "artifacts" / "bundle" / CODE_RECORD).read_text())
     assert "trainables/engine.py" in recorded and not any("__pycache__" in k for k in recorded)
     assert set(recorded) == {p.relative_to(ok / "code").as_posix() for p in (ok / "code").rglob("*") if p.is_file()}
