@@ -52,7 +52,7 @@ class MLflowWriter:
         self.runs: dict[str, str] = {}               # trial_id -> run_id
         self.finished: set[str] = set()              # trial ids whose run is FINISHED
         self.trials: dict[str, dict] = {}            # trial_id -> {"name", "params"}
-        self.skip_until: dict[str, int] = {}         # trial_id -> last step the run already holds
+        self.skip_until: dict[str, int] = {}         # trial_id -> last step the run holds
         self.synced: set[str] = set()                # trial ids whose run was looked up this session
         self.open_runs: set[str] = set()             # run ids known to be RUNNING this session
         self.parent_checked = False                  # parent run looked up this session
@@ -101,6 +101,11 @@ class MLflowWriter:
             tags = [RunTag(k, v[:_MAX_TAG_VALUE]) for k, v in record.get("tags", {}).items()]
             for i in range(0, max(len(metrics), 1), _MAX_METRICS_PER_BATCH):
                 self.client.log_batch(run_id, metrics=metrics[i:i + _MAX_METRICS_PER_BATCH], tags=tags if i == 0 else [])
+            # an epoch may come again in this session: a trial retried (--max-failures) or resumed
+            # from a checkpoint before it re-reports the epochs since, after the killed driver's
+            # unsent records (restored with Tune's snapshot) carried some of them already
+            with self.lock:
+                self.skip_until[trial_id] = max([skip, step, *(int(e["step"]) for e in record.get("curve", ()))])
         elif op == "tags":
             for k, v in record["tags"].items():
                 self.client.set_tag(run_id, k, v[:_MAX_TAG_VALUE])

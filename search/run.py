@@ -322,7 +322,8 @@ def quiet_libraries() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     # a trial resumed from a checkpoint re-reports the epochs after it; Optuna keeps the first value
-    warnings.filterwarnings("ignore", message="The reported value is ignored because this `step`")
+    # (its message names the step: "... because this `step=13` is already reported.")
+    warnings.filterwarnings("ignore", message="The reported value is ignored because this `step")
 
 
 def main(argv: list[str] | None = None) -> int:

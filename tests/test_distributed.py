@@ -284,7 +284,11 @@ def test_driver_killed_then_resumed(cluster, drivers, tmp_path):
 
     def snapshot_with_a_finished_and_a_checkpointed_trial() -> bool:
         """The stored experiment snapshot (what --resume reads; its plain JSON fields) holds a
-        finished trial and an unfinished one past its first checkpoint."""
+        finished trial and an unfinished one past its first checkpoint. Past, not at: Tune takes
+        the result that carries a checkpoint as the trial's last result at once but registers the
+        checkpoint only when the actor's save task returns, and a snapshot written in between
+        holds the result without the checkpoint (the trial would resume from its previous one,
+        here from scratch); the next result is asked for only after the save was processed."""
         states = sorted(exp.glob("experiment_state-*.json"))
         try:
             trials = [(json.loads(t), json.loads(m)) for t, m in json.loads(states[-1].read_text())["trial_data"]]
@@ -292,7 +296,7 @@ def test_driver_killed_then_resumed(cluster, drivers, tmp_path):
             return False
         done = [t for t, _ in trials if t["status"] == "TERMINATED"]
         going = [t for t, m in trials if t["status"] in ("RUNNING", "PENDING")
-                 and every <= int((m.get("last_result") or {}).get("epoch", 0)) < epochs]
+                 and every < int((m.get("last_result") or {}).get("epoch", 0)) < epochs]
         return bool(done and going)
 
     wait_for(snapshot_with_a_finished_and_a_checkpointed_trial, 900,

@@ -218,6 +218,25 @@ _trainable.Trial.step = _diverging
 """
 
 
+def test_a_step_reported_again_after_a_resume_is_not_warned_about():
+    """A trial resumed from a checkpoint reports the epochs after it again; Optuna keeps the first
+    value and warns, once per epoch, in the driver's output: quiet_libraries silences exactly that."""
+    import warnings
+
+    import optuna
+
+    trial = optuna.create_study(storage=optuna.storages.InMemoryStorage()).ask()
+    trial.report(0.5, step=13)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trial.report(0.6, step=13)
+        assert [str(w.message) for w in caught] == ["The reported value is ignored because this `step=13` is already reported."]
+        run_mod.quiet_libraries()
+        trial.report(0.7, step=13)
+        warnings.warn("another warning", UserWarning, stacklevel=1)
+    assert [str(w.message) for w in caught][1:] == ["another warning"]
+
+
 def test_failing_trial_is_recorded_and_the_search_goes_on(tmp_path, data_dir):
     site = tmp_path / "site"
     site.mkdir()

@@ -549,6 +549,26 @@ def test_epochs_carried_in_a_result_reach_mlflow_with_their_steps(tmp_path):
     assert "curve" not in run.data.metrics
 
 
+def test_an_epoch_reported_again_in_one_session_is_logged_once(tmp_path):
+    """A trial retried from its checkpoint of epoch 1 reports epochs 2 and 3 again (as does a trial
+    resumed from a checkpoint after a killed driver's unsent records were replayed): the run keeps
+    one value per epoch, the first."""
+    uri = sqlite_store(tmp_path)
+    cb = new_callback(uri)
+    ok = FakeTrial("t_00000", {"lr": 0.01, "epochs": 4})
+    cb.setup()
+    cb.on_trial_start(0, [ok], ok)
+    for i, (e, f1) in enumerate([(1, 0.6), (2, 0.7), (3, 0.8), (2, 0.75), (3, 0.85), (4, 0.9)]):
+        cb.on_trial_result(i, [ok], ok, result(e, 1.0 / e, f1, final=e == 4))
+    cb.on_trial_complete(6, [ok], ok)
+    assert cb.flush(30)
+    client = MlflowClient(uri)
+    run = children(client, cb.experiment_id, cb.search_name)["t_00000"]
+    hist = sorted(client.get_metric_history(run.info.run_id, "macro_f1"), key=lambda m: m.step)
+    assert [(m.step, round(m.value, 6)) for m in hist] == [(1, 0.6), (2, 0.7), (3, 0.8), (4, 0.9)]
+    cb.close()
+
+
 def test_a_trial_settled_on_resume_gets_its_end_in_mlflow(tmp_path):
     # killed right after a trial's final result: the resumed snapshot holds it as TERMINATED
     # (search.settle) while MLflow got neither the final epoch nor the end of its run

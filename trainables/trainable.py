@@ -46,6 +46,7 @@ import torch
 from ray import tune
 
 from trainables.data import MultimodalDataset
+from trainables.exit_request import quiet_exit_requests
 from trainables.metrics import METRICS, classification_metrics
 from trainables.registry import METHODS, get_method
 from trainables.trial_data import TrialData, fold_splits, prepare_from_config
@@ -200,6 +201,7 @@ def _cpus() -> int:
 
 def run_trial(method: str, config: dict[str, Any], data: TrialData | None = None) -> None:
     """The body of every trainable; ``data`` comes from the object store when the driver put it."""
+    quiet_exit_requests()  # the raylet's SIGTERM at the trial's end prints no traceback
     torch.set_num_threads(_cpus())
     meta = {"code_version": code_version()}
     try:
