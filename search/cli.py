@@ -86,8 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--confirm-repeats", type=int,
       help="fresh repetitions of the k-fold scheme the top-k, the paper default and the references are "
            "retrained on after the search; the champion is the best there (default 3; 0 = off)")
-    a("--references", type=_references, help="reference models scored on the same folds: logreg, rf or none "
-                                             "(default logreg,rf)")
+    a("--references", type=_references, help="reference models scored on the same folds: logreg, rf, hgb or none "
+                                             "(default logreg,rf,hgb)")
     a("--promote", choices=PROMOTE_POLICIES,
       help="better: the new best gets the champion alias only if it beats the registered champion on the same "
            "fresh folds (else alias challenger); always; never (default better)")

@@ -24,7 +24,7 @@ SCHEDULER_NAMES = ("asha", "hyperband", "median", "pbt", "fifo")
 PROMOTE_POLICIES = ("better", "always", "never")
 GRACE_SCHEDULERS = ("asha", "median")
 """The schedulers that read ``--grace-period``."""
-REFERENCE_NAMES = ("logreg", "rf")
+REFERENCE_NAMES = ("logreg", "rf", "hgb")
 """The entries of :data:`search.references.REFERENCES` (kept here so the options check imports no sklearn)."""
 MULTI_OBJECTIVE_SAMPLERS = ("nsga2", "tpe", "random")
 """Optuna samplers that handle several objectives (grid and CMA-ES optimise one)."""
@@ -67,7 +67,7 @@ class SearchConfig:
     warm_start: str | None = None
     points: tuple[dict[str, Any], ...] = field(default_factory=tuple)
     confirm_repeats: int = 3
-    references: tuple[str, ...] = ("logreg", "rf")
+    references: tuple[str, ...] = ("logreg", "rf", "hgb")
     promote: str = "better"
     parent_run_id: str | None = None
     """The MLflow run this search's parent run is nested under (``search.nested``'s)."""

@@ -155,10 +155,11 @@ def test_confirmation_table_and_champion(searches):
     assert f"v{first.version} -> alias champion (no champion existed)" in good.stdout
     assert "selection gap of the champion" in good.stdout and "p vs champion" in good.stdout
     results = list(csv.DictReader((storage / "good" / "results.csv").open()))
-    assert [r["trial_id"] for r in results if r["status"] == "REFERENCE"] == ["reference:logreg", "reference:rf"]
+    assert [r["trial_id"] for r in results if r["status"] == "REFERENCE"] == ["reference:logreg", "reference:rf",
+                                                                             "reference:hgb"]
     refs = client.search_runs([client.get_experiment_by_name("fusetune").experiment_id],
                               filter_string="tags.`fusetune.role` = 'reference'")
-    assert len(refs) == 2 and all("confirmed_macro_f1" in r.data.metrics for r in refs)
+    assert len(refs) == 3 and all("confirmed_macro_f1" in r.data.metrics for r in refs)
     parent = client.search_runs([client.get_experiment_by_name("fusetune").experiment_id],
                                 filter_string="tags.`fusetune.search_name` = 'good' and tags.`fusetune.role` = 'search'")[0]
     assert {"confirmed_macro_f1", "selection_gap"} <= set(parent.data.metrics)
