@@ -11,12 +11,13 @@ each version tagged with its confirmed figures, and gives the best one ``champio
 
 from __future__ import annotations
 
+import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from search import confirm, faults, promotion, references
+from search import confirm, ensemble, faults, oof, promotion, references
 from search.config import SearchConfig
 from search.results import CONFIRMATION_CSV, TrialResult, write_text
 from spaces import Space
@@ -44,6 +45,13 @@ def candidates(cfg: SearchConfig, space: Space, rows: list[TrialResult], ranked:
     return out
 
 
+def ensemble_members(c: confirm.Candidate, metric: str) -> list[dict[str, Any]]:
+    """The ensemble's members as its registration refits them: name, kind, config, weight, confirmed figures."""
+    return [{"name": name, "kind": member.kind, "config": dict(member.config), "weight": weight,
+             "confirmed": {m: member.confirmed(m) for m in METRICS if member.confirmed(m) is not None}}
+            for name, weight, member in zip(c.ensemble.members, c.ensemble.weights, c.members)]
+
+
 def _scheme(cfg: SearchConfig, fingerprint: str) -> confirm.Scheme:
     return confirm.Scheme(cfg.folds, cfg.val_fraction, tuple(confirm.fresh_seeds(cfg.seed, cfg.confirm_repeats)),
                           cfg.primary_metric, fingerprint)
@@ -54,7 +62,8 @@ def _resources(cfg: SearchConfig) -> dict[str, float]:
 
 
 def run_confirmation(cfg: SearchConfig, space: Space, rows: list[TrialResult], ranked: list[TrialResult], data: TrialData,
-                     exp_path: str, fixed: dict[str, Any], incumbent: promotion.Incumbent | None) -> confirm.Confirmation:
+                     exp_path: str, fixed: dict[str, Any], incumbent: promotion.Incumbent | None,
+                     fs: Any = None) -> confirm.Confirmation:
     scheme = _scheme(cfg, data.fingerprint)
     cands = candidates(cfg, space, rows, ranked, fixed)
     if promotion.needs_retrain(incumbent, cfg.promote, data.fingerprint, scheme.key(), cfg.primary_metric):
@@ -62,15 +71,68 @@ def run_confirmation(cfg: SearchConfig, space: Space, rows: list[TrialResult], r
                                        incumbent=True))
     confirm.run_stage(cands, scheme, search_seed=cfg.seed, data=data, experiment_path=exp_path,
                       resources=_resources(cfg), max_concurrent=cfg.max_concurrent)
+    keep_reference_probs(cands, exp_path, fs)
+    if cfg.ensemble != "off":
+        chosen = run_ensemble(cfg, rows, ranked, cands, scheme, data, exp_path, fs)
+        if chosen is not None:
+            cands.append(chosen)
     return confirm.verdict(cands, scheme, cfg.primary_mode)
 
 
-def run_references(cfg: SearchConfig, data: TrialData, exp_path: str) -> confirm.Confirmation:
+def keep_reference_probs(cands: list[confirm.Candidate], exp_path: str, fs: Any = None) -> None:
+    """The references' probabilities on the search's folds, stored beside the trials' (:mod:`search.oof`)."""
+    for c in cands:
+        if c.kind == "reference" and confirm.SEARCH_REPEAT in c.probs:
+            oof.write(exp_path, oof.reference_name(c.config["reference"]), c.probs[confirm.SEARCH_REPEAT], fs)
+
+
+def ensemble_pool(cfg: SearchConfig, ranked: list[TrialResult], cands: list[confirm.Candidate], exp_path: str,
+                  fs: Any = None) -> dict[str, oof.OutOfFold]:
+    """Candidate name -> out-of-fold probabilities on the search's folds: every trial that ran its
+    full budget and, with ``--ensemble trials+references``, every reference."""
+    pool: dict[str, oof.OutOfFold] = {}
+    for r in ranked:
+        found = oof.read(exp_path, r.trial_id, fs)
+        if found is not None:
+            pool[r.trial_id] = found
+    if cfg.ensemble == "trials+references":
+        for c in cands:
+            if c.kind == "reference" and not c.error and confirm.SEARCH_REPEAT in c.probs:
+                pool[c.name] = c.probs[confirm.SEARCH_REPEAT]
+    return pool
+
+
+def run_ensemble(cfg: SearchConfig, rows: list[TrialResult], ranked: list[TrialResult], cands: list[confirm.Candidate],
+                 scheme: confirm.Scheme, data: TrialData, exp_path: str, fs: Any = None) -> confirm.Candidate | None:
+    """Select the ensemble on the search's folds (:mod:`search.ensemble`), confirm the members that are
+    not candidates already on the same fresh folds, and return it as a candidate (None without a pool)."""
+    pool = ensemble_pool(cfg, ranked, cands, exp_path, fs)
+    if not pool:
+        return None
+    chosen = ensemble.select(ensemble.Pool.of(pool), cfg.primary_metric, cfg.primary_mode, size=cfg.ensemble_size,
+                             seed=cfg.seed)
+    members: dict[str, confirm.Candidate] = {}
+    for c in cands:
+        if not c.incumbent:
+            members.setdefault(c.trial_id or c.name, c)
+    by_id = {r.trial_id: r for r in rows}
+    extra = [confirm.Candidate(m, "model", dict(by_id[m].config), by_id[m].value(cfg.primary_metric), m)
+             for m in chosen.members if m not in members]
+    if extra:
+        confirm.run_stage(extra, scheme, search_seed=cfg.seed, data=data, experiment_path=exp_path,
+                          resources=_resources(cfg), max_concurrent=cfg.max_concurrent,
+                          experiment=confirm.ENSEMBLE_EXPERIMENT)
+        members.update({c.name: c for c in extra})
+    return confirm.ensemble_candidate(chosen, members, scheme)
+
+
+def run_references(cfg: SearchConfig, data: TrialData, exp_path: str, fs: Any = None) -> confirm.Confirmation:
     """The references on the search's folds alone (``--confirm-repeats 0``)."""
     scheme = _scheme(cfg, data.fingerprint)
     cands = [confirm.Candidate(references.candidate_name(n), "reference", {"reference": n}) for n in cfg.references]
     confirm.run_stage(cands, scheme, search_seed=cfg.seed, data=data, experiment_path=exp_path,
                       resources=_resources(cfg), max_concurrent=cfg.max_concurrent)
+    keep_reference_probs(cands, exp_path, fs)
     return confirm.Confirmation(cands, scheme, cfg.primary_mode, None, {})
 
 
@@ -149,13 +211,13 @@ def select(cfg: SearchConfig, space: Space, rows: list[TrialResult], ranked: lis
     inc = promotion.incumbent(client, registered) if parent_run_id else None
     conf = refs = None
     if cfg.confirm_repeats > 0 and ranked:
-        conf = run_confirmation(cfg, space, rows, ranked, data, exp_path, fixed, inc)
+        conf = run_confirmation(cfg, space, rows, ranked, data, exp_path, fixed, inc, fs)
         text = confirm.csv_text(conf)
         write_text(text, exp_path, CONFIRMATION_CSV, fs)
         if parent_run_id:
             _log_to_parent(conf, client, parent_run_id, search_tags, text)
     elif cfg.references:  # no confirmation: the references on the search's folds only
-        refs = run_references(cfg, data, exp_path)
+        refs = run_references(cfg, data, exp_path, fs)
         if parent_run_id:
             _log_to_parent(refs, client, parent_run_id, search_tags, confirm.csv_text(refs), artifact=False)
     ref_rows = reference_rows(conf or refs) if (conf or refs) else []
@@ -166,6 +228,9 @@ def select(cfg: SearchConfig, space: Space, rows: list[TrialResult], ranked: lis
     by_id = {r.trial_id: r for r in rows}
     if conf is not None:
         chosen = conf.models()[: cfg.top_k]
+        ens = conf.ensemble()
+        if ens is not None and not ens.error and ens not in chosen:
+            chosen.append(ens)  # always handed over as a version (nested CV scores it), the alias as earned
     else:
         chosen = [confirm.Candidate(r.trial_id, "model", dict(r.config), r.value(metric), r.trial_id)
                   for r in ranked[: cfg.top_k]]
@@ -177,6 +242,11 @@ def select(cfg: SearchConfig, space: Space, rows: list[TrialResult], ranked: lis
             tags[promotion.SCHEME_TAG] = conf.scheme.key()
             tags.update({promotion.confirmed_tag(m): f"{c.confirmed(m):.6f}" for m in METRICS})
             tags["fusetune.candidate"] = c.name
+        if c.kind == confirm.ENSEMBLE_KIND:
+            tags[promotion.ENSEMBLE_TAG] = json.dumps(c.config, sort_keys=True)
+            top.append(TopTrial(ensemble.NAME, dict(fixed), {}, None, tags,
+                                ensemble=ensemble_members(c, metric)))
+            continue
         top.append(TopTrial(c.trial_id or c.name, c.config, dict(row.last) if row else {},
                             row.checkpoint if row else None, tags))
     faults.point("refit")

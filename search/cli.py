@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from search.config import PROMOTE_POLICIES, SAMPLER_NAMES, SCHEDULER_NAMES, SearchConfig
+from search.config import ENSEMBLE_CHOICES, PROMOTE_POLICIES, SAMPLER_NAMES, SCHEDULER_NAMES, SearchConfig
 from search.errors import UsageError
 
 
@@ -91,6 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
     a("--promote", choices=PROMOTE_POLICIES,
       help="better: the new best gets the champion alias only if it beats the registered champion on the same "
            "fresh folds (else alias challenger); always; never (default better)")
+    a("--ensemble", choices=ENSEMBLE_CHOICES,
+      help="post-hoc ensemble selection over the out-of-fold predictions of the full-budget trials (and the "
+           "references), confirmed on the fresh folds like any candidate; the champion only if it wins there "
+           "(default trials+references; off with --confirm-repeats 0)")
+    a("--ensemble-size", type=int, help="distinct members of the ensemble at most (default 5)")
     a("--parent-run-id", help=argparse.SUPPRESS)  # search.nested: nest this search's MLflow run under its own
     return p
 

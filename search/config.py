@@ -26,6 +26,8 @@ GRACE_SCHEDULERS = ("asha", "median")
 """The schedulers that read ``--grace-period``."""
 REFERENCE_NAMES = ("logreg", "rf", "hgb")
 """The entries of :data:`search.references.REFERENCES` (kept here so the options check imports no sklearn)."""
+ENSEMBLE_CHOICES = ("off", "trials", "trials+references")
+"""``--ensemble`` (:data:`search.ensemble.CHOICES`; here so the options check imports no Ray)."""
 MULTI_OBJECTIVE_SAMPLERS = ("nsga2", "tpe", "random")
 """Optuna samplers that handle several objectives (grid and CMA-ES optimise one)."""
 
@@ -69,6 +71,11 @@ class SearchConfig:
     confirm_repeats: int = 3
     references: tuple[str, ...] = ("logreg", "rf", "hgb")
     promote: str = "better"
+    ensemble: str | None = None
+    """Post-hoc ensemble selection (:mod:`search.ensemble`): ``off``, ``trials`` or ``trials+references``
+    (None: ``trials+references``, or ``off`` with ``--confirm-repeats 0``, filled by :func:`resolve`)."""
+    ensemble_size: int = 5
+    """At most this many distinct members in the ensemble."""
     parent_run_id: str | None = None
     """The MLflow run this search's parent run is nested under (``search.nested``'s)."""
 
@@ -186,6 +193,7 @@ def resolve(cfg: SearchConfig) -> SearchConfig:
         raise UsageError(f"--references {','.join(cfg.references)}: unknown reference {unknown_refs[0]!r}; "
                          f"choose from {', '.join(REFERENCE_NAMES)} or none")
     metric, mode = _objectives(cfg)
+    ensemble = _ensemble(cfg, metric[0])
     if len(metric) > 1 and cfg.sampler not in MULTI_OBJECTIVE_SAMPLERS:
         raise UsageError(f"--sampler {cfg.sampler}: optimises one objective; --metric lists {len(metric)} "
                          f"(use one of {', '.join(MULTI_OBJECTIVE_SAMPLERS)})")
@@ -222,7 +230,7 @@ def resolve(cfg: SearchConfig) -> SearchConfig:
     if cfg.warm_start is not None and ("/" in cfg.warm_start or cfg.warm_start in (".", "..", name)):
         raise UsageError(f"--warm-start {cfg.warm_start}: must name another, earlier search (its --name)")
     return replace(
-        cfg, data=data, name=name, metric=metric, mode=mode,
+        cfg, data=data, name=name, metric=metric, mode=mode, ensemble=ensemble,
         epochs=epochs, grace_period=cfg.grace_period if cfg.grace_period is not None else space.default_grace(epochs),
         text_encoder=cfg.text_encoder or space.text_encoder,
         image_encoder=cfg.image_encoder or space.image_encoder,
@@ -275,6 +283,23 @@ def _objectives(cfg: SearchConfig) -> tuple[tuple[str, ...], tuple[str, ...]]:
     if len(mode) != len(metric):
         raise UsageError(f"--mode {','.join(mode)}: give one mode per metric ({len(metric)})")
     return metric, mode
+
+
+def _ensemble(cfg: SearchConfig, first_metric: str) -> str:
+    """``--ensemble`` checked and filled: an ensemble is only ever handed off once confirmed on fresh
+    folds, and it is selected on the first objective, which must be a classification metric."""
+    if isinstance(cfg.ensemble_size, bool) or not isinstance(cfg.ensemble_size, int) or cfg.ensemble_size < 1:
+        raise UsageError(f"--ensemble-size {cfg.ensemble_size}: must be a whole number of members, at least 1")
+    if cfg.ensemble is None:
+        return "trials+references" if cfg.confirm_repeats > 0 and first_metric in METRICS else "off"
+    _check_choice("--ensemble", cfg.ensemble, ENSEMBLE_CHOICES)
+    if cfg.ensemble != "off" and cfg.confirm_repeats == 0:
+        raise UsageError(f"--ensemble {cfg.ensemble} with --confirm-repeats 0: the ensemble would be unconfirmed and "
+                         "never promoted over an existing champion; give --confirm-repeats 1 or more, or --ensemble off")
+    if cfg.ensemble != "off" and first_metric not in METRICS:
+        raise UsageError(f"--ensemble {cfg.ensemble}: the ensemble is selected on the first --metric, which must be "
+                         f"one of {', '.join(METRICS)} (got {first_metric})")
+    return cfg.ensemble
 
 
 def _check_choice(option: str, value: str, choices: tuple[str, ...]) -> None:

@@ -10,8 +10,15 @@ stopping, as Ray trials on the search's cluster (one trial per candidate and rep
 fan out like the search). The references are also scored on the search's own folds, so that
 ``results.csv`` compares them with the trials like with like.
 
-The champion is the model candidate with the best mean over the R x k fresh fold scores, not the
-best search figure; the *selection gap* is its search figure minus its confirmed figure. Every
+Every job also keeps its validation class probabilities (an ``oof.npz`` checkpoint: numpy arrays
+only), so that an ensemble of candidates (:mod:`search.ensemble`, chosen on the search's folds) is
+confirmed on the very same fresh folds: its weights stay those chosen on the search's folds and
+its fold scores are those of the weighted average of its members' probabilities (members that
+are not already candidates are retrained in a second experiment, ``<search>/confirmation-ensemble/``).
+
+The champion is the model candidate (a trial, the paper default or the ensemble) with the best
+mean over the R x k fresh fold scores, not the best search figure (a single model before the
+ensemble on an exact tie); the *selection gap* is its search figure minus its confirmed figure. Every
 candidate's ``p_value`` is the corrected resampled t-test (:mod:`search.stats`) of its R x k fold
 scores against the champion's, paired fold by fold.
 
@@ -27,13 +34,16 @@ import io
 import json
 import math
 import re
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from ray import tune
 
-from search import integrity, references
+from search import ensemble, integrity, references
+from search.oof import OutOfFold
 from search.orchestrate import result_loggers
 from search.results import error_reason
 from search.stats import TEST_NAME, corrected_resampled_ttest, test_train_ratio
@@ -41,6 +51,7 @@ from trainables.metrics import METRICS
 from trainables.trial_data import TrialData, fold_splits
 
 EXPERIMENT = "confirmation"
+ENSEMBLE_EXPERIMENT = "confirmation-ensemble"
 PAPER_DEFAULT = "paper-default"
 SEED_STRIDE = 1000
 """Fresh repetition r (0-based) splits with ``seed + SEED_STRIDE * (r + 1)`` and initialises fold k
@@ -48,6 +59,7 @@ with that + k: disjoint from the search's seeds for fewer than ``SEED_STRIDE`` f
 _FOLD_ACCURACY = re.compile(r"fold\d+_accuracy")
 SEARCH_REPEAT = -1
 """The repeat index of a reference scored on the search's own folds."""
+ENSEMBLE_KIND = "ensemble"
 
 
 def fresh_seeds(seed: int, repeats: int) -> list[int]:
@@ -76,19 +88,24 @@ class Scheme:
 
 @dataclass
 class Candidate:
-    name: str                       # trial id, "paper-default", "reference:<name>", "champion:v<N>"
-    kind: str                       # "model" or "reference"
-    config: dict[str, Any]          # the full trial config; for a reference {"reference": name}
+    name: str                       # trial id, "paper-default", "reference:<name>", "champion:v<N>", "ensemble"
+    kind: str                       # "model", "reference" or "ensemble"
+    config: dict[str, Any]          # the full trial config; a reference {"reference": name}; the ensemble
+                                    # its members and weights
     search_value: float | None = None
     trial_id: str | None = None     # the search trial it is (a model of this search)
     incumbent: bool = False         # the registered champion of an earlier search
     folds: dict[str, np.ndarray] = field(default_factory=dict)        # metric -> R x k fresh fold scores
     search_folds: dict[str, np.ndarray] = field(default_factory=dict)  # references: the search's folds
     error: str = ""
+    probs: dict[int, OutOfFold] = field(default_factory=dict)  # repeat (SEARCH_REPEAT too) -> probabilities
+    ensemble: ensemble.Ensemble | None = None                  # kind "ensemble": the selection
+    members: list[Candidate] = field(default_factory=list)     # kind "ensemble": its members, in its order
 
     @property
     def is_model(self) -> bool:
-        return self.kind == "model"
+        """A model this search can hand off: a trial, the paper default, the ensemble (not a reference)."""
+        return self.kind in ("model", ENSEMBLE_KIND)
 
     def confirmed(self, metric: str) -> float | None:
         v = self.folds.get(metric)
@@ -123,13 +140,16 @@ def _fold_report(fold_metrics: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def run_job(config: dict[str, Any], data: TrialData) -> dict[str, Any]:
-    """One candidate on one repetition's splits: the per-split scores. Usable without Ray."""
+def run_job(config: dict[str, Any], data: TrialData) -> tuple[dict[str, Any], OutOfFold]:
+    """One candidate on one repetition's splits: the per-split scores and the validation class
+    probabilities of every split. Usable without Ray."""
     job = config["job"]
     seed, folds, vf = int(job["seed"]), int(job["folds"]), float(job["val_fraction"])
+    splits = fold_splits(data.data.labels, folds, seed, vf)
     if job["kind"] == "reference":
-        splits = fold_splits(data.data.labels, folds, seed, vf)
-        return _fold_report(references.evaluate(job["config"]["reference"], data.data, splits, seed))
+        scored = references.evaluate_with_probs(job["config"]["reference"], data.data, splits, seed)
+        return (_fold_report([m for m, _ in scored]),
+                OutOfFold.from_folds(splits, data.data.labels, [p for _, p in scored]))
     from trainables.trainable import Trial
 
     trial_config = {**job["config"], "seed": seed, "folds": folds, "val_fraction": vf}
@@ -138,23 +158,26 @@ def run_job(config: dict[str, Any], data: TrialData) -> dict[str, Any]:
     while trial.epoch < trial.epochs:
         result = trial.step()
     n = sum(1 for k in result if _FOLD_ACCURACY.fullmatch(k))
-    return _fold_report([{m: result[f"fold{k}_{m}"] for m in METRICS} for k in range(n)])
+    return (_fold_report([{m: result[f"fold{k}_{m}"] for m in METRICS} for k in range(n)]),
+            OutOfFold.from_arrays(trial.out_of_fold(), f"confirmation job {job['candidate']}"))
 
 
 def fusetune_confirm(config: dict[str, Any], data: TrialData | None = None) -> None:
     """Ray Tune function trainable of the confirmation stage: one report, at the end."""
     import torch
 
-    from trainables.trainable import TrialFailure, _cpus, one_line
+    from trainables.trainable import TrialFailure, _cpus, one_line, save_oof
 
     torch.set_num_threads(_cpus())
     try:
-        result = run_job(config, data)
+        result, probs = run_job(config, data)
     except TrialFailure:
         raise
     except Exception as exc:
         raise TrialFailure(one_line(exc)) from exc
-    tune.report(result)
+    with tempfile.TemporaryDirectory(prefix="fusetune-confirm-") as folder:
+        save_oof(Path(folder), probs.arrays())
+        tune.report(result, checkpoint=tune.Checkpoint.from_directory(folder))
 
 
 def _dirname(trial: Any) -> str:
@@ -182,10 +205,10 @@ def jobs(candidates: list[Candidate], scheme: Scheme, search_seed: int) -> list[
 
 def run_stage(candidates: list[Candidate], scheme: Scheme, *, search_seed: int, data: TrialData,
               experiment_path: str, resources: dict[str, float], max_concurrent: int | None,
-              callbacks: list | None = None) -> list[Candidate]:
-    """Run (or resume) the confirmation trials and fill every candidate's fold scores."""
+              callbacks: list | None = None, experiment: str = EXPERIMENT) -> list[Candidate]:
+    """Run (or resume) the confirmation trials and fill every candidate's fold scores and probabilities."""
     fn = tune.with_resources(tune.with_parameters(fusetune_confirm, data=data), resources)
-    path = f"{experiment_path.rstrip('/')}/{EXPERIMENT}"
+    path = f"{experiment_path.rstrip('/')}/{experiment}"
     integrity.install()
     if tune.Tuner.can_restore(path):
         integrity.verify(path, option="--resume (confirmation stage)")
@@ -195,12 +218,13 @@ def run_stage(candidates: list[Candidate], scheme: Scheme, *, search_seed: int, 
             fn, param_space={"job": tune.grid_search(jobs(candidates, scheme, search_seed))},
             tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=max_concurrent, reuse_actors=True,
                                         trial_dirname_creator=_dirname),
-            run_config=tune.RunConfig(name=EXPERIMENT, storage_path=experiment_path, verbose=0,
+            run_config=tune.RunConfig(name=experiment, storage_path=experiment_path, verbose=0,
                                       callbacks=[*(callbacks or []), *result_loggers()]),
         )
     integrity.seal(path)
     grid = tuner.fit()
     by_config: dict[str, dict[int, dict[str, Any]]] = {}
+    probs: dict[str, dict[int, OutOfFold]] = {}
     errors: dict[str, str] = {}
     for res in grid:
         job = res.config["job"]
@@ -209,8 +233,12 @@ def run_stage(candidates: list[Candidate], scheme: Scheme, *, search_seed: int, 
             errors[key] = error_reason(str(res.error))
             continue
         by_config.setdefault(key, {})[int(job["repeat"])] = res.metrics
+        found = _job_probs(res.checkpoint)
+        if found is not None:
+            probs.setdefault(key, {})[int(job["repeat"])] = found
     for c in candidates:
         key = json.dumps(c.config, sort_keys=True, default=str)
+        c.probs = probs.get(key, {})
         got = by_config.get(key, {})
         fresh = [got[r] for r in range(len(scheme.seeds)) if r in got]
         if key in errors or len(fresh) < len(scheme.seeds):
@@ -223,6 +251,43 @@ def run_stage(candidates: list[Candidate], scheme: Scheme, *, search_seed: int, 
             c.search_folds = {m: np.array([r[f"fold{k}_{m}"] for k in range(int(r["n_folds"]))]) for m in METRICS}
             c.search_value = float(np.mean(c.search_folds[scheme.metric]))
     return candidates
+
+
+def _job_probs(checkpoint: Any) -> OutOfFold | None:
+    """The probabilities a confirmation job kept in its checkpoint (None for a job of an older fusetune)."""
+    from search.oof import from_checkpoint
+
+    if checkpoint is None:
+        return None
+    return from_checkpoint(checkpoint.path, checkpoint.filesystem)
+
+
+# --------------------------------------------------------------------------------- the ensemble
+def ensemble_candidate(chosen: ensemble.Ensemble, members: dict[str, Candidate], scheme: Scheme) -> Candidate:
+    """The ensemble as a candidate: its search figure is the selection's score on the search's
+    folds; its fresh fold scores those of its members' weighted probabilities on each fresh fold."""
+    c = Candidate(ensemble.NAME, ENSEMBLE_KIND, chosen.describe(), chosen.score, ensemble=chosen,
+                  members=[members[m] for m in chosen.members])
+    missing = [m for m in chosen.members if members[m].error or any(r not in members[m].probs
+                                                                        for r in range(len(scheme.seeds)))]
+    if missing:
+        c.error = f"member {missing[0]} has no probabilities on every fresh repetition"
+        return c
+    scores: dict[str, list[float]] = {m: [] for m in METRICS}
+    for r in range(len(scheme.seeds)):
+        parts = {m: members[m].probs[r] for m in chosen.members}
+        first = parts[chosen.members[0]]
+        for p in parts.values():
+            if not (np.array_equal(p.index, first.index) and np.array_equal(p.fold, first.fold)):
+                c.error = f"members were not confirmed on the same fresh folds (repetition {r})"
+                return c
+        combined = chosen.combine({m: p.probs for m, p in parts.items()})
+        for k in np.unique(first.fold):
+            on = first.fold == k
+            for m in METRICS:
+                scores[m].append(ensemble.metric_value(m, first.labels[on], combined[on]))
+    c.folds = {m: np.array(v) for m, v in scores.items()}
+    return c
 
 
 # --------------------------------------------------------------------------------- the verdict
@@ -256,6 +321,13 @@ class Confirmation:
                 out.append(c)
         return out
 
+    def ensemble(self) -> Candidate | None:
+        return next((c for c in self.candidates if c.kind == ENSEMBLE_KIND), None)
+
+    def best_single(self) -> Candidate | None:
+        """The best confirmed single model of this search (a trial or the paper default)."""
+        return next((c for c in self.candidates if c.kind == "model" and not c.incumbent and not c.error), None)
+
     def best_reference(self) -> Candidate | None:
         refs = [c for c in self.candidates if c.kind == "reference" and not c.error]
         return refs[0] if refs else None
@@ -266,7 +338,8 @@ def verdict(candidates: list[Candidate], scheme: Scheme, mode: str) -> Confirmat
     ok = sorted((c for c in candidates if not c.error), key=lambda c: -sign * c.confirmed(scheme.metric))
     ordered = ok + [c for c in candidates if c.error]
     models = [c for c in ok if c.is_model and not c.incumbent]
-    models.sort(key=lambda c: c.name == PAPER_DEFAULT)  # stable: a tie with its own trial names the trial
+    # stable: a tie with its own trial names the trial; a single model goes before the ensemble
+    models.sort(key=lambda c: (c.kind == ENSEMBLE_KIND, c.name == PAPER_DEFAULT))
     models.sort(key=lambda c: -sign * c.confirmed(scheme.metric))
     champion = models[0] if models else None
     p_values: dict[str, float | None] = {}
@@ -329,6 +402,17 @@ def summary(conf: Confirmation) -> str:
     if c is None:
         lines.append("no model candidate finished its confirmation: no champion")
         return "\n".join(lines)
+    ens = conf.ensemble()
+    if ens is not None and ens.ensemble is not None:
+        single = conf.best_single()
+        verdict_line = ("it is the champion" if c is ens else f"it does not beat {c.name} on the fresh folds")
+        lines.append(f"ensemble chosen on the search's folds: {ens.ensemble}; " + (
+            f"failed: {ens.error}" if ens.error else
+            f"confirmed {ens.confirmed(m):.4f}" + (f" vs the best single model {single.name} {single.confirmed(m):.4f}"
+                                                    if single is not None else "") + f"; {verdict_line}"))
+        if c is ens and all(member.startswith(references.PREFIX) for member in ens.ensemble.members):
+            lines.append(f"The ensemble keeps only reference models ({', '.join(ens.ensemble.members)}): the model "
+                         "handed off is a reference model, not the searched method (--ensemble trials insists on it).")
     gap = conf.selection_gap
     if gap is not None:
         lines.append(f"selection gap of the champion {c.name}: search {c.search_value:.4f} - confirmed "

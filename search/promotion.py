@@ -33,6 +33,9 @@ CHALLENGER = "challenger"
 POLICIES = ("better", "always", "never")
 FINGERPRINT_TAG = "fusetune.data_fingerprint"
 SCHEME_TAG = "fusetune.confirm_scheme"
+ENSEMBLE_TAG = "fusetune.ensemble"
+"""Model-version tag of an ensemble: its members and weights (JSON). An ensemble champion is compared
+by its recorded confirmed figure under the same scheme; it is not retrained on other fresh folds."""
 
 
 def confirmed_tag(metric: str) -> str:
@@ -48,6 +51,7 @@ class Incumbent:
     scheme: str | None
     confirmed: dict[str, float]      # metric -> confirmed figure recorded on the version
     config: dict[str, Any] | None    # its full trial config (to retrain it on new fresh folds)
+    ensemble: bool = False           # an ensemble (no one config to retrain)
 
     @property
     def candidate_name(self) -> str:
@@ -74,14 +78,14 @@ def incumbent(client: MlflowClient, name: str) -> Incumbent | None:
     if fingerprint is None and v.run_id:  # a version registered before gating: its trial run's tag
         with contextlib.suppress(Exception):
             fingerprint = client.get_run(v.run_id).data.tags.get("data_fingerprint")
-    return Incumbent(str(v.version), fingerprint, tags.get(SCHEME_TAG), confirmed, config)
+    return Incumbent(str(v.version), fingerprint, tags.get(SCHEME_TAG), confirmed, config, ENSEMBLE_TAG in tags)
 
 
 def needs_retrain(inc: Incumbent | None, policy: str, fingerprint: str, scheme_key: str, metric: str) -> bool:
     """Whether the confirmation stage must retrain the incumbent to compare on the same fresh folds."""
     if inc is None or policy != "better" or inc.fingerprint != fingerprint:
         return False
-    return not (inc.scheme == scheme_key and metric in inc.confirmed) and inc.config is not None
+    return not (inc.scheme == scheme_key and metric in inc.confirmed) and inc.config is not None and not inc.ensemble
 
 
 @dataclass(frozen=True)

@@ -19,11 +19,12 @@ import sys
 from dataclasses import dataclass, replace
 from typing import Any
 
-from search import cli, faults, integrity, orchestrate, preflight, relocate, results
+from search import cli, faults, integrity, oof, orchestrate, preflight, relocate, results
 from search.cleanup import PruneCheckpoints, Pruned, prune_checkpoints
 from search.config import SearchConfig, experiment_path, resolve, storage_path
 from search.credentials import check_options, redact
 from search.errors import UsageError
+from search.oof import KeepOutOfFold
 from search.progress import ProgressLine, format_duration
 from search.timing import Steps, since_start
 from trainables.data import DataError
@@ -65,6 +66,7 @@ def options(given: dict[str, Any]) -> SearchConfig:
     saved["metric"], saved["mode"], saved["points"] = tuple(saved["metric"]), tuple(saved["mode"]), tuple(saved["points"])
     if "references" in saved:
         saved["references"] = tuple(saved["references"])
+    saved.setdefault("ensemble", "off")  # a search of a fusetune without ensembles kept no out-of-fold predictions
     # the folder it was found in, not the one it was saved in (a copied or moved results folder)
     cfg = relocate.rebased(SearchConfig(**saved), storage)
     if given.get("num_samples", cfg.num_samples) != cfg.num_samples:
@@ -199,6 +201,7 @@ def execute(given: dict[str, Any]) -> SearchResult:
     callbacks = [ProgressLine(total=total, epochs=cfg.epochs, metric=cfg.primary_metric, mode=cfg.primary_mode), tracking]
     results.write_text(json.dumps(cfg.as_saved(), indent=2, default=list), exp_path, SEARCH_FILE)
     # the only deleter of checkpoints: the disk does not grow with the trials, and none a resume needs goes
+    callbacks.append(KeepOutOfFold())  # before the pruner: a trial's predictions outlive its checkpoint
     callbacks.append(PruneCheckpoints(cfg.primary_metric, cfg.primary_mode, keep=max(cfg.top_k, 1),
                                       ended=orchestrate.SCHEDULERS[cfg.scheduler].cadence.prune_ended))
     integrity.install()  # every snapshot Tune writes is sealed before it reaches the search folder
@@ -235,6 +238,7 @@ def finish(cfg: SearchConfig, space: Any, data: Any, exp_path: str, fs: Any, uri
         pareto = results.pareto_front(rows, cfg.metric, cfg.mode) if cfg.multi_objective else None
         csv_path = results.write_text(results.csv_text(rows, sampled, pareto), exp_path, results.RESULTS_CSV, fs)
     ranked = results.ranked(rows, cfg.primary_metric, cfg.primary_mode)
+    oof.recover(exp_path, ranked, fs)  # a driver killed between a trial's last checkpoint and its copy
     unfinished = [r for r in rows if r.status not in ("TERMINATED", "ERROR")]
     if unfinished:  # Ctrl-C: Tune saved its state and returned early
         print(f"\nstopped with {len(unfinished)} trial(s) unfinished; results so far: {csv_path}\n"
@@ -248,7 +252,8 @@ def finish(cfg: SearchConfig, space: Any, data: Any, exp_path: str, fs: Any, uri
     if cfg.confirm_repeats and ranked:
         print(f"confirming the top {min(max(cfg.top_k, 1), len(ranked))}, the paper default"
               f"{' and ' + ', '.join(cfg.references) if cfg.references else ''} on {cfg.confirm_repeats} fresh "
-              f"repetition(s) of the folds ...", flush=True)
+              f"repetition(s) of the folds" + (f", and an ensemble of at most {cfg.ensemble_size} ({cfg.ensemble})"
+                                               if cfg.ensemble != "off" else "") + " ...", flush=True)
     with timings("models_s"):  # confirmation, references, refit, test evaluation, registration, promotion
         chosen = select(cfg, space, rows, ranked, data, exp_path=exp_path, fs=fs, uri=uri, parent_run_id=parent_run_id,
                         data_name=cfg.data_name, fixed=orchestrate.fixed_keys(cfg, space), search_tags=search_tags)
@@ -281,6 +286,9 @@ def finish(cfg: SearchConfig, space: Any, data: Any, exp_path: str, fs: Any, uri
               f"{cfg.confirm_repeats} x {max(cfg.folds, 1)} fresh fold scores):")
         print(confirmation_table(chosen.confirmation))
         print(summary(chosen.confirmation))
+        if cfg.multi_objective and cfg.ensemble != "off":
+            print(f"(a multi-objective search: the ensemble is selected and confirmed on the first objective, "
+                  f"{cfg.primary_metric}, alone)")
     elif chosen.reference_rows and ranked:
         m, best = cfg.primary_metric, ranked[0].value(cfg.primary_metric)
         ref = max(chosen.reference_rows, key=lambda r: r[m] if cfg.primary_mode == "max" else -r[m])

@@ -53,6 +53,8 @@ from trainables.trial_data import TrialData, fold_splits, prepare_from_config
 from trainables.version import code_version
 
 STATE_FILE = "state.pt"
+OOF_FILE = "oof.npz"
+"""The final checkpoint's out-of-fold predictions (:func:`save_oof`): what ensemble selection reads."""
 CURVE_KEY = "curve"  # search.tracking.CURVE_KEY: the epochs since the last report
 
 
@@ -111,6 +113,17 @@ def load_state(folder: Path) -> dict[str, Any]:
     return torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
 
 
+def save_oof(folder: Path, oof: dict[str, np.ndarray]) -> Path:
+    """``oof.npz`` (numpy arrays only, read back with ``allow_pickle=False``): ``index`` (positions in
+    the training part), ``fold`` (the search fold each was validated in), ``labels``, ``probs``
+    [n, C], ``epoch`` and the data ``fingerprint``; written whole, then renamed."""
+    path = folder / OOF_FILE
+    tmp = folder / (OOF_FILE + ".tmp.npz")
+    np.savez(tmp, **oof)
+    os.replace(tmp, path)
+    return path
+
+
 # ---------------------------------------------------------------------------------- the trial
 class Trial:
     """The folds of one trial, trained in lockstep. Usable without Ray (tests, notebooks)."""
@@ -129,10 +142,13 @@ class Trial:
         self.data = data
         seed = self.configs.trial.seed
         self.trainers = []
+        self.splits: list[tuple[np.ndarray, np.ndarray]] = []
+        self.fold_probs: list[np.ndarray] = []  # the last epoch's validation probabilities, per fold
         if refit:
             self.trainers.append(FoldTrainer(method, self.configs, data.data, None, seed=seed, device=device))
         else:
             splits = fold_splits(data.data.labels, self.configs.trial.folds, seed, self.configs.trial.val_fraction)
+            self.splits = splits
             for k, (tr, va) in enumerate(splits):
                 train, val = data.data.take(tr), data.data.take(va)
                 self.trainers.append(FoldTrainer(method, self.configs, train, val, seed=seed + k, device=device))
@@ -147,23 +163,36 @@ class Trial:
     def step(self) -> dict[str, Any]:
         """Train every fold one epoch, evaluate on the validation folds (if any), return the report."""
         epoch = self.epoch + 1
-        fold_parts, fold_metrics = [], []
+        fold_parts, fold_metrics, fold_probs = [], [], []
         batched = self.batched.train_epoch() if self.batched is not None else None
         for k, t in enumerate(self.trainers):
             parts = batched[k] if batched is not None else t.train_epoch()
             check_finite(parts, epoch, k)
             fold_parts.append(parts)
             if t.val is not None:
-                fold_metrics.append(self._evaluate(t.val, t, epoch, k))
+                metrics, probs = self._evaluate(t.val, t, epoch, k)
+                fold_metrics.append(metrics)
+                fold_probs.append(probs)
         self.epoch = epoch
+        self.fold_probs = fold_probs
         return summarize(epoch, fold_parts, fold_metrics, final=epoch == self.epochs)
 
     @staticmethod
-    def _evaluate(val: MultimodalDataset, trainer, epoch: int, fold: int) -> dict[str, Any]:
+    def _evaluate(val: MultimodalDataset, trainer, epoch: int, fold: int) -> tuple[dict[str, Any], np.ndarray]:
         probs = trainer.predict_proba(val)
         if not np.isfinite(probs).all():
             raise TrialFailure(f"non-finite predicted probabilities at epoch {epoch}, fold {fold}")
-        return classification_metrics(val.labels, probs, trainer.class_names)
+        return classification_metrics(val.labels, probs, trainer.class_names), probs
+
+    def out_of_fold(self) -> dict[str, np.ndarray]:
+        """The last epoch's validation predictions of every fold, as :func:`save_oof` stores them."""
+        if not self.fold_probs:
+            return {}
+        index = np.concatenate([va for _, va in self.splits]).astype(np.int64)
+        fold = np.concatenate([np.full(len(va), k, np.int64) for k, (_, va) in enumerate(self.splits)])
+        return {"index": index, "fold": fold, "labels": self.data.data.labels[index].astype(np.int64),
+                "probs": np.concatenate(self.fold_probs).astype(np.float64), "epoch": np.int64(self.epoch),
+                "fingerprint": np.str_(self.data.fingerprint)}
 
     def state(self, folder: Path) -> Path:
         if self.batched is not None:
@@ -244,6 +273,8 @@ def run_trial(method: str, config: dict[str, Any], data: TrialData | None = None
         last_checkpoint = trial.epoch
         with tempfile.TemporaryDirectory(prefix="fusetune-ckpt-") as folder:
             trial.state(Path(folder))
+            if trial.epoch == trial.epochs and trial.fold_probs:  # the full budget: ensemble selection reads it
+                save_oof(Path(folder), trial.out_of_fold())
             tune.report(result, checkpoint=tune.Checkpoint.from_directory(folder))
 
 
