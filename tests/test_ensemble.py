@@ -31,12 +31,12 @@ def test_hand_computed_selection_with_sorted_initialisation_and_replacement():
     #   [.67 .7 .53 .53] = 0.50 -> {A: 2, B: 1} = 1.00, kept.
     # steps 3-4 cannot beat 1.00: the earliest best is kept -> weights 2/3, 1/3.
     for order in (("A", "B", "C"), ("C", "B", "A")):  # the candidates' own scores rank them, not the input order
-        chosen = ensemble.select(pool(order), "accuracy", "max", size=3, init=2, iterations=4, bags=1, bag_fraction=1.0)
+        chosen = ensemble.select(pool(order), "accuracy", "max", size=3, init=2, iterations=4, bags=1)
         assert chosen.members == ("A", "B")
         assert chosen.weights == pytest.approx((2 / 3, 1 / 3))
         assert chosen.score == pytest.approx(1.0)
     # one iteration stops at {A: 2}, which is no better than A alone: A alone is what is kept
-    single = ensemble.select(pool(), "accuracy", "max", size=3, init=2, iterations=1, bags=1, bag_fraction=1.0)
+    single = ensemble.select(pool(), "accuracy", "max", size=3, init=2, iterations=1, bags=1)
     assert single.members == ("A",) and single.weights == (1.0,) and single.score == pytest.approx(0.75)
 
 
@@ -47,7 +47,7 @@ def test_sorted_initialisation_starts_from_the_best_average_of_the_top_n():
     probs = p.probs.copy()
     probs[2] = np.stack([1 - np.array([0.8, 0.1, 0.9, 0.1]), np.array([0.8, 0.1, 0.9, 0.1])], axis=1)
     chosen = ensemble.select(ensemble.Pool(p.names, probs, p.labels, p.fold), "accuracy", "max", size=3, init=3,
-                             iterations=5, bags=1, bag_fraction=1.0)
+                             iterations=5, bags=1)
     assert chosen.members == ("C",) and chosen.weights == (1.0,)
 
 
@@ -59,12 +59,13 @@ def test_minimised_metric_size_cap_and_bagging_are_seeded():
     probs[:, np.arange(60), labels] += rng.uniform(0, 1.5, size=(8, 60))  # better than chance, unequally
     probs /= probs.sum(axis=2, keepdims=True)
     p = ensemble.Pool(tuple(f"t{i}" for i in range(8)), probs, labels, fold)
-    a = ensemble.select(p, "macro_f1", "max", size=2, bags=10, seed=3)
-    b = ensemble.select(p, "macro_f1", "max", size=2, bags=10, seed=3)
-    assert a == b and len(a.members) <= 2 and sum(a.weights) == pytest.approx(1.0)
+    for bag_over in ensemble.BAG_OVER:
+        a = ensemble.select(p, "macro_f1", "max", size=2, bags=10, bag_over=bag_over, seed=3)
+        b = ensemble.select(p, "macro_f1", "max", size=2, bags=10, bag_over=bag_over, seed=3)
+        assert a == b and len(a.members) <= 2 and sum(a.weights) == pytest.approx(1.0)
     assert a.score == pytest.approx(ensemble.fold_score("macro_f1", labels, a.combine(dict(zip(p.names, probs))), fold))
     best_single = max(ensemble.fold_score("macro_f1", labels, probs[i], fold) for i in range(8))
-    plain = ensemble.select(p, "macro_f1", "max", size=5, bags=1, bag_fraction=1.0)
+    plain = ensemble.select(p, "macro_f1", "max", size=5, bags=1)
     assert plain.score >= best_single  # the plain selection never keeps something worse than its start
     with pytest.raises(ValueError):
         ensemble.select(p, "macro_f1", "max", size=0)
