@@ -55,9 +55,12 @@ class Outer:
     returncode: int | None = None
     champion: str = ""
     config: dict[str, Any] = field(default_factory=dict)
-    scores: dict[str, float] = field(default_factory=dict)
+    scores: dict[str, float] = field(default_factory=dict)   # the handed-off model (the registered champion)
     test_size: int = 0
     error: str = ""
+    single: dict[str, float] = field(default_factory=dict)   # the best confirmed single model
+    ensemble: dict[str, float] = field(default_factory=dict)  # the confirmed ensemble
+    members: str = ""                                         # the ensemble's members and weights
 
 
 # --------------------------------------------------------------------------------- options
@@ -156,20 +159,36 @@ def _say(text: str, quiet: bool) -> None:
     print(text, file=sys.stderr if quiet else sys.stdout, flush=True)
 
 
-def read_champion(o: Outer, storage_path: str, sampled: list[str]) -> None:
-    """The outer search's registered champion bundle: its config and its held-out outer-fold scores."""
-    models = sorted((Path(storage_path) / o.search / "models").glob("1-*"))
-    if o.returncode != 0 or not models:
-        o.error = f"outer search exited with code {o.returncode}" + ("" if models else " and registered no model")
-        return
-    desc = json.loads((models[0] / "inputs.json").read_text())
-    meta = desc.get("metadata", {})
-    config = json.loads((models[0] / "config.json").read_text())
-    o.champion = str(meta.get("trial_id", models[0].name.split("-", 1)[1]))
-    o.config = {k: config[k] for k in sampled if k in config}
+def _bundle_scores(folder: Path) -> tuple[dict[str, Any], dict[str, float], int]:
+    """A kept bundle's metadata, its scores on the outer test fold and how many samples that fold has."""
+    meta = json.loads((folder / "inputs.json").read_text()).get("metadata", {})
     test = meta.get("test_metrics") or {}
-    o.scores = {m: float(test[m]) for m in METRICS if m in test}
-    o.test_size = int(sum(v.get("support", 0) for v in (test.get("per_class") or {}).values()))
+    size = int(sum(v.get("support", 0) for v in (test.get("per_class") or {}).values()))
+    return meta, {m: float(test[m]) for m in METRICS if m in test}, size
+
+
+def read_champion(o: Outer, storage_path: str, sampled: list[str]) -> None:
+    """The outer search's registered models (kept as ``models/<rank>-<name>`` bundles, the
+    champion first): the champion's config and held-out outer-fold scores, and those of the best
+    single model and of the ensemble."""
+    kept = sorted((Path(storage_path) / o.search / "models").glob("*-*"), key=lambda p: int(p.name.split("-", 1)[0]))
+    if o.returncode != 0 or not kept:
+        o.error = f"outer search exited with code {o.returncode}" + ("" if kept else " and registered no model")
+        return
+    for rank, folder in enumerate(kept):
+        meta, scores, size = _bundle_scores(folder)
+        is_ensemble = folder.name.split("-", 1)[1] == "ensemble"
+        if rank == 0:
+            o.champion = "ensemble" if is_ensemble else str(meta.get("trial_id", folder.name.split("-", 1)[1]))
+            o.scores, o.test_size = scores, size
+            if not is_ensemble:
+                config = json.loads((folder / "config.json").read_text())
+                o.config = {k: config[k] for k in sampled if k in config}
+        if is_ensemble and not o.ensemble:
+            o.ensemble = scores
+            o.members = " + ".join(f"{m.get('weight', 0):.2f} {m.get('name')}" for m in meta.get("members", []))
+        elif not is_ensemble and not o.single:
+            o.single = scores
     if not o.scores:
         o.error = "the champion has no outer test scores"
 
@@ -198,6 +217,22 @@ def _mean_std(rows: list[dict[str, float]]) -> tuple[dict[str, float], dict[str,
     mean = {m: float(np.mean([r[m] for r in rows])) for m in METRICS if rows and all(m in r for r in rows)}
     std = {m: float(np.std([r[m] for r in rows])) for m in mean}
     return mean, std
+
+
+def p_values(metric: str, outer_folds: int, handed_off: list[dict[str, float]],
+             others: dict[str, list[dict[str, float]]]) -> dict[str, float | None]:
+    """The corrected resampled t-test (:mod:`search.stats`) of the handed-off model's outer-fold scores
+    against each other row's, paired by outer fold (test/train ratio 1/(N-1))."""
+    from search.stats import corrected_resampled_ttest
+
+    out: dict[str, float | None] = {}
+    a = np.array([s.get(metric, np.nan) for s in handed_off])
+    for name, rows in others.items():
+        b = np.array([s.get(metric, np.nan) for s in rows])
+        ok = len(a) == len(b) and len(a) > 1 and np.isfinite(a).all() and np.isfinite(b).all()
+        p = corrected_resampled_ttest(a, b, 1.0 / (outer_folds - 1)).p if ok else None
+        out[name] = None if p is None or not math.isfinite(p) else float(p)
+    return out
 
 
 def repeats(outers: list[Outer], sampled: list[str]) -> dict[str, list[tuple[str, int]]]:
@@ -292,14 +327,20 @@ def run(argv: list[str] | None = None) -> int:
     _say("scoring the paper default and the references on the same outer folds ...", as_json)
     base = baselines(cfg, outer_folds, orchestrate.fixed_keys(cfg, space), space.default_point())
     estimate, std = _mean_std([o.scores for o in ok])
+    compared = {"single model": [o.single for o in ok], "ensemble": [o.ensemble for o in ok]}
+    models = {k: dict(zip(("estimate", "std"), _mean_std(v))) for k, v in compared.items() if v and all(v)}
     report = {
         "estimate": estimate, "std": std, "metric": cfg.primary_metric, "outer_folds": outer_folds,
         "selection": f"per outer fold: the champion of a {cfg.num_samples}-trial {cfg.sampler}/{cfg.scheduler} search "
                      f"confirmed on {cfg.confirm_repeats} fresh repetition(s) of {cfg.folds}-fold CV of the outer "
                      "training part, scored once on the outer test fold",
         "outer": [{"fold": o.fold, "search": o.search, "champion": o.champion, "config": o.config, "scores": o.scores,
-                   "test_size": o.test_size, **({"error": o.error} if o.error else {})} for o in outers],
+                   "test_size": o.test_size, "single": o.single, "ensemble": o.ensemble, "members": o.members,
+                   **({"error": o.error} if o.error else {})} for o in outers],
+        "models": models,
         "baselines": {k: dict(zip(("estimate", "std"), _mean_std(v))) for k, v in base.items()},
+        "p_values": p_values(cfg.primary_metric, outer_folds, [o.scores for o in ok],
+                             {**compared, **{k: [v[o.fold - 1] for o in ok] for k, v in base.items()}}),
         "repeats": {k: [[v, n] for v, n in c] for k, c in repeats(ok, space.names).items()},
         "wall_s": round(time.monotonic() - t0, 1),
     }
@@ -320,20 +361,26 @@ def render(report: dict[str, Any], metric: str) -> str:
             continue
         cfg = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in o["config"].items())
         lines.append(f"  outer {o['fold']}: {metric} {o['scores'].get(metric, float('nan')):.4f} on {o['test_size']} "
-                     f"held-out samples; champion {o['champion']}: {cfg}")
-    lines.append("estimate (mean ± std over outer folds):")
-    rows = [("tuned (this procedure)", report["estimate"], report["std"])]
+                     f"held-out samples; champion {o['champion']}" + (f": {cfg}" if cfg else "")
+                     + (f" ({o['members']})" if o.get("members") and o["champion"] == "ensemble" else ""))
+    lines.append("estimate (mean ± std over outer folds; p: corrected resampled t-test of the handed-off model "
+                 "against the row, paired by outer fold):")
+    rows = [("handed off (this procedure)", report["estimate"], report["std"])]
+    rows += [(k, b["estimate"], b["std"]) for k, b in report.get("models", {}).items()]
     rows += [(k, b["estimate"], b["std"]) for k, b in report["baselines"].items()]
+    p = report.get("p_values", {})
     width = max(len(r[0]) for r in rows)
     lines.append("  " + " " * width + "  " + "  ".join(f"{m:>17}" for m in METRICS))
+    lines[-1] += "  p"
     for label, est, sd in rows:
         lines.append("  " + label.ljust(width) + "  " + "  ".join(
-            f"{est[m]:.4f} ± {sd[m]:.4f}".rjust(17) if m in est else " " * 17 for m in METRICS))
+            f"{est[m]:.4f} ± {sd[m]:.4f}".rjust(17) if m in est else " " * 17 for m in METRICS)
+            + (f"  {p[label]:.3g}" if p.get(label) is not None else ""))
     best_ref = max(((k, b["estimate"].get(metric)) for k, b in report["baselines"].items() if b["estimate"]),
                    key=lambda kv: kv[1], default=None)
     tuned = report["estimate"].get(metric)
     if best_ref is not None and tuned is not None and tuned <= best_ref[1]:
-        lines.append(f"Tuning does not beat {best_ref[0]} on {metric} in this nested estimate "
+        lines.append(f"The handed-off model does not beat {best_ref[0]} on {metric} in this nested estimate "
                      f"({tuned:.4f} vs {best_ref[1]:.4f}).")
     lines.append("chosen values per dimension (value x outer folds):")
     for dim, counts in report["repeats"].items():

@@ -56,6 +56,7 @@ QUICK = [
     ("fusion_claims.py", []),
     ("batched_folds.py", []),
     ("nested_tuning.py", []),
+    ("ensembles.py", []),
 ]
 
 
