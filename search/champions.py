@@ -111,6 +111,10 @@ def run_ensemble(cfg: SearchConfig, rows: list[TrialResult], ranked: list[TrialR
         return None
     chosen = ensemble.select(ensemble.Pool.of(pool), cfg.primary_metric, cfg.primary_mode, size=cfg.ensemble_size,
                              seed=cfg.seed)
+    record = {**chosen.describe(), "score": chosen.score, "metric": cfg.primary_metric, "mode": cfg.primary_mode,
+              "candidates": sorted(pool), "size": cfg.ensemble_size, "variant": cfg.ensemble, "seed": cfg.seed}
+    write_text(json.dumps(record, indent=1), exp_path, ensemble.RECORD, fs)
+    faults.point("confirmation")
     members: dict[str, confirm.Candidate] = {}
     for c in cands:
         if not c.incumbent:

@@ -27,7 +27,7 @@ GRACE_SCHEDULERS = ("asha", "median")
 REFERENCE_NAMES = ("logreg", "rf", "hgb")
 """The entries of :data:`search.references.REFERENCES` (kept here so the options check imports no sklearn)."""
 ENSEMBLE_CHOICES = ("off", "trials", "trials+references")
-"""``--ensemble`` (:data:`search.ensemble.CHOICES`; here so the options check imports no Ray)."""
+"""``--ensemble``: which candidates ensemble selection (:mod:`search.ensemble`) may use."""
 MULTI_OBJECTIVE_SAMPLERS = ("nsga2", "tpe", "random")
 """Optuna samplers that handle several objectives (grid and CMA-ES optimise one)."""
 

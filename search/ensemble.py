@@ -44,8 +44,8 @@ from trainables.metrics import METRICS, _ratio, auroc, confusion
 
 NAME = "ensemble"
 """The ensemble's candidate name (``confirmation.csv``, the model version's ``fusetune.candidate``)."""
-CHOICES = ("off", "trials", "trials+references")
-"""``--ensemble``: which candidates the selection may use."""
+RECORD = "ensemble.json"
+"""``<search>/ensemble.json``: the selection (members, weights, score on the search's folds, the candidates)."""
 
 
 def metric_value(metric: str, labels: np.ndarray, probs: np.ndarray) -> float:

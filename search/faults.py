@@ -9,6 +9,8 @@ point is a no-op. The phases, in the order a search meets them:
   line written, its MLflow record queued), before Tune has saved that the trial ended;
 - ``mid_search``: at the first step after a trial reported a checkpoint before its last epoch
   (Tune has registered it; the next experiment snapshot may not have been written);
+- ``confirmation``: the confirmation stage has confirmed its candidates and the ensemble was selected
+  (``ensemble.json`` written), before the ensemble's other members are confirmed;
 - ``refit``: the search has ended and its results are written, before the top-k are refitted;
 - ``registration``: a model version was created, before its tags are set;
 - ``reports``: the models are registered and promoted, before the reports are written.
@@ -24,7 +26,7 @@ from typing import Any
 from ray.tune import Callback
 
 KILL_ENV = "FUSETUNE_KILL_AT"
-PHASES = ("startup", "trial_end", "mid_search", "refit", "registration", "reports")
+PHASES = ("startup", "trial_end", "mid_search", "confirmation", "refit", "registration", "reports")
 
 
 def armed(phase: str) -> bool:
