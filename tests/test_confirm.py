@@ -20,8 +20,8 @@ from trainables.data.outer import outer_splits
 REPO = Path(__file__).resolve().parents[1]
 
 
-def command(module: str, args: list[str], timeout: int = 900) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+def command(module: str, args: list[str], timeout: int = 900, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO), **(env or {}))
     env.pop("RAY_ADDRESS", None)
     return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=timeout, check=False)

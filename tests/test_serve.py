@@ -5,38 +5,18 @@ and requirements are all it has)."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 
 import numpy as np
 import pytest
 
-from isolation import without_fusetune
 from mlflow_server import sqlite_store
 from search.models import TopTrial, log_top_models, pyfunc_input, registered_model_name
+from serving import post, served
 from test_models import BASE, search_runs, with_missing
 from trainables.bundle import load_bundle
 from trainables.data import load_dataset
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _post(url: str, payload: dict) -> dict:
-    request = urllib.request.Request(url, json.dumps(payload).encode(), {"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=60) as response:
-        return json.loads(response.read())
 
 
 def test_served_champion_answers_invocations_with_probabilities(tmp_path):
@@ -51,41 +31,13 @@ def test_served_champion_answers_invocations_with_probabilities(tmp_path):
     frame = pyfunc_input(bundle, test)
     expected = bundle.predict(frame)
 
-    port = _free_port()
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    log = open(tmp_path / "serve.log", "w")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{name}@champion", "--env-manager", "local",
-         "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
-        cwd=elsewhere, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        env={**without_fusetune(tmp_path), "MLFLOW_TRACKING_URI": uri})
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-            try:
-                with urllib.request.urlopen(f"{base}/ping", timeout=5) as r:
-                    if r.status == 200:
-                        break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            assert time.monotonic() < deadline, "server did not answer /ping: " + (tmp_path / "serve.log").read_text()[-3000:]
-            time.sleep(1)
+    with served(f"models:/{name}@champion", uri, tmp_path) as base:
         split = json.loads(frame.to_json(orient="split", index=False))  # NaN -> null: 'meth' missing for 2 rows
-        by_split = _post(f"{base}/invocations", {"dataframe_split": split})["predictions"]
+        by_split = post(f"{base}/invocations", {"dataframe_split": split})["predictions"]
         inputs = {c: [None if np.isnan(v) else float(v) for v in frame[c]] for c in frame.columns}
-        by_inputs = _post(f"{base}/invocations", {"inputs": inputs})["predictions"]
+        by_inputs = post(f"{base}/invocations", {"inputs": inputs})["predictions"]
         for predictions in (by_split, by_inputs):
             probs = np.array([[row[c] for c in bundle.class_names] for row in predictions])
             assert probs.shape == (8, 2)
             np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-6)
             np.testing.assert_allclose(probs, expected, rtol=1e-5, atol=1e-6)
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-        log.close()
