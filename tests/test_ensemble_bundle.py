@@ -251,3 +251,55 @@ def test_a_signed_ensemble_loads_under_its_key_and_a_modified_member_breaks_it(f
     _reseal(signed)
     load_bundle(signed)  # the manifest alone is fooled: integrity, not origin
     _one_line_refusal(signed, "signature does not verify", public_key=public)
+
+
+# --------------------------------------------------------------------------------- registration
+def test_an_ensemble_is_registered_as_one_model_version_once(tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    import search.models as models
+    from mlflow_server import sqlite_store
+    from search.models import ENSEMBLE_ID, TopTrial, load_model, log_top_models, registered_model_name
+    from test_models import BASE, search_runs
+    from trainables.data import load_dataset
+
+    uri = sqlite_store(tmp_path / "store")
+    member = {**BASE, "epochs": 2}
+    fixed = {k: v for k, v in member.items() if k not in ("lr", "hidden")}
+    single = TopTrial("t_00001", member, {"macro_f1": 0.70})
+    ensemble = TopTrial(ENSEMBLE_ID, fixed, {"macro_f1": 0.74}, ensemble=[
+        {"name": "t_00001", "kind": "model", "config": member, "weight": 0.6, "confirmed": {"macro_f1": 0.71}},
+        {"name": "reference:rf", "kind": "reference", "config": {"reference": "rf"}, "weight": 0.4,
+         "confirmed": {"macro_f1": 0.69}}])
+    cb = search_runs(uri, [single], "ensemble")
+    name = registered_model_name("baseline", "rosmap")
+    refits = []
+    real_refit = models.refit
+    monkeypatch.setattr(models, "refit", lambda config, **kw: refits.append(config) or real_refit(config, **kw))
+
+    def register() -> list[str]:
+        return log_top_models([single, ensemble], space="baseline", data_name="rosmap", tracking_uri=uri,
+                              parent_run_id=cb.parent_run_id, registered_name=name, bundle_dir=tmp_path / "bundles")
+
+    assert register() == ["1", "2"]
+    assert len(refits) == 1  # the member that is also the top-1 model is trained once
+    client = MlflowClient(uri)
+    v = client.get_model_version(name, "2")
+    assert v.tags["fusetune.candidate"] == "ensemble" and v.tags["fusetune.trial_id"] == ENSEMBLE_ID
+    assert json.loads(v.tags["fusetune.ensemble"]) == [
+        {"name": "t_00001", "kind": "model", "weight": 0.6, "confirmed": {"macro_f1": 0.71}},
+        {"name": "reference:rf", "kind": "reference", "weight": 0.4, "confirmed": {"macro_f1": 0.69}}]
+    run = client.get_run(v.run_id)
+    assert run.data.tags["fusetune.role"] == "ensemble" and run.data.tags["mlflow.parentRunId"] == cb.parent_run_id
+    assert 0.0 <= run.data.metrics["test_macro_f1"] <= 1.0  # scored once on rosmap's fixed test part
+
+    kept = load_bundle(tmp_path / "bundles" / f"2-{ENSEMBLE_ID}")
+    assert isinstance(kept, EnsembleBundle) and [m.weight for m in kept.members] == [0.6, 0.4]
+    assert kept.metadata["test_metrics"]["macro_f1"] == pytest.approx(run.data.metrics["test_macro_f1"])
+    test = load_dataset("rosmap").split_part("test").take(np.arange(10))
+    frame = pyfunc_input(kept, test)
+    served = load_model(f"models:/{name}/2", tracking_uri=uri, dst=tmp_path / "download")
+    np.testing.assert_allclose(served.predict(frame).to_numpy(), kept.predict(frame), rtol=1e-6, atol=1e-7)
+
+    assert register() == ["1", "2"]  # resume: nothing refitted, no second version
+    assert len(refits) == 1 and len(client.search_model_versions(f"name = '{name}'")) == 2
