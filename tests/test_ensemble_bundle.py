@@ -303,3 +303,33 @@ def test_an_ensemble_is_registered_as_one_model_version_once(tmp_path, monkeypat
 
     assert register() == ["1", "2"]  # resume: nothing refitted, no second version
     assert len(refits) == 1 and len(client.search_model_versions(f"name = '{name}'")) == 2
+
+
+# --------------------------------------------------------------------------------- hand-off
+def test_the_model_card_lists_members_and_says_when_the_model_is_a_reference(fitted, ensemble, tmp_path):
+    from search.export import CARD, CARD_JSON, Selected, export_one
+    from search.results import TrialResult
+    from trainables.ensemble import save_ensemble_bundle
+
+    train, *_ = fitted
+    alone = save_ensemble_bundle(tmp_path / "rf-alone", [Member("reference:rf", fitted[3]["rf"], 1.0,
+                                                                {"macro_f1": 0.78})], data=train,
+                                 metadata={"test_metrics": None, "data_spec": "synthetic"})
+    cards = {}
+    for label, path in (("mixed", ensemble), ("rf", alone)):
+        sel = Selected(1, TrialResult("ensemble", "TERMINATED", {"seed": 0}), None, path, "a test", None, label)
+        out = export_one(sel, tmp_path / "export", rates=(0.0,), seed=0, overwrite=False)
+        assert isinstance(load_bundle(out), EnsembleBundle)  # the exported copy is still a whole ensemble
+        cards[label] = ((out / CARD).read_text(), json.loads((out / CARD_JSON).read_text()))
+    text, facts = cards["mixed"]
+    assert [(m["name"], m["model"], round(m["weight"], 6)) for m in facts["members"]] == [
+        ("t_00001", "baseline network", 0.4), ("t_00002", "baseline network", 0.2),
+        ("reference:rf", "random forest", 0.2), ("reference:logreg", "logistic regression", 0.2)]
+    assert "| t_00001 | baseline network | 0.4000 | 0.8100 |" in text
+    assert "| t_00002 | baseline network | 0.2000 | - |" in text
+    assert "not a tuned network" not in text and not facts["references_only"]
+    text, facts = cards["rf"]
+    assert facts["references_only"]
+    assert ("This model is a reference model (random forest), not a tuned network: the search's own models did not "
+            "beat it on fresh folds.") in text
+    assert "| reference:rf | random forest | 1.0000 | 0.7800 |" in text
