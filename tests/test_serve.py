@@ -4,6 +4,7 @@ and requirements are all it has)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -13,6 +14,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -39,27 +41,19 @@ def _post(url: str, payload: dict) -> dict:
         return json.loads(response.read())
 
 
-def test_served_champion_answers_invocations_with_probabilities(tmp_path):
-    uri = sqlite_store(tmp_path / "store")
-    top = [TopTrial("t_00000", {**BASE, "epochs": 1}, {"macro_f1": 0.6})]
-    cb = search_runs(uri, top, "serve")
-    name = registered_model_name("baseline", "rosmap")
-    log_top_models(top, space="baseline", data_name="rosmap", tracking_uri=uri, parent_run_id=cb.parent_run_id,
-                   registered_name=name, bundle_dir=tmp_path / "bundles")
-    bundle = load_bundle(tmp_path / "bundles" / "1-t_00000")
-    test = with_missing(load_dataset("rosmap").split_part("test").take(np.arange(8)), "meth", np.array([1, 4]))
-    frame = pyfunc_input(bundle, test)
-    expected = bundle.predict(frame)
-
+@contextlib.contextmanager
+def served(model_uri: str, tracking_uri: str, tmp_path) -> Iterator[str]:
+    """``mlflow models serve -m model_uri`` on a free 127.0.0.1 port in a process without fusetune;
+    yields its base URL once ``/ping`` answers."""
     port = _free_port()
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     log = open(tmp_path / "serve.log", "w")
     server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{name}@champion", "--env-manager", "local",
+        [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local",
          "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
         cwd=elsewhere, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        env={**without_fusetune(tmp_path), "MLFLOW_TRACKING_URI": uri})
+        env={**without_fusetune(tmp_path), "MLFLOW_TRACKING_URI": tracking_uri})
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 300
@@ -73,15 +67,7 @@ def test_served_champion_answers_invocations_with_probabilities(tmp_path):
                 pass
             assert time.monotonic() < deadline, "server did not answer /ping: " + (tmp_path / "serve.log").read_text()[-3000:]
             time.sleep(1)
-        split = json.loads(frame.to_json(orient="split", index=False))  # NaN -> null: 'meth' missing for 2 rows
-        by_split = _post(f"{base}/invocations", {"dataframe_split": split})["predictions"]
-        inputs = {c: [None if np.isnan(v) else float(v) for v in frame[c]] for c in frame.columns}
-        by_inputs = _post(f"{base}/invocations", {"inputs": inputs})["predictions"]
-        for predictions in (by_split, by_inputs):
-            probs = np.array([[row[c] for c in bundle.class_names] for row in predictions])
-            assert probs.shape == (8, 2)
-            np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-6)
-            np.testing.assert_allclose(probs, expected, rtol=1e-5, atol=1e-6)
+        yield base
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         try:
@@ -89,3 +75,55 @@ def test_served_champion_answers_invocations_with_probabilities(tmp_path):
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
         log.close()
+
+
+def test_served_champion_answers_invocations_with_probabilities(tmp_path):
+    uri = sqlite_store(tmp_path / "store")
+    top = [TopTrial("t_00000", {**BASE, "epochs": 1}, {"macro_f1": 0.6})]
+    cb = search_runs(uri, top, "serve")
+    name = registered_model_name("baseline", "rosmap")
+    log_top_models(top, space="baseline", data_name="rosmap", tracking_uri=uri, parent_run_id=cb.parent_run_id,
+                   registered_name=name, bundle_dir=tmp_path / "bundles")
+    bundle = load_bundle(tmp_path / "bundles" / "1-t_00000")
+    test = with_missing(load_dataset("rosmap").split_part("test").take(np.arange(8)), "meth", np.array([1, 4]))
+    frame = pyfunc_input(bundle, test)
+    expected = bundle.predict(frame)
+
+    with served(f"models:/{name}@champion", uri, tmp_path) as base:
+        split = json.loads(frame.to_json(orient="split", index=False))  # NaN -> null: 'meth' missing for 2 rows
+        by_split = _post(f"{base}/invocations", {"dataframe_split": split})["predictions"]
+        inputs = {c: [None if np.isnan(v) else float(v) for v in frame[c]] for c in frame.columns}
+        by_inputs = _post(f"{base}/invocations", {"inputs": inputs})["predictions"]
+    for predictions in (by_split, by_inputs):
+        probs = np.array([[row[c] for c in bundle.class_names] for row in predictions])
+        assert probs.shape == (8, 2)
+        np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-6)
+        np.testing.assert_allclose(probs, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_served_ensemble_answers_what_its_bundle_predicts(tmp_path):
+    from search.models import ENSEMBLE_ID
+    from trainables.ensemble import EnsembleBundle
+
+    uri = sqlite_store(tmp_path / "store")
+    member = {**BASE, "epochs": 1}
+    ensemble = TopTrial(ENSEMBLE_ID, {k: v for k, v in member.items() if k not in ("lr", "hidden")}, {}, ensemble=[
+        {"name": "t_00000", "kind": "model", "config": member, "weight": 0.5, "confirmed": {}},
+        {"name": "reference:rf", "kind": "reference", "config": {"reference": "rf"}, "weight": 0.3, "confirmed": {}},
+        {"name": "reference:logreg", "kind": "reference", "config": {"reference": "logreg"}, "weight": 0.2,
+         "confirmed": {}}])
+    cb = search_runs(uri, [], "serve-ensemble")
+    name = registered_model_name("baseline", "rosmap")
+    log_top_models([ensemble], space="baseline", data_name="rosmap", tracking_uri=uri, parent_run_id=cb.parent_run_id,
+                   registered_name=name, bundle_dir=tmp_path / "bundles")
+    bundle = load_bundle(tmp_path / "bundles" / f"1-{ENSEMBLE_ID}")
+    assert isinstance(bundle, EnsembleBundle)
+    test = with_missing(load_dataset("rosmap").split_part("test").take(np.arange(8)), "meth", np.array([1, 4]))
+    frame = pyfunc_input(bundle, test)
+    expected = bundle.predict(frame)
+
+    with served(f"models:/{name}@champion", uri, tmp_path) as base:
+        split = json.loads(frame.to_json(orient="split", index=False))
+        predictions = _post(f"{base}/invocations", {"dataframe_split": split})["predictions"]
+    probs = np.array([[row[c] for c in bundle.class_names] for row in predictions])
+    np.testing.assert_allclose(probs, expected, rtol=1e-6, atol=1e-7)
