@@ -55,7 +55,7 @@ from mlflow.tracking import MlflowClient
 
 from search import faults
 from search.tracking import PARENT_RUN_TAG, ROLE_TAG, SEARCH_NAME_TAG, TRIAL_ID_TAG, fast_http
-from trainables.bundle import Bundle, load_bundle, save_bundle
+from trainables.bundle import BundleInputs, load_bundle, save_bundle
 from trainables.data import Modality, MultimodalDataset
 from trainables.metrics import METRICS, classification_metrics, scalar_metrics
 
@@ -156,7 +156,7 @@ def registered_model_name(space: str, data_name: str) -> str:
     return re.sub(r"[/:@=,\s]+", "-", f"{space}-{data}").strip("-")
 
 
-def pyfunc_input(bundle: Bundle, data: MultimodalDataset) -> pd.DataFrame | dict[str, np.ndarray]:
+def pyfunc_input(bundle: BundleInputs, data: MultimodalDataset) -> pd.DataFrame | dict[str, np.ndarray]:
     """``data`` (encoded inputs) in the pyfunc input format of ``bundle`` (module docstring)."""
     if not bundle.has_token_inputs:
         cols: dict[str, np.ndarray] = {}
@@ -178,7 +178,7 @@ def pyfunc_input(bundle: Bundle, data: MultimodalDataset) -> pd.DataFrame | dict
     return out
 
 
-def signature(bundle: Bundle):
+def signature(bundle: BundleInputs):
     """The pyfunc signature: column-based for vector inputs, tensor-based with token inputs."""
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema, TensorSpec
@@ -205,7 +205,7 @@ def _example_rows(data: MultimodalDataset, n: int = EXAMPLE_ROWS) -> MultimodalD
     return data.take(np.sort(np.concatenate([partial, rest]).astype(int)))
 
 
-def pip_requirements(bundle: Bundle | None = None) -> list[str]:
+def pip_requirements(bundle: BundleInputs | None = None) -> list[str]:
     """Exact pins (``name==version`` as installed here; a local build tag such as torch's ``+cpu``
     dropped) of what the logged code imports: :data:`BUNDLE_REQUIREMENTS`, plus, for a bundle that
     records encoders, :data:`ENCODER_REQUIREMENTS` and the packages of packaged encoders. fusetune

@@ -235,6 +235,32 @@ def test_a_link_out_of_the_bundle_and_an_unlisted_member_file_are_refused(ensemb
     _one_line_refusal(path, "members/0-t_00001/preprocessing.json is not listed in its MANIFEST.json")
 
 
+def _reweigh(record: dict) -> None:
+    for m in record["members"]:
+        m["weight"] = 0.5
+    record["weights"] = [0.5] * len(record["members"])
+
+
+def _vector_only(record: dict) -> None:
+    record["weights"] = [0.25] * len(record["members"])
+
+
+def _climb_out(record: dict) -> None:
+    record["members"][0]["folder"] = "members/.."
+
+
+@pytest.mark.parametrize(("edit", "match"), [(_reweigh, "must be non-negative and sum to 1"),
+                                             (_vector_only, "does not match the members' weights"),
+                                             (_climb_out, "has folder 'members/..'")])
+def test_an_inconsistent_ensemble_json_is_refused(ensemble, tmp_path, edit, match):
+    path = _copy(ensemble, tmp_path)
+    record = json.loads((path / "ensemble.json").read_text())
+    edit(record)
+    (path / "ensemble.json").write_text(json.dumps(record))
+    _reseal(path)
+    _one_line_refusal(path, match)
+
+
 # --------------------------------------------------------------------------------- signing
 def test_a_signed_ensemble_loads_under_its_key_and_a_modified_member_breaks_it(fitted, ensemble, keys, tmp_path):
     _, test, _, _ = fitted

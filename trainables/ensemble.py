@@ -336,18 +336,19 @@ def read_ensemble_json(path: Path, manifest: dict[str, Any]) -> dict[str, Any]:
         record = json.loads((path / ENSEMBLE).read_text())
         members = record["members"]
         weights = [float(w) for w in record["weights"]]
-        ok = record.get("format") == ENSEMBLE_FORMAT and isinstance(members, list) and members
+        record["class_names"] = [str(c) for c in record["class_names"]]
+        own = [float(m["weight"]) for m in members]
+        ok = record.get("format") == ENSEMBLE_FORMAT and isinstance(members, list) and len(members) > 0
     except (OSError, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError):
         ok = False
     if not ok:
         raise BundleError(where, f"{ENSEMBLE} does not describe a {ENSEMBLE_FORMAT} (expected format, class_names, "
-                          "members, weights)")
+                          "members with weights, weights)")
     if record.get("version") != ENSEMBLE_VERSION:
         raise BundleError(where, f"{ENSEMBLE} version {record.get('version')} is not supported "
                           f"(this fusetune reads {ENSEMBLE_VERSION})")
-    if len(weights) != len(members) or any(
-            not isinstance(m, dict) or float(m.get("weight", -1)) != w for m, w in zip(members, weights)):
-        raise BundleError(where, f"{ENSEMBLE}: the weights vector does not match the members' weights")
+    if weights != own:
+        raise BundleError(where, f"{ENSEMBLE}: the weights vector {weights} does not match the members' weights {own}")
     if any(not math.isfinite(w) or w < 0 for w in weights) or abs(sum(weights) - 1.0) > WEIGHT_TOLERANCE:
         raise BundleError(where, f"{ENSEMBLE}: weights must be non-negative and sum to 1, got {weights}")
     files = manifest["files"]
@@ -355,7 +356,8 @@ def read_ensemble_json(path: Path, manifest: dict[str, Any]) -> dict[str, Any]:
         kind, folder = m.get("kind"), m.get("folder")
         if kind not in KINDS:
             raise BundleError(where, f"{ENSEMBLE}: member {m.get('name')!r} has kind {kind!r}, expected one of {KINDS}")
-        if not isinstance(folder, str) or not folder.startswith(f"{MEMBERS}/") or "/" in folder[len(MEMBERS) + 1:]:
+        sub = folder[len(MEMBERS) + 1:] if isinstance(folder, str) and folder.startswith(f"{MEMBERS}/") else ""
+        if sub in ("", ".", "..") or "/" in sub or "\\" in sub:
             raise BundleError(where, f"{ENSEMBLE}: member {m.get('name')!r} has folder {folder!r}, expected "
                               f"{MEMBERS}/<name>")
         for name in CORE_FILES if kind == "model" else REFERENCE_FILES:
