@@ -21,6 +21,11 @@ refitted on the whole training part with the trial's seed and epochs). It is tak
 the study's ``models/<rank>-<trial>/`` folder, from the MLflow registry of the search (the version
 tagged with the trial), or refitted now the same way.
 
+An ensemble (:mod:`trainables.ensemble`, registered by :mod:`search.models`) is exported the same
+way, its card listing the members, their weights and confirmed figures and the ensemble's scores
+on the fixed test part (there are no fold models of an ensemble to evaluate); when every member is
+a reference model the card says so in plain words.
+
 The model card's evidence comes from the trial's own fold models (its last checkpoint, or retrained
 from the config when the checkpoint is gone), each evaluated on its validation fold: metrics mean ±
 std over folds as the search reported them, per-class precision/recall and the confusion matrix of
@@ -51,7 +56,7 @@ from search.credentials import refuse_credentials
 from search.errors import UsageError
 from search.results import StudyResults, TrialResult, load_study
 from search.robustness import ALL, DEFAULT_RATES, FoldModels, Row, evaluate, fold_models, parse_rates
-from trainables.bundle import copy_bundle, load_bundle, sign_bundle, verify_bundle
+from trainables.bundle import ENSEMBLE, copy_bundle, load_bundle, sign_bundle, verify_bundle
 from trainables.data import DataError
 from trainables.metrics import METRICS, classification_metrics
 from trainables.signing import key_id, load_private_key
@@ -199,7 +204,10 @@ def select_from_registry(model: str, alias: str | None, version: str | None, tra
     if study is not None and any(t.trial_id == trial_id for t in study.trials):
         trial = study.trial(trial_id)
     else:  # the study folder is elsewhere: the run's final metrics and the bundle's full config
-        config = json.loads((bundle / "config.json").read_text())
+        from search.models import CONFIG_TAG
+
+        single = not (bundle / ENSEMBLE).is_file()  # an ensemble's config: the search's fixed keys
+        config = json.loads((bundle / "config.json").read_text()) if single else json.loads(v.tags.get(CONFIG_TAG, "{}"))
         trial = TrialResult(trial_id, "TERMINATED", config, [{**run.data.metrics, "final": True}], None)
     rank = int(v.tags.get("fusetune.rank", 1))
     return Selected(rank, trial, study, bundle, f"models:/{model}/{v.version}", options, f"{model}-v{v.version}")
@@ -320,6 +328,16 @@ def _card_header(f: dict[str, Any]) -> list[str]:
 
 def _model_section(f: dict[str, Any]) -> list[str]:
     """Classes, inputs and how missing ones are given, the encoders, the searched hyperparameters."""
+    lines = _inputs_lines(f, f"- deployable model: {f['refit']} ({f['epochs']} epochs); the evidence below is the "
+                             "cross-validation of the same configuration")
+    lines += ["", "Searched hyperparameters:", ""]
+    lines += _table(["parameter", "value"], [[k, f"{v:.4g}" if isinstance(v, float) else str(v)]
+                                             for k, v in f["hyperparameters"].items()]) if f["hyperparameters"] else ["(none)"]
+    return lines
+
+
+def _inputs_lines(f: dict[str, Any], deployable: str) -> list[str]:
+    """The "Model" section's classes, modalities, ``deployable`` line, inputs table and encoders."""
     lines = [
         "## Model", "",
         f"- classes (probability columns, in order): {', '.join(f['class_names'])}",
@@ -327,8 +345,7 @@ def _model_section(f: dict[str, Any]) -> list[str]:
         + ("given as a dict of arrays `{input: array, 'mask/<modality>': bool [N]}` (mask False = missing)"
            if any(i["kind"] == "tokens" for i in f["inputs"]) else
            "given as a DataFrame with columns `<input>/<feature>` (all NaN or absent = missing)"),
-        (f"- deployable model: {f['refit']} ({f['epochs']} epochs); the evidence below is the cross-validation "
-         "of the same configuration"),
+        deployable,
         "",
         *_table(["modality", "input", "kind", "dim", "tokens", "encoder"],
                 [[i["modality"], i["name"], i["kind"], str(i["dim"]), str(i.get("length") or "-"),
@@ -343,9 +360,6 @@ def _model_section(f: dict[str, Any]) -> list[str]:
                      + (", L2-normalised" if e["pooling"]["normalize"] else "") if e.get("pooling") else "")
                   + (f"; image processor {e['processor']['class']}" if e.get("processor") else "")
                   for m, e in f["encoders"].items()]
-    lines += ["", "Searched hyperparameters:", ""]
-    lines += _table(["parameter", "value"], [[k, f"{v:.4g}" if isinstance(v, float) else str(v)]
-                                             for k, v in f["hyperparameters"].items()]) if f["hyperparameters"] else ["(none)"]
     return lines
 
 
@@ -408,6 +422,103 @@ def _reproduce_section(f: dict[str, Any]) -> list[str]:
 CARD_SECTIONS: tuple[Callable[[dict[str, Any]], list[str]], ...] = (
     _card_header, _install_section, _model_section, _evidence_section, _robustness_section, _reproduce_section)
 """The model card's sections, in order; each turns the facts into its Markdown lines."""
+
+
+# ----------------------------------------------------------------------------- an ensemble's card
+REFERENCE_NAMES = {"logreg": "logistic regression", "rf": "random forest", "hgb": "gradient boosting"}
+"""Plain names of the reference models (``search.references``) for the model card."""
+
+
+def ensemble_card_facts(sel: Selected, metric: str, path: Path) -> dict[str, Any]:
+    """The card's facts of an ensemble bundle, JSON-ready: members (name, kind, what they are,
+    weight, confirmed figures), inputs and the fixed test part's scores."""
+    bundle = load_bundle(sel.bundle)
+    meta = bundle.metadata
+    members = []
+    for m in bundle.members:
+        what = (REFERENCE_NAMES.get(m.predictor.model.reference, m.predictor.model.reference) if m.kind == "reference"
+                else f"{m.predictor.method} network")
+        members.append({"name": m.name, "kind": m.kind, "model": what, "weight": m.weight, "confirmed": m.confirmed})
+    return {
+        "model": sel.out_name, "kind": "ensemble", "trial_id": sel.trial.trial_id, "rank": sel.rank,
+        "source": sel.origin, "study": sel.study.name if sel.study else meta.get("space"), "space": meta.get("space"),
+        "class_names": bundle.class_names, "modalities": bundle.modalities,
+        "inputs": [{k: v for k, v in i.items() if k != "features"} | {"features": len(i.get("features", []))}
+                   for i in bundle.inputs],
+        "encoders": bundle.encoders,
+        "data": {"spec": meta.get("data_spec"), "name": bundle.description.get("data", {}).get("name"),
+                 "fingerprint": meta.get("data_fingerprint"), "seed": sel.trial.config.get("seed")},
+        "refit": meta.get("refit"), "objective": metric, "members": members,
+        "references_only": all(m["kind"] == "reference" for m in members),
+        "cv_metrics": meta.get("cv_metrics") or {}, "test": meta.get("test_metrics"),
+        "reproduce": {"search": search_command(sel.search_options)},
+        "code_version": meta.get("code_version"), "exported": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+
+
+def _ensemble_header(f: dict[str, Any]) -> list[str]:
+    members = f["members"]
+    lines = [f"# Model card: {f['model']}", "",
+             f"Ensemble of {len(members)} member{'s' if len(members) > 1 else ''}"
+             + (f" selected by study `{f['study']}`" if f.get("study") else "")
+             + f": the weighted average of their class probabilities. Model from {f['source']}; exported {f['exported']}"
+             + (f", code version `{f['code_version']}`." if f.get("code_version") else "."), ""]
+    if f["references_only"]:
+        names = ", ".join(dict.fromkeys(m["model"] for m in members))
+        if len(members) == 1:
+            lines += [f"This model is a reference model ({names}), not a tuned network: the search's own models did "
+                      "not beat it on fresh folds.", ""]
+        else:
+            lines += [f"This model is an ensemble of reference models ({names}), not tuned networks: the search's own "
+                      "models did not beat them on fresh folds.", ""]
+    lines += ["```python", "from trainables.bundle import load_bundle",
+              "probs = load_bundle(\"<this folder>\").predict(frame)  # [N, C], columns in class order below", "```", ""]
+    return lines
+
+
+def _ensemble_members_section(f: dict[str, Any]) -> list[str]:
+    metrics = [m for m in METRICS if any(m in x["confirmed"] for x in f["members"])]
+    lines = ["", "## Members", "",
+             f"- deployable members: {f['refit']}" if f.get("refit") else "- deployable members: refitted on the "
+             "whole training part", ""]
+    lines += _table(["member", "model", "weight", *(f"confirmed {m}" for m in metrics)],
+                    [[x["name"], x["model"], f"{x['weight']:.4f}",
+                      *(f"{x['confirmed'][m]:.4f}" if m in x["confirmed"] else "-" for m in metrics)]
+                     for x in f["members"]])
+    return lines
+
+
+def _ensemble_evidence_section(f: dict[str, Any]) -> list[str]:
+    d = f["data"]
+    lines = ["", "## Data", "", f"- dataset `{d['spec']}`, fingerprint `{d['fingerprint']}` (SHA-256 of the loaded "
+             f"content), seed {d['seed']}"]
+    figures = {m: f["cv_metrics"][m] for m in METRICS if m in f["cv_metrics"]}
+    if figures:
+        lines += ["", "## The ensemble's own figures (as the search's selection reported them)", "",
+                  ", ".join(f"{m} {v:.4f}" for m, v in figures.items())]
+    if f.get("test"):
+        t = f["test"]
+        lines += ["", "## Fixed test part (the deployable ensemble, scored once, never used for selection)", "",
+                  ", ".join(f"{m} {t[m]:.4f}" for m in METRICS if m in t), ""]
+        lines += _per_class(t["per_class"]) + [""] + _confusion(t["confusion_matrix"], f["class_names"])
+    if f["reproduce"]["search"]:
+        lines += ["", "## Reproduce", "", "The search that selected this ensemble:", "", "```",
+                  f["reproduce"]["search"], "```", ""]
+    return lines
+
+
+def _ensemble_model_section(f: dict[str, Any]) -> list[str]:
+    return _inputs_lines(f, "- deployable model: the weighted average of the class probabilities of the members below")
+
+
+ENSEMBLE_CARD_SECTIONS: tuple[Callable[[dict[str, Any]], list[str]], ...] = (
+    _ensemble_header, _install_section, _ensemble_model_section, _ensemble_members_section, _ensemble_evidence_section)
+"""An ensemble's model card sections, in order."""
+
+
+def render_ensemble_card(f: dict[str, Any]) -> str:
+    """``MODEL_CARD.md`` of an ensemble from :func:`ensemble_card_facts`."""
+    return "\n".join(line for section in ENSEMBLE_CARD_SECTIONS for line in section(f))
 
 
 # ----------------------------------------------------------------------------- hand-off installability
@@ -478,19 +589,24 @@ def _fold_models(sel: Selected) -> FoldModels:
 
 def export_one(sel: Selected, dest: Path, *, rates: tuple[float, ...], seed: int, overwrite: bool,
                wheel: Path | None = None) -> Path:
-    verify_bundle(sel.bundle)
+    manifest = verify_bundle(sel.bundle)
     metric = sel.study.metric if sel.study else str(sel.trial.config.get("metric") or "macro_f1")
     metric = metric if metric in METRICS else "macro_f1"
-    models = _fold_models(sel)
-    rows = evaluate(models, metric, rates, seed=seed)
-    facts = card_facts(sel, models, rows, metric, dest / sel.out_name)
+    if ENSEMBLE in manifest["files"]:  # no fold models of an ensemble: members, weights, test part
+        facts = ensemble_card_facts(sel, metric, dest / sel.out_name)
+        render = render_ensemble_card
+    else:
+        models = _fold_models(sel)
+        rows = evaluate(models, metric, rates, seed=seed)
+        facts = card_facts(sel, models, rows, metric, dest / sel.out_name)
+        render = render_card
     requirements = bundle_requirements(sel.bundle)
     facts["install"] = {"wheel": wheel.name if wheel else None, "requirements": requirements, "python": platform.python_version(),
                         "commands": install_lines(wheel.name if wheel else None, requirements)}
     extra: dict[str, str | bytes] = {REQUIREMENTS: "\n".join(requirements) + "\n"}
     if wheel is not None:
         extra[wheel.name] = wheel.read_bytes()
-    extra.update({CARD: render_card(facts), CARD_JSON: json.dumps(facts, indent=1, default=str)})
+    extra.update({CARD: render(facts), CARD_JSON: json.dumps(facts, indent=1, default=str)})
     return copy_bundle(sel.bundle, dest / sel.out_name, overwrite=overwrite, extra_files=extra)
 
 

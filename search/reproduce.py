@@ -72,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         bundle = load_bundle(args.bundle)
+        if not isinstance(bundle, Bundle):
+            raise UsageError(f"bundle {args.bundle}: an ensemble of {len(bundle.members)} members (trainables.ensemble); "
+                             "search.reproduce retrains the bundle of one network")
         print(f"retraining {bundle.method} on {bundle.config.get('data')} (seed {bundle.config.get('seed')}, "
               f"{bundle.config.get('epochs')} epochs) ...", flush=True)
         r = reproduce(bundle)

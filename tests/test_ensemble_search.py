@@ -11,11 +11,11 @@ import json
 
 import numpy as np
 import pytest
-from serving import post, served
-from test_confirm import command
 
 from search import ensemble
 from search.models import load_model, pyfunc_input
+from serving import post, served
+from test_confirm import command
 from trainables.bundle import load_bundle
 from trainables.trial_data import fixed_test_part_from_config
 

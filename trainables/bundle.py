@@ -11,9 +11,14 @@ Layout (every file listed with its SHA-256 and size in ``MANIFEST.json``, verifi
                          feature names), the encoders (ids, identities, representations, text pooling,
                          image processor), data name/fingerprint
     MANIFEST.json        {"format": "fusetune-bundle", "version": 1, "files": {name: {"sha256", "bytes"}}}
+                         (a name is a relative POSIX path: an ensemble's member files sit in subfolders)
     MANIFEST.sig         optional: the producer's Ed25519 signature of MANIFEST.json (:func:`sign_bundle`,
                          checked by ``load_bundle(path, public_key=...)``; see :mod:`trainables.signing`)
     (extra files given to :func:`save_bundle`, e.g. a model card, are listed in the manifest too)
+
+An ensemble (:mod:`trainables.ensemble`) is the same kind of folder: ``ensemble.json`` and the common
+``inputs.json`` at the top, each member's files under ``members/<i>-<name>/``, one ``MANIFEST.json``
+covering all of them; :func:`load_bundle` returns an :class:`~trainables.ensemble.EnsembleBundle` for it.
 
 The manifest proves the files are intact; only the signature proves who wrote them (anyone can
 edit a file and reseal the manifest). Inputs must be finite (NaN marks a missing modality); a
@@ -73,7 +78,12 @@ WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 PREPROCESSING = "preprocessing.json"
 INPUTS = "inputs.json"
+ENSEMBLE = "ensemble.json"
+"""The file that makes a bundle an ensemble (:mod:`trainables.ensemble`)."""
 CORE_FILES = (WEIGHTS, CONFIG, PREPROCESSING, INPUTS)
+ENSEMBLE_CORE_FILES = (ENSEMBLE, INPUTS)
+RESERVED = {MANIFEST, SIGNATURE, ENSEMBLE, *CORE_FILES}
+"""Top-level names an extra file may not take."""
 RAW_KINDS = {"sentence": "text", "cls": "text", "tokens": "text", "attributes": "text",
              "pooled": "image", "map": "image", "patches": "image"}
 """Encoder representation -> the raw modality kind it comes from (see :mod:`trainables.encoders`)."""
@@ -200,17 +210,25 @@ def save_bundle(dest: str | Path, trainer_or_parts: Any, *, data: MultimodalData
     dest = Path(dest)
     if dest.exists() and not overwrite:
         raise BundleError(str(dest), "already exists (pass overwrite=True to replace it)")
-    description = description_of(parts, data, metadata)
     with _building(dest) as tmp:
-        from safetensors.torch import save_model
-
-        save_model(parts.model, str(tmp / WEIGHTS))  # tensors on a GPU are copied to the CPU as they are written
-        config = {**_jsonable(parts.config), VERSION_KEY: CONFIG_VERSION}
-        (tmp / CONFIG).write_text(json.dumps(config, indent=1, sort_keys=True))
-        (tmp / PREPROCESSING).write_text(json.dumps(parts.standardizer.state_dict()))
-        (tmp / INPUTS).write_text(json.dumps(description, indent=1))
+        write_network(tmp, parts, data=data, metadata=metadata)
         _write_extra(tmp, extra_files)
     return dest
+
+
+def write_network(folder: Path, parts: BundleParts, *, data: MultimodalDataset | None = None,
+                  metadata: dict[str, Any] | None = None) -> None:
+    """The four files of a network (:data:`CORE_FILES`) into ``folder``: a bundle's top level or an
+    ensemble member's subfolder."""
+    from safetensors.torch import save_model
+
+    description = description_of(parts, data, metadata)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_model(parts.model, str(folder / WEIGHTS))  # tensors on a GPU are copied to the CPU as they are written
+    config = {**_jsonable(parts.config), VERSION_KEY: CONFIG_VERSION}
+    (folder / CONFIG).write_text(json.dumps(config, indent=1, sort_keys=True))
+    (folder / PREPROCESSING).write_text(json.dumps(parts.standardizer.state_dict()))
+    (folder / INPUTS).write_text(json.dumps(description, indent=1))
 
 
 def description_of(parts: BundleParts, data: MultimodalDataset | None = None,
@@ -234,14 +252,27 @@ def input_records(parts: BundleParts, data: MultimodalDataset | None = None) -> 
     """One record per input, in the order the trainer feeds them: name, logical modality, kind,
     width; a token input's length and whether it had a token mask; a vector input's feature names
     (the training data's when they are unique and complete, else ``0..d-1``)."""
-    spec_inputs = {i.name: i for i in parts.spec.inputs}
+    return _records(parts.spec, parts.input_names, parts.token_masked, data)
+
+
+def dataset_input_records(data: MultimodalDataset, input_names: list[str]) -> list[dict[str, Any]]:
+    """:func:`input_records` of the (encoded) inputs ``input_names`` of ``data``, for a model that is
+    not a network (an ensemble's reference member reads them through its tabular layout)."""
+    sub = data.with_modalities({n: data.modalities[n] for n in input_names})
+    masked = {n: sub.modalities[n].token_mask is not None for n in input_names if sub.modalities[n].kind == "tokens"}
+    return _records(DataSpec.from_dataset(sub), list(input_names), masked, data)
+
+
+def _records(spec: DataSpec, input_names: list[str], token_masked: dict[str, bool],
+             data: MultimodalDataset | None) -> list[dict[str, Any]]:
+    spec_inputs = {i.name: i for i in spec.inputs}
     records = []
-    for name in parts.input_names:
+    for name in input_names:
         i = spec_inputs[name]
         entry: dict[str, Any] = {"name": name, "modality": logical_name(name), "kind": i.kind, "dim": i.dim}
         if i.kind == "tokens":
             entry["length"] = i.length
-            entry["token_mask"] = bool(parts.token_masked.get(name, True))
+            entry["token_mask"] = bool(token_masked.get(name, True))
         else:
             feats = None
             if data is not None and name in data.modalities and data.modalities[name].feature_names:
@@ -261,7 +292,8 @@ def _building(dest: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
         yield tmp
-        files = sorted(p.name for p in tmp.iterdir() if p.name != MANIFEST)
+        files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*")
+                       if p.is_file() and p.relative_to(tmp).as_posix() != MANIFEST)
         manifest = {"format": FORMAT, "version": VERSION,
                     "files": {f: {"sha256": _sha256(tmp / f), "bytes": (tmp / f).stat().st_size} for f in files}}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
@@ -275,7 +307,7 @@ def _building(dest: Path) -> Iterator[Path]:
 
 def _write_extra(folder: Path, extra_files: dict[str, str | bytes] | None) -> None:
     for name, content in (extra_files or {}).items():
-        if name in (MANIFEST, SIGNATURE) or name in CORE_FILES or Path(name).name != name:
+        if name in RESERVED or Path(name).name != name:
             raise BundleError(name, "extra bundle files need a plain file name other than the bundle's own")
         (folder / name).write_bytes(content.encode() if isinstance(content, str) else content)
 
@@ -299,12 +331,16 @@ def verify_bundle(path: str | Path, *, public_key: Any = None) -> dict[str, Any]
         raise BundleError(where, f"{MANIFEST} does not describe a {FORMAT}")
     if manifest.get("version") != VERSION:
         raise BundleError(where, f"format version {manifest.get('version')} is not supported (this fusetune reads {VERSION})")
-    for core in CORE_FILES:
+    for core in ENSEMBLE_CORE_FILES if is_ensemble(manifest) else CORE_FILES:
         if core not in manifest["files"]:
             raise BundleError(where, f"{MANIFEST} does not list {core}")
+    root = path.resolve()
     for name, entry in manifest["files"].items():
+        _check_manifest_path(name, where)
         f = path / name
-        if Path(name).name != name or not f.is_file():
+        if not f.resolve().is_relative_to(root):
+            raise BundleError(where, f"file {name} listed in {MANIFEST} is a link to outside the bundle")
+        if not f.is_file() or not isinstance(entry, dict):
             raise BundleError(where, f"file {name} listed in {MANIFEST} is missing")
         size = f.stat().st_size
         if size != entry.get("bytes"):
@@ -315,6 +351,20 @@ def verify_bundle(path: str | Path, *, public_key: Any = None) -> dict[str, Any]
     if public_key is not None:
         _check_signature(path, public_key)
     return manifest
+
+
+def is_ensemble(manifest: dict[str, Any]) -> bool:
+    """Whether a (verified) manifest describes an ensemble: it lists :data:`ENSEMBLE`."""
+    return ENSEMBLE in manifest.get("files", {})
+
+
+def _check_manifest_path(name: Any, where: str) -> None:
+    """A manifest name is a relative POSIX path inside the bundle: no absolute path, no ``..``, no
+    empty or ``.`` part, no backslash (a Windows separator would name another file there)."""
+    parts = name.split("/") if isinstance(name, str) else []
+    if (not parts or name.startswith("/") or "\\" in name or any(p in ("", ".", "..") for p in parts)
+            or ":" in parts[0]):
+        raise BundleError(where, f"{MANIFEST} lists {name!r}, which is not a relative path inside the bundle")
 
 
 def _check_signature(path: Path, public_key: Any) -> None:
@@ -357,6 +407,7 @@ def copy_bundle(src: str | Path, dest: str | Path, *, extra_files: dict[str, str
         raise BundleError(str(dest), "already exists (pass overwrite=True to replace it)")
     with _building(dest) as tmp:
         for name in manifest["files"]:
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src / name, tmp / name)
         _write_extra(tmp, extra_files)
     return dest
@@ -364,12 +415,28 @@ def copy_bundle(src: str | Path, dest: str | Path, *, extra_files: dict[str, str
 
 def load_bundle(path: str | Path, *, device: str = "cpu", public_key: Any = None) -> Bundle:
     """Verify the manifest (and with ``public_key`` the producer's signature), rebuild the model
-    from ``inputs.json`` + ``config.json`` and load its weights."""
+    from ``inputs.json`` + ``config.json`` and load its weights. An ensemble's folder gives an
+    :class:`~trainables.ensemble.EnsembleBundle` (same interface), its members loaded the same way."""
     path = Path(path)
-    verify_bundle(path, public_key=public_key)
-    description = json.loads((path / INPUTS).read_text())
-    config = upgrade(json.loads((path / CONFIG).read_text()))  # a bundle of an older config version: old keys renamed
-    standardizer = Standardizer.from_state_dict(json.loads((path / PREPROCESSING).read_text()))
+    manifest = verify_bundle(path, public_key=public_key)
+    if is_ensemble(manifest):
+        from trainables.ensemble import _load_verified
+
+        return _load_verified(path, manifest, device=device)  # type: ignore[return-value]  # same interface
+    return load_network(path, device=device)
+
+
+def load_network(folder: Path, *, device: str = "cpu", where: str | None = None) -> Bundle:
+    """The network in ``folder`` (:data:`CORE_FILES`), already verified by the caller's manifest:
+    a bundle's top level or an ensemble member's subfolder."""
+    folder = Path(folder)
+    where = where or f"bundle {folder}"
+    try:
+        description = json.loads((folder / INPUTS).read_text())
+        config = upgrade(json.loads((folder / CONFIG).read_text()))  # an older config version: old keys renamed
+        standardizer = Standardizer.from_state_dict(json.loads((folder / PREPROCESSING).read_text()))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        raise BundleError(where, f"lacks a readable {INPUTS}, {CONFIG} or {PREPROCESSING}") from None
     spec = DataSpec(
         tuple(InputSpec(i["name"], i["kind"], int(i["dim"]), i.get("length")) for i in description["inputs"]),
         len(description["class_names"]), tuple(description["class_names"]),
@@ -377,31 +444,28 @@ def load_bundle(path: str | Path, *, device: str = "cpu", public_key: Any = None
     try:
         cls = get_method(description["method"]).load()
     except KeyError as e:
-        raise BundleError(f"bundle {path}", f"{e.args[0]} (installed fusetune lacks this method)") from None
+        raise BundleError(where, f"{e.args[0]} (installed fusetune lacks this method)") from None
     with torch.random.fork_rng(devices=[]):  # building draws initial weights; leave the caller's RNG alone
         model = cls.from_config(spec, config)
     from safetensors.torch import load_model
 
     try:
-        load_model(model, str(path / WEIGHTS), strict=True)
+        load_model(model, str(folder / WEIGHTS), strict=True)
     except (RuntimeError, KeyError, ValueError) as e:
-        raise BundleError(f"bundle {path}", f"weights do not fit the {description['method']} model: "
-                                            f"{' '.join(str(e).split())[:300]}") from None
+        raise BundleError(where, f"weights do not fit the {description['method']} model: "
+                                 f"{' '.join(str(e).split())[:300]}") from None
     model.to(device).eval()
-    return Bundle(path, description, config, model, standardizer, device)
+    return Bundle(folder, description, config, model, standardizer, device)
 
 
-class Bundle:
-    """A loaded bundle: ``predict(frame_or_dict) -> probs [N, C]`` (see the module docstring)."""
+class BundleInputs:
+    """What a loaded bundle takes as input (``inputs.json``): classes, modalities, inputs, encoders,
+    and the parsing of a DataFrame or a dict of arrays into a :class:`MultimodalDataset` (module
+    docstring). :class:`Bundle` and :class:`~trainables.ensemble.EnsembleBundle` predict from it."""
 
-    def __init__(self, path: Path, description: dict[str, Any], config: dict[str, Any], model: Backbone,
-                 standardizer: Standardizer, device: str = "cpu") -> None:
+    def __init__(self, path: Path, description: dict[str, Any]) -> None:
         self.path = Path(path)
         self.description = description
-        self.config = config
-        self.model = model
-        self.standardizer = standardizer
-        self.device = device
         self.method: str = description["method"]
         self.class_names: list[str] = list(description["class_names"])
         self.modalities: list[str] = list(description["modalities"])
@@ -417,13 +481,6 @@ class Bundle:
     @property
     def has_token_inputs(self) -> bool:
         return any(i["kind"] == "tokens" for i in self.inputs)
-
-    # ------------------------------------------------------------------ prediction
-    def predict(self, data: Any, batch_size: int = 256) -> np.ndarray:
-        """Class probabilities [N, C] for a DataFrame or a dict of arrays (module docstring)."""
-        dataset = self.to_dataset(data)
-        dataset = self.standardizer.transform(dataset)
-        return self.model.predict_proba(TensorData(dataset, self.device), batch_size=batch_size)
 
     def to_dataset(self, data: Any) -> MultimodalDataset:
         """The model's inputs as a :class:`MultimodalDataset` (unscaled; encoders run for raw inputs)."""
@@ -591,6 +648,28 @@ class Bundle:
         out = encode_dataset(data, reps, use_cache=False, **ids)
         return dict(out.modalities)
 
+
+
+class Bundle(BundleInputs):
+    """A loaded bundle: ``predict(frame_or_dict) -> probs [N, C]`` (see the module docstring)."""
+
+    def __init__(self, path: Path, description: dict[str, Any], config: dict[str, Any], model: Backbone,
+                 standardizer: Standardizer, device: str = "cpu") -> None:
+        super().__init__(path, description)
+        self.config = config
+        self.model = model
+        self.standardizer = standardizer
+        self.device = device
+
+    def predict(self, data: Any, batch_size: int = 256) -> np.ndarray:
+        """Class probabilities [N, C] for a DataFrame or a dict of arrays (module docstring)."""
+        return self.predict_dataset(self.to_dataset(data), batch_size=batch_size)
+
+    def predict_dataset(self, dataset: MultimodalDataset, batch_size: int = 256) -> np.ndarray:
+        """Class probabilities [N, C] of parsed, unscaled inputs (:meth:`to_dataset`; inputs the model
+        does not read are ignored): the training part's standardisation, then the network."""
+        own = dataset.with_modalities({i["name"]: dataset.modalities[i["name"]] for i in self.inputs})
+        return self.model.predict_proba(TensorData(self.standardizer.transform(own), self.device), batch_size=batch_size)
 
 def _refuse_non_finite(name: str, values: np.ndarray, n: int) -> None:
     """inf, or a finite value beyond float32 (which would become inf), is refused: the network

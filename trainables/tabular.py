@@ -11,7 +11,7 @@ boosting) see: one row per sample, built from the same encoded data the networks
 :class:`TabularLayout` is that recipe fitted on a training part (which inputs, their widths, their
 training means); it rebuilds the same columns for any later data (a validation fold, a bundle's
 input) and is stored as plain JSON inside a bundle, so a served reference model imputes with the
-means it was trained with. It lives in ``trainables`` because a bundle carries it; the reference
+means it was trained with (:func:`predict_proba`). It lives in ``trainables`` because a bundle carries it; the reference
 estimators themselves are built in :mod:`search.references`.
 """
 
@@ -92,6 +92,20 @@ class TabularLayout:
         if len(inputs) != len(means):
             raise DataError("tabular layout", f"{len(inputs)} inputs but {len(means)} mean vectors")
         return cls(inputs, means)
+
+
+def predict_proba(estimator: Any, layout: TabularLayout, data: MultimodalDataset, num_classes: int) -> np.ndarray:
+    """Class probabilities [N, C] float64 of a fitted sklearn estimator on ``layout``'s matrix of
+    ``data``, in the dataset's class order: columns placed by the estimator's ``classes_`` (the
+    integer labels it saw); a class it never saw gets 0."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # sklearn's API-transition FutureWarnings
+        proba = estimator.predict_proba(layout.transform(data))
+    out = np.zeros((len(data), num_classes), dtype=np.float64)
+    out[:, np.asarray(estimator.classes_, dtype=int)] = proba
+    return out
 
 
 def design_matrices(train: MultimodalDataset, test: MultimodalDataset) -> tuple[np.ndarray, np.ndarray]:
