@@ -247,7 +247,6 @@ def select(cfg: SearchConfig, space: Space, rows: list[TrialResult], ranked: lis
             tags.update({promotion.confirmed_tag(m): f"{c.confirmed(m):.6f}" for m in METRICS})
             tags["fusetune.candidate"] = c.name
         if c.kind == confirm.ENSEMBLE_KIND:
-            tags[promotion.ENSEMBLE_TAG] = json.dumps(c.config, sort_keys=True)
             top.append(TopTrial(ensemble.NAME, dict(fixed), {}, None, tags,
                                 ensemble=ensemble_members(c, metric)))
             continue

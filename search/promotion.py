@@ -27,15 +27,12 @@ from typing import Any
 
 from mlflow.tracking import MlflowClient
 
-from search.models import CHAMPION, CONFIG_TAG
+from search.models import CHAMPION, CONFIG_TAG, ENSEMBLE_TAG
 
 CHALLENGER = "challenger"
 POLICIES = ("better", "always", "never")
 FINGERPRINT_TAG = "fusetune.data_fingerprint"
 SCHEME_TAG = "fusetune.confirm_scheme"
-ENSEMBLE_TAG = "fusetune.ensemble"
-"""Model-version tag of an ensemble: its members and weights (JSON). An ensemble champion is compared
-by its recorded confirmed figure under the same scheme; it is not retrained on other fresh folds."""
 
 
 def confirmed_tag(metric: str) -> str:
@@ -51,7 +48,8 @@ class Incumbent:
     scheme: str | None
     confirmed: dict[str, float]      # metric -> confirmed figure recorded on the version
     config: dict[str, Any] | None    # its full trial config (to retrain it on new fresh folds)
-    ensemble: bool = False           # an ensemble (no one config to retrain)
+    ensemble: bool = False           # an ensemble (ENSEMBLE_TAG): compared by its recorded confirmed figure under
+                                     # the same scheme, never retrained as one config on other fresh folds
 
     @property
     def candidate_name(self) -> str:

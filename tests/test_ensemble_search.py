@@ -68,7 +68,9 @@ def test_the_confirmed_ensemble_wins_and_is_served_as_one_model(search, tmp_path
     uri = f"sqlite:///{storage.resolve()}/mlflow.db"
     champion = MlflowClient(uri).get_model_version_by_alias(NAME, "champion")
     assert champion.tags["fusetune.candidate"] == "ensemble"
-    assert json.loads(champion.tags["fusetune.ensemble"])["members"] == selected["members"]
+    tagged = json.loads(champion.tags["fusetune.ensemble"])
+    assert [m["name"] for m in tagged] == selected["members"]
+    assert [m["weight"] for m in tagged] == pytest.approx(selected["weights"], abs=1e-5)
     kept = sorted((folder / "models").glob("*-ensemble"))
     assert len(kept) == 1
     bundle = load_bundle(kept[0])
