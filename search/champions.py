@@ -3,10 +3,11 @@
 :func:`select` is the post-search step of ``python -m search.run``: it runs the confirmation stage
 (:mod:`search.confirm`; skipped with ``--confirm-repeats 0``), records the reference models as
 MLflow child runs (tag ``fusetune.role = reference``) and on the parent run the champion's
-``confirmed_<metric>``, the ``selection_gap`` and ``confirmation.csv``, refits and registers the
-best ``--top-k`` model candidates (best confirmed first; by search figure when the stage is off),
-each version tagged with its confirmed figures, and gives the best one ``champion`` or
-``challenger`` by ``--promote`` (:mod:`search.promotion`).
+``confirmed_<metric>``, the ``selection_gap`` and ``confirmation.csv``, selects and confirms the
+ensemble (:mod:`search.ensemble`; ``--ensemble``), refits and registers the best ``--top-k`` model
+candidates (best confirmed first; by search figure when the stage is off) and, beside them, the
+ensemble and the best single model, each version tagged with its confirmed figures, and gives the
+best one ``champion`` or ``challenger`` by ``--promote`` (:mod:`search.promotion`).
 """
 
 from __future__ import annotations
@@ -232,9 +233,10 @@ def select(cfg: SearchConfig, space: Space, rows: list[TrialResult], ranked: lis
     by_id = {r.trial_id: r for r in rows}
     if conf is not None:
         chosen = conf.models()[: cfg.top_k]
-        ens = conf.ensemble()
-        if ens is not None and not ens.error and ens not in chosen:
-            chosen.append(ens)  # always handed over as a version (nested CV scores it), the alias as earned
+        # the ensemble and the best single model are always registered (nested CV scores both), the alias as earned
+        for also in (conf.ensemble(), conf.best_single()):
+            if also is not None and not also.error and also not in chosen:
+                chosen.append(also)
     else:
         chosen = [confirm.Candidate(r.trial_id, "model", dict(r.config), r.value(metric), r.trial_id)
                   for r in ranked[: cfg.top_k]]

@@ -145,7 +145,11 @@ def test_confirmation_table_and_champion(searches):
         assert r["search_macro_f1"] and float(r["confirmed_macro_f1"]) != float(r["search_macro_f1"])
         assert int(r["n_scores"]) == 6
     assert all(r["search_macro_f1"] for r in rows if r["kind"] == "reference")  # also scored on the search's folds
-    best_model = next(r for r in rows if r["kind"] == "model")
+    best_model = next(r for r in rows if r["kind"] in ("model", "ensemble"))  # the ensemble is a model candidate
+    ens = next(r for r in rows if r["kind"] == "ensemble")
+    described = json.loads(ens["config"])
+    assert int(ens["n_scores"]) == 6 and len(described["members"]) == len(described["weights"]) >= 1
+    assert sum(described["weights"]) == pytest.approx(1.0, abs=1e-5)
     assert best_model["p_value"] == "" and all(r["p_value"] for r in rows if r is not best_model)
     client = MlflowClient(f"sqlite:///{storage.resolve()}/mlflow.db")
     versions = [v for v in client.search_model_versions("name = 'baseline-breast-tcga'")
@@ -155,8 +159,8 @@ def test_confirmation_table_and_champion(searches):
     assert f"v{first.version} -> alias champion (no champion existed)" in good.stdout
     assert "selection gap of the champion" in good.stdout and "p vs champion" in good.stdout
     results = list(csv.DictReader((storage / "good" / "results.csv").open()))
-    assert [r["trial_id"] for r in results if r["status"] == "REFERENCE"] == ["reference:logreg", "reference:rf",
-                                                                             "reference:hgb"]
+    assert sorted(r["trial_id"] for r in results if r["status"] == "REFERENCE") == ["reference:hgb", "reference:logreg",
+                                                                                    "reference:rf"]
     refs = client.search_runs([client.get_experiment_by_name("fusetune").experiment_id],
                               filter_string="tags.`fusetune.role` = 'reference'")
     assert len(refs) == 3 and all("confirmed_macro_f1" in r.data.metrics for r in refs)
@@ -188,7 +192,7 @@ def test_a_worse_search_leaves_the_champion_and_always_moves_it(searches):
 
 def test_nested_json_estimate(tmp_path, data_dir):
     out = command("search.nested", ["--space", "baseline", "--data", "breast-tcga", "--outer-folds", "3", "--json",
-                                    "--num-samples", "1", "--epochs", "2", "--folds", "2", "--confirm-repeats", "0",
+                                    "--num-samples", "2", "--epochs", "2", "--folds", "2", "--confirm-repeats", "1",
                                     "--references", "logreg", "--top-k", "1", "--storage", str(tmp_path), "--name", "n"])
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     report = json.loads(out.stdout)
@@ -196,6 +200,12 @@ def test_nested_json_estimate(tmp_path, data_dir):
     assert sum(o["test_size"] for o in report["outer"]) == 150  # the outer test folds cover the training part
     assert {"paper-default", "reference:logreg"} == set(report["baselines"])
     assert all(0 <= o["scores"]["macro_f1"] <= 1 for o in report["outer"])
+    # every outer search's best single model and its ensemble are scored on the outer fold beside the champion
+    assert set(report["models"]) == {"single model", "ensemble"}
+    for o in report["outer"]:
+        assert o["single"] and o["ensemble"] and o["members"]
+        assert o["scores"] == (o["ensemble"] if o["champion"] == "ensemble" else o["single"])
+    assert set(report["p_values"]) == {"single model", "ensemble", "paper-default", "reference:logreg"}
     from mlflow import MlflowClient
 
     client = MlflowClient(f"sqlite:///{tmp_path.resolve()}/mlflow.db")
