@@ -27,13 +27,13 @@ LIBRARIES = ("ray", "optuna")
 KNOWN_PRIVATE = frozenset({
     # Tuner / TunerInternal
     "_local_tuner", "_remote_tuner", "_tune_config", "_run_config",
-    # TuneController
-    "_search_alg", "_checkpoint_manager", "_trial_metadata",
+    # TuneController (its _storage also OptunaSearch's and optuna.Study's)
+    "_search_alg", "_checkpoint_manager", "_trial_metadata", "_storage",
     # SearchGenerator
-    "_total_samples",
+    "_total_samples", "_experiment",
     # OptunaSearch
     "_ot_study", "_ot_trials", "_completed_trials", "_points_to_evaluate", "_evaluated_rewards",
-    "_setup_study", "_study_name", "_suggest_from_define_by_run_func",
+    "_setup_study", "_study_name", "_sampler", "_suggest_from_define_by_run_func",
     # Optuna Trial / FrozenTrial / Study
     "_trial_id", "_cached_frozen_trial", "_study_id",
 })
@@ -158,6 +158,7 @@ def test_only_the_seam_touches_ray_and_optuna_internals():
     "from ray._private import ray_constants\n",
     "import ray.tune.execution.tune_controller\n",
     "def f(t):\n    return getattr(t, '_trial_id')\n",
+    "def f(controller):\n    return controller._storage.experiment_driver_staging_path\n",
     "from ray.tune.search.optuna import OptunaSearch\nclass S(OptunaSearch):\n"
     "    def f(self):\n        return self._sampler\n",
 ])
