@@ -46,6 +46,7 @@ from typing import Any
 import pyarrow.fs
 from ray.tune import Callback
 
+from search import compat
 from search.results import TrialResult
 from search.settle import newest_state
 
@@ -133,10 +134,9 @@ def stored_trials(experiment_dir: str, fs: pyarrow.fs.FileSystem) -> dict[str, S
     except (OSError, ValueError, pyarrow.ArrowException):
         return {}  # being written or unreadable: prune nothing this time
     out: dict[str, StoredTrial] = {}
-    for entry in state.get("trial_data", []):
+    for entry in compat.state_trial_entries(state):
         try:
-            trial = json.loads(entry[0])
-            meta = json.loads(entry[1])
+            trial, meta = compat.read_state_trial(entry)
             out[str(trial["trial_id"])] = StoredTrial(str(trial["status"]), float(meta.get("last_result_time", -math.inf)))
         except (KeyError, TypeError, ValueError, IndexError):
             continue
@@ -145,9 +145,7 @@ def stored_trials(experiment_dir: str, fs: pyarrow.fs.FileSystem) -> dict[str, S
 
 def latest_checkpoint(trial: Any) -> str | None:
     """The path of the checkpoint Tune would restore ``trial`` from (None before its first)."""
-    cpm = getattr(getattr(trial, "run_metadata", None), "checkpoint_manager", None)
-    latest = cpm.latest_checkpoint_result if cpm is not None else None
-    return latest.checkpoint.path if latest is not None and latest.checkpoint is not None else None
+    return compat.latest_checkpoint_path(trial)
 
 
 class PruneCheckpoints(Callback):

@@ -27,7 +27,6 @@ checked and trusts.
 from __future__ import annotations
 
 import argparse
-import functools
 import hashlib
 import hmac
 import json
@@ -51,11 +50,9 @@ def tune_json_patterns() -> tuple[str, ...]:
     """The root JSON files Tune deserializes with (cloud)pickle inside: experiment state, the
     search generator's and the basic variant generator's state (their ``CKPT_FILE_TMPL``). Other
     JSON there (``search.json``, fusetune's own) is read as plain JSON and needs no seal."""
-    from ray.tune.execution.tune_controller import TuneController
-    from ray.tune.search.basic_variant import BasicVariantGenerator
-    from ray.tune.search.search_generator import SearchGenerator
+    from search import compat
 
-    return tuple(cls.CKPT_FILE_TMPL.format("*") for cls in (TuneController, SearchGenerator, BasicVariantGenerator))
+    return compat.state_json_patterns()
 
 _DOMAIN = b"fusetune-tune-state-v1"
 
@@ -195,35 +192,15 @@ def verify(experiment_path: str, option: str = "--resume") -> None:
 # --------------------------------------------------------------------------------- the hook in Tune
 def install() -> None:
     """Seal every Tune experiment snapshot this process writes (idempotent): after
-    ``TuneController.save_to_dir`` has staged the files, before Tune syncs them."""
-    from ray.tune.execution.tune_controller import TuneController
+    ``TuneController.save_to_dir`` has staged the files, before Tune syncs them
+    (:func:`search.compat.after_experiment_snapshot`)."""
+    from search import compat
 
-    if getattr(TuneController.save_to_dir, "_fusetune_sealed", False):
-        return
-    original = TuneController.save_to_dir
-
-    @functools.wraps(original)
-    def save_to_dir(self: Any, *args: Any, **kwargs: Any) -> Any:
-        out = original(self, *args, **kwargs)
-        storage = self._storage
-        seal(storage.experiment_fs_path if _is_local(storage) else _uri(storage),
-             source=storage.experiment_driver_staging_path)
-        return out
-
-    save_to_dir._fusetune_sealed = True  # type: ignore[attr-defined]
-    TuneController.save_to_dir = save_to_dir
+    compat.after_experiment_snapshot(_seal_snapshot)
 
 
-def _is_local(storage: Any) -> bool:
-    import pyarrow.fs
-
-    return isinstance(storage.storage_filesystem, pyarrow.fs.LocalFileSystem)
-
-
-def _uri(storage: Any) -> str:
-    """The search folder as a URI pyarrow resolves (``s3://bucket/path``) for a remote store."""
-    scheme = storage.storage_filesystem.type_name
-    return f"{scheme}://{storage.experiment_fs_path}"
+def _seal_snapshot(experiment: str, staging: str) -> None:
+    seal(experiment, source=staging)
 
 
 # --------------------------------------------------------------------------------- command line

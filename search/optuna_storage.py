@@ -35,8 +35,8 @@ from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
-from ray.tune.search.optuna import OptunaSearch
 
+from search.compat import OptunaSearchSeam, set_trial_user_attr, storage_trial_id, trial_of
 from search.config import SearchConfig
 from search.errors import UsageError
 
@@ -151,7 +151,7 @@ def warm_start_trials(cfg: SearchConfig, fingerprint: str) -> list[FrozenTrial]:
 
 
 # ----------------------------------------------------------------------------- the searcher
-class PersistentOptunaSearch(OptunaSearch):
+class PersistentOptunaSearch(OptunaSearchSeam):
     """Ray's ``OptunaSearch`` on a persistent study (see the module docstring).
 
     Args:
@@ -168,58 +168,58 @@ class PersistentOptunaSearch(OptunaSearch):
         self._warm = list(warm)
         super().__init__(*args, storage=open_storage(storage_url) if storage_url else None, **kwargs)
 
-    def _setup_study(self, mode: str | list) -> None:
+    def setup_study(self, mode: str | list) -> None:
         # the points to evaluate first are enqueued one at a time, when their trial is asked for:
         # Optuna's ask scans every waiting trial, and a database holding a 729-point grid as waiting
         # trials made each ask take a second (and enqueueing them all, most of a minute)
-        points, self._points_to_evaluate = self._points_to_evaluate, []
-        super()._setup_study(mode)
+        points = self.take_points_to_evaluate()
+        super().setup_study(mode)
         self._queued = [dict(p) for p in points]
         self._skip_seen = bool(self._warm)  # a point the warm start already evaluated is not run again
         for key, value in self._attrs.items():
-            self._ot_study.set_user_attr(key, value)
+            self.ot_study.set_user_attr(key, value)
         for trial in self._warm:  # first, so the search's own trials follow them
-            self._ot_study.add_trial(trial)
+            self.ot_study.add_trial(trial)
         self._warm = []
 
     @property
     def study(self) -> optuna.Study:
-        return self._ot_study
+        return self.ot_study
 
     def suggest(self, trial_id: str) -> dict | None:
-        new = trial_id not in self._ot_trials
+        new = trial_id not in self.ot_trials
         if new and self._queued:
-            self._ot_study.enqueue_trial(self._queued.pop(0), skip_if_exists=self._skip_seen)
+            self.ot_study.enqueue_trial(self._queued.pop(0), skip_if_exists=self._skip_seen)
         params = super().suggest(trial_id)
-        if new and trial_id in self._ot_trials:
-            self._ot_trials[trial_id].set_user_attr(RAY_TRIAL_ATTR, trial_id)
+        if new and trial_id in self.ot_trials:
+            self.ot_trials[trial_id].set_user_attr(RAY_TRIAL_ATTR, trial_id)
         return params
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         """Intermediate values by epoch (Ray's own class steps by report count), the epochs a sparse
         report carries in its ``curve`` included."""
-        if not isinstance(self.metric, str) or trial_id in self._completed_trials or trial_id not in self._ot_trials:
+        if not isinstance(self.metric, str) or trial_id in self.completed_trials or trial_id not in self.ot_trials:
             return super().on_trial_result(trial_id, result)
-        ot_trial = self._ot_trials[trial_id]
+        ot_trial = self.ot_trials[trial_id]
         for point in [*result.get("curve", ()), result]:
             value, epoch = point.get(self.metric), point.get("epoch", result.get("training_iteration"))
             if isinstance(value, (int, float)) and epoch is not None:
                 ot_trial.report(float(value), int(epoch))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if (result and isinstance(self.metric, str) and self.metric in result and trial_id in self._ot_trials
-                and trial_id not in self._completed_trials):
+        if (result and isinstance(self.metric, str) and self.metric in result and trial_id in self.ot_trials
+                and trial_id not in self.completed_trials):
             # Tune hands the last result to on_trial_complete only: it is an intermediate value too
             # (a trial settled on resume may have been told before the driver died)
             with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
                 self.on_trial_result(trial_id, result)
-        if result and not error and not result.get("final") and trial_id not in self._completed_trials:
+        if result and not error and not result.get("final") and trial_id not in self.completed_trials:
             # a scheduler ended it before its last epoch: what it reported are intermediate values
             try:
-                self._ot_study.tell(self._ot_trials[trial_id], state=TrialState.PRUNED)
+                self.ot_study.tell(self.ot_trials[trial_id], state=TrialState.PRUNED)
             except Exception as exc:  # noqa: BLE001 - e.g. already told before a driver restart
                 logger.warning("Optuna trial of %s not marked pruned: %s", trial_id, exc)
-            self._completed_trials.add(trial_id)
+            self.completed_trials.add(trial_id)
             return
         super().on_trial_complete(trial_id, result=result, error=error)
 
@@ -228,23 +228,23 @@ class PersistentOptunaSearch(OptunaSearch):
     def __getstate__(self) -> dict[str, Any]:
         if self.storage_url is None:
             return self.__dict__.copy()
-        state = {k: v for k, v in self.__dict__.items() if k not in ("_ot_study", "_ot_trials", "_storage")}
-        state["_ot_trial_ids"] = {rid: t._trial_id for rid, t in self._ot_trials.items()}
+        state = self.detached_state()
+        state["_ot_trial_ids"] = {rid: storage_trial_id(t) for rid, t in self.ot_trials.items()}
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         if "_ot_trial_ids" in state:
-            self._ot_study, self._ot_trials, self._storage = None, {}, None
+            self.clear_live_state()
 
     def save(self, checkpoint_path: str) -> None:
         """A persistent study's searcher state as JSON (the trial map and the queue; the trials
         themselves are in the storage); an in-memory study is Ray's own checkpoint."""
         if self.storage_url is None:
             return super().save(checkpoint_path)
-        state = {"format": "fusetune-optuna-search/1", "study_name": self._study_name,
-                 "ot_trial_ids": {rid: t._trial_id for rid, t in self._ot_trials.items()},
-                 "completed": sorted(self._completed_trials), "queued": self._queued, "skip_seen": self._skip_seen}
+        state = {"format": "fusetune-optuna-search/1", "study_name": self.study_name,
+                 "ot_trial_ids": {rid: storage_trial_id(t) for rid, t in self.ot_trials.items()},
+                 "completed": sorted(self.completed_trials), "queued": self._queued, "skip_seen": self._skip_seen}
         with open(checkpoint_path, "w") as f:
             json.dump(state, f, default=str)
 
@@ -253,24 +253,24 @@ class PersistentOptunaSearch(OptunaSearch):
             return super().restore(checkpoint_path)
         with open(checkpoint_path) as f:
             state = json.load(f)
-        self._study_name = state["study_name"]
-        self._completed_trials = set(state["completed"])
+        self.study_name = state["study_name"]
+        self.completed_trials = set(state["completed"])
         self._queued, self._skip_seen, self._warm = list(state["queued"]), bool(state["skip_seen"]), []
-        self._storage = open_storage(self.storage_url)  # this session's URL (the results folder may have moved)
+        self.ot_storage = open_storage(self.storage_url)  # this session's URL (the results folder may have moved)
         # the sampler is the one Tune restored with the search; its random state restarts from a fresh
         # seed, so a resumed search does not redraw the start-up points it already tried
-        self._sampler.reseed_rng()
-        self._ot_study = optuna.load_study(study_name=self._study_name, storage=self._storage,
-                                           sampler=self._sampler, pruner=optuna.pruners.NopPruner())
+        self.ot_sampler.reseed_rng()
+        self.ot_study = optuna.load_study(study_name=self.study_name, storage=self.ot_storage,
+                                          sampler=self.ot_sampler, pruner=optuna.pruners.NopPruner())
         ids = {rid: int(tid) for rid, tid in state["ot_trial_ids"].items()}
-        self._ot_trials = {rid: optuna.trial.Trial(self._ot_study, tid) for rid, tid in ids.items()}
+        self.ot_trials = {rid: trial_of(self.ot_study, tid) for rid, tid in ids.items()}
         self._fail_lost(set(ids.values()))
 
     def _fail_lost(self, known: set[int]) -> None:
         """Optuna trials a killed driver asked for after Ray's last snapshot: no Ray trial continues
         them (the resumed search samples others), so they end as FAIL rather than stay RUNNING."""
-        for t in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if t._trial_id not in known:
-                self._ot_study._storage.set_trial_user_attr(
-                    t._trial_id, "fusetune.lost", "started by a driver killed before Ray saved it; not resumed")
-                self._ot_study.tell(t.number, state=TrialState.FAIL)
+        for t in self.ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if storage_trial_id(t) not in known:
+                set_trial_user_attr(self.ot_study, storage_trial_id(t), "fusetune.lost",
+                                    "started by a driver killed before Ray saved it; not resumed")
+                self.ot_study.tell(t.number, state=TrialState.FAIL)

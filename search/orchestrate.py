@@ -27,13 +27,11 @@ here branches on a name.
 
 from __future__ import annotations
 
-import copy
 import math
 import random
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import optuna
@@ -48,7 +46,7 @@ from ray.tune.schedulers import (
 )
 from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter, SearchAlgorithm, Searcher, SearchGenerator
 
-from search import faults, integrity, optuna_storage
+from search import compat, faults, integrity, optuna_storage
 from search.config import SearchConfig
 from search.settle import RecordFinal, settle
 from spaces import Space
@@ -144,17 +142,10 @@ class SearchBudget(SearchGenerator):
         super().restore_from_dir(dirpath)
         # Ray restores the experiment of the first session with its storage: the trials sampled from
         # here on would be written where the results folder was then (a copied or moved folder)
-        experiment = getattr(self, "_experiment", None)
+        experiment = compat.generator_experiment(self)
         if experiment is not None and getattr(self, "storage_path", None):
-            from ray.train._internal.storage import get_fs_and_path
-
-            storage = copy.copy(experiment.spec["storage"])
-            storage.storage_filesystem, fs_path = get_fs_and_path(self.storage_path, None)
-            storage.storage_fs_path = Path(fs_path).as_posix()
-            experiment.spec["storage"] = experiment.storage = storage
-        if self.total > self._total_samples:
-            self._total_samples = self.total
-            self._finished = False
+            compat.rebase_experiment_storage(experiment, self.storage_path)
+        compat.raise_total_samples(self, self.total)
         # trials search.settle marked finished: the searcher's snapshot still has them running
         for trial_id, result in getattr(self, "settled", {}).items():
             self.on_trial_complete(trial_id, result=result)
@@ -389,9 +380,8 @@ def restore_tuner(cfg: SearchConfig, space: Space, data: TrialData, callbacks: l
     integrity.seal(cfg.experiment_path)  # settle rewrote Tune's experiment state (verified before it)
     tuner = tune.Tuner.restore(cfg.experiment_path, trainable(cfg, space, data), resume_unfinished=True,
                                resume_errored=False, restart_errored=False)
-    # no public setter in Ray 2.60
-    tuner._local_tuner.get_run_config().callbacks = [*callbacks, RecordFinal(), *result_loggers(), *faults.callbacks()]
-    search_alg = tuner._local_tuner._tune_config.search_alg  # nor for the search algorithm
+    compat.set_run_callbacks(tuner, [*callbacks, RecordFinal(), *result_loggers(), *faults.callbacks()])
+    search_alg = compat.tuner_search_alg(tuner)
     if isinstance(search_alg, SearchBudget):
         search_alg.total = num_trials(cfg, space)
         search_alg.settled = settled

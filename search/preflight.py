@@ -78,9 +78,9 @@ def loopback_only() -> None:
     started from here, and the constant Ray read from it when it was imported. A cluster other
     machines join is started with ``ray start --head`` and given as ``--address``."""
     os.environ[LOOPBACK_ENV] = "0"
-    from ray._private import ray_constants
+    from search import compat
 
-    ray_constants.ENABLE_RAY_CLUSTER = False
+    compat.disable_ray_cluster_constant()
 
 
 def connect(cfg: SearchConfig) -> dict[str, Any]:

@@ -140,6 +140,8 @@ def collect(experiment_path: str, storage_filesystem: pyarrow.fs.FileSystem | No
     """Every trial of the Ray Tune experiment at ``experiment_path``, in creation order (the paper default first)."""
     from ray.tune import ExperimentAnalysis  # the driver's path only: reading a folder needs no Ray
 
+    from search import compat
+
     analysis = ExperimentAnalysis(experiment_path, storage_filesystem=storage_filesystem)
     rows = []
     for t in analysis.trials:
@@ -147,10 +149,8 @@ def collect(experiment_path: str, storage_filesystem: pyarrow.fs.FileSystem | No
         if t.status == "ERROR":
             err = t.get_error()
             error = error_reason(str(err)) if err is not None else "failed"
-        cpm = t.run_metadata.checkpoint_manager
-        latest = cpm.latest_checkpoint_result.checkpoint if cpm.latest_checkpoint_result else None
         rows.append(TrialResult(t.trial_id, t.status, dict(t.config), [dict(t.last_result or {})], error=error,
-                                checkpoint=latest.path if latest is not None else None))
+                                checkpoint=compat.latest_checkpoint_path(t)))
     order = {t.trial_id: _creation_index(t) for t in analysis.trials}
     return sorted(rows, key=lambda r: order[r.trial_id])
 

@@ -26,6 +26,8 @@ import pyarrow.fs
 from ray.tune import Callback
 from ray.tune.utils.util import SafeFallbackEncoder
 
+from search import compat
+
 ENDED = ("TERMINATED", "ERROR")
 FINAL_RESULT = "final_result.json"
 
@@ -48,7 +50,7 @@ class RecordFinal(Callback):
 def newest_state(fs: pyarrow.fs.FileSystem, experiment_dir: str) -> str | None:
     """The path of the newest ``experiment_state-*.json`` (the one ``Tuner.restore`` reads), if any."""
     infos = fs.get_file_info(pyarrow.fs.FileSelector(experiment_dir, allow_not_found=True))
-    states = sorted(i.path for i in infos if posixpath.basename(i.path).startswith("experiment_state-")
+    states = sorted(i.path for i in infos if posixpath.basename(i.path).startswith(compat.EXPERIMENT_STATE_PREFIX)
                     and i.path.endswith(".json"))
     return states[-1] if states else None
 
@@ -75,8 +77,8 @@ def settle(experiment_path: str) -> dict[str, dict[str, Any]]:
     with fs.open_input_stream(path) as f:
         state = json.loads(f.read())
     settled: dict[str, dict[str, Any]] = {}
-    for entry in state.get("trial_data", []):
-        trial, meta = json.loads(entry[0]), json.loads(entry[1])
+    for entry in compat.state_trial_entries(state):
+        trial, meta = compat.read_state_trial(entry)
         if trial.get("status") in ENDED or not trial.get("relative_logdir"):
             continue
         result = final_result(fs, posixpath.join(root, trial["relative_logdir"]))
@@ -86,7 +88,7 @@ def settle(experiment_path: str) -> dict[str, dict[str, Any]]:
         meta["last_result"] = result
         if isinstance(result.get("timestamp"), (int, float)):
             meta["last_result_time"] = float(result["timestamp"])
-        entry[0], entry[1] = json.dumps(trial), json.dumps(meta, indent=2)
+        compat.write_state_trial(entry, trial, meta)
         settled[str(trial["trial_id"])] = result
     if settled:
         tmp = f"{path}.settle-tmp"
