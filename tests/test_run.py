@@ -90,6 +90,9 @@ BAD = [
     (["--space", "alignedfusion", "--data", "breast-tcga"], "needs text and image modalities"),
     (["--space", "omnifuse", "--data", "no-such-data"], "--data no-such-data"),
     (["--resume"], "--resume: no search to resume"),
+    (["--space", "omnifuse", "--confirm-repeats", "1000000000"], "--confirm-repeats 1000000000: must be at most 100"),
+    (["--space", "omnifuse", "--references", ""], "argument --references: empty value ''; give logreg, rf, hgb"),
+    (["--space", "omnifuse", "--references", ","], "argument --references: empty value ','"),
 ]
 
 
@@ -100,6 +103,17 @@ def test_bad_input_is_one_line_and_exit_2(argv, message, tmp_path, capsys, data_
     assert rc == 2
     assert len(err.strip().splitlines()) == 1, err
     assert message in err
+
+
+def test_the_confirm_repeats_maximum_is_the_documented_one():
+    from search.cli import build_parser
+    from search.config import MAX_CONFIRM_REPEATS
+
+    (action,) = [a for a in build_parser()._actions if a.dest == "confirm_repeats"]
+    assert f"at most {MAX_CONFIRM_REPEATS})" in action.help
+    assert resolve(SearchConfig(space="omnifuse", confirm_repeats=MAX_CONFIRM_REPEATS)).confirm_repeats == 100
+    with pytest.raises(UsageError, match=f"--confirm-repeats {MAX_CONFIRM_REPEATS + 1}: must be at most"):
+        resolve(SearchConfig(space="omnifuse", confirm_repeats=MAX_CONFIRM_REPEATS + 1))
 
 
 def test_bad_config_file(tmp_path, capsys):
