@@ -478,6 +478,8 @@ def _fold_models(sel: Selected) -> FoldModels:
     model's) is one line naming it rather than a traceback."""
     try:
         return fold_models(sel.trial, log=lambda s: print(s, file=sys.stderr))
+    except UsageError:  # a checkpoint that cannot be read, named by fold_models
+        raise
     except Exception as exc:  # noqa: BLE001 - torch, safetensors and the model raise many types
         ckpt = sel.trial.checkpoint
         if ckpt is None:
