@@ -130,6 +130,7 @@ def test_more_gpus_than_the_cluster_has(tmp_path):
     assert out.returncode == 2
     assert out.stderr.strip().splitlines()[-1].startswith("python -m search.run: error: --gpus-per-trial 64: the cluster has")
     assert not list(tmp_path.glob("*/results.csv"))  # no trial started
+    assert not list(tmp_path.iterdir())  # refused after Ray started: no search folder, optuna.db nor mlflow.db
 
 
 # --------------------------------------------------------------------------------- end to end
@@ -299,3 +300,20 @@ def test_search_against_a_real_mlflow_server(mlflow_server, tmp_path, data_dir):
     (parent,) = [r for r in runs if r.data.tags.get(SEARCH_NAME_TAG) == "served" and r.data.tags.get(ROLE_TAG) == "search"]
     assert len([r for r in runs if r.data.tags.get(PARENT_RUN_TAG) == parent.info.run_id]) == 3
     assert client.get_model_version_by_alias("baseline-breast-tcga", "champion").run_id != parent.info.run_id
+
+
+@pytest.mark.parametrize("storage_exists", [True, False])
+def test_a_refused_data_folder_leaves_nothing_behind(tmp_path, capsys, storage_exists):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "labels.csv").write_text("sample_id,label\np0,a\np1,a\n")  # one class
+    (data / "ehr.csv").write_text("sample_id,x\np0,1\np1,2\n")
+    storage = tmp_path / "results"
+    if storage_exists:
+        storage.mkdir()
+        (storage / "keep.txt").write_text("the user's")
+    before = sorted(map(str, tmp_path.rglob("*")))
+    assert run_mod.main(["--space", "baseline", "--data", str(data), "--storage", str(storage), "--name", "s"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "labels.csv" in err and "only one class" in err and "\n" not in err, err
+    assert sorted(map(str, tmp_path.rglob("*"))) == before  # no search folder, optuna.db nor mlflow.db
