@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
       help="a configuration to evaluate right after the paper default (repeatable), e.g. '{\"lr\": 1e-3}'")
     a("--confirm-repeats", type=int,
       help="fresh repetitions of the k-fold scheme the top-k, the paper default and the references are "
-           "retrained on after the search; the champion is the best there (default 3; 0 = off)")
+           "retrained on after the search; the champion is the best there (default 3; 0 = off; at most 100)")
     a("--references", type=_references, help="reference models scored on the same folds: logreg, rf, hgb or none "
                                              "(default logreg,rf,hgb)")
     a("--promote", choices=PROMOTE_POLICIES,
@@ -102,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _references(text: str) -> tuple[str, ...]:
     names = _csv(text)
+    if not names:
+        raise argparse.ArgumentTypeError(f"empty value {text!r}; give logreg, rf, hgb (comma-separated) or none")
     return () if names == ("none",) else names
 
 

@@ -28,6 +28,9 @@ REFERENCE_NAMES = ("logreg", "rf", "hgb")
 """The entries of :data:`search.references.REFERENCES` (kept here so the options check imports no sklearn)."""
 ENSEMBLE_CHOICES = ("off", "trials", "trials+references")
 """``--ensemble``: which candidates ensemble selection (:mod:`search.ensemble`) may use."""
+MAX_CONFIRM_REPEATS = 100
+"""Most ``--confirm-repeats``: each repetition retrains the top-k, the paper default and the
+references on every fold, and the driver holds all their scores (10**9 of them filled gigabytes)."""
 MULTI_OBJECTIVE_SAMPLERS = ("nsga2", "tpe", "random")
 """Optuna samplers that handle several objectives (grid and CMA-ES optimise one)."""
 
@@ -176,6 +179,8 @@ def resolve(cfg: SearchConfig) -> SearchConfig:
                                ("--max-concurrent", cfg.max_concurrent, 1), ("--confirm-repeats", cfg.confirm_repeats, 0)):
         if value is not None and value < low:
             raise UsageError(f"{option} {value}: must be at least {low}")
+    if cfg.confirm_repeats > MAX_CONFIRM_REPEATS:
+        raise UsageError(f"--confirm-repeats {cfg.confirm_repeats}: must be at most {MAX_CONFIRM_REPEATS}")
     if cfg.folds == 1 or cfg.folds < 0:
         raise UsageError(f"--folds {cfg.folds}: must be 0 (one hold-out split, see --val-fraction) or at least 2")
     if not 0.0 < cfg.val_fraction < 1.0:

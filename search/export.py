@@ -86,8 +86,20 @@ class Selected:
 
 
 def _search_options(study: StudyResults) -> dict[str, Any] | None:
+    """``search.json`` of the study (None if it has none); one-line :class:`UsageError` naming the
+    file when it is not a JSON object."""
     path = study.folder / SEARCH_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        options = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8 text"
+        raise UsageError(f"{path}: not valid JSON ({reason}); expected the search's options as a JSON object") from None
+    if not isinstance(options, dict):
+        raise UsageError(f"{path}: expected the search's options as a JSON object, found a JSON "
+                         f"{type(options).__name__}")
+    return options
 
 
 def _tracking_uri(study: StudyResults, options: dict[str, Any] | None) -> str | None:
@@ -577,6 +589,8 @@ def _fold_models(sel: Selected) -> FoldModels:
     model's) is one line naming it rather than a traceback."""
     try:
         return fold_models(sel.trial, log=lambda s: print(s, file=sys.stderr))
+    except UsageError:  # a checkpoint that cannot be read, named by fold_models
+        raise
     except Exception as exc:  # noqa: BLE001 - torch, safetensors and the model raise many types
         ckpt = sel.trial.checkpoint
         if ckpt is None:

@@ -8,6 +8,7 @@ that data, a search to ``--resume`` that is not there.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -145,6 +146,54 @@ def check_storage(cfg: SearchConfig) -> None:
             pass
     except OSError as exc:
         raise UsageError(f"--storage {cfg.storage}: cannot write there ({exc.strerror or exc})") from None
+
+
+def sqlite_path(uri: str | None) -> Path | None:
+    """The file of a ``sqlite:///PATH`` URI (None for any other URI)."""
+    path = uri[len("sqlite:///"):].partition("?")[0] if uri and uri.startswith("sqlite:///") else ""
+    return Path(path).expanduser().absolute() if path not in ("", ":memory:") else None
+
+
+class NewPaths:
+    """What a new search may create before its first trial -- the results folder, the search
+    folder, the SQLite files of the tracking store and the study (and their folders) -- as far as it
+    does not exist yet. :meth:`remove` deletes what of it exists after a refusal, so a refused search
+    leaves nothing behind; nothing that existed before is touched."""
+
+    def __init__(self, cfg: SearchConfig, *uris: str | None) -> None:
+        paths = [Path(p).expanduser().absolute() for p in (cfg.storage_path, cfg.experiment_path) if "://" not in p]
+        for db in filter(None, map(sqlite_path, uris)):
+            paths += [db, *(db.with_name(db.name + side) for side in ("-journal", "-wal", "-shm"))]
+        self.paths: list[Path] = []
+        for p in paths:
+            if p.exists() or p.is_symlink():
+                continue
+            while not p.parent.exists():  # the highest folder that is missing too
+                p = p.parent
+            if p not in self.paths:
+                self.paths.append(p)
+
+    def __contains__(self, path: Path | None) -> bool:
+        return path is not None and any(path == p or p in path.parents for p in self.paths)
+
+    def remove(self) -> None:
+        import shutil
+
+        for p in self.paths:
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):  # e.g. below a file given as a folder: never made
+                    p.unlink(missing_ok=True)
+
+
+def check_creatable(option: str, path: Path) -> None:
+    """A file that does not exist yet must be creatable: its nearest existing folder writable."""
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"{option}: cannot create {path} ({parent} is not a folder this user can write)")
 
 
 def check_sqlite_file(option: str, uri: str) -> None:

@@ -45,6 +45,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -81,7 +82,7 @@ class FoldModels:
 
 def fold_models(trial: TrialResult, log: Callable[[str], None] = lambda s: None) -> FoldModels:
     """Rebuild the fold models of ``trial`` exactly as its trainable trained them."""
-    from trainables.trainable import Trial, load_state
+    from trainables.trainable import Trial
     from trainables.trial_data import prepare_from_config
 
     config = dict(trial.config)
@@ -92,8 +93,8 @@ def fold_models(trial: TrialResult, log: Callable[[str], None] = lambda s: None)
     data = prepare_from_config(config)
     folds = Trial(method, config, data)
     ckpt = Path(trial.checkpoint) if trial.checkpoint else None
-    if ckpt is not None and int(load_state(ckpt)["epoch"]) == folds.epochs:
-        folds.restore(ckpt)
+    if ckpt is not None and _checkpoint_epoch(ckpt, trial) == folds.epochs:
+        _restore(folds, ckpt, trial)
         source = f"checkpoint {ckpt}"
     else:
         log(f"trial {trial.trial_id}: no final checkpoint on disk; retraining its {len(folds.trainers)} fold(s) "
@@ -102,6 +103,32 @@ def fold_models(trial: TrialResult, log: Callable[[str], None] = lambda s: None)
             folds.step()
         source = f"retrained from the config (seed {config['seed']})"
     return FoldModels(trial, folds.trainers, source)
+
+
+def _unrestorable(ckpt: Path, trial: TrialResult, exc: Exception) -> UsageError:
+    from trainables.trainable import STATE_FILE
+
+    detail = " ".join(str(exc).split())[:160]
+    return UsageError(f"checkpoint {ckpt / STATE_FILE} of trial {trial.trial_id}: cannot be restored "
+                      f"({type(exc).__name__}: {detail}); delete its folder to retrain the trial's folds from its config")
+
+
+def _checkpoint_epoch(ckpt: Path, trial: TrialResult) -> int:
+    """The epoch of the checkpoint (read with ``weights_only=True``: a pickle payload never runs);
+    a corrupt, truncated or tampered ``state.pt`` is one line naming it."""
+    from trainables.trainable import load_state
+
+    try:
+        return int(load_state(ckpt)["epoch"])
+    except Exception as exc:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, EOFError, ...
+        raise _unrestorable(ckpt, trial, exc) from None
+
+
+def _restore(folds: Any, ckpt: Path, trial: TrialResult) -> None:
+    try:
+        folds.restore(ckpt)
+    except Exception as exc:  # noqa: BLE001 - another model's weights, missing folds, ...
+        raise _unrestorable(ckpt, trial, exc) from None
 
 
 # ----------------------------------------------------------------------------- masking

@@ -9,7 +9,9 @@ Order: options -> tracking URI and ``--address`` checks -> data (encoded once, f
 Ray (local or ``--address``) and resources -> a model build check -> Tuner (or its restore) with the MLflow
 callback and a progress line -> ``results.csv`` -> the top-k models logged and registered ->
 the table of the best configurations and the command that opens the MLflow UI. Bad input is one
-line on stderr and exit code 2, before any trial starts; exit code 1 when no trial finished.
+line on stderr and exit code 2, before any trial starts, and a refused search leaves nothing behind
+(what its checks created is removed; a new MLflow store is created only once they pass); exit code
+1 when no trial finished.
 """
 
 from __future__ import annotations
@@ -163,28 +165,42 @@ def execute(given: dict[str, Any]) -> SearchResult:
         saved_storage = storage_path(json.loads(results.read_text(cfg.experiment_path, SEARCH_FILE))["storage"])
         if relocate.rebase_mlflow_store(uri, saved_storage, cfg.storage_path) or saved_storage != cfg.storage_path:
             copied_from = relocate.rebase_uri(uri, cfg.storage_path, saved_storage)
-    with timings("checks_s"):
-        preflight.check_storage(cfg)
-        preflight.check_sqlite_file("--tracking-uri" if cfg.tracking_uri else f"--storage {cfg.storage} (its mlflow.db)", uri)
-        check_tracking_uri(uri)
-        study_url = optuna_storage.storage_url(cfg) if orchestrate.has_study(cfg) else None
-        if study_url:
-            optuna_storage.open_storage(study_url)
-            if not cfg.resume:
-                optuna_storage.check_new_study(study_url, cfg.name)
-        if cfg.address:
-            preflight.check_address(cfg.address)
-    with timings("data_s"):
-        data = preflight.load_data(cfg, space)
-    warm = optuna_storage.warm_start_trials(cfg, data.fingerprint) if not cfg.resume else []
-    timings.update(preflight.connect(cfg))
-    slots = preflight.check_resources(cfg)
-    if cfg.max_concurrent is None:
-        # as many as fit; Tune then also starts that many trial workers at once (with a searcher it
-        # starts one at a time otherwise) and samples a trial only when it can run
-        cfg = replace(cfg, max_concurrent=slots)
-    with timings("checks_s"):
-        preflight.smoke_check(cfg, space, data)
+    study_url = optuna_storage.storage_url(cfg) if orchestrate.has_study(cfg) else None
+    # what the checks below create (folders, the study's database) is removed if one of them refuses;
+    # a new MLflow store is created only after them (MLflow keeps a store open per URI in the process)
+    new = preflight.NewPaths(cfg, uri, study_url)
+    tracking_option = "--tracking-uri" if cfg.tracking_uri else f"--storage {cfg.storage} (its mlflow.db)"
+    new_store = preflight.sqlite_path(uri) in new
+    try:
+        with timings("checks_s"):
+            preflight.check_storage(cfg)
+            preflight.check_sqlite_file(tracking_option, uri)
+            if new_store:
+                preflight.check_creatable(tracking_option, preflight.sqlite_path(uri))
+            else:
+                check_tracking_uri(uri)
+            if study_url:
+                optuna_storage.open_storage(study_url)
+                if not cfg.resume:
+                    optuna_storage.check_new_study(study_url, cfg.name)
+            if cfg.address:
+                preflight.check_address(cfg.address)
+        with timings("data_s"):
+            data = preflight.load_data(cfg, space)
+        warm = optuna_storage.warm_start_trials(cfg, data.fingerprint) if not cfg.resume else []
+        timings.update(preflight.connect(cfg))
+        slots = preflight.check_resources(cfg)
+        if cfg.max_concurrent is None:
+            # as many as fit; Tune then also starts that many trial workers at once (with a searcher it
+            # starts one at a time otherwise) and samples a trial only when it can run
+            cfg = replace(cfg, max_concurrent=slots)
+        with timings("checks_s"):
+            preflight.smoke_check(cfg, space, data)
+            if new_store:
+                check_tracking_uri(uri)
+    except BaseException:
+        new.remove()
+        raise
 
     exp_path = cfg.experiment_path
     total = orchestrate.num_trials(cfg, space)

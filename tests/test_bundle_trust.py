@@ -142,3 +142,20 @@ def test_a_sample_with_every_modality_missing_is_an_error(bundle_and_test):
         bundle.predict(frame)
     frame.iloc[3, 0:200] = pyfunc_input(bundle, test).iloc[3, 0:200]  # one modality back: fine
     assert bundle.predict(frame).shape == (6, 2)
+
+
+@pytest.mark.parametrize("name", [PREPROCESSING, "config.json", "inputs.json"])
+@pytest.mark.parametrize("content, problem", [
+    (b"\xff\xfe\x00{", "is not valid JSON (not UTF-8 text)"),
+    (b'{"mean": ', "is not valid JSON (Expecting value)"),
+    (b"[1, 2]", "is not a JSON object (found a list)"),
+])
+def test_an_edited_json_file_with_a_resealed_manifest_is_one_line(bundle_and_test, tmp_path, name, content, problem):
+    path, _ = bundle_and_test
+    edited = copy_bundle(path, tmp_path / "edited")
+    (edited / name).write_bytes(content)
+    _reseal(edited)
+    with pytest.raises(BundleError) as err:
+        load_bundle(edited)
+    assert str(err.value).startswith(f"bundle {edited}: {name} {problem}")
+    assert "\n" not in str(err.value)

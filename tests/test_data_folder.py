@@ -15,6 +15,7 @@ from PIL import Image
 
 from trainables.data import DataError, load_dataset
 from trainables.data.folder import load_folder
+from trainables.data.tables import MAX_COLUMN_NAME_CHARS, MAX_TABLE_COLUMNS
 
 ROOT = Path(__file__).resolve().parents[1]
 IDS = [f"p{i:02d}" for i in range(10)]
@@ -183,6 +184,15 @@ BAD_INPUTS = {
     "manifest names a missing file": (lambda f: (f / "dataset.yaml").write_text("modalities:\n  x: nothere.csv\n"),
                                       "nothere.csv", "file not found"),
     "broken csv": (_write_bytes("ehr.csv", b'sample_id,age\n"p00,1\n'), "ehr.csv", "cannot be read as a table"),
+    "200,000 columns": (_write_bytes("ehr.csv", b"sample_id," + b",".join(b"c%d" % i for i in range(200_000)) +
+                                     b"\np00" + b",1" * 200_000 + b"\n"),
+                        "ehr.csv", f"more than {MAX_TABLE_COLUMNS} columns in its header"),
+    "50 MB column name": (_write_bytes("ehr.csv", b"sample_id,age," + b"g" * 50_000_000 + b"\np00,1,2\n"),
+                          "ehr.csv", f"the name of column 3 is longer than {MAX_COLUMN_NAME_CHARS} characters"),
+    "long quoted name": (_write_bytes("reports.csv", b'sample_id,"te,\nxt' + b"t" * MAX_COLUMN_NAME_CHARS + b'"\np01,x\n'),
+                         "reports.csv", f"the name of column 2 is longer than {MAX_COLUMN_NAME_CHARS} characters"),
+    "long parquet name": (lambda f: pd.DataFrame({"sample_id": IDS[:8], "a" * 1001: 1.0}).to_parquet(f / "ehr2.parquet"),
+                          "ehr2.parquet", f"the name of column 2 is longer than {MAX_COLUMN_NAME_CHARS} characters"),
 }
 
 
@@ -196,6 +206,14 @@ def test_bad_input_is_one_line_naming_the_file(study, case):
     assert "\n" not in msg
     assert phrase in msg, msg
     assert (file or str(study)) in msg, msg
+
+
+def test_the_header_at_the_limits_passes(tmp_path):
+    from trainables.data.tables import check_header
+
+    names = ["sample_id", *(f"c{i}" for i in range(MAX_TABLE_COLUMNS - 2)), '"x,' + "x" * (MAX_COLUMN_NAME_CHARS - 2) + '"']
+    (tmp_path / "wide.csv").write_text(",".join(names) + "\np00" + ",1" * (MAX_TABLE_COLUMNS - 1) + "\n")
+    check_header(tmp_path / "wide.csv")  # exactly the maximum columns, the last name exactly the longest
 
 
 def test_cli_reports_bad_folder_in_one_line_with_exit_code_2(study):

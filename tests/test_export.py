@@ -18,7 +18,7 @@ import pytest
 
 from search.export import CARD, CARD_JSON, main, render_card
 from search.results import load_study
-from studies import ROOT, tiny_search
+from studies import ROOT, fake_study, tiny_search
 from trainables.bundle import BundleError, load_bundle, verify_bundle
 from trainables.data import load_dataset
 
@@ -235,3 +235,17 @@ def test_export_of_a_corrupt_checkpoint_is_one_line(search, tmp_path, capsys):
     assert main(["--name", search["name"], "--storage", str(storage), "--dest", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "cannot be restored" in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("content, problem", [
+    (b'{"space": "baseline", ', "not valid JSON (Expecting property name"),
+    (b"\xff\xfe{}", "not valid JSON (not UTF-8 text)"),
+    (b'["baseline"]', "expected the search's options as a JSON object, found a JSON list"),
+])
+def test_export_of_a_corrupt_search_json_is_one_line(tmp_path, capsys, content, problem):
+    folder = fake_study(tmp_path, "s", [{"params": {"lr": 1e-3}, "curve": [0.5, 0.6], "folds": [0.6, 0.6]}])
+    (folder / "search.json").write_bytes(content)
+    assert main(["--name", "s", "--storage", str(tmp_path), "--dest", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"python -m search.export: error: {folder / 'search.json'}: {problem}") and "\n" not in err
+    assert not (tmp_path / "out").exists()

@@ -320,3 +320,26 @@ def test_optuna_dashboard_shows_the_study(tiny):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def listing(folder: Path) -> dict[str, bytes | None]:
+    """Every path under ``folder`` with its bytes (None for a folder)."""
+    return {str(p.relative_to(folder)): None if p.is_dir() else p.read_bytes() for p in sorted(folder.rglob("*"))}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--space", "climd", "--warm-start", "old"], "--warm-start old: searched another space"),
+    (["--space", "baseline", "--warm-start", "old"], "--warm-start old: searched another data fingerprint"),
+    (["--space", "baseline", "--warm-start", "nope"], "--warm-start nope: no Optuna study file"),
+])
+def test_a_refused_warm_start_leaves_nothing_behind(tmp_path, capsys, argv, message):
+    """Nothing new in the results folder (no search folder, optuna.db or mlflow.db) and the other
+    search's folder byte for byte as it was."""
+    (tmp_path / "old").mkdir()
+    run_three(searcher(default_url(str(tmp_path / "old")), name="old"))
+    (tmp_path / "keep.txt").write_text("the user's")
+    before = listing(tmp_path)
+    assert run_mod.main([*argv, "--data", "breast-tcga", "--storage", str(tmp_path), "--name", "new"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"python -m search.run: error: {message}") and "\n" not in err, err
+    assert listing(tmp_path) == before

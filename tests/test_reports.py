@@ -228,3 +228,41 @@ def test_attribute_missing_rows_for_attribute_models():
                     (0.0, 0.5, 1.0), targets=[])
     assert [(r.kind, r.rate) for r in rows] == [("attribute", 0.0), ("attribute", 0.5), ("attribute", 1.0)]
     assert rows[0].mean == 1.0 and rows[2].mean == 0.0 and 0.0 < rows[1].mean < 1.0
+
+
+class _Payload:
+    """A pickle that touches a file when unpickled (what a tampered checkpoint could carry)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import pathlib
+
+        return (pathlib.Path.touch, (pathlib.Path(self.marker),))
+
+
+@pytest.mark.parametrize("tamper", ["garbage", "pickle", "zip"])
+def test_robustness_of_a_tampered_checkpoint_is_one_line(tmp_path, capsys, tamper):
+    import pickle
+
+    import torch
+
+    from search.robustness import main
+
+    folder = fake_study(tmp_path, "s", [{"params": BASE, "curve": [0.5, 0.6], "folds": [0.6, 0.6, 0.6]}])
+    (trial_dir,) = [d for d in folder.iterdir() if d.is_dir()]
+    state = trial_dir / "checkpoint_000001" / "state.pt"
+    state.parent.mkdir()
+    marker = tmp_path / "payload-ran"
+    if tamper == "garbage":
+        state.write_bytes(b"not a checkpoint")
+    elif tamper == "pickle":
+        state.write_bytes(pickle.dumps({"epoch": 2, "folds": [_Payload(marker)]}, protocol=2))
+    else:  # torch's own zip format around the payload
+        torch.save({"epoch": 2, "folds": [_Payload(marker)]}, state)
+    assert main(["--name", "s", "--storage", str(tmp_path), "--rates", "0,0.5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"python -m search.robustness: error: checkpoint {state} of trial aaaaa_00000: cannot be "
+                          "restored (") and "\n" not in err, err
+    assert not marker.exists()  # weights_only=True: the payload never ran

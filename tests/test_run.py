@@ -90,6 +90,9 @@ BAD = [
     (["--space", "alignedfusion", "--data", "breast-tcga"], "needs text and image modalities"),
     (["--space", "omnifuse", "--data", "no-such-data"], "--data no-such-data"),
     (["--resume"], "--resume: no search to resume"),
+    (["--space", "omnifuse", "--confirm-repeats", "1000000000"], "--confirm-repeats 1000000000: must be at most 100"),
+    (["--space", "omnifuse", "--references", ""], "argument --references: empty value ''; give logreg, rf, hgb"),
+    (["--space", "omnifuse", "--references", ","], "argument --references: empty value ','"),
 ]
 
 
@@ -100,6 +103,17 @@ def test_bad_input_is_one_line_and_exit_2(argv, message, tmp_path, capsys, data_
     assert rc == 2
     assert len(err.strip().splitlines()) == 1, err
     assert message in err
+
+
+def test_the_confirm_repeats_maximum_is_the_documented_one():
+    from search.cli import build_parser
+    from search.config import MAX_CONFIRM_REPEATS
+
+    (action,) = [a for a in build_parser()._actions if a.dest == "confirm_repeats"]
+    assert f"at most {MAX_CONFIRM_REPEATS})" in action.help
+    assert resolve(SearchConfig(space="omnifuse", confirm_repeats=MAX_CONFIRM_REPEATS)).confirm_repeats == 100
+    with pytest.raises(UsageError, match=f"--confirm-repeats {MAX_CONFIRM_REPEATS + 1}: must be at most"):
+        resolve(SearchConfig(space="omnifuse", confirm_repeats=MAX_CONFIRM_REPEATS + 1))
 
 
 def test_bad_config_file(tmp_path, capsys):
@@ -116,6 +130,7 @@ def test_more_gpus_than_the_cluster_has(tmp_path):
     assert out.returncode == 2
     assert out.stderr.strip().splitlines()[-1].startswith("python -m search.run: error: --gpus-per-trial 64: the cluster has")
     assert not list(tmp_path.glob("*/results.csv"))  # no trial started
+    assert not list(tmp_path.iterdir())  # refused after Ray started: no search folder, optuna.db nor mlflow.db
 
 
 # --------------------------------------------------------------------------------- end to end
@@ -285,3 +300,20 @@ def test_search_against_a_real_mlflow_server(mlflow_server, tmp_path, data_dir):
     (parent,) = [r for r in runs if r.data.tags.get(SEARCH_NAME_TAG) == "served" and r.data.tags.get(ROLE_TAG) == "search"]
     assert len([r for r in runs if r.data.tags.get(PARENT_RUN_TAG) == parent.info.run_id]) == 3
     assert client.get_model_version_by_alias("baseline-breast-tcga", "champion").run_id != parent.info.run_id
+
+
+@pytest.mark.parametrize("storage_exists", [True, False])
+def test_a_refused_data_folder_leaves_nothing_behind(tmp_path, capsys, storage_exists):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "labels.csv").write_text("sample_id,label\np0,a\np1,a\n")  # one class
+    (data / "ehr.csv").write_text("sample_id,x\np0,1\np1,2\n")
+    storage = tmp_path / "results"
+    if storage_exists:
+        storage.mkdir()
+        (storage / "keep.txt").write_text("the user's")
+    before = sorted(map(str, tmp_path.rglob("*")))
+    assert run_mod.main(["--space", "baseline", "--data", str(data), "--storage", str(storage), "--name", "s"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "labels.csv" in err and "only one class" in err and "\n" not in err, err
+    assert sorted(map(str, tmp_path.rglob("*"))) == before  # no search folder, optuna.db nor mlflow.db

@@ -383,6 +383,19 @@ def _check_signature(path: Path, public_key: Any) -> None:
         raise BundleError(exc.where, exc.problem) from None
 
 
+def _read_json(path: Path, name: str) -> dict[str, Any]:
+    """The bundle's JSON file ``name`` as an object; a one-line :class:`BundleError` naming it when it
+    is not UTF-8 JSON or not an object (edited, then the manifest re-hashed to match)."""
+    try:
+        value = json.loads((path / name).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8 text"
+        raise BundleError(f"bundle {path}", f"{name} is not valid JSON ({reason}); edited after export?") from None
+    if not isinstance(value, dict):
+        raise BundleError(f"bundle {path}", f"{name} is not a JSON object (found a {type(value).__name__})")
+    return value
+
+
 def sign_bundle(path: str | Path, private_key: Any) -> Path:
     """Sign the (verified) bundle's manifest with an Ed25519 private key or the path of its PEM
     file: writes ``MANIFEST.sig``."""
@@ -432,10 +445,10 @@ def load_network(folder: Path, *, device: str = "cpu", where: str | None = None)
     folder = Path(folder)
     where = where or f"bundle {folder}"
     try:
-        description = json.loads((folder / INPUTS).read_text())
-        config = upgrade(json.loads((folder / CONFIG).read_text()))  # an older config version: old keys renamed
-        standardizer = Standardizer.from_state_dict(json.loads((folder / PREPROCESSING).read_text()))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        description = _read_json(folder, INPUTS)
+        config = upgrade(_read_json(folder, CONFIG))  # an older config version: old keys renamed
+        standardizer = Standardizer.from_state_dict(_read_json(folder, PREPROCESSING))
+    except OSError:
         raise BundleError(where, f"lacks a readable {INPUTS}, {CONFIG} or {PREPROCESSING}") from None
     spec = DataSpec(
         tuple(InputSpec(i["name"], i["kind"], int(i["dim"]), i.get("length")) for i in description["inputs"]),

@@ -26,6 +26,57 @@ def check_finite(values: np.ndarray, where: str | Path, columns: list[str]) -> N
         raise DataError(where, f"{problem} {v:g} in column {columns[c]!r}, row {r + 1}")
 
 
+MAX_TABLE_COLUMNS = 100_000
+"""Most columns a dataset table may have (the sample id included): wider tables are refused from
+their header, before pandas reads them (a 200,000-column header made the load hang)."""
+MAX_COLUMN_NAME_CHARS = 1_000
+"""Longest column name in a dataset table (a 50 MB name made the load hang)."""
+
+_HEADER_CHUNK = 1 << 16
+
+
+def check_header(path: Path) -> None:
+    """Refuse a table beyond :data:`MAX_TABLE_COLUMNS` columns or with a column name longer than
+    :data:`MAX_COLUMN_NAME_CHARS` characters, reading only as much of its header as needed."""
+    if path.suffix.lower() in (".parquet", ".pq"):
+        import pyarrow.parquet as pq
+
+        try:
+            names = pq.read_schema(path).names
+        except Exception:  # noqa: BLE001 - an unreadable file is reported by read_table
+            return
+        if len(names) > MAX_TABLE_COLUMNS:
+            raise DataError(path, f"{len(names)} columns; at most {MAX_TABLE_COLUMNS} are read")
+        for i, name in enumerate(names):
+            if len(name) > MAX_COLUMN_NAME_CHARS:
+                raise DataError(path, f"the name of column {i + 1} is longer than {MAX_COLUMN_NAME_CHARS} characters")
+        return
+    columns, length, quoted = 1, 0, False
+    with path.open(encoding="utf-8", errors="replace", newline="") as f:
+        while chunk := f.read(_HEADER_CHUNK):
+            for ch in chunk:
+                if quoted:  # a quoted name: commas and line ends are part of it
+                    if ch == '"':
+                        quoted = False
+                    else:
+                        length += 1
+                elif ch == '"':
+                    quoted = True
+                elif ch == ",":
+                    columns, length = columns + 1, 0
+                    if columns > MAX_TABLE_COLUMNS:
+                        raise DataError(path, f"more than {MAX_TABLE_COLUMNS} columns in its header; at most "
+                                              f"{MAX_TABLE_COLUMNS} are read")
+                    continue
+                elif ch in "\r\n":
+                    return
+                else:
+                    length += 1
+                if length > MAX_COLUMN_NAME_CHARS:
+                    raise DataError(path, f"the name of column {columns} is longer than {MAX_COLUMN_NAME_CHARS} "
+                                          "characters")
+
+
 def not_a_folder(path: Path, what: str = "file") -> None:
     """A path given as a file (a table, an image) must not name a folder."""
     if path.is_dir():
@@ -38,6 +89,7 @@ def read_table(path: Path, *, str_columns: tuple[str, ...] = ()) -> pd.DataFrame
     not_a_folder(path, "table (CSV or Parquet)")
     if not path.is_file():
         raise DataError(path, "file not found")
+    check_header(path)
     try:
         if path.suffix.lower() in (".parquet", ".pq"):
             return pd.read_parquet(path)
