@@ -21,7 +21,7 @@ import sys
 from dataclasses import dataclass, replace
 from typing import Any
 
-from search import cli, faults, integrity, oof, orchestrate, preflight, relocate, results
+from search import cli, faults, integrity, locks, oof, orchestrate, preflight, relocate, results
 from search.cleanup import PruneCheckpoints, Pruned, prune_checkpoints
 from search.config import SearchConfig, experiment_path, resolve, storage_path
 from search.credentials import check_options, redact
@@ -56,9 +56,7 @@ def options(given: dict[str, Any]) -> SearchConfig:
         if "space" not in given:
             raise UsageError("--space is required (python -m search.spaces list)")
         cfg = resolve(SearchConfig(**given))
-        if preflight_exists(cfg):
-            raise UsageError(f"--name {cfg.name}: a search of that name exists in {cfg.storage_path}; "
-                             "add --resume to continue it, or choose another --name")
+        refuse_existing(cfg)
         return cfg
     check_options(given)
     storage = given.get("storage", SearchConfig.storage)
@@ -83,6 +81,13 @@ def options(given: dict[str, Any]) -> SearchConfig:
         if getattr(cfg, key) != (tuple(value) if isinstance(value, list) else value):
             raise UsageError(f"--{key.replace('_', '-')}: cannot change on --resume (the search has {getattr(cfg, key)!r})")
     return replace(cfg, resume=True, name=name, **{k: v for k, v in given.items() if k in RESUME_OVERRIDES[3:]})
+
+
+def refuse_existing(cfg: SearchConfig) -> None:
+    """A new search may not take the name of one that exists."""
+    if preflight_exists(cfg):
+        raise UsageError(f"--name {cfg.name}: a search of that name exists in {cfg.storage_path}; "
+                         "add --resume to continue it, or choose another --name")
 
 
 def preflight_exists(cfg: SearchConfig) -> bool:
@@ -144,8 +149,16 @@ def run(argv: list[str] | None = None) -> int:
 
 def execute(given: dict[str, Any]) -> SearchResult:
     """A whole search from the given options (by :class:`SearchConfig` field name): the one code
-    path of ``python -m search.run``, ``fusetune run`` and :func:`search.run_search`."""
+    path of ``python -m search.run``, ``fusetune run`` and :func:`search.run_search`. One driver per
+    search: a second one on the same search is refused (:func:`search.locks.driver_lock`)."""
     cfg = options(given)
+    with locks.driver_lock(cfg.experiment_path, cfg.name):
+        if not cfg.resume:
+            refuse_existing(cfg)  # a driver of the same name that ended between our check and our lock
+        return _execute(cfg)
+
+
+def _execute(cfg: SearchConfig) -> SearchResult:
     space = cfg.space_spec
     uri = tracking_uri(cfg)
     from search.dataset_input import DatasetInfo

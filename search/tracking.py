@@ -132,8 +132,10 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise UsageError(f"{where}: cannot create the folder {Path(path).parent} ({e.strerror or e})") from None
+    from search.locks import store_creation_lock
+
     try:
-        with fast_http(timeout):
+        with fast_http(timeout), store_creation_lock(uri):  # a new SQLite store is created by one process at a time
             MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
     except Exception as e:  # noqa: BLE001 - any failure here means the store is unusable
         raise UsageError(f"{where}: {_describe_failure(e, scheme)}") from None
