@@ -47,6 +47,7 @@ import pyarrow.fs
 from ray.tune import Callback
 
 from search import compat
+from search.objective import Objective
 from search.results import TrialResult
 from search.settle import newest_state
 
@@ -200,7 +201,7 @@ class PruneCheckpoints(Callback):
             last = t.last_result or {}
             v = last.get(self.metric)
             if last.get("final") and isinstance(v, (int, float)) and math.isfinite(v) and t.status != "ERROR":
-                scored.append((v if self.mode == "max" else -v, str(t.trial_id)))
+                scored.append((Objective(self.metric, self.mode).key(v), str(t.trial_id)))
         return {tid for _, tid in sorted(scored, reverse=True)[: self.keep]}
 
     def prune(self, trials: list) -> None:

@@ -30,6 +30,7 @@ import numpy as np
 
 from search.cli import OneLineParser, add_storage_option
 from search.errors import UsageError
+from search.objective import Objective
 from search.results import StudyResults, TrialResult, load_study
 from search.stats import TEST_NAME, corrected_resampled_ttest, test_train_ratio
 from trainables.metrics import METRICS
@@ -134,7 +135,7 @@ def leaderboard(studies: list[StudyResults], metric: str, reference: str | None 
                                  else "constant difference over folds: t undefined"))
         else:
             entries.append(Entry(s, trial, folds, diff, t, p))
-    entries.sort(key=lambda e: e.trial.value(metric), reverse=(mode == "max"))
+    entries.sort(key=lambda e: Objective(metric, mode).key(e.trial.value(metric)), reverse=True)
     return entries
 
 

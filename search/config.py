@@ -16,6 +16,7 @@ from typing import Any
 
 from search.credentials import check_options, redact_options
 from search.errors import UsageError
+from search.objective import MODES
 from spaces import SPACES, Space, get_space
 from trainables.metrics import METRICS
 
@@ -284,7 +285,7 @@ def _objectives(cfg: SearchConfig) -> tuple[tuple[str, ...], tuple[str, ...]]:
     elif len(mode) == 1 and len(metric) == 2 and len(cfg.metric) == 1:
         mode = (mode[0], "min")
     for m in mode:
-        _check_choice("--mode", m, ("max", "min"))
+        _check_choice("--mode", m, MODES)
     if len(mode) != len(metric):
         raise UsageError(f"--mode {','.join(mode)}: give one mode per metric ({len(metric)})")
     return metric, mode

@@ -43,6 +43,7 @@ import numpy as np
 from ray import tune
 
 from search import ensemble, integrity, references
+from search.objective import Objective
 from search.oof import OutOfFold
 from search.orchestrate import result_loggers
 from search.results import error_reason
@@ -334,7 +335,7 @@ class Confirmation:
 
 
 def verdict(candidates: list[Candidate], scheme: Scheme, mode: str) -> Confirmation:
-    sign = 1.0 if mode == "max" else -1.0
+    sign = Objective(scheme.metric, mode).sign
     ok = sorted((c for c in candidates if not c.error), key=lambda c: -sign * c.confirmed(scheme.metric))
     ordered = ok + [c for c in candidates if c.error]
     models = [c for c in ok if c.is_model and not c.incumbent]
@@ -393,7 +394,7 @@ def table(conf: Confirmation) -> str:
 
 def summary(conf: Confirmation) -> str:
     """The plain sentences under the table: selection gap, and whether the champion beats the references."""
-    m, sign = conf.metric, (1.0 if conf.mode == "max" else -1.0)
+    m, sign = conf.metric, Objective(conf.metric, conf.mode).sign
     n = len(conf.scheme.seeds)
     k = "hold-out split" if conf.scheme.folds == 0 else f"{conf.scheme.folds}-fold CV"
     lines = [f"confirmed on {n} fresh repetition(s) of {k} (split seeds {', '.join(map(str, conf.scheme.seeds))}); "

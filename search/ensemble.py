@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from search.objective import Objective
 from search.oof import OutOfFold
 from trainables.metrics import METRICS, _ratio, auroc, confusion
 
@@ -180,7 +181,7 @@ def select(pool: Pool, metric: str, mode: str, *, size: int = 5, init: int = 5, 
         raise ValueError(f"ensemble size must be at least 1, got {size}")
     if bag_over not in BAG_OVER:
         raise ValueError(f"bag_over must be one of {BAG_OVER}, got {bag_over!r}")
-    sign = 1.0 if mode == "max" else -1.0
+    sign = Objective(metric, mode).sign
     everyone = list(range(len(pool.names)))
     rng = np.random.default_rng(seed)
     weights = np.zeros(len(pool.names))

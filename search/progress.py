@@ -16,6 +16,8 @@ from typing import Any, TextIO
 
 from ray.tune import Callback
 
+from search.objective import Objective
+
 
 def format_duration(seconds: float) -> str:
     seconds = max(0, round(seconds))
@@ -108,7 +110,7 @@ class ProgressLine(Callback):
         v = (result or {}).get(self.metric)
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
             return
-        if self._best is None or (v > self._best[0] if self.mode == "max" else v < self._best[0]):
+        if self._best is None or Objective(self.metric, self.mode).better(v, self._best[0]):
             std = result.get(f"{self.metric}_std")
             self._best = (float(v), trial_id, result.get("epoch", "?"), std if isinstance(std, (int, float)) else None)
 

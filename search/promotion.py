@@ -28,6 +28,7 @@ from typing import Any
 from mlflow.tracking import MlflowClient
 
 from search.models import CHAMPION, CONFIG_TAG, ENSEMBLE_TAG
+from search.objective import Objective
 
 CHALLENGER = "challenger"
 POLICIES = ("better", "always", "never")
@@ -111,7 +112,7 @@ def decide(policy: str, inc: Incumbent | None, *, fingerprint: str, metric: str,
     if incumbent_value is None:
         return Decision(CHALLENGER, f"{CHAMPION} stays v{inc.version}: it could not be re-scored on this "
                                     "search's fresh folds (no config recorded or its confirmation failed)")
-    better = new_value > incumbent_value if mode == "max" else new_value < incumbent_value
+    better = Objective(metric, mode).better(new_value, incumbent_value)
     if better:
         return Decision(CHAMPION, f"confirmed {metric} {new_value:.4f} beats v{inc.version}'s {incumbent_value:.4f} "
                                   "on the same fresh folds")

@@ -48,6 +48,7 @@ from optuna.trial import TrialState
 from search.cli import OneLineParser, add_storage_option
 from search.credentials import refuse_credentials
 from search.errors import UsageError
+from search.objective import Objective
 from search.results import RESULTS_CSV, StudyResults, load_study
 
 logger = logging.getLogger("fusetune.reports")
@@ -115,7 +116,7 @@ def rebuild_optuna_study(study: StudyResults, metric: str | None = None, mode: s
         if d is not None:
             dists[name] = d
 
-    ot = optuna.create_study(study_name=study.name, direction="maximize" if mode == "max" else "minimize",
+    ot = optuna.create_study(study_name=study.name, direction=Objective(metric, mode).direction,
                              storage=optuna.storages.InMemoryStorage())
     for t in study.trials:
         params = {k: t.config[k] for k in dists if k in t.config}

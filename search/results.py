@@ -39,6 +39,7 @@ import numpy as np
 import pyarrow.fs
 
 from search.errors import UsageError
+from search.objective import Objective
 from trainables.metrics import METRICS
 
 RESULTS_CSV = "results.csv"
@@ -111,12 +112,12 @@ class TrialResult:
 def ranked(rows: list[TrialResult], metric: str, mode: str) -> list[TrialResult]:
     """The complete trials with a value of ``metric``, best first."""
     scored = [r for r in rows if r.complete and r.value(metric) is not None]
-    return sorted(scored, key=lambda r: r.value(metric), reverse=(mode == "max"))
+    return sorted(scored, key=lambda r: Objective(metric, mode).key(r.value(metric)), reverse=True)
 
 
 def pareto_front(rows: list[TrialResult], metrics: tuple[str, ...], modes: tuple[str, ...]) -> set[str]:
     """Trial ids of the complete trials no other complete trial dominates on all objectives."""
-    sign = [1.0 if m == "max" else -1.0 for m in modes]
+    sign = [Objective(metric, m).sign for metric, m in zip(metrics, modes)]
     pts = {r.trial_id: [s * r.value(m) for s, m in zip(sign, metrics)] for r in rows
            if r.complete and all(r.value(m) is not None for m in metrics)}
 

@@ -26,6 +26,7 @@ from search.cleanup import PruneCheckpoints, Pruned, prune_checkpoints
 from search.config import SearchConfig, experiment_path, resolve, storage_path
 from search.credentials import check_options, redact
 from search.errors import UsageError
+from search.objective import Objective
 from search.oof import KeepOutOfFold
 from search.progress import ProgressLine, format_duration
 from search.timing import Steps, since_start
@@ -320,8 +321,9 @@ def finish(cfg: SearchConfig, space: Any, data: Any, exp_path: str, fs: Any, uri
                   f"{cfg.primary_metric}, alone)")
     elif chosen.reference_rows and ranked:
         m, best = cfg.primary_metric, ranked[0].value(cfg.primary_metric)
-        ref = max(chosen.reference_rows, key=lambda r: r[m] if cfg.primary_mode == "max" else -r[m])
-        beaten = best > ref[m] if cfg.primary_mode == "max" else best < ref[m]
+        objective = Objective(m, cfg.primary_mode)
+        ref = max(chosen.reference_rows, key=lambda r: objective.key(r[m]))
+        beaten = objective.better(best, ref[m])
         print("references on the search's folds: " + ", ".join(f"{r['trial_id']} {r[m]:.4f}" for r in chosen.reference_rows)
               + f"; the best trial ({best:.4f}) {'beats' if beaten else 'does not beat'} {ref['trial_id']} "
               "(not confirmed on fresh folds: --confirm-repeats 0)")

@@ -46,6 +46,7 @@ from ray.tune import Callback
 
 from search.credentials import refuse_credentials
 from search.errors import UsageError
+from search.objective import Objective
 from search.tracking_queue import Sender, fast_http
 from search.tracking_queue import one_line as _one_line
 
@@ -224,7 +225,7 @@ def summary_metrics(trials: list, metrics: tuple[str, ...]) -> dict[str, float]:
     for m in metrics:
         values = [float(r[m]) for r in completed if isinstance(r.get(m), (int, float)) and math.isfinite(r[m])]
         if values:
-            out[f"best_{m}"] = max(values) if natural_mode(m) == "max" else min(values)
+            out[f"best_{m}"] = Objective(m, natural_mode(m)).best(values)
     return out
 
 
