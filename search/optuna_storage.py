@@ -44,6 +44,8 @@ logger = logging.getLogger("fusetune.optuna")
 
 STUDY_FILE = "optuna.db"
 RAY_TRIAL_ATTR = "ray_trial_id"
+RETRY_ATTR = "fusetune.retry_of"
+"""User attribute of the Optuna trial that continues a failed one its Ray trial re-runs: that one's number."""
 WARM_START_ATTR = "fusetune.warm_start_from"
 STUDY_ATTRS = ("fusetune.space", "fusetune.data_fingerprint", "fusetune.metric", "fusetune.mode")
 """Study user attributes a warm start compares (besides ``fusetune.data``, ``fusetune.sampler``)."""
@@ -187,6 +189,7 @@ class PersistentOptunaSearch(OptunaSearchSeam):
         return self.ot_study
 
     def suggest(self, trial_id: str) -> dict | None:
+        self._live()
         new = trial_id not in self.ot_trials
         if new and self._queued:
             self.ot_study.enqueue_trial(self._queued.pop(0), skip_if_exists=self._skip_seen)
@@ -198,15 +201,21 @@ class PersistentOptunaSearch(OptunaSearchSeam):
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         """Intermediate values by epoch (Ray's own class steps by report count), the epochs a sparse
         report carries in its ``curve`` included."""
+        self._live()
+        ot_trial = self._reporting_into(trial_id)
+        if ot_trial is None:
+            return None
         if not isinstance(self.metric, str) or trial_id in self.completed_trials or trial_id not in self.ot_trials:
             return super().on_trial_result(trial_id, result)
-        ot_trial = self.ot_trials[trial_id]
         for point in [*result.get("curve", ()), result]:
             value, epoch = point.get(self.metric), point.get("epoch", result.get("training_iteration"))
             if isinstance(value, (int, float)) and epoch is not None:
                 ot_trial.report(float(value), int(epoch))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        self._live()
+        if self._reporting_into(trial_id) is None:
+            return  # its Optuna trial was told before a driver restart; that verdict stands
         if (result and isinstance(self.metric, str) and self.metric in result and trial_id in self.ot_trials
                 and trial_id not in self.completed_trials):
             # Tune hands the last result to on_trial_complete only: it is an intermediate value too
@@ -223,12 +232,64 @@ class PersistentOptunaSearch(OptunaSearchSeam):
             return
         super().on_trial_complete(trial_id, result=result, error=error)
 
+    # ---- one source of truth: an Optuna trial is never reported into after it was told
+    def _reporting_into(self, trial_id: str) -> Any:
+        """The Optuna trial that ``trial_id``'s results go to, checked once per session against the
+        study's storage; None when there is none to report into.
+
+        A Ray trial running again whose Optuna trial was told FAIL (a node lost with it, or an
+        error Tune now retries) gets a fresh Optuna trial with the same parameters (Optuna's public
+        ``enqueue_trial`` + ``ask``; user attribute ``fusetune.retry_of`` = the failed trial's
+        number), so its new results are recorded and the failed one stays as it was told. One told
+        COMPLETE or PRUNED before a driver restart keeps that verdict (None: nothing more is reported)."""
+        ot_trial = self.ot_trials.get(trial_id)
+        if ot_trial is None or self.storage_url is None or trial_id in self._checked:
+            return ot_trial
+        frozen = self.ot_study.get_trials(deepcopy=False)[ot_trial.number]
+        self._checked.add(trial_id)
+        if frozen.state == TrialState.RUNNING:
+            return ot_trial
+        if frozen.state != TrialState.FAIL:
+            self.completed_trials.add(trial_id)
+            return None
+        self.ot_study.enqueue_trial(frozen.params, user_attrs={RAY_TRIAL_ATTR: trial_id, RETRY_ATTR: frozen.number})
+        fresh = self.ot_study.ask(fixed_distributions=frozen.distributions)
+        self.ot_trials[trial_id] = fresh
+        self.completed_trials.discard(trial_id)
+        logger.info("Ray trial %s runs again: Optuna trial %d (failed) continues as trial %d", trial_id,
+                    frozen.number, fresh.number)
+        return fresh
+
+    @property
+    def _checked(self) -> set[str]:
+        """Ray trials whose Optuna trial was checked against the storage in this session (not pickled)."""
+        if "_checked_ids" not in self.__dict__:
+            self.__dict__["_checked_ids"] = set()
+        return self.__dict__["_checked_ids"]
+
+    def _live(self) -> None:
+        """Open the study again when this searcher came back from ``tuner.pkl`` alone, without
+        :meth:`restore` (a driver killed between writing ``tuner.pkl`` and Tune's first snapshot)."""
+        if self.ot_study is None and self.storage_url is not None:
+            self._open({rid: int(tid) for rid, tid in self.__dict__.get("_ot_trial_ids", {}).items()})
+
+    def _open(self, ids: dict[str, int]) -> None:
+        """The study from its storage (this session's URL: the results folder may have moved), the
+        Ray trials mapped onto their Optuna trials, the ones nobody continues failed."""
+        self.ot_storage = open_storage(self.storage_url)
+        self.ot_study = optuna.load_study(study_name=self.study_name, storage=self.ot_storage,
+                                          sampler=self.ot_sampler, pruner=optuna.pruners.NopPruner())
+        self.ot_trials = {rid: trial_of(self.ot_study, tid) for rid, tid in ids.items()}
+        self.__dict__["_checked_ids"] = set()
+        self._fail_lost(set(ids.values()))
+
     # ---- pickled by Ray into tuner.pkl with the TuneConfig: the sampler and the trial map; the study
     # stays in its storage and is opened again by restore()
     def __getstate__(self) -> dict[str, Any]:
         if self.storage_url is None:
             return self.__dict__.copy()
         state = self.detached_state()
+        state.pop("_checked_ids", None)  # checked in this session only
         state["_ot_trial_ids"] = {rid: storage_trial_id(t) for rid, t in self.ot_trials.items()}
         return state
 
@@ -256,15 +317,10 @@ class PersistentOptunaSearch(OptunaSearchSeam):
         self.study_name = state["study_name"]
         self.completed_trials = set(state["completed"])
         self._queued, self._skip_seen, self._warm = list(state["queued"]), bool(state["skip_seen"]), []
-        self.ot_storage = open_storage(self.storage_url)  # this session's URL (the results folder may have moved)
         # the sampler is the one Tune restored with the search; its random state restarts from a fresh
         # seed, so a resumed search does not redraw the start-up points it already tried
         self.ot_sampler.reseed_rng()
-        self.ot_study = optuna.load_study(study_name=self.study_name, storage=self.ot_storage,
-                                          sampler=self.ot_sampler, pruner=optuna.pruners.NopPruner())
-        ids = {rid: int(tid) for rid, tid in state["ot_trial_ids"].items()}
-        self.ot_trials = {rid: trial_of(self.ot_study, tid) for rid, tid in ids.items()}
-        self._fail_lost(set(ids.values()))
+        self._open({rid: int(tid) for rid, tid in state["ot_trial_ids"].items()})
 
     def _fail_lost(self, known: set[int]) -> None:
         """Optuna trials a killed driver asked for after Ray's last snapshot: no Ray trial continues

@@ -23,6 +23,7 @@ from search.config import SearchConfig, resolve
 from search.errors import UsageError
 from search.optuna_storage import (
     RAY_TRIAL_ATTR,
+    RETRY_ATTR,
     WARM_START_ATTR,
     PersistentOptunaSearch,
     check_url,
@@ -343,3 +344,49 @@ def test_a_refused_warm_start_leaves_nothing_behind(tmp_path, capsys, argv, mess
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"python -m search.run: error: {message}") and "\n" not in err, err
     assert listing(tmp_path) == before
+
+
+def test_a_searcher_back_from_tuner_pkl_alone_opens_its_study_again(tmp_path):
+    # a driver killed after writing tuner.pkl and before Tune's first snapshot: Tune unpickles the
+    # searcher and never calls restore(); its first suggest failed with "'NoneType' object has no
+    # attribute 'enqueue_trial'"
+    url = sqlite(tmp_path)
+    s = searcher(url)
+    assert s.suggest("a")
+    back = pickle.loads(pickle.dumps(s))
+    assert back.suggest("b")
+    back.on_trial_complete("a", result(2, 0.6, final=True))
+    study = optuna.load_study(study_name="s", storage=url)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.RUNNING]
+    assert [t.user_attrs[RAY_TRIAL_ATTR] for t in study.trials] == ["a", "b"]
+
+
+def test_a_trial_told_before_a_restart_is_never_reported_into_again(tmp_path):
+    # the searcher's snapshot predates the verdicts (a lost node failed "a"; ASHA stopped "b"; "c"
+    # finished): Tune runs "a" again and still reports "b" and "c", which raised
+    # UpdateFinishedTrialError ("Trial#0 has already finished and can not be updated")
+    url = sqlite(tmp_path)
+    s = searcher(url)
+    for tid in "abc":
+        assert s.suggest(tid)
+    snapshot = str(tmp_path / "searcher.json")
+    s.save(snapshot)
+    s.on_trial_result("a", result(1, 0.5))
+    s.on_trial_complete("a", error=True)
+    s.on_trial_complete("b", result(1, 0.4))
+    s.on_trial_complete("c", result(2, 0.8, final=True))
+
+    resumed = searcher(url)
+    resumed.restore(snapshot)
+    resumed.on_trial_result("a", result(1, 0.55))  # Tune's retry of "a"
+    resumed.on_trial_result("b", result(2, 0.45))
+    resumed.on_trial_result("c", result(2, 0.8))
+    resumed.on_trial_complete("a", result(2, 0.75, final=True))
+    resumed.on_trial_complete("b", result(2, 0.45, final=True))
+    resumed.on_trial_complete("c", result(2, 0.8, final=True))
+    a, b, c, retry = optuna.load_study(study_name="s", storage=url).trials
+    assert (a.state, b.state, c.state) == (TrialState.FAIL, TrialState.PRUNED, TrialState.COMPLETE)
+    assert (b.intermediate_values, c.value) == ({1: 0.4}, 0.8)  # the verdicts given before the restart stand
+    assert retry.state == TrialState.COMPLETE and retry.value == 0.75 and retry.intermediate_values == {1: 0.55, 2: 0.75}
+    assert retry.params == a.params and retry.user_attrs[RETRY_ATTR] == a.number
+    assert retry.user_attrs[RAY_TRIAL_ATTR] == "a"
