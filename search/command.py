@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from search.cli import DEFAULT_STORAGE
+from search.cli import DEFAULT_STORAGE, OneLineParser
 
 
 @dataclass(frozen=True)
@@ -42,12 +42,12 @@ def _module(name: str) -> Callable[[list[str]], int]:
 
 def _server(argv: list[str], prog: str, what: str, build: Callable[[argparse.Namespace], list[str]],
             extra: Callable[[argparse.ArgumentParser], None]) -> int:
-    parser = argparse.ArgumentParser(prog=f"fusetune {prog}", description=what)
+    parser = OneLineParser(prog=f"fusetune {prog}", description=what)
     parser.add_argument("--storage", default=DEFAULT_STORAGE, metavar="DIR", help=f"results folder (default {DEFAULT_STORAGE})")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=None, help="port (default: the tool's own)")
     extra(parser)
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv)  # credentials in any option are refused here (search.credentials)
     cmd = build(args)
     if shutil.which(cmd[0]) is None:
         print(f"fusetune {prog}: error: {cmd[0]} is not installed (pip install {cmd[0]})", file=sys.stderr)
