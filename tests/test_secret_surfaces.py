@@ -1,5 +1,6 @@
 """Secrets on every surface of every subcommand (issue 26 item 7): one check of every option of
-every ``fusetune`` subcommand, before it does anything. Nothing here starts Ray or a server."""
+every ``fusetune`` subcommand, nothing credentialed on a subprocess's command line, a warning when
+a UI binds beyond this machine. Nothing here starts Ray or a server."""
 
 from __future__ import annotations
 
@@ -146,3 +147,53 @@ def test_a_token_before_at_in_a_bare_address(capsys):
     assert fusetune(["run", "--space", "baseline", "--address", f"{SECRET}@head:6379"]) == 2
     err = capsys.readouterr().err
     assert "--address ***@head:6379: leave the credentials out" in err and SECRET not in err
+
+
+# --------------------------------------------------------------------------------- the servers
+@pytest.fixture
+def launched(monkeypatch, tmp_path):
+    """``fusetune ui``/``dashboard`` with the server's launch replaced: what it would have run."""
+    calls = []
+    monkeypatch.setattr(command.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(command.subprocess, "call", lambda cmd, env=None: calls.append((cmd, env)) or 0)
+    monkeypatch.chdir(tmp_path)
+    return calls
+
+
+def test_the_ui_store_is_not_on_mlflows_command_line(launched, tmp_path, capsys):
+    uri = "postgresql://bob@db.example/mlflow"
+    assert command.main(["ui", "--tracking-uri", uri]) == 0
+    (cmd, env), = launched
+    assert uri not in " ".join(cmd) and env["MLFLOW_BACKEND_STORE_URI"] == uri
+    assert cmd[:2] == ["mlflow", "ui"] and cmd[cmd.index("--host") + 1] == "127.0.0.1"
+    assert command.main(["ui", "--storage", str(tmp_path / "r")]) == 0
+    assert launched[1][1]["MLFLOW_BACKEND_STORE_URI"] == f"sqlite:///{tmp_path / 'r' / 'mlflow.db'}"
+
+
+@pytest.mark.parametrize("sub,store", [("ui", "--tracking-uri"), ("dashboard", "--optuna-storage")])
+def test_a_remote_storage_is_not_opened_as_a_local_folder(sub, store, launched, tmp_path, capsys):
+    # it made a local folder named after the URI ('s3:/bucket/...'), a secret in it if the URI had one
+    assert fusetune([sub, "--storage", "s3://bucket/results", "--name", "x"][:5 if sub == "dashboard" else 3]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"fusetune {sub}: error: --storage s3://bucket/results: a remote results folder has no local "
+                   f"store to open; give {store}\n")
+    assert not launched and not created(tmp_path)
+
+
+@pytest.mark.parametrize("sub", ["ui", "dashboard"])
+@pytest.mark.parametrize("host,warned", [("127.0.0.1", False), ("localhost", False), ("::1", False),
+                                         ("127.0.0.2", False), ("0.0.0.0", True), ("::", True),
+                                         ("10.1.2.3", True), ("box.example", True)])
+def test_binding_beyond_loopback_warns(sub, host, warned, launched, capsys):
+    argv = [sub, "--host", host, *(["--name", "x"] if sub == "dashboard" else [])]
+    assert command.main(argv) == 0
+    err = capsys.readouterr().err
+    (cmd, _), = launched
+    assert cmd[cmd.index("--host") + 1] == host
+    lines = [line for line in err.splitlines() if "reachable from other machines" in line]
+    assert len(lines) == (1 if warned else 0), err
+    if warned:
+        assert lines[0] == (f"fusetune {sub}: warning: --host {host} makes the UI reachable from other machines, "
+                            "with no authentication: anyone who can reach this port reads (and can change) "
+                            "the searches")
+
