@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from search.cli import DEFAULT_STORAGE, OneLineParser
-from search.credentials import redact
+from search.credentials import private_outputs, redact
 from search.errors import UsageError
 
 
@@ -62,6 +62,7 @@ def bind_warning(prog: str, host: str) -> str | None:
             "authentication: anyone who can reach this port reads (and can change) the searches")
 
 
+@private_outputs()  # the store or study a server creates is the user's alone, like the search's
 def _server(argv: list[str], prog: str, what: str,
             build: Callable[[argparse.Namespace], tuple[list[str], dict[str, str]]],
             extra: Callable[[argparse.ArgumentParser], None]) -> int:

@@ -10,12 +10,15 @@ applied to every URI the code echoes, as a second line of defence.
 :class:`CheckedParser`, the parser of every ``fusetune`` subcommand, applies the same check to
 every argument of its command line (``--config`` file values included) before parsing it, so no
 option, present or future, takes a credential to a message, a file or a subprocess's command line;
-``user:pass@host:port`` without a scheme counts too.
+``user:pass@host:port`` without a scheme counts too. :class:`private_outputs` gives the files a
+command writes the user's permissions only (umask 077, ``FUSETUNE_UMASK`` to choose another).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -183,3 +186,41 @@ class CheckedParser(argparse.ArgumentParser):
             self.error(str(exc))
         return super().parse_known_args(tokens, namespace)
 
+
+# ----------------------------------------------------------------------------- private outputs
+UMASK_ENV = "FUSETUNE_UMASK"
+PRIVATE_UMASK = 0o077
+"""Files a command writes are the user's alone (folders 0700, files 0600) unless ``FUSETUNE_UMASK``
+(octal, e.g. ``022``) says otherwise."""
+
+
+def wanted_umask() -> int:
+    raw = os.environ.get(UMASK_ENV, "").strip()
+    if not raw:
+        return PRIVATE_UMASK
+    try:
+        mask = int(raw, 8)
+        if not 0 <= mask <= 0o777:
+            raise ValueError
+    except ValueError:
+        print(f"fusetune: warning: {UMASK_ENV}={raw!r} is not an octal umask such as 077 or 022; using 077 "
+              "(outputs readable by you only)", file=sys.stderr)
+        return PRIVATE_UMASK
+    return mask
+
+
+class private_outputs(contextlib.ContextDecorator):
+    """The process umask set to :func:`wanted_umask` while a command (or :func:`search.run.execute`)
+    runs, and restored after it. Set before Ray starts, it is inherited by the local cluster's
+    workers, so trials' checkpoints and results are private too; a cluster started elsewhere
+    (``--address``) writes with its own umask."""
+
+    def __init__(self) -> None:
+        self._before: list[int] = []
+
+    def __enter__(self) -> private_outputs:
+        self._before.append(os.umask(wanted_umask()))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        os.umask(self._before.pop())

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from search import encode
-from search.credentials import CheckedParser
+from search.credentials import CheckedParser, private_outputs
 from search.errors import UsageError
 from trainables.data import DataError, load_dataset
 
@@ -63,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@private_outputs()  # what it writes is readable by the user only (FUSETUNE_UMASK)
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:

@@ -38,7 +38,7 @@ import numpy as np
 
 from search import cli
 from search.config import SearchConfig, resolve
-from search.credentials import refuse_credentials
+from search.credentials import private_outputs, refuse_credentials
 from search.errors import UsageError
 from trainables.data import DataError
 from trainables.metrics import METRICS
@@ -390,6 +390,7 @@ def render(report: dict[str, Any], metric: str) -> str:
     return "\n".join(lines)
 
 
+@private_outputs()  # what it writes is readable by the user only (FUSETUNE_UMASK)
 def main(argv: list[str] | None = None) -> int:
     from search.run import quiet_libraries
 

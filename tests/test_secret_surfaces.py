@@ -1,11 +1,12 @@
 """Secrets on every surface of every subcommand (issue 26 item 7): one check of every option of
-every ``fusetune`` subcommand, nothing credentialed on a subprocess's command line, a warning when
-a UI binds beyond this machine. Nothing here starts Ray or a server."""
+every ``fusetune`` subcommand, nothing credentialed on a subprocess's command line, outputs private
+to the user, a warning when a UI binds beyond this machine. Nothing here starts Ray or a server."""
 
 from __future__ import annotations
 
 import argparse
 import os
+import stat
 
 import pytest
 
@@ -197,3 +198,80 @@ def test_binding_beyond_loopback_warns(sub, host, warned, launched, capsys):
                             "with no authentication: anyone who can reach this port reads (and can change) "
                             "the searches")
 
+
+# --------------------------------------------------------------------------------- private outputs
+@pytest.fixture
+def umask_kept():
+    before = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(before)
+
+
+def _mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_entry_points_make_outputs_private(umask_kept, monkeypatch, tmp_path):
+    from search.credentials import private_outputs
+
+    monkeypatch.delenv("FUSETUNE_UMASK", raising=False)
+    with private_outputs():
+        (tmp_path / "search").mkdir()
+        (tmp_path / "search" / "result.json").write_text("{}")
+    assert _mode(tmp_path / "search") == 0o700 and _mode(tmp_path / "search" / "result.json") == 0o600
+    assert os.umask(0o022) == 0o022  # restored afterwards
+
+
+@pytest.mark.parametrize("value,mask", [("022", 0o022), ("0o027", 0o027), ("nonsense", 0o077), ("1777", 0o077)])
+def test_the_umask_can_be_chosen(value, mask, umask_kept, monkeypatch, capsys):
+    from search.credentials import private_outputs
+
+    monkeypatch.setenv("FUSETUNE_UMASK", value)
+    with private_outputs():
+        now = os.umask(0o077)
+        os.umask(now)
+    assert now == mask
+    err = capsys.readouterr().err
+    assert ("FUSETUNE_UMASK" in err) == (mask == 0o077), err
+
+
+def test_a_refused_search_run_leaves_the_driver_umask_private(umask_kept, monkeypatch, tmp_path):
+    # the search driver sets it before anything (Ray included) starts: stop it at its first step
+    from search import run as run_mod
+
+    monkeypatch.delenv("FUSETUNE_UMASK", raising=False)
+    seen = []
+
+    def first_step(given):
+        now = os.umask(0o077)
+        os.umask(now)
+        seen.append(now)
+        raise run_mod.UsageError("stop here")
+
+    monkeypatch.setattr(run_mod, "options", first_step)
+    assert run_mod.main(["--space", "baseline", "--storage", str(tmp_path / "r")]) == 2
+    assert seen == [0o077]
+
+
+@pytest.mark.parametrize("module", ["nested", "export", "reports", "compare", "robustness", "data", "ui", "dashboard"])
+def test_every_writing_command_is_private(module, umask_kept, monkeypatch):
+    # (search.run: its execute, above; the servers: the store or study the tool creates)
+    import importlib
+
+    main = command.SUBCOMMANDS[module].run if module in ("ui", "dashboard") else \
+        importlib.import_module(f"search.{module}").main
+    seen = []
+
+    def stop(*args, **kwargs):
+        now = os.umask(0o077)
+        os.umask(now)
+        seen.append(now)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_known_args", stop)
+    monkeypatch.delenv("FUSETUNE_UMASK", raising=False)
+    with pytest.raises(SystemExit):
+        main([])
+    assert seen and seen[0] == 0o077, module
