@@ -48,7 +48,7 @@ ELSEWHERE = ("give them to the client through its own environment variables or c
              "on the command line (which every user of the machine sees in ps)")
 """The clause for any other argument."""
 
-_BARE = re.compile(r"^(?P<user>[^\s/@:]+)(?::(?P<password>[^\s/@]*))?@(?P<host>[^\s/@]+)(?P<rest>/\S*)?$")
+_BARE = re.compile(r"^(?P<user>[\w.~%+-]+)(?::(?P<password>[^\s/\"'{},]*))?@(?P<host>[\w.%:\[\]-]+)(?P<rest>/\S*)?$")
 """``user:password@host[:port][/...]`` without a scheme (a Ray ``--address``, a database host)."""
 
 URI_OPTIONS = {"tracking_uri": "--tracking-uri", "address": "--address", "storage": "--storage",

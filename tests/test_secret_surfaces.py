@@ -135,10 +135,13 @@ def test_an_abbreviated_option_is_named_in_full(capsys):
 
 @pytest.mark.parametrize("uri,found,shown", [
     (f"alice:{SECRET}@head:6379", "a password", "alice:***@head:6379"),
+    (f"alice:{SECRET}@x@head:6379", "a password", "alice:***@head:6379"),  # an @ in the password
     (f"{SECRET}@head:6379", None, f"{SECRET}@head:6379"),  # a bare name before @ is a token only for --address
     ("head:6379", None, "head:6379"),
     ("/data/a:b@c", None, "/data/a:b@c"),                   # a path, not an address
     ("git@github.com:org/repo", None, "git@github.com:org/repo"),
+    ('{"a":"x@y"}', None, '{"a":"x@y"}'),                  # a --points JSON value, not an address
+    ("[::1]:6379", None, "[::1]:6379"),
 ])
 def test_credentials_without_a_scheme(uri, found, shown):
     assert credentials_in(uri) == found and redact(uri) == shown
