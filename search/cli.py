@@ -16,11 +16,12 @@ from typing import Any
 import yaml
 
 from search.config import ENSEMBLE_CHOICES, PROMOTE_POLICIES, SAMPLER_NAMES, SCHEDULER_NAMES, SearchConfig
+from search.credentials import CheckedParser
 from search.errors import UsageError
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    """argparse whose errors are one line (raised as :class:`UsageError`), not usage text."""
+class _OneLineParser(CheckedParser):
+    """argparse whose errors are one line (raised as :class:`UsageError`), not usage text; credentials refused."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UsageError(message)
@@ -158,8 +159,8 @@ DEFAULT_STORAGE: str = SearchConfig.storage
 """``--storage`` default of the study commands (reports, compare, export, ...): the search driver's."""
 
 
-class OneLineParser(argparse.ArgumentParser):
-    """argparse whose errors are one line and exit with code 2."""
+class OneLineParser(CheckedParser):
+    """argparse whose errors are one line and exit with code 2; credentials refused in any argument."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message}\n")

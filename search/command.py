@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import ipaddress
 import os
 import shutil
 import subprocess
@@ -24,7 +25,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from search.cli import DEFAULT_STORAGE
+from search.cli import DEFAULT_STORAGE, OneLineParser
+from search.credentials import private_outputs, redact
+from search.errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -40,39 +43,76 @@ def _module(name: str) -> Callable[[list[str]], int]:
     return run
 
 
-def _server(argv: list[str], prog: str, what: str, build: Callable[[argparse.Namespace], list[str]],
+def loopback(host: str) -> bool:
+    """Whether binding ``host`` keeps a server on this machine (127.0.0.0/8, ::1, localhost)."""
+    name = host.strip().strip("[]").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False  # a name or an interface's address: reachable from wherever it resolves
+
+
+def bind_warning(prog: str, host: str) -> str | None:
+    """The one-line warning for a UI bound beyond loopback (None on 127.0.0.1 and the like)."""
+    if loopback(host):
+        return None
+    return (f"fusetune {prog}: warning: --host {host} makes the UI reachable from other machines, with no "
+            "authentication: anyone who can reach this port reads (and can change) the searches")
+
+
+@private_outputs()  # the store or study a server creates is the user's alone, like the search's
+def _server(argv: list[str], prog: str, what: str,
+            build: Callable[[argparse.Namespace], tuple[list[str], dict[str, str]]],
             extra: Callable[[argparse.ArgumentParser], None]) -> int:
-    parser = argparse.ArgumentParser(prog=f"fusetune {prog}", description=what)
+    parser = OneLineParser(prog=f"fusetune {prog}", description=what)
     parser.add_argument("--storage", default=DEFAULT_STORAGE, metavar="DIR", help=f"results folder (default {DEFAULT_STORAGE})")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=None, help="port (default: the tool's own)")
     extra(parser)
-    args = parser.parse_args(argv)
-    cmd = build(args)
+    args = parser.parse_args(argv)  # credentials in any option are refused here (search.credentials)
+    try:
+        cmd, env = build(args)
+    except UsageError as exc:
+        print(f"fusetune {prog}: error: {exc}", file=sys.stderr)
+        return 2
     if shutil.which(cmd[0]) is None:
         print(f"fusetune {prog}: error: {cmd[0]} is not installed (pip install {cmd[0]})", file=sys.stderr)
         return 2
     if args.port is not None:
         cmd += ["--port", str(args.port)]
-    print(" ".join(cmd), flush=True)
-    return subprocess.call(cmd, env=os.environ)
+    warning = bind_warning(prog, args.host)
+    if warning:
+        print(warning, file=sys.stderr)
+    print(" ".join(cmd) + "".join(f"  ({k}={redact(v)})" for k, v in env.items()), flush=True)
+    return subprocess.call(cmd, env={**os.environ, **env})
+
+
+def _local_storage(args: argparse.Namespace, option: str) -> Path:
+    if "://" in args.storage:
+        raise UsageError(f"--storage {args.storage}: a remote results folder has no local store to open; "
+                         f"give {option}")
+    return Path(args.storage).expanduser()
 
 
 def _ui(argv: list[str]) -> int:
-    def build(args: argparse.Namespace) -> list[str]:
+    def build(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
         from search.tracking import default_tracking_uri
 
-        uri = args.tracking_uri or default_tracking_uri(args.storage)
-        return ["mlflow", "ui", "--backend-store-uri", uri, "--host", args.host]
+        uri = args.tracking_uri or default_tracking_uri(_local_storage(args, "--tracking-uri"))
+        # the store goes by environment, not on the command line every user sees in ps
+        return ["mlflow", "ui", "--host", args.host], {"MLFLOW_BACKEND_STORE_URI": uri}
 
     return _server(argv, "ui", "The MLflow UI of a results folder (its SQLite store), on 127.0.0.1.", build,
                    lambda p: p.add_argument("--tracking-uri", default=None, help="another MLflow store"))
 
 
 def _dashboard(argv: list[str]) -> int:
-    def build(args: argparse.Namespace) -> list[str]:
-        url = args.optuna_storage or f"sqlite:///{(Path(args.storage) / args.name / 'optuna.db').resolve()}"
-        return ["optuna-dashboard", url, "--host", args.host]
+    def build(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
+        url = args.optuna_storage or \
+            f"sqlite:///{(_local_storage(args, '--optuna-storage') / args.name / 'optuna.db').resolve()}"
+        return ["optuna-dashboard", url, "--host", args.host], {}  # checked for credentials by the parser
 
     def extra(p: argparse.ArgumentParser) -> None:
         p.add_argument("--name", required=True, help="the search whose Optuna study to show")

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from search.cli import OneLineParser, add_storage_option
+from search.credentials import private_outputs
 from search.errors import UsageError
 from search.objective import Objective
 from search.results import StudyResults, TrialResult, load_study
@@ -186,6 +187,7 @@ def write(table: list[dict[str, str]], markdown: str, out: Path, stem: str) -> t
     return md, csv_path
 
 
+@private_outputs()  # what it writes is readable by the user only (FUSETUNE_UMASK)
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(prog="python -m search.compare",
                            description="Leaderboard of the best configuration of several studies, "

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from search import encode
+from search.credentials import CheckedParser, private_outputs
 from search.errors import UsageError
 from trainables.data import DataError, load_dataset
 
@@ -47,7 +48,7 @@ SUBCOMMANDS: dict[str, Subcommand] = {
 }
 
 
-class _OneLineParser(argparse.ArgumentParser):
+class _OneLineParser(CheckedParser):
     """argparse, but a usage error is one line on stderr (exit code 2), not usage plus message."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
@@ -62,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@private_outputs()  # what it writes is readable by the user only (FUSETUNE_UMASK)
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:

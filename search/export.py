@@ -52,7 +52,7 @@ from typing import Any
 import numpy as np
 
 from search.cli import DEFAULT_STORAGE, OneLineParser, add_storage_option
-from search.credentials import refuse_credentials
+from search.credentials import private_outputs, refuse_credentials
 from search.errors import UsageError
 from search.results import StudyResults, TrialResult, load_study
 from search.robustness import ALL, DEFAULT_RATES, FoldModels, Row, evaluate, fold_models, parse_rates
@@ -624,6 +624,7 @@ def export_one(sel: Selected, dest: Path, *, rates: tuple[float, ...], seed: int
     return copy_bundle(sel.bundle, dest / sel.out_name, overwrite=overwrite, extra_files=extra)
 
 
+@private_outputs()  # what it writes is readable by the user only (FUSETUNE_UMASK)
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(prog="python -m search.export",
                            description="Export the best models of a search as self-contained bundles with a model card.")

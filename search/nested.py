@@ -38,6 +38,7 @@ import numpy as np
 
 from search import cli
 from search.config import SearchConfig, resolve
+from search.credentials import private_outputs, refuse_credentials
 from search.errors import UsageError
 from trainables.data import DataError
 from trainables.metrics import METRICS
@@ -73,6 +74,7 @@ def split_argv(argv: list[str]) -> tuple[int, bool, list[str]]:
             as_json = True
         elif tok == "--outer-folds" or tok.startswith("--outer-folds="):
             value = tok.split("=", 1)[1] if "=" in tok else next(it, "")
+            refuse_credentials("--outer-folds", value)  # read before search.run's parser checks the rest
             try:
                 outer = int(value)
             except ValueError:
@@ -388,6 +390,7 @@ def render(report: dict[str, Any], metric: str) -> str:
     return "\n".join(lines)
 
 
+@private_outputs()  # what it writes is readable by the user only (FUSETUNE_UMASK)
 def main(argv: list[str] | None = None) -> int:
     from search.run import quiet_libraries
 

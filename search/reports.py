@@ -46,7 +46,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.trial import TrialState
 
 from search.cli import OneLineParser, add_storage_option
-from search.credentials import refuse_credentials
+from search.credentials import private_outputs, refuse_credentials
 from search.errors import UsageError
 from search.objective import Objective
 from search.results import RESULTS_CSV, StudyResults, load_study
@@ -447,6 +447,7 @@ def parent_run_id_of(tracking_uri: str, search_name: str) -> str | None:
 
 
 # ----------------------------------------------------------------------------- CLI
+@private_outputs()  # what it writes is readable by the user only (FUSETUNE_UMASK)
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(prog="python -m search.reports", description="Write (again) the reports of a finished search.")
     parser.add_argument("--name", required=True, help="the search's name (its folder under --storage)")

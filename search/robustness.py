@@ -50,6 +50,7 @@ from typing import Any
 import numpy as np
 
 from search.cli import OneLineParser, add_storage_option
+from search.credentials import private_outputs
 from search.errors import UsageError
 from search.results import StudyResults, TrialResult, load_study
 from trainables.backbone import logical_name
@@ -317,6 +318,7 @@ def champion(study: StudyResults, trial_id: str | None, metric: str) -> TrialRes
     return trial
 
 
+@private_outputs()  # what it writes is readable by the user only (FUSETUNE_UMASK)
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(prog="python -m search.robustness",
                            description="Evaluate a study's champion under missing modalities (and attributes).")

@@ -24,7 +24,7 @@ from typing import Any
 from search import cli, faults, integrity, locks, oof, orchestrate, preflight, relocate, results
 from search.cleanup import PruneCheckpoints, Pruned, prune_checkpoints
 from search.config import SearchConfig, experiment_path, resolve, storage_path
-from search.credentials import check_options, redact
+from search.credentials import check_options, private_outputs, redact
 from search.errors import UsageError
 from search.objective import Objective
 from search.oof import KeepOutOfFold
@@ -148,6 +148,7 @@ def run(argv: list[str] | None = None) -> int:
     return execute(cli.parse_args(argv)).exit_code
 
 
+@private_outputs()  # set before Ray starts: its workers, checkpoints included, inherit it
 def execute(given: dict[str, Any]) -> SearchResult:
     """A whole search from the given options (by :class:`SearchConfig` field name): the one code
     path of ``python -m search.run``, ``fusetune run`` and :func:`search.run_search`. One driver per

@@ -10,10 +10,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+from search.credentials import CheckedParser
 from spaces import SPACES, get_space
 
 
-class _OneLineParser(argparse.ArgumentParser):
+class _OneLineParser(CheckedParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message}\n")
 

@@ -86,8 +86,9 @@ def test_the_other_commands_refuse_them_too(command, tmp_path, capsys):
     main = importlib.import_module(f"search.{command}").main
     args = {"reports": ["--name", "x", "--storage", str(tmp_path)],
             "export": ["--model", "m", "--dest", str(tmp_path / "out")]}[command]
-    rc = main([*args, "--tracking-uri", f"http://alice:{SECRET}@127.0.0.1:5000"])
-    err = capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:  # refused by the parser itself, like any usage error of theirs
+        main([*args, "--tracking-uri", f"http://alice:{SECRET}@127.0.0.1:5000"])
+    rc, err = exit_.value.code, capsys.readouterr().err
     assert rc == 2 and len(err.strip().splitlines()) == 1 and SECRET not in err, err
     assert "--tracking-uri http://alice:***@127.0.0.1:5000: leave the credentials out of the URI" in err
 
