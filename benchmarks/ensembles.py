@@ -51,10 +51,10 @@ METRIC = "macro_f1"
 
 def budget(args: argparse.Namespace) -> dict[str, object]:
     if args.quick:
-        b = {"outer_folds": 3, "num_samples": 3, "epochs": 5, "folds": 3, "confirm_repeats": 1}
+        b = {"outer_folds": 3, "num_samples": 3, "epochs": 5, "folds": 3, "confirm_repeats": 1, "top_k": 1}
     else:
-        b = {"outer_folds": 5, "num_samples": 20, "epochs": 100, "folds": 5, "confirm_repeats": 3}
-    for key in ("num_samples", "epochs", "outer_folds", "confirm_repeats"):
+        b = {"outer_folds": 5, "num_samples": 20, "epochs": 100, "folds": 5, "confirm_repeats": 3, "top_k": 3}
+    for key in ("num_samples", "epochs", "outer_folds", "confirm_repeats", "top_k"):
         if getattr(args, key) is not None:
             b[key] = getattr(args, key)
     return b
@@ -149,6 +149,7 @@ def main() -> int:
     p.add_argument("--epochs", type=int, default=None, help="epochs per trial (default 100)")
     p.add_argument("--outer-folds", type=int, default=None, help="outer folds (default 5)")
     p.add_argument("--confirm-repeats", type=int, default=None, help="fresh repetitions of the confirmation (default 3)")
+    p.add_argument("--top-k", type=int, default=None, help="candidates confirmed and registered per outer search (default 3)")
     args = p.parse_args()
     storage = Path(args.storage or tempfile.mkdtemp(prefix="fusetune-ensembles-")).resolve()
     spaces = args.spaces.split(",") if args.spaces else (["baseline"] if args.quick else list(SPACES))
