@@ -79,7 +79,7 @@ def test_the_confirmed_ensemble_wins_and_is_served_as_one_model(search, tmp_path
     test = fixed_test_part_from_config({"data": config["data"], "method": "baseline"})
     frame = pyfunc_input(bundle, test)
     expected = bundle.predict(frame)
-    assert expected.shape == (len(test), 4) and np.allclose(expected.sum(axis=1), 1.0)
+    assert expected.shape == (len(test), len(bundle.class_names)) and np.allclose(expected.sum(axis=1), 1.0)
     loaded = load_model(f"models:/{NAME}@champion", tracking_uri=uri, dst=tmp_path / "download")
     np.testing.assert_allclose(loaded.predict(frame).to_numpy(), expected, rtol=1e-5, atol=1e-6)
     with served(f"models:/{NAME}@champion", uri, tmp_path) as base:

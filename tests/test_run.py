@@ -178,12 +178,14 @@ def test_end_to_end_mlflow(omnifuse_search):
     parents = [r for r in runs if r.data.tags.get(SEARCH_NAME_TAG) == "e2e" and r.data.tags.get(ROLE_TAG) == "search"]
     assert len(parents) == 1
     children = [r for r in runs if r.data.tags.get(PARENT_RUN_TAG) == parents[0].info.run_id]
-    assert sorted(c.data.tags.get(ROLE_TAG) for c in children) == ["reference"] * 2 + ["trial"] * 4
-    children = [c for c in children if c.data.tags.get(ROLE_TAG) == "trial"]
-    for child in children:
-        assert {"beta", "lambda1", "lambda2", "lambda3", "K", "lr"} <= set(child.data.params)
+    # the trials, the references (logreg, rf, hgb) and the ensemble the confirmation stage selected
+    assert sorted(c.data.tags.get(ROLE_TAG) for c in children) == ["ensemble"] + ["reference"] * 3 + ["trial"] * 4
+    models = [c for c in children if c.data.tags.get(ROLE_TAG) in ("trial", "ensemble")]
+    for child in models:
+        if child.data.tags.get(ROLE_TAG) == "trial":
+            assert {"beta", "lambda1", "lambda2", "lambda3", "K", "lr"} <= set(child.data.params)
     champion = client.get_model_version_by_alias("omnifuse-breast-tcga", "champion")
-    assert champion.run_id in {c.info.run_id for c in children}
+    assert champion.run_id in {c.info.run_id for c in models}
 
 
 def test_every_epoch_in_mlflow_only_top_checkpoints_kept_and_a_resume_reruns_nothing(omnifuse_search):
