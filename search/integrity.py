@@ -10,10 +10,11 @@ search folder; :func:`verify` refuses a missing or mismatching MAC in one line b
 ``Tuner.restore`` reads anything.
 
 When the MACs are written. Tune writes ``tuner.pkl`` once, when the ``Tuner`` is built, and the
-rest at every experiment snapshot: ``TuneController.save_to_dir`` writes them to a local staging
-folder, then a background sync copies that folder into the search folder. :func:`install` wraps
-``save_to_dir`` so the seal of the staged files is written into the search folder *before* the
-sync starts; a driver killed at any point therefore leaves files whose MACs are already recorded.
+rest at every experiment snapshot: Tune writes them to a local staging folder, then a background
+sync copies that folder into the search folder. :func:`install` hooks the snapshot through the
+one seam onto Tune's internals (:func:`search.compat.after_experiment_snapshot`), so the seal of
+the staged files is written into the search folder *before* the sync starts; a driver killed at
+any point therefore leaves files whose MACs are already recorded.
 The seal keeps each file's last :data:`HISTORY` MACs, since a killed sync may leave the previous
 snapshot's copy of a file. (A Tune callback cannot do this: the callback states are pickled after
 the last callback hook of a snapshot.) The seal is not a ``.json``/``.pkl`` file, so Tune's
@@ -191,9 +192,8 @@ def verify(experiment_path: str, option: str = "--resume") -> None:
 
 # --------------------------------------------------------------------------------- the hook in Tune
 def install() -> None:
-    """Seal every Tune experiment snapshot this process writes (idempotent): after
-    ``TuneController.save_to_dir`` has staged the files, before Tune syncs them
-    (:func:`search.compat.after_experiment_snapshot`)."""
+    """Seal every Tune experiment snapshot this process writes (idempotent): after Tune has staged
+    the files, before it syncs them (:func:`search.compat.after_experiment_snapshot`)."""
     from search import compat
 
     compat.after_experiment_snapshot(_seal_snapshot)
