@@ -1,11 +1,13 @@
 """The Python API: :func:`run_search`, the same code path as ``python -m search.run``.
 
-    from search import run_search
+```python
+from search import run_search
 
-    result = run_search(space="baseline", data="breast-tcga", num_samples=10, epochs=30)
-    result.best_config          # the confirmed champion's config
-    result.metrics              # results.csv as a DataFrame
-    result.model_uri            # models:/baseline-breast-tcga/<version>
+result = run_search(space="baseline", data="breast-tcga", num_samples=10, epochs=30)
+result.best_config          # the confirmed champion's config
+result.metrics              # results.csv as a DataFrame
+result.model_uri            # models:/baseline-breast-tcga/<version>
+```
 """
 
 from __future__ import annotations
