@@ -103,6 +103,33 @@ def after_experiment_snapshot(hook: Callable[[str, str], None]) -> None:
         hooks.append(hook)
 
 
+NEW_TRIAL_SNAPSHOT_ATTR = "_fusetune_snapshot_new_trials"
+"""Set on the wrapped ``TuneController._update_trial_queue``: it snapshots after adding a trial."""
+
+
+def snapshot_each_new_trial() -> None:
+    """Make Tune write its experiment snapshot, and wait for its copy into the search folder, each
+    time the search algorithm has added a new trial (``TuneController._update_trial_queue``), before
+    the trial can start. Tune otherwise snapshots every few seconds at most, and a short trial that
+    starts and ends between two snapshots is in none: a driver killed then would lose it, finished,
+    and its sampled configuration (Ray samples another in its place). Idempotent."""
+    from ray.tune.execution.tune_controller import TuneController
+
+    original = TuneController._update_trial_queue
+    if getattr(original, NEW_TRIAL_SNAPSHOT_ATTR, False):
+        return
+
+    @functools.wraps(original)
+    def _update_trial_queue(self: Any, *args: Any, **kwargs: Any) -> bool:
+        added = original(self, *args, **kwargs)
+        if added:
+            self.checkpoint(force=True, wait=True)
+        return added
+
+    setattr(_update_trial_queue, NEW_TRIAL_SNAPSHOT_ATTR, True)
+    TuneController._update_trial_queue = _update_trial_queue
+
+
 def _is_local(storage: Any) -> bool:
     import pyarrow.fs
 
@@ -155,6 +182,13 @@ def latest_checkpoint_path(trial: Any) -> str | None:
     cpm = getattr(getattr(trial, "run_metadata", None), "checkpoint_manager", None)
     latest = cpm.latest_checkpoint_result if cpm is not None else None
     return latest.checkpoint.path if latest is not None and latest.checkpoint is not None else None
+
+
+def restore_point(trial: Any) -> dict[str, Any] | None:
+    """The reported result whose checkpoint Tune would restore ``trial`` from (None before its first)."""
+    cpm = getattr(getattr(trial, "run_metadata", None), "checkpoint_manager", None)
+    latest = cpm.latest_checkpoint_result if cpm is not None else None
+    return dict(latest.metrics) if latest is not None and latest.checkpoint is not None else None
 
 
 # --------------------------------------------------------------------------------- the restored Tuner

@@ -5,8 +5,11 @@ a crash or an OOM kill would) at that phase; nothing else reads the variable and
 point is a no-op. The phases, in the order a search meets them:
 
 - ``startup``: the first trial has started and Tune's first experiment snapshot is on storage;
-- ``trial_end``: right after the first trial's final result was recorded (its ``result.json``
+- ``result``: right after a trial's result was recorded (every result, final or not);
+- ``trial_end``: right after a trial's final result was recorded (its ``result.json``
   line written, its MLflow record queued), before Tune has saved that the trial ended;
+- ``after_stop``: at a trial's final result, once the scheduler has stopped another trial early
+  (the trial that finishes may have started after Tune's last experiment snapshot);
 - ``mid_search``: at the first step after a trial reported a checkpoint before its last epoch
   (Tune has registered it; the next experiment snapshot may not have been written);
 - ``confirmation``: the confirmation stage has confirmed its candidates and the ensemble was selected
@@ -14,6 +17,10 @@ point is a no-op. The phases, in the order a search meets them:
 - ``refit``: the search has ended and its results are written, before the top-k are refitted;
 - ``registration``: a model version was created, before its tags are set;
 - ``reports``: the models are registered and promoted, before the reports are written.
+
+``FUSETUNE_KILL_AT=<phase>#<n>`` kills at the ``n``-th time the driver reaches the phase (``result#7``:
+at the seventh result; ``registration#2``: after the second version); ``<phase>`` alone is ``#1``.
+The chaos test (``tests/test_chaos.py``) draws its kill instants this way.
 """
 
 from __future__ import annotations
@@ -26,16 +33,35 @@ from typing import Any
 from ray.tune import Callback
 
 KILL_ENV = "FUSETUNE_KILL_AT"
-PHASES = ("startup", "trial_end", "mid_search", "confirmation", "refit", "registration", "reports")
+PHASES = ("startup", "result", "trial_end", "after_stop", "mid_search", "confirmation", "refit", "registration",
+          "reports")
+TUNE_PHASES = ("startup", "result", "trial_end", "after_stop", "mid_search")
+"""The phases met inside the Tune loop (:class:`KillAt`); the others are met by the stages after it."""
+
+_reached: dict[str, int] = {}
+
+
+def target() -> tuple[str, int] | None:
+    """The phase and count ``FUSETUNE_KILL_AT`` names (``phase`` or ``phase#n``), None when unset."""
+    spec = os.environ.get(KILL_ENV)
+    if not spec:
+        return None
+    phase, _, count = spec.partition("#")
+    return phase, int(count) if count else 1
 
 
 def armed(phase: str) -> bool:
-    return os.environ.get(KILL_ENV) == phase
+    """Whether ``FUSETUNE_KILL_AT`` names ``phase`` (at any count)."""
+    aim = target()
+    return aim is not None and aim[0] == phase
 
 
 def point(phase: str) -> None:
-    """Kill this process now if ``FUSETUNE_KILL_AT`` names ``phase``."""
-    if armed(phase):
+    """Kill this process now if ``FUSETUNE_KILL_AT`` names ``phase`` and this is its ``n``-th time."""
+    if not armed(phase):
+        return
+    _reached[phase] = _reached.get(phase, 0) + 1
+    if _reached[phase] == target()[1]:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -45,6 +71,7 @@ class KillAt(Callback):
 
     def __init__(self) -> None:
         self.checkpointed = False
+        self.stopped_early = False
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if not armed("startup"):
@@ -61,10 +88,17 @@ class KillAt(Callback):
         point("startup")
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        point("result")
         if result.get("final"):
             point("trial_end")
+            if self.stopped_early:
+                point("after_stop")
         elif result.get("checkpoint_dir_name"):
             self.checkpointed = True  # Tune registers it in this same step
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if not (trial.last_result or {}).get("final"):
+            self.stopped_early = True  # ended by the scheduler before its last epoch
 
     def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
         if self.checkpointed:
@@ -73,4 +107,4 @@ class KillAt(Callback):
 
 def callbacks() -> list[Callback]:
     """The kill callback when a Tune-loop phase is armed, else none."""
-    return [KillAt()] if any(armed(p) for p in ("startup", "trial_end", "mid_search")) else []
+    return [KillAt()] if any(armed(p) for p in TUNE_PHASES) else []

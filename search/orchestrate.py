@@ -36,18 +36,12 @@ from typing import Any
 
 import optuna
 from ray import tune
-from ray.tune.schedulers import (
-    ASHAScheduler,
-    FIFOScheduler,
-    HyperBandScheduler,
-    MedianStoppingRule,
-    PopulationBasedTraining,
-    TrialScheduler,
-)
+from ray.tune.schedulers import FIFOScheduler, HyperBandScheduler, PopulationBasedTraining, TrialScheduler
 from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter, SearchAlgorithm, Searcher, SearchGenerator
 
 from search import compat, faults, integrity, optuna_storage
 from search.config import SearchConfig
+from search.replay import RememberingASHA, RememberingMedian
 from search.settle import RecordFinal, settle
 from spaces import Space
 from trainables.trainable import TRAINABLES
@@ -261,16 +255,17 @@ class Scheduler:
 
 
 SCHEDULERS: dict[str, Scheduler] = {
-    # ASHA acts on the first result at or past each rung, so reports at the rungs are enough
-    "asha": Scheduler(lambda cfg, space: ASHAScheduler(**_common(cfg), max_t=cfg.epochs, grace_period=_grace(cfg),
+    # ASHA acts on the first result at or past each rung, so reports at the rungs are enough; ASHA and
+    # the median rule get their records back on --resume (search.replay)
+    "asha": Scheduler(lambda cfg, space: RememberingASHA(**_common(cfg), max_t=cfg.epochs, grace_period=_grace(cfg),
                                                        reduction_factor=ASHA_REDUCTION_FACTOR),
                       Cadence(milestones=asha_rungs)),
     # HyperBand pauses trials at its brackets' milestones and resumes them from their checkpoints
     "hyperband": Scheduler(lambda cfg, space: HyperBandScheduler(**_common(cfg), max_t=cfg.epochs, reduction_factor=3),
                            Cadence(every=lambda cfg: 1, checkpoint_every=lambda cfg: 1)),
     # the median rule compares running means of every result up to an epoch
-    "median": Scheduler(lambda cfg, space: MedianStoppingRule(**_common(cfg), grace_period=_grace(cfg),
-                                                              min_samples_required=3),
+    "median": Scheduler(lambda cfg, space: RememberingMedian(**_common(cfg), grace_period=_grace(cfg),
+                                                             min_samples_required=3),
                         Cadence(every=lambda cfg: 1)),
     # PBT exploits at every perturbation interval, from the checkpoint of that report, and may
     # clone an ended trial of its upper quantile, so no ended trial's checkpoint goes before the end
@@ -344,6 +339,7 @@ def result_loggers() -> list[tune.Callback]:
 def build_tuner(cfg: SearchConfig, space: Space, data: TrialData, callbacks: list[tune.Callback],
                 warm: Sequence[optuna.trial.FrozenTrial] = ()) -> tune.Tuner:
     search_alg = search_algorithm(cfg, space, data.fingerprint, warm)
+    compat.snapshot_each_new_trial()
     return tune.Tuner(
         trainable(cfg, space, data),
         param_space=param_space(cfg, space),
@@ -377,6 +373,7 @@ def restore_tuner(cfg: SearchConfig, space: Space, data: TrialData, callbacks: l
     for them. A ``--num-samples`` above the saved one extends the search by that many trials.
     A trial whose final result was recorded after the last snapshot stays finished (:mod:`search.settle`)."""
     settled = settle(cfg.experiment_path)
+    compat.snapshot_each_new_trial()
     integrity.seal(cfg.experiment_path)  # settle rewrote Tune's experiment state (verified before it)
     tuner = tune.Tuner.restore(cfg.experiment_path, trainable(cfg, space, data), resume_unfinished=True,
                                resume_errored=False, restart_errored=False)

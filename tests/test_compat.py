@@ -443,3 +443,54 @@ def test_restored_tuner_config(tune_run):
     compat.set_run_callbacks(tuner, [Seen()])
     tuner.fit()
     assert seen == ["setup"]
+
+
+def test_restore_point(tune_run):
+    """``...checkpoint_manager.latest_checkpoint_result.metrics``: the result of the checkpoint a
+    trial resumes from (search.replay replays a trial's results up to it)."""
+    from ray.tune import ExperimentAnalysis
+
+    (trial,) = ExperimentAnalysis(str(tune_run["path"])).trials
+    assert compat.restore_point(trial)["m"] == 0.5 and compat.restore_point(trial)["epoch"] == 1
+    assert compat.restore_point(object()) is None
+
+
+def test_snapshot_each_new_trial(tmp_path):
+    """``TuneController._update_trial_queue`` adds the searcher's next trial and returns whether it
+    did; ``checkpoint(force=True, wait=True)`` writes the snapshot and copies it to storage at once.
+    Wrapped, every trial is in a stored snapshot while still PENDING, though the trials (one at a
+    time) end well within Tune's snapshot period."""
+    import ray
+    from ray import tune
+    from ray.tune.execution.tune_controller import TuneController
+    from ray.tune.search import ConcurrencyLimiter, SearchGenerator
+
+    from search.settle import newest_state
+
+    pending: list[set[str]] = []
+
+    def seen(experiment: str, staging: str) -> None:
+        import pyarrow.fs
+
+        path = newest_state(pyarrow.fs.LocalFileSystem(), staging)
+        trials = [compat.read_state_trial(e)[0] for e in compat.state_trial_entries(json.loads(Path(path).read_text()))]
+        pending.append({t["trial_id"] for t in trials if t["status"] == "PENDING"})
+
+    def trainable(config: dict[str, Any]) -> None:
+        tune.report({"m": 0.5, "epoch": 1})
+
+    compat.snapshot_each_new_trial()
+    compat.snapshot_each_new_trial()  # idempotent: wrapped once
+    assert getattr(TuneController._update_trial_queue, compat.NEW_TRIAL_SNAPSHOT_ATTR)
+    assert not getattr(TuneController._update_trial_queue.__wrapped__, compat.NEW_TRIAL_SNAPSHOT_ATTR, False)
+    compat.after_experiment_snapshot(seen)
+    ray.init(num_cpus=1, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
+    try:
+        searcher = ConcurrencyLimiter(_Probe(space=_space, metric="m", mode="max"), max_concurrent=1)
+        grid = tune.Tuner(trainable, tune_config=tune.TuneConfig(search_alg=SearchGenerator(searcher), num_samples=3),
+                          run_config=tune.RunConfig(name="exp", storage_path=str(tmp_path), verbose=0)).fit()
+    finally:
+        getattr(TuneController.save_to_dir, compat.SNAPSHOT_HOOKS_ATTR).remove(seen)
+        ray.shutdown()
+    ids = {r.metrics["trial_id"] for r in grid}
+    assert len(ids) == 3 and ids <= set().union(*pending), (ids, pending)
