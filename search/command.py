@@ -151,5 +151,13 @@ def main(argv: list[str] | None = None) -> int:
     return SUBCOMMANDS[name].run(rest)
 
 
+def entry() -> int:
+    """The ``fusetune`` program: ``fusetune run`` in a child process it watches (:mod:`search.supervisor`)."""
+    from search import supervisor
+
+    argv = sys.argv[1:]
+    return supervisor.supervised(lambda: main(argv)) if argv[:1] == ["run"] else main(argv)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry())

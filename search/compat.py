@@ -237,6 +237,37 @@ def disable_ray_cluster_constant() -> None:
     ray_constants.ENABLE_RAY_CLUSTER = False
 
 
+# --------------------------------------------------------------------------------- Ray's messages to the driver
+RAYLET_ROUTE_ATTR = "_fusetune_raylet_stream"
+"""Set on the wrapped ``ray._private.worker.print_to_stdstream``: a one-element list, the stream."""
+
+
+def route_raylet_messages(stream: Any) -> None:
+    """Ray relays its raylets' error messages (a dead raylet's last log lines and state dumps) to
+    the driver's standard output (``ray._private.worker.print_to_stdstream`` with pid ``raylet``,
+    from its ``listen_error_messages`` thread): write them to ``stream`` instead. The trial
+    workers' output is relayed as before. Calling it again changes the stream."""
+    from ray._private import worker
+
+    current = getattr(worker.print_to_stdstream, RAYLET_ROUTE_ATTR, None)
+    if current is not None:
+        current[0] = stream
+        return
+    original, target = worker.print_to_stdstream, [stream]
+
+    @functools.wraps(original)
+    def print_to_stdstream(data: dict[str, Any], ignore_prefix: bool) -> None:
+        if data.get("pid") != "raylet":
+            return original(data, ignore_prefix)
+        for line in data.get("lines", []):
+            target[0].write(f"(raylet) {line}\n")
+        target[0].flush()
+        return None
+
+    setattr(print_to_stdstream, RAYLET_ROUTE_ATTR, target)
+    worker.print_to_stdstream = print_to_stdstream
+
+
 # --------------------------------------------------------------------------------- Optuna
 def storage_trial_id(trial: Any) -> int:
     """The storage's id of an Optuna ``Trial`` or ``FrozenTrial`` (not its ``number``)."""

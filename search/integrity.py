@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from search.errors import UsageError
+from search.files import write_atomically
 
 KEY_ENV = "FUSETUNE_STATE_KEY_FILE"
 """Overrides the key file's location (tests, or a key kept elsewhere)."""
@@ -150,10 +151,7 @@ def _load_seal(fs: Any, root: str) -> dict[str, list[str]] | None:
 
 def _write_seal(fs: Any, root: str, files: dict[str, list[str]]) -> None:
     text = json.dumps({"version": 1, "files": files}, indent=1, sort_keys=True).encode()
-    tmp = f"{root}/.{SEAL_FILE}.{secrets.token_hex(4)}.tmp"
-    with fs.open_output_stream(tmp) as f:
-        f.write(text)
-    fs.move(tmp, f"{root}/{SEAL_FILE}")  # atomic on a local folder
+    write_atomically(fs, f"{root}/{SEAL_FILE}", text, tmp=f"{root}/.{SEAL_FILE}.{secrets.token_hex(4)}.tmp")
 
 
 # --------------------------------------------------------------------------------- seal, verify

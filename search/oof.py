@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow.fs
 from ray.tune import Callback
 
+from search.files import write_atomically
 from trainables.trainable import OOF_FILE
 
 FOLDER = "oof"
@@ -87,10 +88,7 @@ def write(experiment_path: str, name: str, oof: OutOfFold | dict[str, np.ndarray
     fs.create_dir(posixpath.dirname(target), recursive=True)
     buf = io.BytesIO()
     np.savez(buf, **(oof.arrays() if isinstance(oof, OutOfFold) else oof))
-    with fs.open_output_stream(f"{target}.tmp") as f:
-        f.write(buf.getvalue())
-    fs.move(f"{target}.tmp", target)
-    return target
+    return write_atomically(fs, target, buf.getvalue())
 
 
 def _load(fs: pyarrow.fs.FileSystem, file: str) -> OutOfFold | None:

@@ -36,10 +36,14 @@ RESULT_FILE = "result.json"
 def history(trial: Any, time_attr: str) -> list[dict[str, Any]]:
     """The results ``trial`` reported before this driver restored it, in order, as a resumed trial
     stands: all of a finished trial's, an unfinished trial's up to the result of its restore
-    checkpoint (none before its first). Empty for a new trial."""
+    checkpoint (none before its first). Empty for a new trial (no result yet, no folder yet)."""
+    try:
+        folder = trial.path
+    except RuntimeError:  # a new trial: Tune names its folder when it starts
+        return []
     fs = trial.storage.storage_filesystem
     try:
-        with fs.open_input_stream(posixpath.join(trial.path, RESULT_FILE)) as f:
+        with fs.open_input_stream(posixpath.join(folder, RESULT_FILE)) as f:
             lines = f.read().decode(errors="replace").splitlines()
     except (OSError, ValueError):
         return []
@@ -52,7 +56,7 @@ def history(trial: Any, time_attr: str) -> list[dict[str, Any]]:
         if isinstance(result, dict) and isinstance(result.get(time_attr), (int, float)):
             results.append(result)
     if trial.status == "TERMINATED":
-        last = final_result(fs, trial.path) or trial.last_result or {}
+        last = final_result(fs, folder) or trial.run_metadata.last_result or {}
         if isinstance(last.get(time_attr), (int, float)) and (not results or last[time_attr] > results[-1][time_attr]):
             results.append(last)
         return results

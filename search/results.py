@@ -39,6 +39,7 @@ import numpy as np
 import pyarrow.fs
 
 from search.errors import UsageError
+from search.files import write_atomically
 from search.objective import Objective
 from trainables.metrics import METRICS
 
@@ -201,11 +202,7 @@ def write_text(text: str, experiment_path: str, filename: str, filesystem: pyarr
     fs, path = pyarrow.fs.FileSystem.from_uri(experiment_path) if filesystem is None else (filesystem, experiment_path)
     fs.create_dir(path, recursive=True)
     target = f"{path.rstrip('/')}/{filename}"
-    tmp = target + ".tmp"
-    with fs.open_output_stream(tmp) as f:
-        f.write(text.encode())
-    fs.move(tmp, target)
-    return target
+    return write_atomically(fs, target, text.encode())
 
 
 def read_text(experiment_path: str, filename: str) -> str:

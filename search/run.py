@@ -21,7 +21,7 @@ import sys
 from dataclasses import dataclass, replace
 from typing import Any
 
-from search import cli, faults, integrity, locks, oof, orchestrate, preflight, relocate, results
+from search import cli, faults, integrity, locks, oof, orchestrate, preflight, relocate, results, supervisor
 from search.cleanup import PruneCheckpoints, Pruned, prune_checkpoints
 from search.config import SearchConfig, experiment_path, resolve, storage_path
 from search.credentials import check_options, private_outputs, redact
@@ -163,6 +163,7 @@ def execute(given: dict[str, Any]) -> SearchResult:
 def _execute(cfg: SearchConfig) -> SearchResult:
     space = cfg.space_spec
     uri = tracking_uri(cfg)
+    supervisor.report(name=cfg.name, folder=cfg.experiment_path, storage=cfg.storage, tracking_uri=uri)
     from search.dataset_input import DatasetInfo
     from search.tracking import MLflowTracking, check_tracking_uri
 
@@ -203,6 +204,7 @@ def _execute(cfg: SearchConfig) -> SearchResult:
         with timings("data_s"):
             data = preflight.load_data(cfg, space)
         warm = optuna_storage.warm_start_trials(cfg, data.fingerprint) if not cfg.resume else []
+        supervisor.keep_ray_output_in(cfg.experiment_path)  # Ray's dumps in <search>/driver.log, not the terminal
         timings.update(preflight.connect(cfg))
         slots = preflight.check_resources(cfg)
         if cfg.max_concurrent is None:
@@ -367,6 +369,8 @@ def quiet_libraries() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line in this process (``python -m search.run`` and ``fusetune run`` run it in a
+    child process they watch: :mod:`search.supervisor`)."""
     quiet_libraries()
     try:
         return run(argv)
@@ -376,7 +380,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; continue with --resume (same --storage and --name)", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - only the stops of supervisor.cause; anything else is raised
+        if supervisor.cause(exc) is None:
+            raise
+        return supervisor.stopped(exc)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(supervisor.supervised(main))

@@ -1,4 +1,5 @@
-"""Before a resume: a trial whose final result was recorded is finished, whatever the snapshot says.
+"""Before a resume: a trial whose final result was recorded is finished, whatever the snapshot says;
+a trial that failed because its worker or node was lost is unfinished.
 
 Ray Tune writes its experiment snapshot (``experiment_state-*.json``, what ``--resume`` reads) at
 most every few seconds, and copies the trials' ``result.json`` (written on the driver, in Ray's
@@ -11,6 +12,11 @@ over (before the trial's end, which is what marks its MLflow run FINISHED, is pr
 ``Tuner.restore`` reads the snapshot, :func:`settle` marks the trials that have one TERMINATED in
 it, with that final result as their last; :class:`search.orchestrate.SearchBudget` then tells the
 searcher they completed (the Optuna trial COMPLETE, the concurrency slot free).
+
+A trial whose worker died (its node lost, its actor killed: Ray's ``ActorDiedError`` and the like in
+its ``error.txt``) failed for reasons outside its model: :func:`settle` marks it unfinished again, so
+Tune resumes it from its last checkpoint (its Optuna trial, told FAIL, is replaced by a fresh one:
+:mod:`search.optuna_storage`). A trial whose model raised stays failed.
 
 Only the snapshot's plain JSON fields are read and written (the trial's ``status`` and its run
 metadata's ``last_result``); the cloudpickled ones are copied as they are, never unpickled.
@@ -27,6 +33,7 @@ from ray.tune import Callback
 from ray.tune.utils.util import SafeFallbackEncoder
 
 from search import compat
+from search.files import write_atomically
 
 ENDED = ("TERMINATED", "ERROR")
 FINAL_RESULT = "final_result.json"
@@ -41,10 +48,7 @@ class RecordFinal(Callback):
             return
         fs, folder = trial.storage.storage_filesystem, trial.path
         fs.create_dir(folder, recursive=True)
-        path = posixpath.join(folder, FINAL_RESULT)
-        with fs.open_output_stream(f"{path}.tmp") as f:
-            f.write(json.dumps(result, cls=SafeFallbackEncoder).encode())
-        fs.move(f"{path}.tmp", path)
+        write_atomically(fs, posixpath.join(folder, FINAL_RESULT), json.dumps(result, cls=SafeFallbackEncoder).encode())
 
 
 def newest_state(fs: pyarrow.fs.FileSystem, experiment_dir: str) -> str | None:
@@ -65,10 +69,30 @@ def final_result(fs: pyarrow.fs.FileSystem, trial_dir: str) -> dict[str, Any] | 
     return result if isinstance(result, dict) and result.get("final") else None
 
 
+LOST_WORKER = ("ActorDiedError", "ActorUnavailableError", "RayActorError", "NodeDiedError", "WorkerCrashedError",
+               "OwnerDiedError", "ObjectLostError", "OutOfMemoryError", "The actor is temporarily unavailable",
+               "The actor died", "node died", "Node failed")
+"""Ray's words for a trial that failed because its worker or node went, not because of its model."""
+
+
+def lost_worker(fs: pyarrow.fs.FileSystem, trial_dir: str, error_file: str | None) -> bool:
+    """Whether the error Tune recorded for a trial (``error.txt``, plain text) is its worker or node
+    lost (:data:`LOST_WORKER`) rather than an exception of the model."""
+    if not error_file:
+        return False
+    try:
+        with fs.open_input_stream(posixpath.join(trial_dir, posixpath.basename(error_file))) as f:
+            text = f.read(200_000).decode(errors="replace")
+    except (OSError, pyarrow.ArrowException):
+        return False
+    return any(word in text for word in LOST_WORKER)
+
+
 def settle(experiment_path: str) -> dict[str, dict[str, Any]]:
     """Mark TERMINATED, in the newest snapshot of the experiment at ``experiment_path``, every
-    trial it holds as unfinished that has a recorded final result. Returns trial id -> that final
-    result (empty when there was nothing to settle)."""
+    trial it holds as unfinished that has a recorded final result, and unfinished every trial that
+    failed because its worker or node was lost (:func:`lost_worker`: Tune retries it from its last
+    checkpoint). Returns trial id -> final result of the trials it marked TERMINATED."""
     fs, root = pyarrow.fs.FileSystem.from_uri(experiment_path) if "://" in experiment_path else (
         pyarrow.fs.LocalFileSystem(), experiment_path)
     path = newest_state(fs, root)
@@ -77,8 +101,16 @@ def settle(experiment_path: str) -> dict[str, dict[str, Any]]:
     with fs.open_input_stream(path) as f:
         state = json.loads(f.read())
     settled: dict[str, dict[str, Any]] = {}
+    revived = 0
     for entry in compat.state_trial_entries(state):
         trial, meta = compat.read_state_trial(entry)
+        if trial.get("status") == "ERROR" and trial.get("relative_logdir") and lost_worker(
+                fs, posixpath.join(root, trial["relative_logdir"]), meta.get("error_filename")):
+            trial["status"] = "RUNNING"  # Tune resumes it from its last checkpoint, as an unfinished trial
+            meta["error_filename"] = meta["pickled_error_filename"] = None
+            compat.write_state_trial(entry, trial, meta)
+            revived += 1
+            continue
         if trial.get("status") in ENDED or not trial.get("relative_logdir"):
             continue
         result = final_result(fs, posixpath.join(root, trial["relative_logdir"]))
@@ -90,9 +122,6 @@ def settle(experiment_path: str) -> dict[str, dict[str, Any]]:
             meta["last_result_time"] = float(result["timestamp"])
         compat.write_state_trial(entry, trial, meta)
         settled[str(trial["trial_id"])] = result
-    if settled:
-        tmp = f"{path}.settle-tmp"
-        with fs.open_output_stream(tmp) as f:
-            f.write(json.dumps(state).encode())
-        fs.move(tmp, path)
+    if settled or revived:
+        write_atomically(fs, path, json.dumps(state).encode(), tmp=f"{path}.settle-tmp")
     return settled

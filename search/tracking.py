@@ -167,6 +167,23 @@ def _quote(value: str) -> str:
     raise ValueError(f"cannot use {value!r} in an MLflow filter (contains both quote kinds)")
 
 
+def end_search_run(uri: str, name: str, status: str) -> int:
+    """End the MLflow run of the search ``name`` with ``status`` (``FAILED``, ``KILLED``) if it is
+    still RUNNING (a driver that died without ending it; ``--resume`` runs it again). Returns how
+    many runs it ended."""
+    ended = 0
+    with fast_http(10):
+        client = MlflowClient(tracking_uri=uri)
+        ids = [e.experiment_id for e in client.search_experiments()]
+        found = client.search_runs(ids, filter_string=f"tags.`{SEARCH_NAME_TAG}` = {_quote(name)} and "
+                                                      f"tags.`{ROLE_TAG}` = 'search'", max_results=10) if ids else []
+        for run in found:
+            if run.info.status == "RUNNING":
+                client.set_terminated(run.info.run_id, status)
+                ended += 1
+    return ended
+
+
 def result_metrics(result: Mapping[str, Any]) -> dict[str, float]:
     """The numeric entries of a Tune result worth tracking (nested dicts flattened with ``/``)."""
     out: dict[str, float] = {}

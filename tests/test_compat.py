@@ -494,3 +494,30 @@ def test_snapshot_each_new_trial(tmp_path):
         ray.shutdown()
     ids = {r.metrics["trial_id"] for r in grid}
     assert len(ids) == 3 and ids <= set().union(*pending), (ids, pending)
+
+
+def test_route_raylet_messages(capsys):
+    """``ray._private.worker.print_to_stdstream(data, ignore_prefix)`` is what Ray's
+    ``listen_error_messages`` thread calls (by its module-global name) for a raylet's messages,
+    pid ``raylet``; routed, they go to the stream and the trial workers' output as before."""
+    import io
+
+    from ray._private import worker
+
+    assert "print_to_stdstream" in worker.listen_error_messages.__code__.co_names
+    assert list(inspect.signature(worker.print_to_stdstream).parameters) == ["data", "ignore_prefix"]
+    original = worker.print_to_stdstream
+    log, other = io.StringIO(), io.StringIO()
+    try:
+        compat.route_raylet_messages(other)
+        compat.route_raylet_messages(log)  # again: the stream changes, the wrapper stays one
+        assert worker.print_to_stdstream.__wrapped__ is original
+        worker.print_to_stdstream({"lines": ["Raylet is terminated.\n    [state-dump] x"], "pid": "raylet",
+                                   "is_err": False}, ignore_prefix=False)
+        worker.print_to_stdstream({"lines": ["a trial's line"], "pid": 4242, "ip": "127.0.0.1", "is_err": False,
+                                   "task_name": "t", "actor_name": "", "job": "01"}, ignore_prefix=False)
+    finally:
+        worker.print_to_stdstream = original
+    assert log.getvalue() == "(raylet) Raylet is terminated.\n    [state-dump] x\n" and other.getvalue() == ""
+    out = capsys.readouterr().out
+    assert "a trial's line" in out and "Raylet" not in out

@@ -624,3 +624,142 @@ def test_a_copied_then_moved_results_folder_resumes_in_place(cluster, drivers, t
     assert _hashes(original) == hashes
     assert len(read_csv(moved / name / "results.csv")) == 4
     assert len([r for r in _search_runs(moved, name) if r.data.tags.get("fusetune.role") == "trial"]) == 4
+
+
+# ------------------------------------------------------------------------------ ASHA: a kill keeps its course
+ASHA = ["--space", "baseline", "--folds", "2", "--scheduler", "asha", "--grace-period", "1", "--sampler", "tpe",
+        "--seed", "3", "--epochs", "9", "--max-concurrent", "1", "--top-k", "1", "--confirm-repeats", "0",
+        "--references", "none"]
+"""Short trials one at a time (ASHA's rungs at epochs 1 and 3 of 9): several start and end between
+two of Tune's periodic snapshots, and ASHA stops some of them."""
+
+
+def _study_states(exp: Path, name: str) -> dict[str, str]:
+    import optuna
+
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{exp / 'optuna.db'}")
+    return {t.user_attrs["ray_trial_id"]: t.state.name for t in study.trials
+            if "ray_trial_id" in t.user_attrs and "fusetune.lost" not in t.user_attrs}
+
+
+def _course(exp: Path) -> list[tuple[str, str, str]]:
+    """What a search decided, trial by trial in the order Optuna sampled them: the configuration
+    (rounded), the epochs it got, the value it ended with."""
+    import optuna
+
+    name = json.loads((exp / "search.json").read_text())["name"]
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{exp / 'optuna.db'}")
+    rows = {r["trial_id"]: r for r in read_csv(exp / "results.csv")}
+    course = []
+    for t in sorted(study.trials, key=lambda t: t.number):
+        tid = t.user_attrs.get("ray_trial_id")
+        if tid in rows and "fusetune.lost" not in t.user_attrs and t.state.name != "FAIL":
+            params = ", ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(t.params.items()))
+            course.append((params, rows[tid]["epochs_done"], f"{float(rows[tid]['macro_f1']):.6f}"))
+    return course
+
+
+def test_killed_at_a_trial_end_after_asha_stopped_another_keeps_that_trial(cluster, drivers, tmp_path):
+    """The kill of issue 26: at a trial's final result, just after ASHA stopped another trial. The
+    trial that had just finished (its final result recorded, its MLflow run FINISHED) is kept finished
+    by the resume, not sampled again, and the Optuna study agrees with Tune on every trial."""
+    n = 8
+    storage, name = tmp_path / "results", "after-stop"
+    exp = storage / name
+    args = ["--address", cluster.address, "--storage", str(storage), "--name", name]
+    drivers.append(Driver([*ASHA, *args, "--num-samples", str(n)], tmp_path / "driver-1.log",
+                          env={"FUSETUNE_KILL_AT": "after_stop"}))
+    rc = drivers[0].wait(600)
+    assert rc == -signal.SIGKILL, f"not killed after a stop (rc {rc}):\n{drivers[0].output()[-3000:]}"
+    _wait_for_orphans(exp)
+    before = trial_results(exp)
+    finished_before = _finished(exp, storage, name)
+    last = max(exp.glob("fusetune_*/final_result.json"), key=lambda p: p.stat().st_mtime).parent.name.rsplit("_", 1)[1]
+    assert last in finished_before
+
+    resumed_at = time.time()
+    drivers.append(Driver([*args, "--resume"], tmp_path / "driver-2.log"))
+    assert drivers[1].wait(900) == 0, drivers[1].output()[-3000:]
+    assert "done" in drivers[1].output()
+
+    rows = {r["trial_id"]: r for r in read_csv(exp / "results.csv")}
+    assert len(rows) == n and all(r["status"] == "TERMINATED" for r in rows.values()), rows
+    assert any(int(r["epochs_done"]) < 9 for r in rows.values()), "ASHA stopped no trial"
+    after = trial_results(exp)
+    for t in finished_before:  # kept as it was: in the results, not rerun
+        assert t in rows, f"finished trial {t} lost"
+        assert all(r["timestamp"] <= resumed_at for r in after[t]), f"finished trial {t} ran again after --resume"
+        assert after[t][: len(before[t])] == before[t]
+    assert rows[last]["final"] == "True" and int(rows[last]["epochs_done"]) == 9
+    states = _study_states(exp, name)
+    assert {t: states.get(t) for t in rows} == {
+        t: "COMPLETE" if r["final"] == "True" else "PRUNED" for t, r in rows.items()}, states
+
+
+def test_a_resumed_asha_search_makes_the_uninterrupted_ones_decisions(cluster, drivers, tmp_path):
+    """The same seeded ASHA + TPE search twice: once uninterrupted, once killed mid-search (at its
+    12th result: trials finished, stopped and running) and resumed. Every trial gets the same
+    configuration, the same number of epochs (ASHA's decisions) and the same value. What may
+    differ: Ray's trial ids, timings, and the trials a killed driver had sampled after its last
+    snapshot (none here: Tune snapshots each new trial before it starts)."""
+    n = 6
+    ref_storage, storage, name = tmp_path / "reference", tmp_path / "results", "course"
+    drivers.append(Driver([*ASHA, "--address", cluster.address, "--storage", str(ref_storage), "--name", name,
+                           "--num-samples", str(n)], tmp_path / "reference.log"))
+    assert drivers[0].wait(600) == 0, drivers[0].output()[-3000:]
+    expected = _course(ref_storage / name)
+    assert len(expected) == n and any(int(e) < 9 for _, e, _ in expected), expected  # ASHA stopped one
+
+    args = ["--address", cluster.address, "--storage", str(storage), "--name", name]
+    drivers.append(Driver([*ASHA, *args, "--num-samples", str(n)], tmp_path / "driver-1.log",
+                          env={"FUSETUNE_KILL_AT": "result#12"}))
+    rc = drivers[1].wait(600)
+    assert rc == -signal.SIGKILL, f"not killed (rc {rc}):\n{drivers[1].output()[-3000:]}"
+    _wait_for_orphans(storage / name)
+    drivers.append(Driver([*args, "--resume"], tmp_path / "driver-2.log"))
+    assert drivers[2].wait(900) == 0, drivers[2].output()[-3000:]
+    assert _course(storage / name) == expected
+
+
+# ------------------------------------------------------------------------------ the driver's own Ray node lost
+def _raylet_of(driver: Driver) -> int | None:
+    pids = [p for p in descendants(driver.proc.pid) if _comm(p) == "raylet"]
+    return pids[0] if len(pids) == 1 else None
+
+
+def test_local_node_lost_mid_trial_says_so_and_resumes(data_dir, drivers, tmp_path):
+    """The driver's own local Ray node dies mid-trial (its raylet killed by PID): the driver ends
+    non-zero with our lines (what stopped, what was kept, the --resume command) and none of Ray's
+    state dumps (those are in <search>/driver.log), the MLflow run of the search FAILED; --resume
+    then completes the search, the trial that was running retried, the Optuna study agreeing."""
+    epochs, n = 400, 3
+    storage, name = tmp_path / "results", "local-node"
+    exp = storage / name
+    args = ["--storage", str(storage), "--name", name]
+    drivers.append(Driver([*EVERY_EPOCH, *args, "--num-samples", str(n), "--epochs", str(epochs),
+                           "--max-concurrent", "1", "--top-k", "1", "--confirm-repeats", "0", "--references", "none"],
+                          tmp_path / "driver-1.log"))
+    # the search folder's result.json is a copy Tune makes with its snapshots: a trial well under way
+    wait_for(lambda: any(len(rs) > 20 for rs in trial_results(exp).values()), 600, "a trial's 20th epoch", drivers[0])
+    raylet = wait_for(lambda: _raylet_of(drivers[0]), 60, "the local raylet", drivers[0])
+    os.kill(raylet, signal.SIGKILL)
+    rc = drivers[0].wait(300)
+    out = drivers[0].output()
+    assert rc not in (0, -signal.SIGKILL), out[-3000:]
+    assert "Ray node was lost" in out and f"--resume --storage {storage} --name {name}" in out, out[-3000:]
+    assert "state-dump" not in out and "Raylet is terminated" not in out, out[-3000:]
+    assert "Raylet is terminated" in (exp / "driver.log").read_text(errors="replace")
+    parents = [r for r in _search_runs(storage, name) if r.data.tags.get("fusetune.role") == "search"]
+    assert [p.info.status for p in parents] == ["FAILED"]
+    finished_before = _finished(exp, storage, name)
+
+    drivers.append(Driver([*args, "--resume"], tmp_path / "driver-2.log"))
+    assert drivers[1].wait(900) == 0, drivers[1].output()[-3000:]
+    rows = {r["trial_id"]: r for r in read_csv(exp / "results.csv")}
+    assert len(rows) == n and completed(list(rows.values()), epochs), rows
+    assert finished_before <= set(rows)
+    states = _study_states(exp, name)
+    assert {t: states.get(t) for t in rows} == dict.fromkeys(rows, "COMPLETE"), states
+    parents = [r for r in _search_runs(storage, name) if r.data.tags.get("fusetune.role") == "search"]
+    assert [p.info.status for p in parents] == ["FINISHED"]
+    assert not [r for r in _search_runs(storage, name) if r.info.status == "RUNNING"]

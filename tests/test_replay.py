@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pyarrow.fs
@@ -29,7 +30,7 @@ class Trial:
     trial_id: str
     path: str
     status: str = "RUNNING"
-    last_result: dict[str, Any] = field(default_factory=dict)
+    run_metadata: Any = None  # .last_result
     storage: Any = field(default_factory=lambda: type("S", (), {"storage_filesystem": pyarrow.fs.LocalFileSystem()}))
 
 
@@ -51,7 +52,7 @@ def _trial(tmp_path: Path, tid: str, results: list[dict[str, Any]], status: str 
     folder = tmp_path / tid
     folder.mkdir()
     (folder / "result.json").write_text("".join(json.dumps(r) + "\n" for r in results))
-    return Trial(tid, str(folder), status, results[-1] if results else {})
+    return Trial(tid, str(folder), status, SimpleNamespace(last_result=results[-1] if results else {}))
 
 
 def _asha(cls: type = RememberingASHA) -> Any:
@@ -138,3 +139,12 @@ def test_history_of_a_finished_trial_includes_its_recorded_final_result(tmp_path
 
 def test_a_new_trial_has_no_history(tmp_path):
     assert replay.history(Trial("n", str(tmp_path / "missing")), "epoch") == []
+
+    class New:
+        trial_id, status = "n", "PENDING"
+
+        @property
+        def path(self) -> str:  # as Tune's Trial before it starts
+            raise RuntimeError("Should not access `trial_fs_path` without setting `trial_dir_name`")
+
+    assert replay.history(New(), "epoch") == []

@@ -56,6 +56,29 @@ def test_only_a_whole_final_result_of_the_same_trial_settles_it(tmp_path):
     assert settle(str(tmp_path)) == {}
 
 
+def test_a_trial_whose_worker_was_lost_is_unfinished_again_one_whose_model_raised_stays_failed(tmp_path):
+    path = _state(tmp_path, {"lost": "ERROR", "raised": "ERROR", "unread": "ERROR"})
+    state = json.loads(path.read_text())
+    for entry in state["trial_data"]:
+        meta = json.loads(entry[1])
+        meta.update(error_filename="error.txt", pickled_error_filename="error.pkl")
+        entry[1] = json.dumps(meta)
+    path.write_text(json.dumps(state))
+    errors = {"lost": "ray.exceptions.ActorUnavailableError: The actor 86 is unavailable: The actor is temporarily "
+                      "unavailable: RpcError: RPC error: Socket closed",
+              "raised": "ray.exceptions.RayTaskError(ValueError): ValueError: the loss is nan at epoch 3"}
+    for tid, text in errors.items():
+        folder = tmp_path / f"fusetune_baseline_{tid}"
+        folder.mkdir()
+        (folder / "error.txt").write_text(f"Failure # 1 (occurred at 2026-12-04_03-00-31)\n{text}\n")
+    assert settle(str(tmp_path)) == {}
+    trials = {json.loads(t)["trial_id"]: (json.loads(t), json.loads(m)) for t, m in json.loads(path.read_text())["trial_data"]}
+    assert trials["lost"][0]["status"] == "RUNNING"
+    assert trials["lost"][1]["error_filename"] is None and trials["lost"][1]["pickled_error_filename"] is None
+    assert trials["raised"][0]["status"] == "ERROR" and trials["raised"][1]["error_filename"] == "error.txt"
+    assert trials["unread"][0]["status"] == "ERROR"  # no error.txt to read: left as it is
+
+
 def test_record_final_writes_the_final_result_at_once(tmp_path):
     import pyarrow.fs
 
