@@ -14,17 +14,20 @@ point is a no-op. The phases, in the order a search meets them:
   (Tune has registered it; the next experiment snapshot may not have been written);
 - ``confirmation``: the confirmation stage has confirmed its candidates and the ensemble was selected
   (``ensemble.json`` written), before the ensemble's other members are confirmed;
+- ``results``: the search has ended, before its results are written;
 - ``refit``: the search has ended and its results are written, before the top-k are refitted;
 - ``registration``: a model version was created, before its tags are set;
 - ``reports``: the models are registered and promoted, before the reports are written.
 
 ``FUSETUNE_KILL_AT=<phase>#<n>`` kills at the ``n``-th time the driver reaches the phase (``result#7``:
-at the seventh result; ``registration#2``: after the second version); ``<phase>`` alone is ``#1``.
+at the seventh result; ``registration#2``: after the second version); ``<phase>`` alone is ``#1``;
+``any#n`` at the ``n``-th phase reached, whichever it is.
 The chaos test (``tests/test_chaos.py``) draws its kill instants this way.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import time
@@ -33,8 +36,11 @@ from typing import Any
 from ray.tune import Callback
 
 KILL_ENV = "FUSETUNE_KILL_AT"
-PHASES = ("startup", "result", "trial_end", "after_stop", "mid_search", "confirmation", "refit", "registration",
-          "reports")
+FAIL_ENV = "FUSETUNE_FAIL_AT"
+"""``FUSETUNE_FAIL_AT=<phase>``: a full disk's ``OSError`` (ENOSPC) raised at the phase, where a test
+cannot mount a small disk to fill."""
+PHASES = ("startup", "result", "trial_end", "after_stop", "mid_search", "results", "confirmation", "refit",
+          "registration", "reports")
 TUNE_PHASES = ("startup", "result", "trial_end", "after_stop", "mid_search")
 """The phases met inside the Tune loop (:class:`KillAt`); the others are met by the stages after it."""
 
@@ -50,18 +56,26 @@ def target() -> tuple[str, int] | None:
     return phase, int(count) if count else 1
 
 
+ANY = "any"
+"""``FUSETUNE_KILL_AT=any#n``: the ``n``-th phase reached, whichever it is."""
+
+
 def armed(phase: str) -> bool:
-    """Whether ``FUSETUNE_KILL_AT`` names ``phase`` (at any count)."""
+    """Whether ``FUSETUNE_KILL_AT`` names ``phase`` (at any count) or ``any``."""
     aim = target()
-    return aim is not None and aim[0] == phase
+    return aim is not None and aim[0] in (phase, ANY)
 
 
 def point(phase: str) -> None:
-    """Kill this process now if ``FUSETUNE_KILL_AT`` names ``phase`` and this is its ``n``-th time."""
+    """Kill this process now if ``FUSETUNE_KILL_AT`` names ``phase`` (or ``any``) and this is its
+    ``n``-th time; raise a full disk's error if ``FUSETUNE_FAIL_AT`` names it."""
+    if os.environ.get(FAIL_ENV) == phase:
+        raise OSError(errno.ENOSPC, "No space left on device (FUSETUNE_FAIL_AT)", phase)
     if not armed(phase):
         return
-    _reached[phase] = _reached.get(phase, 0) + 1
-    if _reached[phase] == target()[1]:
+    aim, count = target()
+    _reached[aim] = _reached.get(aim, 0) + 1
+    if _reached[aim] == count:
         os.kill(os.getpid(), signal.SIGKILL)
 
 

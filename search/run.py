@@ -266,6 +266,7 @@ def finish(cfg: SearchConfig, space: Any, data: Any, exp_path: str, fs: Any, uri
 
     sampled = space.names
     timings = timings if isinstance(timings, Steps) else Steps(timings)
+    faults.point("results")
     with timings("results_s"):
         rows = results.collect(exp_path, fs)
         pareto = results.pareto_front(rows, cfg.metric, cfg.mode) if cfg.multi_objective else None

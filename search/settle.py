@@ -1,5 +1,5 @@
 """Before a resume: a trial whose final result was recorded is finished, whatever the snapshot says;
-a trial that failed because its worker or node was lost is unfinished.
+a trial that failed because of the machine (a lost worker or node, a full disk) is unfinished.
 
 Ray Tune writes its experiment snapshot (``experiment_state-*.json``, what ``--resume`` reads) at
 most every few seconds, and copies the trials' ``result.json`` (written on the driver, in Ray's
@@ -14,7 +14,7 @@ it, with that final result as their last; :class:`search.orchestrate.SearchBudge
 searcher they completed (the Optuna trial COMPLETE, the concurrency slot free).
 
 A trial whose worker died (its node lost, its actor killed: Ray's ``ActorDiedError`` and the like in
-its ``error.txt``) failed for reasons outside its model: :func:`settle` marks it unfinished again, so
+its ``error.txt``) or whose disk was full failed for reasons outside its model: :func:`settle` marks it unfinished again, so
 Tune resumes it from its last checkpoint (its Optuna trial, told FAIL, is replaced by a fresh one:
 :mod:`search.optuna_storage`). A trial whose model raised stays failed.
 
@@ -69,15 +69,17 @@ def final_result(fs: pyarrow.fs.FileSystem, trial_dir: str) -> dict[str, Any] | 
     return result if isinstance(result, dict) and result.get("final") else None
 
 
-LOST_WORKER = ("ActorDiedError", "ActorUnavailableError", "RayActorError", "NodeDiedError", "WorkerCrashedError",
-               "OwnerDiedError", "ObjectLostError", "OutOfMemoryError", "The actor is temporarily unavailable",
-               "The actor died", "node died", "Node failed")
-"""Ray's words for a trial that failed because its worker or node went, not because of its model."""
+INFRASTRUCTURE_ERRORS = ("ActorDiedError", "ActorUnavailableError", "RayActorError", "NodeDiedError",
+                         "WorkerCrashedError", "OwnerDiedError", "ObjectLostError", "OutOfMemoryError",
+                         "The actor is temporarily unavailable", "The actor died", "node died", "Node failed",
+                         "[Errno 28] No space left on device", "[Errno 122] Disk quota exceeded")
+"""The words of a trial's error that failed because of the machine (its worker or node lost, a full
+disk), not because of its model."""
 
 
-def lost_worker(fs: pyarrow.fs.FileSystem, trial_dir: str, error_file: str | None) -> bool:
-    """Whether the error Tune recorded for a trial (``error.txt``, plain text) is its worker or node
-    lost (:data:`LOST_WORKER`) rather than an exception of the model."""
+def infrastructure_failure(fs: pyarrow.fs.FileSystem, trial_dir: str, error_file: str | None) -> bool:
+    """Whether the error Tune recorded for a trial (``error.txt``, plain text) is one of the machine
+    (:data:`INFRASTRUCTURE_ERRORS`: its worker or node lost, a full disk) rather than of the model."""
     if not error_file:
         return False
     try:
@@ -85,14 +87,14 @@ def lost_worker(fs: pyarrow.fs.FileSystem, trial_dir: str, error_file: str | Non
             text = f.read(200_000).decode(errors="replace")
     except (OSError, pyarrow.ArrowException):
         return False
-    return any(word in text for word in LOST_WORKER)
+    return any(word in text for word in INFRASTRUCTURE_ERRORS)
 
 
 def settle(experiment_path: str) -> dict[str, dict[str, Any]]:
     """Mark TERMINATED, in the newest snapshot of the experiment at ``experiment_path``, every
     trial it holds as unfinished that has a recorded final result, and unfinished every trial that
-    failed because its worker or node was lost (:func:`lost_worker`: Tune retries it from its last
-    checkpoint). Returns trial id -> final result of the trials it marked TERMINATED."""
+    failed because of the machine (:func:`infrastructure_failure`: its worker or node lost, a full disk;
+    Tune retries it from its last checkpoint). Returns trial id -> final result of the trials it marked TERMINATED."""
     fs, root = pyarrow.fs.FileSystem.from_uri(experiment_path) if "://" in experiment_path else (
         pyarrow.fs.LocalFileSystem(), experiment_path)
     path = newest_state(fs, root)
@@ -104,7 +106,7 @@ def settle(experiment_path: str) -> dict[str, dict[str, Any]]:
     revived = 0
     for entry in compat.state_trial_entries(state):
         trial, meta = compat.read_state_trial(entry)
-        if trial.get("status") == "ERROR" and trial.get("relative_logdir") and lost_worker(
+        if trial.get("status") == "ERROR" and trial.get("relative_logdir") and infrastructure_failure(
                 fs, posixpath.join(root, trial["relative_logdir"]), meta.get("error_filename")):
             trial["status"] = "RUNNING"  # Tune resumes it from its last checkpoint, as an unfinished trial
             meta["error_filename"] = meta["pickled_error_filename"] = None

@@ -33,6 +33,7 @@ SUPERVISED_ENV = "FUSETUNE_SUPERVISOR_FD"
 """In the child: the file descriptor of the pipe to the parent."""
 DRIVER_LOG = "driver.log"
 PR_SET_PDEATHSIG = 1
+DISK_FULL = ("database or disk is full", "No space left on device", "Disk quota exceeded")
 RAY_NODE_LOST = ("Raylet is terminated", "has been marked dead", "raylet died", "Failed to connect to GCS")
 
 
@@ -156,6 +157,8 @@ def cause(exc: BaseException) -> str | None:
     reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return f"the disk is full ({exc.filename or reason})"
+    if any(words in str(exc) for words in DISK_FULL):  # SQLite's (MLflow's, Optuna's store), pyarrow's
+        return f"the disk is full ({reason})"
     if isinstance(exc, MlflowException) or type(exc).__module__.startswith(("requests", "urllib3")):
         return f"the MLflow tracking store failed ({reason})"
     if type(exc).__module__.startswith("ray."):

@@ -1,0 +1,319 @@
+"""Chaos: a search stopped again and again, at random instants of every stage, always continues.
+
+One seeded loop (``FUSETUNE_CHAOS_SEED`` replays a run; the seed is printed) drives one ASHA + TPE
+search with a persistent Optuna study, confirmation, references and an ensemble, through
+``python -m search.run`` and ``--resume`` until it ends:
+
+- most runs are SIGKILLed by the driver itself at the ``n``-th instant it reaches, whichever stage
+  that is (``FUSETUNE_KILL_AT=any#n``: a trial's start, a result, a trial's end, a stop by ASHA, a
+  checkpoint, the confirmation, the refit, a registration, the reports);
+- some are SIGKILLed from outside, with every process of the driver, after a random delay (Ray's
+  start, the data, the checks, mid-epoch, mid-confirmation: wherever the clock falls);
+- once, the driver's own local Ray node is lost mid-trial (its raylet killed by PID);
+- once, the disk of the results folder is full (a small tmpfs filled to the last byte; a fault
+  injected at a write of the search folder where this machine cannot mount one).
+
+After each stop the search folder is checked (a finished trial's final result never changes), and
+at the end: every trial finished once (one row, one FINISHED MLflow run, no epoch logged twice),
+no MLflow run left RUNNING, one champion and it is the best confirmed candidate, and the Optuna
+study's states are Tune's. It takes 10-20 minutes on 2 cores, hence ``slow``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process tree from /proc"),
+]
+
+SEARCH = ["--space", "baseline", "--folds", "2", "--scheduler", "asha", "--grace-period", "1", "--sampler", "tpe",
+          "--epochs", "27", "--num-samples", "10", "--max-concurrent", "2", "--cpus-per-trial", "1", "--top-k", "2",
+          "--confirm-repeats", "1", "--references", "logreg", "--seed", "11"]
+"""ASHA's rungs at epochs 1, 3 and 9 of 27: each trial reports up to 4 times and ASHA stops some."""
+MIN_KILLS = 20
+MAX_RUNS = 80
+DISK = 400 * 2**20  # the tmpfs of the results folder
+
+
+# ------------------------------------------------------------------------------ processes
+def _parents() -> dict[int, int]:
+    out = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                stat = Path(entry.path, "stat").read_text()
+            except OSError:
+                continue
+            out[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    return out
+
+
+def _descendants(root: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for pid, ppid in _parents().items():
+        children.setdefault(ppid, []).append(pid)
+    found, todo = set(), [root]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            if c not in found:
+                found.add(c)
+                todo.append(c)
+    return found
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+class Run:
+    """One ``python -m search.run`` (supervised, its own session), every process it starts
+    remembered while it lives so that the next run starts only when all are gone."""
+
+    def __init__(self, args: list[str], log: Path, env: dict[str, str]) -> None:
+        self.log = log
+        self.proc = subprocess.Popen([sys.executable, "-m", "search.run", *args], cwd=REPO, env=env,
+                                     stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+        self.seen: set[int] = set()
+        self._done = threading.Event()
+        self._watcher = threading.Thread(target=self._watch, daemon=True)
+        self._watcher.start()
+
+    def _watch(self) -> None:
+        while not self._done.is_set():
+            self.seen |= _descendants(self.proc.pid)
+            time.sleep(0.2)
+
+    def raylet(self) -> int | None:
+        pids = [p for p in _descendants(self.proc.pid) if _comm(p) == "raylet"]
+        return pids[0] if len(pids) == 1 else None
+
+    def kill_all(self) -> None:
+        for pid in {self.proc.pid, *_descendants(self.proc.pid), *self.seen}:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def wait(self, timeout: float) -> int:
+        try:
+            rc = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill_all()
+            raise AssertionError(f"the run did not end in {timeout:.0f}s:\n{self.output()[-3000:]}") from None
+        self._done.set()
+        self._watcher.join()
+        deadline = time.monotonic() + 120  # Ray's processes end with their driver; trial workers last
+        while any(Path(f"/proc/{p}").exists() and _comm(p) not in ("", "zombie") for p in self.seen):
+            if time.monotonic() > deadline:
+                self.kill_all()
+                break
+            time.sleep(0.2)
+        return rc
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+# ------------------------------------------------------------------------------ the disk
+class SmallDisk:
+    """A tmpfs for the results folder (root and ``mount`` needed); :meth:`fill` takes every free byte."""
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="ftchaos-"))
+        self.mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={DISK}", "tmpfs", str(self.dir)],
+                                      capture_output=True).returncode == 0
+        self.filler = self.dir / "filler"
+
+    def fill(self) -> None:
+        with open(self.filler, "wb") as f:
+            chunk = b"\0" * 2**20
+            try:
+                while True:
+                    f.write(chunk)
+                    f.flush()
+            except OSError:
+                pass
+        with open(self.filler, "ab") as f:  # the last bytes too
+            try:
+                while True:
+                    f.write(b"\0")
+                    f.flush()
+            except OSError:
+                pass
+
+    def free(self) -> None:
+        self.filler.unlink(missing_ok=True)
+
+    def remove(self) -> None:
+        if self.mounted:
+            subprocess.run(["umount", "-l", str(self.dir)], capture_output=True)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def disk() -> Iterator[SmallDisk]:
+    d = SmallDisk()
+    try:
+        yield d
+    finally:
+        d.remove()
+
+
+# ------------------------------------------------------------------------------ what is on storage
+def _final_results(exp: Path) -> dict[str, str]:
+    return {p.parent.name.rsplit("_", 1)[1]: p.read_text() for p in exp.glob("fusetune_*/final_result.json")}
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _env(extra: dict[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "FUSETUNE_KILL_AT")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env["RAY_USAGE_STATS_ENABLED"] = "0"
+    return {**env, **extra}
+
+
+# ------------------------------------------------------------------------------ the loop
+def test_chaos(data_dir, disk, tmp_path):
+    seed = int(os.environ.get("FUSETUNE_CHAOS_SEED") or random.SystemRandom().randrange(10**6))
+    print(f"chaos seed {seed} (FUSETUNE_CHAOS_SEED={seed} replays it)", flush=True)
+    rng = random.Random(seed)
+    storage, name = disk.dir / "results", "chaos"
+    exp = storage / name
+    base = ["--storage", str(storage), "--name", name]
+    raylet_at, disk_at = rng.randint(3, 7), rng.randint(8, 12)
+    finals: dict[str, str] = {}
+    stops: list[str] = []
+    rc, runs = None, 0
+    while rc != 0:
+        runs += 1
+        assert runs <= MAX_RUNS, f"seed {seed}: not done after {MAX_RUNS} runs: {stops}"
+        args = [*SEARCH, *base] if runs == 1 else [*base, "--resume"]
+        log = tmp_path / f"run-{runs:02d}.log"
+        if runs == raylet_at:
+            run = Run(args, log, _env({}))
+            deadline = time.monotonic() + 300
+            while run.proc.poll() is None and time.monotonic() < deadline:
+                if any(_comm(p).startswith("ray::ImplicitF") for p in _descendants(run.proc.pid)):  # a trial runs
+                    time.sleep(rng.uniform(1, 4))
+                    break
+                time.sleep(0.2)
+            raylet = run.raylet()
+            if run.proc.poll() is None and raylet:
+                os.kill(raylet, signal.SIGKILL)
+                rc = run.wait(600)
+                out = run.output()
+                assert rc != 0 and "stopped: its Ray node was lost" in out and "continue with:" in out, (seed, out[-3000:])
+                assert "[state-dump]" not in out, (seed, out[-3000:])
+                stops.append("raylet")
+            else:
+                rc = run.wait(900)
+                stops.append(f"raylet missed (rc {rc})")
+        elif runs == disk_at:
+            if disk.mounted:
+                disk.fill()
+                env = _env({})
+            else:  # no tmpfs here: the same error, injected at the first write of the search folder's results
+                env = _env({"FUSETUNE_FAIL_AT": "results"})
+            run = Run(args, log, env)
+            rc = run.wait(900)
+            disk.free()
+            out = run.output()
+            if rc != 0:
+                assert "stopped:" in out and "continue with:" in out and "Traceback" not in out, (seed, out[-3000:])
+                assert not list(exp.rglob("*.tmp")), (seed, list(exp.rglob("*.tmp")))
+            stops.append(f"disk full (rc {rc})")
+        elif rng.random() < 0.25:
+            delay = rng.uniform(1, 40)
+            run = Run(args, log, _env({}))
+            try:
+                rc = run.proc.wait(timeout=delay)
+            except subprocess.TimeoutExpired:
+                run.kill_all()
+            rc = run.wait(120)
+            stops.append(f"outside {delay:.1f}s" if rc != 0 else "done")
+        else:
+            n = rng.randint(1, 4)
+            run = Run(args, log, _env({"FUSETUNE_KILL_AT": f"any#{n}"}))
+            rc = run.wait(900)
+            assert rc in (0, -signal.SIGKILL), (seed, rc, run.output()[-3000:])
+            stops.append(f"any#{n}" if rc != 0 else "done")
+        if rc != 0:
+            assert "Traceback" not in run.output(), (seed, stops, run.output()[-3000:])
+        now = _final_results(exp)
+        changed = {t for t in finals if now.get(t) != finals[t]}
+        assert not changed, f"seed {seed}: finished trials changed after {stops[-1]}: {changed}"
+        finals.update(now)
+    kills = sum(s != "done" and not s.startswith("raylet missed") for s in stops)
+    print(f"chaos seed {seed}: {runs} runs, {kills} stops: {stops}", flush=True)
+    assert kills >= MIN_KILLS, f"seed {seed}: only {kills} stops before the search ended: {stops}"
+    _check_the_end(exp, storage, name, finals, seed)
+
+
+def _check_the_end(exp: Path, storage: Path, name: str, finals: dict[str, str], seed: int) -> None:
+    import optuna
+    from mlflow.tracking import MlflowClient
+
+    rows = [r for r in _rows(exp / "results.csv") if r["status"] != "REFERENCE"]
+    ids = [r["trial_id"] for r in rows]
+    assert len(ids) == len(set(ids)) == 10, (seed, ids)
+    assert all(r["status"] == "TERMINATED" for r in rows), (seed, rows)
+    assert set(finals) <= set(ids), (seed, set(finals) - set(ids))
+    for r in rows:  # the final result as first recorded
+        if r["trial_id"] in finals:
+            assert int(json.loads(finals[r["trial_id"]])["epoch"]) == int(r["epochs_done"]), (seed, r)
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{storage / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=5000)
+    assert not [r.info.run_id for r in runs if r.info.status == "RUNNING"], seed
+    search_runs = [r for r in runs if r.data.tags.get("fusetune.search_name") == name]
+    counted = [r for r in search_runs if r.data.tags.get("fusetune.role") == "trial"]
+    assert sorted(r.data.tags["fusetune.trial_id"] for r in counted) == sorted(ids), seed
+    for run in counted:
+        assert run.info.status == "FINISHED", (seed, run.data.tags["fusetune.trial_id"])
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "macro_f1")]
+        assert len(steps) == len(set(steps)), (seed, run.data.tags["fusetune.trial_id"], steps)
+
+    # one champion, the best model candidate confirmed on the fresh folds
+    confirmed = _rows(exp / "confirmation.csv")
+    best = next(r for r in confirmed if r["kind"] not in ("reference", "incumbent"))
+    registered = {v.name for v in client.search_model_versions()}
+    assert len(registered) == 1, (seed, registered)
+    champion = client.get_model_version_by_alias(registered.pop(), "champion")
+    assert champion.tags.get("fusetune.candidate") == best["candidate"], (seed, champion.tags, best)
+
+    # the Optuna study agrees with Tune: a trial Tune finished is COMPLETE, one ASHA stopped PRUNED;
+    # every other Optuna trial (asked by a killed driver, or told FAIL before a retry) FAIL
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{exp / 'optuna.db'}")
+    by_tune = {r["trial_id"]: "COMPLETE" if r["final"] == "True" else "PRUNED" for r in rows}
+    live = {}
+    for t in study.trials:
+        tid = t.user_attrs.get("ray_trial_id")
+        if t.state.name != "FAIL":
+            assert tid not in live, (seed, tid)
+            live[tid] = t.state.name
+    assert live == by_tune, (seed, live, by_tune)
