@@ -107,11 +107,17 @@ def tracking_uri(cfg: SearchConfig) -> str:
     return default_tracking_uri(cfg.storage_path)
 
 
-def ui_command(uri: str) -> str:
+def ui_command(uri: str, storage: str) -> str:
+    """How to look at the search in MLflow: the server's page, or ``fusetune ui`` (on 127.0.0.1,
+    the store's URI passed in its environment, never on a command line)."""
+    from search.tracking import default_tracking_uri
+
     uri = redact(uri)
     if uri.startswith(("http://", "https://", "databricks")):
         return f"open {uri} (the MLflow server's UI)"
-    return f"mlflow ui --backend-store-uri {uri}"
+    if uri == default_tracking_uri(storage_path(storage)):
+        return f"fusetune ui --storage {storage}"
+    return f"fusetune ui --tracking-uri {uri}"
 
 
 # --------------------------------------------------------------------------------- the search
@@ -163,7 +169,8 @@ def execute(given: dict[str, Any]) -> SearchResult:
 def _execute(cfg: SearchConfig) -> SearchResult:
     space = cfg.space_spec
     uri = tracking_uri(cfg)
-    supervisor.report(name=cfg.name, folder=cfg.experiment_path, storage=cfg.storage, tracking_uri=uri)
+    supervisor.report(name=cfg.name, folder=cfg.experiment_path, storage=cfg.storage, tracking_uri=uri,
+                      address=cfg.address)
     from search.dataset_input import DatasetInfo
     from search.tracking import MLflowTracking, check_tracking_uri
 
@@ -336,7 +343,7 @@ def finish(cfg: SearchConfig, space: Any, data: Any, exp_path: str, fs: Any, uri
               f"v{versions[0]} -> alias {chosen.decision.alias} ({chosen.decision.reason})")
     print(f"results: {csv_path}")
     print(f"reports: {reports.location}" + (f" (skipped: {', '.join(reports.skipped)})" if reports.skipped else ""))
-    print(f"MLflow: {ui_command(uri)}")
+    print(f"MLflow: {ui_command(uri, cfg.storage)}")
     timings["total_s"] = since_start()
     print(f"steps: {timings.line(STEP_ORDER)}", flush=True)
     conf = chosen.confirmation

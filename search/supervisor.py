@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import signal
 import sys
 from collections.abc import Callable
@@ -120,18 +121,22 @@ def _watch(child: int, read_end: int) -> int:
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, lambda s, _f: os.kill(child, s))
     known: dict[str, Any] = {}
-    with os.fdopen(read_end, "rb") as pipe:
-        for line in pipe:
-            try:
+    buffer, status = b"", None
+    # until the child has ended (not until the pipe's end: a process the child forked may hold it)
+    while status is None:
+        ready, _, _ = select.select([read_end], [], [], 0.5)
+        chunk = os.read(read_end, 65536) if ready else b""
+        pid, waited = os.waitpid(child, os.WNOHANG)
+        if pid:
+            status = waited
+            while select.select([read_end], [], [], 0)[0] and (more := os.read(read_end, 65536)):
+                chunk += more
+        buffer += chunk
+        *lines, buffer = buffer.split(b"\n")
+        for line in lines:
+            with contextlib.suppress(ValueError):
                 known.update(json.loads(line))
-            except ValueError:
-                continue
-    while True:
-        try:
-            _, status = os.waitpid(child, 0)
-            break
-        except InterruptedError:
-            continue
+    os.close(read_end)
     if "ended" in known:
         return os.waitstatus_to_exitcode(status)
     sig = -os.waitstatus_to_exitcode(status) if os.WIFSIGNALED(status) else None
@@ -187,7 +192,8 @@ def _cause(known: dict[str, Any], sig: int | None, code: int) -> str:
     except (KeyError, OSError):
         tail = ""
     if any(s in tail for s in RAY_NODE_LOST):
-        return "its Ray node was lost (the raylet ended; Ray's log: " + known["log"] + ")"
+        where = f"the Ray cluster at --address {known['address']}" if known.get("address") else "its Ray node"
+        return f"{where} was lost (Ray's log: {known['log']})"
     return f"the driver ended unexpectedly (exit code {code})"
 
 

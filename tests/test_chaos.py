@@ -86,6 +86,14 @@ def _comm(pid: int) -> str:
         return ""
 
 
+def _alive(pid: int) -> bool:
+    """Running, not a zombie (a container's init may never reap the orphans it inherits)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 class Run:
     """One ``python -m search.run`` (supervised, its own session), every process it starts
     remembered while it lives so that the next run starts only when all are gone."""
@@ -124,7 +132,7 @@ class Run:
         self._done.set()
         self._watcher.join()
         deadline = time.monotonic() + 120  # Ray's processes end with their driver; trial workers last
-        while any(Path(f"/proc/{p}").exists() and _comm(p) not in ("", "zombie") for p in self.seen):
+        while any(_alive(p) for p in self.seen):
             if time.monotonic() > deadline:
                 self.kill_all()
                 break

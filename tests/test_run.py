@@ -161,7 +161,7 @@ def test_end_to_end_results(omnifuse_search):
     # the progress line, the table and the commands a user needs
     assert "trials 4/4 done" in out.stdout
     assert "top " in out.stdout and "±" in out.stdout
-    assert f"mlflow ui --backend-store-uri sqlite:///{storage.resolve()}/mlflow.db" in out.stdout
+    assert f"MLflow: fusetune ui --storage {storage}" in out.stdout
     assert json.loads((storage / "e2e" / "search.json").read_text())["space"] == "omnifuse"
 
 
