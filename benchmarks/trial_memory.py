@@ -129,8 +129,10 @@ def main() -> None:
     epochs, folds = (1, 2) if args.quick else (3, 5)
     cases = CASES[:3] if args.quick else CASES
     print(f"machine: {machine()}\n")
+    from trainables.data import DatasetSpec
+
     for _, data in cases:  # fill the feature cache first, so no encoder runs in a measured process
-        if data.startswith("synth-clinic"):
+        if DatasetSpec.parse(data).name == "synth-clinic":
             in_child("alignedfusion", data, "1", "2")
     rows = [(space, data, in_child(space, data, str(epochs), str(folds))) for space, data in cases]
     idle = in_child("ray")["idle_mb"]

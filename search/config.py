@@ -123,12 +123,9 @@ class SearchConfig:
         """The dataset's short name: ``synth-clinic`` for ``synth-clinic:n=600``, a folder's name;
         ``breast-tcga-outer2of5`` for the outer fold ``breast-tcga@outer=2/5`` of nested CV."""
         assert self.data is not None
-        from trainables.data.outer import parse
+        from trainables.data import DatasetSpec
 
-        parsed = parse(self.data)
-        spec, suffix = (parsed[0], f"-outer{parsed[1]}of{parsed[2]}") if parsed else (self.data, "")
-        head = spec.partition(":")[0]
-        return (Path(head).name if ("/" in head or Path(head).is_dir()) else head) + suffix
+        return DatasetSpec.parse(self.data).short_name
 
     def as_params(self) -> dict[str, Any]:
         """The options as flat, loggable values (the parent run's params; URIs redacted)."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from mlflow.data.code_dataset_source import CodeDatasetSource
@@ -42,11 +41,13 @@ class ProfiledDataset(MetaDataset):
 
 def source_of(spec: str) -> DatasetSource:
     """A folder dataset's folder; a built-in one's spec and loader."""
-    head = spec.partition(":")[0]
-    if "/" in head or Path(head).is_dir():
+    from trainables.data import DatasetSpec
+
+    folder = DatasetSpec.parse(spec).folder
+    if folder is not None:
         from mlflow.data.dataset_source_registry import resolve_dataset_source
 
-        return resolve_dataset_source(str(Path(head).expanduser().resolve()))
+        return resolve_dataset_source(str(folder.resolve()))
     return CodeDatasetSource(tags={"fusetune.data": spec, "loader": "trainables.data.load_dataset"})
 
 

@@ -102,10 +102,15 @@ def passed_on(rest: list[str]) -> list[str]:
 
 
 def check_outer(cfg: SearchConfig, outer_folds: int) -> None:
-    """Refuse, in one line, outer folds that leave a class with fewer samples than the inner folds."""
-    from trainables.data import load_dataset
+    """Refuse, in one line, a ``--data`` that already is an outer fold, and outer folds that leave a
+    class with fewer samples than the inner folds."""
+    from trainables.data import DatasetSpec, load_dataset
 
-    labels = load_dataset(cfg.data).split_part("train").labels
+    spec = DatasetSpec.parse(cfg.data)
+    if spec.outer is not None:
+        raise UsageError(f"--data {cfg.data}: already an outer fold; expected a spec without @outer= "
+                         f"(search.nested makes the outer folds, --outer-folds)")
+    labels = load_dataset(spec).split_part("train").labels
     counts = np.bincount(labels)
     counts = counts[counts > 0]
     if counts.min() < outer_folds:
@@ -132,15 +137,16 @@ def launch(cfg: SearchConfig, rest: list[str], outer_folds: int, address: str, p
     """One ``search.run`` per outer fold, all at once; waits for them."""
     from ray import tune
 
-    from trainables.data.outer import outer_spec
+    from trainables.data import DatasetSpec
 
+    spec = DatasetSpec.parse(cfg.data)
     env = dict(os.environ)
     if "RAY_AUTH_MODE" not in env and (Path.home() / ".ray" / "auth_token").is_file():
         env["RAY_AUTH_MODE"] = "token"
     procs, outers = [], []
     for i in range(1, outer_folds + 1):
         name = f"{cfg.name}-outer{i}"
-        argv = [sys.executable, "-m", "search.run", *passed_on(rest), "--data", outer_spec(cfg.data, i, outer_folds, cfg.seed),
+        argv = [sys.executable, "-m", "search.run", *passed_on(rest), "--data", str(spec.with_outer(i, outer_folds, cfg.seed)),
                 "--name", name, "--storage", cfg.storage, "--address", address]
         if parent_run_id:
             argv += ["--parent-run-id", parent_run_id]
@@ -200,12 +206,13 @@ def baselines(cfg: SearchConfig, outer_folds: int, fixed: dict[str, Any],
     """The paper default and the references trained on each outer training part, scored on its outer test fold."""
     from search import references
     from search.models import refit
-    from trainables.data.outer import outer_spec
+    from trainables.data import DatasetSpec
     from trainables.metrics import classification_metrics, scalar_metrics
 
+    spec = DatasetSpec.parse(cfg.data)
     out: dict[str, list[dict[str, float]]] = {"paper-default": [], **{references.candidate_name(r): [] for r in cfg.references}}
     for i in range(1, outer_folds + 1):
-        config = {**fixed, **point, "data": outer_spec(cfg.data, i, outer_folds, cfg.seed)}
+        config = {**fixed, **point, "data": str(spec.with_outer(i, outer_folds, cfg.seed))}
         fit = refit(config, device="cpu")
         out["paper-default"].append(scalar_metrics(fit.test_metrics))
         train, test = fit.train, fit.test

@@ -7,28 +7,20 @@ import numpy as np
 import pytest
 import torch
 
+from toydata import Tokens, Vec, toy_dataset
 from trainables.backbone import DataSpec, TensorData
 from trainables.baseline import EarlyFusion, drop_modalities, pool_tokens
-from trainables.data.dataset import Modality, MultimodalDataset
+from trainables.data.dataset import MultimodalDataset
 from trainables.losses import CrossEntropy
 
 torch.set_num_threads(1)  # small MLPs: one thread is fastest, and robust on a busy 2-core machine
 
 
 def toy(n=12) -> MultimodalDataset:
-    rng = np.random.default_rng(0)
-    y = np.arange(n) % 2
-    vec_mask = np.arange(n) % 3 != 0
-    vec = rng.normal(size=(n, 4)).astype(np.float32)
-    vec[~vec_mask] = 0.0
-    tokens = rng.normal(size=(n, 5, 3)).astype(np.float32)
-    token_mask = np.zeros((n, 5), bool)
-    token_mask[:, :3] = True
-    return MultimodalDataset("toy", [f"s{i}" for i in range(n)], y, ["neg", "pos"], {
-        "ehr": Modality("ehr", "vector", vec, vec_mask),
-        "report.tokens": Modality("report.tokens", "tokens", tokens, np.ones(n, bool), token_mask=token_mask),
-        "report.cls": Modality("report.cls", "vector", rng.normal(size=(n, 2)).astype(np.float32), np.ones(n, bool)),
-    })
+    """Classes neg, pos in turn, no class signal; ``ehr`` missing for every third sample; report
+    tokens of which the first 3 of 5 are mentioned."""
+    return toy_dataset(n, [Vec("ehr", 4, shift=0.0, absent=slice(None, None, 3)), Tokens("report.tokens", 5, 3, mentioned=3),
+                           Vec("report.cls", 2, shift=0.0)], class_names=("neg", "pos"))
 
 
 def model_for(data) -> EarlyFusion:

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import torch
 
+from toydata import Vec, toy_dataset
 from trainables import config as tc
 from trainables.climd import CURRICULA, CURRICULUM_NAMES, CurriculumConfig
-from trainables.data.dataset import Modality, MultimodalDataset
+from trainables.data.dataset import MultimodalDataset
 from trainables.engine import EngineConfig, FoldTrainer, parse_config
 from trainables.losses import CRITERIA
 from trainables.omnifuse import OmniFuseConfig
@@ -22,11 +23,7 @@ torch.set_num_threads(1)
 
 
 def toy(n=48, seed=0) -> MultimodalDataset:
-    rng = np.random.default_rng(seed)
-    y = np.array([0] * (n // 2) + [1] * (n // 3) + [2] * (n - n // 2 - n // 3))
-    mods = {name: Modality(name, "vector", (rng.normal(size=(n, d)) + 1.5 * y[:, None]).astype(np.float32), np.ones(n, bool))
-            for name, d in (("a", 5), ("b", 3))}
-    return MultimodalDataset("toy", [f"s{i}" for i in range(n)], y, ["p", "q", "r"], mods)
+    return toy_dataset(n, [Vec("a", 5, shift=1.5), Vec("b", 3, shift=1.5)], labels="blocks", seed=seed)
 
 
 # ------------------------------------------------------------------------------- parsing

@@ -104,6 +104,13 @@ def test_outer_folds_are_disjoint_and_cover_the_training_part(data_dir):
     assert load_dataset("breast-tcga@outer=1/3,seed=0").fingerprint() != outer.fingerprint()
 
 
+def test_nested_refuses_a_spec_that_already_is_an_outer_fold(data_dir, capsys):
+    assert nested.main(["--space", "baseline", "--data", "rosmap:ratio=5@outer=1/3", "--outer-folds", "3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].endswith("error: --data rosmap:ratio=5@outer=1/3: already an outer fold; expected a "
+                                             "spec without @outer= (search.nested makes the outer folds, --outer-folds)")
+
+
 def test_nested_refuses_too_many_outer_folds_in_one_line(data_dir, capsys):
     assert nested.main(["--space", "baseline", "--data", "rosmap:ratio=5", "--outer-folds", "30"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from trainables.data import DataError, builtin, download, fixed_split, load_dataset
+from trainables.data import DataError, DatasetSpec, OuterFold, builtin, download, fixed_split, load_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -119,6 +119,111 @@ def test_fingerprint_changes_with_content(data_dir):
 def test_builtins_take_no_parameters():
     with pytest.raises(DataError, match="takes no parameters"):
         load_dataset("breast-tcga:n=3")
+
+
+# ---------------------------------------------------------------------------- the --data spec
+@pytest.mark.parametrize("text", [
+    "breast-tcga", "rosmap", "rosmap:ratio=5", "rosmap:ratio=5,minority=NC,seed=2", "synth-clinic:n=40,seed=1",
+    "breast-tcga@outer=2/5,seed=0", "rosmap:ratio=5@outer=1/3,seed=7", "synth-clinic:n=40@outer=3/3,seed=-1",
+    "/data/study", "~/study", "study:v2", "./a@b", "/data/study@outer=1/2,seed=4",
+])
+def test_spec_round_trips_its_canonical_text(text):
+    spec = DatasetSpec.parse(text)
+    assert str(spec) == text and DatasetSpec.parse(str(spec)) == spec
+    assert hash(spec) == hash(DatasetSpec.parse(text))  # frozen: usable as a key
+
+
+@pytest.mark.parametrize("text, canonical", [
+    ("synth-clinic:n=200, imbalance=2.5 ,seed = 3", "synth-clinic:n=200,imbalance=2.5,seed=3"),  # blanks dropped
+    ("synth-clinic:n=40,,seed=1,", "synth-clinic:n=40,seed=1"),                                  # empty items skipped
+    ("rosmap:", "rosmap"), ("breast-tcga:", "breast-tcga"),                                      # no options
+    ("breast-tcga@outer=2/5", "breast-tcga@outer=2/5,seed=0"),                                   # seed 0 by default
+])
+def test_spec_canonical_text(text, canonical):
+    assert str(DatasetSpec.parse(text)) == canonical
+    assert DatasetSpec.parse(canonical) == DatasetSpec.parse(text)
+
+
+def test_spec_fields_of_each_form():
+    assert DatasetSpec.parse("breast-tcga") == DatasetSpec("breast-tcga")
+    r = DatasetSpec.parse("rosmap:ratio=5,seed=2")
+    assert (r.name, r.options, r.outer, r.folder) == ("rosmap", (("ratio", "5"), ("seed", "2")), None, None)
+    assert r.params == {"ratio": "5", "seed": "2"}
+    o = DatasetSpec.parse("rosmap:ratio=5,seed=2@outer=2/5,seed=3")
+    assert o.outer == OuterFold(2, 5, 3) and o.without_outer() == r.without_outer() == DatasetSpec("rosmap", r.options)
+    # a head that names no registered dataset: the whole text is a folder path, colons and all
+    for text in ("/data/study", "study:v2", "synth:n=40"):
+        f = DatasetSpec.parse(text)
+        assert (f.name, f.options, f.folder) == (text, (), Path(text))
+    assert DatasetSpec.parse("~/study@outer=1/3").folder == Path.home() / "study"
+    # the last @outer= starts the suffix, whatever the folder's name holds before it
+    assert DatasetSpec.parse("/d/a@b@outer=1/2").name == "/d/a@b"
+
+
+@pytest.mark.parametrize("text, short", [
+    ("breast-tcga", "breast-tcga"), ("synth-clinic:n=600", "synth-clinic"), ("rosmap:ratio=5", "rosmap"),
+    ("breast-tcga@outer=2/5", "breast-tcga-outer2of5"), ("rosmap:ratio=5@outer=1/3,seed=4", "rosmap-outer1of3"),
+    ("/data/study", "study"), ("~/my:study/", "my:study"), ("/data/study@outer=3/4", "study-outer3of4"),
+])
+def test_spec_short_name(text, short):
+    assert DatasetSpec.parse(text).short_name == short
+
+
+def test_spec_with_outer():
+    base = DatasetSpec.parse("rosmap:ratio=5")
+    assert str(base.with_outer(2, 5, 1)) == "rosmap:ratio=5@outer=2/5,seed=1"
+    with pytest.raises(DataError) as err:
+        base.with_outer(2, 5, 1).with_outer(1, 2, 0)
+    assert str(err.value) == "--data rosmap:ratio=5@outer=2/5,seed=1: already an outer fold; expected a spec without @outer="
+    with pytest.raises(DataError, match=r"outer fold 0/5: expected 1 <= I <= N and N >= 2"):
+        base.with_outer(0, 5, 0)
+
+
+OUTER_EXPECTED = "expected SPEC@outer=I/N[,seed=S] with 1 <= I <= N"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("rosmap:ratio", "--data rosmap:ratio: 'ratio': expected key=value"),
+    ("synth-clinic:n=40,=3", "--data synth-clinic:n=40,=3: '=3': expected key=value"),
+    ("synth-clinic:n=100,n=200", "--data synth-clinic parameter 'n': given twice"),
+    ("breast-tcga@outer=2", f"--data breast-tcga@outer=2: {OUTER_EXPECTED}"),
+    ("breast-tcga@outer=2/5,seed=x", f"--data breast-tcga@outer=2/5,seed=x: {OUTER_EXPECTED}"),
+    ("breast-tcga@outer=2/5,fold=1", f"--data breast-tcga@outer=2/5,fold=1: {OUTER_EXPECTED}"),
+    ("@outer=1/2", f"--data @outer=1/2: {OUTER_EXPECTED}"),
+    ("breast-tcga@outer=1/2@outer=1/3", f"--data breast-tcga@outer=1/2@outer=1/3: {OUTER_EXPECTED}, given once"),
+    ("breast-tcga@outer=6/5", "--data breast-tcga@outer=6/5: outer fold 6/5: expected 1 <= I <= N and N >= 2"),
+    ("breast-tcga@outer=0/5", "--data breast-tcga@outer=0/5: outer fold 0/5: expected 1 <= I <= N and N >= 2"),
+    ("breast-tcga@outer=1/1", "--data breast-tcga@outer=1/1: outer fold 1/1: expected 1 <= I <= N and N >= 2"),
+    ("", "--data: expected a dataset name (NAME[:k=v,...]) or a folder, got nothing"),
+])
+def test_spec_errors_are_one_line_naming_what_was_expected(text, message):
+    with pytest.raises(DataError) as err:
+        DatasetSpec.parse(text)
+    assert str(err.value) == message
+    with pytest.raises(DataError) as err:  # the loader parses the same way
+        load_dataset(text)
+    assert str(err.value) == message
+
+
+def test_load_dataset_takes_a_parsed_spec_and_names_an_unknown_one(tmp_path):
+    spec = DatasetSpec.parse("synth-clinic:n=40,seed=1")
+    assert load_dataset(spec).fingerprint() == load_dataset(str(spec)).fingerprint()
+    with pytest.raises(DataError, match=r"^--data synth:n=40: not a built-in dataset \(breast-tcga, rosmap, "
+                                        r"synth-clinic\) nor an existing folder$"):
+        load_dataset("synth:n=40")
+
+
+@pytest.mark.filterwarnings("ignore:The specified dataset source can be interpreted in multiple ways")
+def test_search_uses_the_one_parser_for_names_and_sources(tmp_path):
+    from search.config import SearchConfig
+    from search.dataset_input import source_of
+
+    (tmp_path / "study").mkdir()
+    outer = f"{tmp_path / 'study'}@outer=2/5,seed=0"
+    assert SearchConfig(space="baseline", data=outer).data_name == "study-outer2of5"
+    assert SearchConfig(space="baseline", data="rosmap:ratio=5@outer=1/3").data_name == "rosmap-outer1of3"
+    assert source_of(outer).to_dict()["uri"].rstrip("/").endswith(str(tmp_path / "study"))
+    assert '"fusetune.data": "rosmap:ratio=5"' in source_of("rosmap:ratio=5").to_json()
 
 
 # ---------------------------------------------------------------------------- download (network replaced)

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from toydata import write_folder, write_table
 from trainables.data import DataError, load_dataset
 from trainables.data.folder import load_folder
 from trainables.data.tables import MAX_COLUMN_NAME_CHARS, MAX_TABLE_COLUMNS
@@ -21,21 +22,17 @@ ROOT = Path(__file__).resolve().parents[1]
 IDS = [f"p{i:02d}" for i in range(10)]
 
 
-def write(folder: Path, name: str, rows: dict) -> None:
-    pd.DataFrame(rows).to_csv(folder / name, index=False)
-
-
 @pytest.fixture
 def study(tmp_path: Path) -> Path:
     """10 patients: labels with a split, an EHR table (p08/p09 missing), omics as train/test tables
     (p09 missing), reports (p00 missing, p01 empty -> missing), images as PNG/NPY (p00-p03)."""
     rng = np.random.default_rng(0)
-    write(tmp_path, "labels.csv", {"sample_id": IDS, "label": ["benign", "malignant"] * 5,
-                                   "split": ["train"] * 7 + ["test"] * 3})
-    write(tmp_path, "ehr.csv", {"sample_id": IDS[:8], "age": np.arange(8) + 40.0, "crp": rng.normal(size=8)})
-    write(tmp_path, "omics_train.csv", {"sample_id": IDS[:7], "g1": np.arange(7.0), "g2": rng.normal(size=7)})
-    write(tmp_path, "omics_test.csv", {"sample_id": IDS[7:9], "g1": [7.0, 8.0], "g2": [0.5, 0.25]})
-    write(tmp_path, "reports.csv", {"sample_id": IDS[1:], "text": [""] + [f"Report {i}. No ulcer." for i in range(2, 10)]})
+    write_folder(tmp_path, IDS, ["benign", "malignant"] * 5, split=["train"] * 7 + ["test"] * 3, tables={
+        "ehr.csv": {"sample_id": IDS[:8], "age": np.arange(8) + 40.0, "crp": rng.normal(size=8)},
+        "omics_train.csv": {"sample_id": IDS[:7], "g1": np.arange(7.0), "g2": rng.normal(size=7)},
+        "omics_test.csv": {"sample_id": IDS[7:9], "g1": [7.0, 8.0], "g2": [0.5, 0.25]},
+        "reports.csv": {"sample_id": IDS[1:], "text": [""] + [f"Report {i}. No ulcer." for i in range(2, 10)]},
+    })
     (tmp_path / "img").mkdir()
     gray = np.zeros((8, 6), np.uint8)
     gray[2:5, 1:4] = 255
@@ -43,7 +40,7 @@ def study(tmp_path: Path) -> Path:
     Image.fromarray(np.stack([gray, gray // 2, gray * 0], axis=2)).save(tmp_path / "img" / "b.png")
     np.save(tmp_path / "img" / "c.npy", np.full((4, 3), 0.5, np.float32))
     np.save(tmp_path / "img" / "d.npy", np.full((8, 6), 200, np.uint8))
-    write(tmp_path, "images.csv", {"sample_id": IDS[:4], "path": ["img/a.png", "img/b.png", "img/c.npy", "img/d.npy"]})
+    write_table(tmp_path, "images.csv", {"sample_id": IDS[:4], "path": ["img/a.png", "img/b.png", "img/c.npy", "img/d.npy"]})
     return tmp_path
 
 
@@ -99,8 +96,8 @@ def test_json_manifest_and_parquet_tables(study):
 
 
 def test_ids_are_text_and_integer_labels_sort_numerically(tmp_path):
-    write(tmp_path, "labels.csv", {"sample_id": ["007", "010", "2"], "label": [10, 2, 10]})
-    write(tmp_path, "x.csv", {"sample_id": ["007", "010", "2"], "f": [1.0, 2.0, 3.0]})
+    write_table(tmp_path, "labels.csv", {"sample_id": ["007", "010", "2"], "label": [10, 2, 10]})
+    write_table(tmp_path, "x.csv", {"sample_id": ["007", "010", "2"], "f": [1.0, 2.0, 3.0]})
     data = load_folder(tmp_path)
     assert list(data.ids) == ["007", "010", "2"] and data.class_names == ["2", "10"]
     assert data.labels.tolist() == [1, 0, 1] and data.split is None

@@ -14,7 +14,7 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from trainables.data import DataError, load_dataset
+from trainables.data import DataError, DatasetSpec, load_dataset
 from trainables.data.synth import (
     SynthParams,
     attribute_vocabulary,
@@ -27,8 +27,8 @@ from trainables.data.synth import (
 
 # ---------------------------------------------------------------------------- parameters
 def test_defaults_and_canonical_name():
-    assert parse_params("") == SynthParams()
-    p = parse_params("n=200, imbalance=2.5,seed=3")
+    assert parse_params(DatasetSpec.parse("synth-clinic")) == SynthParams()
+    p = parse_params(DatasetSpec.parse("synth-clinic:n=200, imbalance=2.5,seed=3"))
     assert (p.n, p.imbalance, p.seed, p.classes) == (200, 2.5, 3, 3)
     data = load_dataset("synth-clinic:n=50,imbalance=2")
     assert data.name == "synth-clinic:n=50,classes=3,imbalance=2,missing=0.3,unmentioned=0.3,noise=0.5,seed=0"

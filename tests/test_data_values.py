@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from toydata import write_folder, write_table
 from trainables.data import DataError, load_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -18,10 +19,8 @@ IDS = [f"p{i:02d}" for i in range(8)]
 
 @pytest.fixture
 def folder(tmp_path: Path) -> Path:
-    pd.DataFrame({"sample_id": IDS, "label": ["a", "b"] * 4}).to_csv(tmp_path / "labels.csv", index=False)
-    pd.DataFrame({"sample_id": IDS, "age": np.arange(8) + 40.0, "crp": np.linspace(0, 1, 8)}).to_csv(
-        tmp_path / "ehr.csv", index=False)
-    return tmp_path
+    return write_folder(tmp_path, IDS, ["a", "b"] * 4,
+                        tables={"ehr.csv": {"sample_id": IDS, "age": np.arange(8) + 40.0, "crp": np.linspace(0, 1, 8)}})
 
 
 def _set_cell(path: Path, row: int, column: str, text: str) -> None:
@@ -72,6 +71,6 @@ def test_a_manifest_file_that_is_a_folder_is_refused(folder):
 
 def test_an_image_path_that_is_a_folder_is_refused(folder):
     (folder / "img").mkdir()
-    pd.DataFrame({"sample_id": IDS[:1], "path": ["img"]}).to_csv(folder / "images.csv", index=False)
+    write_table(folder, "images.csv", {"sample_id": IDS[:1], "path": ["img"]})
     with pytest.raises(DataError, match=r"img \(listed in .*images.csv.*\): is a folder; expected an image file"):
         load_dataset(str(folder))

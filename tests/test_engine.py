@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from trainables.data.dataset import Modality, MultimodalDataset
+from toydata import Tokens, Vec, toy_dataset
+from trainables.data.dataset import MultimodalDataset
 from trainables.data.errors import DataError
 from trainables.engine import FoldTrainer
 from trainables.losses import CrossEntropy, FocalLoss, balanced_class_weights
@@ -15,20 +16,9 @@ torch.set_num_threads(1)  # small MLPs: one thread is fastest, and robust on a b
 
 
 def toy(n=60, seed=0, tokens=False) -> MultimodalDataset:
-    rng = np.random.default_rng(seed)
-    y = np.array([0] * (n // 2) + [1] * (n // 3) + [2] * (n - n // 2 - n // 3))
-    mods = {}
-    for j, (name, d) in enumerate((("a", 6), ("b", 4))):
-        x = (rng.normal(size=(n, d)) + 1.5 * y[:, None]).astype(np.float32)
-        mask = np.ones(n, bool)
-        if j == 1:
-            mask[::7] = False
-            x[~mask] = 0.0
-        mods[name] = Modality(name, "vector", x, mask)
-    if tokens:
-        mods["c.tokens"] = Modality("c.tokens", "tokens", rng.normal(size=(n, 3, 2)).astype(np.float32), np.ones(n, bool),
-                                    token_mask=np.ones((n, 3), bool))
-    return MultimodalDataset("toy", [f"s{i}" for i in range(n)], y, ["p", "q", "r"], mods)
+    """Classes p, q, r in runs; ``b`` missing for every seventh sample; ``c.tokens`` with ``tokens``."""
+    mods: list[Vec | Tokens] = [Vec("a", 6, shift=1.5), Vec("b", 4, shift=1.5, absent=slice(None, None, 7))]
+    return toy_dataset(n, mods + [Tokens("c.tokens", 3, 2)] * tokens, labels="blocks", seed=seed)
 
 
 FAST = {"epochs": 6, "lr": 3e-3, "hidden": 16, "batch_size": 16}

@@ -16,9 +16,10 @@ import pytest
 
 from search import references
 from search.models import pyfunc_input
+from toydata import Vec, toy_dataset
 from trainables import signing
 from trainables.bundle import MANIFEST, BundleError, _building, copy_bundle, load_bundle, save_bundle, sign_bundle
-from trainables.data import Modality, MultimodalDataset
+from trainables.data import MultimodalDataset
 from trainables.engine import FoldTrainer
 from trainables.ensemble import (
     ENSEMBLE_FORMAT,
@@ -36,15 +37,9 @@ CLASSES = ["low", "mid", "high"]
 def synthetic(n: int, seed: int) -> MultimodalDataset:
     """``n`` samples of 3 classes, vector inputs ``a`` (6 named features) and ``b`` (4), ``b``
     missing for every fourth sample (zeroed, as loaders do)."""
-    rng = np.random.default_rng(seed)
-    labels = np.arange(n) % 3
-    a = rng.normal(size=(n, 6)) + labels[:, None]
-    b = rng.normal(size=(n, 4)) - labels[:, None]
-    has_b = np.arange(n) % 4 != 1
-    b[~has_b] = 0.0
-    mods = {"a": Modality("a", "vector", a.astype(np.float32), np.ones(n, bool), [f"g{k}" for k in range(6)]),
-            "b": Modality("b", "vector", b.astype(np.float32), has_b, [f"p{k}" for k in range(4)])}
-    return MultimodalDataset("synthetic", np.array([f"s{i}" for i in range(n)]), labels, CLASSES, mods)
+    return toy_dataset(n, [Vec("a", 6, features=[f"g{k}" for k in range(6)]),
+                           Vec("b", 4, shift=-1.0, absent=slice(1, None, 4), features=[f"p{k}" for k in range(4)])],
+                       class_names=CLASSES, seed=seed, name="synthetic")
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+from toydata import Vec, toy_dataset
 from trainables.backbone import DataSpec, TensorData
-from trainables.data.dataset import Modality, MultimodalDataset
+from trainables.data.dataset import MultimodalDataset
 from trainables.losses import CrossEntropy
 from trainables.omnifuse import OmniFuse, all_combinations, dwfuse_weights
 
@@ -16,17 +17,10 @@ torch.set_num_threads(1)  # small MLPs: one thread is fastest, and robust on a b
 
 
 def toy(n=24, missing=True, seed=0) -> MultimodalDataset:
-    rng = np.random.default_rng(seed)
-    y = np.arange(n) % 3
-    mods = {}
-    for j, (name, d) in enumerate((("a", 5), ("b", 4), ("c", 3))):
-        x = rng.normal(size=(n, d)).astype(np.float32) + y[:, None].astype(np.float32)
-        mask = np.ones(n, bool)
-        if missing and j > 0:
-            mask[j::5] = False
-        x[~mask] = 0.0
-        mods[name] = Modality(name, "vector", x, mask)
-    return MultimodalDataset("toy", [f"s{i}" for i in range(n)], y, ["x", "y", "z"], mods)
+    """Classes x, y, z in turn; with ``missing``, ``b`` and ``c`` missing for every fifth sample from 1 and 2."""
+    mods = [Vec(name, d, absent=slice(j, None, 5) if missing and j > 0 else None)
+            for j, (name, d) in enumerate((("a", 5), ("b", 4), ("c", 3)))]
+    return toy_dataset(n, mods, class_names=("x", "y", "z"), seed=seed)
 
 
 def build(data, **switches) -> OmniFuse:

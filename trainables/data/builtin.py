@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -15,8 +16,11 @@ import pandas as pd
 from trainables.data.dataset import Modality, MultimodalDataset
 from trainables.data.download import CACHE_DIR, DATA_DIR_ENV, download_builtin
 from trainables.data.errors import DataError
-from trainables.data.params import key_values
+from trainables.data.params import known_options
 from trainables.data.tables import read_numeric_table
+
+if TYPE_CHECKING:
+    from trainables.data import DatasetSpec
 
 
 def locate(folder: str, required: list[str]) -> Path:
@@ -94,11 +98,12 @@ def subsample_class(data: MultimodalDataset, minority: str, ratio: float, seed: 
     return data.take(np.sort(np.concatenate(keep)))
 
 
-def parse_rosmap(args: str) -> dict[str, str | float | int]:
-    """``minority=AD,ratio=5,seed=0`` (every key optional once ``ratio`` is given; defaults AD, 0)."""
+def parse_rosmap(spec: DatasetSpec) -> dict[str, str | float | int]:
+    """The values of ``rosmap:minority=AD,ratio=5,seed=0`` (every key optional once ``ratio`` is
+    given; defaults AD, 0)."""
     values: dict[str, str | float | int] = {"minority": "AD", "seed": 0}
     expected = {"minority": "NC or AD", "ratio": "a number >= 1", "seed": "an integer >= 0"}
-    for key, raw in key_values("rosmap", args, expected).items():
+    for key, raw in known_options(spec, expected).items():
         where = f"--data rosmap parameter {key!r}"
         try:
             value: str | float | int = raw if key == "minority" else (int(raw) if key == "seed" else float(raw))
@@ -109,16 +114,16 @@ def parse_rosmap(args: str) -> dict[str, str | float | int]:
             raise DataError(where, f"expected {expected[key]}, got {raw!r}")
         values[key] = value
     if "ratio" not in values:
-        raise DataError(f"--data rosmap:{args}", "parameters need ratio=R (minority class subsampled to 1:R)")
+        raise DataError(f"--data {spec}", "parameters need ratio=R (minority class subsampled to 1:R)")
     return values
 
 
-def load_rosmap_variant(args: str) -> MultimodalDataset:
+def load_rosmap_variant(spec: DatasetSpec) -> MultimodalDataset:
     """``rosmap`` as distributed, or with ``:ratio=R[,minority=AD][,seed=S]`` its class-imbalanced
     variant (:func:`subsample_class`), e.g. ``rosmap:ratio=5`` for AD : NC = 1 : 5."""
-    if not args:
+    if not spec.options:
         return load_rosmap()
-    p = parse_rosmap(args)  # before reading any file: a bad parameter needs no data
+    p = parse_rosmap(spec)  # before reading any file: a bad parameter needs no data
     return subsample_class(load_rosmap(), str(p["minority"]), float(p["ratio"]), int(p["seed"]))
 
 

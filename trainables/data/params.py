@@ -1,25 +1,20 @@
-"""``NAME:k=v,...`` dataset parameters: the split into keys and raw values, checked."""
+"""``NAME:k=v,...`` dataset parameters: a loader's check of the keys :class:`trainables.data.DatasetSpec` parsed."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from trainables.data.errors import DataError
 
+if TYPE_CHECKING:
+    from trainables.data import DatasetSpec
 
-def key_values(dataset: str, args: str, known: Iterable[str]) -> dict[str, str]:
-    """``"n=600,seed=1"`` -> ``{"n": "600", "seed": "1"}``; a one-line :class:`DataError` for an item
-    that is not ``key=value``, an unknown key, or a key given twice."""
+
+def known_options(spec: DatasetSpec, known: Iterable[str]) -> dict[str, str]:
+    """``spec``'s options as key -> raw value; a one-line :class:`DataError` for a key not in ``known``."""
     known = tuple(known)
-    out: dict[str, str] = {}
-    for item in filter(None, (s.strip() for s in args.split(","))):
-        key, eq, raw = (s.strip() for s in item.partition("="))
-        if not eq:
-            raise DataError(f"--data {dataset}:{args}", f"{item!r} is not key=value")
-        where = f"--data {dataset} parameter {key!r}"
+    for key, _ in spec.options:
         if key not in known:
-            raise DataError(where, f"unknown parameter; expected one of {', '.join(known)}")
-        if key in out:
-            raise DataError(where, "given twice")
-        out[key] = raw
-    return out
+            raise DataError(f"--data {spec.name} parameter {key!r}", f"unknown parameter; expected one of {', '.join(known)}")
+    return spec.params

@@ -77,10 +77,10 @@ from importlib import resources
 import numpy as np
 import yaml
 
-from trainables.data import register_dataset
+from trainables.data import DatasetSpec, register_dataset
 from trainables.data.dataset import Modality, MultimodalDataset
 from trainables.data.errors import DataError
-from trainables.data.params import key_values
+from trainables.data.params import known_options
 
 IMAGE_SIZE = 32
 EHR_FEATURES: tuple[tuple[str, float, float], ...] = (
@@ -133,10 +133,10 @@ RULES: dict[str, _Rule] = {
 }
 
 
-def parse_params(args: str) -> SynthParams:
-    """``"n=600,imbalance=10"`` -> :class:`SynthParams`; a one-line DataError for any bad item."""
+def parse_params(spec: DatasetSpec) -> SynthParams:
+    """``synth-clinic:n=600,imbalance=10`` -> :class:`SynthParams`; a one-line DataError for any bad item."""
     values: dict[str, float | int] = {}
-    for key, raw in key_values("synth-clinic", args, RULES).items():
+    for key, raw in known_options(spec, RULES).items():
         where = f"--data synth-clinic parameter {key!r}"
         rule = RULES[key]
         try:
@@ -153,8 +153,8 @@ def parse_params(args: str) -> SynthParams:
 
 
 @register_dataset("synth-clinic")
-def load_synth_clinic(args: str = "") -> MultimodalDataset:
-    return generate(parse_params(args))
+def load_synth_clinic(spec: DatasetSpec) -> MultimodalDataset:
+    return generate(parse_params(spec))
 
 
 # ---------------------------------------------------------------------------- vocabulary
