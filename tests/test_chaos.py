@@ -4,11 +4,12 @@ One seeded loop (``FUSETUNE_CHAOS_SEED`` replays a run; the seed is printed) dri
 search with a persistent Optuna study, confirmation, references and an ensemble, through
 ``python -m search.run`` and ``--resume`` until it ends:
 
-- most runs are SIGKILLed by the driver itself at the ``n``-th instant it reaches, whichever stage
-  that is (``FUSETUNE_KILL_AT=any#n``: a trial's start, a result, a trial's end, a stop by ASHA, a
-  checkpoint, the confirmation, the refit, a registration, the reports);
-- some are SIGKILLed from outside, with every process of the driver, after a random delay (Ray's
-  start, the data, the checks, mid-epoch, mid-confirmation: wherever the clock falls);
+- while trials run, most runs are SIGKILLed by the driver itself at the ``n``-th instant it reaches
+  (``FUSETUNE_KILL_AT=any#n``: a trial's start, a result, a trial's end, a stop by ASHA, a
+  checkpoint), some from outside, with every process of the driver, after a random delay (Ray's
+  start, the data, the checks, mid-epoch: wherever the clock falls);
+- then one run dies at each phase after the trials (the results, the confirmation, the refit, the
+  first and second registration, the reports) and two from outside mid-way through them;
 - once, the driver's own local Ray node is lost mid-trial (its raylet killed by PID);
 - once, the disk of the results folder is full (a small tmpfs filled to the last byte; a fault
   injected at a write of the search folder where this machine cannot mount one).
@@ -34,6 +35,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -49,7 +51,6 @@ SEARCH = ["--space", "baseline", "--folds", "2", "--scheduler", "asha", "--grace
           "--confirm-repeats", "1", "--references", "logreg", "--seed", "11"]
 """ASHA's rungs at epochs 1, 3 and 9 of 27: each trial reports up to 4 times and ASHA stops some."""
 MIN_KILLS = 20
-MAX_RUNS = 80
 DISK = 400 * 2**20  # the tmpfs of the results folder
 
 
@@ -206,6 +207,74 @@ def _env(extra: dict[str, str]) -> dict[str, str]:
 
 
 # ------------------------------------------------------------------------------ the loop
+POST_SEARCH = ("results", "confirmation", "refit", "registration#1", "registration#2", "reports")
+"""The driver's phases after its trials have ended: a run armed with one of them finishes the trials
+left, then dies there (each --resume passes through all of them again)."""
+
+
+def plan(rng: random.Random) -> list[tuple[str, Any]]:
+    """The stops, in order: 12 while trials run (the driver's own instants ``any#n``, outside kills
+    after a random delay, the raylet once, the disk once), then one at every phase after the trials
+    and two outside kills mid-way through them (the confirmation's and the refit's training)."""
+    during = [("any", rng.randint(1, 6)) if rng.random() < 0.7 else ("outside", rng.uniform(5, 60)) for _ in range(10)]
+    during.insert(rng.randint(2, len(during)), ("raylet", rng.uniform(1, 4)))
+    during.insert(rng.randint(2, len(during)), ("disk", None))
+    after = [("phase", p) for p in POST_SEARCH] + [("outside", rng.uniform(25, 80)) for _ in range(2)]
+    rng.shuffle(after)
+    return [*during, *after]
+
+
+def _stop(run: Run, kind: str, arg: Any, exp: Path, disk: SmallDisk, seed: int) -> str:
+    """Carry out one stop on ``run`` (started armed as :func:`_env_for` says); returns its name."""
+    if kind == "raylet":
+        deadline = time.monotonic() + 300
+        while run.proc.poll() is None and time.monotonic() < deadline:
+            if any(_comm(p).startswith("ray::ImplicitF") for p in _descendants(run.proc.pid)):  # a trial runs
+                time.sleep(arg)
+                break
+            time.sleep(0.2)
+        raylet = run.raylet()
+        if run.proc.poll() is not None or raylet is None:
+            run.wait(900)
+            return f"raylet missed (rc {run.proc.returncode})"
+        os.kill(raylet, signal.SIGKILL)
+        rc = run.wait(600)
+        out = run.output()
+        assert rc != 0 and "stopped: its Ray node was lost" in out and "continue with:" in out, (seed, out[-3000:])
+        assert "[state-dump]" not in out, (seed, out[-3000:])
+        return "raylet"
+    if kind == "outside":
+        try:
+            run.proc.wait(timeout=arg)
+        except subprocess.TimeoutExpired:
+            run.kill_all()
+        rc = run.wait(120)
+        return f"outside {arg:.1f}s" if rc != 0 else "done"
+    rc = run.wait(900)
+    if kind == "disk":
+        disk.free()
+        out = run.output()
+        if rc != 0:
+            assert "stopped:" in out and "continue with:" in out, (seed, out[-3000:])
+            assert not list(exp.rglob("*.tmp")), (seed, list(exp.rglob("*.tmp")))
+        return f"disk full (rc {rc})"
+    assert rc in (0, -signal.SIGKILL), (seed, rc, run.output()[-3000:])
+    return f"{kind} {arg}" if rc != 0 else "done"
+
+
+def _env_for(kind: str, arg: Any, disk: SmallDisk) -> dict[str, str]:
+    if kind == "any":
+        return _env({"FUSETUNE_KILL_AT": f"any#{arg}"})
+    if kind == "phase":
+        return _env({"FUSETUNE_KILL_AT": arg})
+    if kind == "disk":
+        if disk.mounted:
+            disk.fill()
+            return _env({})
+        return _env({"FUSETUNE_FAIL_AT": "results"})  # no tmpfs here: the same error, injected
+    return _env({})
+
+
 def test_chaos(data_dir, disk, tmp_path):
     seed = int(os.environ.get("FUSETUNE_CHAOS_SEED") or random.SystemRandom().randrange(10**6))
     print(f"chaos seed {seed} (FUSETUNE_CHAOS_SEED={seed} replays it)", flush=True)
@@ -213,72 +282,28 @@ def test_chaos(data_dir, disk, tmp_path):
     storage, name = disk.dir / "results", "chaos"
     exp = storage / name
     base = ["--storage", str(storage), "--name", name]
-    raylet_at, disk_at = rng.randint(3, 7), rng.randint(8, 12)
+    stops = [*plan(rng), *[("none", None)] * 5]
     finals: dict[str, str] = {}
-    stops: list[str] = []
-    rc, runs = None, 0
-    while rc != 0:
-        runs += 1
-        assert runs <= MAX_RUNS, f"seed {seed}: not done after {MAX_RUNS} runs: {stops}"
+    done: list[str] = []
+    for runs, (kind, arg) in enumerate(stops, start=1):
         args = [*SEARCH, *base] if runs == 1 else [*base, "--resume"]
-        log = tmp_path / f"run-{runs:02d}.log"
-        if runs == raylet_at:
-            run = Run(args, log, _env({}))
-            deadline = time.monotonic() + 300
-            while run.proc.poll() is None and time.monotonic() < deadline:
-                if any(_comm(p).startswith("ray::ImplicitF") for p in _descendants(run.proc.pid)):  # a trial runs
-                    time.sleep(rng.uniform(1, 4))
-                    break
-                time.sleep(0.2)
-            raylet = run.raylet()
-            if run.proc.poll() is None and raylet:
-                os.kill(raylet, signal.SIGKILL)
-                rc = run.wait(600)
-                out = run.output()
-                assert rc != 0 and "stopped: its Ray node was lost" in out and "continue with:" in out, (seed, out[-3000:])
-                assert "[state-dump]" not in out, (seed, out[-3000:])
-                stops.append("raylet")
-            else:
-                rc = run.wait(900)
-                stops.append(f"raylet missed (rc {rc})")
-        elif runs == disk_at:
-            if disk.mounted:
-                disk.fill()
-                env = _env({})
-            else:  # no tmpfs here: the same error, injected at the first write of the search folder's results
-                env = _env({"FUSETUNE_FAIL_AT": "results"})
-            run = Run(args, log, env)
-            rc = run.wait(900)
-            disk.free()
-            out = run.output()
-            if rc != 0:
-                assert "stopped:" in out and "continue with:" in out and "Traceback" not in out, (seed, out[-3000:])
-                assert not list(exp.rglob("*.tmp")), (seed, list(exp.rglob("*.tmp")))
-            stops.append(f"disk full (rc {rc})")
-        elif rng.random() < 0.25:
-            delay = rng.uniform(1, 40)
-            run = Run(args, log, _env({}))
-            try:
-                rc = run.proc.wait(timeout=delay)
-            except subprocess.TimeoutExpired:
-                run.kill_all()
-            rc = run.wait(120)
-            stops.append(f"outside {delay:.1f}s" if rc != 0 else "done")
-        else:
-            n = rng.randint(1, 4)
-            run = Run(args, log, _env({"FUSETUNE_KILL_AT": f"any#{n}"}))
-            rc = run.wait(900)
-            assert rc in (0, -signal.SIGKILL), (seed, rc, run.output()[-3000:])
-            stops.append(f"any#{n}" if rc != 0 else "done")
-        if rc != 0:
-            assert "Traceback" not in run.output(), (seed, stops, run.output()[-3000:])
+        run = Run(args, tmp_path / f"run-{runs:02d}.log", _env_for(kind, arg, disk))
+        what = _stop(run, kind, arg, exp, disk, seed)
+        done.append(what)
+        print(f"run {runs}: {what}", flush=True)
+        if run.proc.returncode != 0:
+            assert "Traceback" not in run.output(), (seed, done, run.output()[-3000:])
         now = _final_results(exp)
         changed = {t for t in finals if now.get(t) != finals[t]}
-        assert not changed, f"seed {seed}: finished trials changed after {stops[-1]}: {changed}"
+        assert not changed, f"seed {seed}: finished trials changed after {what}: {changed}"
         finals.update(now)
-    kills = sum(s != "done" and not s.startswith("raylet missed") for s in stops)
-    print(f"chaos seed {seed}: {runs} runs, {kills} stops: {stops}", flush=True)
-    assert kills >= MIN_KILLS, f"seed {seed}: only {kills} stops before the search ended: {stops}"
+        if run.proc.returncode == 0:
+            break
+    else:
+        raise AssertionError(f"seed {seed}: the search did not end: {done}")
+    kills = sum(d != "done" and not d.startswith(("raylet missed", "none")) for d in done)
+    print(f"chaos seed {seed}: {len(done)} runs, {kills} stops: {done}", flush=True)
+    assert kills >= MIN_KILLS, f"seed {seed}: only {kills} stops: {done}"
     _check_the_end(exp, storage, name, finals, seed)
 
 
