@@ -155,21 +155,16 @@ class SmallDisk:
         self.filler = self.dir / "filler"
 
     def fill(self) -> None:
-        with open(self.filler, "wb") as f:
-            chunk = b"\0" * 2**20
-            try:
+        fd = os.open(self.filler, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            for size in (2**20, 4096, 1):  # unbuffered: every byte that fits, no flush left to fail
                 while True:
-                    f.write(chunk)
-                    f.flush()
-            except OSError:
-                pass
-        with open(self.filler, "ab") as f:  # the last bytes too
-            try:
-                while True:
-                    f.write(b"\0")
-                    f.flush()
-            except OSError:
-                pass
+                    try:
+                        os.write(fd, b"\0" * size)
+                    except OSError:
+                        break
+        finally:
+            os.close(fd)
 
     def free(self) -> None:
         self.filler.unlink(missing_ok=True)
