@@ -243,10 +243,11 @@ RAYLET_ROUTE_ATTR = "_fusetune_raylet_stream"
 
 
 def route_raylet_messages(stream: Any) -> None:
-    """Ray relays its raylets' error messages (a dead raylet's last log lines and state dumps) to
-    the driver's standard output (``ray._private.worker.print_to_stdstream`` with pid ``raylet``,
-    from its ``listen_error_messages`` thread): write them to ``stream`` instead. The trial
-    workers' output is relayed as before. Calling it again changes the stream."""
+    """Ray relays its own processes' messages (a dead raylet's last log lines and state dumps, the
+    GCS server's errors) to the driver's standard output (``ray._private.worker.print_to_stdstream``
+    with a process name for pid, ``raylet`` or ``gcs_server``, from its ``listen_error_messages``
+    thread and its log monitor): write them to ``stream`` instead. The trial workers' output (a
+    numeric pid) is relayed as before. Calling it again changes the stream."""
     from ray._private import worker
 
     current = getattr(worker.print_to_stdstream, RAYLET_ROUTE_ATTR, None)
@@ -257,10 +258,11 @@ def route_raylet_messages(stream: Any) -> None:
 
     @functools.wraps(original)
     def print_to_stdstream(data: dict[str, Any], ignore_prefix: bool) -> None:
-        if data.get("pid") != "raylet":
+        pid = data.get("pid")
+        if isinstance(pid, int) or (isinstance(pid, str) and pid.isdigit()):
             return original(data, ignore_prefix)
         for line in data.get("lines", []):
-            target[0].write(f"(raylet) {line}\n")
+            target[0].write(f"({pid}) {line}\n")
         target[0].flush()
         return None
 

@@ -130,7 +130,7 @@ class SearchConfig:
     def as_params(self) -> dict[str, Any]:
         """The options as flat, loggable values (the parent run's params; URIs redacted)."""
         out = {k: (",".join(v) if k in ("metric", "mode", "references", "only") else v) for k, v in self.as_saved().items()
-               if k != "points"}
+               if k not in ("points", "resume")}  # resume: how this driver started, not an option of the search
         out["points"] = len(self.points)
         return out
 

@@ -369,6 +369,8 @@ def quiet_libraries() -> None:
     # the traceback stays in the trial's error.txt
     logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
     logging.getLogger("ray.tune.tune").setLevel(logging.CRITICAL)
+    # a resumed search's trials killed before their first result have none to fetch: expected, not news
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     # a trial resumed from a checkpoint re-reports the epochs after it; Optuna keeps the first value

@@ -514,10 +514,13 @@ def test_route_raylet_messages(capsys):
         assert worker.print_to_stdstream.__wrapped__ is original
         worker.print_to_stdstream({"lines": ["Raylet is terminated.\n    [state-dump] x"], "pid": "raylet",
                                    "is_err": False}, ignore_prefix=False)
+        worker.print_to_stdstream({"lines": ["E gcs_placement_group_scheduler.cc:273: Failed"], "pid": "gcs_server",
+                                   "is_err": True}, ignore_prefix=False)
         worker.print_to_stdstream({"lines": ["a trial's line"], "pid": 4242, "ip": "127.0.0.1", "is_err": False,
                                    "task_name": "t", "actor_name": "", "job": "01"}, ignore_prefix=False)
     finally:
         worker.print_to_stdstream = original
-    assert log.getvalue() == "(raylet) Raylet is terminated.\n    [state-dump] x\n" and other.getvalue() == ""
-    out = capsys.readouterr().out
-    assert "a trial's line" in out and "Raylet" not in out
+    assert log.getvalue() == ("(raylet) Raylet is terminated.\n    [state-dump] x\n"
+                              "(gcs_server) E gcs_placement_group_scheduler.cc:273: Failed\n") and other.getvalue() == ""
+    out = capsys.readouterr()
+    assert "a trial's line" in out.out and "Raylet" not in out.out + out.err and "gcs_" not in out.out + out.err
