@@ -110,10 +110,11 @@ class Backbone(nn.Module):
     def forward(self, batch: Batch) -> BackboneOutput:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def loss(self, out: BackboneOutput, batch: Batch, criterion: Criterion) -> tuple[Tensor, dict[str, float]]:
-        """Training loss and its named parts. Default: the criterion on the fused logits."""
+    def loss(self, out: BackboneOutput, batch: Batch, criterion: Criterion) -> tuple[Tensor, dict[str, Tensor]]:
+        """Training loss and its named parts (detached 0-d tensors; the training loop reads their values).
+        Default: the criterion on the fused logits."""
         loss = criterion(out.logits, batch.y)
-        return loss, {"loss_cls": float(loss.detach())}
+        return loss, {"loss_cls": loss.detach()}
 
     def end_epoch(self, train: TensorData, criterion: Criterion) -> dict[str, float]:
         """Hook run after every training epoch on the whole training part (e.g. OmniFuse's TLA mining)."""

@@ -210,7 +210,7 @@ class EMRFusion(Backbone):
         unimodal = torch.stack([head(x.detach()) for head, x in zip(self.unimodal_heads, u)])
         return BackboneOutput(logits, unimodal, u, batch.mask, {"alpha": alpha.T})
 
-    def loss(self, out: BackboneOutput, batch: Batch, criterion: Criterion) -> tuple[Tensor, dict[str, float]]:
+    def loss(self, out: BackboneOutput, batch: Batch, criterion: Criterion) -> tuple[Tensor, dict[str, Tensor]]:
         ce = criterion(out.logits, batch.y)
         l_align, l_ortho = ce.new_zeros(()), ce.new_zeros(())
         pairs = list(combinations(range(len(self.modalities)), 2))
@@ -229,6 +229,6 @@ class EMRFusion(Backbone):
             if rows.any():
                 probe = probe + criterion(out.unimodal_logits[k][rows], batch.y[rows]) / len(self.modalities)
         total = ce + self.align_weight * l_align + self.ortho_weight * l_ortho
-        parts = {"loss_ce": float(ce.detach()), "loss_align": float(l_align.detach()),
-                 "loss_ortho": float(l_ortho.detach()), "loss_probe": float(probe.detach())}
+        parts = {"loss_ce": ce.detach(), "loss_align": l_align.detach(), "loss_ortho": l_ortho.detach(),
+                 "loss_probe": probe.detach()}
         return total + probe, parts

@@ -149,6 +149,11 @@ def all_combinations(M: int) -> list[Tensor]:
     return [torch.tensor([m in c for m in range(M)]) for k in range(1, M + 1) for c in itertools.combinations(range(M), k)]
 
 
+def _mined_from_lazy(module: OmniFuse, incompatible_keys) -> None:
+    """After ``load_state_dict``: delta_lazy has been mined iff it selects a modality."""
+    module.mined.fill_(bool(module.lazy.any()))
+
+
 class OmniFuse(Backbone):
     Config = OmniFuseConfig
 
@@ -174,6 +179,11 @@ class OmniFuse(Backbone):
         self.unimodal_classifiers = nn.ModuleList(mlp(hidden, hidden, C, dropout) for _ in range(M))  # g_m, Eq.9
         self.joint_classifier = mlp(K * ra_latent if self.use_cra else M * hidden, hidden, C, dropout)  # g_rc, Eq.11
         self.register_buffer("lazy", torch.zeros(M, dtype=torch.bool))   # delta_lazy (all False = not mined yet)
+        # whether delta_lazy has been mined: read by forward's control flow, so a bool shared by the
+        # folds of a stacked run (trainables.batched passes a buffer equal in every member once);
+        # not in the state_dict (derived from lazy on loading, so checkpoints keep their format)
+        self.register_buffer("mined", torch.zeros((), dtype=torch.bool), persistent=False)
+        self.register_load_state_dict_post_hook(_mined_from_lazy)
 
     # ------------------------------------------------------------------ forward
     def simulate_missing(self, available: Tensor) -> Tensor:
@@ -211,7 +221,7 @@ class OmniFuse(Backbone):
             if self.imp_backward:
                 extras["v"] = v
                 extras["v_backward"] = self.backward_cra(v_prime)[0]                         # Eq.6
-            if self.tla and bool(self.lazy.any()):
+            if self.tla and bool(self.mined):
                 if self.tla_mask == "combination":
                     extras["tla_logits"] = o
                     extras["tla_select"] = (observed == self.lazy).all(dim=1)
@@ -226,7 +236,7 @@ class OmniFuse(Backbone):
         w = slots.repeat_interleave(self.d, dim=1).to(a.dtype)                              # [B, M*d]
         return (((a - b) ** 2) * w).sum() / w.sum().clamp_min(1.0)
 
-    def loss(self, out: BackboneOutput, batch: Batch, criterion: Criterion) -> tuple[Tensor, dict[str, float]]:
+    def loss(self, out: BackboneOutput, batch: Batch, criterion: Criterion) -> tuple[Tensor, dict[str, Tensor]]:
         y, ex = batch.y, out.extras
         B, M = out.mask.shape
         zero = out.logits.sum() * 0.0
@@ -252,9 +262,14 @@ class OmniFuse(Backbone):
         if "loss_probe" in parts:
             total = total + parts["loss_probe"]
         parts.update(loss_forward=l_fw, loss_backward=l_bw, loss_rc=l_rc, loss_tla=l_tla)
-        return total, {k: float(v.detach()) for k, v in parts.items()}
+        return total, {k: v.detach() for k, v in parts.items()}
 
     # ------------------------------------------------------------------ TLA mining (Eq.15)
+    def set_lazy(self, delta: Tensor) -> None:
+        """delta_lazy := ``delta`` (bool [M]); L_TLA is on from the next training step."""
+        self.lazy.copy_(delta)
+        self.mined.fill_(True)
+
     @torch.no_grad()
     def combination_distances(self, train: TensorData, batch_size: int = 256) -> list[tuple[Tensor, float]]:
         """Mean L1 distance ||softmax(o) - onehot(y)||_1 of each combination over the samples that have it."""
@@ -282,6 +297,6 @@ class OmniFuse(Backbone):
             return {}
         scored = self.combination_distances(train)
         delta, dist = max(scored, key=lambda r: r[1])                                     # Eq.15 argmax
-        self.lazy.copy_(delta)
+        self.set_lazy(delta)
         code = sum(1 << m for m in range(len(delta)) if bool(delta[m]))
         return {"tla_lazy_combination": float(code), "tla_lazy_distance": dist}

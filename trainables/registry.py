@@ -29,20 +29,14 @@ class MethodSpec:
     target: str  # "module:Class"
     representations: dict[str, tuple[str, ...]] = field(default_factory=dict)
     description: str = ""
-    stacked: str = ""
-    """``module:Class`` of the :class:`trainables.batched.StackedKernel` that trains all folds of a
-    trial as one batched model; empty: the folds train one after the other."""
+    batches_folds: bool = False
+    """True: the folds of a trial train as one batched model (:class:`trainables.batched.BatchedFolds`:
+    the method's own module under ``torch.vmap``, which needs a forward and loss without Python
+    control flow on per-fold tensors or data-dependent shapes); False: one after the other (the
+    registration says why)."""
 
     def load(self) -> type[Backbone]:
         module, _, cls = self.target.partition(":")
-        return getattr(importlib.import_module(module), cls)
-
-    @property
-    def batches_folds(self) -> bool:
-        return bool(self.stacked)
-
-    def load_stacked(self) -> type:
-        module, _, cls = self.stacked.partition(":")
         return getattr(importlib.import_module(module), cls)
 
     @property
@@ -63,13 +57,13 @@ register_method(MethodSpec(
     "baseline", "trainables.baseline:EarlyFusion",
     {"text": ("sentence",), "image": ("pooled",)},
     "early fusion: modality MLP encoders, concatenation, classifier (CLIMD/OmniFuse baseline)",
-    stacked="trainables.batched:EarlyFusionStack",
+    batches_folds=True,
 ))
 register_method(MethodSpec(
     "omnifuse", "trainables.omnifuse:OmniFuse",
     {"text": ("sentence",), "image": ("pooled",)},
     "OmniFuse: CRA imputation, DWFuse, TLA",
-    stacked="trainables.batched:OmniFuseStack",
+    batches_folds=True,
 ))
 register_method(MethodSpec(
     "alignedfusion", "trainables.alignedfusion:AlignedFusion",

@@ -1,0 +1,123 @@
+"""Random draws of stacked members: a method's own module run for n members at once under
+``torch.vmap`` (:mod:`trainables.batched`), every member drawing the numbers it draws when it
+trains alone.
+
+Under ``torch.vmap`` a random op draws either the same numbers for every member
+(``randomness="same"``) or one block for all members from one generator (``"different"``); neither
+is member f's own stream, so neither gives the fold models of per-fold training. Here a random draw
+that must stay per member is a custom op (``torch.library.custom_op``) whose vmap rule
+(``register_vmap``) draws member by member, from the member's own generator
+(:func:`member_generators`), with the shape the member's solo forward draws. Outside vmap the op
+draws from torch's default generator exactly as the plain code does, so per-fold training is
+unchanged. On CPU a member therefore sees the same numbers as when it trains alone; on a GPU the
+per-fold path uses the fused dropout kernel, whose draws differ (same distribution).
+
+- :class:`MemberDropout` (``nn.Dropout`` with the draw of :func:`dropout_noise`): a stacked run's
+  template module has every ``nn.Dropout`` replaced by it (:func:`member_template`).
+- :func:`per_member`: turns a random function ``fn(x, rate, generator)`` of the method (OmniFuse's
+  simulated missing patterns, :func:`trainables.baseline.drop_modalities`) into such an op; its
+  vmap rule calls ``fn`` once per member on that member's rows (a function may then use
+  data-dependent control flow, e.g. rejection sampling, which vmap itself cannot batch).
+
+A stacked run calls vmap with ``randomness="same"``: the vmap rules above draw inside vmap from
+explicit generators, which only that mode allows. A random op of a module that is not routed
+through this file would then draw the same numbers for every member; :func:`member_template`
+refuses the modules known to do that (attention dropout inside ``nn.MultiheadAttention``), and
+every method that batches its folds has a per-fold equality test (``tests/test_batched.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import copy
+from collections.abc import Callable, Iterator, Sequence
+
+import torch
+from torch import Tensor, nn
+
+_GENERATORS: contextvars.ContextVar[Sequence[torch.Generator] | None] = contextvars.ContextVar(
+    "fusetune_member_generators", default=None)
+
+
+@contextlib.contextmanager
+def member_generators(generators: Sequence[torch.Generator]) -> Iterator[None]:
+    """The generators of the members of the vmapped call(s) inside the block, in member order."""
+    token = _GENERATORS.set(list(generators))
+    try:
+        yield
+    finally:
+        _GENERATORS.reset(token)
+
+
+def _generators(n: int) -> Sequence[torch.Generator | None]:
+    gens = _GENERATORS.get()
+    if gens is None:   # vmapped outside a stacked run: every member in turn from the default generator
+        return [None] * n
+    if len(gens) != n:
+        raise RuntimeError(f"member random draw: vmap over {n} members, {len(gens)} member generators set")
+    return gens
+
+
+def _member_rule(fn: Callable[[Tensor, float, torch.Generator | None], Tensor]):
+    def rule(info, in_dims, x: Tensor, rate: float):
+        x = x.movedim(in_dims[0], 0)  # x is batched: vmap calls the rule only then
+        return torch.stack([fn(x[f], rate, g) for f, g in enumerate(_generators(info.batch_size))]), 0
+    return rule
+
+
+def per_member(name: str) -> Callable[[Callable[[Tensor, float, torch.Generator | None], Tensor]],
+                                      Callable[[Tensor, float], Tensor]]:
+    """Decorator: ``fn(x, rate, generator) -> Tensor`` (a fresh tensor, never ``x`` itself) as the
+    custom op ``name`` ``(x, rate) -> Tensor``: outside vmap ``fn(x, rate, None)`` (torch's default
+    generator); under vmap ``fn`` once per member with the member's generator."""
+    def wrap(fn):
+        def impl(x: Tensor, rate: float) -> Tensor:
+            return fn(x, rate, None)
+
+        impl.__name__, impl.__doc__ = fn.__name__, fn.__doc__
+        op = torch.library.custom_op(name, impl, mutates_args=())
+        op.register_vmap(_member_rule(fn))
+        return op
+    return wrap
+
+
+@per_member("fusetune::dropout_noise")
+def dropout_noise(like: Tensor, p: float, generator: torch.Generator | None) -> Tensor:
+    """What ``torch.nn.functional.dropout`` multiplies a CPU input by: bernoulli(1 - p) / (1 - p),
+    of ``like``'s shape and layout (``at::native::_dropout_impl``: ``empty_like``, ``bernoulli_``, ``div_``)."""
+    return torch.empty_like(like).bernoulli_(1 - p, generator=generator).div_(1 - p)
+
+
+class MemberDropout(nn.Dropout):
+    """``nn.Dropout`` whose mask a stacked member draws from its own generator (:func:`dropout_noise`).
+    p = 0 and eval mode draw nothing and return the input; p = 1 draws nothing and returns zeros
+    (as ``F.dropout``)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        if self.p == 1.0:
+            return x * 0.0
+        return x * dropout_noise(x.detach(), self.p)
+
+
+def member_template(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` to run stacked (``torch.func.functional_call`` under vmap): every
+    ``nn.Dropout`` a :class:`MemberDropout`. Raises ``ValueError`` for a module whose random draws or
+    state updates cannot be kept per member: attention dropout inside ``nn.MultiheadAttention``
+    (drawn inside the attention kernel), batch norm (updates its running statistics in forward)."""
+    for name, sub in module.named_modules():
+        if isinstance(sub, nn.MultiheadAttention) and sub.dropout > 0:
+            raise ValueError(f"{name}: nn.MultiheadAttention draws its attention dropout inside the attention kernel, "
+                             "not per stacked member")
+        if isinstance(sub, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)):
+            raise ValueError(f"{name}: batch norm updates running statistics in forward, not per stacked member")
+        if isinstance(sub, (nn.AlphaDropout, nn.FeatureAlphaDropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)):
+            raise ValueError(f"{name}: {type(sub).__name__} has no per-member draw")
+    template = copy.deepcopy(module)
+    for sub in list(template.modules()):
+        for child_name, child in list(sub.named_children()):
+            if type(child) is nn.Dropout:
+                setattr(sub, child_name, MemberDropout(child.p))
+    return template
