@@ -63,7 +63,7 @@ import torch
 from torch import Tensor, nn
 
 from trainables.backbone import Backbone, Batch, Criterion
-from trainables.members import member_generators, member_template
+from trainables.members import member_generators, member_index, member_template
 
 # a stacked parameter is a strided view of the flat [n, P] buffer, and so is its gradient; autograd
 # warns (once) that such a layout may be slow, but accumulates into it correctly
@@ -80,6 +80,7 @@ class StackedAdamW:
         self.optimizers = optimizers
         self.exp_avg = torch.zeros_like(flat)
         self.exp_avg_sq = torch.zeros_like(flat)
+        self.denom = torch.empty_like(flat)   # sqrt(v_t / (1 - beta2^t)) + eps, reused: no [n, P] temporaries per step
         self.steps = np.zeros(flat.shape[0], dtype=np.float64)
         for opt in optimizers:
             group = opt.param_groups[0]
@@ -102,12 +103,12 @@ class StackedAdamW:
             raise ValueError("StackedAdamW: folds with different eps")
         on = [bool(a) for a in active]
         t = [max(s, 1.0) for s in self.steps]
-        if all(on) and len({*zip(lr, wd, b1, b2, t)}) == 1:  # the common step: torch's scalar ops, no temporaries
+        if all(on) and len({*zip(lr, wd, b1, b2, t)}) == 1:  # the common step: torch's scalar ops
             lr0, wd0, beta1, beta2, t0 = lr[0], wd[0], b1[0], b2[0], t[0]
             self.flat.mul_(1 - lr0 * wd0)
             self.exp_avg.lerp_(grad, 1 - beta1)
             self.exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-            denom = (self.exp_avg_sq.sqrt() / ((1 - beta2 ** t0) ** 0.5)).add_(eps.pop())
+            denom = torch.sqrt(self.exp_avg_sq, out=self.denom).div_((1 - beta2 ** t0) ** 0.5).add_(eps.pop())
             self.flat.addcdiv_(self.exp_avg, denom, value=(lr0 / (1 - beta1 ** t0)) * -1)
             return
         # the same python-float arithmetic as torch.optim.adam._multi_tensor_adam, per fold
@@ -120,7 +121,7 @@ class StackedAdamW:
         self.flat.mul_(decay)
         self.exp_avg.lerp_(grad, w1)
         self.exp_avg_sq.mul_(keep2).addcmul_(grad * w2, grad)
-        denom = (self.exp_avg_sq.sqrt() / bc2_sqrt).add_(eps.pop())
+        denom = torch.sqrt(self.exp_avg_sq, out=self.denom).div_(bc2_sqrt).add_(eps.pop())
         self.flat.addcdiv_(self.exp_avg * step_size, denom)
 
 
@@ -138,6 +139,17 @@ class MemberStep(nn.Module):
         return self.model.loss(self.model(batch), batch, self.criterion)
 
 
+class MemberStatistics(nn.Module):
+    """One member's end-of-epoch statistics (:meth:`trainables.backbone.Backbone.epoch_statistics`)."""
+
+    def __init__(self, model: Backbone) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: Batch) -> dict[str, Tensor]:
+        return self.model.epoch_statistics(batch)
+
+
 # ------------------------------------------------------------------------------ the trainer
 class BatchedFolds:
     """n FoldTrainers (``members``: a trial's folds) trained as one stacked model (see the module docs)."""
@@ -149,6 +161,7 @@ class BatchedFolds:
         self.batch_size = t0.batch_size
         n = len(members)
         self.template = MemberStep(member_template(t0.model), copy.deepcopy(t0.criterion)).train()
+        self.statistics = MemberStatistics(self.template.model)   # the same module: parameter names model.*
 
         # parameters: one flat [n, P] buffer; every member's parameter a view of its row
         named = [dict(t.model.named_parameters()) for t in members]
@@ -177,7 +190,12 @@ class BatchedFolds:
             for f in range(n):
                 bufs[f][k].data = stacked[f]
             self.buffers[k] = stacked
+        self._param_keys = [f"model.{k}" for k in self.params]
         self.optimizer = StackedAdamW(self.flat, [t.optimizer for t in members])
+        # every tensor of the template is replaced in each call (checked here once: the calls skip the check)
+        names = {f"model.{k}" for k in self.params} | set(self.buffers)
+        if names != {k for k, _ in self.template.named_parameters()} | {k for k, _ in self.template.named_buffers()}:
+            raise ValueError("BatchedFolds: the members' modules differ from their template in parameters or buffers")
 
         # data: every member's training part, concatenated once; the members' own tensors become views
         datas = [t.train_data for t in members]
@@ -260,24 +278,62 @@ class BatchedFolds:
     # ------------------------------------------------------------------ one step
     def _member_loss(self, params: dict[str, Tensor], buffers: dict[str, Tensor], batch: dict) -> tuple[Tensor, dict]:
         """One member's (loss, parts): the template's forward and loss with the member's tensors."""
-        return torch.func.functional_call(self.template, (params, buffers), (Batch(**batch),), strict=True)
+        return torch.func.functional_call(self.template, (params, buffers), (Batch(**batch),), tie_weights=False)
+
+    def _member_statistics(self, params: dict[str, Tensor], buffers: dict[str, Tensor], batch: dict) -> dict:
+        """One member's end-of-epoch statistics, with the member's tensors."""
+        buffers = {k: v for k, v in buffers.items() if k.startswith("model.")}   # not the criterion's
+        return torch.func.functional_call(self.statistics, (params, buffers), (Batch(**batch),), tie_weights=False)
+
+    def _epoch_statistics(self, shared: dict[str, bool]) -> list[dict[str, Tensor]]:
+        """Every member's sums of :meth:`~trainables.backbone.Backbone.epoch_statistics` over its whole
+        training part: one vmapped call (eval mode, no gradient) on the training parts padded to the
+        longest with the member's first row; the padding is left out of the sums."""
+        lengths = np.array([len(t.train_data) for t in self.trainers])
+        n_max = int(lengths.max())
+        pos = np.arange(n_max)
+        rows = torch.as_tensor(self.offsets[:, None] + np.where(pos < lengths[:, None], pos, 0), device=self.device)
+        real = torch.as_tensor(pos < lengths[:, None], device=self.device)                 # [n, n_max]
+        self.template.eval()
+        try:
+            with torch.no_grad():
+                stats = self._vmapped(self._member_statistics, None, rows, shared)
+        finally:
+            self.template.train()
+        sums = {k: (v.double() * real.view(*real.shape, *[1] * (v.dim() - 2))).sum(1) for k, v in stats.items()}
+        return [{k: v[f] for k, v in sums.items()} for f in range(len(self.trainers))]
 
     def _losses(self, group: np.ndarray | None, rows: Tensor, shared: dict[str, bool]) -> tuple[Tensor, dict]:
         """Per-member (loss [g], parts [g]) of the members ``group`` (None: all) on ``rows`` [g, B]."""
+        return self._vmapped(self._member_loss, group, rows, shared)
+
+    def _vmapped(self, fn, group: np.ndarray | None, rows: Tensor, shared: dict[str, bool]):
+        """``fn(params, buffers, batch)`` vmapped over the members ``group`` (None: all) on ``rows`` [g, B]."""
         index = None if group is None else torch.as_tensor(group, device=self.device)
 
         def pick(t: Tensor) -> Tensor:
             return t if index is None else t[index]
 
-        params = {f"model.{k}": pick(p) for k, p in self.params.items()}
-        buffers = {k: b[0] if shared[k] else pick(b) for k, b in self.buffers.items()}
-        batch = {"inputs": {k: x[rows] for k, x in self.inputs.items()},
-                 "token_masks": {k: x[rows] for k, x in self.token_masks.items()},
-                 "mask": self.mask[rows], "y": self.y[rows], "index": self.local[rows]}
-        in_dims = (0, {k: None if shared[k] else 0 for k in buffers}, 0)
         members = range(len(self.trainers)) if group is None else group
+        # one flat tuple of tensors (vmap's input handling walks a pytree: nested dicts cost more)
+        flat = [*(pick(p) for p in self.params.values()),
+                *(b[0] if shared[k] else pick(b) for k, b in self.buffers.items()),
+                *(x[rows] for x in self.inputs.values()), *(x[rows] for x in self.token_masks.values()),
+                self.mask[rows], self.y[rows], self.local[rows], torch.arange(len(members), device=self.device)]
+        in_dims = [0] * len(flat)
+        for j, k in enumerate(self.buffers, start=len(self.params)):
+            in_dims[j] = None if shared[k] else 0
+        cuts = np.cumsum([len(self.params), len(self.buffers), len(self.inputs), len(self.token_masks)])
+
+        def member(*t: Tensor):
+            batch = {"inputs": dict(zip(self.inputs, t[cuts[1]:cuts[2]])),
+                     "token_masks": dict(zip(self.token_masks, t[cuts[2]:cuts[3]])),
+                     "mask": t[-4], "y": t[-3], "index": t[-2]}
+            with member_index(t[-1]):
+                return fn(dict(zip(self._param_keys, t[:cuts[0]])), dict(zip(self.buffers, t[cuts[0]:cuts[1]])), batch)
+
         with member_generators([self.generators[f] for f in members]):
-            return torch.vmap(self._member_loss, in_dims=in_dims, randomness="same")(params, buffers, batch)
+            return torch.vmap(member, in_dims=tuple(in_dims), randomness="same")(*flat)
 
     def train_epoch(self) -> list[dict[str, float]]:
         """One epoch of every member; returns each member's parts as ``FoldTrainer.train_epoch`` does."""
@@ -328,9 +384,10 @@ class BatchedFolds:
         out = []
         seen = np.maximum(counts, 1)
         host = {key: v.cpu().double().numpy() for key, v in sums.items()}
+        statistics = self._epoch_statistics(shared) if self.template.model.needs_epoch_statistics else None
         for f, t in enumerate(trainers):
             with t._own_rng():
-                end = t.model.end_epoch(t.train_data, t.criterion)
+                end = t.model.end_epoch(t.train_data, t.criterion, None if statistics is None else statistics[f])
             t.epoch += 1
             out.append({**{key: float(v[f] / seen[f]) for key, v in host.items()}, "epoch_samples": float(counts[f]), **end})
         return out

@@ -5,25 +5,29 @@ trains alone.
 Under ``torch.vmap`` a random op draws either the same numbers for every member
 (``randomness="same"``) or one block for all members from one generator (``"different"``); neither
 is member f's own stream, so neither gives the fold models of per-fold training. Here a random draw
-that must stay per member is a custom op (``torch.library.custom_op``) whose vmap rule
-(``register_vmap``) draws member by member, from the member's own generator
-(:func:`member_generators`), with the shape the member's solo forward draws. Outside vmap the op
-draws from torch's default generator exactly as the plain code does, so per-fold training is
-unchanged. On CPU a member therefore sees the same numbers as when it trains alone; on a GPU the
-per-fold path uses the fused dropout kernel, whose draws differ (same distribution).
+that must stay per member is drawn member by member, from the member's own generator
+(:func:`member_generators`), with the shape the member's solo forward draws, so on CPU a member
+sees the same numbers as when it trains alone (on a GPU the per-fold path uses the fused dropout
+kernel, whose draws differ: the same distribution, not the same numbers). Two ways:
 
-- :class:`MemberDropout` (``nn.Dropout`` with the draw of :func:`dropout_noise`): a stacked run's
-  template module has every ``nn.Dropout`` replaced by it (:func:`member_template`).
-- :func:`per_member`: turns a random function ``fn(x, rate, generator)`` of the method (OmniFuse's
-  simulated missing patterns, :func:`trainables.baseline.drop_modalities`) into such an op; its
-  vmap rule calls ``fn`` once per member on that member's rows (a function may then use
-  data-dependent control flow, e.g. rejection sampling, which vmap itself cannot batch).
+- :class:`MemberDropout` (a stacked run's template module has every ``nn.Dropout`` replaced by it,
+  :func:`member_template`): draws the n members' masks into one plain ``[n, ...]`` tensor and
+  picks the member's row with the member's index (:func:`member_index`, a vmapped input), which
+  costs one indexing op. Outside a stacked run it is ``nn.Dropout``.
+- :func:`per_member`: turns a random function ``fn(x, rate, generator)`` whose draws depend on
+  the values of ``x`` (OmniFuse's simulated missing patterns, rejection sampling:
+  :func:`trainables.baseline.drop_modalities`) into a custom op (``torch.library.custom_op``)
+  whose vmap rule (``register_vmap``) calls ``fn`` once per member on that member's rows, with
+  its generator; outside vmap it is ``fn`` with torch's default generator, so per-fold training
+  is unchanged. (A custom op's round trip costs about 10x the indexing op above: hence dropout's
+  own way.)
 
-A stacked run calls vmap with ``randomness="same"``: the vmap rules above draw inside vmap from
-explicit generators, which only that mode allows. A random op of a module that is not routed
-through this file would then draw the same numbers for every member; :func:`member_template`
-refuses the modules known to do that (attention dropout inside ``nn.MultiheadAttention``), and
-every method that batches its folds has a per-fold equality test (``tests/test_batched.py``).
+A stacked run calls vmap with ``randomness="same"``: both ways draw inside vmap from explicit
+generators into unbatched tensors, which only that mode allows. A random op of a module that is
+not routed through this file would then draw the same numbers for every member;
+:func:`member_template` refuses the modules known to do that (attention dropout inside
+``nn.MultiheadAttention``), and every method that batches its folds has a per-fold equality test
+(``tests/test_batched.py``).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from torch import Tensor, nn
 
 _GENERATORS: contextvars.ContextVar[Sequence[torch.Generator] | None] = contextvars.ContextVar(
     "fusetune_member_generators", default=None)
+_MEMBER: contextvars.ContextVar[Tensor | None] = contextvars.ContextVar("fusetune_member_index", default=None)
 
 
 @contextlib.contextmanager
@@ -48,6 +53,16 @@ def member_generators(generators: Sequence[torch.Generator]) -> Iterator[None]:
         yield
     finally:
         _GENERATORS.reset(token)
+
+
+@contextlib.contextmanager
+def member_index(member: Tensor) -> Iterator[None]:
+    """Inside the vmapped function: ``member``, the vmapped ``arange(n)`` (each member's position)."""
+    token = _MEMBER.set(member)
+    try:
+        yield
+    finally:
+        _MEMBER.reset(token)
 
 
 def _generators(n: int) -> Sequence[torch.Generator | None]:
@@ -82,24 +97,24 @@ def per_member(name: str) -> Callable[[Callable[[Tensor, float, torch.Generator 
     return wrap
 
 
-@per_member("fusetune::dropout_noise")
-def dropout_noise(like: Tensor, p: float, generator: torch.Generator | None) -> Tensor:
-    """What ``torch.nn.functional.dropout`` multiplies a CPU input by: bernoulli(1 - p) / (1 - p),
-    of ``like``'s shape and layout (``at::native::_dropout_impl``: ``empty_like``, ``bernoulli_``, ``div_``)."""
-    return torch.empty_like(like).bernoulli_(1 - p, generator=generator).div_(1 - p)
-
-
 class MemberDropout(nn.Dropout):
-    """``nn.Dropout`` whose mask a stacked member draws from its own generator (:func:`dropout_noise`).
-    p = 0 and eval mode draw nothing and return the input; p = 1 draws nothing and returns zeros
-    (as ``F.dropout``)."""
+    """``nn.Dropout`` whose mask a stacked member draws from its own generator: what
+    ``torch.nn.functional.dropout`` multiplies a CPU input by (``at::native::_dropout_impl``:
+    bernoulli(1 - p) into a tensor of the input's shape, divided by 1 - p), drawn for every member
+    in member order, the member's row picked by :func:`member_index`. p = 0 and eval mode draw
+    nothing and return the input; p = 1 draws nothing and returns zeros (as ``F.dropout``)."""
 
     def forward(self, x: Tensor) -> Tensor:
-        if not self.training or self.p == 0.0:
-            return x
+        member = _MEMBER.get()
+        if member is None or not self.training or self.p == 0.0:
+            return super().forward(x)
         if self.p == 1.0:
             return x * 0.0
-        return x * dropout_noise(x.detach(), self.p)
+        gens = _GENERATORS.get()
+        noise = torch.empty((len(gens), *x.shape), device=x.device)
+        for f, g in enumerate(gens):
+            noise[f].bernoulli_(1 - self.p, generator=g)
+        return x * noise.div_(1 - self.p)[member]
 
 
 def member_template(module: nn.Module) -> nn.Module:

@@ -270,32 +270,38 @@ class OmniFuse(Backbone):
         self.lazy.copy_(delta)
         self.mined.fill_(True)
 
-    @torch.no_grad()
-    def combination_distances(self, train: TensorData, batch_size: int = 256) -> list[tuple[Tensor, float]]:
-        """Mean L1 distance ||softmax(o) - onehot(y)||_1 of each combination over the samples that have it."""
-        was_training = self.training
-        self.eval()
-        results = []
-        for delta in all_combinations(len(self.modalities)):
-            delta = delta.to(train.mask.device)
-            total, count = 0.0, 0
-            for batch in train.batches(batch_size):
-                eligible = ((batch.mask & delta) == delta).all(dim=1)
-                if not bool(eligible.any()):
-                    continue
-                probs = torch.softmax(self.fuse(self.embed(batch, batch.mask & delta))[1], dim=-1)
-                onehot = torch.nn.functional.one_hot(batch.y, self.num_classes).to(probs.dtype)
-                total += float((probs - onehot).abs().sum(dim=1)[eligible].sum())
-                count += int(eligible.sum())
-            if count:
-                results.append((delta, total / count))
-        self.train(was_training)
-        return results
+    @property
+    def needs_epoch_statistics(self) -> bool:
+        return self.tla
 
-    def end_epoch(self, train: TensorData, criterion: Criterion) -> dict[str, float]:
+    def epoch_statistics(self, batch: Batch) -> dict[str, Tensor]:
+        """Eq.15's terms per sample i and combination delta ([B, 2^M - 1], :func:`all_combinations`
+        order), 0 where i lacks one of delta's modalities: ``tla_distance`` ||softmax(o_i) - onehot(y_i)||_1
+        with o_i predicted from delta's modalities alone, ``tla_count`` 1."""
+        onehot = torch.nn.functional.one_hot(batch.y, self.num_classes).to(torch.float32)
+        distance, count = [], []
+        for delta in all_combinations(len(self.modalities)):
+            restricted = batch.mask & delta.to(batch.mask.device)
+            eligible = (restricted == delta.to(batch.mask.device)).all(dim=1)
+            probs = torch.softmax(self.fuse(self.embed(batch, restricted))[1], dim=-1)
+            distance.append((probs - onehot).abs().sum(dim=1) * eligible)
+            count.append(eligible.to(torch.float32))
+        return {"tla_distance": torch.stack(distance, dim=1), "tla_count": torch.stack(count, dim=1)}
+
+    def combination_distances(self, train: TensorData, statistics: dict[str, Tensor] | None = None
+                              ) -> list[tuple[Tensor, float]]:
+        """Mean L1 distance ||softmax(o) - onehot(y)||_1 of each combination over the samples that have
+        it (combinations no sample has are left out)."""
+        stats = self.collect_epoch_statistics(train) if statistics is None else statistics
+        distance, count = stats["tla_distance"].tolist(), stats["tla_count"].tolist()
+        deltas = all_combinations(len(self.modalities))
+        return [(delta.to(train.mask.device), d / c) for delta, d, c in zip(deltas, distance, count) if c]
+
+    def end_epoch(self, train: TensorData, criterion: Criterion, statistics: dict[str, Tensor] | None = None
+                  ) -> dict[str, float]:
         if not self.tla:
             return {}
-        scored = self.combination_distances(train)
+        scored = self.combination_distances(train, statistics)
         delta, dist = max(scored, key=lambda r: r[1])                                     # Eq.15 argmax
         self.set_lazy(delta)
         code = sum(1 << m for m in range(len(delta)) if bool(delta[m]))
