@@ -65,6 +65,10 @@ register_method(MethodSpec(
     "OmniFuse: CRA imputation, DWFuse, TLA",
     batches_folds=True,
 ))
+# alignedfusion and selfattn train their folds one after the other: nn.MultiheadAttention draws its
+# attention dropout inside the attention kernel (no per-fold draw under vmap, so batched folds would
+# not equal per-fold training; trainables.members.member_template refuses it); alignedfusion's l_rec
+# (reconstruction_loss) also has data-dependent shapes (torch.unique of each batch's value tokens).
 register_method(MethodSpec(
     "alignedfusion", "trainables.alignedfusion:AlignedFusion",
     {"text": ("attributes",), "image": ("patches",)},
@@ -79,6 +83,7 @@ register_method(MethodSpec(
     "emrfusion", "trainables.emrfusion:EMRFusion",
     {"text": ("cls", "tokens"), "image": ("pooled", "map")},
     "EMR fusion: alignment, attention, residual, dynamic weighting, orthogonality loss",
+    batches_folds=True,
 ))
 
 
