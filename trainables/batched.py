@@ -200,26 +200,27 @@ class BatchedFolds:
         # data: every member's training part, concatenated once; the members' own tensors become views
         datas = [t.train_data for t in members]
         self.offsets = np.cumsum([0] + [len(d) for d in datas[:-1]])
-        self.inputs = {k: self._concat(datas, lambda d, k=k: d.inputs, k) for k in datas[0].inputs}
-        self.token_masks = {k: self._concat(datas, lambda d: d.token_masks, k) for k in datas[0].token_masks}
-        self.mask = self._concat(datas, None, "mask")
-        self.y = self._concat(datas, None, "y")
+        self.inputs = {k: self._concat(datas, "inputs", k) for k in datas[0].inputs}
+        self.token_masks = {k: self._concat(datas, "token_masks", k) for k in datas[0].token_masks}
+        self.mask = self._concat(datas, "mask")
+        self.y = self._concat(datas, "y")
         self.local = torch.cat([torch.arange(len(d), device=self.device) for d in datas])  # Batch.index
         self.generators = [torch.Generator(device=self.device) for _ in members]
         self.reload()
 
     @staticmethod
-    def _concat(datas: list, table, key: str) -> Tensor:
-        """The members' tensors ``key`` concatenated; each member's tensor replaced by its view."""
-        parts = [table(d)[key] if table else getattr(d, key) for d in datas]
+    def _concat(datas: list, attr: str, key: str | None = None) -> Tensor:
+        """The members' tensors ``TensorData.<attr>`` (``[key]`` of that dict) concatenated; each
+        member's tensor replaced by its view of the concatenation (no second copy of the data)."""
+        parts = [getattr(d, attr) if key is None else getattr(d, attr)[key] for d in datas]
         whole = torch.cat(parts)
         off = 0
         for d, part in zip(datas, parts):
             view = whole[off:off + len(part)]
-            if table:
-                table(d)[key] = view
+            if key is None:
+                setattr(d, attr, view)
             else:
-                setattr(d, key, view)
+                getattr(d, attr)[key] = view
             off += len(part)
         return whole
 
