@@ -209,7 +209,23 @@ def test_emrfusion_token_inputs_and_missing_modalities_same_fold_models(extra):
     assert ra[-1]["loss_align"] > 0 and ra[-1]["loss_probe"] > 0
 
 
-def test_climd_uneven_folds_pad_and_skip_steps(data):
+def test_members_are_any_number_of_fold_trainers(data):
+    """Repetitions x folds: the folds of two seeds (2 x 2 FoldTrainers) as one BatchedFolds equal
+    their per-fold training."""
+    cfgs = [_config("omnifuse", seed=seed, folds=2, modality_dropout=0.5) for seed in (3, 11)]
+    solo = [Trial("omnifuse", c, data, batch_folds=False) for c in cfgs]
+    stacked = [Trial("omnifuse", c, data, batch_folds=False) for c in cfgs]
+    members = [t for trial in stacked for t in trial.trainers]
+    batched = BatchedFolds(members)
+    for _ in range(2):
+        ra = [t.train_epoch() for trial in solo for t in trial.trainers]
+        rb = batched.train_epoch()
+        _assert_same_reports(ra, rb)
+    for a, b in zip(solo, stacked):
+        _assert_same_models(a, b)
+
+
+def test_climd_uneven_folds_group_by_size_and_skip_steps(data):
     """CLIMD gives folds different subsets; with 4 folds (112/113 training samples) and batch size 28
     the folds' epochs have different numbers of batches, so some steps leave a fold out: it must
     get no AdamW step (its step count stays that of per-fold training)."""
