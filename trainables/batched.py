@@ -376,9 +376,12 @@ class BatchedFolds:
                 else:
                     loss, parts = self._losses(group, table_t[s, torch.as_tensor(group, device=self.device), :B], shared)
                 total = loss.sum() if total is None else total + loss.sum()   # summed: each member's solo gradient
-                idx = torch.as_tensor(group, device=self.device)
+                idx = None if len(group) == n else torch.as_tensor(group, device=self.device)
                 for key, v in {"loss": loss.detach(), **parts}.items():
-                    sums[key].index_add_(0, idx, v.to(sums[key].dtype) * float(B))
+                    if idx is None:
+                        sums[key].add_(v.to(sums[key].dtype), alpha=float(B))
+                    else:
+                        sums[key].index_add_(0, idx, v.to(sums[key].dtype) * float(B))
             total.backward()
             self.optimizer.step(self.grad, sizes[s] > 0)
         self._give_rng()
