@@ -154,6 +154,7 @@ def test_total_loss_is_l_d_plus_weighted_l_rec():
         torch.manual_seed(5)
         out = m(b)
         loss, parts = m.loss(out, b, F.cross_entropy)
+        parts = {k: float(v) for k, v in parts.items()}
         assert parts["loss_rec"] > 0
         assert loss.item() == pytest.approx(parts["loss_d"] + w * parts["loss_rec"] + parts["loss_probe"], rel=1e-5)
 

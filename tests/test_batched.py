@@ -1,5 +1,6 @@
-"""All folds of a trial as one stacked model: the same fold models as per-fold training, per-fold
-AdamW, CLIMD's uneven folds, checkpoints that resume exactly."""
+"""All folds of a trial as one stacked model (the method's own module under torch.vmap): the same
+fold models as per-fold training, per-fold AdamW, CLIMD's uneven folds, checkpoints that resume
+exactly."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ import pytest
 import torch
 
 from trainables.batched import BatchedFolds, StackedAdamW
+from trainables.data import Modality, MultimodalDataset
+from trainables.members import member_template
 from trainables.registry import METHODS
 from trainables.trainable import Trial
-from trainables.trial_data import prepare
+from trainables.trial_data import TrialData, prepare
 
 pytestmark = pytest.mark.filterwarnings("ignore:grad and param do not obey the gradient layout contract")
 
@@ -26,6 +29,26 @@ def data(data_dir):
 def _config(method: str, **extra) -> dict:
     return {"method": method, "data": "breast-tcga", "seed": 3, "folds": 3, "epochs": 4,
             **(OMNI if method == "omnifuse" else SMALL), **extra}
+
+
+def _tokens_data(n: int = 45) -> TrialData:
+    """EMR fusion's full input set: a text ([CLS] vector + word tokens with padding), an image
+    feature map (tokens) and an EHR vector, each modality missing for some samples."""
+    rng = np.random.default_rng(1)
+    y = np.arange(n) % 3
+    has = {m: rng.random(n) > 0.2 for m in ("report", "image", "ehr")}
+    words = np.zeros((n, 6), bool)
+    words[np.arange(n), :] = np.arange(6)[None, :] < rng.integers(1, 7, n)[:, None]
+    mods = {
+        "report.cls": Modality("report.cls", "vector", rng.normal(size=(n, 5)).astype(np.float32) + y[:, None], has["report"]),
+        "report.tokens": Modality("report.tokens", "tokens", rng.normal(size=(n, 6, 5)).astype(np.float32), has["report"],
+                                  token_mask=words),
+        "image.map": Modality("image.map", "tokens", rng.normal(size=(n, 4, 7)).astype(np.float32) - y[:, None, None],
+                              has["image"]),
+        "ehr": Modality("ehr", "vector", rng.normal(size=(n, 3)).astype(np.float32), has["ehr"]),
+    }
+    data = MultimodalDataset("tokens", [f"s{i}" for i in range(n)], y, ["a", "b", "c"], mods)
+    return TrialData(data, "tokens", "tokens", ("text", "image", "vector"))
 
 
 def _params(trial: Trial) -> list[list[torch.Tensor]]:
@@ -61,8 +84,45 @@ def _assert_same_reports(ra: list, rb: list) -> None:
 
 
 def test_registry_says_which_methods_batch_their_folds():
-    assert {n for n, s in METHODS.items() if s.batches_folds} == {"baseline", "omnifuse"}
-    assert all(issubclass(s.load_stacked(), object) for s in METHODS.values() if s.batches_folds)
+    assert {n for n, s in METHODS.items() if s.batches_folds} == {"baseline", "omnifuse", "emrfusion"}
+
+
+def test_member_template_swaps_dropout_and_refuses_attention_dropout():
+    from trainables.members import MemberDropout
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Dropout(0.2), torch.nn.Sequential(torch.nn.Dropout(0.5)))
+    template = member_template(model)
+    assert [type(m) for m in template.modules()].count(MemberDropout) == 2
+    assert [m.p for m in template.modules() if isinstance(m, MemberDropout)] == [0.2, 0.5]
+    assert type(model[1]) is torch.nn.Dropout                      # the member's own module is left alone
+    with pytest.raises(ValueError, match="attention dropout"):
+        member_template(torch.nn.MultiheadAttention(4, 2, dropout=0.1))
+
+
+def test_torch_adamw_on_stacked_tensors_equals_one_adamw_per_member_while_all_step():
+    """AdamW is elementwise: one torch.optim.AdamW over [n, ...] stacked tensors is n separate AdamW as
+    long as every member steps (it keeps one step count per tensor, so it cannot skip a member:
+    StackedAdamW does, for CLIMD's uneven folds)."""
+    g = torch.Generator().manual_seed(2)
+    n = 3
+    shapes = [(4, 5), (5,)]
+    starts = [torch.randn(n, *s, generator=g) for s in shapes]
+    stacked = [torch.nn.Parameter(t.clone()) for t in starts]
+    singles = [[torch.nn.Parameter(t[f].clone()) for t in starts] for f in range(n)]
+    opt = torch.optim.AdamW(stacked, lr=1e-2, weight_decay=1e-2, foreach=True)
+    opts = [torch.optim.AdamW(ps, lr=1e-2, weight_decay=1e-2, foreach=True) for ps in singles]
+    for _ in range(25):
+        grads = [torch.randn(n, *s, generator=g) for s in shapes]
+        for p, gr in zip(stacked, grads):
+            p.grad = gr.clone()
+        opt.step()
+        for f in range(n):
+            for p, gr in zip(singles[f], grads):
+                p.grad = gr[f].clone()
+            opts[f].step()
+    for j in range(len(shapes)):
+        for f in range(n):
+            assert torch.allclose(stacked[j].detach()[f], singles[f][j].detach(), rtol=0, atol=1e-7)
 
 
 def test_stacked_adamw_equals_one_torch_adamw_per_fold():
@@ -125,7 +185,47 @@ def test_omnifuse_same_seed_same_fold_models(data, extra):
     assert all(torch.equal(a.model.lazy, b.model.lazy) for a, b in zip(per_fold.trainers, batched.trainers))
 
 
-def test_climd_uneven_folds_pad_and_skip_steps(data):
+@pytest.mark.parametrize("extra", [{}, {"imbalance": "weighted_ce", "dynamic_weighting": False},
+                                   {"alignment": False, "residual": False, "dropout": 0.5}])
+def test_emrfusion_same_seed_same_fold_models(data, extra):
+    per_fold, batched, ra, rb = _train_both("emrfusion", data, epochs=2, **extra, **({"folds": 2} if extra else {}))
+    _assert_same_models(per_fold, batched)
+    _assert_same_reports(ra, rb)
+
+
+@pytest.mark.parametrize("extra", [{}, {"self_attention": False, "imbalance": "focal"}])
+def test_emrfusion_token_inputs_and_missing_modalities_same_fold_models(extra):
+    """Text attention over padded word tokens (Eq.8-9), channel attention over an image map (Eq.10-12),
+    modalities missing per sample: L_align / L_ortho / the probes over different rows in every fold."""
+    data = _tokens_data()
+    cfg = {"method": "emrfusion", "data": "tokens", "seed": 1, "folds": 3, "epochs": 3, "hidden": 8, "lr": 1e-2,
+           "batch_size": 8, "align_weight": 0.5, "ortho_weight": 0.1, **extra}
+    per_fold, batched = Trial("emrfusion", cfg, data, batch_folds=False), Trial("emrfusion", cfg, data)
+    assert batched.batched is not None
+    ra = [per_fold.step() for _ in range(3)]
+    rb = [batched.step() for _ in range(3)]
+    _assert_same_models(per_fold, batched)
+    _assert_same_reports(ra, rb)
+    assert ra[-1]["loss_align"] > 0 and ra[-1]["loss_probe"] > 0
+
+
+def test_members_are_any_number_of_fold_trainers(data):
+    """Repetitions x folds: the folds of two seeds (2 x 2 FoldTrainers) as one BatchedFolds equal
+    their per-fold training."""
+    cfgs = [_config("omnifuse", seed=seed, folds=2, modality_dropout=0.5) for seed in (3, 11)]
+    solo = [Trial("omnifuse", c, data, batch_folds=False) for c in cfgs]
+    stacked = [Trial("omnifuse", c, data, batch_folds=False) for c in cfgs]
+    members = [t for trial in stacked for t in trial.trainers]
+    batched = BatchedFolds(members)
+    for _ in range(2):
+        ra = [t.train_epoch() for trial in solo for t in trial.trainers]
+        rb = batched.train_epoch()
+        _assert_same_reports(ra, rb)
+    for a, b in zip(solo, stacked):
+        _assert_same_models(a, b)
+
+
+def test_climd_uneven_folds_group_by_size_and_skip_steps(data):
     """CLIMD gives folds different subsets; with 4 folds (112/113 training samples) and batch size 28
     the folds' epochs have different numbers of batches, so some steps leave a fold out: it must
     get no AdamW step (its step count stays that of per-fold training)."""

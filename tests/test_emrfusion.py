@@ -130,6 +130,7 @@ def test_alignment_switch_and_loss_composition():
     b = make_batch(b=16)
     on = model(align_weight=0.5, ortho_weight=0.2)
     loss, parts = on.loss(on(b), b, F.cross_entropy)
+    parts = {k: float(v) for k, v in parts.items()}
     assert parts["loss_align"] > 0 and parts["loss_ortho"] > 0
     expected = parts["loss_ce"] + 0.5 * parts["loss_align"] + 0.2 * parts["loss_ortho"] + parts["loss_probe"]
     assert loss.item() == pytest.approx(expected, rel=1e-5)

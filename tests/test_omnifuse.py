@@ -86,7 +86,7 @@ def _loss_parts(data, reference: OmniFuse, **switches) -> tuple[float, dict]:
     batch = TensorData(data).batch(np.arange(len(data)))
     torch.manual_seed(5)  # the same simulated missing patterns for every variant
     loss, parts = model.loss(model(batch), batch, CrossEntropy())
-    return float(loss.detach()), parts
+    return float(loss.detach()), {k: float(v) for k, v in parts.items()}
 
 
 def test_every_switch_changes_the_loss():
@@ -109,7 +109,7 @@ def test_tla_mask_readings_select_the_right_samples():
     data = toy(missing=False)
     for reading in ("combination", "restrict"):
         model = build(data, tla_mask=reading)
-        model.lazy.copy_(torch.tensor([False, True, False]))
+        model.set_lazy(torch.tensor([False, True, False]))
         model.train()
         out = model(TensorData(data).batch(np.arange(len(data))))
         sel = out.extras["tla_select"]

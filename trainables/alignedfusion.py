@@ -306,13 +306,13 @@ class AlignedFusion(_TokenFusionBase):
         extras = {"t_hat": self.F_rec(r), "masked": masked, "present": present}
         return self._output(r, v, v_valid, owners, pooled, batch, extras)
 
-    def loss(self, out: BackboneOutput, batch: Batch, criterion: Criterion) -> tuple[Tensor, dict[str, float]]:
+    def loss(self, out: BackboneOutput, batch: Batch, criterion: Criterion) -> tuple[Tensor, dict[str, Tensor]]:
         l_d = criterion(out.logits, batch.y)
         l_rec = reconstruction_loss(out.extras["t_hat"], batch.inputs[self.report_input.name], out.extras["present"],
                                     out.extras["masked"], self.attribute_tokens.embed)
         probe = self._probe_loss(out, batch, criterion)
         l_all = l_d + self.rec_weight * l_rec   # Sec. 2.6
-        parts = {"loss_d": float(l_d.detach()), "loss_rec": float(l_rec.detach()), "loss_probe": float(probe.detach())}
+        parts = {"loss_d": l_d.detach(), "loss_rec": l_rec.detach(), "loss_probe": probe.detach()}
         return l_all + probe, parts
 
 
@@ -345,7 +345,7 @@ class SelfAttentionFusion(_TokenFusionBase):
         r, v = x[:, : r.shape[1]], x[:, r.shape[1]:]
         return self._output(r, v, v_valid, owners, [r.mean(1), masked_mean(v, v_valid)], batch, {})
 
-    def loss(self, out: BackboneOutput, batch: Batch, criterion: Criterion) -> tuple[Tensor, dict[str, float]]:
+    def loss(self, out: BackboneOutput, batch: Batch, criterion: Criterion) -> tuple[Tensor, dict[str, Tensor]]:
         l_d = criterion(out.logits, batch.y)
         probe = self._probe_loss(out, batch, criterion)
-        return l_d + probe, {"loss_d": float(l_d.detach()), "loss_probe": float(probe.detach())}
+        return l_d + probe, {"loss_d": l_d.detach(), "loss_probe": probe.detach()}

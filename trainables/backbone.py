@@ -110,13 +110,39 @@ class Backbone(nn.Module):
     def forward(self, batch: Batch) -> BackboneOutput:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def loss(self, out: BackboneOutput, batch: Batch, criterion: Criterion) -> tuple[Tensor, dict[str, float]]:
-        """Training loss and its named parts. Default: the criterion on the fused logits."""
+    def loss(self, out: BackboneOutput, batch: Batch, criterion: Criterion) -> tuple[Tensor, dict[str, Tensor]]:
+        """Training loss and its named parts (detached 0-d tensors; the training loop reads their values).
+        Default: the criterion on the fused logits."""
         loss = criterion(out.logits, batch.y)
-        return loss, {"loss_cls": float(loss.detach())}
+        return loss, {"loss_cls": loss.detach()}
 
-    def end_epoch(self, train: TensorData, criterion: Criterion) -> dict[str, float]:
-        """Hook run after every training epoch on the whole training part (e.g. OmniFuse's TLA mining)."""
+    needs_epoch_statistics: bool = False
+    """True: :meth:`end_epoch` reads the sums of :meth:`epoch_statistics` over the training part."""
+
+    def epoch_statistics(self, batch: Batch) -> dict[str, Tensor]:
+        """Per-row values ([B, ...] each) whose sums over the training part :meth:`end_epoch` reads
+        (called in eval mode without gradient, when :attr:`needs_epoch_statistics`). Per row and free
+        of Python control flow on tensors, so batched folds compute them for every fold in one
+        ``torch.vmap`` call (training parts of different sizes padded, the padding left out of the sums)."""
+        return {}
+
+    @torch.no_grad()
+    def collect_epoch_statistics(self, train: TensorData, batch_size: int = 256) -> dict[str, Tensor]:
+        """The sums over ``train``'s rows of :meth:`epoch_statistics` (eval mode, float64)."""
+        was_training = self.training
+        self.eval()
+        sums: dict[str, Tensor] = {}
+        for batch in train.batches(batch_size):
+            for key, v in self.epoch_statistics(batch).items():
+                sums[key] = sums[key] + v.double().sum(0) if key in sums else v.double().sum(0)
+        self.train(was_training)
+        return sums
+
+    def end_epoch(self, train: TensorData, criterion: Criterion, statistics: dict[str, Tensor] | None = None
+                  ) -> dict[str, float]:
+        """Hook run after every training epoch on the whole training part (e.g. OmniFuse's TLA mining).
+        ``statistics``: the sums of :meth:`epoch_statistics` over ``train`` where the caller has them
+        (batched folds); None: collect them here."""
         return {}
 
     @torch.no_grad()

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from trainables.backbone import Backbone, BackboneOutput, Batch, Criterion, DataSpec, InputSpec, logical_name
+from trainables.members import per_member
 
 
 @dataclass(frozen=True)
@@ -56,13 +57,22 @@ def drop_modalities(available: Tensor, rate: float, generator: torch.Generator |
     without any modality stays empty. Draws: the subsets first (each available modality kept with
     probability 1/2, redrawn while empty), then, for 0 < rate < 1, one uniform per sample; nothing
     for rate 0. Expected share of a sample's k available modalities dropped:
-    rate * sum_j C(k, j) (k - j) / (k (2^k - 1)), e.g. k = 3: rate * 9/21."""
+    rate * sum_j C(k, j) (k - j) / (k (2^k - 1)), e.g. k = 3: rate * 9/21.
+
+    ``generator``: None draws from torch's default generator; under ``torch.vmap`` (folds trained
+    stacked) each member then draws its own pattern from its own generator
+    (:func:`trainables.members.per_member`)."""
     if rate <= 0.0:
         return available
+    return _sample_drop(available, rate, generator) if generator is not None else _drop_per_member(available, rate)
+
+
+def _sample_drop(available: Tensor, rate: float, generator: torch.Generator | None) -> Tensor:
+    """:func:`drop_modalities` for 0 < rate, drawn from ``generator`` (None: torch's default)."""
     device = available.device
     observed = available & (torch.rand(available.shape, device=device, generator=generator) < 0.5)
     redo = available.any(1) & ~observed.any(1)
-    while bool(redo.any()):
+    while bool(redo.any()):  # rejection sampling: data-dependent, hence one call per stacked member
         observed[redo] = available[redo] & (torch.rand((int(redo.sum()), available.shape[1]), device=device,
                                                         generator=generator) < 0.5)
         redo = available.any(1) & ~observed.any(1)
@@ -70,6 +80,9 @@ def drop_modalities(available: Tensor, rate: float, generator: torch.Generator |
         keep = torch.rand(available.shape[0], device=device, generator=generator) >= rate
         observed = torch.where(keep[:, None], available, observed)
     return observed
+
+
+_drop_per_member = per_member("fusetune::drop_modalities")(_sample_drop)
 
 
 def pool_tokens(x: Tensor, token_mask: Tensor | None) -> Tensor:
@@ -115,10 +128,14 @@ def modality_encoders(spec: DataSpec, hidden: int, d_out: int, dropout: float) -
 
 
 def masked_criterion(criterion: Criterion, logits: Tensor, y: Tensor, keep: Tensor) -> Tensor:
-    """The criterion over the rows with ``keep``; 0 (still in the graph) when none is kept."""
-    if not bool(keep.any()):
-        return logits.sum() * 0.0
-    return criterion(logits[keep], y[keep])
+    """The criterion's mean over the rows with ``keep``: sum_i keep_i w_{y_i} l_i / sum_i keep_i w_{y_i}
+    (w: the criterion's ``class_weight``, 1 without; as ``criterion(logits[keep], y[keep])``); 0 when
+    none is kept. Written without data-dependent shapes, so it runs under ``torch.vmap``."""
+    rows = criterion(logits, y, reduction="none")                         # w_{y_i} l_i
+    keep = keep.to(rows.dtype)
+    weight = getattr(criterion, "class_weight", None)
+    den = (keep if weight is None else keep * weight.to(rows.dtype)[y]).sum()
+    return (rows * keep).sum() / torch.where(den > 0, den, torch.ones_like(den))
 
 
 class EarlyFusion(Backbone):
@@ -142,7 +159,7 @@ class EarlyFusion(Backbone):
         probe = torch.stack([head(e.detach()) for head, e in zip(self.unimodal_heads, emb)])  # [M, B, C]
         return BackboneOutput(logits=self.classifier(fused), unimodal_logits=probe, embeddings=emb, mask=mask)
 
-    def loss(self, out: BackboneOutput, batch: Batch, criterion: Criterion) -> tuple[Tensor, dict[str, float]]:
+    def loss(self, out: BackboneOutput, batch: Batch, criterion: Criterion) -> tuple[Tensor, dict[str, Tensor]]:
         cls = criterion(out.logits, batch.y)
         probe = sum(masked_criterion(criterion, lg, batch.y, out.mask[:, m]) for m, lg in enumerate(out.unimodal_logits))
-        return cls + probe, {"loss_cls": float(cls.detach()), "loss_probe": float(probe.detach())}
+        return cls + probe, {"loss_cls": cls.detach(), "loss_probe": probe.detach()}

@@ -59,6 +59,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from trainables.backbone import Backbone, BackboneOutput, Batch, Criterion, DataSpec, InputSpec, logical_name
+from trainables.baseline import masked_criterion
 
 
 @dataclass(frozen=True)
@@ -81,15 +82,23 @@ class EMRFusionConfig:
 
 
 # ------------------------------------------------------------------------- the paper's equations
-def alignment_loss(h_a: Tensor, h_b: Tensor) -> Tensor:
-    """Eq.14-16: ``||S - I||_F^2`` with ``S_ij = cos(h_a^i, h_b^j)`` over the n rows of [n, d] inputs."""
+def alignment_loss(h_a: Tensor, h_b: Tensor, rows: Tensor | None = None) -> Tensor:
+    """Eq.14-16: ``||S - I||_F^2`` with ``S_ij = cos(h_a^i, h_b^j)`` over the rows of [n, d] inputs
+    selected by ``rows`` ([n] bool; all rows without it). Masked, not indexed: no data-dependent
+    shapes, so it runs under ``torch.vmap`` (batched folds)."""
     s = F.normalize(h_a, dim=-1) @ F.normalize(h_b, dim=-1).T   # Eq.14-15
-    return (s - torch.eye(s.shape[0], device=s.device, dtype=s.dtype)).pow(2).sum()
+    err = (s - torch.eye(s.shape[0], device=s.device, dtype=s.dtype)).pow(2)
+    if rows is None:
+        return err.sum()
+    r = rows.to(s.dtype)
+    return (err * r.unsqueeze(1) * r.unsqueeze(0)).sum()
 
 
-def orthogonality_loss(h_a: Tensor, h_b: Tensor) -> Tensor:
-    """Eq.13: ``sum_i ||(h_a^i)^T h_b^i||_2 = sum_i |<h_a^i, h_b^i>|`` over the n rows of [n, d] inputs."""
-    return (h_a * h_b).sum(-1).abs().sum()
+def orthogonality_loss(h_a: Tensor, h_b: Tensor, rows: Tensor | None = None) -> Tensor:
+    """Eq.13: ``sum_i ||(h_a^i)^T h_b^i||_2 = sum_i |<h_a^i, h_b^i>|`` over the rows of [n, d] inputs
+    selected by ``rows`` ([n] bool; all rows without it)."""
+    inner = (h_a * h_b).sum(-1).abs()
+    return inner.sum() if rows is None else (inner * rows.to(inner.dtype)).sum()
 
 
 def attention_pooling(h_t: Tensor, e: Tensor, valid: Tensor) -> Tensor:
@@ -210,25 +219,21 @@ class EMRFusion(Backbone):
         unimodal = torch.stack([head(x.detach()) for head, x in zip(self.unimodal_heads, u)])
         return BackboneOutput(logits, unimodal, u, batch.mask, {"alpha": alpha.T})
 
-    def loss(self, out: BackboneOutput, batch: Batch, criterion: Criterion) -> tuple[Tensor, dict[str, float]]:
+    def loss(self, out: BackboneOutput, batch: Batch, criterion: Criterion) -> tuple[Tensor, dict[str, Tensor]]:
         ce = criterion(out.logits, batch.y)
         l_align, l_ortho = ce.new_zeros(()), ce.new_zeros(())
         pairs = list(combinations(range(len(self.modalities)), 2))
-        for a, b in pairs:
+        for a, b in pairs:                          # over the n samples that have both (0 when n = 0)
             rows = out.mask[:, a] & out.mask[:, b]
-            n = int(rows.sum())
-            if n == 0:
-                continue
-            ua, ub = out.embeddings[a][rows], out.embeddings[b][rows]
+            n = rows.sum().to(ce.dtype).clamp_min(1.0)
+            ua, ub = out.embeddings[a], out.embeddings[b]
             if self.alignment:
-                l_align = l_align + alignment_loss(ua, ub) / n / len(pairs)
-            l_ortho = l_ortho + orthogonality_loss(ua, ub) / n / len(pairs)
+                l_align = l_align + alignment_loss(ua, ub, rows) / n / len(pairs)
+            l_ortho = l_ortho + orthogonality_loss(ua, ub, rows) / n / len(pairs)
         probe = ce.new_zeros(())
         for k in range(len(self.modalities)):
-            rows = out.mask[:, k]
-            if rows.any():
-                probe = probe + criterion(out.unimodal_logits[k][rows], batch.y[rows]) / len(self.modalities)
+            probe = probe + masked_criterion(criterion, out.unimodal_logits[k], batch.y, out.mask[:, k]) / len(self.modalities)
         total = ce + self.align_weight * l_align + self.ortho_weight * l_ortho
-        parts = {"loss_ce": float(ce.detach()), "loss_align": float(l_align.detach()),
-                 "loss_ortho": float(l_ortho.detach()), "loss_probe": float(probe.detach())}
+        parts = {"loss_ce": ce.detach(), "loss_align": l_align.detach(), "loss_ortho": l_ortho.detach(),
+                 "loss_probe": probe.detach()}
         return total + probe, parts

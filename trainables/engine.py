@@ -201,7 +201,7 @@ class FoldTrainer:
                 self.optimizer.step()
                 sums["loss"] += float(loss.detach()) * batch.size
                 for k, v in parts.items():
-                    sums[k] += v * batch.size
+                    sums[k] += float(v) * batch.size
                 seen += batch.size
             end = self.model.end_epoch(self.train_data, self.criterion)
         self.epoch += 1

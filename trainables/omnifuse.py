@@ -149,6 +149,11 @@ def all_combinations(M: int) -> list[Tensor]:
     return [torch.tensor([m in c for m in range(M)]) for k in range(1, M + 1) for c in itertools.combinations(range(M), k)]
 
 
+def _mined_from_lazy(module: OmniFuse, incompatible_keys) -> None:
+    """After ``load_state_dict``: delta_lazy has been mined iff it selects a modality."""
+    module.mined.fill_(bool(module.lazy.any()))
+
+
 class OmniFuse(Backbone):
     Config = OmniFuseConfig
 
@@ -174,6 +179,11 @@ class OmniFuse(Backbone):
         self.unimodal_classifiers = nn.ModuleList(mlp(hidden, hidden, C, dropout) for _ in range(M))  # g_m, Eq.9
         self.joint_classifier = mlp(K * ra_latent if self.use_cra else M * hidden, hidden, C, dropout)  # g_rc, Eq.11
         self.register_buffer("lazy", torch.zeros(M, dtype=torch.bool))   # delta_lazy (all False = not mined yet)
+        # whether delta_lazy has been mined: read by forward's control flow, so a bool shared by the
+        # folds of a stacked run (trainables.batched passes a buffer equal in every member once);
+        # not in the state_dict (derived from lazy on loading, so checkpoints keep their format)
+        self.register_buffer("mined", torch.zeros((), dtype=torch.bool), persistent=False)
+        self.register_load_state_dict_post_hook(_mined_from_lazy)
 
     # ------------------------------------------------------------------ forward
     def simulate_missing(self, available: Tensor) -> Tensor:
@@ -211,7 +221,7 @@ class OmniFuse(Backbone):
             if self.imp_backward:
                 extras["v"] = v
                 extras["v_backward"] = self.backward_cra(v_prime)[0]                         # Eq.6
-            if self.tla and bool(self.lazy.any()):
+            if self.tla and bool(self.mined):
                 if self.tla_mask == "combination":
                     extras["tla_logits"] = o
                     extras["tla_select"] = (observed == self.lazy).all(dim=1)
@@ -226,7 +236,7 @@ class OmniFuse(Backbone):
         w = slots.repeat_interleave(self.d, dim=1).to(a.dtype)                              # [B, M*d]
         return (((a - b) ** 2) * w).sum() / w.sum().clamp_min(1.0)
 
-    def loss(self, out: BackboneOutput, batch: Batch, criterion: Criterion) -> tuple[Tensor, dict[str, float]]:
+    def loss(self, out: BackboneOutput, batch: Batch, criterion: Criterion) -> tuple[Tensor, dict[str, Tensor]]:
         y, ex = batch.y, out.extras
         B, M = out.mask.shape
         zero = out.logits.sum() * 0.0
@@ -252,36 +262,47 @@ class OmniFuse(Backbone):
         if "loss_probe" in parts:
             total = total + parts["loss_probe"]
         parts.update(loss_forward=l_fw, loss_backward=l_bw, loss_rc=l_rc, loss_tla=l_tla)
-        return total, {k: float(v.detach()) for k, v in parts.items()}
+        return total, {k: v.detach() for k, v in parts.items()}
 
     # ------------------------------------------------------------------ TLA mining (Eq.15)
-    @torch.no_grad()
-    def combination_distances(self, train: TensorData, batch_size: int = 256) -> list[tuple[Tensor, float]]:
-        """Mean L1 distance ||softmax(o) - onehot(y)||_1 of each combination over the samples that have it."""
-        was_training = self.training
-        self.eval()
-        results = []
-        for delta in all_combinations(len(self.modalities)):
-            delta = delta.to(train.mask.device)
-            total, count = 0.0, 0
-            for batch in train.batches(batch_size):
-                eligible = ((batch.mask & delta) == delta).all(dim=1)
-                if not bool(eligible.any()):
-                    continue
-                probs = torch.softmax(self.fuse(self.embed(batch, batch.mask & delta))[1], dim=-1)
-                onehot = torch.nn.functional.one_hot(batch.y, self.num_classes).to(probs.dtype)
-                total += float((probs - onehot).abs().sum(dim=1)[eligible].sum())
-                count += int(eligible.sum())
-            if count:
-                results.append((delta, total / count))
-        self.train(was_training)
-        return results
+    def set_lazy(self, delta: Tensor) -> None:
+        """delta_lazy := ``delta`` (bool [M]); L_TLA is on from the next training step."""
+        self.lazy.copy_(delta)
+        self.mined.fill_(True)
 
-    def end_epoch(self, train: TensorData, criterion: Criterion) -> dict[str, float]:
+    @property
+    def needs_epoch_statistics(self) -> bool:
+        return self.tla
+
+    def epoch_statistics(self, batch: Batch) -> dict[str, Tensor]:
+        """Eq.15's terms per sample i and combination delta ([B, 2^M - 1], :func:`all_combinations`
+        order), 0 where i lacks one of delta's modalities: ``tla_distance`` ||softmax(o_i) - onehot(y_i)||_1
+        with o_i predicted from delta's modalities alone, ``tla_count`` 1."""
+        onehot = torch.nn.functional.one_hot(batch.y, self.num_classes).to(torch.float32)
+        distance, count = [], []
+        for delta in all_combinations(len(self.modalities)):
+            restricted = batch.mask & delta.to(batch.mask.device)
+            eligible = (restricted == delta.to(batch.mask.device)).all(dim=1)
+            probs = torch.softmax(self.fuse(self.embed(batch, restricted))[1], dim=-1)
+            distance.append((probs - onehot).abs().sum(dim=1) * eligible)
+            count.append(eligible.to(torch.float32))
+        return {"tla_distance": torch.stack(distance, dim=1), "tla_count": torch.stack(count, dim=1)}
+
+    def combination_distances(self, train: TensorData, statistics: dict[str, Tensor] | None = None
+                              ) -> list[tuple[Tensor, float]]:
+        """Mean L1 distance ||softmax(o) - onehot(y)||_1 of each combination over the samples that have
+        it (combinations no sample has are left out)."""
+        stats = self.collect_epoch_statistics(train) if statistics is None else statistics
+        distance, count = stats["tla_distance"].tolist(), stats["tla_count"].tolist()
+        deltas = all_combinations(len(self.modalities))
+        return [(delta.to(train.mask.device), d / c) for delta, d, c in zip(deltas, distance, count) if c]
+
+    def end_epoch(self, train: TensorData, criterion: Criterion, statistics: dict[str, Tensor] | None = None
+                  ) -> dict[str, float]:
         if not self.tla:
             return {}
-        scored = self.combination_distances(train)
+        scored = self.combination_distances(train, statistics)
         delta, dist = max(scored, key=lambda r: r[1])                                     # Eq.15 argmax
-        self.lazy.copy_(delta)
+        self.set_lazy(delta)
         code = sum(1 << m for m in range(len(delta)) if bool(delta[m]))
         return {"tla_lazy_combination": float(code), "tla_lazy_distance": dist}

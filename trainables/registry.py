@@ -29,20 +29,14 @@ class MethodSpec:
     target: str  # "module:Class"
     representations: dict[str, tuple[str, ...]] = field(default_factory=dict)
     description: str = ""
-    stacked: str = ""
-    """``module:Class`` of the :class:`trainables.batched.StackedKernel` that trains all folds of a
-    trial as one batched model; empty: the folds train one after the other."""
+    batches_folds: bool = False
+    """True: the folds of a trial train as one batched model (:class:`trainables.batched.BatchedFolds`:
+    the method's own module under ``torch.vmap``, which needs a forward and loss without Python
+    control flow on per-fold tensors or data-dependent shapes); False: one after the other (the
+    registration says why)."""
 
     def load(self) -> type[Backbone]:
         module, _, cls = self.target.partition(":")
-        return getattr(importlib.import_module(module), cls)
-
-    @property
-    def batches_folds(self) -> bool:
-        return bool(self.stacked)
-
-    def load_stacked(self) -> type:
-        module, _, cls = self.stacked.partition(":")
         return getattr(importlib.import_module(module), cls)
 
     @property
@@ -63,14 +57,18 @@ register_method(MethodSpec(
     "baseline", "trainables.baseline:EarlyFusion",
     {"text": ("sentence",), "image": ("pooled",)},
     "early fusion: modality MLP encoders, concatenation, classifier (CLIMD/OmniFuse baseline)",
-    stacked="trainables.batched:EarlyFusionStack",
+    batches_folds=True,
 ))
 register_method(MethodSpec(
     "omnifuse", "trainables.omnifuse:OmniFuse",
     {"text": ("sentence",), "image": ("pooled",)},
     "OmniFuse: CRA imputation, DWFuse, TLA",
-    stacked="trainables.batched:OmniFuseStack",
+    batches_folds=True,
 ))
+# alignedfusion and selfattn train their folds one after the other: nn.MultiheadAttention draws its
+# attention dropout inside the attention kernel (no per-fold draw under vmap, so batched folds would
+# not equal per-fold training; trainables.members.member_template refuses it); alignedfusion's l_rec
+# (reconstruction_loss) also has data-dependent shapes (torch.unique of each batch's value tokens).
 register_method(MethodSpec(
     "alignedfusion", "trainables.alignedfusion:AlignedFusion",
     {"text": ("attributes",), "image": ("patches",)},
@@ -85,6 +83,7 @@ register_method(MethodSpec(
     "emrfusion", "trainables.emrfusion:EMRFusion",
     {"text": ("cls", "tokens"), "image": ("pooled", "map")},
     "EMR fusion: alignment, attention, residual, dynamic weighting, orthogonality loss",
+    batches_folds=True,
 ))
 
 

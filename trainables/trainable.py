@@ -14,7 +14,7 @@ checkpoint, and the last report, carry a checkpoint (``state.pt``: epoch + every
 fresh folder that Ray persists, so schedulers that pause trials (HyperBand, PBT), retries after a
 crash and ``Tuner.restore`` continue exactly from the epoch of the last checkpoint.
 
-Where the method's registry entry names a stacked kernel (``MethodSpec.stacked``), the folds'
+Where the method's registry entry says so (``MethodSpec.batches_folds``), the folds'
 training runs as one batched model (:class:`trainables.batched.BatchedFolds`, same fold models,
 same checkpoint format); ``Trial(..., batch_folds=False)`` trains them one after the other.
 
@@ -157,7 +157,7 @@ class Trial:
         if spec.batches_folds and batch_folds and not refit:
             from trainables.batched import BatchedFolds
 
-            self.batched = BatchedFolds(self.trainers, spec.load_stacked())
+            self.batched = BatchedFolds(self.trainers)
         self.epoch = 0
 
     def step(self) -> dict[str, Any]:
