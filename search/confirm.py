@@ -6,8 +6,10 @@ models (:mod:`search.references`) and, when promotion must compare with it, the 
 champion's configuration are retrained on ``--confirm-repeats`` R fresh repetitions of the same
 k-fold scheme (split seeds :func:`fresh_seeds`, which the search never used: the search splits with
 ``--seed`` and initialises fold k with ``seed + k``), for the full ``--epochs`` budget with no early
-stopping, as Ray trials on the search's cluster (one trial per candidate and repetition, so they
-fan out like the search). The references are also scored on the search's own folds, so that
+stopping, as Ray trials on the search's cluster: one trial per model candidate, whose R
+repetitions x k folds train in one lockstep (batched as R x k members where the method batches its
+folds: the same models as R separate trials, at the cost of fewer, larger steps), and one per
+reference and repetition. The references are also scored on the search's own folds, so that
 ``results.csv`` compares them with the trials like with like.
 
 Every job also keeps its validation class probabilities (an ``oof.npz`` checkpoint: numpy arrays
@@ -141,43 +143,65 @@ def _fold_report(fold_metrics: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def run_job(config: dict[str, Any], data: TrialData) -> tuple[dict[str, Any], OutOfFold]:
-    """One candidate on one repetition's splits: the per-split scores and the validation class
-    probabilities of every split. Usable without Ray."""
+def job_repeats(job: dict[str, Any]) -> list[tuple[int, int]]:
+    """A job's (repetition, split seed) pairs: ``repeats`` (a model candidate's R repetitions in one
+    job), or the one ``repeat``/``seed`` of a reference's job (and of a job of an older fusetune)."""
+    if "repeats" in job:
+        return [(int(r), int(seed)) for r, seed in job["repeats"]]
+    return [(int(job["repeat"]), int(job["seed"]))]
+
+
+def oof_file(repeat: int) -> str:
+    """The checkpoint file of a job's validation probabilities on repetition ``repeat``."""
+    return f"oof-r{repeat}.npz"
+
+
+def run_job(config: dict[str, Any], data: TrialData) -> dict[int, tuple[dict[str, Any], OutOfFold]]:
+    """One candidate on its repetitions' splits: per repetition, the per-split scores and the
+    validation class probabilities of every split. A model's R repetitions x k folds train in one
+    lockstep, batched as R x k members where its method batches folds (:class:`trainables.trainable.Trial`
+    ``seeds``): the same models as R trials of one repetition each. Usable without Ray."""
     job = config["job"]
-    seed, folds, vf = int(job["seed"]), int(job["folds"]), float(job["val_fraction"])
-    splits = fold_splits(data.data.labels, folds, seed, vf)
+    repeats, folds, vf = job_repeats(job), int(job["folds"]), float(job["val_fraction"])
     if job["kind"] == "reference":
-        scored = references.evaluate_with_probs(job["config"]["reference"], data.data, splits, seed)
-        return (_fold_report([m for m, _ in scored]),
-                OutOfFold.from_folds(splits, data.data.labels, [p for _, p in scored]))
+        out = {}
+        for r, seed in repeats:
+            splits = fold_splits(data.data.labels, folds, seed, vf)
+            scored = references.evaluate_with_probs(job["config"]["reference"], data.data, splits, seed)
+            out[r] = (_fold_report([m for m, _ in scored]),
+                      OutOfFold.from_folds(splits, data.data.labels, [p for _, p in scored]))
+        return out
     from trainables.trainable import Trial
 
-    trial_config = {**job["config"], "seed": seed, "folds": folds, "val_fraction": vf}
-    trial = Trial(trial_config["method"], trial_config, data)
+    trial_config = {**job["config"], "seed": repeats[0][1], "folds": folds, "val_fraction": vf}
+    trial = Trial(trial_config["method"], trial_config, data, seeds=[seed for _, seed in repeats])
     result: dict[str, Any] = {}
     while trial.epoch < trial.epochs:
         result = trial.step()
-    n = sum(1 for k in result if _FOLD_ACCURACY.fullmatch(k))
-    return (_fold_report([{m: result[f"fold{k}_{m}"] for m in METRICS} for k in range(n)]),
-            OutOfFold.from_arrays(trial.out_of_fold(), f"confirmation job {job['candidate']}"))
+    k = sum(1 for key in result if _FOLD_ACCURACY.fullmatch(key)) // len(repeats)
+    return {r: (_fold_report([{m: result[f"fold{i * k + j}_{m}"] for m in METRICS} for j in range(k)]),
+                OutOfFold.from_arrays(trial.out_of_fold(i), f"confirmation job {job['candidate']}"))
+            for i, (r, _) in enumerate(repeats)}
 
 
 def fusetune_confirm(config: dict[str, Any], data: TrialData | None = None) -> None:
-    """Ray Tune function trainable of the confirmation stage: one report, at the end."""
+    """Ray Tune function trainable of the confirmation stage: one report, at the end, with every
+    repetition's scores (``r<repetition>_<key>``) and probabilities (:func:`oof_file`)."""
     import torch
 
-    from trainables.trainable import TrialFailure, _cpus, one_line, save_oof
+    from trainables.trainable import TrialFailure, _cpus, one_line
 
     torch.set_num_threads(_cpus())
     try:
-        result, probs = run_job(config, data)
+        by_repeat = run_job(config, data)
     except TrialFailure:
         raise
     except Exception as exc:
         raise TrialFailure(one_line(exc)) from exc
+    result = {f"r{r}_{key}": value for r, (report, _) in by_repeat.items() for key, value in report.items()}
     with tempfile.TemporaryDirectory(prefix="fusetune-confirm-") as folder:
-        save_oof(Path(folder), probs.arrays())
+        for r, (_, probs) in by_repeat.items():
+            np.savez(Path(folder) / oof_file(r), **probs.arrays())
         tune.report(result, checkpoint=tune.Checkpoint.from_directory(folder))
 
 
@@ -196,11 +220,13 @@ def jobs(candidates: list[Candidate], scheme: Scheme, search_seed: int) -> list[
             continue
         seen.add(key)
         repeats = list(enumerate(scheme.seeds))
-        if c.kind == "reference":
-            repeats.insert(0, (SEARCH_REPEAT, search_seed))
-        for r, seed in repeats:
-            out.append({"candidate": c.name, "kind": c.kind, "config": c.config, "repeat": r, "seed": seed,
-                        "folds": scheme.folds, "val_fraction": scheme.val_fraction})
+        common = {"candidate": c.name, "kind": c.kind, "config": c.config, "folds": scheme.folds,
+                  "val_fraction": scheme.val_fraction}
+        if c.kind != "reference":  # a model's R repetitions: one job, R x k batched members
+            out.append({**common, "repeats": [[r, seed] for r, seed in repeats]})
+            continue
+        for r, seed in [(SEARCH_REPEAT, search_seed), *repeats]:  # references: fast, one job per repetition
+            out.append({**common, "repeat": r, "seed": seed})
     return out
 
 
@@ -233,10 +259,14 @@ def run_stage(candidates: list[Candidate], scheme: Scheme, *, search_seed: int, 
         if res.error is not None:
             errors[key] = error_reason(str(res.error))
             continue
-        by_config.setdefault(key, {})[int(job["repeat"])] = res.metrics
-        found = _job_probs(res.checkpoint)
-        if found is not None:
-            probs.setdefault(key, {})[int(job["repeat"])] = found
+        for r, _ in job_repeats(job):
+            metrics = _repeat_metrics(res.metrics, r, job)
+            if metrics is None:
+                continue
+            by_config.setdefault(key, {})[r] = metrics
+            found = _job_probs(res.checkpoint, r, job)
+            if found is not None:
+                probs.setdefault(key, {})[r] = found
     for c in candidates:
         key = json.dumps(c.config, sort_keys=True, default=str)
         c.probs = probs.get(key, {})
@@ -254,13 +284,25 @@ def run_stage(candidates: list[Candidate], scheme: Scheme, *, search_seed: int, 
     return candidates
 
 
-def _job_probs(checkpoint: Any) -> OutOfFold | None:
-    """The probabilities a confirmation job kept in its checkpoint (None for a job of an older fusetune)."""
+def _repeat_metrics(metrics: dict[str, Any], repeat: int, job: dict[str, Any]) -> dict[str, Any] | None:
+    """Repetition ``repeat``'s scores in a job's report (``r<repeat>_<key>``; a job of an older
+    fusetune reported its one repetition's keys bare)."""
+    prefix = f"r{repeat}_"
+    found = {k[len(prefix):]: v for k, v in metrics.items() if k.startswith(prefix)}
+    if found:
+        return found
+    return metrics if "repeats" not in job and "n_folds" in metrics else None
+
+
+def _job_probs(checkpoint: Any, repeat: int, job: dict[str, Any]) -> OutOfFold | None:
+    """The probabilities of repetition ``repeat`` a confirmation job kept in its checkpoint (an
+    older fusetune's job: ``oof.npz``; None when it kept none)."""
     from search.oof import from_checkpoint
 
     if checkpoint is None:
         return None
-    return from_checkpoint(checkpoint.path, checkpoint.filesystem)
+    found = from_checkpoint(checkpoint.path, checkpoint.filesystem, oof_file(repeat))
+    return found if found is not None or "repeats" in job else from_checkpoint(checkpoint.path, checkpoint.filesystem)
 
 
 # --------------------------------------------------------------------------------- the ensemble

@@ -111,10 +111,11 @@ def read(experiment_path: str, name: str, fs: pyarrow.fs.FileSystem | None = Non
     return _load(fs, path(root, name))
 
 
-def from_checkpoint(checkpoint_path: str, fs: pyarrow.fs.FileSystem | None = None) -> OutOfFold | None:
-    """The ``oof.npz`` a trial put into its last checkpoint, if it is there."""
+def from_checkpoint(checkpoint_path: str, fs: pyarrow.fs.FileSystem | None = None,
+                    name: str = OOF_FILE) -> OutOfFold | None:
+    """The ``oof.npz`` (or the file ``name``) a trial put into its last checkpoint, if it is there."""
     fs, root = _filesystem(checkpoint_path, fs)
-    return _load(fs, posixpath.join(root, OOF_FILE))
+    return _load(fs, posixpath.join(root, name))
 
 
 def recover(experiment_path: str, rows: list[Any], fs: pyarrow.fs.FileSystem | None = None) -> int:

@@ -162,3 +162,39 @@ def test_report_cadence_milestones_every_n_timed_and_last():
     assert due == [4, 8, 12, 16, 20]
     legacy = ReportCadence.from_config({"checkpoint_every": 1}, 3)  # a config without the keys
     assert all(legacy.due(e) for e in (1, 2, 3)) and legacy.checkpoint_every == 1
+
+
+def test_repetitions_in_one_trial_are_the_trials_of_each_repetition(breast):
+    """The confirmation stage's job: R repetitions x k folds in one lockstep (R x k batched members)
+    give each repetition the scores and probabilities a trial of that repetition's seed gives."""
+    from search.confirm import run_job
+
+    torch.set_num_threads(1)
+    config = {**_config(epochs=2), "folds": 2}
+    job = {"candidate": "t", "kind": "model", "config": config, "folds": 2, "val_fraction": 0.2}
+    together = run_job({"job": {**job, "repeats": [[0, 1003], [1, 2003]]}}, breast)
+    alone = {r: run_job({"job": {**job, "repeats": [[r, seed]]}}, breast)[r] for r, seed in ((0, 1003), (1, 2003))}
+    assert sorted(together) == [0, 1]
+    for r in (0, 1):
+        (report, probs), (report_alone, probs_alone) = together[r], alone[r]
+        assert report["n_folds"] == 2 and report.keys() == report_alone.keys()
+        assert all(report[k] == pytest.approx(report_alone[k], abs=1e-6) for k in report)
+        assert np.array_equal(probs.index, probs_alone.index)
+        assert np.allclose(probs.probs, probs_alone.probs, atol=1e-6)
+    assert not np.array_equal(together[0][1].index, together[1][1].index)  # two different repetitions
+    # an older fusetune's job (one repetition, repeat/seed) still runs
+    assert run_job({"job": {**job, "repeat": 0, "seed": 1003}}, breast)[0][0] == pytest.approx(together[0][0], abs=1e-6)
+
+
+def test_repetitions_fold_after_fold_where_a_method_does_not_batch(breast):
+    torch.set_num_threads(1)
+    config = {**_config(epochs=2), "folds": 2}
+    together = Trial("baseline", config, breast, seeds=[5, 7], batch_folds=False)
+    alone = [Trial("baseline", {**config, "seed": s}, breast, batch_folds=False) for s in (5, 7)]
+    assert together.batched is None and len(together.trainers) == 4
+    for _ in range(2):
+        got, each = together.step(), [t.step() for t in alone]
+    for r, report in enumerate(each):
+        for j in range(2):
+            assert got[f"fold{2 * r + j}_macro_f1"] == pytest.approx(report[f"fold{j}_macro_f1"], abs=1e-9)
+        assert np.array_equal(together.out_of_fold(r)["probs"], alone[r].out_of_fold()["probs"])

@@ -37,7 +37,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -129,11 +129,15 @@ class Trial:
     """The folds of one trial, trained in lockstep. Usable without Ray (tests, notebooks)."""
 
     def __init__(self, method: str, config: dict[str, Any], data: TrialData, *, device: str = "cpu",
-                 batch_folds: bool = True, refit: bool = False) -> None:
+                 batch_folds: bool = True, refit: bool = False, seeds: Sequence[int] | None = None) -> None:
         """``batch_folds=False`` trains the folds one after the other even where the method batches them.
         ``refit=True``: one model on the whole training part instead of the folds (seed ``config["seed"]``,
         no validation part, so :meth:`step` reports the training parts alone), like scikit-learn's
-        ``refit``: the deployable model of a configuration (:func:`search.models.refit`)."""
+        ``refit``: the deployable model of a configuration (:func:`search.models.refit`).
+        ``seeds``: several repetitions of the k folds (repetition r splits with ``seeds[r]`` and
+        initialises its fold j with ``seeds[r] + j``, as a trial of that seed would), trained in one
+        lockstep, batched as R x k members where the method batches folds (the confirmation stage);
+        fold ``r * k + j`` of :meth:`step`'s report is repetition r's fold j. Default: ``config["seed"]``."""
         from trainables.engine import FoldTrainer, parse_config  # torch-heavy import, inside the worker
 
         self.configs = parse_config(method, config)  # typed; an unknown key or a wrong type fails here, in one line
@@ -141,17 +145,21 @@ class Trial:
         self.epochs = self.configs.engine.epochs
         self.data = data
         seed = self.configs.trial.seed
+        self.seeds = [int(s) for s in seeds] if seeds else [seed]
         self.trainers = []
-        self.splits: list[tuple[np.ndarray, np.ndarray]] = []
+        self.splits: list[tuple[np.ndarray, np.ndarray]] = []  # every repetition's folds, one after the other
         self.fold_probs: list[np.ndarray] = []  # the last epoch's validation probabilities, per fold
         if refit:
             self.trainers.append(FoldTrainer(method, self.configs, data.data, None, seed=seed, device=device))
         else:
-            splits = fold_splits(data.data.labels, self.configs.trial.folds, seed, self.configs.trial.val_fraction)
-            self.splits = splits
-            for k, (tr, va) in enumerate(splits):
-                train, val = data.data.take(tr), data.data.take(va)
-                self.trainers.append(FoldTrainer(method, self.configs, train, val, seed=seed + k, device=device))
+            for rep_seed in self.seeds:
+                splits = fold_splits(data.data.labels, self.configs.trial.folds, rep_seed,
+                                     self.configs.trial.val_fraction)
+                self.splits.extend(splits)
+                for k, (tr, va) in enumerate(splits):
+                    train, val = data.data.take(tr), data.data.take(va)
+                    self.trainers.append(FoldTrainer(method, self.configs, train, val, seed=rep_seed + k,
+                                                     device=device))
         self.batched = None  # all folds as one stacked model where the method's registry entry allows it
         spec = get_method(method)
         if spec.batches_folds and batch_folds and not refit:
@@ -184,14 +192,17 @@ class Trial:
             raise TrialFailure(f"non-finite predicted probabilities at epoch {epoch}, fold {fold}")
         return classification_metrics(val.labels, probs, trainer.class_names), probs
 
-    def out_of_fold(self) -> dict[str, np.ndarray]:
-        """The last epoch's validation predictions of every fold, as :func:`save_oof` stores them."""
+    def out_of_fold(self, repeat: int = 0) -> dict[str, np.ndarray]:
+        """The last epoch's validation predictions of every fold of repetition ``repeat``, as
+        :func:`save_oof` stores them."""
         if not self.fold_probs:
             return {}
-        index = np.concatenate([va for _, va in self.splits]).astype(np.int64)
-        fold = np.concatenate([np.full(len(va), k, np.int64) for k, (_, va) in enumerate(self.splits)])
+        k = len(self.splits) // len(self.seeds)
+        splits, probs = self.splits[repeat * k:(repeat + 1) * k], self.fold_probs[repeat * k:(repeat + 1) * k]
+        index = np.concatenate([va for _, va in splits]).astype(np.int64)
+        fold = np.concatenate([np.full(len(va), j, np.int64) for j, (_, va) in enumerate(splits)])
         return {"index": index, "fold": fold, "labels": self.data.data.labels[index].astype(np.int64),
-                "probs": np.concatenate(self.fold_probs).astype(np.float64), "epoch": np.int64(self.epoch),
+                "probs": np.concatenate(probs).astype(np.float64), "epoch": np.int64(self.epoch),
                 "fingerprint": np.str_(self.data.fingerprint)}
 
     def state(self, folder: Path) -> Path:
