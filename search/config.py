@@ -323,6 +323,10 @@ OPTIONS: tuple[str, ...] = tuple(f.name for f in fields(SearchConfig))
 """Every option, by field name, in the order of ``--help``."""
 
 
+_HINTS: dict[str, Any] = {f.name: f.type for f in fields(SearchConfig)}
+"""Each option's annotation: its type with the pydantic field (help, constraints) and validators."""
+
+
 def flag(name: str) -> str:
     """The command-line option of field ``name``: ``--num-samples`` for ``num_samples``."""
     return "--" + name.replace("_", "-")
@@ -351,24 +355,23 @@ def _parts(hint: Any) -> tuple[Any, list[Any]]:
 def info(name: str) -> FieldInfo:
     """The pydantic field of option ``name``: its ``description`` (help) and ``json_schema_extra``
     (``shown``, ``metavar``, ``hidden``)."""
-    hint = next(f.type for f in fields(SearchConfig) if f.name == name)
-    return next(m for m in reversed(_parts(hint)[1]) if isinstance(m, FieldInfo) and m.description)
+    return next(m for m in reversed(_parts(_HINTS[name])[1]) if isinstance(m, FieldInfo) and m.description)
 
 
 def choices(name: str) -> tuple[Any, ...] | None:
     """The values option ``name`` may take, where they are a fixed set (a registry's names)."""
-    base, _ = _parts(next(f.type for f in fields(SearchConfig) if f.name == name))
+    base, _ = _parts(_HINTS[name])
     return get_args(base) if get_origin(base) is Literal else None
 
 
 def is_flag_only(name: str) -> bool:
     """An option without a value on the command line (``--resume``)."""
-    return _parts(next(f.type for f in fields(SearchConfig) if f.name == name))[0] is bool
+    return _parts(_HINTS[name])[0] is bool
 
 
 def expected(name: str) -> str:
     """What option ``name`` takes, for messages: ``an integer >= 1``, ``one of tpe, random, ...``."""
-    base, meta = _parts(next(f.type for f in fields(SearchConfig) if f.name == name))
+    base, meta = _parts(_HINTS[name])
     if get_origin(base) is Literal:
         return "one of " + ", ".join(map(str, get_args(base)))
     if get_origin(base) is tuple:
@@ -388,9 +391,8 @@ def expected(name: str) -> str:
 # ----------------------------------------------------------------------------- the one parse path
 @cache
 def _adapter(name: str) -> TypeAdapter:
-    hint = next(f.type for f in fields(SearchConfig) if f.name == name)
     # a YAML `name: 2024` or `experiment: 7` is the string it reads as
-    return TypeAdapter(hint, config=ConfigDict(coerce_numbers_to_str=True))
+    return TypeAdapter(_HINTS[name], config=ConfigDict(coerce_numbers_to_str=True))
 
 
 def shown(name: str, value: Any) -> str:
