@@ -12,32 +12,32 @@ result.model_uri            # models:/baseline-breast-tcga/<version>
 
 from __future__ import annotations
 
-from dataclasses import fields
+import inspect
+from dataclasses import MISSING
 from typing import Any
 
-from search.config import SearchConfig
+from search import config
 from search.errors import UsageError
 from search.run import SearchResult, execute, quiet_libraries
-
-_TUPLES = ("metric", "mode", "references", "points")
 
 
 def run_search(**options: Any) -> SearchResult:
     """Run a search with the options of ``python -m search.run`` as keyword arguments (``space=``,
-    ``num_samples=``, ``metric="macro_f1"`` or a list, ...). Bad options raise :class:`UsageError`
-    with the same one-line message the command prints."""
-    known = {f.name for f in fields(SearchConfig)}
-    unknown = sorted(set(options) - known)
+    ``num_samples=``, ``metric="macro_f1"`` or a list, ...): the fields of
+    :class:`search.config.SearchConfig`, with their defaults (``inspect.signature(run_search)``).
+    They are checked like the command line's (:func:`search.config.typed`, then
+    :func:`search.config.resolve`); bad options raise :class:`UsageError` with the same one-line
+    message the command prints, before anything starts."""
+    unknown = sorted(set(options) - set(config.OPTIONS))
     if unknown:
-        raise UsageError(f"run_search(): unknown option {unknown[0]!r}; known: {', '.join(sorted(known))}")
-    given = {}
-    for key, value in options.items():
-        if key in _TUPLES and value is not None:
-            if isinstance(value, str):
-                value = tuple(v.strip() for v in value.split(",") if v.strip())
-                value = () if key == "references" and value == ("none",) else value
-            else:
-                value = (value,) if isinstance(value, dict) else tuple(value)
-        given[key] = value
+        raise UsageError(f"run_search(): unknown option {unknown[0]!r}; known: {', '.join(sorted(config.OPTIONS))}")
+    given = config.typed(options)
     quiet_libraries()
     return execute(given)
+
+
+run_search.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+    [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY,
+                       default=inspect.Parameter.empty if config.default(name) is MISSING else config.default(name))
+     for name in config.OPTIONS],
+    return_annotation=SearchResult)

@@ -1,23 +1,32 @@
-"""Command-line options of ``python -m search.run`` and ``--config FILE``.
+"""Command-line options of ``python -m search.run`` and ``--config FILE``, generated from :class:`SearchConfig`.
 
-A YAML config file holds the same keys as the long options (``num_samples`` or ``num-samples``);
-its values are turned into command-line tokens placed before the real ones, so one parser checks
-both and a flag on the command line overrides the file.
+Each field of :class:`search.config.SearchConfig` is an option (``--num-samples`` for
+``num_samples``) with the field's description as its help, the field's default shown after it,
+and its choices the registry's names. The parser only splits the command line: its values stay the
+strings given and are typed and checked by :func:`search.config.typed`, like the values of a YAML
+``--config`` file (the same keys as the long options, ``num_samples`` or ``num-samples``), the
+keyword arguments of :func:`search.run_search` and a resumed search's ``search.json``. A flag on the
+command line overrides the file; ``--points`` of both are evaluated, the file's first.
+``--print-config`` writes the resolved options as the YAML ``--config`` reads.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+from dataclasses import MISSING
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from search.config import ENSEMBLE_CHOICES, PROMOTE_POLICIES, SAMPLER_NAMES, SCHEDULER_NAMES, SearchConfig
+from search import config
+from search.config import SearchConfig
 from search.credentials import CheckedParser
 from search.errors import UsageError
+
+REPEATED = ("points",)
+"""Options given once per value on the command line (``--points A --points B``)."""
 
 
 class _OneLineParser(CheckedParser):
@@ -27,89 +36,49 @@ class _OneLineParser(CheckedParser):
         raise UsageError(message)
 
 
-def _csv(text: str) -> tuple[str, ...]:
-    return tuple(s.strip() for s in text.split(",") if s.strip())
+def _default_text(name: str) -> str | None:
+    """How ``--help`` shows the default of option ``name``: the field's value, or what fills it."""
+    extra = config.info(name).json_schema_extra or {}
+    if extra.get("shown"):
+        return f"default: {extra['shown']}"
+    value = config.default(name)
+    if value is MISSING or value is None or value == () or isinstance(value, bool):
+        return None
+    if isinstance(value, tuple):
+        return f"default {','.join(value)}"
+    return f"default {format(value, 'g') if isinstance(value, float) else value}"
 
 
-def _point(text: str) -> dict[str, Any]:
-    try:
-        point = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise argparse.ArgumentTypeError(f"not JSON ({exc.msg}): {text}") from None
-    if not isinstance(point, dict):
-        raise argparse.ArgumentTypeError(f"must be a JSON object of parameter values: {text}")
-    return point
+def option_help(name: str) -> str:
+    """The help line of option ``name``: the field's description and its default."""
+    info = config.info(name)
+    if (info.json_schema_extra or {}).get("hidden"):
+        return argparse.SUPPRESS
+    default = _default_text(name)
+    return f"{info.description} ({default})" if default else str(info.description)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = _OneLineParser(prog="python -m search.run", description="Run a hyperparameter search (Ray Tune + Optuna + MLflow).",
                        argument_default=argparse.SUPPRESS)
-    a = p.add_argument
-    a("--config", metavar="FILE", help="YAML file with the same keys as these options; flags override it")
-    a("--space", help="search space (python -m search.spaces list)")
-    a("--only", type=_csv, metavar="DIMS",
-      help="search only these dimensions of the space (comma-separated), the others at their defaults, e.g. lr")
-    a("--data", help="dataset: rosmap, breast-tcga, synth-clinic[:k=v,...] or a folder (default: the space's)")
-    a("--metric", type=_csv, help="metric to optimise (default macro_f1); comma-separated for several objectives")
-    a("--mode", type=_csv, help="max or min per metric (default: the metric's natural direction)")
-    a("--num-samples", type=int, help="trials (default 20)")
-    a("--epochs", type=int, help="epochs per trial, T of CLIMD's schedule (default: the space's, 100)")
-    a("--folds", type=int, help="k of stratified k-fold CV, 0 for one hold-out split (default 5)")
-    a("--val-fraction", type=float, help="held-out fraction with --folds 0 (default 0.2)")
-    a("--sampler", choices=SAMPLER_NAMES, help="Optuna sampler (default tpe); nsga2: multi-objective")
-    a("--scheduler", choices=SCHEDULER_NAMES, help="trial scheduler (default asha)")
-    a("--grace-period", type=int, help="epochs every trial trains before asha or median may stop it (default: the "
-                                       "space's, a quarter of --epochs; CLIMD spaces: until the curriculum reaches "
-                                       "the whole training set)")
-    a("--max-concurrent", type=int, help="trials running at once (default: as many as resources allow)")
-    a("--cpus-per-trial", type=float, help="CPUs per trial (default 1)")
-    a("--gpus-per-trial", type=float, help="GPUs per trial, fractions share a GPU (default 0)")
-    a("--address", help="existing Ray cluster: auto, host:port or ray://host:port (default: start a local one)")
-    a("--storage", help="results folder or URI (default ./fusetune_results)")
-    a("--name", help="search name = folder under --storage (default <space>-<data>-<time>)")
-    a("--resume", action="store_true", help="continue the search --name (default: the newest in --storage)")
-    a("--tracking-uri", help="MLflow tracking URI (default sqlite:///<storage>/mlflow.db)")
-    a("--experiment", help="MLflow experiment (default fusetune)")
-    a("--seed", type=int, help="fixes folds, initialisation and sampling (default 0)")
-    a("--sampler-seed", type=int,
-      help="seed of the sampler alone (default: --seed); repeats a search on the same folds and initialisation")
-    a("--top-k", type=int, help="best configurations whose models are logged and registered (default 3)")
-    a("--max-failures", type=int, help="retries of a crashed trial from its last checkpoint (default 0)")
-    a("--text-encoder", help="text encoder for report modalities (default: the space's, minilm)")
-    a("--image-encoder", help="image encoder (default: the space's, resnet-tiny or vit-tiny)")
-    a("--cache-dir", help="feature cache folder (default $FUSETUNE_CACHE_DIR or ~/.cache/fusetune/features)")
-    a("--optuna-storage", metavar="URL",
-      help="Optuna study storage, an RDB URL without password (default sqlite:///<storage>/<name>/optuna.db)")
-    a("--warm-start", metavar="NAME",
-      help="seed the sampler with the finished trials of the earlier search NAME (same space, data, objective)")
-    a("--points", type=_point, action="append", metavar="JSON",
-      help="a configuration to evaluate right after the paper default (repeatable), e.g. '{\"lr\": 1e-3}'")
-    a("--confirm-repeats", type=int,
-      help="fresh repetitions of the k-fold scheme the top-k, the paper default and the references are "
-           "retrained on after the search; the champion is the best there (default 3; 0 = off; at most 100)")
-    a("--references", type=_references, help="reference models scored on the same folds: logreg, rf, hgb or none "
-                                             "(default logreg,rf,hgb)")
-    a("--promote", choices=PROMOTE_POLICIES,
-      help="better: the new best gets the champion alias only if it beats the registered champion on the same "
-           "fresh folds (else alias challenger); always; never (default better)")
-    a("--ensemble", choices=ENSEMBLE_CHOICES,
-      help="post-hoc ensemble selection over the out-of-fold predictions of the full-budget trials (and the "
-           "references), confirmed on the fresh folds like any candidate; the champion only if it wins there "
-           "(default trials+references; off with --confirm-repeats 0)")
-    a("--ensemble-size", type=int, help="distinct members of the ensemble at most (default 5)")
-    a("--parent-run-id", help=argparse.SUPPRESS)  # search.nested: nest this search's MLflow run under its own
+    p.add_argument("--config", metavar="FILE", help="YAML file with the same keys as these options; flags override it")
+    p.add_argument("--print-config", action="store_true",
+                   help="write the resolved options as YAML (what --config reads) and exit, running nothing")
+    for name in config.OPTIONS:
+        extra = config.info(name).json_schema_extra or {}
+        kwargs: dict[str, Any] = {"help": option_help(name)}
+        if config.is_flag_only(name):
+            kwargs["action"] = "store_true"
+        else:
+            kwargs.update(metavar=extra.get("metavar"), choices=config.choices(name))
+            if name in REPEATED:
+                kwargs["action"] = "append"
+        p.add_argument(config.flag(name), **kwargs)
     return p
 
 
-def _references(text: str) -> tuple[str, ...]:
-    names = _csv(text)
-    if not names:
-        raise argparse.ArgumentTypeError(f"empty value {text!r}; give logreg, rf, hgb (comma-separated) or none")
-    return () if names == ("none",) else names
-
-
-def _config_tokens(path: str, parser: argparse.ArgumentParser) -> list[str]:
-    """The YAML file as command-line tokens."""
+def read_config_file(path: str) -> dict[str, Any]:
+    """A YAML ``--config`` file -> its options by field name, typed and checked."""
     try:
         loaded = yaml.safe_load(Path(path).expanduser().read_text())
     except OSError as exc:
@@ -117,41 +86,45 @@ def _config_tokens(path: str, parser: argparse.ArgumentParser) -> list[str]:
     except yaml.YAMLError as exc:
         raise UsageError(f"--config {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if loaded is None:
-        return []
+        return {}
     if not isinstance(loaded, dict):
         raise UsageError(f"--config {path}: must be a mapping of option names to values")
-    options = {a.dest: a for a in parser._actions if a.option_strings}
-    tokens: list[str] = []
+    given = {}
     for key, value in loaded.items():
-        dest = str(key).replace("-", "_")
-        if dest not in options or dest in ("config", "help"):
+        name = str(key).replace("-", "_")
+        if name not in config.OPTIONS:
             raise UsageError(f"--config {path}: unknown key {key!r}")
-        flag = options[dest].option_strings[0]
-        if isinstance(options[dest], argparse._StoreTrueAction):
-            if not isinstance(value, bool):
-                raise UsageError(f"--config {path}: {key} must be true or false")
-            tokens += [flag] if value else []
-        elif dest == "points":
-            for point in value if isinstance(value, list) else [value]:
-                tokens += [flag, json.dumps(point)]
-        elif isinstance(value, list):
-            tokens += [flag, ",".join(str(v) for v in value)]
-        else:
-            tokens += [flag, str(value)]
-    return tokens
+        given[name] = value
+    return config.typed(given)
+
+
+def parse_command(argv: list[str] | None) -> tuple[dict[str, Any], bool]:
+    """Command line (and ``--config`` file) -> the options given, by :class:`SearchConfig` field
+    name, typed and checked one by one (:func:`search.config.typed`), and whether ``--print-config``
+    was given."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    given = vars(build_parser().parse_args(argv))
+    path = given.pop("config", None)
+    print_config = given.pop("print_config", False)
+    given = config.typed(given)
+    if path is not None:
+        in_file = read_config_file(path)
+        repeated = {k: in_file[k] + given[k] for k in REPEATED if k in in_file and k in given}
+        given = {**in_file, **given, **repeated}
+    return given, print_config
 
 
 def parse_args(argv: list[str] | None) -> dict[str, Any]:
-    """Command line (and ``--config`` file) -> the options given, by :class:`SearchConfig` field name."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser()
-    first = vars(parser.parse_args(argv))
-    tokens = _config_tokens(first["config"], parser) if "config" in first else []
-    given = vars(parser.parse_args([*tokens, *argv]))
-    given.pop("config", None)
-    if "points" in given:
-        given["points"] = tuple(given["points"])
+    """The options of a command that runs a search (:func:`parse_command` without ``--print-config``)."""
+    given, print_config = parse_command(argv)
+    if print_config:
+        raise UsageError("--print-config: give it to python -m search.run")
     return given
+
+
+def config_yaml(cfg: SearchConfig) -> str:
+    """The options of ``cfg`` as the YAML ``--config`` reads (``--print-config``; URIs redacted)."""
+    return yaml.safe_dump(cfg.as_options(), sort_keys=False, allow_unicode=True)
 
 
 # ----------------------------------------------------------------------------- shared by the study commands

@@ -1,90 +1,264 @@
-"""The options of one search, resolved and checked: :class:`SearchConfig`.
+"""The options of one search: :class:`SearchConfig`, typed and checked in one place.
 
-:func:`resolve` fills the defaults that depend on the space (data, epochs, encoders, name) and
-checks everything that can be checked without Ray or the data (names, ranges, combinations),
-raising :class:`search.errors.UsageError` with one line naming the option. Checks that need the
-cluster, the tracking server or the data are in :mod:`search.preflight`.
+Every option is a field of :class:`SearchConfig` with its type, default, help text and the checks of
+its value alone (a pydantic field: ``Field(description=..., ge=...)``, a validator). The command line
+(:mod:`search.cli`, its parser generated from these fields), a YAML ``--config`` file,
+:func:`search.run_search` and the ``search.json`` a resumed search reads back all go through
+:func:`typed` (field by field: a command-line string, a YAML value, a Python value) and then
+:func:`resolve`, which fills the defaults that depend on the space (data, epochs, encoders, name) and
+checks what depends on several options (combinations, the space's dimensions). A bad option is a
+:class:`search.errors.UsageError` of one line naming it (``--num-samples 0: expected an integer >= 1``).
+Checks that need the cluster, the tracking server or the data are in :mod:`search.preflight`.
+
+The names a choice may take (samplers, schedulers, references, promotion policies) and what each
+can do are the registries' (:mod:`search.registry_names`); no list of names is kept here.
 """
-
-from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields, replace
+from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-from search.credentials import check_options, redact_options
+from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, Strict, TypeAdapter, ValidationError
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticCustomError
+
+from search import registry_names as registries
+from search.credentials import URI_OPTIONS, check_options, redact, redact_options
 from search.errors import UsageError
 from search.objective import MODES
 from spaces import SPACES, Space, get_space
 from trainables.metrics import METRICS
 
-SAMPLER_NAMES = ("tpe", "random", "grid", "cmaes", "nsga2")
-SCHEDULER_NAMES = ("asha", "hyperband", "median", "pbt", "fifo")
-PROMOTE_POLICIES = ("better", "always", "never")
-GRACE_SCHEDULERS = ("asha", "median")
-"""The schedulers that read ``--grace-period``."""
-REFERENCE_NAMES = ("logreg", "rf", "hgb")
-"""The entries of :data:`search.references.REFERENCES` (kept here so the options check imports no sklearn)."""
-ENSEMBLE_CHOICES = ("off", "trials", "trials+references")
-"""``--ensemble``: which candidates ensemble selection (:mod:`search.ensemble`) may use."""
 MAX_CONFIRM_REPEATS = 100
 """Most ``--confirm-repeats``: each repetition retrains the top-k, the paper default and the
 references on every fold, and the driver holds all their scores (10**9 of them filled gigabytes)."""
-MULTI_OBJECTIVE_SAMPLERS = ("nsga2", "tpe", "random")
-"""Optuna samplers that handle several objectives (grid and CMA-ES optimise one)."""
 
 
+def metric_names() -> list[str]:
+    """Metrics a search can optimise: every scalar of :data:`METRICS`, its ``_std`` over folds, ``loss``."""
+    return [*METRICS, *(f"{m}_std" for m in METRICS), "loss"]
+
+
+def natural_mode(metric: str) -> str:
+    if metric in METRICS:
+        return METRICS[metric]
+    return "min"  # loss and fold standard deviations
+
+
+# ----------------------------------------------------------------------------- the checks of one value
+class Refused(ValueError):
+    """A value a field's own check refuses: ``str()`` is what follows ``--option VALUE:`` in the
+    message; ``shown`` replaces the value there (the bad item of a list, say)."""
+
+    def __init__(self, message: str, shown: str | None = None) -> None:
+        super().__init__(message)
+        self.shown = shown
+
+
+def _no_bool(value: Any) -> Any:
+    """A bool is no number (pydantic's lax mode would take ``true`` as 1)."""
+    if isinstance(value, bool):
+        raise PydanticCustomError("bool_as_number", "a bool is not a number")
+    return value
+
+
+def _names(value: Any) -> Any:
+    """``"a,b"`` (a command line, a YAML string) -> ``("a", "b")``; a list as it is."""
+    if isinstance(value, str):
+        return tuple(s.strip() for s in value.split(",") if s.strip())
+    return value
+
+
+def _known_space(name: str) -> str:
+    if name not in SPACES:
+        raise Refused(f"unknown space; known: {', '.join(SPACES)}")
+    return name
+
+
+def _once(what: str) -> Any:
+    def check(names: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(names)) != len(names):
+            raise Refused(f"{what} is listed twice")
+        return names
+    return AfterValidator(check)
+
+
+def _metrics(names: tuple[str, ...]) -> tuple[str, ...]:
+    known = metric_names()
+    if not names:
+        raise Refused(f"give a metric: {', '.join(known)}")
+    for m in names:
+        if m not in known:
+            raise Refused(f"not a metric this task computes; choose from {', '.join(known)}", shown=m)
+    return names
+
+
+def _modes(names: tuple[str, ...]) -> tuple[str, ...]:
+    for m in names:
+        if m not in MODES:
+            raise Refused(f"unknown; choose from {', '.join(MODES)}", shown=m)
+    return names
+
+
+def _folds(k: int) -> int:
+    if k == 1 or k < 0:
+        raise Refused("must be 0 (one hold-out split, see --val-fraction) or at least 2")
+    return k
+
+
+def _gpus(n: float) -> float:
+    if n > 1 and n != int(n):
+        raise Refused("fractions are for sharing one GPU; use a whole number above 1")
+    return n
+
+
+def _references_given(value: Any) -> Any:
+    """``--references``: comma-separated names, ``none`` for none."""
+    if isinstance(value, str):
+        names = _names(value)
+        if not names:
+            raise Refused(f"empty value {value!r}; give {', '.join(registries.REFERENCES)} (comma-separated) or none",
+                          shown="")
+        return () if names == ("none",) else names
+    return value
+
+
+def _references(names: tuple[str, ...]) -> tuple[str, ...]:
+    unknown = [r for r in names if r not in registries.REFERENCES]
+    if unknown:
+        raise Refused(f"unknown reference {unknown[0]!r}; choose from {', '.join(registries.REFERENCES)} or none")
+    return names
+
+
+def _points(value: Any) -> Any:
+    """``--points``: JSON objects (the command line, repeatable), or the objects themselves (YAML,
+    Python, ``search.json``); one object alone is a list of one."""
+    if isinstance(value, (str, dict)):
+        value = [value]
+    if not isinstance(value, (list, tuple)):
+        return value
+    points = []
+    for point in value:
+        if isinstance(point, str):
+            try:
+                point = json.loads(point)
+            except json.JSONDecodeError as exc:
+                raise Refused(f"not JSON ({exc.msg}): {point}", shown="") from None
+        if not isinstance(point, dict):
+            raise Refused("must be a JSON object of parameter values", shown=json.dumps(point, default=str))
+        points.append(point)
+    return tuple(points)
+
+
+Int = Annotated[int, BeforeValidator(_no_bool)]
+Float = Annotated[float, BeforeValidator(_no_bool)]
+Names = Annotated[tuple[str, ...], BeforeValidator(_names)]
+SamplerName = Literal[tuple(registries.SAMPLERS)]  # type: ignore[valid-type]
+SchedulerName = Literal[tuple(registries.SCHEDULERS)]  # type: ignore[valid-type]
+PromotePolicy = Literal[tuple(registries.PROMOTE_POLICIES)]  # type: ignore[valid-type]
+EnsembleChoice = Literal[registries.ENSEMBLE_CHOICES]  # type: ignore[valid-type]
+
+
+def option(help: str, *, shown: str | None = None, metavar: str | None = None, hidden: bool = False,
+           **checks: Any) -> Any:
+    """A field's command-line face: ``help`` (the parser adds the default), ``shown`` (how a default
+    filled later is described), ``metavar``, ``hidden`` (no help line); ``checks``: pydantic's
+    constraints (``ge=1``)."""
+    extra = {k: v for k, v in (("shown", shown), ("metavar", metavar), ("hidden", hidden)) if v}
+    return Field(description=help, json_schema_extra=extra or None, **checks)
+
+
+def _grace_help() -> str:
+    return f"epochs every trial trains before {' or '.join(registries.with_trait(registries.SCHEDULERS, 'grace'))} " \
+           "may stop it"
+
+
+def _promote_help() -> str:
+    return "; ".join(f"{name}: {what}" for name, what in registries.PROMOTE_POLICIES.items())
+
+
+# ----------------------------------------------------------------------------- the options
 @dataclass(frozen=True)
 class SearchConfig:
-    space: str
-    only: tuple[str, ...] = ()
+    """The options of a search, by field: type, default and help in one place (see the module)."""
+
+    space: Annotated[str, AfterValidator(_known_space), option("search space (python -m search.spaces list)")]
+    only: Annotated[Names, _once("a dimension"), option(
+        "search only these dimensions of the space (comma-separated), the others at their defaults, e.g. lr",
+        metavar="DIMS")] = ()
     """Search only these dimensions of the space, the others at their defaults (:meth:`Space.only`)."""
-    data: str | None = None
-    metric: tuple[str, ...] = ("macro_f1",)
-    mode: tuple[str, ...] = ()
-    num_samples: int = 20
-    epochs: int | None = None
-    folds: int = 5
-    val_fraction: float = 0.2
-    sampler: str = "tpe"
-    scheduler: str = "asha"
-    grace_period: int | None = None
+    data: Annotated[str | None, option("dataset: rosmap, breast-tcga, synth-clinic[:k=v,...] or a folder",
+                                       shown="the space's")] = None
+    metric: Annotated[Names, AfterValidator(_metrics), _once("a metric"), option(
+        "metric to optimise; comma-separated for several objectives")] = ("macro_f1",)
+    mode: Annotated[Names, AfterValidator(_modes), option(
+        "max or min per metric", shown="the metric's natural direction")] = ()
+    num_samples: Annotated[Int, option("trials", ge=1)] = 20
+    epochs: Annotated[Int | None, option("epochs per trial, T of CLIMD's schedule", shown="the space's", ge=1)] = None
+    folds: Annotated[Int, AfterValidator(_folds), option("k of stratified k-fold CV, 0 for one hold-out split")] = 5
+    val_fraction: Annotated[Float, option("held-out fraction with --folds 0", gt=0, lt=1)] = 0.2
+    sampler: Annotated[SamplerName, option(
+        f"Optuna sampler; several objectives: {', '.join(registries.with_trait(registries.SAMPLERS, 'multi_objective'))}"
+        f" ({', '.join(registries.with_trait(registries.SAMPLERS, 'spread_objective'))} given one metric: it and its "
+        "spread over the folds)")] = "tpe"
+    scheduler: Annotated[SchedulerName, option("trial scheduler")] = "asha"
+    grace_period: Annotated[Int | None, option(
+        _grace_help(), shown="the space's, a quarter of --epochs; CLIMD spaces: until the curriculum reaches the "
+                             "whole training set")] = None
     """Epochs every trial trains before ASHA or the median rule may stop it (None: the space's
-    :meth:`spaces.Space.default_grace`, filled by :func:`resolve`)."""
-    max_concurrent: int | None = None
-    cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0
-    address: str | None = None
-    storage: str = "fusetune_results"
-    name: str | None = None
-    resume: bool = False
-    tracking_uri: str | None = None
-    experiment: str = "fusetune"
-    seed: int = 0
-    sampler_seed: int | None = None
-    top_k: int = 3
-    max_failures: int = 0
-    text_encoder: str | None = None
-    image_encoder: str | None = None
-    cache_dir: str | None = None
-    optuna_storage: str | None = None
-    warm_start: str | None = None
-    points: tuple[dict[str, Any], ...] = field(default_factory=tuple)
-    confirm_repeats: int = 3
-    references: tuple[str, ...] = ("logreg", "rf", "hgb")
-    promote: str = "better"
-    ensemble: str | None = None
+    :meth:`spaces.Space.default_grace`, filled by :func:`resolve` for a scheduler that reads it)."""
+    max_concurrent: Annotated[Int | None, option("trials running at once", shown="as many as resources allow",
+                                                 ge=1)] = None
+    cpus_per_trial: Annotated[Float, option("CPUs per trial", gt=0)] = 1.0
+    gpus_per_trial: Annotated[Float, AfterValidator(_gpus), option("GPUs per trial, fractions share a GPU", ge=0)] = 0.0
+    address: Annotated[str | None, option("existing Ray cluster: auto, host:port or ray://host:port",
+                                          shown="start a local one")] = None
+    storage: Annotated[str, option("results folder or URI")] = "fusetune_results"
+    name: Annotated[str | None, option("search name = folder under --storage", shown="<space>-<data>-<time>")] = None
+    resume: Annotated[bool, Strict(), option("continue the search --name (or the newest in --storage)")] = False
+    tracking_uri: Annotated[str | None, option("MLflow tracking URI", shown="sqlite:///<storage>/mlflow.db")] = None
+    experiment: Annotated[str, option("MLflow experiment")] = "fusetune"
+    seed: Annotated[Int, option("fixes folds, initialisation and sampling")] = 0
+    sampler_seed: Annotated[Int | None, option(
+        "seed of the sampler alone; repeats a search on the same folds and initialisation", shown="--seed")] = None
+    top_k: Annotated[Int, option("best configurations whose models are logged and registered", ge=0)] = 3
+    max_failures: Annotated[Int, option("retries of a crashed trial from its last checkpoint", ge=0)] = 0
+    text_encoder: Annotated[str | None, option("text encoder for report modalities", shown="the space's")] = None
+    image_encoder: Annotated[str | None, option("image encoder", shown="the space's")] = None
+    cache_dir: Annotated[str | None, option("feature cache folder",
+                                            shown="$FUSETUNE_CACHE_DIR or ~/.cache/fusetune/features")] = None
+    optuna_storage: Annotated[str | None, option(
+        "Optuna study storage, an RDB URL without password", shown="sqlite:///<storage>/<name>/optuna.db",
+        metavar="URL")] = None
+    warm_start: Annotated[str | None, option(
+        "seed the sampler with the finished trials of the earlier search NAME (same space, data, objective)",
+        metavar="NAME")] = None
+    points: Annotated[tuple[dict[str, Any], ...], BeforeValidator(_points), option(
+        "a configuration to evaluate right after the paper default (repeatable), e.g. '{\"lr\": 1e-3}'",
+        metavar="JSON")] = ()
+    confirm_repeats: Annotated[Int, option(
+        "fresh repetitions of the k-fold scheme the top-k, the paper default and the references are retrained on "
+        f"after the search; the champion is the best there; 0 = off, at most {MAX_CONFIRM_REPEATS}",
+        ge=0, le=MAX_CONFIRM_REPEATS)] = 3
+    references: Annotated[Names, BeforeValidator(_references_given), AfterValidator(_references), option(
+        f"reference models scored on the same folds: {', '.join(registries.REFERENCES)} or none")
+    ] = registries.REFERENCES
+    promote: Annotated[PromotePolicy, option(_promote_help())] = "better"
+    ensemble: Annotated[EnsembleChoice | None, option(
+        "post-hoc ensemble selection over the out-of-fold predictions of the full-budget trials (and the "
+        "references), confirmed on the fresh folds like any candidate; the champion only if it wins there",
+        shown="trials+references; off with --confirm-repeats 0")] = None
     """Post-hoc ensemble selection (:mod:`search.ensemble`): ``off``, ``trials`` or ``trials+references``
     (None: ``trials+references``, or ``off`` with ``--confirm-repeats 0``, filled by :func:`resolve`)."""
-    ensemble_size: int = 5
+    ensemble_size: Annotated[Int, option("distinct members of the ensemble at most", ge=1)] = 5
     """At most this many distinct members in the ensemble."""
-    parent_run_id: str | None = None
+    parent_run_id: Annotated[str | None, option(
+        "the MLflow run this search's parent run is nested under (search.nested's)", hidden=True)] = None
     """The MLflow run this search's parent run is nested under (``search.nested``'s)."""
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "only", tuple(self.only))  # a list from search.json or YAML
 
     @property
     def space_spec(self) -> Space:
@@ -138,6 +312,144 @@ class SearchConfig:
         """The options as ``search.json`` keeps them (URIs redacted: credentials never reach a file)."""
         return redact_options(asdict(self))
 
+    def as_options(self) -> dict[str, Any]:
+        """Every option as plain YAML/JSON values (lists, not tuples), URIs redacted: what
+        ``--print-config`` writes and ``--config`` reads back."""
+        return {k: ([dict(p) for p in v] if k == "points" else list(v) if isinstance(v, tuple) else v)
+                for k, v in self.as_saved().items()}
+
+
+OPTIONS: tuple[str, ...] = tuple(f.name for f in fields(SearchConfig))
+"""Every option, by field name, in the order of ``--help``."""
+
+
+_HINTS: dict[str, Any] = {f.name: f.type for f in fields(SearchConfig)}
+"""Each option's annotation: its type with the pydantic field (help, constraints) and validators."""
+
+
+def flag(name: str) -> str:
+    """The command-line option of field ``name``: ``--num-samples`` for ``num_samples``."""
+    return "--" + name.replace("_", "-")
+
+
+def default(name: str) -> Any:
+    """The default of option ``name`` (``MISSING`` for ``space``)."""
+    return next(f.default for f in fields(SearchConfig) if f.name == name)
+
+
+# ----------------------------------------------------------------------------- what a field says of itself
+def _parts(hint: Any) -> tuple[Any, list[Any]]:
+    """``Annotated[T, m1, ...]`` (nested, or ``| None``) -> (the innermost type, every metadata item)."""
+    meta: list[Any] = []
+    while True:
+        if get_origin(hint) is Annotated:
+            meta += list(hint.__metadata__)
+            hint = hint.__origin__
+        elif get_origin(hint) in (Union, type(int | None)) and type(None) in get_args(hint):
+            (hint,) = [a for a in get_args(hint) if a is not type(None)]
+        else:
+            return hint, meta
+
+
+@cache
+def info(name: str) -> FieldInfo:
+    """The pydantic field of option ``name``: its ``description`` (help) and ``json_schema_extra``
+    (``shown``, ``metavar``, ``hidden``)."""
+    return next(m for m in reversed(_parts(_HINTS[name])[1]) if isinstance(m, FieldInfo) and m.description)
+
+
+def choices(name: str) -> tuple[Any, ...] | None:
+    """The values option ``name`` may take, where they are a fixed set (a registry's names)."""
+    base, _ = _parts(_HINTS[name])
+    return get_args(base) if get_origin(base) is Literal else None
+
+
+def is_flag_only(name: str) -> bool:
+    """An option without a value on the command line (``--resume``)."""
+    return _parts(_HINTS[name])[0] is bool
+
+
+def expected(name: str) -> str:
+    """What option ``name`` takes, for messages: ``an integer >= 1``, ``one of tpe, random, ...``."""
+    base, meta = _parts(_HINTS[name])
+    if get_origin(base) is Literal:
+        return "one of " + ", ".join(map(str, get_args(base)))
+    if get_origin(base) is tuple:
+        return "JSON objects of parameter values" if get_args(base)[0] is not str else "comma-separated names"
+    what = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(base, str(base))
+    bounds = {type(m).__name__.lower(): getattr(m, type(m).__name__.lower())
+              for i in meta for m in ([i, *i.metadata] if isinstance(i, FieldInfo) else [i])
+              if type(m).__name__ in ("Ge", "Gt", "Le", "Lt")}  # annotated_types' bounds, pydantic's constraints
+    if "ge" in bounds and "le" in bounds:
+        return f"{what} from {bounds['ge']} to {bounds['le']}"
+    if "gt" in bounds and "lt" in bounds:
+        return f"{what} in ({bounds['gt']}, {bounds['lt']})"
+    symbols = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+    return " ".join([what, *(f"{symbols[k]} {v}" for k, v in bounds.items())])
+
+
+# ----------------------------------------------------------------------------- the one parse path
+@cache
+def _adapter(name: str) -> TypeAdapter:
+    # a YAML `name: 2024` or `experiment: 7` is the string it reads as
+    return TypeAdapter(_HINTS[name], config=ConfigDict(coerce_numbers_to_str=True))
+
+
+def shown(name: str, value: Any) -> str:
+    """``value`` of option ``name`` as a message shows it (URIs redacted, lists comma-separated)."""
+    if name in URI_OPTIONS:
+        return str(redact(value, bare_token=name == "address"))
+    if isinstance(value, (list, tuple)):
+        return ",".join(json.dumps(v, default=str) if isinstance(v, dict) else str(v) for v in value)
+    if isinstance(value, dict):
+        return json.dumps(value, default=str)
+    return str(value)
+
+
+def typed(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Options by field name, each as given (a command-line string, a YAML or JSON value, a Python
+    value) -> the same options typed and checked one by one (``"20"`` -> 20, ``"a,b"`` -> ``("a",
+    "b")``, a list -> a tuple); credentials refused first. One-line :class:`UsageError` naming the
+    first bad option. What depends on several options is :func:`resolve`'s."""
+    check_options(dict(values))  # before anything below may show a value
+    out = {}
+    for name, value in values.items():
+        if name not in OPTIONS:
+            raise UsageError(f"unknown option {name!r}; known: {', '.join(OPTIONS)}")
+        try:
+            out[name] = _adapter(name).validate_python(value)
+        except ValidationError as exc:
+            raise UsageError(_message(name, value, exc)) from None
+    return out
+
+
+def _message(name: str, value: Any, exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    cause = error.get("ctx", {}).get("error")
+    if isinstance(cause, Refused):
+        what, value_shown = str(cause), cause.shown if cause.shown is not None else shown(name, value)
+    else:
+        what, value_shown = f"expected {expected(name)}", shown(name, value)
+    return f"{flag(name)} {value_shown}: {what}" if value_shown != "" else f"{flag(name)}: {what}"
+
+
+def validated(cfg: SearchConfig) -> SearchConfig:
+    """``cfg`` with every option typed and checked (:func:`typed`): a config built in Python
+    (``SearchConfig(grace_period=2.5)``) is checked like one from the command line."""
+    return SearchConfig(**typed({f.name: getattr(cfg, f.name) for f in fields(cfg)}))
+
+
+def from_saved(saved: Mapping[str, Any], where: str = "search.json") -> SearchConfig:
+    """The options a search saved (``search.json``, :meth:`SearchConfig.as_saved`), also as an
+    earlier fusetune wrote them, read back through :func:`typed`."""
+    unknown = [k for k in saved if k not in OPTIONS]
+    if unknown:
+        raise UsageError(f"{where}: unknown option {unknown[0]!r} (written by another fusetune version?)")
+    if "space" not in saved:
+        raise UsageError(f"{where}: no space")
+    # a search of a fusetune without ensembles kept no out-of-fold predictions
+    return SearchConfig(**typed({"ensemble": "off", **saved}))
+
 
 def storage_path(storage: str) -> str:
     """Absolute local path, or the URI as given (``s3://``, ``gs://``, ...)."""
@@ -148,96 +460,77 @@ def experiment_path(storage: str, name: str) -> str:
     return f"{storage_path(storage).rstrip('/')}/{name}"
 
 
-def metric_names() -> list[str]:
-    """Metrics a search can optimise: every scalar of :data:`METRICS`, its ``_std`` over folds, ``loss``."""
-    return [*METRICS, *(f"{m}_std" for m in METRICS), "loss"]
-
-
-def natural_mode(metric: str) -> str:
-    if metric in METRICS:
-        return METRICS[metric]
-    return "min"  # loss and fold standard deviations
-
-
+# ----------------------------------------------------------------------------- what depends on several options
 def resolve(cfg: SearchConfig) -> SearchConfig:
-    """Fill space-dependent defaults and check the options; :class:`UsageError` on the first problem."""
-    if cfg.space not in SPACES:
-        raise UsageError(f"--space {cfg.space}: unknown space; known: {', '.join(SPACES)}")
+    """Check every option (:func:`validated`), fill the defaults that depend on the space and check
+    what depends on several options; :class:`UsageError` on the first problem."""
+    cfg = validated(cfg)
     space = get_space(cfg.space)
-    check_options(asdict(cfg))
     unknown_dims = [n for n in cfg.only if n not in space.names]
-    if unknown_dims or (cfg.only and len(set(cfg.only)) != len(cfg.only)):
-        raise UsageError(f"--only {','.join(cfg.only)}: " + (f"{unknown_dims[0]!r} is not a dimension of space {space.name} "
-                         f"({', '.join(space.names)})" if unknown_dims else "a dimension is listed twice"))
+    if unknown_dims:
+        raise UsageError(f"--only {','.join(cfg.only)}: {unknown_dims[0]!r} is not a dimension of space {space.name} "
+                         f"({', '.join(space.names)})")
     space = cfg.space_spec
-    _check_choice("--sampler", cfg.sampler, SAMPLER_NAMES)
-    _check_choice("--scheduler", cfg.scheduler, SCHEDULER_NAMES)
-    for option, value, low in (("--num-samples", cfg.num_samples, 1), ("--epochs", cfg.epochs, 1),
-                               ("--top-k", cfg.top_k, 0), ("--max-failures", cfg.max_failures, 0),
-                               ("--max-concurrent", cfg.max_concurrent, 1), ("--confirm-repeats", cfg.confirm_repeats, 0)):
-        if value is not None and value < low:
-            raise UsageError(f"{option} {value}: must be at least {low}")
-    if cfg.confirm_repeats > MAX_CONFIRM_REPEATS:
-        raise UsageError(f"--confirm-repeats {cfg.confirm_repeats}: must be at most {MAX_CONFIRM_REPEATS}")
-    if cfg.folds == 1 or cfg.folds < 0:
-        raise UsageError(f"--folds {cfg.folds}: must be 0 (one hold-out split, see --val-fraction) or at least 2")
-    if not 0.0 < cfg.val_fraction < 1.0:
-        raise UsageError(f"--val-fraction {cfg.val_fraction}: must be in (0, 1)")
-    if cfg.cpus_per_trial <= 0:
-        raise UsageError(f"--cpus-per-trial {cfg.cpus_per_trial}: must be positive")
-    if cfg.gpus_per_trial < 0:
-        raise UsageError(f"--gpus-per-trial {cfg.gpus_per_trial}: must be >= 0 (fractions share a GPU)")
-    if cfg.gpus_per_trial > 1 and cfg.gpus_per_trial != int(cfg.gpus_per_trial):
-        raise UsageError(f"--gpus-per-trial {cfg.gpus_per_trial}: fractions are for sharing one GPU; use a whole number above 1")
-
-    _check_choice("--promote", cfg.promote, PROMOTE_POLICIES)
-    unknown_refs = [r for r in cfg.references if r not in REFERENCE_NAMES]
-    if unknown_refs:
-        raise UsageError(f"--references {','.join(cfg.references)}: unknown reference {unknown_refs[0]!r}; "
-                         f"choose from {', '.join(REFERENCE_NAMES)} or none")
     metric, mode = _objectives(cfg)
     ensemble = _ensemble(cfg, metric[0])
-    if len(metric) > 1 and cfg.sampler not in MULTI_OBJECTIVE_SAMPLERS:
+    sampler, scheduler = registries.SAMPLERS[cfg.sampler], registries.SCHEDULERS[cfg.scheduler]
+    if len(metric) > 1 and not sampler.multi_objective:
         raise UsageError(f"--sampler {cfg.sampler}: optimises one objective; --metric lists {len(metric)} "
-                         f"(use one of {', '.join(MULTI_OBJECTIVE_SAMPLERS)})")
-    if cfg.scheduler == "pbt":
-        if cfg.sampler not in ("tpe", "random"):
-            raise UsageError(f"--sampler {cfg.sampler}: PBT draws its initial population at random and cannot use "
-                             "a search algorithm; use --sampler random (or leave the default)")
-        if len(metric) > 1:
-            raise UsageError("--scheduler pbt: optimises one objective; give one --metric")
-        if not space.mutable():
-            raise UsageError(f"--scheduler pbt: space {space.name} has no dimension PBT may perturb")
+                         f"(use one of {', '.join(registries.with_trait(registries.SAMPLERS, 'multi_objective'))})")
+    if scheduler.population:
+        _check_population(cfg, space, metric)
     for point in cfg.points:
         check_point(point, space)
-
     if cfg.optuna_storage is not None:
-        if cfg.scheduler == "pbt":
-            raise UsageError("--optuna-storage: --scheduler pbt draws its population without Optuna; there is no "
-                             "study to store")
         from search.optuna_storage import check_url
 
         check_url(cfg.optuna_storage)
     epochs = cfg.epochs or space.epochs
-    if cfg.grace_period is not None:
-        if cfg.scheduler not in GRACE_SCHEDULERS:
-            raise UsageError(f"--grace-period: only --scheduler {' and '.join(GRACE_SCHEDULERS)} use a grace period "
-                             f"(this search uses {cfg.scheduler})")
-        if isinstance(cfg.grace_period, bool) or not isinstance(cfg.grace_period, int) or not 1 <= cfg.grace_period < epochs:
-            raise UsageError(f"--grace-period {cfg.grace_period}: must be a whole number of epochs from 1 to "
-                             f"--epochs - 1 ({epochs - 1})")
+    _check_grace(cfg, epochs, space.default_grace(epochs))
     data = cfg.data or space.data
     name = cfg.name or f"{cfg.space}-{replace(cfg, data=data).data_name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if "/" in name or name in (".", ".."):
         raise UsageError(f"--name {name}: must be a plain folder name")
     if cfg.warm_start is not None and ("/" in cfg.warm_start or cfg.warm_start in (".", "..", name)):
         raise UsageError(f"--warm-start {cfg.warm_start}: must name another, earlier search (its --name)")
+    grace = cfg.grace_period if cfg.grace_period is not None else space.default_grace(epochs)
     return replace(
         cfg, data=data, name=name, metric=metric, mode=mode, ensemble=ensemble,
-        epochs=epochs, grace_period=cfg.grace_period if cfg.grace_period is not None else space.default_grace(epochs),
+        epochs=epochs, grace_period=grace if scheduler.grace else None,
         text_encoder=cfg.text_encoder or space.text_encoder,
         image_encoder=cfg.image_encoder or space.image_encoder,
     )
+
+
+def _check_population(cfg: SearchConfig, space: Space, metric: tuple[str, ...]) -> None:
+    """A scheduler that draws a fixed population at random (PBT): no sampler but the default or a
+    random one, one objective, a dimension to perturb, no Optuna study."""
+    option = f"--scheduler {cfg.scheduler}"
+    if cfg.sampler != default("sampler") and not registries.SAMPLERS[cfg.sampler].at_random:
+        at_random = registries.with_trait(registries.SAMPLERS, "at_random")
+        raise UsageError(f"--sampler {cfg.sampler}: {cfg.scheduler.upper()} draws its initial population at random "
+                         f"and cannot use a search algorithm; use --sampler {' or '.join(at_random)} (or leave the "
+                         "default)")
+    if len(metric) > 1:
+        raise UsageError(f"{option}: optimises one objective; give one --metric")
+    if not space.mutable():
+        raise UsageError(f"{option}: space {space.name} has no dimension {cfg.scheduler.upper()} may perturb")
+    if cfg.optuna_storage is not None:
+        raise UsageError(f"--optuna-storage: {option} draws its population without Optuna; there is no study to store")
+
+
+def _check_grace(cfg: SearchConfig, epochs: int, space_default: int) -> None:
+    """A given ``--grace-period``: read by the scheduler, within the budget, or the space's own
+    default (a CLIMD space's is the whole budget; a resolved config fed back, ``--print-config``)."""
+    if cfg.grace_period is None:
+        return
+    if not registries.SCHEDULERS[cfg.scheduler].grace:
+        readers = registries.with_trait(registries.SCHEDULERS, "grace")
+        raise UsageError(f"--grace-period: only --scheduler {' and '.join(readers)} use a grace period "
+                         f"(this search uses {cfg.scheduler})")
+    if not 1 <= cfg.grace_period < epochs and cfg.grace_period != space_default:
+        raise UsageError(f"--grace-period {cfg.grace_period}: must be a whole number of epochs from 1 to "
+                         f"--epochs - 1 ({epochs - 1})")
 
 
 def check_point(point: dict[str, Any], space: Space) -> None:
@@ -260,29 +553,21 @@ def check_point(point: dict[str, Any], space: Space) -> None:
 
 
 def _objectives(cfg: SearchConfig) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """The metrics and modes; nsga2 with one metric adds ``<metric>_std`` (minimised): performance
-    against its fold-to-fold stability."""
-    known = metric_names()
-    metric = tuple(cfg.metric)
-    for m in metric:
-        if m not in known:
-            raise UsageError(f"--metric {m}: not a metric this task computes; choose from {', '.join(known)}")
-    if len(set(metric)) != len(metric):
-        raise UsageError(f"--metric {','.join(metric)}: a metric is listed twice")
-    if cfg.sampler == "nsga2" and len(metric) == 1:
+    """The metrics and modes; a sampler with a spread objective (nsga2) given one metric adds
+    ``<metric>_std`` (minimised): performance against its fold-to-fold stability."""
+    metric = cfg.metric
+    if registries.SAMPLERS[cfg.sampler].spread_objective and len(metric) == 1:
         if cfg.folds == 0:
-            raise UsageError("--sampler nsga2: with --folds 0 there is no fold spread to trade off; "
+            raise UsageError(f"--sampler {cfg.sampler}: with --folds 0 there is no fold spread to trade off; "
                              "give two metrics, e.g. --metric macro_f1,auroc")
         if metric[0].endswith("_std") or metric[0] == "loss":
-            raise UsageError(f"--sampler nsga2: give two metrics (one was given: {metric[0]})")
+            raise UsageError(f"--sampler {cfg.sampler}: give two metrics (one was given: {metric[0]})")
         metric = (metric[0], f"{metric[0]}_std")
-    mode = tuple(cfg.mode)
+    mode = cfg.mode
     if not mode:
         mode = tuple(natural_mode(m) for m in metric)
     elif len(mode) == 1 and len(metric) == 2 and len(cfg.metric) == 1:
         mode = (mode[0], "min")
-    for m in mode:
-        _check_choice("--mode", m, MODES)
     if len(mode) != len(metric):
         raise UsageError(f"--mode {','.join(mode)}: give one mode per metric ({len(metric)})")
     return metric, mode
@@ -291,11 +576,8 @@ def _objectives(cfg: SearchConfig) -> tuple[tuple[str, ...], tuple[str, ...]]:
 def _ensemble(cfg: SearchConfig, first_metric: str) -> str:
     """``--ensemble`` checked and filled: an ensemble is only ever handed off once confirmed on fresh
     folds, and it is selected on the first objective, which must be a classification metric."""
-    if isinstance(cfg.ensemble_size, bool) or not isinstance(cfg.ensemble_size, int) or cfg.ensemble_size < 1:
-        raise UsageError(f"--ensemble-size {cfg.ensemble_size}: must be a whole number of members, at least 1")
     if cfg.ensemble is None:
         return "trials+references" if cfg.confirm_repeats > 0 and first_metric in METRICS else "off"
-    _check_choice("--ensemble", cfg.ensemble, ENSEMBLE_CHOICES)
     if cfg.ensemble != "off" and cfg.confirm_repeats == 0:
         raise UsageError(f"--ensemble {cfg.ensemble} with --confirm-repeats 0: the ensemble would be unconfirmed and "
                          "never promoted over an existing champion; give --confirm-repeats 1 or more, or --ensemble off")
@@ -303,8 +585,3 @@ def _ensemble(cfg: SearchConfig, first_metric: str) -> str:
         raise UsageError(f"--ensemble {cfg.ensemble}: the ensemble is selected on the first --metric, which must be "
                          f"one of {', '.join(METRICS)} (got {first_metric})")
     return cfg.ensemble
-
-
-def _check_choice(option: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise UsageError(f"{option} {value}: unknown; choose from {', '.join(choices)}")

@@ -36,6 +36,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from search import registry_names
 from search.compat import OptunaSearchSeam, set_trial_user_attr, storage_trial_id, trial_of
 from search.config import SearchConfig
 from search.errors import UsageError
@@ -122,9 +123,10 @@ def warm_start_trials(cfg: SearchConfig, fingerprint: str) -> list[FrozenTrial]:
     if not source:
         return []
     where = f"--warm-start {source}"
-    if cfg.scheduler == "pbt" or cfg.sampler == "grid":
-        raise UsageError(f"{where}: needs a sampler that learns from finished trials "
-                         f"(not --sampler grid nor --scheduler pbt)")
+    if registry_names.SCHEDULERS[cfg.scheduler].population or not registry_names.SAMPLERS[cfg.sampler].learns:
+        raise UsageError(f"{where}: needs a sampler that learns from finished trials (not --sampler "
+                         f"{' nor '.join(n for n, s in registry_names.SAMPLERS.items() if not s.learns)} nor "
+                         f"--scheduler {' nor '.join(registry_names.with_trait(registry_names.SCHEDULERS, 'population'))})")
     url = storage_url(cfg, source)
     if url is None:
         raise UsageError(f"{where}: the results folder {cfg.storage} is remote; give the --optuna-storage "

@@ -39,7 +39,7 @@ from ray import tune
 from ray.tune.schedulers import FIFOScheduler, HyperBandScheduler, PopulationBasedTraining, TrialScheduler
 from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter, SearchAlgorithm, Searcher, SearchGenerator
 
-from search import compat, faults, integrity, optuna_storage
+from search import compat, faults, integrity, optuna_storage, registry_names
 from search.config import SearchConfig
 from search.replay import RememberingASHA, RememberingMedian
 from search.settle import RecordFinal, settle
@@ -64,12 +64,20 @@ class Sampler:
     """An entry of :data:`SAMPLERS`: the Optuna sampler and what the search does for it."""
 
     make: Callable[[SearchConfig], optuna.samplers.BaseSampler]
+    traits: registry_names.SamplerTraits
+    """What it can do (multi-objective, enumerating, ...): the options check reads them there, without Ray."""
     first: Callable[[SearchConfig, Space], list[dict[str, Any]]] = default_then_points
     """The points enqueued before the sampler draws (``initial_points``)."""
-    enumerates: bool = False
-    """The first points are the whole search: ``--num-samples`` above their number is cut to it."""
-    multi_objective: bool = False
-    """Optimises several objectives at once (``search.config.MULTI_OBJECTIVE_SAMPLERS``)."""
+
+    @property
+    def enumerates(self) -> bool:
+        """The first points are the whole search: ``--num-samples`` above their number is cut to it."""
+        return self.traits.enumerates
+
+    @property
+    def multi_objective(self) -> bool:
+        """Optimises several objectives at once."""
+        return self.traits.multi_objective
 
     def __call__(self, cfg: SearchConfig) -> optuna.samplers.BaseSampler:
         return self.make(cfg)
@@ -83,15 +91,20 @@ def _tpe(cfg: SearchConfig) -> optuna.samplers.TPESampler:
         return optuna.samplers.TPESampler(seed=cfg.search_seed, multivariate=True, group=True)
 
 
+_SAMPLER_TRAITS = registry_names.SAMPLERS
 SAMPLERS: dict[str, Sampler] = {
-    "tpe": Sampler(_tpe, multi_objective=True),
-    "random": Sampler(lambda cfg: optuna.samplers.RandomSampler(seed=cfg.search_seed), multi_objective=True),
+    "tpe": Sampler(_tpe, _SAMPLER_TRAITS["tpe"]),
+    "random": Sampler(lambda cfg: optuna.samplers.RandomSampler(seed=cfg.search_seed), _SAMPLER_TRAITS["random"]),
     # the grid's points are enqueued; the sampler only draws dimensions a point leaves open
-    "grid": Sampler(lambda cfg: optuna.samplers.RandomSampler(seed=cfg.search_seed), first=grid_points,
-                    enumerates=True),
-    "cmaes": Sampler(lambda cfg: optuna.samplers.CmaEsSampler(seed=cfg.search_seed, warn_independent_sampling=False)),
-    "nsga2": Sampler(lambda cfg: optuna.samplers.NSGAIISampler(seed=cfg.search_seed), multi_objective=True),
+    "grid": Sampler(lambda cfg: optuna.samplers.RandomSampler(seed=cfg.search_seed), _SAMPLER_TRAITS["grid"],
+                    first=grid_points),
+    "cmaes": Sampler(lambda cfg: optuna.samplers.CmaEsSampler(seed=cfg.search_seed, warn_independent_sampling=False),
+                     _SAMPLER_TRAITS["cmaes"]),
+    "nsga2": Sampler(lambda cfg: optuna.samplers.NSGAIISampler(seed=cfg.search_seed), _SAMPLER_TRAITS["nsga2"]),
 }
+assert tuple(SAMPLERS) == tuple(_SAMPLER_TRAITS) and all(
+    s.traits is _SAMPLER_TRAITS[n] and (s.first is grid_points) == s.enumerates for n, s in SAMPLERS.items()), \
+    "search.registry_names.SAMPLERS declares the names and capabilities of these samplers"
 
 
 def initial_points(cfg: SearchConfig, space: Space) -> list[dict[str, Any]]:
@@ -244,6 +257,8 @@ class Scheduler:
     """An entry of :data:`SCHEDULERS`: Ray's trial scheduler and what the search does for it."""
 
     make: SchedulerFactory
+    traits: registry_names.SchedulerTraits
+    """What it can do (reads ``--grace-period``, draws a fixed population): the options check reads them there."""
     cadence: Cadence = field(default_factory=Cadence)
     """When its trials report and checkpoint."""
     population: Callable[[SearchConfig, Space], SearchAlgorithm] | None = None
@@ -254,26 +269,30 @@ class Scheduler:
         return self.make(cfg, space)
 
 
+_SCHEDULER_TRAITS = registry_names.SCHEDULERS
 SCHEDULERS: dict[str, Scheduler] = {
     # ASHA acts on the first result at or past each rung, so reports at the rungs are enough; ASHA and
     # the median rule get their records back on --resume (search.replay)
     "asha": Scheduler(lambda cfg, space: RememberingASHA(**_common(cfg), max_t=cfg.epochs, grace_period=_grace(cfg),
                                                        reduction_factor=ASHA_REDUCTION_FACTOR),
-                      Cadence(milestones=asha_rungs)),
+                      _SCHEDULER_TRAITS["asha"], Cadence(milestones=asha_rungs)),
     # HyperBand pauses trials at its brackets' milestones and resumes them from their checkpoints
     "hyperband": Scheduler(lambda cfg, space: HyperBandScheduler(**_common(cfg), max_t=cfg.epochs, reduction_factor=3),
-                           Cadence(every=lambda cfg: 1, checkpoint_every=lambda cfg: 1)),
+                           _SCHEDULER_TRAITS["hyperband"], Cadence(every=lambda cfg: 1, checkpoint_every=lambda cfg: 1)),
     # the median rule compares running means of every result up to an epoch
     "median": Scheduler(lambda cfg, space: RememberingMedian(**_common(cfg), grace_period=_grace(cfg),
                                                              min_samples_required=3),
-                        Cadence(every=lambda cfg: 1)),
+                        _SCHEDULER_TRAITS["median"], Cadence(every=lambda cfg: 1)),
     # PBT exploits at every perturbation interval, from the checkpoint of that report, and may
     # clone an ended trial of its upper quantile, so no ended trial's checkpoint goes before the end
-    "pbt": Scheduler(_pbt, Cadence(every=_perturbation_interval, seconds=0.0,
-                                   checkpoint_every=_perturbation_interval, prune_ended=False),
+    "pbt": Scheduler(_pbt, _SCHEDULER_TRAITS["pbt"], Cadence(every=_perturbation_interval, seconds=0.0,
+                                                            checkpoint_every=_perturbation_interval, prune_ended=False),
                      population=pbt_population),
-    "fifo": Scheduler(lambda cfg, space: FIFOScheduler()),
+    "fifo": Scheduler(lambda cfg, space: FIFOScheduler(), _SCHEDULER_TRAITS["fifo"]),
 }
+assert tuple(SCHEDULERS) == tuple(_SCHEDULER_TRAITS) and all(
+    s.traits is _SCHEDULER_TRAITS[n] and (s.population is not None) == s.traits.population
+    for n, s in SCHEDULERS.items()), "search.registry_names.SCHEDULERS declares the names and capabilities of these"
 
 CADENCES: dict[str, Cadence] = {name: s.cadence for name, s in SCHEDULERS.items()}
 """Each scheduler's :class:`Cadence` (read by ``trainables.trainable``'s keys)."""

@@ -31,7 +31,7 @@ from search.models import CHAMPION, CONFIG_TAG, ENSEMBLE_TAG
 from search.objective import Objective
 
 CHALLENGER = "challenger"
-POLICIES = ("better", "always", "never")
+# the policies (--promote better|always|never) are named, with their help, in search.registry_names.PROMOTE_POLICIES
 FINGERPRINT_TAG = "fusetune.data_fingerprint"
 SCHEME_TAG = "fusetune.confirm_scheme"
 

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from search import registry_names
 from trainables.data import MultimodalDataset
 from trainables.metrics import classification_metrics
 from trainables.tabular import TabularLayout, design_matrices, predict_proba
@@ -78,6 +79,7 @@ def _hgb(seed: int, labels: np.ndarray) -> Estimator:
 
 
 REFERENCES: dict[str, ReferenceFactory] = {"logreg": _logreg, "rf": _rf, "hgb": _hgb}
+assert tuple(REFERENCES) == registry_names.REFERENCES, "search.registry_names.REFERENCES lists these (--references)"
 """Reference model name -> estimator factory ``(fold seed, training labels) -> sklearn estimator``."""
 
 PREFIX = "reference:"

@@ -21,10 +21,10 @@ import sys
 from dataclasses import dataclass, replace
 from typing import Any
 
-from search import cli, faults, integrity, locks, oof, orchestrate, preflight, relocate, results, supervisor
+from search import cli, config, faults, integrity, locks, oof, orchestrate, preflight, relocate, results, supervisor
 from search.cleanup import PruneCheckpoints, Pruned, prune_checkpoints
 from search.config import SearchConfig, experiment_path, resolve, storage_path
-from search.credentials import check_options, private_outputs, redact
+from search.credentials import private_outputs, redact
 from search.errors import UsageError
 from search.objective import Objective
 from search.oof import KeepOutOfFold
@@ -52,24 +52,25 @@ RESUME_OVERRIDES = ("storage", "name", "resume", "address", "tracking_uri", "top
 
 
 # --------------------------------------------------------------------------------- options
-def options(given: dict[str, Any]) -> SearchConfig:
+def options(given: dict[str, Any], *, refuse_taken: bool = True) -> SearchConfig:
+    """The search's options from the ones given (by field name, as the command line, a ``--config``
+    file or :func:`search.run_search` gave them): typed and checked (:func:`search.config.typed`),
+    then resolved (a new search; one whose name is taken is refused unless not ``refuse_taken``)
+    or read back from the search's ``search.json`` (``--resume``), in one line on the first problem."""
+    given = config.typed(given)
     if not given.get("resume"):
         if "space" not in given:
             raise UsageError("--space is required (python -m search.spaces list)")
         cfg = resolve(SearchConfig(**given))
-        refuse_existing(cfg)
+        if refuse_taken:
+            refuse_existing(cfg)
         return cfg
-    check_options(given)
     storage = given.get("storage", SearchConfig.storage)
     name = preflight.find_search(storage_path(storage), given.get("name"))
     integrity.verify(experiment_path(storage, name))  # before anything of it is read, Ray started or unpickled
     saved = json.loads(results.read_text(experiment_path(storage, name), SEARCH_FILE))
-    saved["metric"], saved["mode"], saved["points"] = tuple(saved["metric"]), tuple(saved["mode"]), tuple(saved["points"])
-    if "references" in saved:
-        saved["references"] = tuple(saved["references"])
-    saved.setdefault("ensemble", "off")  # a search of a fusetune without ensembles kept no out-of-fold predictions
     # the folder it was found in, not the one it was saved in (a copied or moved results folder)
-    cfg = relocate.rebased(SearchConfig(**saved), storage)
+    cfg = relocate.rebased(config.from_saved(saved, f"--resume: {SEARCH_FILE} of {name}"), storage)
     if given.get("num_samples", cfg.num_samples) != cfg.num_samples:
         if given["num_samples"] < cfg.num_samples:
             raise UsageError(f"--num-samples {given['num_samples']}: a resumed search keeps its trials "
@@ -79,8 +80,8 @@ def options(given: dict[str, Any]) -> SearchConfig:
     for key, value in given.items():
         if key in RESUME_OVERRIDES:
             continue
-        if getattr(cfg, key) != (tuple(value) if isinstance(value, list) else value):
-            raise UsageError(f"--{key.replace('_', '-')}: cannot change on --resume (the search has {getattr(cfg, key)!r})")
+        if getattr(cfg, key) != value:
+            raise UsageError(f"{config.flag(key)}: cannot change on --resume (the search has {getattr(cfg, key)!r})")
     return replace(cfg, resume=True, name=name, **{k: v for k, v in given.items() if k in RESUME_OVERRIDES[3:]})
 
 
@@ -151,7 +152,11 @@ class SearchResult:
 
 
 def run(argv: list[str] | None = None) -> int:
-    return execute(cli.parse_args(argv)).exit_code
+    given, print_config = cli.parse_command(argv)
+    if print_config:  # the resolved options, as --config reads them; nothing is run
+        print(cli.config_yaml(options(given, refuse_taken=False)), end="", flush=True)
+        return 0
+    return execute(given).exit_code
 
 
 @private_outputs()  # set before Ray starts: its workers, checkpoints included, inherit it

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from trainables.losses import CRITERIA
 from trainables.omnifuse import OmniFuseConfig
 
 torch.set_num_threads(1)
+REPO = Path(__file__).resolve().parents[1]
 
 
 def toy(n=48, seed=0) -> MultimodalDataset:
@@ -201,3 +203,191 @@ def test_a_toy_method_needs_a_method_file_its_space_and_one_registry_line(tmp_pa
     assert reports[-1]["loss"] < reports[0]["loss"]
     with pytest.raises(tc.ConfigError, match="'scal': unknown key; did you mean 'scale'"):
         Trial("toy", {**config, "scal": 2.0}, TrialData(toy(), "fp", "toy", ("vector",)))
+
+
+# ------------------------------------------------------------------------------- the options of a search
+# search.config.SearchConfig: one typed declaration of every option; the command line, a --config file,
+# run_search() and a resumed search's search.json all go through search.config.typed, then resolve
+
+SEARCH_JSON_TODAY = """{
+  "space": "climd", "only": ["lr", "gamma"], "data": "breast-tcga", "metric": ["macro_f1", "macro_f1_std"],
+  "mode": ["max", "min"], "num_samples": 20, "epochs": 20, "folds": 5, "val_fraction": 0.2, "sampler": "nsga2",
+  "scheduler": "median", "grace_period": 7, "max_concurrent": null, "cpus_per_trial": 1.0, "gpus_per_trial": 0.0,
+  "address": null, "storage": "/old/results", "name": "climd-breast-tcga-20250101-120000", "resume": false,
+  "tracking_uri": null, "experiment": "fusetune", "seed": 0, "sampler_seed": null, "top_k": 3, "max_failures": 0,
+  "text_encoder": "minilm", "image_encoder": "resnet-tiny", "cache_dir": null, "optuna_storage": null,
+  "warm_start": null, "points": [{"lr": 0.001}], "confirm_repeats": 3, "references": [], "promote": "better",
+  "ensemble": "trials+references", "ensemble_size": 5, "parent_run_id": null
+}"""
+"""A search.json as the fusetune before the typed options wrote it (``cfg.as_saved()``, verbatim)."""
+
+
+def _help_options(capsys, monkeypatch) -> dict[str, str]:
+    """``python -m search.run --help``: option -> its help line (one line each: a wide terminal)."""
+    import re
+
+    from search import run as run_mod
+
+    monkeypatch.setenv("COLUMNS", "2000")
+    with pytest.raises(SystemExit) as done:
+        run_mod.run(["--help"])
+    assert done.value.code == 0
+    lines = capsys.readouterr().out.splitlines()
+    blocks: list[str] = []
+    for line in lines[lines.index("options:") + 1:]:  # an option's line, then its help's on deeper indents
+        if line.startswith("  -"):
+            blocks.append(line.strip())
+        elif blocks:
+            blocks[-1] += " " + line.strip()
+    return {m[1]: m[2] for block in blocks if (m := re.match(r"^(?:-h, )?(--[\w-]+)(?: [A-Z_]+| \{\S+\})?\s*(.*)$", block))}
+
+
+def _shown_default(value) -> str:
+    if isinstance(value, tuple):
+        return ",".join(value)
+    return format(value, "g") if isinstance(value, float) else str(value)
+
+
+def _printed(capsys, argv) -> str:
+    from search import run as run_mod
+
+    assert run_mod.run([*argv, "--print-config"]) == 0
+    return capsys.readouterr().out
+
+
+def test_help_print_config_and_run_search_have_the_same_options_and_defaults(capsys, monkeypatch, tmp_path):
+    import inspect
+    import re
+    from dataclasses import MISSING, fields
+
+    import yaml
+
+    from search import config, run_search
+
+    declared = {f.name: f.default for f in fields(config.SearchConfig)}
+    shown = _help_options(capsys, monkeypatch)
+    assert set(shown) - {"--help", "--config", "--print-config"} == {config.flag(n) for n in declared} - {"--parent-run-id"}
+    printed = yaml.safe_load(_printed(capsys, ["--space", "baseline", "--storage", str(tmp_path)]))
+    assert list(printed) == list(declared)
+    params = inspect.signature(run_search).parameters
+    assert list(params) == list(declared)
+    filled = {"data", "name", "metric", "mode", "epochs", "grace_period", "text_encoder", "image_encoder", "ensemble",
+              "storage"}  # what resolve fills from the space (storage: made absolute here)
+    for name, value in declared.items():
+        assert params[name].default is (inspect.Parameter.empty if value is MISSING else value), name
+        if name not in filled and value is not MISSING:
+            assert printed[name] == (list(value) if isinstance(value, tuple) else value), name
+        help_line = shown.get(config.flag(name))
+        if help_line is None:  # --parent-run-id: search.nested's, not shown
+            continue
+        default = re.search(r"\((default:? [^()]*(?:\([^()]*\)[^()]*)*)\)$", help_line)
+        if (config.info(name).json_schema_extra or {}).get("shown"):
+            assert default and default[1].startswith("default: "), name  # a default the space or the run fills
+        elif value in (MISSING, None, ()) or isinstance(value, bool):
+            assert default is None, name
+        else:
+            assert default and default[1] == f"default {_shown_default(value)}", (name, help_line)
+
+
+@pytest.mark.parametrize("argv", [
+    ["--space", "baseline"],
+    ["--space", "climd", "--sampler", "nsga2", "--points", '{"lr": 0.001}', "--references", "none", "--only", "lr,gamma",
+     "--epochs", "20"],
+    ["--space", "omnifuse", "--scheduler", "fifo", "--metric", "macro_f1,auroc", "--mode", "max,min", "--folds", "0",
+     "--val-fraction", "0.25", "--gpus-per-trial", "0.5", "--confirm-repeats", "0", "--name", "n1"],
+    ["--space", "omnifuse", "--scheduler", "pbt", "--sampler", "random", "--num-samples", "4", "--seed", "3",
+     "--sampler-seed", "9", "--tracking-uri", "http://127.0.0.1:5000", "--promote", "never"],
+])
+def test_print_config_fed_back_with_config_is_the_same_search(argv, capsys, tmp_path):
+    from search import run as run_mod
+    from search.cli import parse_args
+    from search.config import SearchConfig, resolve
+
+    argv = [*argv, "--storage", str(tmp_path)]
+    first = run_mod.options(parse_args(argv), refuse_taken=False)
+    path = tmp_path / "search.yaml"
+    path.write_text(_printed(capsys, argv))
+    again = resolve(SearchConfig(**parse_args(["--config", str(path)])))
+    assert again == first
+    assert _printed(capsys, ["--config", str(path)]) == path.read_text()  # and prints the same YAML
+    assert [p.name for p in tmp_path.iterdir()] == ["search.yaml"]  # nothing else written
+
+
+BAD_VALUES = [("num_samples", "0", 0, "--num-samples 0: expected an integer >= 1"),
+              ("val_fraction", "1.5", 1.5, "--val-fraction 1.5: expected a number in (0, 1)"),
+              ("references", "xgb", ["xgb"], "--references xgb: unknown reference 'xgb'; choose from logreg, rf, hgb or none"),
+              ("folds", "1", 1, "--folds 1: must be 0 (one hold-out split, see --val-fraction) or at least 2"),
+              ("tracking_uri", "http://alice:s3cr3t@h:5000", "http://alice:s3cr3t@h:5000",
+               "--tracking-uri http://alice:***@h:5000: leave the credentials out of the URI")]
+
+
+@pytest.mark.parametrize("name, text, value, message", BAD_VALUES, ids=[c[0] for c in BAD_VALUES])
+def test_one_bad_value_is_one_line_naming_the_option_on_every_path(name, text, value, message, tmp_path):
+    """The command line, a --config file, run_search() and search.json refuse it alike, before anything runs."""
+    from search import run as run_mod
+    from search import run_search
+    from search.cli import parse_args
+    from search.config import flag, from_saved
+    from search.errors import UsageError
+
+    path = tmp_path / "search.yaml"
+    path.write_text(f"space: baseline\n{name}: {json.dumps(value)}\n")
+    attempts = {"command line": lambda: parse_args(["--space", "baseline", flag(name), text]),
+                "--config": lambda: parse_args(["--config", str(path)]),
+                "run_search": lambda: run_search(space="baseline", **{name: value}),
+                "search.json": lambda: from_saved({**json.loads(SEARCH_JSON_TODAY), name: value})}
+    for where, attempt in attempts.items():
+        with pytest.raises(UsageError) as err:
+            attempt()
+        assert str(err.value).startswith(message) and "\n" not in str(err.value), (where, str(err.value))
+        assert "s3cr3t" not in str(err.value)
+    assert run_mod.main(["--space", "baseline", flag(name), text, "--storage", str(tmp_path)]) == 2
+    assert [p.name for p in tmp_path.iterdir()] == ["search.yaml"]
+
+
+def test_a_search_json_of_the_earlier_fusetune_resumes(tmp_path, monkeypatch):
+    from search import config, integrity, preflight
+    from search import run as run_mod
+
+    folder = tmp_path / "climd-breast-tcga-20250101-120000"
+    folder.mkdir()
+    (folder / run_mod.SEARCH_FILE).write_text(SEARCH_JSON_TODAY)
+    monkeypatch.setattr(preflight, "find_search", lambda storage, name: name)  # no Tune state in this folder
+    monkeypatch.setattr(integrity, "verify", lambda path: None)
+    cfg = run_mod.options({"resume": True, "storage": str(tmp_path), "name": folder.name, "num_samples": "20"})
+    assert (cfg.only, cfg.metric, cfg.mode, cfg.points, cfg.references) == (
+        ("lr", "gamma"), ("macro_f1", "macro_f1_std"), ("max", "min"), ({"lr": 0.001},), ())
+    assert cfg.storage == str(tmp_path) and cfg.resume and cfg.grace_period == 7 and cfg.ensemble == "trials+references"
+    assert cfg == config.resolve(cfg)  # what it saved is a resolved search
+    # one written before ensembles (no 'ensemble' key) had no out-of-fold predictions; a fifo search then kept
+    # the space's grace period it did not read
+    older = {k: v for k, v in json.loads(SEARCH_JSON_TODAY).items() if k not in ("ensemble", "only", "parent_run_id")}
+    old = config.from_saved({**older, "scheduler": "fifo", "grace_period": 25})
+    assert (old.ensemble, old.only, old.grace_period) == ("off", (), 25)
+    with pytest.raises(Exception, match="--metric: cannot change on --resume"):
+        run_mod.options({"resume": True, "storage": str(tmp_path), "name": folder.name, "metric": "auroc"})
+
+
+def test_choices_are_the_registries_and_their_capabilities():
+    import subprocess
+
+    from search import config, registry_names
+    from search.cli import build_parser
+
+    parser = {a.dest: a for a in build_parser()._actions}
+    assert tuple(parser["sampler"].choices) == tuple(registry_names.SAMPLERS)
+    assert tuple(parser["scheduler"].choices) == tuple(registry_names.SCHEDULERS)
+    assert tuple(parser["promote"].choices) == tuple(registry_names.PROMOTE_POLICIES)
+    assert config.default("references") == registry_names.REFERENCES
+    # the declaration the options check reads imports neither Ray nor sklearn; the registries check it at import
+    code = ("import sys, search.registry_names, search.config; "
+            "print(sorted({'search.orchestrate', 'search.references', 'search.promotion'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.strip() == "[]"
+    code = "import sys, search.registry_names; print(sorted({'ray', 'sklearn', 'optuna'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.strip() == "[]"
+    from search import orchestrate, references
+
+    assert all(orchestrate.SAMPLERS[n].traits is t for n, t in registry_names.SAMPLERS.items())
+    assert tuple(references.REFERENCES) == registry_names.REFERENCES

@@ -122,9 +122,10 @@ def test_ensemble_options_checked_before_anything_starts():
     assert resolve(SearchConfig(**base)).ensemble == "trials+references"
     assert resolve(SearchConfig(**base, confirm_repeats=0)).ensemble == "off"
     assert resolve(SearchConfig(**base, metric=("loss",))).ensemble == "off"
-    for given, expected in (({"ensemble_size": 0}, "--ensemble-size 0: must be"),
-                            ({"ensemble_size": -2}, "--ensemble-size -2: must be"),
-                            ({"ensemble": "all"}, "--ensemble all: unknown"),
+    for given, expected in (({"ensemble_size": 0}, "--ensemble-size 0: expected an integer >= 1"),
+                            ({"ensemble_size": -2}, "--ensemble-size -2: expected an integer >= 1"),
+                            ({"ensemble_size": True}, "--ensemble-size True: expected an integer >= 1"),
+                            ({"ensemble": "all"}, "--ensemble all: expected one of off, trials, trials"),
                             ({"ensemble": "trials", "confirm_repeats": 0}, "unconfirmed and never promoted"),
                             ({"ensemble": "trials", "metric": ("loss",)}, "first --metric")):
         with pytest.raises(UsageError, match=expected) as err:

@@ -137,12 +137,13 @@ def test_a_copied_mlflow_store_points_at_its_own_artifacts(tmp_path):
 
 
 def test_the_options_check_and_the_registries_agree():
-    # search.config checks --sampler/--scheduler without importing Ray or Optuna: its name lists
-    # must be the registries' (whose entries carry the behaviour)
-    from search import config, orchestrate
+    # search.config checks --sampler/--scheduler without importing Ray or Optuna: it reads the names and
+    # capabilities search.registry_names declares, which the registries (whose entries carry the
+    # behaviour) take and check at import
+    from search import config, orchestrate, registry_names
 
-    assert config.SAMPLER_NAMES == tuple(orchestrate.SAMPLERS)
-    assert config.SCHEDULER_NAMES == tuple(orchestrate.SCHEDULERS)
-    assert set(config.MULTI_OBJECTIVE_SAMPLERS) == {n for n, s in orchestrate.SAMPLERS.items() if s.multi_objective}
+    assert config.choices("sampler") == tuple(orchestrate.SAMPLERS) == tuple(registry_names.SAMPLERS)
+    assert config.choices("scheduler") == tuple(orchestrate.SCHEDULERS) == tuple(registry_names.SCHEDULERS)
+    assert {n for n, s in orchestrate.SAMPLERS.items() if s.multi_objective} == {"nsga2", "tpe", "random"}
     assert [n for n, s in orchestrate.SCHEDULERS.items() if not orchestrate.has_study(
         SearchConfig(space="baseline", scheduler=n))] == ["pbt"]

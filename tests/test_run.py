@@ -83,16 +83,17 @@ BAD = [
      "--tracking-uri http://alice:***@127.0.0.1:9: leave the credentials out of the URI (it holds a password"),
     (["--space", "omnifuse", "--folds", "40"], "--folds 40 (stratified k-fold): smallest class has"),
     (["--space", "omnifuse", "--points", "lr=1"], "not JSON"),
-    (["--space", "omnifuse", "--epochs", "ten"], "--epochs: invalid int value"),
+    (["--space", "omnifuse", "--epochs", "ten"], "--epochs ten: expected an integer >= 1"),
     (["--epochs", "3"], "--space is required"),
     (["--space", "omnifuse", "--tracking-uri", "http://127.0.0.1:9"], "--tracking-uri http://127.0.0.1:9"),
     (["--space", "omnifuse", "--address", "127.0.0.1:9"], "--address 127.0.0.1:9: cannot reach"),
     (["--space", "alignedfusion", "--data", "breast-tcga"], "needs text and image modalities"),
     (["--space", "omnifuse", "--data", "no-such-data"], "--data no-such-data"),
     (["--resume"], "--resume: no search to resume"),
-    (["--space", "omnifuse", "--confirm-repeats", "1000000000"], "--confirm-repeats 1000000000: must be at most 100"),
-    (["--space", "omnifuse", "--references", ""], "argument --references: empty value ''; give logreg, rf, hgb"),
-    (["--space", "omnifuse", "--references", ","], "argument --references: empty value ','"),
+    (["--space", "omnifuse", "--confirm-repeats", "1000000000"],
+     "--confirm-repeats 1000000000: expected an integer from 0 to 100"),
+    (["--space", "omnifuse", "--references", ""], "--references: empty value ''; give logreg, rf, hgb"),
+    (["--space", "omnifuse", "--references", ","], "--references: empty value ','"),
 ]
 
 
@@ -110,9 +111,10 @@ def test_the_confirm_repeats_maximum_is_the_documented_one():
     from search.config import MAX_CONFIRM_REPEATS
 
     (action,) = [a for a in build_parser()._actions if a.dest == "confirm_repeats"]
-    assert f"at most {MAX_CONFIRM_REPEATS})" in action.help
+    assert f"at most {MAX_CONFIRM_REPEATS} (default 3)" in action.help
     assert resolve(SearchConfig(space="omnifuse", confirm_repeats=MAX_CONFIRM_REPEATS)).confirm_repeats == 100
-    with pytest.raises(UsageError, match=f"--confirm-repeats {MAX_CONFIRM_REPEATS + 1}: must be at most"):
+    with pytest.raises(UsageError, match=f"--confirm-repeats {MAX_CONFIRM_REPEATS + 1}: expected an integer from 0 to "
+                                         f"{MAX_CONFIRM_REPEATS}"):
         resolve(SearchConfig(space="omnifuse", confirm_repeats=MAX_CONFIRM_REPEATS + 1))
 
 

@@ -4,7 +4,7 @@ import optuna
 import pytest
 
 from search.cli import parse_args
-from search.config import SearchConfig, resolve
+from search.config import SearchConfig, from_saved, resolve
 from search.errors import UsageError
 from spaces import get_space
 
@@ -32,7 +32,7 @@ def test_inactive_dimensions_are_dropped_and_conditions_still_hold():
 def test_only_option_resolves_and_checks():
     cfg = resolve(SearchConfig(**parse_args(["--space", "climd", "--only", "lr"])))
     assert cfg.only == ("lr",) and cfg.space_spec.names == ["lr"] and cfg.as_params()["only"] == "lr"
-    assert SearchConfig(space="climd", only=["lr"]).only == ("lr",)  # as read back from search.json
+    assert from_saved({"space": "climd", "only": ["lr"]}).only == ("lr",)  # as read back from search.json
     with pytest.raises(UsageError, match=r"^--only lr,zz: 'zz' is not a dimension of space climd \(lr, "):
         resolve(SearchConfig(**parse_args(["--space", "climd", "--only", "lr,zz"])))
     with pytest.raises(UsageError, match="^--only lr,lr: a dimension is listed twice"):
