@@ -217,9 +217,16 @@ def _mark_parent_run(known: dict[str, Any], status: str) -> None:
     uri, name = known.get("tracking_uri"), known.get("name")
     if not uri or not name:
         return
+    import logging
+
+    mlflow_logger = logging.getLogger("mlflow")  # MLflow logs a failing store's traceback itself
+    level = mlflow_logger.level
+    mlflow_logger.setLevel(logging.CRITICAL + 1)
     try:
         from search.tracking import end_search_run
 
         end_search_run(uri, name, status)
-    except Exception:  # noqa: BLE001 - the store may be what failed; the message above is what counts
+    except Exception:  # noqa: BLE001 - the store may be what failed (a full disk); our lines above are what counts
         pass
+    finally:
+        mlflow_logger.setLevel(level)
