@@ -155,10 +155,7 @@ def cause(exc: BaseException) -> str | None:
     it (a full disk, a failing tracking store, a lost Ray cluster); None for anything else."""
     import errno
 
-    try:
-        from mlflow.exceptions import MlflowException
-    except ImportError:  # pragma: no cover - a dependency
-        MlflowException = ()  # noqa: N806
+    from mlflow.exceptions import MlflowException
     reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return f"the disk is full ({exc.filename or reason})"

@@ -39,6 +39,8 @@ from typing import Any
 
 import pytest
 
+from processes import alive, comm, descendants
+
 REPO = Path(__file__).resolve().parents[1]
 
 pytestmark = [
@@ -55,46 +57,6 @@ DISK = 400 * 2**20  # the tmpfs of the results folder
 
 
 # ------------------------------------------------------------------------------ processes
-def _parents() -> dict[int, int]:
-    out = {}
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                stat = Path(entry.path, "stat").read_text()
-            except OSError:
-                continue
-            out[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-    return out
-
-
-def _descendants(root: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for pid, ppid in _parents().items():
-        children.setdefault(ppid, []).append(pid)
-    found, todo = set(), [root]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            if c not in found:
-                found.add(c)
-                todo.append(c)
-    return found
-
-
-def _comm(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return ""
-
-
-def _alive(pid: int) -> bool:
-    """Running, not a zombie (a container's init may never reap the orphans it inherits)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
 class Run:
     """One ``python -m search.run`` (supervised, its own session), every process it starts
     remembered while it lives so that the next run starts only when all are gone."""
@@ -110,15 +72,15 @@ class Run:
 
     def _watch(self) -> None:
         while not self._done.is_set():
-            self.seen |= _descendants(self.proc.pid)
+            self.seen |= descendants(self.proc.pid)
             time.sleep(0.2)
 
     def raylet(self) -> int | None:
-        pids = [p for p in _descendants(self.proc.pid) if _comm(p) == "raylet"]
+        pids = [p for p in descendants(self.proc.pid) if comm(p) == "raylet"]
         return pids[0] if len(pids) == 1 else None
 
     def kill_all(self) -> None:
-        for pid in {self.proc.pid, *_descendants(self.proc.pid), *self.seen}:
+        for pid in {self.proc.pid, *descendants(self.proc.pid), *self.seen}:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -133,7 +95,7 @@ class Run:
         self._done.set()
         self._watcher.join()
         deadline = time.monotonic() + 120  # Ray's processes end with their driver; trial workers last
-        while any(_alive(p) for p in self.seen):
+        while any(alive(p) for p in self.seen):
             if time.monotonic() > deadline:
                 self.kill_all()
                 break
@@ -232,7 +194,7 @@ def _stop(run: Run, kind: str, arg: Any, exp: Path, disk: SmallDisk, seed: int) 
     if kind == "raylet":
         deadline = time.monotonic() + 300
         while run.proc.poll() is None and time.monotonic() < deadline:
-            if any(_comm(p).startswith("ray::ImplicitF") for p in _descendants(run.proc.pid)):  # a trial runs
+            if any(comm(p).startswith("ray::ImplicitF") for p in descendants(run.proc.pid)):  # a trial runs
                 time.sleep(arg)
                 break
             time.sleep(0.2)

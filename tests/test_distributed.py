@@ -35,6 +35,8 @@ from typing import Any
 
 import pytest
 
+from processes import comm, descendants, parents
+
 REPO = Path(__file__).resolve().parents[1]
 LOCAL_CLUSTER = REPO / "infra" / "local-cluster.sh"
 
@@ -55,41 +57,6 @@ EVERY_EPOCH = [*SEARCH, "--scheduler", "median"]
 # the tests read) every 10 s at least by default; on an idle machine a whole 48-epoch trial takes
 # less, so the tests that time a kill or an outage on the search folder ask for a snapshot a second
 FREQUENT_SNAPSHOTS = {"TUNE_GLOBAL_CHECKPOINT_S": "1"}
-
-
-# ------------------------------------------------------------------------------ process tree
-def _parents() -> dict[int, int]:
-    out = {}
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                stat = Path(entry.path, "stat").read_text()
-            except OSError:
-                continue
-            # pid (comm) state ppid ...; comm may hold spaces and parentheses
-            out[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-    return out
-
-
-def descendants(root: int, parents: dict[int, int] | None = None) -> set[int]:
-    parents = _parents() if parents is None else parents
-    children: dict[int, list[int]] = {}
-    for pid, ppid in parents.items():
-        children.setdefault(ppid, []).append(pid)
-    found, todo = set(), [root]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            if c not in found:
-                found.add(c)
-                todo.append(c)
-    return found
-
-
-def _comm(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return ""
 
 
 # ------------------------------------------------------------------------------ the cluster
@@ -135,23 +102,23 @@ class LocalCluster:
     def _watch(self) -> None:
         """Remember which node every process belongs to while it lives (workers come and go)."""
         while not self._stop_watch.is_set():
-            parents = _parents()
+            tree = parents()
             for i, root in enumerate(self.nodes):
-                for pid in descendants(root, parents):
+                for pid in descendants(root, tree):
                     self._seen.setdefault(pid, i)
             time.sleep(0.1)
 
     def node_of(self, pid: int) -> int | None:
         """The node whose process tree held ``pid`` (None if never seen)."""
         if pid not in self._seen:
-            parents = _parents()
+            tree = parents()
             for i, root in enumerate(self.nodes):
-                if pid in descendants(root, parents):
+                if pid in descendants(root, tree):
                     self._seen[pid] = i
         return self._seen.get(pid)
 
     def raylet(self, node: int) -> int:
-        pids = [p for p in descendants(self.nodes[node]) if _comm(p) == "raylet"]
+        pids = [p for p in descendants(self.nodes[node]) if comm(p) == "raylet"]
         assert len(pids) == 1, f"node {node}: raylets {pids}"
         return pids[0]
 
@@ -725,7 +692,7 @@ def test_a_resumed_asha_search_makes_the_uninterrupted_ones_decisions(cluster, d
 
 # ------------------------------------------------------------------------------ the driver's own Ray node lost
 def _raylet_of(driver: Driver) -> int | None:
-    pids = [p for p in descendants(driver.proc.pid) if _comm(p) == "raylet"]
+    pids = [p for p in descendants(driver.proc.pid) if comm(p) == "raylet"]
     return pids[0] if len(pids) == 1 else None
 
 

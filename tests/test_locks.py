@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from processes import parent
 from search import locks
 from search.errors import UsageError
 
@@ -113,12 +114,6 @@ def _holders(lock_dir: Path, pid: int):
             holder = json.loads(f.read_text() or "{}").get("pid")
         except ValueError:
             continue
-        if holder == pid or _parent(holder) == pid:
+        if holder == pid or parent(holder) == pid:
             yield holder
 
-
-def _parent(pid: int | None) -> int | None:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
