@@ -29,6 +29,7 @@ from search.errors import UsageError
 from search.objective import Objective
 from search.oof import KeepOutOfFold
 from search.progress import ProgressLine, format_duration
+from search.study_agreement import agree_with_tune
 from search.timing import Steps, since_start
 from trainables.data import DataError
 from trainables.version import code_version
@@ -281,6 +282,7 @@ def finish(cfg: SearchConfig, space: Any, data: Any, exp_path: str, fs: Any, uri
     faults.point("results")
     with timings("results_s"):
         rows = results.collect(exp_path, fs)
+        agree_with_tune(cfg, rows)  # a driver killed between Tune and Optuna
         pareto = results.pareto_front(rows, cfg.metric, cfg.mode) if cfg.multi_objective else None
         csv_path = results.write_text(results.csv_text(rows, sampled, pareto), exp_path, results.RESULTS_CSV, fs)
     ranked = results.ranked(rows, cfg.primary_metric, cfg.primary_mode)
