@@ -288,6 +288,38 @@ def set_trial_user_attr(study: Any, storage_id: int, key: str, value: Any) -> No
     study._storage.set_trial_user_attr(storage_id, key, value)
 
 
+def sampler_random_states(sampler: Any) -> dict[str, list[Any]]:
+    """Every random state an Optuna sampler draws from (its own and its inner samplers'), as JSON:
+    attribute path -> ``numpy.random.RandomState.get_state()``. Optuna keeps no other sampler state
+    outside the study's storage (CMA-ES and NSGA-II keep theirs there)."""
+    return {path: [rng.get_state()[0], rng.get_state()[1].tolist(), *rng.get_state()[2:]]
+            for path, rng in _random_states(sampler)}
+
+
+def set_sampler_random_states(sampler: Any, states: dict[str, list[Any]]) -> None:
+    """Put back what :func:`sampler_random_states` read; a path the sampler lacks is an error."""
+    import numpy as np
+
+    found = dict(_random_states(sampler))
+    for path, (kind, keys, pos, has_gauss, gauss) in states.items():
+        found[path].set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+
+
+def _random_states(obj: Any, path: str = "", depth: int = 3) -> list[tuple[str, Any]]:
+    """(path, RandomState) of ``obj``'s optuna-owned attributes, ``LazyRandomState`` made concrete."""
+    import numpy as np
+    from optuna.samplers._lazy_random_state import LazyRandomState
+
+    if isinstance(obj, LazyRandomState):
+        return [(path, obj.rng)]
+    if isinstance(obj, np.random.RandomState):
+        return [(path, obj)]
+    if depth == 0 or not type(obj).__module__.startswith("optuna.") or not hasattr(obj, "__dict__"):
+        return []
+    return [found for name, value in sorted(vars(obj).items())
+            for found in _random_states(value, f"{path}.{name}".lstrip("."), depth - 1)]
+
+
 # --------------------------------------------------------------------------------- Ray's OptunaSearch
 class OptunaSearchSeam(OptunaSearch):
     """Ray's ``OptunaSearch`` with its private state as properties, and :meth:`setup_study` in

@@ -13,8 +13,8 @@ How trials are recorded (:class:`PersistentOptunaSearch`, Ray's ``OptunaSearch``
 a trial that finished all its epochs is ``COMPLETE`` with its final value (mean over folds); one
 a scheduler stopped early (its last result lacks ``final``) is ``PRUNED`` with its per-epoch
 values as intermediate values; one that raised is ``FAIL``. Each Optuna trial carries its Ray
-trial id (user attribute ``ray_trial_id``). The searcher's Ray checkpoint holds the sampler and
-the Ray -> Optuna trial map, not the study: on ``--resume`` the study is opened again from its
+trial id (user attribute ``ray_trial_id``). The searcher's Ray checkpoint holds the sampler's random
+state and the Ray -> Optuna trial map, not the study: on ``--resume`` the study is opened again from its
 storage, and Optuna trials left RUNNING by a killed driver that no Ray trial continues end as
 ``FAIL``.
 
@@ -37,7 +37,14 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search import registry_names
-from search.compat import OptunaSearchSeam, set_trial_user_attr, storage_trial_id, trial_of
+from search.compat import (
+    OptunaSearchSeam,
+    sampler_random_states,
+    set_sampler_random_states,
+    set_trial_user_attr,
+    storage_trial_id,
+    trial_of,
+)
 from search.config import SearchConfig
 from search.errors import UsageError
 
@@ -307,7 +314,8 @@ class PersistentOptunaSearch(OptunaSearchSeam):
             return super().save(checkpoint_path)
         state = {"format": "fusetune-optuna-search/1", "study_name": self.study_name,
                  "ot_trial_ids": {rid: storage_trial_id(t) for rid, t in self.ot_trials.items()},
-                 "completed": sorted(self.completed_trials), "queued": self._queued, "skip_seen": self._skip_seen}
+                 "completed": sorted(self.completed_trials), "queued": self._queued, "skip_seen": self._skip_seen,
+                 "sampler_random_states": sampler_random_states(self.ot_sampler)}
         with open(checkpoint_path, "w") as f:
             json.dump(state, f, default=str)
 
@@ -319,9 +327,13 @@ class PersistentOptunaSearch(OptunaSearchSeam):
         self.study_name = state["study_name"]
         self.completed_trials = set(state["completed"])
         self._queued, self._skip_seen, self._warm = list(state["queued"]), bool(state["skip_seen"]), []
-        # the sampler is the one Tune restored with the search; its random state restarts from a fresh
-        # seed, so a resumed search does not redraw the start-up points it already tried
-        self.ot_sampler.reseed_rng()
+        # the sampler is the one Tune pickled when the search started: its random state comes back as
+        # it was at the snapshot, so the resumed search draws what the uninterrupted one drew (an
+        # older snapshot without it: a fresh seed, so the start-up points already tried are not redrawn)
+        if "sampler_random_states" in state:
+            set_sampler_random_states(self.ot_sampler, state["sampler_random_states"])
+        else:
+            self.ot_sampler.reseed_rng()
         self._open({rid: int(tid) for rid, tid in state["ot_trial_ids"].items()})
 
     def _fail_lost(self, known: set[int]) -> None:

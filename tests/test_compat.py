@@ -17,7 +17,7 @@ from typing import Any
 import optuna
 import pytest
 
-from search import compat
+from search import compat, registry_names
 
 REPO = Path(__file__).resolve().parents[1]
 SCOPE = ("search", "trainables", "spaces")
@@ -212,6 +212,28 @@ def test_optuna_trial_from_storage_id_and_user_attr(study):
     compat.set_trial_user_attr(study, compat.storage_trial_id(live), "k", "v")
     again.report(1.0, 1)
     assert study.trials[-1].user_attrs == {"k": "v"} and study.trials[-1].intermediate_values == {1: 1.0}
+
+
+@pytest.mark.parametrize("name", list(registry_names.SAMPLERS))
+def test_sampler_random_states_hold_every_draw(name):
+    """Optuna samplers keep their random state in ``LazyRandomState`` / ``RandomState`` attributes
+    (``optuna.samplers._lazy_random_state``): read as JSON and put back into a fresh sampler, its
+    next draws are the original's. Every sampler of the registry has one."""
+    from search.config import SearchConfig
+    from search.orchestrate import SAMPLERS
+
+    def build():
+        return SAMPLERS[name](SearchConfig(space="baseline", data="breast-tcga", sampler=name, seed=7))
+
+    sampler = build()
+    states = json.loads(json.dumps(compat.sampler_random_states(sampler)))
+    assert states, name
+    draws = [rng.random_sample() for _, rng in compat._random_states(sampler)]
+    other = build()
+    for _, rng in compat._random_states(other):
+        rng.random_sample(3)  # somewhere else
+    compat.set_sampler_random_states(other, states)
+    assert [rng.random_sample() for _, rng in compat._random_states(other)] == draws
 
 
 # --------------------------------------------------------------------------------- Ray's OptunaSearch

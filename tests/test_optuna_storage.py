@@ -37,11 +37,13 @@ from studies import ROOT, tiny_search
 FP = "c" * 64
 
 
-def searcher(url: str | None, name: str = "s", warm=(), fingerprint: str = FP) -> PersistentOptunaSearch:
+def searcher(url: str | None, name: str = "s", warm=(), fingerprint: str = FP,
+             sampler: optuna.samplers.BaseSampler | None = None) -> PersistentOptunaSearch:
     cfg = SearchConfig(space="baseline", data="breast-tcga", metric=("macro_f1",), mode=("max",), name=name)
     space = get_space("baseline")
     return PersistentOptunaSearch(space, metric="macro_f1", mode="max", points_to_evaluate=[space.default_point()],
-                                  sampler=optuna.samplers.RandomSampler(seed=0), study_name=name, storage_url=url,
+                                  sampler=sampler or optuna.samplers.RandomSampler(seed=0), study_name=name,
+                                  storage_url=url,
                                   attrs=study_attrs(cfg, fingerprint), warm=warm)
 
 
@@ -102,6 +104,35 @@ def test_checkpoint_holds_no_study_and_restore_reopens_it(tmp_path):
     states = {t.user_attrs[RAY_TRIAL_ATTR]: t.state for t in study.trials}
     assert states == {"a": TrialState.COMPLETE, "lost": TrialState.FAIL, "b": TrialState.RUNNING}
     assert "fusetune.lost" in study.trials[1].user_attrs
+
+
+@pytest.mark.parametrize("sampler", [lambda: optuna.samplers.RandomSampler(seed=3),
+                                     lambda: optuna.samplers.TPESampler(seed=3, n_startup_trials=2)])
+def test_a_restored_searcher_draws_what_the_uninterrupted_one_drew(tmp_path, sampler):
+    """The sampler's random state is in the searcher's snapshot: after a kill, the resumed search
+    samples the trials the uninterrupted search sampled (here all of them, trials ending in the
+    same order; with concurrent trials TPE's later draws also depend on which trials had ended)."""
+    def fresh(url):
+        return searcher(url, sampler=sampler())
+
+    def drive(s, ids, start=0):
+        out = []
+        for k, tid in enumerate(ids, start):
+            out.append(s.suggest(tid))
+            s.on_trial_complete(tid, result(2, 0.3 + 0.05 * (k % 4), final=True))
+        return out
+
+    ids = [f"t{k}" for k in range(6)]
+    whole = drive(fresh(sqlite(tmp_path, "whole.db")), ids)
+    first = fresh(sqlite(tmp_path, "cut.db"))
+    started = pickle.dumps(first)  # tuner.pkl: written before the first trial
+    cut = drive(first, ids[:3])
+    first.save(str(tmp_path / "searcher.json"))
+    first.suggest("lost")  # asked after the last snapshot; the driver dies
+    resumed = pickle.loads(started)
+    resumed.restore(str(tmp_path / "searcher.json"))
+    cut += drive(resumed, ids[3:], start=3)
+    assert cut == whole
 
 
 def test_in_memory_without_a_url():
