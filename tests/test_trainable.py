@@ -80,6 +80,28 @@ def test_checkpoint_resumes_exactly(breast, tmp_path):
         assert last[key] == reports[-1][key], key
 
 
+@pytest.mark.parametrize("batch_folds", [True, False])
+def test_a_finished_trials_checkpoint_holds_the_weights_without_the_optimizer(breast, tmp_path, batch_folds):
+    """Once every epoch is done nothing steps again: the checkpoint leaves out the optimizer's
+    moments (twice the weights) and still restores a model that predicts the same."""
+    torch.set_num_threads(1)
+    (tmp_path / "mid").mkdir(), (tmp_path / "end").mkdir()
+    trial = Trial("baseline", _config(epochs=2), breast, batch_folds=batch_folds)
+    trial.step()
+    trial.state(tmp_path / "mid")
+    trial.step()
+    trial.state(tmp_path / "end")
+    mid = torch.load(tmp_path / "mid" / "state.pt", weights_only=True)
+    end = torch.load(tmp_path / "end" / "state.pt", weights_only=True)
+    assert all("optimizer" in f for f in mid["folds"]) and not any("optimizer" in f for f in end["folds"])
+    assert (tmp_path / "end" / "state.pt").stat().st_size < 0.5 * (tmp_path / "mid" / "state.pt").stat().st_size
+    again = Trial("baseline", _config(epochs=2), breast, batch_folds=batch_folds)
+    again.restore(tmp_path / "end")
+    assert again.epoch == 2
+    val = trial.trainers[0].val
+    np.testing.assert_array_equal(again.trainers[0].predict_proba(val), trial.trainers[0].predict_proba(val))
+
+
 def test_restore_applies_a_perturbed_learning_rate(breast, tmp_path):
     """PBT restarts a trial from another's checkpoint with a new lr: the optimizer must use it."""
     donor = Trial("baseline", _config(), breast)

@@ -228,10 +228,12 @@ class FoldTrainer:
         return classification_metrics(data.labels, self.predict_proba(data), self.class_names)
 
     # ------------------------------------------------------------------ checkpoints
-    def state_dict(self) -> dict:
+    def state_dict(self, optimizer: bool = True) -> dict:
+        """Everything a resume needs; ``optimizer=False`` leaves out the optimizer's moments (twice
+        the model's size), for a fold that never steps again (a finished trial's checkpoint)."""
         return {
             "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            **({"optimizer": self.optimizer.state_dict()} if optimizer else {}),
             "epoch": self.epoch,
             "rng": {"torch": self._torch_state.clone(), "cuda": None if self._cuda_state is None else self._cuda_state.clone(),
                     "numpy": self.np_rng.bit_generator.state},
@@ -241,9 +243,10 @@ class FoldTrainer:
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        for group in self.optimizer.param_groups:  # a checkpoint from before foreach was the default
-            group["foreach"] = True
+        if "optimizer" in state:  # absent from a finished trial's checkpoint: the fold is done
+            self.optimizer.load_state_dict(state["optimizer"])
+            for group in self.optimizer.param_groups:  # a checkpoint from before foreach was the default
+                group["foreach"] = True
         self.epoch = int(state["epoch"])
         self._torch_state = state["rng"]["torch"].clone()
         if state["rng"]["cuda"] is not None and self._cuda:

@@ -100,11 +100,12 @@ def check_finite(parts: dict[str, float], epoch: int, fold: int) -> None:
         raise TrialFailure(f"non-finite training loss at epoch {epoch}, fold {fold}: {detail}")
 
 
-def save_state(folder: Path, epoch: int, trainers: list) -> Path:
-    """``state.pt`` written under a temporary name and renamed, so a reader never sees half a file."""
+def save_state(folder: Path, epoch: int, trainers: list, optimizer: bool = True) -> Path:
+    """``state.pt`` written under a temporary name and renamed, so a reader never sees half a file;
+    ``optimizer=False``: the folds' weights and states without the optimizer's moments."""
     path = folder / STATE_FILE
     tmp = folder / (STATE_FILE + ".tmp")
-    torch.save({"epoch": epoch, "folds": [t.state_dict() for t in trainers]}, tmp)
+    torch.save({"epoch": epoch, "folds": [t.state_dict(optimizer=optimizer) for t in trainers]}, tmp)
     os.replace(tmp, path)
     return path
 
@@ -206,9 +207,11 @@ class Trial:
                 "fingerprint": np.str_(self.data.fingerprint)}
 
     def state(self, folder: Path) -> Path:
+        """The checkpoint; once every epoch is done, the weights without the optimizer's moments
+        (a third of the size: nothing steps again; export, refit and robustness read weights)."""
         if self.batched is not None:
             self.batched.sync()
-        return save_state(folder, self.epoch, self.trainers)
+        return save_state(folder, self.epoch, self.trainers, optimizer=self.epoch < self.epochs)
 
     def restore(self, folder: Path) -> None:
         state = load_state(folder)
