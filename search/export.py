@@ -54,7 +54,7 @@ import numpy as np
 from search.cli import DEFAULT_STORAGE, OneLineParser, add_storage_option
 from search.credentials import private_outputs, refuse_credentials
 from search.errors import UsageError
-from search.results import StudyResults, TrialResult, load_study
+from search.results import SEARCH_FILE, StudyResults, TrialResult, load_study
 from search.robustness import ALL, DEFAULT_RATES, FoldModels, Row, evaluate, fold_models, parse_rates
 from trainables.bundle import ENSEMBLE, copy_bundle, load_bundle, sign_bundle, verify_bundle
 from trainables.data import DataError
@@ -67,7 +67,6 @@ CPU_TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
 CARD_JSON = "model_card.json"
 MODELS_DIR = "models"
 """Where the search may keep its registered bundles (``log_top_models(bundle_dir=<study>/models)``)."""
-SEARCH_FILE = "search.json"
 
 
 # ----------------------------------------------------------------------------- what is exported

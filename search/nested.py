@@ -308,7 +308,7 @@ def run(argv: list[str] | None = None) -> int:
         cfg = replace(cfg, name=cfg.name.replace(f"{cfg.space}-", f"{cfg.space}-nested-", 1))
     check_outer(cfg, outer_folds)
     from search import orchestrate, preflight
-    from search.run import tracking_uri
+    from search.stages import tracking_uri
     from search.tracking import check_tracking_uri
     from trainables.version import code_version
 

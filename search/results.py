@@ -43,6 +43,8 @@ from search.files import write_atomically
 from search.objective import Objective
 from trainables.metrics import METRICS
 
+SEARCH_FILE = "search.json"
+"""The resolved options, saved in the search folder; ``--resume`` reads them back."""
 RESULTS_CSV = "results.csv"
 CONFIRMATION_CSV = "confirmation.csv"  # search.confirm's table
 PARAMS_FILE = "params.json"

@@ -21,32 +21,16 @@ import sys
 from dataclasses import dataclass, replace
 from typing import Any
 
-from search import cli, config, faults, integrity, locks, oof, orchestrate, preflight, relocate, results, supervisor
-from search.cleanup import PruneCheckpoints, Pruned, prune_checkpoints
+from search import cli, config, faults, integrity, locks, orchestrate, preflight, relocate, results, supervisor
 from search.config import SearchConfig, experiment_path, resolve, storage_path
-from search.credentials import private_outputs, redact
+from search.credentials import private_outputs
 from search.errors import UsageError
-from search.objective import Objective
-from search.oof import KeepOutOfFold
-from search.progress import ProgressLine, format_duration
-from search.study_agreement import agree_with_tune
-from search.timing import Steps, since_start
+from search.render import render
+from search.results import SEARCH_FILE
+from search.stages import collect, prepare, select_and_hand_off, tune_trials
 from trainables.data import DataError
-from trainables.version import code_version
 
 PROG = "python -m search.run"
-SEARCH_FILE = "search.json"
-"""The resolved options, saved in the search folder; ``--resume`` reads them back."""
-
-TABLE_ROWS = 5
-"""Configurations in the final table (at least; ``--top-k`` more if larger)."""
-
-STEP_ORDER = ("startup_s", "checks_s", "data_s", "ray_init_s", "search_s", "results_s", "prune_s", "models_s",
-              "reports_s", "total_s")
-"""The fixed steps of a search in the final ``steps:`` line (seconds; ``startup`` = interpreter
-start and imports, ``models`` = the confirmation stage, the references, the refit, test evaluation,
-registration and promotion of the top-k)."""
-
 RESUME_OVERRIDES = ("storage", "name", "resume", "address", "tracking_uri", "top_k", "num_samples")
 """Options a resumed search may change; the others are the saved search's. A larger
 ``--num-samples`` extends the search (a finished one too) by the extra trials."""
@@ -97,29 +81,6 @@ def preflight_exists(cfg: SearchConfig) -> bool:
     from ray import tune
 
     return tune.Tuner.can_restore(cfg.experiment_path)
-
-
-def tracking_uri(cfg: SearchConfig) -> str:
-    from search.tracking import default_tracking_uri
-
-    if cfg.tracking_uri:
-        return cfg.tracking_uri
-    if "://" in cfg.storage_path:
-        raise UsageError(f"--storage {cfg.storage}: a remote results folder needs --tracking-uri (an MLflow server)")
-    return default_tracking_uri(cfg.storage_path)
-
-
-def ui_command(uri: str, storage: str) -> str:
-    """How to look at the search in MLflow: the server's page, or ``fusetune ui`` (on 127.0.0.1,
-    the store's URI passed in its environment, never on a command line)."""
-    from search.tracking import default_tracking_uri
-
-    uri = redact(uri)
-    if uri.startswith(("http://", "https://", "databricks")):
-        return f"open {uri} (the MLflow server's UI)"
-    if uri == default_tracking_uri(storage_path(storage)):
-        return f"fusetune ui --storage {storage}"
-    return f"fusetune ui --tracking-uri {uri}"
 
 
 # --------------------------------------------------------------------------------- the search
@@ -173,190 +134,30 @@ def execute(given: dict[str, Any]) -> SearchResult:
 
 
 def _execute(cfg: SearchConfig) -> SearchResult:
-    space = cfg.space_spec
-    uri = tracking_uri(cfg)
-    supervisor.report(name=cfg.name, folder=cfg.experiment_path, storage=cfg.storage, tracking_uri=uri,
-                      address=cfg.address)
-    from search.dataset_input import DatasetInfo
-    from search.tracking import MLflowTracking, check_tracking_uri
-
-    timings = Steps(startup_s=since_start())
-    # the driver's own torch work (model check, refit of the top-k) runs on a trial's share of the
-    # cores: torch's default (every core) makes each small op wait for the slowest thread, which on
-    # a busy machine made a refit 13x slower (benchmarks/RESULTS.md, throughput)
-    import torch
-
-    torch.set_num_threads(max(1, int(cfg.cpus_per_trial)))
-    from search import optuna_storage
-
-    copied_from = None
-    if cfg.resume:  # a copied results folder: its MLflow store's artifact locations follow it
-        saved_storage = storage_path(json.loads(results.read_text(cfg.experiment_path, SEARCH_FILE))["storage"])
-        if relocate.rebase_mlflow_store(uri, saved_storage, cfg.storage_path) or saved_storage != cfg.storage_path:
-            copied_from = relocate.rebase_uri(uri, cfg.storage_path, saved_storage)
-    study_url = optuna_storage.storage_url(cfg) if orchestrate.has_study(cfg) else None
-    # what the checks below create (folders, the study's database) is removed if one of them refuses;
-    # a new MLflow store is created only after them (MLflow keeps a store open per URI in the process)
-    new = preflight.NewPaths(cfg, uri, study_url)
-    tracking_option = "--tracking-uri" if cfg.tracking_uri else f"--storage {cfg.storage} (its mlflow.db)"
-    new_store = preflight.sqlite_path(uri) in new
-    try:
-        with timings("checks_s"):
-            preflight.check_storage(cfg)
-            preflight.check_sqlite_file(tracking_option, uri)
-            if new_store:
-                preflight.check_creatable(tracking_option, preflight.sqlite_path(uri))
-            else:
-                check_tracking_uri(uri)
-            if study_url:
-                optuna_storage.open_storage(study_url)
-                if not cfg.resume:
-                    optuna_storage.check_new_study(study_url, cfg.name)
-            if cfg.address:
-                preflight.check_address(cfg.address)
-        with timings("data_s"):
-            data = preflight.load_data(cfg, space)
-        warm = optuna_storage.warm_start_trials(cfg, data.fingerprint) if not cfg.resume else []
-        supervisor.keep_ray_output_in(cfg.experiment_path)  # Ray's dumps in <search>/driver.log, not the terminal
-        timings.update(preflight.connect(cfg))
-        slots = preflight.check_resources(cfg)
-        if cfg.max_concurrent is None:
-            # as many as fit; Tune then also starts that many trial workers at once (with a searcher it
-            # starts one at a time otherwise) and samples a trial only when it can run
-            cfg = replace(cfg, max_concurrent=slots)
-        with timings("checks_s"):
-            preflight.smoke_check(cfg, space, data)
-            if new_store:
-                check_tracking_uri(uri)
-    except BaseException:
-        new.remove()
-        raise
-
-    exp_path = cfg.experiment_path
-    total = orchestrate.num_trials(cfg, space)
-    search_tags = {"fusetune.space": space.name, "fusetune.method": space.method, "fusetune.data": cfg.data_name,
-                   "fusetune.data_spec": cfg.data, "fusetune.data_fingerprint": data.fingerprint,
-                   "fusetune.code_version": code_version(), "fusetune.sampler": cfg.sampler,
-                   "fusetune.scheduler": cfg.scheduler}
-    if cfg.parent_run_id:
-        from search.tracking import PARENT_RUN_TAG
-
-        search_tags[PARENT_RUN_TAG] = cfg.parent_run_id
-    tracking = MLflowTracking(uri, cfg.experiment, cfg.name, search_tags=search_tags, search_params=cfg.as_params(),
-                             dataset=DatasetInfo.of(cfg, data), copied_from=copied_from)
-    callbacks = [ProgressLine(total=total, epochs=cfg.epochs, metric=cfg.primary_metric, mode=cfg.primary_mode), tracking]
-    results.write_text(json.dumps(cfg.as_saved(), indent=2, default=list), exp_path, SEARCH_FILE)
-    # the only deleter of checkpoints: the disk does not grow with the trials, and none a resume needs goes
-    callbacks.append(KeepOutOfFold())  # before the pruner: a trial's predictions outlive its checkpoint
-    callbacks.append(PruneCheckpoints(cfg.primary_metric, cfg.primary_mode, keep=max(cfg.top_k, 1),
-                                      ended=orchestrate.SCHEDULERS[cfg.scheduler].cadence.prune_ended))
-    integrity.install()  # every snapshot Tune writes is sealed before it reaches the search folder
-    if cfg.resume:
-        integrity.verify(exp_path)
-        tuner = orchestrate.restore_tuner(cfg, space, data, callbacks)
-    else:
-        tuner = orchestrate.build_tuner(cfg, space, data, callbacks, warm)
-    integrity.seal(exp_path)  # tuner.pkl, written when the Tuner is built
-    print(f"{'resuming' if cfg.resume else 'search'} {cfg.name}: space {space.name} ({space.method}) on {cfg.data} "
-          f"[{len(data.data)} training samples, {'hold-out' if cfg.folds == 0 else f'{cfg.folds}-fold'}], "
-          f"{total} trials x {cfg.epochs} epochs, sampler {cfg.sampler}, scheduler {cfg.scheduler}, "
-          f"objective {', '.join(f'{m} ({d})' for m, d in zip(cfg.metric, cfg.mode))}", flush=True)
-    if study_url:
-        print(f"Optuna study {cfg.name}: optuna-dashboard {redact(study_url)}" + (
-            f" (warm start: {len(warm)} finished trials of {cfg.warm_start})" if warm else ""), flush=True)
-    elif orchestrate.has_study(cfg):
-        print("Optuna study in memory (a remote --storage; give --optuna-storage URL to keep it)", flush=True)
-    with timings("search_s"):
-        grid = tuner.fit()
-    pruner = next((c for c in callbacks if isinstance(c, PruneCheckpoints)), None)
-    return finish(cfg, space, data, grid.experiment_path, grid.filesystem, uri, tracking.parent_run_id, timings,
-                  search_tags, pruned_during=pruner.pruned if pruner else None)
-
-
-def finish(cfg: SearchConfig, space: Any, data: Any, exp_path: str, fs: Any, uri: str, parent_run_id: str | None,
-           timings: dict[str, float], search_tags: dict[str, str], pruned_during: Pruned | None = None) -> SearchResult:
-    from search.champions import select
-
-    sampled = space.names
-    timings = timings if isinstance(timings, Steps) else Steps(timings)
-    faults.point("results")
-    with timings("results_s"):
-        rows = results.collect(exp_path, fs)
-        agree_with_tune(cfg, rows)  # a driver killed between Tune and Optuna
-        pareto = results.pareto_front(rows, cfg.metric, cfg.mode) if cfg.multi_objective else None
-        csv_path = results.write_text(results.csv_text(rows, sampled, pareto), exp_path, results.RESULTS_CSV, fs)
-    ranked = results.ranked(rows, cfg.primary_metric, cfg.primary_mode)
-    oof.recover(exp_path, ranked, fs)  # a driver killed between a trial's last checkpoint and its copy
-    unfinished = [r for r in rows if r.status not in ("TERMINATED", "ERROR")]
-    if unfinished:  # Ctrl-C: Tune saved its state and returned early
-        print(f"\nstopped with {len(unfinished)} trial(s) unfinished; results so far: {csv_path}\n"
+    """The stages of a search, each taking the previous one's outcome: prepare (checks, data,
+    cluster, tracking) -> tune (Ray Tune's trials) -> collect (results.csv, the Optuna study in
+    agreement) -> select and hand off (confirmation, references, ensemble, refit, registration,
+    promotion: :func:`search.champions.select`) -> report; :func:`render` prints the outcome."""
+    prepared = prepare(cfg)
+    cfg = prepared.cfg
+    tuned = tune_trials(cfg, prepared)
+    collected = collect(cfg, prepared, tuned)
+    if collected.unfinished:  # Ctrl-C: Tune saved its state and returned early
+        print(f"\nstopped with {len(collected.unfinished)} trial(s) unfinished; results so far: {collected.csv_path}\n"
               f"continue with: {PROG} --resume --storage {cfg.storage} --name {cfg.name}")
-        return SearchResult(130, cfg.name, exp_path)
-    shown = ranked[: max(cfg.top_k, TABLE_ROWS)]
-    with timings("prune_s"):  # an ended search: only the top trials' checkpoints are still read (export)
-        pruned = prune_checkpoints(rows, {r.trial_id for r in ranked[: max(cfg.top_k, 1)]}, fs)
-        if pruned_during is not None:
-            pruned = Pruned(pruned.folders + pruned_during.folders, pruned.bytes + pruned_during.bytes)
-    if cfg.confirm_repeats and ranked:
-        print(f"confirming the top {min(max(cfg.top_k, 1), len(ranked))}, the paper default"
-              f"{' and ' + ', '.join(cfg.references) if cfg.references else ''} on {cfg.confirm_repeats} fresh "
-              f"repetition(s) of the folds" + (f", and an ensemble of at most {cfg.ensemble_size} ({cfg.ensemble})"
-                                               if cfg.ensemble != "off" else "") + " ...", flush=True)
-    with timings("models_s"):  # confirmation, references, refit, test evaluation, registration, promotion
-        chosen = select(cfg, space, rows, ranked, data, exp_path=exp_path, fs=fs, uri=uri, parent_run_id=parent_run_id,
-                        data_name=cfg.data_name, fixed=orchestrate.fixed_keys(cfg, space), search_tags=search_tags)
-    if chosen.reference_rows:
-        csv_path = results.write_text(results.csv_text(rows, sampled, pareto, chosen.reference_rows), exp_path,
-                                      results.RESULTS_CSV, fs)
-    versions, registered = chosen.versions, chosen.registered
-    from search.confirm import summary
-    from search.confirm import table as confirmation_table
-    from search.reports import write_search_reports
-
+        return SearchResult(130, cfg.name, tuned.exp_path)
+    chosen = select_and_hand_off(cfg, prepared, tuned, collected)
     faults.point("reports")
-    with timings("reports_s"):
-        reports = write_search_reports(exp_path, metric=cfg.primary_metric, mode=cfg.primary_mode,
-                                       tracking_uri=uri, parent_run_id=parent_run_id, seed=cfg.seed)
-    failed = sum(r.status == "ERROR" for r in rows)
-    print()
-    print(f"{len(rows)} trials ({len(ranked)} finished all {cfg.epochs} epochs, "
-          f"{len(rows) - len(ranked) - failed} stopped early, {failed} failed) in {format_duration(timings['search_s'])}"
-          f" (Ray start {timings['ray_init_s']:.1f}s, data {timings['data_s']:.1f}s)")
-    if pruned.folders:
-        print(f"{pruned.folders} checkpoint(s) of trials outside the top {max(cfg.top_k, 1)} deleted "
-              f"({pruned.bytes / 2**20:.1f} MiB)")
-    print(f"top {len(shown)} by {cfg.primary_metric} " + ("(mean ± std over folds):" if cfg.folds else "(hold-out split):"))
-    print(results.table(shown, cfg.primary_metric, sampled, cfg.metric[1:], spread=cfg.folds != 0))
-    if pareto is not None:
-        print(f"pareto-optimal trials on {', '.join(cfg.metric)}: {', '.join(sorted(pareto)) or '-'}")
-    if chosen.confirmation is not None:
-        print(f"\nconfirmation on fresh folds ({cfg.primary_metric}, mean ± std over the "
-              f"{cfg.confirm_repeats} x {max(cfg.folds, 1)} fresh fold scores):")
-        print(confirmation_table(chosen.confirmation))
-        print(summary(chosen.confirmation))
-        if cfg.multi_objective and cfg.ensemble != "off":
-            print(f"(a multi-objective search: the ensemble is selected and confirmed on the first objective, "
-                  f"{cfg.primary_metric}, alone)")
-    elif chosen.reference_rows and ranked:
-        m, best = cfg.primary_metric, ranked[0].value(cfg.primary_metric)
-        objective = Objective(m, cfg.primary_mode)
-        ref = max(chosen.reference_rows, key=lambda r: objective.key(r[m]))
-        beaten = objective.better(best, ref[m])
-        print("references on the search's folds: " + ", ".join(f"{r['trial_id']} {r[m]:.4f}" for r in chosen.reference_rows)
-              + f"; the best trial ({best:.4f}) {'beats' if beaten else 'does not beat'} {ref['trial_id']} "
-              "(not confirmed on fresh folds: --confirm-repeats 0)")
-    if versions:
-        print(f"registered model {registered}: versions {', '.join(map(str, versions))}; "
-              f"v{versions[0]} -> alias {chosen.decision.alias} ({chosen.decision.reason})")
-    print(f"results: {csv_path}")
-    print(f"reports: {reports.location}" + (f" (skipped: {', '.join(reports.skipped)})" if reports.skipped else ""))
-    print(f"MLflow: {ui_command(uri, cfg.storage)}")
-    timings["total_s"] = since_start()
-    print(f"steps: {timings.line(STEP_ORDER)}", flush=True)
-    conf = chosen.confirmation
+    with prepared.timings("reports_s"):
+        from search.reports import write_search_reports
+
+        reports = write_search_reports(tuned.exp_path, metric=cfg.primary_metric, mode=cfg.primary_mode,
+                                       tracking_uri=prepared.uri, parent_run_id=tuned.parent_run_id, seed=cfg.seed)
+    render(cfg, prepared, collected, chosen, reports)
+    conf, ranked, versions = chosen.confirmation, collected.ranked, chosen.versions
     best = conf.champion.config if conf is not None and conf.champion is not None else (ranked[0].config if ranked else None)
-    return SearchResult(0 if ranked else 1, cfg.name, exp_path, best,
-                        f"models:/{registered}/{versions[0]}" if versions else None,
+    return SearchResult(0 if ranked else 1, cfg.name, tuned.exp_path, best,
+                        f"models:/{chosen.registered}/{versions[0]}" if versions else None,
                         chosen.decision.alias if chosen.decision else None)
 
 
