@@ -209,7 +209,7 @@ def select(cfg: SearchConfig, space: Space, rows: list[TrialResult], ranked: lis
            fixed: dict[str, Any], search_tags: dict[str, str]) -> Selection:
     from mlflow.tracking import MlflowClient
 
-    from search.models import TopTrial, log_top_models, registered_model_name
+    from search.models import log_top_models, registered_model_name
 
     client = MlflowClient(uri)
     registered = registered_model_name(cfg.space, data_name)
@@ -229,11 +229,29 @@ def select(cfg: SearchConfig, space: Space, rows: list[TrialResult], ranked: lis
     if not parent_run_id or cfg.top_k == 0 or not ranked:
         return Selection(conf, None, [], None, ref_rows)
 
+    top = to_register(cfg, rows, ranked, conf, data.fingerprint, fixed)
+    faults.point("refit")
+    versions = log_top_models(top, space=cfg.space, data_name=data_name, tracking_uri=uri, parent_run_id=parent_run_id,
+                              registered_name=registered, bundle_dir=None if "://" in exp_path else f"{exp_path}/models",
+                              set_alias=False)
+    if not versions:
+        return Selection(conf, registered, [], None, ref_rows)
+    decision = promotion_decision(cfg, conf, inc, versions, data.fingerprint)
+    promotion.apply(client, registered, versions[0], decision, parent_run_id)
+    return Selection(conf, registered, versions, decision, ref_rows)
+
+
+def to_register(cfg: SearchConfig, rows: list[TrialResult], ranked: list[TrialResult],
+                conf: confirm.Confirmation | None, fingerprint: str, fixed: dict[str, Any]) -> list[Any]:
+    """The models to register (``search.models.TopTrial``), best first: the top-k confirmed
+    candidates, plus the ensemble and the best single model (nested CV scores both); without a
+    confirmation, the top-k trials."""
+    from search.models import TopTrial
+
     metric = cfg.primary_metric
     by_id = {r.trial_id: r for r in rows}
     if conf is not None:
         chosen = conf.models()[: cfg.top_k]
-        # the ensemble and the best single model are always registered (nested CV scores both), the alias as earned
         for also in (conf.ensemble(), conf.best_single()):
             if also is not None and not also.error and also not in chosen:
                 chosen.append(also)
@@ -243,23 +261,24 @@ def select(cfg: SearchConfig, space: Space, rows: list[TrialResult], ranked: lis
     top = []
     for c in chosen:
         row = by_id.get(c.trial_id or "")
-        tags = {promotion.FINGERPRINT_TAG: data.fingerprint}
+        tags = {promotion.FINGERPRINT_TAG: fingerprint}
         if conf is not None:
             tags[promotion.SCHEME_TAG] = conf.scheme.key()
             tags.update({promotion.confirmed_tag(m): f"{c.confirmed(m):.6f}" for m in METRICS})
             tags["fusetune.candidate"] = c.name
         if c.kind == confirm.ENSEMBLE_KIND:
-            top.append(TopTrial(ensemble.NAME, dict(fixed), {}, None, tags,
-                                ensemble=ensemble_members(c, metric)))
-            continue
-        top.append(TopTrial(c.trial_id or c.name, c.config, dict(row.last) if row else {},
-                            row.checkpoint if row else None, tags))
-    faults.point("refit")
-    versions = log_top_models(top, space=cfg.space, data_name=data_name, tracking_uri=uri, parent_run_id=parent_run_id,
-                              registered_name=registered, bundle_dir=None if "://" in exp_path else f"{exp_path}/models",
-                              set_alias=False)
-    if not versions:
-        return Selection(conf, registered, [], None, ref_rows)
+            top.append(TopTrial(ensemble.NAME, dict(fixed), {}, None, tags, ensemble=ensemble_members(c, metric)))
+        else:
+            top.append(TopTrial(c.trial_id or c.name, c.config, dict(row.last) if row else {},
+                                row.checkpoint if row else None, tags))
+    return top
+
+
+def promotion_decision(cfg: SearchConfig, conf: confirm.Confirmation | None, inc: Any, versions: list[str],
+                       fingerprint: str) -> promotion.Decision:
+    """Whether the first registered version takes the champion alias (``--promote``): its confirmed
+    value against the incumbent's, retrained on the same fresh folds where it could be."""
+    metric = cfg.primary_metric
     new_value = conf.champion.confirmed(metric) if conf is not None and conf.champion is not None else None
     inc_value = None
     if inc is not None and conf is not None:
@@ -269,9 +288,6 @@ def select(cfg: SearchConfig, space: Space, rows: list[TrialResult], ranked: lis
         elif inc.scheme == conf.scheme.key():
             inc_value = inc.confirmed.get(metric)
     if inc is not None and inc.version in versions:  # a resumed search whose best is the champion already
-        decision = promotion.Decision(promotion.CHAMPION, f"v{inc.version} is this search's best already")
-    else:
-        decision = promotion.decide(cfg.promote, inc, fingerprint=data.fingerprint, metric=metric,
-                                    mode=cfg.primary_mode, new_value=new_value, incumbent_value=inc_value)
-    promotion.apply(client, registered, versions[0], decision, parent_run_id)
-    return Selection(conf, registered, versions, decision, ref_rows)
+        return promotion.Decision(promotion.CHAMPION, f"v{inc.version} is this search's best already")
+    return promotion.decide(cfg.promote, inc, fingerprint=fingerprint, metric=metric, mode=cfg.primary_mode,
+                            new_value=new_value, incumbent_value=inc_value)
