@@ -38,6 +38,7 @@ from the bundle alone and checks it (:mod:`search.reproduce`).
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import shlex
@@ -624,47 +625,58 @@ def export_one(sel: Selected, dest: Path, *, rates: tuple[float, ...], seed: int
 
 
 @private_outputs()  # what it writes is readable by the user only (FUSETUNE_UMASK)
-def main(argv: list[str] | None = None) -> int:
-    parser = OneLineParser(prog="python -m search.export",
-                           description="Export the best models of a search as self-contained bundles with a model card.")
-    src = parser.add_mutually_exclusive_group(required=True)
+def parser() -> OneLineParser:
+    p = OneLineParser(prog="python -m search.export",
+                      description="Export the best models of a search as self-contained bundles with a model card.")
+    src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--name", help="the study (search name under --storage)")
     src.add_argument("--model", help="a registered model name (MLflow Model Registry)")
-    add_storage_option(parser, default=None)  # --model: None = the search's own, from its MLflow run
-    parser.add_argument("--top-k", type=int, default=1, help="with --name: export the best K configurations (default 1)")
-    parser.add_argument("--alias", default=None, help="with --model: the version's alias (default champion)")
-    parser.add_argument("--version", default=None, help="with --model: a version number instead of an alias")
-    parser.add_argument("--tracking-uri", default=None,
-                        help="with --model: the MLflow store (default sqlite:///<storage>/mlflow.db)")
-    parser.add_argument("--dest", required=True, metavar="DIR", help="where the bundles are written")
-    parser.add_argument("--rates", default=",".join(f"{r:g}" for r in DEFAULT_RATES),
-                        help="missing-modality rates for the card (default 0,0.3,0.6,0.9)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random masking (default 0)")
-    parser.add_argument("--overwrite", action="store_true", help="replace bundles already in --dest")
-    parser.add_argument("--sign-key", default=None, metavar="KEY",
-                        help="sign each bundle with this Ed25519 private key (PEM; python -m trainables.signing keygen)")
-    args = parser.parse_args(argv)
+    add_storage_option(p, default=None)  # --model: None = the search's own, from its MLflow run
+    p.add_argument("--top-k", type=int, default=1, help="with --name: export the best K configurations (default 1)")
+    p.add_argument("--alias", default=None, help="with --model: the version's alias (default champion)")
+    p.add_argument("--version", default=None, help="with --model: a version number instead of an alias")
+    p.add_argument("--tracking-uri", default=None,
+                   help="with --model: the MLflow store (default sqlite:///<storage>/mlflow.db)")
+    p.add_argument("--dest", required=True, metavar="DIR", help="where the bundles are written")
+    p.add_argument("--rates", default=",".join(f"{r:g}" for r in DEFAULT_RATES),
+                   help="missing-modality rates for the card (default 0,0.3,0.6,0.9)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random masking (default 0)")
+    p.add_argument("--overwrite", action="store_true", help="replace bundles already in --dest")
+    p.add_argument("--sign-key", default=None, metavar="KEY",
+                   help="sign each bundle with this Ed25519 private key (PEM; python -m trainables.signing keygen)")
+    return p
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """The combinations the parser cannot refuse by itself, in one line."""
+    refuse_credentials("--tracking-uri", args.tracking_uri)
+    if args.top_k < 1:
+        raise UsageError(f"--top-k {args.top_k}: must be at least 1")
+    if args.model is None and (args.alias or args.version or args.tracking_uri):
+        raise UsageError("--alias, --version and --tracking-uri go with --model")
+    if args.alias and args.version:
+        raise UsageError("--alias and --version: give one of them")
+
+
+def selected_models(args: argparse.Namespace, tmp: Path) -> list[Selected]:
+    """The search's top-k (``--name``) or the registered version (``--model``), fetched into ``tmp``."""
+    if args.name:
+        return select_from_study(load_study(args.name, args.storage or DEFAULT_STORAGE), args.top_k, tmp)
+    from search.tracking import default_tracking_uri
+
+    uri = args.tracking_uri or default_tracking_uri(args.storage or DEFAULT_STORAGE)
+    return [select_from_registry(args.model, args.alias or "champion", args.version, uri, tmp, args.storage)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     dest = Path(args.dest).expanduser()
     try:
-        refuse_credentials("--tracking-uri", args.tracking_uri)
+        check_options(args)
         sign_key = load_private_key(args.sign_key) if args.sign_key else None
-        if args.top_k < 1:
-            raise UsageError(f"--top-k {args.top_k}: must be at least 1")
-        if args.model is None and (args.alias or args.version or args.tracking_uri):
-            raise UsageError("--alias, --version and --tracking-uri go with --model")
-        if args.alias and args.version:
-            raise UsageError("--alias and --version: give one of them")
         rates = parse_rates(args.rates)
         with tempfile.TemporaryDirectory(prefix="fusetune-export-") as tmp:
-            if args.name:
-                selected = select_from_study(load_study(args.name, args.storage or DEFAULT_STORAGE), args.top_k,
-                                             Path(tmp))
-            else:
-                from search.tracking import default_tracking_uri
-
-                uri = args.tracking_uri or default_tracking_uri(args.storage or DEFAULT_STORAGE)
-                selected = [select_from_registry(args.model, args.alias or "champion", args.version, uri, Path(tmp),
-                                                 args.storage)]
+            selected = selected_models(args, Path(tmp))
             for sel in selected:
                 if (dest / sel.out_name).exists() and not args.overwrite:
                     raise UsageError(f"--dest {dest}: {sel.out_name} exists (add --overwrite to replace it)")
