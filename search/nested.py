@@ -335,24 +335,7 @@ def run(argv: list[str] | None = None) -> int:
     ok = [o for o in outers if not o.error]
     _say("scoring the paper default and the references on the same outer folds ...", as_json)
     base = baselines(cfg, outer_folds, orchestrate.fixed_keys(cfg, space), space.default_point())
-    estimate, std = _mean_std([o.scores for o in ok])
-    compared = {"single model": [o.single for o in ok], "ensemble": [o.ensemble for o in ok]}
-    models = {k: dict(zip(("estimate", "std"), _mean_std(v))) for k, v in compared.items() if v and all(v)}
-    report = {
-        "estimate": estimate, "std": std, "metric": cfg.primary_metric, "outer_folds": outer_folds,
-        "selection": f"per outer fold: the champion of a {cfg.num_samples}-trial {cfg.sampler}/{cfg.scheduler} search "
-                     f"confirmed on {cfg.confirm_repeats} fresh repetition(s) of {cfg.folds}-fold CV of the outer "
-                     "training part, scored once on the outer test fold",
-        "outer": [{"fold": o.fold, "search": o.search, "champion": o.champion, "config": o.config, "scores": o.scores,
-                   "test_size": o.test_size, "single": o.single, "ensemble": o.ensemble, "members": o.members,
-                   **({"error": o.error} if o.error else {})} for o in outers],
-        "models": models,
-        "baselines": {k: dict(zip(("estimate", "std"), _mean_std(v))) for k, v in base.items()},
-        "p_values": p_values(cfg.primary_metric, outer_folds, [o.scores for o in ok],
-                             {**compared, **{k: [v[o.fold - 1] for o in ok] for k, v in base.items()}}),
-        "repeats": {k: [[v, n] for v, n in c] for k, c in repeats(ok, space.names).items()},
-        "wall_s": round(time.monotonic() - t0, 1),
-    }
+    report = {**nested_report(cfg, outer_folds, outers, base, space.names), "wall_s": round(time.monotonic() - t0, 1)}
     (folder / "nested.json").write_text(json.dumps(report, indent=2))
     _log_result(uri, run_id, report, failed=not ok)
     if as_json:
@@ -360,6 +343,30 @@ def run(argv: list[str] | None = None) -> int:
     else:
         print(render(report, cfg.primary_metric))
     return 0 if len(ok) == len(outers) else 1
+
+
+def nested_report(cfg: SearchConfig, outer_folds: int, outers: list[Any], base: dict[str, list[dict[str, float]]],
+                  sampled: list[str]) -> dict[str, Any]:
+    """``nested.json``: the estimate (mean ± std of the outer champions' test scores), how it was
+    selected, each outer search, the single model and the ensemble, the baselines on the same
+    outer folds, p-values, and how often each configuration won."""
+    ok = [o for o in outers if not o.error]
+    estimate, std = _mean_std([o.scores for o in ok])
+    compared = {"single model": [o.single for o in ok], "ensemble": [o.ensemble for o in ok]}
+    return {
+        "estimate": estimate, "std": std, "metric": cfg.primary_metric, "outer_folds": outer_folds,
+        "selection": f"per outer fold: the champion of a {cfg.num_samples}-trial {cfg.sampler}/{cfg.scheduler} search "
+                     f"confirmed on {cfg.confirm_repeats} fresh repetition(s) of {cfg.folds}-fold CV of the outer "
+                     "training part, scored once on the outer test fold",
+        "outer": [{"fold": o.fold, "search": o.search, "champion": o.champion, "config": o.config, "scores": o.scores,
+                   "test_size": o.test_size, "single": o.single, "ensemble": o.ensemble, "members": o.members,
+                   **({"error": o.error} if o.error else {})} for o in outers],
+        "models": {k: dict(zip(("estimate", "std"), _mean_std(v))) for k, v in compared.items() if v and all(v)},
+        "baselines": {k: dict(zip(("estimate", "std"), _mean_std(v))) for k, v in base.items()},
+        "p_values": p_values(cfg.primary_metric, outer_folds, [o.scores for o in ok],
+                             {**compared, **{k: [v[o.fold - 1] for o in ok] for k, v in base.items()}}),
+        "repeats": {k: [[v, n] for v, n in c] for k, c in repeats(ok, sampled).items()},
+    }
 
 
 def render(report: dict[str, Any], metric: str) -> str:
