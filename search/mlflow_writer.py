@@ -88,24 +88,7 @@ class MLflowWriter:
         if run_id is None or trial_id in self.finished:
             return  # unknown trial, or a run that already finished in an earlier session
         if op == "metrics":
-            step = int(record["step"])
-            if step <= self.skip_until.get(trial_id, -1):
-                return  # this epoch is already in the run (logged before a driver restart)
-            self.reopen(run_id)
-            from mlflow.entities import Metric, RunTag
-
-            skip = self.skip_until.get(trial_id, -1)
-            metrics = [Metric(k, v, record["time_ms"], int(e["step"]))
-                       for e in record.get("curve", ()) if int(e["step"]) > skip for k, v in sorted(e["metrics"].items())]
-            metrics += [Metric(k, v, record["time_ms"], step) for k, v in sorted(record["metrics"].items())]
-            tags = [RunTag(k, v[:_MAX_TAG_VALUE]) for k, v in record.get("tags", {}).items()]
-            for i in range(0, max(len(metrics), 1), _MAX_METRICS_PER_BATCH):
-                self.client.log_batch(run_id, metrics=metrics[i:i + _MAX_METRICS_PER_BATCH], tags=tags if i == 0 else [])
-            # an epoch may come again in this session: a trial retried (--max-failures) or resumed
-            # from a checkpoint before it re-reports the epochs since, after the killed driver's
-            # unsent records (restored with Tune's snapshot) carried some of them already
-            with self.lock:
-                self.skip_until[trial_id] = max([skip, step, *(int(e["step"]) for e in record.get("curve", ()))])
+            self.log_metrics(trial_id, run_id, record)
         elif op == "tags":
             for k, v in record["tags"].items():
                 self.client.set_tag(run_id, k, v[:_MAX_TAG_VALUE])
@@ -119,6 +102,27 @@ class MLflowWriter:
                 with self.lock:
                     self.finished.add(trial_id)
         # "trial" records only need the run to exist (done by _ensure_run)
+
+    def log_metrics(self, trial_id: str, run_id: str, record: dict) -> None:
+        """One report's epochs (those its ``curve`` carries, then its own), each epoch once."""
+        step = int(record["step"])
+        if step <= self.skip_until.get(trial_id, -1):
+            return  # this epoch is already in the run (logged before a driver restart)
+        self.reopen(run_id)
+        from mlflow.entities import Metric, RunTag
+
+        skip = self.skip_until.get(trial_id, -1)
+        metrics = [Metric(k, v, record["time_ms"], int(e["step"]))
+                   for e in record.get("curve", ()) if int(e["step"]) > skip for k, v in sorted(e["metrics"].items())]
+        metrics += [Metric(k, v, record["time_ms"], step) for k, v in sorted(record["metrics"].items())]
+        tags = [RunTag(k, v[:_MAX_TAG_VALUE]) for k, v in record.get("tags", {}).items()]
+        for i in range(0, max(len(metrics), 1), _MAX_METRICS_PER_BATCH):
+            self.client.log_batch(run_id, metrics=metrics[i:i + _MAX_METRICS_PER_BATCH], tags=tags if i == 0 else [])
+        # an epoch may come again in this session: a trial retried (--max-failures) or resumed
+        # from a checkpoint before it re-reports the epochs since, after the killed driver's
+        # unsent records (restored with Tune's snapshot) carried some of them already
+        with self.lock:
+            self.skip_until[trial_id] = max([skip, step, *(int(e["step"]) for e in record.get("curve", ()))])
 
     def end_orphans(self, trial_ids: set[str], new_ids: list[str]) -> None:
         """Child runs whose trial is not in the search's final trial list: trials a killed driver had
