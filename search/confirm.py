@@ -249,7 +249,12 @@ def run_stage(candidates: list[Candidate], scheme: Scheme, *, search_seed: int, 
                                       callbacks=[*(callbacks or []), *result_loggers()]),
         )
     integrity.seal(path)
-    grid = tuner.fit()
+    return fill(candidates, scheme, tuner.fit())
+
+
+def fill(candidates: list[Candidate], scheme: Scheme, grid: Any) -> list[Candidate]:
+    """Every candidate's fresh fold scores, its scores on the search's folds and its probabilities,
+    from the confirmation trials' results (``grid``); an error where a repetition is missing."""
     by_config: dict[str, dict[int, dict[str, Any]]] = {}
     probs: dict[str, dict[int, OutOfFold]] = {}
     errors: dict[str, str] = {}
