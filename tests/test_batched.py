@@ -151,12 +151,13 @@ def test_stacked_adamw_equals_one_torch_adamw_per_fold():
 
 
 def test_equal_folds_step_exactly_like_torch_adamw():
-    """With every fold active and equal settings the stacked update is torch's own op sequence: bit-equal."""
+    """With every fold active and equal settings the stacked update is torch's fused AdamW, the
+    FoldTrainers' optimizer: bit-equal."""
     g = torch.Generator().manual_seed(1)
     k, P = 3, 50
     start = torch.randn(k, P, generator=g)
     singles = [torch.nn.Parameter(start[f].clone()) for f in range(k)]
-    opts = [torch.optim.AdamW([p], lr=1e-3, weight_decay=1e-4, foreach=True) for p in singles]
+    opts = [torch.optim.AdamW([p], lr=1e-3, weight_decay=1e-4, fused=True) for p in singles]
     flat = start.clone()
     stacked = StackedAdamW(flat, opts)
     for _ in range(20):

@@ -30,10 +30,11 @@ weights), and trains them together:
 - **Each member its own optimizer.** :class:`StackedAdamW` is AdamW (decoupled weight decay) over
   ``[n, P]`` with one step count per member and the member's own lr / weight decay (read from the
   member's ``torch.optim.AdamW`` param group, so a PBT exploit's new lr applies). It is
-  elementwise, so it equals n separate ``torch.optim.AdamW``: bit for bit when every member steps
-  with equal settings (torch's own op sequence), to 1e-7 when members skip steps or differ in lr
-  (tested). ``torch.optim.AdamW`` on the stacked tensors would equal it only while every member
-  steps (one step count per tensor), which CLIMD's uneven folds break.
+  elementwise, so it equals n separate ``torch.optim.AdamW(fused=True)`` (the FoldTrainers'): bit
+  for bit when every member steps with equal settings (torch's fused kernel over the flat buffer,
+  one pass), to 1e-7 when members skip steps or differ in lr (tested). ``torch.optim.AdamW`` on
+  the stacked tensors would equal it only while every member steps (one step count per tensor),
+  which CLIMD's uneven folds break.
 
 Result: on CPU the same seed gives the same fold models as per-fold training, up to the float
 rounding of batched vs unbatched kernels (``tests/test_batched.py`` checks weights, RNG states and
@@ -61,6 +62,7 @@ from collections import defaultdict
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.optim.adamw import adamw
 
 from trainables.backbone import Backbone, Batch, Criterion
 from trainables.members import member_generators, member_index, member_template
@@ -103,13 +105,10 @@ class StackedAdamW:
             raise ValueError("StackedAdamW: folds with different eps")
         on = [bool(a) for a in active]
         t = [max(s, 1.0) for s in self.steps]
-        if all(on) and len({*zip(lr, wd, b1, b2, t)}) == 1:  # the common step: torch's scalar ops
-            lr0, wd0, beta1, beta2, t0 = lr[0], wd[0], b1[0], b2[0], t[0]
-            self.flat.mul_(1 - lr0 * wd0)
-            self.exp_avg.lerp_(grad, 1 - beta1)
-            self.exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-            denom = torch.sqrt(self.exp_avg_sq, out=self.denom).div_((1 - beta2 ** t0) ** 0.5).add_(eps.pop())
-            self.flat.addcdiv_(self.exp_avg, denom, value=(lr0 / (1 - beta1 ** t0)) * -1)
+        if all(on) and len({*zip(lr, wd, b1, b2, t)}) == 1:  # the common step: torch's fused AdamW, one pass
+            step = torch.tensor(t[0] - 1.0)  # the kernel counts this step itself
+            adamw([self.flat], [grad], [self.exp_avg], [self.exp_avg_sq], [], [step], fused=True, amsgrad=False,
+                  beta1=b1[0], beta2=b2[0], lr=lr[0], weight_decay=wd[0], eps=eps.pop(), maximize=False)
             return
         # the same python-float arithmetic as torch.optim.adam._multi_tensor_adam, per fold
         decay = self._column([1 - lr[k] * wd[k] if on[k] else 1.0 for k in range(len(on))])
