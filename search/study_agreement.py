@@ -16,7 +16,8 @@ closes those gaps through Optuna's public API only (``tell``, ``report``, ``enqu
   there is none, a fresh one with the same parameters is asked and told (user attribute
   ``fusetune.retry_of``: the failed one's number);
 - a Ray trial that errored has its ``RUNNING`` Optuna trial told ``FAIL``;
-- an Optuna trial left ``RUNNING`` that no Ray trial of the search continues is told ``FAIL``;
+- an Optuna trial left ``RUNNING`` that no Ray trial of the search continues is told ``FAIL``, and
+  so is one left ``WAITING`` (enqueued by a driver killed before it asked for it);
 - a Ray trial still unfinished (a search stopped early) keeps its ``RUNNING`` trial.
 """
 
@@ -57,6 +58,7 @@ def reconcile(study: optuna.Study, rows: Sequence[TrialResult], metrics: Sequenc
 
     ``metrics``: the search's objective, one value per study direction."""
     done = Agreement()
+    _drop_waiting(study, done)
     trials = study.get_trials(deepcopy=False)
     by_ray: dict[str, list[FrozenTrial]] = {}
     for t in trials:
@@ -75,6 +77,16 @@ def reconcile(study: optuna.Study, rows: Sequence[TrialResult], metrics: Sequenc
         elif row.status == "TERMINATED":
             _finish(study, row, own, metrics, done)
     return done
+
+
+def _drop_waiting(study: optuna.Study, done: Agreement) -> None:
+    """Trials enqueued by a driver killed before it asked for them: no Ray trial will run them, and
+    the next ``ask`` would hand their parameters to another trial. Asked and told FAIL."""
+    for _ in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        trial = study.ask()
+        trial.set_user_attr(LOST_ATTR, "enqueued by a driver killed before it was asked for")
+        study.tell(trial.number, state=TrialState.FAIL)
+        done.told[trial.number] = TrialState.FAIL.name
 
 
 def _finish(study: optuna.Study, row: TrialResult, own: list[FrozenTrial], metrics: Sequence[str],

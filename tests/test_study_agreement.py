@@ -117,3 +117,16 @@ def test_two_objectives_are_told_both_values(tmp_path):
     last = {"epoch": 9, "macro_f1": 0.7, "loss": 0.3, "final": True}
     reconcile(study, [TrialResult("a", "TERMINATED", {}, [last])], ["macro_f1", "loss"])
     assert study.trials[n].values == [0.7, 0.3]
+
+
+def test_a_trial_enqueued_by_a_killed_driver_is_dropped_before_a_fresh_one_is_asked(study):
+    """A kill between ``enqueue_trial`` and ``ask`` leaves a WAITING trial; the fresh trial of a
+    retried Ray trial must not take its parameters."""
+    failed = asked(study, "a", lr=0.02)
+    study.tell(failed, state=TrialState.FAIL)
+    study.enqueue_trial({"lr": 0.05})  # the driver died here
+    done = reconcile(study, [row("a", epoch=3, value=0.4, final=False)], ["macro_f1"])
+    assert study.trials[done.added["a"]].params == {"lr": 0.02}
+    stale = [t for t in study.trials if LOST_ATTR in t.user_attrs]
+    assert len(stale) == 1 and stale[0].state == TrialState.FAIL and stale[0].number != failed
+    assert not study.get_trials(states=(TrialState.WAITING,))
