@@ -624,7 +624,6 @@ def export_one(sel: Selected, dest: Path, *, rates: tuple[float, ...], seed: int
     return copy_bundle(sel.bundle, dest / sel.out_name, overwrite=overwrite, extra_files=extra)
 
 
-@private_outputs()  # what it writes is readable by the user only (FUSETUNE_UMASK)
 def parser() -> OneLineParser:
     p = OneLineParser(prog="python -m search.export",
                       description="Export the best models of a search as self-contained bundles with a model card.")
@@ -668,6 +667,7 @@ def selected_models(args: argparse.Namespace, tmp: Path) -> list[Selected]:
     return [select_from_registry(args.model, args.alias or "champion", args.version, uri, tmp, args.storage)]
 
 
+@private_outputs()  # what it writes is readable by the user only (FUSETUNE_UMASK)
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     dest = Path(args.dest).expanduser()
