@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from search.export import CARD, CARD_JSON, main, render_card
+from search.export import CARD, CARD_JSON, main
+from search.model_card import render_card
 from search.results import load_study
 from studies import ROOT, fake_study, tiny_search
 from trainables.bundle import BundleError, load_bundle, verify_bundle
