@@ -292,8 +292,8 @@ def sampler_random_states(sampler: Any) -> dict[str, list[Any]]:
     """Every random state an Optuna sampler draws from (its own and its inner samplers'), as JSON:
     attribute path -> ``numpy.random.RandomState.get_state()``. Optuna keeps no other sampler state
     outside the study's storage (CMA-ES and NSGA-II keep theirs there)."""
-    return {path: [rng.get_state()[0], rng.get_state()[1].tolist(), *rng.get_state()[2:]]
-            for path, rng in _random_states(sampler)}
+    states = {path: rng.get_state() for path, rng in _random_states(sampler)}
+    return {path: [kind, keys.tolist(), *rest] for path, (kind, keys, *rest) in states.items()}
 
 
 def set_sampler_random_states(sampler: Any, states: dict[str, list[Any]]) -> None:

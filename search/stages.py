@@ -139,7 +139,7 @@ class Tuned:
     exp_path: str
     fs: Any                               # the search folder's pyarrow filesystem
     parent_run_id: str | None             # the search's MLflow run
-    pruned_during: Pruned | None = None   # checkpoints deleted while the trials ran
+    pruned_during: Pruned                 # checkpoints deleted while the trials ran
 
 
 def tune_trials(cfg: SearchConfig, prepared: Prepared) -> Tuned:
@@ -223,9 +223,7 @@ def select_and_hand_off(cfg: SearchConfig, prepared: Prepared, tuned: Tuned, col
     rows, ranked, timings = collected.rows, collected.ranked, prepared.timings
     with timings("prune_s"):  # an ended search: only the top trials' checkpoints are still read (export)
         pruned = prune_checkpoints(rows, {r.trial_id for r in ranked[: max(cfg.top_k, 1)]}, tuned.fs)
-        if tuned.pruned_during is not None:
-            pruned = Pruned(pruned.folders + tuned.pruned_during.folders, pruned.bytes + tuned.pruned_during.bytes)
-    collected.pruned = pruned
+    collected.pruned = Pruned(pruned.folders + tuned.pruned_during.folders, pruned.bytes + tuned.pruned_during.bytes)
     if cfg.confirm_repeats and ranked:
         print(f"confirming the top {min(max(cfg.top_k, 1), len(ranked))}, the paper default"
               f"{' and ' + ', '.join(cfg.references) if cfg.references else ''} on {cfg.confirm_repeats} fresh "

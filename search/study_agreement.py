@@ -13,8 +13,8 @@ closes those gaps through Optuna's public API only (``tell``, ``report``, ``enqu
 - a Ray trial Tune finished (``TERMINATED``) has exactly one Optuna trial that is not ``FAIL``:
   ``COMPLETE`` with its final values if it ran all its epochs, ``PRUNED`` if a scheduler stopped
   it. A ``RUNNING`` one is told so (its last reported values as intermediate values first); when
-  there is none, a fresh one with the same parameters is asked and told (user attribute
-  ``fusetune.retry_of``: the failed one's number);
+  there is none but a failed one, a fresh one with the failed one's parameters is asked and told
+  (user attribute ``fusetune.retry_of``: the failed one's number);
 - a Ray trial that errored has its ``RUNNING`` Optuna trial told ``FAIL``;
 - an Optuna trial left ``RUNNING`` that no Ray trial of the search continues is told ``FAIL``, and
   so is one left ``WAITING`` (enqueued by a driver killed before it asked for it);
@@ -106,27 +106,22 @@ def _finish(study: optuna.Study, row: TrialResult, own: list[FrozenTrial], metri
         keep, *rest = sorted(running, key=lambda t: t.number, reverse=True)
         for t in rest:
             _tell(study, t, TrialState.FAIL, None, done)
-    else:
-        failed = max(own, key=lambda t: t.number, default=None)
-        keep = _fresh(study, row, failed)
+    elif own:
+        keep = _fresh(study, row, max(own, key=lambda t: t.number))
         done.added[row.trial_id] = keep.number
+    else:  # every Ray trial is asked through the searcher first: its parameters are not Optuna's to rebuild
+        logger.warning("Ray trial %s has no Optuna trial; the study does not record it", row.trial_id)
+        return
     _report(study, keep, row, metrics)
-    _tell(study, keep, verdict, values if verdict == TrialState.COMPLETE else None, done)
+    _tell(study, keep, verdict, values, done)
 
 
-def _fresh(study: optuna.Study, row: TrialResult, failed: FrozenTrial | None) -> FrozenTrial:
-    """A new Optuna trial with ``row``'s parameters (those of its failed Optuna trial, else its config)."""
-    if failed is not None:
-        params, distributions = failed.params, failed.distributions
-        attrs = {RAY_TRIAL_ATTR: row.trial_id, RETRY_ATTR: failed.number}
-    else:  # never asked through the searcher (it cannot happen, but the record must not be lost)
-        params = {k: v for k, v in row.config.items() if isinstance(v, (bool, int, float, str))}
-        distributions = {}
-        attrs = {RAY_TRIAL_ATTR: row.trial_id}
-    study.enqueue_trial(params, user_attrs=attrs)
-    trial = study.ask(fixed_distributions=distributions)
-    logger.info("Ray trial %s: recorded by a fresh Optuna trial %d%s", row.trial_id, trial.number,
-                f" (trial {failed.number} failed)" if failed is not None else "")
+def _fresh(study: optuna.Study, row: TrialResult, failed: FrozenTrial) -> FrozenTrial:
+    """A new Optuna trial with the parameters of ``row``'s failed Optuna trial."""
+    study.enqueue_trial(failed.params, user_attrs={RAY_TRIAL_ATTR: row.trial_id, RETRY_ATTR: failed.number})
+    trial = study.ask(fixed_distributions=failed.distributions)
+    logger.info("Ray trial %s: recorded by a fresh Optuna trial %d (trial %d failed)", row.trial_id, trial.number,
+                failed.number)
     return study.get_trials(deepcopy=False)[trial.number]
 
 
@@ -155,10 +150,10 @@ def agree_with_tune(cfg: SearchConfig, rows: Sequence[TrialResult]) -> Agreement
     url = storage_url(cfg) if orchestrate.has_study(cfg) else None
     if url is None:
         return Agreement()
-    storage = open_storage(url)
-    if not any(s.study_name == cfg.name for s in storage.get_all_studies()):
+    try:
+        study = optuna.load_study(study_name=cfg.name, storage=open_storage(url))
+    except KeyError:  # not created yet
         return Agreement()
-    study = optuna.load_study(study_name=cfg.name, storage=storage)
     done = reconcile(study, rows, cfg.metric)
     if done:
         logger.info("Optuna study %s agrees with Tune again: told %s, added %s", cfg.name, done.told, done.added)

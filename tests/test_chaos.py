@@ -17,7 +17,7 @@ search with a persistent Optuna study, confirmation, references and an ensemble,
 After each stop the search folder is checked (a finished trial's final result never changes), and
 at the end: every trial finished once (one row, one FINISHED MLflow run, no epoch logged twice),
 no MLflow run left RUNNING, one champion and it is the best confirmed candidate, and the Optuna
-study's states are Tune's. It takes 10-20 minutes on 2 cores, hence ``slow``.
+study's states are Tune's. It takes 26-28 minutes on 2 shared cores, hence ``slow``.
 """
 
 from __future__ import annotations

@@ -130,3 +130,9 @@ def test_a_trial_enqueued_by_a_killed_driver_is_dropped_before_a_fresh_one_is_as
     stale = [t for t in study.trials if LOST_ATTR in t.user_attrs]
     assert len(stale) == 1 and stale[0].state == TrialState.FAIL and stale[0].number != failed
     assert not study.get_trials(states=(TrialState.WAITING,))
+
+
+def test_a_ray_trial_without_any_optuna_trial_is_left_alone(study):
+    """Its parameters were never Optuna's: nothing is invented for it."""
+    done = reconcile(study, [row("a")], ["macro_f1"])
+    assert not done and study.trials == []
