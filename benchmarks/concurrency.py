@@ -34,7 +34,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from search.results import RESULTS_CSV, trial_rows  # noqa: E402
+from search.select.results import RESULTS_CSV, trial_rows  # noqa: E402
 
 FIT_TIME = "FUSETUNE_BENCH_FIT_S="
 

@@ -45,7 +45,7 @@ from pathlib import Path
 
 from searches import machine, run_search
 
-from search.results import StudyResults, TrialResult
+from search.select.results import StudyResults, TrialResult
 from spaces import get_space
 
 DATASETS = ("breast-tcga", "rosmap:ratio=5")
@@ -165,8 +165,8 @@ def confirmed(row: dict) -> list[str]:
 
 def test_metrics(config: dict) -> dict[str, float]:
     """``config`` trained once on the whole training part, evaluated once on the test part (the
-    refit that registers a search's top-k models, ``search.models.refit``)."""
-    from search.models import refit
+    refit that registers a search's top-k models, ``search.handoff.models.refit``)."""
+    from search.handoff.models import refit
 
     return refit(config, device="cpu").test_metrics
 

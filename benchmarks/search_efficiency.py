@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 from searches import machine, pm, run_search
 
-from search.results import StudyResults
+from search.select.results import StudyResults
 from spaces import get_space
 
 METRIC = "macro_f1"

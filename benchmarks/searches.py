@@ -22,7 +22,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from search.results import StudyResults, load_study  # noqa: E402
+from search.select.results import StudyResults, load_study  # noqa: E402
 
 
 def run_search(storage: Path, name: str, options: dict[str, object], *, log=print) -> StudyResults:

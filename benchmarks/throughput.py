@@ -56,9 +56,9 @@ from torch import nn
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from search.config import SearchConfig, resolve  # noqa: E402
-from search.orchestrate import fixed_keys  # noqa: E402
-from search.results import RESULTS_CSV, trial_rows  # noqa: E402
+from search.prepare.config import SearchConfig, resolve  # noqa: E402
+from search.select.results import RESULTS_CSV, trial_rows  # noqa: E402
+from search.tune.orchestrate import fixed_keys  # noqa: E402
 from spaces import get_space  # noqa: E402
 from trainables.metrics import classification_metrics  # noqa: E402
 from trainables.trainable import Trial  # noqa: E402

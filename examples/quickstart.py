@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from search import run_search
-from search.models import load_model, pyfunc_input
+from search.handoff.models import load_model, pyfunc_input
 from trainables.bundle import load_bundle
 from trainables.data import load_dataset
 

@@ -16,17 +16,17 @@ import inspect
 from dataclasses import MISSING
 from typing import Any
 
-from search import config
-from search.errors import UsageError
+from search.prepare import config
+from search.prepare.errors import UsageError
 from search.run import SearchResult, execute, quiet_libraries
 
 
 def run_search(**options: Any) -> SearchResult:
     """Run a search with the options of ``python -m search.run`` as keyword arguments (``space=``,
     ``num_samples=``, ``metric="macro_f1"`` or a list, ...): the fields of
-    :class:`search.config.SearchConfig`, with their defaults (``inspect.signature(run_search)``).
-    They are checked like the command line's (:func:`search.config.typed`, then
-    :func:`search.config.resolve`); bad options raise :class:`UsageError` with the same one-line
+    :class:`search.prepare.config.SearchConfig`, with their defaults (``inspect.signature(run_search)``).
+    They are checked like the command line's (:func:`search.prepare.config.typed`, then
+    :func:`search.prepare.config.resolve`); bad options raise :class:`UsageError` with the same one-line
     message the command prints, before anything starts."""
     unknown = sorted(set(options) - set(config.OPTIONS))
     if unknown:

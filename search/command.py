@@ -25,9 +25,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from search.cli import DEFAULT_STORAGE, OneLineParser
-from search.credentials import private_outputs, redact
-from search.errors import UsageError
+from search.prepare.cli import DEFAULT_STORAGE, OneLineParser
+from search.prepare.errors import UsageError
+from search.trust.credentials import private_outputs, redact
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ def _server(argv: list[str], prog: str, what: str,
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=None, help="port (default: the tool's own)")
     extra(parser)
-    args = parser.parse_args(argv)  # credentials in any option are refused here (search.credentials)
+    args = parser.parse_args(argv)  # credentials in any option are refused here (search.trust.credentials)
     try:
         cmd, env = build(args)
     except UsageError as exc:
@@ -98,7 +98,7 @@ def _local_storage(args: argparse.Namespace, option: str) -> Path:
 
 def _ui(argv: list[str]) -> int:
     def build(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
-        from search.tracking import default_tracking_uri
+        from search.tracking.callback import default_tracking_uri
 
         uri = args.tracking_uri or default_tracking_uri(_local_storage(args, "--tracking-uri"))
         # the store goes by environment, not on the command line every user sees in ps
@@ -152,8 +152,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def entry() -> int:
-    """The ``fusetune`` program: ``fusetune run`` in a child process it watches (:mod:`search.supervisor`)."""
-    from search import supervisor
+    """The ``fusetune`` program: ``fusetune run`` in a child process it watches (:mod:`search.tune.supervisor`)."""
+    from search.tune import supervisor
 
     argv = sys.argv[1:]
     return supervisor.supervised(lambda: main(argv)) if argv[:1] == ["run"] else main(argv)

@@ -8,7 +8,7 @@ the most recent study of that space in ``--storage``. For every study the best t
 ``--metric``, mean over folds, among the trials that finished) is listed with every metric's
 mean ± std over folds, and compared with the reference study's best trial (default: the first
 argument) by the Nadeau-Bengio corrected resampled t-test over the paired folds
-(:mod:`search.stats`). A plain paired t-test over CV folds (``scipy.stats.ttest_rel``, as the
+(:mod:`search.select.stats`). A plain paired t-test over CV folds (``scipy.stats.ttest_rel``, as the
 OmniFuse paper uses) overstates significance, because the folds share most of their training data;
 the correction inflates the variance by n_test/n_train. The pairing is only meaningful on the same
 samples and splits, so studies whose data fingerprint, ``folds``, ``seed`` or hold-out fraction
@@ -28,12 +28,12 @@ from pathlib import Path
 
 import numpy as np
 
-from search.cli import OneLineParser, add_storage_option
-from search.credentials import private_outputs
-from search.errors import UsageError
-from search.objective import Objective
-from search.results import StudyResults, TrialResult, load_study
-from search.stats import TEST_NAME, corrected_resampled_ttest, test_train_ratio
+from search.prepare.cli import OneLineParser, add_storage_option
+from search.prepare.errors import UsageError
+from search.prepare.objective import Objective
+from search.select.results import StudyResults, TrialResult, load_study
+from search.select.stats import TEST_NAME, corrected_resampled_ttest, test_train_ratio
+from search.trust.credentials import private_outputs
 from trainables.metrics import METRICS
 
 

@@ -1,8 +1,8 @@
 """The one place fusetune touches Ray Tune's and Optuna's private internals.
 
-Resume (``--resume``), the state seal (:mod:`search.integrity`), settling trials a killed driver
-left running (:mod:`search.settle`), checkpoint pruning (:mod:`search.cleanup`) and the persistent
-Optuna study (:mod:`search.optuna_storage`) need things neither library offers publicly: a hook
+Resume (``--resume``), the state seal (:mod:`search.trust.integrity`), settling trials a killed driver
+left running (:mod:`search.tune.settle`), checkpoint pruning (:mod:`search.select.cleanup`) and the persistent
+Optuna study (:mod:`search.tune.optuna_storage`) need things neither library offers publicly: a hook
 into Tune's experiment snapshot, the restored ``Tuner``'s config, the search generator's trial
 count, ``OptunaSearch``'s study and trial map, Optuna's storage trial ids, the plain-JSON fields of
 Tune's experiment state. Every such access is a function or a property here, and nowhere else

@@ -17,9 +17,9 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from search import encode
-from search.credentials import CheckedParser, private_outputs
-from search.errors import UsageError
+from search.prepare import encode
+from search.prepare.errors import UsageError
+from search.trust.credentials import CheckedParser, private_outputs
 from trainables.data import DataError, load_dataset
 
 

@@ -16,12 +16,12 @@ import), all covered by the manifest. ``pip install -r requirements.txt`` then
     from trainables.bundle import load_bundle
     probs = load_bundle("DEST/tiny-1-1bc01323").predict(frame)   # missing modalities: NaN / absent columns
 
-The deployable model is the one the search registered (:mod:`search.models`: the configuration
+The deployable model is the one the search registered (:mod:`search.handoff.models`: the configuration
 refitted on the whole training part with the trial's seed and epochs). It is taken, in order, from
 the study's ``models/<rank>-<trial>/`` folder, from the MLflow registry of the search (the version
 tagged with the trial), or refitted now the same way.
 
-An ensemble (:mod:`trainables.ensemble`, registered by :mod:`search.models`) is exported the same
+An ensemble (:mod:`trainables.ensemble`, registered by :mod:`search.handoff.models`) is exported the same
 way, its card listing the members, their weights and confirmed figures and the ensemble's scores
 on the fixed test part (there are no fold models of an ensemble to evaluate); when every member is
 a reference model the card says so in plain words.
@@ -47,12 +47,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from search.cli import DEFAULT_STORAGE, OneLineParser, add_storage_option
-from search.credentials import private_outputs, refuse_credentials
-from search.errors import UsageError
-from search.model_card import card_facts, ensemble_card_facts, render_card, render_ensemble_card
-from search.results import SEARCH_FILE, StudyResults, TrialResult, load_study
+from search.handoff.model_card import card_facts, ensemble_card_facts, render_card, render_ensemble_card
+from search.prepare.cli import DEFAULT_STORAGE, OneLineParser, add_storage_option
+from search.prepare.errors import UsageError
 from search.robustness import DEFAULT_RATES, FoldModels, evaluate, fold_models, parse_rates
+from search.select.results import SEARCH_FILE, StudyResults, TrialResult, load_study
+from search.trust.credentials import private_outputs, refuse_credentials
 from trainables.bundle import ENSEMBLE, copy_bundle, load_bundle, sign_bundle, verify_bundle
 from trainables.data import DataError
 from trainables.metrics import METRICS
@@ -100,7 +100,7 @@ def _search_options(study: StudyResults) -> dict[str, Any] | None:
 
 def _tracking_uri(study: StudyResults, options: dict[str, Any] | None) -> str | None:
     """The search's MLflow store, if it exists: its ``--tracking-uri`` or the default SQLite file."""
-    from search.tracking import default_tracking_uri
+    from search.tracking.callback import default_tracking_uri
 
     if options and options.get("tracking_uri"):
         return str(options["tracking_uri"])
@@ -112,7 +112,7 @@ def _registered_bundle(uri: str, study: StudyResults, trial_id: str, tmp: Path) 
     """The bundle registered for ``trial_id`` of ``study`` in the MLflow store ``uri``, downloaded."""
     from mlflow.tracking import MlflowClient
 
-    from search.tracking import SEARCH_NAME_TAG, fast_http
+    from search.tracking.callback import SEARCH_NAME_TAG, fast_http
 
     try:
         with fast_http(10.0):
@@ -146,8 +146,8 @@ def _download(uri: str, name: str, version: str, tmp: Path) -> Path:
 
 
 def _refit_bundle(study: StudyResults, trial: TrialResult, rank: int, tmp: Path) -> Path:
-    """Refit the configuration as :func:`search.models.log_top_models` does and bundle it."""
-    from search.models import refit
+    """Refit the configuration as :func:`search.handoff.models.log_top_models` does and bundle it."""
+    from search.handoff.models import refit
     from trainables.bundle import save_bundle
 
     print(f"trial {trial.trial_id}: no registered bundle found; refitting it on the whole training part", file=sys.stderr)
@@ -186,7 +186,7 @@ def select_from_registry(model: str, alias: str | None, version: str | None, tra
     """A registered model version; its trial's study is used when its folder is reachable."""
     from mlflow.tracking import MlflowClient
 
-    from search.tracking import PARENT_RUN_TAG, TRIAL_ID_TAG, check_tracking_uri
+    from search.tracking.callback import PARENT_RUN_TAG, TRIAL_ID_TAG, check_tracking_uri
 
     check_tracking_uri(tracking_uri)
     client = MlflowClient(tracking_uri)
@@ -212,7 +212,7 @@ def select_from_registry(model: str, alias: str | None, version: str | None, tra
     if study is not None and any(t.trial_id == trial_id for t in study.trials):
         trial = study.trial(trial_id)
     else:  # the study folder is elsewhere: the run's final metrics and the bundle's full config
-        from search.models import CONFIG_TAG
+        from search.handoff.models import CONFIG_TAG
 
         single = not (bundle / ENSEMBLE).is_file()  # an ensemble's config: the search's fixed keys
         config = json.loads((bundle / "config.json").read_text()) if single else json.loads(v.tags.get(CONFIG_TAG, "{}"))
@@ -256,8 +256,8 @@ def fusetune_wheel(out_dir: Path) -> Path | None:
 
 def bundle_requirements(bundle_path: Path) -> list[str]:
     """Exact pins of what loading and predicting with the bundle imports (MLflow left out: a bundle
-    does not need it); the same list the registered pyfunc logs (:func:`search.models.pip_requirements`)."""
-    from search.models import pip_requirements
+    does not need it); the same list the registered pyfunc logs (:func:`search.handoff.models.pip_requirements`)."""
+    from search.handoff.models import pip_requirements
 
     return [r for r in pip_requirements(load_bundle(bundle_path)) if not r.startswith("mlflow==")]
 
@@ -349,7 +349,7 @@ def selected_models(args: argparse.Namespace, tmp: Path) -> list[Selected]:
     """The search's top-k (``--name``) or the registered version (``--model``), fetched into ``tmp``."""
     if args.name:
         return select_from_study(load_study(args.name, args.storage or DEFAULT_STORAGE), args.top_k, tmp)
-    from search.tracking import default_tracking_uri
+    from search.tracking.callback import default_tracking_uri
 
     uri = args.tracking_uri or default_tracking_uri(args.storage or DEFAULT_STORAGE)
     return [select_from_registry(args.model, args.alias or "champion", args.version, uri, tmp, args.storage)]

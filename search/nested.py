@@ -36,10 +36,10 @@ from typing import Any
 
 import numpy as np
 
-from search import cli
-from search.config import SearchConfig, resolve
-from search.credentials import private_outputs, refuse_credentials
-from search.errors import UsageError
+from search.prepare import cli
+from search.prepare.config import SearchConfig, resolve
+from search.prepare.errors import UsageError
+from search.trust.credentials import private_outputs, refuse_credentials
 from trainables.data import DataError
 from trainables.metrics import METRICS
 
@@ -204,8 +204,8 @@ def read_champion(o: Outer, storage_path: str, sampled: list[str]) -> None:
 def baselines(cfg: SearchConfig, outer_folds: int, fixed: dict[str, Any],
               point: dict[str, Any]) -> dict[str, list[dict[str, float]]]:
     """The paper default and the references trained on each outer training part, scored on its outer test fold."""
-    from search import references
-    from search.models import refit
+    from search.handoff.models import refit
+    from search.select import references
     from trainables.data import DatasetSpec
     from trainables.metrics import classification_metrics, scalar_metrics
 
@@ -230,9 +230,9 @@ def _mean_std(rows: list[dict[str, float]]) -> tuple[dict[str, float], dict[str,
 
 def p_values(metric: str, outer_folds: int, handed_off: list[dict[str, float]],
              others: dict[str, list[dict[str, float]]]) -> dict[str, float | None]:
-    """The corrected resampled t-test (:mod:`search.stats`) of the handed-off model's outer-fold scores
+    """The corrected resampled t-test (:mod:`search.select.stats`) of the handed-off model's outer-fold scores
     against each other row's, paired by outer fold (test/train ratio 1/(N-1))."""
-    from search.stats import corrected_resampled_ttest
+    from search.select.stats import corrected_resampled_ttest
 
     out: dict[str, float | None] = {}
     a = np.array([s.get(metric, np.nan) for s in handed_off])
@@ -259,7 +259,7 @@ def _parent_run(uri: str, experiment: str, name: str, tags: dict[str, str], para
     from mlflow.entities import Param, RunTag
     from mlflow.tracking import MlflowClient
 
-    from search.tracking import ROLE_TAG, SEARCH_NAME_TAG, default_artifact_location
+    from search.tracking.callback import ROLE_TAG, SEARCH_NAME_TAG, default_artifact_location
 
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(experiment)
@@ -307,9 +307,10 @@ def run(argv: list[str] | None = None) -> int:
     if "name" not in given:
         cfg = replace(cfg, name=cfg.name.replace(f"{cfg.space}-", f"{cfg.space}-nested-", 1))
     check_outer(cfg, outer_folds)
-    from search import orchestrate, preflight
+    from search.prepare import preflight
     from search.stages import tracking_uri
-    from search.tracking import check_tracking_uri
+    from search.tracking.callback import check_tracking_uri
+    from search.tune import orchestrate
     from trainables.version import code_version
 
     uri = tracking_uri(cfg)

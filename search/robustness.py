@@ -4,7 +4,7 @@ go missing, as in the papers' robustness figures.
     python -m search.robustness --name STUDY [--storage DIR] [--rates 0,0.3,0.6,0.9]
                                 [--metric M] [--trial ID] [--seed 0] [--out DIR]
 
-The champion is the study's best trial (:meth:`search.results.StudyResults.best`, the rule the
+The champion is the study's best trial (:meth:`search.select.results.StudyResults.best`, the rule the
 search uses to pick the registered ``champion``). Its fold models are evaluated on their own
 validation folds, so rate 0 reproduces the fold metrics the search reported (checked and printed),
 and every figure is a mean ± std over the same folds. The fold models come from the trial's last
@@ -49,10 +49,10 @@ from typing import Any
 
 import numpy as np
 
-from search.cli import OneLineParser, add_storage_option
-from search.credentials import private_outputs
-from search.errors import UsageError
-from search.results import StudyResults, TrialResult, load_study
+from search.prepare.cli import OneLineParser, add_storage_option
+from search.prepare.errors import UsageError
+from search.select.results import StudyResults, TrialResult, load_study
+from search.trust.credentials import private_outputs
 from trainables.backbone import logical_name
 from trainables.data import MultimodalDataset
 from trainables.metrics import METRICS, classification_metrics

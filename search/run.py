@@ -21,13 +21,16 @@ import sys
 from dataclasses import dataclass, replace
 from typing import Any
 
-from search import cli, config, faults, integrity, locks, orchestrate, preflight, relocate, results, supervisor
-from search.config import SearchConfig, experiment_path, resolve, storage_path
-from search.credentials import private_outputs
-from search.errors import UsageError
-from search.render import render
-from search.results import SEARCH_FILE
+from search.prepare import cli, config, preflight
+from search.prepare.config import SearchConfig, experiment_path, resolve, storage_path
+from search.prepare.errors import UsageError
+from search.report.render import render
+from search.select import results
+from search.select.results import SEARCH_FILE
 from search.stages import collect, prepare, select_and_hand_off, tune_trials
+from search.trust import integrity, locks, relocate
+from search.trust.credentials import private_outputs
+from search.tune import faults, orchestrate, supervisor
 from trainables.data import DataError
 
 PROG = "python -m search.run"
@@ -39,7 +42,7 @@ RESUME_OVERRIDES = ("storage", "name", "resume", "address", "tracking_uri", "top
 # --------------------------------------------------------------------------------- options
 def options(given: dict[str, Any], *, refuse_taken: bool = True) -> SearchConfig:
     """The search's options from the ones given (by field name, as the command line, a ``--config``
-    file or :func:`search.run_search` gave them): typed and checked (:func:`search.config.typed`),
+    file or :func:`search.run_search` gave them): typed and checked (:func:`search.prepare.config.typed`),
     then resolved (a new search; one whose name is taken is refused unless not ``refuse_taken``)
     or read back from the search's ``search.json`` (``--resume``), in one line on the first problem."""
     given = config.typed(given)
@@ -125,7 +128,7 @@ def run(argv: list[str] | None = None) -> int:
 def execute(given: dict[str, Any]) -> SearchResult:
     """A whole search from the given options (by :class:`SearchConfig` field name): the one code
     path of ``python -m search.run``, ``fusetune run`` and :func:`search.run_search`. One driver per
-    search: a second one on the same search is refused (:func:`search.locks.driver_lock`)."""
+    search: a second one on the same search is refused (:func:`search.trust.locks.driver_lock`)."""
     cfg = options(given)
     with locks.driver_lock(cfg.experiment_path, cfg.name):
         if not cfg.resume:
@@ -137,7 +140,7 @@ def _execute(cfg: SearchConfig) -> SearchResult:
     """The stages of a search, each taking the previous one's outcome: prepare (checks, data,
     cluster, tracking) -> tune (Ray Tune's trials) -> collect (results.csv, the Optuna study in
     agreement) -> select and hand off (confirmation, references, ensemble, refit, registration,
-    promotion: :func:`search.champions.select`) -> report; :func:`render` prints the outcome."""
+    promotion: :func:`search.select.champions.select`) -> report; :func:`render` prints the outcome."""
     prepared = prepare(cfg)
     cfg = prepared.cfg
     tuned = tune_trials(cfg, prepared)
@@ -149,7 +152,7 @@ def _execute(cfg: SearchConfig) -> SearchResult:
     chosen = select_and_hand_off(cfg, prepared, tuned, collected)
     faults.point("reports")
     with prepared.timings("reports_s"):
-        from search.reports import write_search_reports
+        from search.report.reports import write_search_reports
 
         reports = write_search_reports(tuned.exp_path, metric=cfg.primary_metric, mode=cfg.primary_mode,
                                        tracking_uri=prepared.uri, parent_run_id=tuned.parent_run_id, seed=cfg.seed)
@@ -188,7 +191,7 @@ def quiet_libraries() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """The command line in this process (``python -m search.run`` and ``fusetune run`` run it in a
-    child process they watch: :mod:`search.supervisor`)."""
+    child process they watch: :mod:`search.tune.supervisor`)."""
     quiet_libraries()
     try:
         return run(argv)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from search.credentials import CheckedParser
+from search.trust.credentials import CheckedParser
 from spaces import SPACES, get_space
 
 

@@ -2,7 +2,7 @@
 :func:`prepare` (checks, data, cluster) -> :func:`tune_trials` (Ray Tune's trials) ->
 :func:`collect` (``results.csv``, the Optuna study in agreement with Tune) ->
 :func:`select_and_hand_off` (confirmation, references, ensemble, refit, registration, promotion)
-; the reports and :mod:`search.render` close it (:func:`search.run.execute` chains them).
+; the reports and :mod:`search.report.render` close it (:func:`search.run.execute` chains them).
 """
 
 from __future__ import annotations
@@ -11,21 +11,24 @@ import json
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from search import faults, integrity, oof, orchestrate, preflight, relocate, results, supervisor
-from search.cleanup import PruneCheckpoints, Pruned, prune_checkpoints
-from search.config import SearchConfig, storage_path
-from search.credentials import redact
-from search.errors import UsageError
-from search.oof import KeepOutOfFold
-from search.progress import ProgressLine
-from search.results import SEARCH_FILE
-from search.study_agreement import agree_with_tune
-from search.timing import Steps, since_start
+from search.prepare import preflight
+from search.prepare.config import SearchConfig, storage_path
+from search.prepare.errors import UsageError
+from search.report.timing import Steps, since_start
+from search.select import oof, results
+from search.select.cleanup import PruneCheckpoints, Pruned, prune_checkpoints
+from search.select.oof import KeepOutOfFold
+from search.select.results import SEARCH_FILE
+from search.trust import integrity, relocate
+from search.trust.credentials import redact
+from search.tune import faults, orchestrate, supervisor
+from search.tune.progress import ProgressLine
+from search.tune.study_agreement import agree_with_tune
 from trainables.version import code_version
 
 
 def tracking_uri(cfg: SearchConfig) -> str:
-    from search.tracking import default_tracking_uri
+    from search.tracking.callback import default_tracking_uri
 
     if cfg.tracking_uri:
         return cfg.tracking_uri
@@ -58,7 +61,8 @@ def prepare(cfg: SearchConfig) -> Prepared:
     uri = tracking_uri(cfg)
     supervisor.report(name=cfg.name, folder=cfg.experiment_path, storage=cfg.storage, tracking_uri=uri,
                       address=cfg.address)
-    from search import dataset_input, optuna_storage, tracking  # noqa: F401 - MLflow's import counts as start-up
+    from search.prepare import dataset_input  # noqa: F401 - MLflow's import counts as start-up
+    from search.tune import optuna_storage
 
     timings = Steps(startup_s=since_start())
     # the driver's own torch work (model check, refit of the top-k) runs on a trial's share of the
@@ -84,7 +88,7 @@ def prepare(cfg: SearchConfig) -> Prepared:
                    "fusetune.code_version": code_version(), "fusetune.sampler": cfg.sampler,
                    "fusetune.scheduler": cfg.scheduler}
     if cfg.parent_run_id:
-        from search.tracking import PARENT_RUN_TAG
+        from search.tracking.callback import PARENT_RUN_TAG
 
         search_tags[PARENT_RUN_TAG] = cfg.parent_run_id
     return Prepared(cfg, space, uri, data, study_url, warm, timings, search_tags, copied_from)
@@ -94,8 +98,8 @@ def _checked(cfg: SearchConfig, space: Any, uri: str, study_url: str | None, new
              timings: Steps) -> tuple[SearchConfig, Any, list[Any]]:
     """The checks that can refuse a search, the data, the warm start, Ray: the options with the
     cluster's slots, the data, the warm-start trials."""
-    from search import optuna_storage
-    from search.tracking import check_tracking_uri
+    from search.tracking.callback import check_tracking_uri
+    from search.tune import optuna_storage
 
     tracking_option = "--tracking-uri" if cfg.tracking_uri else f"--storage {cfg.storage} (its mlflow.db)"
     with timings("checks_s"):
@@ -144,8 +148,8 @@ class Tuned:
 
 def tune_trials(cfg: SearchConfig, prepared: Prepared) -> Tuned:
     """The trials, tracked in MLflow (a new search, or the one ``--resume`` continues)."""
-    from search.dataset_input import DatasetInfo
-    from search.tracking import MLflowTracking
+    from search.prepare.dataset_input import DatasetInfo
+    from search.tracking.callback import MLflowTracking
 
     space, data, timings = prepared.space, prepared.data, prepared.timings
     exp_path = cfg.experiment_path
@@ -188,7 +192,7 @@ def tune_trials(cfg: SearchConfig, prepared: Prepared) -> Tuned:
 class Collected:
     """Every trial as Tune left it, written to ``results.csv``."""
 
-    rows: list[Any]                       # search.results.TrialResult, in creation order
+    rows: list[Any]                       # search.select.results.TrialResult, in creation order
     ranked: list[Any]                     # the trials that finished every epoch, best first
     pareto: set[str] | None
     csv_path: str
@@ -216,9 +220,9 @@ def collect(cfg: SearchConfig, prepared: Prepared, tuned: Tuned) -> Collected:
 
 # --------------------------------------------------------------------------------- stage 4: select and hand off
 def select_and_hand_off(cfg: SearchConfig, prepared: Prepared, tuned: Tuned, collected: Collected) -> Any:
-    """Only the top trials' checkpoints kept; then :func:`search.champions.select` (confirmation,
+    """Only the top trials' checkpoints kept; then :func:`search.select.champions.select` (confirmation,
     references, ensemble, refit, registration, promotion); ``results.csv`` gains the references."""
-    from search.champions import select
+    from search.select.champions import select
 
     rows, ranked, timings = collected.rows, collected.ranked, prepared.timings
     with timings("prune_s"):  # an ended search: only the top trials' checkpoints are still read (export)

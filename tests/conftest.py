@@ -9,7 +9,7 @@ if "FUSETUNE_DATA_DIR" not in os.environ and _SHARED.is_dir():
     os.environ["FUSETUNE_DATA_DIR"] = str(_SHARED)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-# the per-user key that seals Tune's state (search.integrity): the tests' own, not ~/.config's
+# the per-user key that seals Tune's state (search.trust.integrity): the tests' own, not ~/.config's
 os.environ.setdefault("FUSETUNE_STATE_KEY_FILE", os.path.join(tempfile.mkdtemp(prefix="fusetune-key-"), "state.key"))
 
 

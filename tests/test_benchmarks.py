@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from search.results import StudyResults, TrialResult
+from search.select.results import StudyResults, TrialResult
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from search.models import pyfunc_input
+from search.handoff.models import pyfunc_input
 from trainables import signing
 from trainables.bundle import (
     MANIFEST,

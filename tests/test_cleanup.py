@@ -1,11 +1,11 @@
-"""search.cleanup: an ended search keeps only the top trials' checkpoints; an interrupted one keeps all."""
+"""search.select.cleanup: an ended search keeps only the top trials' checkpoints; an interrupted one keeps all."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from search.cleanup import prune_checkpoints
-from search.results import TrialResult
+from search.select.cleanup import prune_checkpoints
+from search.select.results import TrialResult
 
 
 def _trial(root: Path, tid: str, status: str = "TERMINATED", checkpoints: int = 1) -> TrialResult:
@@ -62,7 +62,7 @@ def _stored_state(root: Path, statuses: dict[str, str]) -> None:
 
 
 def test_while_running_only_trials_the_stored_state_records_as_ended_lose_their_checkpoints(tmp_path):
-    from search.cleanup import PruneCheckpoints
+    from search.select.cleanup import PruneCheckpoints
 
     trials = [_LiveTrial(tmp_path, "best", "TERMINATED", 0.9), _LiveTrial(tmp_path, "worse", "TERMINATED", 0.5),
               _LiveTrial(tmp_path, "unsaved", "TERMINATED", 0.4), _LiveTrial(tmp_path, "failed", "ERROR", None),
@@ -119,7 +119,7 @@ def _stored_times(root: Path, times: dict[str, float]) -> None:
 
 
 def test_the_checkpoint_the_stored_snapshot_points_to_survives_until_a_newer_snapshot_is_stored(tmp_path):
-    from search.cleanup import PruneCheckpoints
+    from search.select.cleanup import PruneCheckpoints
 
     t = _RunningTrial(tmp_path, "a", 4)
     pruner = PruneCheckpoints("macro_f1", "max", keep=1, interval=0.0)
@@ -139,7 +139,7 @@ def test_the_checkpoint_the_stored_snapshot_points_to_survives_until_a_newer_sna
 
 
 def test_a_snapshot_this_session_did_not_see_written_keeps_every_checkpoint(tmp_path):
-    from search.cleanup import PruneCheckpoints
+    from search.select.cleanup import PruneCheckpoints
 
     t = _RunningTrial(tmp_path, "a", 3)
     t.at(7.0, latest=2)

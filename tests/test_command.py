@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from search import command, run_search
-from search.errors import UsageError
+from search.prepare.errors import UsageError
 
 
 def test_help_lists_every_subcommand(capsys):

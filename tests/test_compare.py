@@ -10,8 +10,8 @@ import sys
 import pytest
 
 from search.compare import leaderboard, main, resolve
-from search.errors import UsageError
-from search.results import load_study
+from search.prepare.errors import UsageError
+from search.select.results import load_study
 from studies import ROOT, fake_study
 
 P = {"lr": 1e-3, "weight_decay": 1e-4, "batch_size": 32, "hidden": 128, "dropout": 0.1, "imbalance": "none"}

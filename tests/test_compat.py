@@ -17,7 +17,8 @@ from typing import Any
 import optuna
 import pytest
 
-from search import compat, registry_names
+from search import compat
+from search.prepare import registry_names
 
 REPO = Path(__file__).resolve().parents[1]
 SCOPE = ("search", "trainables", "spaces")
@@ -219,8 +220,8 @@ def test_sampler_random_states_hold_every_draw(name):
     """Optuna samplers keep their random state in ``LazyRandomState`` / ``RandomState`` attributes
     (``optuna.samplers._lazy_random_state``): read as JSON and put back into a fresh sampler, its
     next draws are the original's. Every sampler of the registry has one."""
-    from search.config import SearchConfig
-    from search.orchestrate import SAMPLERS
+    from search.prepare.config import SearchConfig
+    from search.tune.orchestrate import SAMPLERS
 
     def build():
         return SAMPLERS[name](SearchConfig(space="baseline", data="breast-tcga", sampler=name, seed=7))
@@ -311,12 +312,12 @@ def test_search_generator_count_and_experiment(tmp_path):
 
 def test_experiment_state_file_naming(tmp_path):
     """``TuneController.CKPT_FILE_TMPL`` starts with :data:`compat.EXPERIMENT_STATE_PREFIX`, and
-    :func:`search.settle.newest_state` picks the state file Tune's restore reads."""
+    :func:`search.tune.settle.newest_state` picks the state file Tune's restore reads."""
     import pyarrow.fs
     from ray.tune.execution.experiment_state import _find_newest_experiment_checkpoint
     from ray.tune.execution.tune_controller import TuneController
 
-    from search.settle import newest_state
+    from search.tune.settle import newest_state
 
     assert TuneController.CKPT_FILE_TMPL == compat.EXPERIMENT_STATE_PREFIX + "{}.json"
     for session in ("2026-12-01_10-00-00", "2026-12-03_09-59-59", "2026-12-02_23-00-00"):
@@ -396,7 +397,7 @@ def test_save_to_dir_is_tunes_snapshot(tune_run):
     """``TuneController.save_to_dir`` is what Tune calls for a snapshot; the wrapper sees its
     ``_storage`` (experiment_fs_path, experiment_driver_staging_path, storage_filesystem) with
     the staged experiment state, searcher state and callback state, after the callbacks' ``get_state``."""
-    from search.integrity import tune_json_patterns
+    from search.trust.integrity import tune_json_patterns
 
     calls = tune_run["snapshots"].calls
     assert calls, "the hook on TuneController.save_to_dir was never called"
@@ -416,7 +417,7 @@ def test_experiment_state_trial_fields(tune_run):
     import pyarrow.fs
     from ray.tune.experiment import Trial
 
-    from search.settle import newest_state
+    from search.tune.settle import newest_state
     path = newest_state(pyarrow.fs.LocalFileSystem(), str(tune_run["path"]))
     state = json.loads(Path(path).read_text())
     (entry,) = compat.state_trial_entries(state)
@@ -469,7 +470,7 @@ def test_restored_tuner_config(tune_run):
 
 def test_restore_point(tune_run):
     """``...checkpoint_manager.latest_checkpoint_result.metrics``: the result of the checkpoint a
-    trial resumes from (search.replay replays a trial's results up to it)."""
+    trial resumes from (search.tune.replay replays a trial's results up to it)."""
     from ray.tune import ExperimentAnalysis
 
     (trial,) = ExperimentAnalysis(str(tune_run["path"])).trials
@@ -487,7 +488,7 @@ def test_snapshot_each_new_trial(tmp_path):
     from ray.tune.execution.tune_controller import TuneController
     from ray.tune.search import ConcurrencyLimiter, SearchGenerator
 
-    from search.settle import newest_state
+    from search.tune.settle import newest_state
 
     pending: list[set[str]] = []
 

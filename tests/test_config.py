@@ -207,8 +207,8 @@ def test_a_toy_method_needs_a_method_file_its_space_and_one_registry_line(tmp_pa
 
 
 # ------------------------------------------------------------------------------- the options of a search
-# search.config.SearchConfig: one typed declaration of every option; the command line, a --config file,
-# run_search() and a resumed search's search.json all go through search.config.typed, then resolve
+# search.prepare.config.SearchConfig: one typed declaration of every option; the command line, a --config file,
+# run_search() and a resumed search's search.json all go through search.prepare.config.typed, then resolve
 
 SEARCH_JSON_TODAY = """{
   "space": "climd", "only": ["lr", "gamma"], "data": "breast-tcga", "metric": ["macro_f1", "macro_f1_std"],
@@ -263,7 +263,8 @@ def test_help_print_config_and_run_search_have_the_same_options_and_defaults(cap
 
     import yaml
 
-    from search import config, run_search
+    from search import run_search
+    from search.prepare import config
 
     declared = {f.name: f.default for f in fields(config.SearchConfig)}
     shown = _help_options(capsys, monkeypatch)
@@ -301,8 +302,8 @@ def test_help_print_config_and_run_search_have_the_same_options_and_defaults(cap
 ])
 def test_print_config_fed_back_with_config_is_the_same_search(argv, capsys, tmp_path):
     from search import run as run_mod
-    from search.cli import parse_args
-    from search.config import SearchConfig, resolve
+    from search.prepare.cli import parse_args
+    from search.prepare.config import SearchConfig, resolve
 
     argv = [*argv, "--storage", str(tmp_path)]
     first = run_mod.options(parse_args(argv), refuse_taken=False)
@@ -330,9 +331,9 @@ def test_one_bad_value_is_one_line_naming_the_option_on_every_path(name, text, v
     """The command line, a --config file, run_search() and search.json refuse it alike, before anything runs."""
     from search import run as run_mod
     from search import run_search
-    from search.cli import parse_args
-    from search.config import flag, from_saved
-    from search.errors import UsageError
+    from search.prepare.cli import parse_args
+    from search.prepare.config import flag, from_saved
+    from search.prepare.errors import UsageError
 
     path = tmp_path / "search.yaml"
     path.write_text(f"space: baseline\n{name}: {json.dumps(value)}\n")
@@ -350,8 +351,9 @@ def test_one_bad_value_is_one_line_naming_the_option_on_every_path(name, text, v
 
 
 def test_a_search_json_of_the_earlier_fusetune_resumes(tmp_path, monkeypatch):
-    from search import config, integrity, preflight
     from search import run as run_mod
+    from search.prepare import config, preflight
+    from search.trust import integrity
 
     folder = tmp_path / "climd-breast-tcga-20250101-120000"
     folder.mkdir()
@@ -375,8 +377,8 @@ def test_a_search_json_of_the_earlier_fusetune_resumes(tmp_path, monkeypatch):
 def test_choices_are_the_registries_and_their_capabilities():
     import subprocess
 
-    from search import config, registry_names
-    from search.cli import build_parser
+    from search.prepare import config, registry_names
+    from search.prepare.cli import build_parser
 
     parser = {a.dest: a for a in build_parser()._actions}
     assert tuple(parser["sampler"].choices) == tuple(registry_names.SAMPLERS)
@@ -384,14 +386,16 @@ def test_choices_are_the_registries_and_their_capabilities():
     assert tuple(parser["promote"].choices) == tuple(registry_names.PROMOTE_POLICIES)
     assert config.default("references") == registry_names.REFERENCES
     # the declaration the options check reads imports neither Ray nor sklearn; the registries check it at import
-    code = ("import sys, search.registry_names, search.config; "
-            "print(sorted({'search.orchestrate', 'search.references', 'search.promotion'} & set(sys.modules)))")
+    code = ("import sys, search.prepare.registry_names, search.prepare.config; "
+            "print(sorted({'search.tune.orchestrate', 'search.select.references', 'search.handoff.promotion'}"
+            " & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert out.stdout.strip() == "[]"
-    code = "import sys, search.registry_names; print(sorted({'ray', 'sklearn', 'optuna'} & set(sys.modules)))"
+    code = "import sys, search.prepare.registry_names; print(sorted({'ray', 'sklearn', 'optuna'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert out.stdout.strip() == "[]"
-    from search import orchestrate, references
+    from search.select import references
+    from search.tune import orchestrate
 
     assert all(orchestrate.SAMPLERS[n].traits is t for n, t in registry_names.SAMPLERS.items())
     assert tuple(references.REFERENCES) == registry_names.REFERENCES

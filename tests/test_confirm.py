@@ -12,8 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from search import confirm, nested, promotion, references
-from search.errors import UsageError
+from search import nested
+from search.handoff import promotion
+from search.prepare.errors import UsageError
+from search.select import confirm, references
 from trainables.data import Modality, MultimodalDataset, load_dataset
 from trainables.data.outer import outer_splits
 

@@ -215,8 +215,8 @@ def test_load_dataset_takes_a_parsed_spec_and_names_an_unknown_one(tmp_path):
 
 @pytest.mark.filterwarnings("ignore:The specified dataset source can be interpreted in multiple ways")
 def test_search_uses_the_one_parser_for_names_and_sources(tmp_path):
-    from search.config import SearchConfig
-    from search.dataset_input import source_of
+    from search.prepare.config import SearchConfig
+    from search.prepare.dataset_input import source_of
 
     (tmp_path / "study").mkdir()
     outer = f"{tmp_path / 'study'}@outer=2/5,seed=0"

@@ -472,7 +472,7 @@ def _versions(storage: Path) -> list:
 
 
 def _finished(exp: Path, storage: Path, name: str) -> set[str]:
-    """Trials whose final result the driver recorded (search.settle.RecordFinal) or whose MLflow run
+    """Trials whose final result the driver recorded (search.tune.settle.RecordFinal) or whose MLflow run
     is FINISHED. (Their ``result.json`` in the search folder may lack the last lines: Ray copies it
     there from the driver's staging folder with its experiment snapshots.)"""
     recorded = {p.parent.name.rsplit("_", 1)[1] for p in exp.glob("fusetune_*/final_result.json")}
@@ -490,12 +490,12 @@ def _wait_for_orphans(exp: Path) -> None:
 
 
 KILL_PHASES = ("startup", "trial_end", "mid_search", "refit", "registration", "reports")
-"""search.faults.PHASES (not imported: the test process does not import the search package)."""
+"""search.tune.faults.PHASES (not imported: the test process does not import the search package)."""
 
 
 @pytest.mark.parametrize("phase", KILL_PHASES)
 def test_driver_killed_at_every_phase_then_resumed_keeps_every_finished_trial(phase, cluster, drivers, tmp_path):
-    """The driver SIGKILLs itself at ``phase`` (``FUSETUNE_KILL_AT``, search.faults) and the search
+    """The driver SIGKILLs itself at ``phase`` (``FUSETUNE_KILL_AT``, search.tune.faults) and the search
     is resumed: every trial finished before the kill is kept as it was (not rerun, one row, one
     counted MLflow run), every trial of the search ends complete, and the registered versions are
     one per trial with every tag."""

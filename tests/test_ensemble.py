@@ -1,12 +1,12 @@
-"""Ensemble selection (search.ensemble) against hand-computed cases, its out-of-fold inputs
-(search.oof) and its confirmation on fresh folds (search.confirm.ensemble_candidate)."""
+"""Ensemble selection (search.select.ensemble) against hand-computed cases, its out-of-fold inputs
+(search.select.oof) and its confirmation on fresh folds (search.select.confirm.ensemble_candidate)."""
 
 import numpy as np
 import pytest
 
-from search import confirm, ensemble, oof
-from search.config import SearchConfig, resolve
-from search.errors import UsageError
+from search.prepare.config import SearchConfig, resolve
+from search.prepare.errors import UsageError
+from search.select import confirm, ensemble, oof
 from trainables.metrics import METRICS, classification_metrics
 
 Y = np.array([1, 0, 1, 0])

@@ -1,7 +1,7 @@
 """trainables.ensemble and its registration: an ensemble of networks and reference models is ONE
 bundle (one manifest, signable) that predicts the weighted sum of its members' probabilities;
 reference estimators load through a type allow-list (never pickle); tampered ensembles are refused
-in one line; search.models registers an ensemble as one MLflow model version, idempotently."""
+in one line; search.handoff.models registers an ensemble as one MLflow model version, idempotently."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from search import references
-from search.models import pyfunc_input
+from search.handoff.models import pyfunc_input
+from search.select import references
 from toydata import Vec, toy_dataset
 from trainables import signing
 from trainables.bundle import MANIFEST, BundleError, _building, copy_bundle, load_bundle, save_bundle, sign_bundle
@@ -278,9 +278,9 @@ def test_a_signed_ensemble_loads_under_its_key_and_a_modified_member_breaks_it(f
 def test_an_ensemble_is_registered_as_one_model_version_once(tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
-    import search.models as models
+    import search.handoff.models as models
     from mlflow_server import sqlite_store
-    from search.models import ENSEMBLE_ID, TopTrial, load_model, log_top_models, registered_model_name
+    from search.handoff.models import ENSEMBLE_ID, TopTrial, load_model, log_top_models, registered_model_name
     from test_models import BASE, search_runs
     from trainables.data import load_dataset
 
@@ -329,7 +329,7 @@ def test_an_ensemble_is_registered_as_one_model_version_once(tmp_path, monkeypat
 # --------------------------------------------------------------------------------- hand-off
 def test_the_model_card_lists_members_and_says_when_the_model_is_a_reference(fitted, ensemble, tmp_path):
     from search.export import CARD, CARD_JSON, Selected, export_one
-    from search.results import TrialResult
+    from search.select.results import TrialResult
     from trainables.ensemble import save_ensemble_bundle
 
     train, *_ = fitted

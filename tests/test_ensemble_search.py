@@ -1,6 +1,6 @@
 """A search's ensemble end to end (issue 24): selected on the search's folds, confirmed on fresh
 folds like any candidate, registered as one model that wins the ``champion`` alias, loaded with
-``search.models.load_model`` and ``load_bundle`` and served over REST with the same probabilities;
+``search.handoff.models.load_model`` and ``load_bundle`` and served over REST with the same probabilities;
 a driver killed in the confirmation stage resumes to the same ensemble from the same out-of-fold
 predictions."""
 
@@ -12,8 +12,8 @@ import json
 import numpy as np
 import pytest
 
-from search import ensemble
-from search.models import load_model, pyfunc_input
+from search.handoff.models import load_model, pyfunc_input
+from search.select import ensemble
 from serving import post, served
 from test_confirm import command
 from trainables.bundle import load_bundle

@@ -17,8 +17,8 @@ import pandas as pd
 import pytest
 
 from search.export import CARD, CARD_JSON, main
-from search.model_card import render_card
-from search.results import load_study
+from search.handoff.model_card import render_card
+from search.select.results import load_study
 from studies import ROOT, fake_study, tiny_search
 from trainables.bundle import BundleError, load_bundle, verify_bundle
 from trainables.data import load_dataset
@@ -65,7 +65,7 @@ def _test_part_with_gaps():
 
 
 def test_champion_bundle_in_a_fresh_process_matches_the_trainer(search, exported, tmp_path):
-    from search.models import refit
+    from search.handoff.models import refit
 
     study = load_study(search["name"], search["storage"])
     champion = study.best()

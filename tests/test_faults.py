@@ -1,4 +1,4 @@
-"""search.faults: FUSETUNE_KILL_AT=<phase>[#n] and any#n name the instant the driver kills itself."""
+"""search.tune.faults: FUSETUNE_KILL_AT=<phase>[#n] and any#n name the instant the driver kills itself."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import signal
 
 import pytest
 
-from search import faults
+from search.tune import faults
 
 
 @pytest.fixture

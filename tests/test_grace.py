@@ -3,10 +3,10 @@
 
 import pytest
 
-from search.cli import parse_args
-from search.config import SearchConfig, resolve
-from search.errors import UsageError
-from search.orchestrate import SCHEDULERS, asha_rungs
+from search.prepare.cli import parse_args
+from search.prepare.config import SearchConfig, resolve
+from search.prepare.errors import UsageError
+from search.tune.orchestrate import SCHEDULERS, asha_rungs
 from spaces import get_space
 from spaces.common import curriculum_grace
 from spaces.dimensions import Float

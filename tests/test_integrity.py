@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from search import integrity
 from search import run as run_mod
-from search.errors import UsageError
+from search.prepare.errors import UsageError
+from search.trust import integrity
 
 REPO = Path(__file__).resolve().parents[1]
 SECRET = "pw-4d1c9e-never-logged"
@@ -138,7 +138,7 @@ def test_resume_refuses_state_this_user_did_not_write(attack, sealed_search, tmp
     rc = run_mod.main(["--resume", "--storage", str(copy), "--name", "s"])
     err = capsys.readouterr().err
     assert rc == 2 and len(err.strip().splitlines()) == 1, err
-    assert expected in err and "python -m search.integrity trust" in err
+    assert expected in err and "python -m search.trust.integrity trust" in err
     assert not marker.exists()
 
 

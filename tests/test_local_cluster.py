@@ -20,8 +20,8 @@ REPO = Path(__file__).resolve().parents[1]
 PROBE = r"""
 import json, os, subprocess, time
 import ray
-from search import preflight
-from search.config import SearchConfig
+from search.prepare import preflight
+from search.prepare.config import SearchConfig
 
 preflight.connect(SearchConfig(space="baseline"))
 ray.get(ray.remote(lambda: 1).remote())          # a worker process is up too

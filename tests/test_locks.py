@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from processes import parent
-from search import locks
-from search.errors import UsageError
+from search.prepare.errors import UsageError
+from search.trust import locks
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,7 +35,7 @@ def _env(lock_dir: Path) -> dict[str, str]:
     return env
 
 
-HOLD = ("import sys, time; from search import locks\n"
+HOLD = ("import sys, time; from search.trust import locks\n"
         "with locks.driver_lock(sys.argv[1], 'x'):\n    print('held', flush=True); time.sleep(600)")
 
 
@@ -61,7 +61,7 @@ def test_a_second_driver_is_refused_and_a_killed_one_leaves_no_lock(lock_dir, tm
     assert not (tmp_path / "results").exists()  # the lock writes nothing into the results folder
 
 
-CREATE = ("import sys, time\nfrom search.tracking import check_tracking_uri\nt = float(sys.argv[2])\n"
+CREATE = ("import sys, time\nfrom search.tracking.callback import check_tracking_uri\nt = float(sys.argv[2])\n"
           "while time.time() < t: time.sleep(0.001)\ncheck_tracking_uri(sys.argv[1])\nprint('ok')")
 
 
@@ -88,7 +88,7 @@ def test_the_same_name_started_twice_or_resumed_while_running_is_refused(lock_di
     first = subprocess.Popen(argv, cwd=REPO, env=_env(lock_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
-        # the driver is the child process python -m search.run watches (search.supervisor)
+        # the driver is the child process python -m search.run watches (search.tune.supervisor)
         while not (driver := next(iter(_holders(lock_dir, first.pid)), None)):
             assert first.poll() is None and time.monotonic() < deadline, first.communicate()
             time.sleep(0.2)

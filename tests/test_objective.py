@@ -1,4 +1,4 @@
-"""The one home of a metric's direction (search.objective.Objective)."""
+"""The one home of a metric's direction (search.prepare.objective.Objective)."""
 
 import math
 import re
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from search.objective import Objective
+from search.prepare.objective import Objective
 
 
 def test_better_best_key_and_worst_follow_the_direction():

@@ -1,4 +1,4 @@
-"""search.replay: a resumed ASHA / median rule decides as the uninterrupted one did.
+"""search.tune.replay: a resumed ASHA / median rule decides as the uninterrupted one did.
 
 Each test runs one scheduler through a search as it happens (results arrive, decisions are made),
 and a second, fresh one as a resumed driver builds it: the restored trials are added and their
@@ -17,15 +17,15 @@ import pyarrow.fs
 import pytest
 from ray.tune.schedulers import ASHAScheduler, MedianStoppingRule, TrialScheduler
 
-from search import replay
-from search.replay import RememberingASHA, RememberingMedian
+from search.tune import replay
+from search.tune.replay import RememberingASHA, RememberingMedian
 
 STOP, CONTINUE = TrialScheduler.STOP, TrialScheduler.CONTINUE
 
 
 @dataclass(eq=False)
 class Trial:
-    """What the schedulers and search.replay read of a Tune trial."""
+    """What the schedulers and search.tune.replay read of a Tune trial."""
 
     trial_id: str
     path: str

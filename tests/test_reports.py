@@ -1,4 +1,4 @@
-"""search.reports: the Optuna study rebuilt from a search's results, the plots as real images with
+"""search.report.reports: the Optuna study rebuilt from a search's results, the plots as real images with
 the expected axes, graceful skips, and the artifacts on the parent MLflow run."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import optuna
 import pytest
 from PIL import Image
 
-from search.reports import PLOTS, rebuild_optuna_study, write_search_reports
-from search.results import load_study
+from search.report.reports import PLOTS, rebuild_optuna_study, write_search_reports
+from search.select.results import load_study
 from studies import fake_study, tiny_search
 
 BASE = {"lr": 1e-3, "weight_decay": 1e-4, "batch_size": 32, "hidden": 128, "dropout": 0.1, "imbalance": "none"}
@@ -132,7 +132,7 @@ def search(tmp_path_factory):
 def test_reports_of_a_real_search_logged_to_its_parent_run(search):
     from mlflow.tracking import MlflowClient
 
-    from search.reports import parent_run_id_of
+    from search.report.reports import parent_run_id_of
 
     parent = parent_run_id_of(search["tracking_uri"], search["name"])
     assert parent is not None
@@ -200,8 +200,8 @@ def test_masking_keeps_one_modality_and_drops_exact_counts():
 
 
 def test_attribute_missing_rows_for_attribute_models():
-    from search.results import TrialResult
     from search.robustness import FoldModels, evaluate
+    from search.select.results import TrialResult
     from trainables.data import Modality, MultimodalDataset
 
     n, a = 30, 6

@@ -1,4 +1,4 @@
-"""search.results: the one reader of a search (rows from Ray's state or from the folder, one
+"""search.select.results: the one reader of a search (rows from Ray's state or from the folder, one
 completeness rule, one value rule, one ranking), with hand-made study folders."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import json
 
-from search.results import (
+from search.select.results import (
     CONFIRMATION_CSV,
     RESULTS_CSV,
     TrialResult,

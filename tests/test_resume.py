@@ -1,5 +1,5 @@
-"""What a resume reads before Tune does: the settled snapshot (search.settle) and a moved results
-folder's paths (search.relocate). Small hand-made files; the end-to-end kills are in
+"""What a resume reads before Tune does: the settled snapshot (search.tune.settle) and a moved results
+folder's paths (search.trust.relocate). Small hand-made files; the end-to-end kills are in
 tests/test_distributed.py."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ import json
 import sqlite3
 from pathlib import Path
 
-from search.config import SearchConfig
-from search.relocate import rebase_mlflow_store, rebased
-from search.settle import settle
+from search.prepare.config import SearchConfig
+from search.trust.relocate import rebase_mlflow_store, rebased
+from search.tune.settle import settle
 
 
 def _state(exp: Path, trials: dict[str, str]) -> Path:
@@ -24,7 +24,7 @@ def _state(exp: Path, trials: dict[str, str]) -> Path:
 
 
 def _final(exp: Path, tid: str, result: dict | str) -> None:
-    """What search.settle.RecordFinal writes when Tune hands over a trial's final result."""
+    """What search.tune.settle.RecordFinal writes when Tune hands over a trial's final result."""
     folder = exp / f"fusetune_baseline_{tid}"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "final_result.json").write_text(result if isinstance(result, str) else json.dumps(result))
@@ -82,7 +82,7 @@ def test_a_trial_whose_worker_was_lost_is_unfinished_again_one_whose_model_raise
 def test_record_final_writes_the_final_result_at_once(tmp_path):
     import pyarrow.fs
 
-    from search.settle import RecordFinal
+    from search.tune.settle import RecordFinal
 
     class _Trial:
         path = str(tmp_path / "fusetune_baseline_x")
@@ -137,10 +137,11 @@ def test_a_copied_mlflow_store_points_at_its_own_artifacts(tmp_path):
 
 
 def test_the_options_check_and_the_registries_agree():
-    # search.config checks --sampler/--scheduler without importing Ray or Optuna: it reads the names and
-    # capabilities search.registry_names declares, which the registries (whose entries carry the
+    # search.prepare.config checks --sampler/--scheduler without importing Ray or Optuna: it reads the names and
+    # capabilities search.prepare.registry_names declares, which the registries (whose entries carry the
     # behaviour) take and check at import
-    from search import config, orchestrate, registry_names
+    from search.prepare import config, registry_names
+    from search.tune import orchestrate
 
     assert config.choices("sampler") == tuple(orchestrate.SAMPLERS) == tuple(registry_names.SAMPLERS)
     assert config.choices("scheduler") == tuple(orchestrate.SCHEDULERS) == tuple(registry_names.SCHEDULERS)

@@ -13,9 +13,9 @@ import pytest
 import yaml
 
 from search import run as run_mod
-from search.cli import parse_args
-from search.config import SearchConfig, resolve
-from search.errors import UsageError
+from search.prepare.cli import parse_args
+from search.prepare.config import SearchConfig, resolve
+from search.prepare.errors import UsageError
 from spaces import SPACES, get_space
 
 REPO = Path(__file__).resolve().parents[1]
@@ -107,8 +107,8 @@ def test_bad_input_is_one_line_and_exit_2(argv, message, tmp_path, capsys, data_
 
 
 def test_the_confirm_repeats_maximum_is_the_documented_one():
-    from search.cli import build_parser
-    from search.config import MAX_CONFIRM_REPEATS
+    from search.prepare.cli import build_parser
+    from search.prepare.config import MAX_CONFIRM_REPEATS
 
     (action,) = [a for a in build_parser()._actions if a.dest == "confirm_repeats"]
     assert f"at most {MAX_CONFIRM_REPEATS} (default 3)" in action.help
@@ -170,7 +170,7 @@ def test_end_to_end_results(omnifuse_search):
 def test_end_to_end_mlflow(omnifuse_search):
     from mlflow import MlflowClient
 
-    from search.tracking import PARENT_RUN_TAG, ROLE_TAG, SEARCH_NAME_TAG
+    from search.tracking.callback import PARENT_RUN_TAG, ROLE_TAG, SEARCH_NAME_TAG
 
     storage, out = omnifuse_search
     assert out.returncode == 0
@@ -293,7 +293,7 @@ def test_every_space_completes(name, tmp_path, data_dir):
 def test_search_against_a_real_mlflow_server(mlflow_server, tmp_path, data_dir):
     from mlflow import MlflowClient
 
-    from search.tracking import PARENT_RUN_TAG, ROLE_TAG, SEARCH_NAME_TAG
+    from search.tracking.callback import PARENT_RUN_TAG, ROLE_TAG, SEARCH_NAME_TAG
 
     out = search(["--space", "baseline", "--num-samples", "3", "--epochs", "2", "--folds", "2", "--top-k", "1",
                   "--storage", str(tmp_path), "--name", "served", "--tracking-uri", mlflow_server.uri])

@@ -11,7 +11,7 @@ import stat
 import pytest
 
 from search import command
-from search.credentials import credentials_in, redact
+from search.trust.credentials import credentials_in, redact
 
 SECRET = "s3cr3t-9b1c"
 CREDENTIALED = {
@@ -217,7 +217,7 @@ def _mode(path) -> int:
 
 
 def test_entry_points_make_outputs_private(umask_kept, monkeypatch, tmp_path):
-    from search.credentials import private_outputs
+    from search.trust.credentials import private_outputs
 
     monkeypatch.delenv("FUSETUNE_UMASK", raising=False)
     with private_outputs():
@@ -229,7 +229,7 @@ def test_entry_points_make_outputs_private(umask_kept, monkeypatch, tmp_path):
 
 @pytest.mark.parametrize("value,mask", [("022", 0o022), ("0o027", 0o027), ("nonsense", 0o077), ("1777", 0o077)])
 def test_the_umask_can_be_chosen(value, mask, umask_kept, monkeypatch, capsys):
-    from search.credentials import private_outputs
+    from search.trust.credentials import private_outputs
 
     monkeypatch.setenv("FUSETUNE_UMASK", value)
     with private_outputs():

@@ -3,9 +3,9 @@
 import optuna
 import pytest
 
-from search.cli import parse_args
-from search.config import SearchConfig, from_saved, resolve
-from search.errors import UsageError
+from search.prepare.cli import parse_args
+from search.prepare.config import SearchConfig, from_saved, resolve
+from search.prepare.errors import UsageError
 from spaces import get_space
 
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from search import stats as st
-from search.stats import corrected_resampled_ttest
+from search.select import stats as st
+from search.select.stats import corrected_resampled_ttest
 
 
 def test_ratio():

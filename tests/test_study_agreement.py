@@ -1,4 +1,4 @@
-"""search.study_agreement: the persistent Optuna study follows Tune's trials after any stop.
+"""search.tune.study_agreement: the persistent Optuna study follows Tune's trials after any stop.
 
 Each case is a state a killed driver leaves (the chaos test found the first three): built by
 hand in a SQLite study, then reconciled against Tune's trials as ``results.collect`` reads them.
@@ -11,9 +11,9 @@ import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
-from search.optuna_storage import RAY_TRIAL_ATTR, RETRY_ATTR
-from search.results import TrialResult
-from search.study_agreement import LOST_ATTR, reconcile
+from search.select.results import TrialResult
+from search.tune.optuna_storage import RAY_TRIAL_ATTR, RETRY_ATTR
+from search.tune.study_agreement import LOST_ATTR, reconcile
 
 DIST = {"lr": FloatDistribution(1e-4, 1e-1, log=True)}
 

@@ -1,4 +1,4 @@
-"""search.supervisor: whatever ends a driver, the user gets our lines and the MLflow run ends.
+"""search.tune.supervisor: whatever ends a driver, the user gets our lines and the MLflow run ends.
 
 The supervised driver is a small Python program run as its own process (a fork of pytest would
 share its captured output); the end-to-end case, a search whose local Ray node is lost, is in
@@ -18,7 +18,7 @@ import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from search import supervisor
+from search.tune import supervisor
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -28,7 +28,7 @@ def _supervise(tmp_path: Path, body: str) -> subprocess.CompletedProcess:
     script = tmp_path / "driver.py"
     script.write_text(textwrap.dedent(f"""
         import os, signal, sys
-        from search import supervisor
+        from search.tune import supervisor
 
         folder = {str(tmp_path / "results" / "s")!r}
 
@@ -77,7 +77,8 @@ def test_a_driver_that_ray_ends_is_named_from_rays_log(tmp_path):
 
 def test_a_driver_that_ends_before_its_search_says_nothing_was_recorded(tmp_path):
     script = tmp_path / "early.py"
-    script.write_text("import os, sys\nfrom search import supervisor\nsys.exit(supervisor.supervised(lambda: os._exit(7)))\n")
+    script.write_text("import os, sys\nfrom search.tune import supervisor\n"
+                      "sys.exit(supervisor.supervised(lambda: os._exit(7)))\n")
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": str(REPO)})
     assert done.returncode == 7

@@ -1,4 +1,4 @@
-"""search.tracking: the MLflow callback against the default SQLite store and a real ``mlflow server``.
+"""search.tracking.callback: the MLflow callback against the default SQLite store and a real ``mlflow server``.
 
 The hooks are driven with small fake trials (what Ray Tune passes: ``trial_id``, ``config``,
 ``status``, ``str(trial)``, ``get_pickled_error``), plus one real Tuner run with a trivial trainable.
@@ -15,8 +15,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from mlflow_server import free_port, sqlite_store
-from search.errors import UsageError
-from search.tracking import (
+from search.prepare.errors import UsageError
+from search.tracking.callback import (
     MLflowTracking,
     check_tracking_uri,
     default_tracking_uri,
@@ -422,7 +422,7 @@ def test_inside_a_real_tuner(tmp_path):
 
 
 def test_fast_http_is_scoped_and_respects_user_settings(monkeypatch):
-    from search.tracking import fast_http
+    from search.tracking.callback import fast_http
 
     monkeypatch.delenv("MLFLOW_HTTP_REQUEST_TIMEOUT", raising=False)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "5")  # the user's choice wins
@@ -482,9 +482,9 @@ class _Data:
 
 
 def test_parent_run_summary_dataset_and_experiment_kind(tmp_path):
-    from search.config import SearchConfig
-    from search.dataset_input import DatasetInfo
-    from search.tracking import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
+    from search.prepare.config import SearchConfig
+    from search.prepare.dataset_input import DatasetInfo
+    from search.tracking.callback import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
 
     uri = sqlite_store(tmp_path)
     dataset = DatasetInfo.of(SearchConfig(space="baseline", data="breast-tcga"), _Data())
@@ -511,7 +511,7 @@ def test_parent_run_summary_dataset_and_experiment_kind(tmp_path):
 
 
 def test_experiment_kind_a_user_chose_stays(tmp_path):
-    from search.tracking import EXPERIMENT_KIND_TAG
+    from search.tracking.callback import EXPERIMENT_KIND_TAG
 
     uri = sqlite_store(tmp_path)
     client = MlflowClient(uri)
@@ -571,7 +571,7 @@ def test_an_epoch_reported_again_in_one_session_is_logged_once(tmp_path):
 
 def test_a_trial_settled_on_resume_gets_its_end_in_mlflow(tmp_path):
     # killed right after a trial's final result: the resumed snapshot holds it as TERMINATED
-    # (search.settle) while MLflow got neither the final epoch nor the end of its run
+    # (search.tune.settle) while MLflow got neither the final epoch nor the end of its run
     uri = sqlite_store(tmp_path)
     t = FakeTrial("t_set", {"lr": 0.1})
     cb = new_callback(uri)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from search.progress import ProgressLine, format_duration
-from search.results import TrialResult, error_reason, pareto_front, ranked
+from search.select.results import TrialResult, error_reason, pareto_front, ranked
+from search.tune.progress import ProgressLine, format_duration
 from trainables.metrics import METRICS
 from trainables.registry import METHODS
 from trainables.trainable import TRAINABLES, Trial, TrialFailure, check_finite, summarize
@@ -189,7 +189,7 @@ def test_report_cadence_milestones_every_n_timed_and_last():
 def test_repetitions_in_one_trial_are_the_trials_of_each_repetition(breast):
     """The confirmation stage's job: R repetitions x k folds in one lockstep (R x k batched members)
     give each repetition the scores and probabilities a trial of that repetition's seed gives."""
-    from search.confirm import run_job
+    from search.select.confirm import run_job
 
     torch.set_num_threads(1)
     config = {**_config(epochs=2), "folds": 2}

@@ -101,7 +101,7 @@ def check_keys(config: Mapping[str, Any], classes: Iterable[type], *, where: str
 
 @dataclass(frozen=True)
 class TrialConfig:
-    """The keys the search driver adds to every trial config (``search.orchestrate.fixed_keys``),
+    """The keys the search driver adds to every trial config (``search.tune.orchestrate.fixed_keys``),
     read by :mod:`trainables.trainable` and :mod:`trainables.trial_data`, not by the model."""
 
     method: str | None = None           # registry name (trainables.registry.METHODS)

@@ -98,7 +98,7 @@ REFERENCE_TYPES: tuple[str, ...] = (
     "sklearn._loss.link.LogitLink", "sklearn._loss.link.MultinomialLogit", "sklearn._loss.link.Interval",
 )
 """Every type (``module.qualname``) a reference estimator's skops file may name: what
-``search.references``' logreg, rf and hgb are made of, and nothing else."""
+``search.select.references``' logreg, rf and hgb are made of, and nothing else."""
 
 
 # ----------------------------------------------------------------------------- what goes in
@@ -109,7 +109,7 @@ class ReferenceModel:
     estimator: Any
     layout: TabularLayout
     reference: str
-    """The reference's name (``logreg``, ``rf``, ``hgb``: ``search.references.REFERENCES``)."""
+    """The reference's name (``logreg``, ``rf``, ``hgb``: ``search.select.references.REFERENCES``)."""
 
 
 @dataclass(frozen=True)

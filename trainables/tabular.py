@@ -12,7 +12,7 @@ boosting) see: one row per sample, built from the same encoded data the networks
 training means); it rebuilds the same columns for any later data (a validation fold, a bundle's
 input) and is stored as plain JSON inside a bundle, so a served reference model imputes with the
 means it was trained with (:func:`predict_proba`). It lives in ``trainables`` because a bundle carries it; the reference
-estimators themselves are built in :mod:`search.references`.
+estimators themselves are built in :mod:`search.select.references`.
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""Hand off: the champion refitted, logged as an MLflow model, registered and promoted, and its model card."""

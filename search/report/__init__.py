@@ -1,0 +1,1 @@
+"""Report: what a finished search prints (its summary and timings) and the study reports it writes."""
