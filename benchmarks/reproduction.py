@@ -165,8 +165,8 @@ def confirmed(row: dict) -> list[str]:
 
 def test_metrics(config: dict) -> dict[str, float]:
     """``config`` trained once on the whole training part, evaluated once on the test part (the
-    refit that registers a search's top-k models, ``search.handoff.models.refit``)."""
-    from search.handoff.models import refit
+    refit that registers a search's top-k models, ``search.handoff.refit.refit``)."""
+    from search.handoff.refit import refit
 
     return refit(config, device="cpu").test_metrics
 

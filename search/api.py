@@ -16,7 +16,7 @@ import inspect
 from dataclasses import MISSING
 from typing import Any
 
-from search.prepare import config
+from search.prepare import config, parse
 from search.prepare.errors import UsageError
 from search.run import SearchResult, execute, quiet_libraries
 
@@ -25,13 +25,13 @@ def run_search(**options: Any) -> SearchResult:
     """Run a search with the options of ``python -m search.run`` as keyword arguments (``space=``,
     ``num_samples=``, ``metric="macro_f1"`` or a list, ...): the fields of
     :class:`search.prepare.config.SearchConfig`, with their defaults (``inspect.signature(run_search)``).
-    They are checked like the command line's (:func:`search.prepare.config.typed`, then
-    :func:`search.prepare.config.resolve`); bad options raise :class:`UsageError` with the same one-line
+    They are checked like the command line's (:func:`search.prepare.parse.typed`, then
+    :func:`search.prepare.resolve.resolve`); bad options raise :class:`UsageError` with the same one-line
     message the command prints, before anything starts."""
     unknown = sorted(set(options) - set(config.OPTIONS))
     if unknown:
         raise UsageError(f"run_search(): unknown option {unknown[0]!r}; known: {', '.join(sorted(config.OPTIONS))}")
-    given = config.typed(options)
+    given = parse.typed(options)
     quiet_libraries()
     return execute(given)
 

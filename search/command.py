@@ -98,7 +98,7 @@ def _local_storage(args: argparse.Namespace, option: str) -> Path:
 
 def _ui(argv: list[str]) -> int:
     def build(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
-        from search.tracking.callback import default_tracking_uri
+        from search.tracking.store import default_tracking_uri
 
         uri = args.tracking_uri or default_tracking_uri(_local_storage(args, "--tracking-uri"))
         # the store goes by environment, not on the command line every user sees in ps

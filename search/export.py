@@ -16,12 +16,12 @@ import), all covered by the manifest. ``pip install -r requirements.txt`` then
     from trainables.bundle import load_bundle
     probs = load_bundle("DEST/tiny-1-1bc01323").predict(frame)   # missing modalities: NaN / absent columns
 
-The deployable model is the one the search registered (:mod:`search.handoff.models`: the configuration
+The deployable model is the one the search registered (:mod:`search.handoff.registration`: the configuration
 refitted on the whole training part with the trial's seed and epochs). It is taken, in order, from
 the study's ``models/<rank>-<trial>/`` folder, from the MLflow registry of the search (the version
 tagged with the trial), or refitted now the same way.
 
-An ensemble (:mod:`trainables.ensemble`, registered by :mod:`search.handoff.models`) is exported the same
+An ensemble (:mod:`trainables.ensemble`, registered by :mod:`search.handoff.registration`) is exported the same
 way, its card listing the members, their weights and confirmed figures and the ensemble's scores
 on the fixed test part (there are no fold models of an ensemble to evaluate); when every member is
 a reference model the card says so in plain words.
@@ -100,7 +100,7 @@ def _search_options(study: StudyResults) -> dict[str, Any] | None:
 
 def _tracking_uri(study: StudyResults, options: dict[str, Any] | None) -> str | None:
     """The search's MLflow store, if it exists: its ``--tracking-uri`` or the default SQLite file."""
-    from search.tracking.callback import default_tracking_uri
+    from search.tracking.store import default_tracking_uri
 
     if options and options.get("tracking_uri"):
         return str(options["tracking_uri"])
@@ -112,7 +112,8 @@ def _registered_bundle(uri: str, study: StudyResults, trial_id: str, tmp: Path) 
     """The bundle registered for ``trial_id`` of ``study`` in the MLflow store ``uri``, downloaded."""
     from mlflow.tracking import MlflowClient
 
-    from search.tracking.callback import SEARCH_NAME_TAG, fast_http
+    from search.tracking.queue import fast_http
+    from search.tracking.store import SEARCH_NAME_TAG
 
     try:
         with fast_http(10.0):
@@ -146,8 +147,8 @@ def _download(uri: str, name: str, version: str, tmp: Path) -> Path:
 
 
 def _refit_bundle(study: StudyResults, trial: TrialResult, rank: int, tmp: Path) -> Path:
-    """Refit the configuration as :func:`search.handoff.models.log_top_models` does and bundle it."""
-    from search.handoff.models import refit
+    """Refit the configuration as :func:`search.handoff.registration.log_top_models` does and bundle it."""
+    from search.handoff.refit import refit
     from trainables.bundle import save_bundle
 
     print(f"trial {trial.trial_id}: no registered bundle found; refitting it on the whole training part", file=sys.stderr)
@@ -186,7 +187,7 @@ def select_from_registry(model: str, alias: str | None, version: str | None, tra
     """A registered model version; its trial's study is used when its folder is reachable."""
     from mlflow.tracking import MlflowClient
 
-    from search.tracking.callback import PARENT_RUN_TAG, TRIAL_ID_TAG, check_tracking_uri
+    from search.tracking.store import PARENT_RUN_TAG, TRIAL_ID_TAG, check_tracking_uri
 
     check_tracking_uri(tracking_uri)
     client = MlflowClient(tracking_uri)
@@ -212,7 +213,7 @@ def select_from_registry(model: str, alias: str | None, version: str | None, tra
     if study is not None and any(t.trial_id == trial_id for t in study.trials):
         trial = study.trial(trial_id)
     else:  # the study folder is elsewhere: the run's final metrics and the bundle's full config
-        from search.handoff.models import CONFIG_TAG
+        from search.handoff.registration import CONFIG_TAG
 
         single = not (bundle / ENSEMBLE).is_file()  # an ensemble's config: the search's fixed keys
         config = json.loads((bundle / "config.json").read_text()) if single else json.loads(v.tags.get(CONFIG_TAG, "{}"))
@@ -349,7 +350,7 @@ def selected_models(args: argparse.Namespace, tmp: Path) -> list[Selected]:
     """The search's top-k (``--name``) or the registered version (``--model``), fetched into ``tmp``."""
     if args.name:
         return select_from_study(load_study(args.name, args.storage or DEFAULT_STORAGE), args.top_k, tmp)
-    from search.tracking.callback import default_tracking_uri
+    from search.tracking.store import default_tracking_uri
 
     uri = args.tracking_uri or default_tracking_uri(args.storage or DEFAULT_STORAGE)
     return [select_from_registry(args.model, args.alias or "champion", args.version, uri, tmp, args.storage)]

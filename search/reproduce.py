@@ -4,7 +4,7 @@
 
 Reads the bundle's ``config.json`` (the full training config: method, data spec, seed, epochs,
 every hyperparameter), checks that the data loaded now has the fingerprint the bundle records,
-refits the configuration exactly as the search did (:func:`search.handoff.models.refit`: whole training
+refits the configuration exactly as the search did (:func:`search.handoff.refit.refit`: whole training
 part, same seed and epochs) and compares the retrained model with the bundle: the largest weight
 difference and the largest probability difference over the training part (and the fixed test part
 when there is one), predicted by the retrained trainer and by the bundle through its public
@@ -38,7 +38,8 @@ class Reproduction:
 def reproduce(bundle: Bundle) -> Reproduction:
     from safetensors.torch import load_file
 
-    from search.handoff.models import pyfunc_input, refit
+    from search.handoff.models import pyfunc_input
+    from search.handoff.refit import refit
 
     config = dict(bundle.config)
     for key in ("method", "data", "seed", "epochs"):

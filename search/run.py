@@ -21,16 +21,17 @@ import sys
 from dataclasses import dataclass, replace
 from typing import Any
 
-from search.prepare import cli, config, preflight
-from search.prepare.config import SearchConfig, experiment_path, resolve, storage_path
+from search.prepare import cli, config, parse, preflight
+from search.prepare.config import SearchConfig, experiment_path, storage_path
 from search.prepare.errors import UsageError
+from search.prepare.resolve import resolve
 from search.report.render import render
-from search.select import results
+from search.select import results, results_csv
 from search.select.results import SEARCH_FILE
 from search.stages import collect, prepare, select_and_hand_off, tune_trials
 from search.trust import integrity, locks, relocate
 from search.trust.credentials import private_outputs
-from search.tune import faults, orchestrate, supervisor
+from search.tune import faults, schedulers, supervisor
 from trainables.data import DataError
 
 PROG = "python -m search.run"
@@ -42,10 +43,10 @@ RESUME_OVERRIDES = ("storage", "name", "resume", "address", "tracking_uri", "top
 # --------------------------------------------------------------------------------- options
 def options(given: dict[str, Any], *, refuse_taken: bool = True) -> SearchConfig:
     """The search's options from the ones given (by field name, as the command line, a ``--config``
-    file or :func:`search.run_search` gave them): typed and checked (:func:`search.prepare.config.typed`),
+    file or :func:`search.run_search` gave them): typed and checked (:func:`search.prepare.parse.typed`),
     then resolved (a new search; one whose name is taken is refused unless not ``refuse_taken``)
     or read back from the search's ``search.json`` (``--resume``), in one line on the first problem."""
-    given = config.typed(given)
+    given = parse.typed(given)
     if not given.get("resume"):
         if "space" not in given:
             raise UsageError("--space is required (python -m search.spaces list)")
@@ -56,14 +57,14 @@ def options(given: dict[str, Any], *, refuse_taken: bool = True) -> SearchConfig
     storage = given.get("storage", SearchConfig.storage)
     name = preflight.find_search(storage_path(storage), given.get("name"))
     integrity.verify(experiment_path(storage, name))  # before anything of it is read, Ray started or unpickled
-    saved = json.loads(results.read_text(experiment_path(storage, name), SEARCH_FILE))
+    saved = json.loads(results_csv.read_text(experiment_path(storage, name), SEARCH_FILE))
     # the folder it was found in, not the one it was saved in (a copied or moved results folder)
-    cfg = relocate.rebased(config.from_saved(saved, f"--resume: {SEARCH_FILE} of {name}"), storage)
+    cfg = relocate.rebased(parse.from_saved(saved, f"--resume: {SEARCH_FILE} of {name}"), storage)
     if given.get("num_samples", cfg.num_samples) != cfg.num_samples:
         if given["num_samples"] < cfg.num_samples:
             raise UsageError(f"--num-samples {given['num_samples']}: a resumed search keeps its trials "
                              f"(it has {cfg.num_samples}); give more to extend it")
-        if not orchestrate.has_study(cfg):
+        if not schedulers.has_study(cfg):
             raise UsageError("--num-samples: PBT's population is fixed when the search starts; it cannot be extended")
     for key, value in given.items():
         if key in RESUME_OVERRIDES:

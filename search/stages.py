@@ -15,20 +15,20 @@ from search.prepare import preflight
 from search.prepare.config import SearchConfig, storage_path
 from search.prepare.errors import UsageError
 from search.report.timing import Steps, since_start
-from search.select import oof, results
+from search.select import oof, results, results_csv
 from search.select.cleanup import PruneCheckpoints, Pruned, prune_checkpoints
 from search.select.oof import KeepOutOfFold
 from search.select.results import SEARCH_FILE
 from search.trust import integrity, relocate
 from search.trust.credentials import redact
-from search.tune import faults, orchestrate, supervisor
+from search.tune import faults, orchestrate, samplers, schedulers, supervisor
 from search.tune.progress import ProgressLine
 from search.tune.study_agreement import agree_with_tune
 from trainables.version import code_version
 
 
 def tracking_uri(cfg: SearchConfig) -> str:
-    from search.tracking.callback import default_tracking_uri
+    from search.tracking.store import default_tracking_uri
 
     if cfg.tracking_uri:
         return cfg.tracking_uri
@@ -73,10 +73,10 @@ def prepare(cfg: SearchConfig) -> Prepared:
     torch.set_num_threads(max(1, int(cfg.cpus_per_trial)))
     copied_from = None
     if cfg.resume:  # a copied results folder: its MLflow store's artifact locations follow it
-        saved_storage = storage_path(json.loads(results.read_text(cfg.experiment_path, SEARCH_FILE))["storage"])
+        saved_storage = storage_path(json.loads(results_csv.read_text(cfg.experiment_path, SEARCH_FILE))["storage"])
         if relocate.rebase_mlflow_store(uri, saved_storage, cfg.storage_path) or saved_storage != cfg.storage_path:
             copied_from = relocate.rebase_uri(uri, cfg.storage_path, saved_storage)
-    study_url = optuna_storage.storage_url(cfg) if orchestrate.has_study(cfg) else None
+    study_url = optuna_storage.storage_url(cfg) if schedulers.has_study(cfg) else None
     new = preflight.NewPaths(cfg, uri, study_url)
     try:
         cfg, data, warm = _checked(cfg, space, uri, study_url, preflight.sqlite_path(uri) in new, timings)
@@ -88,7 +88,7 @@ def prepare(cfg: SearchConfig) -> Prepared:
                    "fusetune.code_version": code_version(), "fusetune.sampler": cfg.sampler,
                    "fusetune.scheduler": cfg.scheduler}
     if cfg.parent_run_id:
-        from search.tracking.callback import PARENT_RUN_TAG
+        from search.tracking.store import PARENT_RUN_TAG
 
         search_tags[PARENT_RUN_TAG] = cfg.parent_run_id
     return Prepared(cfg, space, uri, data, study_url, warm, timings, search_tags, copied_from)
@@ -98,7 +98,7 @@ def _checked(cfg: SearchConfig, space: Any, uri: str, study_url: str | None, new
              timings: Steps) -> tuple[SearchConfig, Any, list[Any]]:
     """The checks that can refuse a search, the data, the warm start, Ray: the options with the
     cluster's slots, the data, the warm-start trials."""
-    from search.tracking.callback import check_tracking_uri
+    from search.tracking.store import check_tracking_uri
     from search.tune import optuna_storage
 
     tracking_option = "--tracking-uri" if cfg.tracking_uri else f"--storage {cfg.storage} (its mlflow.db)"
@@ -153,17 +153,17 @@ def tune_trials(cfg: SearchConfig, prepared: Prepared) -> Tuned:
 
     space, data, timings = prepared.space, prepared.data, prepared.timings
     exp_path = cfg.experiment_path
-    total = orchestrate.num_trials(cfg, space)
+    total = samplers.num_trials(cfg, space)
     tracking = MLflowTracking(prepared.uri, cfg.experiment, cfg.name, search_tags=prepared.search_tags,
                               search_params=cfg.as_params(), dataset=DatasetInfo.of(cfg, data),
                               copied_from=prepared.copied_from)
     callbacks = [ProgressLine(total=total, epochs=cfg.epochs, metric=cfg.primary_metric, mode=cfg.primary_mode),
                  tracking]
-    results.write_text(json.dumps(cfg.as_saved(), indent=2, default=list), exp_path, SEARCH_FILE)
+    results_csv.write_text(json.dumps(cfg.as_saved(), indent=2, default=list), exp_path, SEARCH_FILE)
     # the only deleter of checkpoints: the disk does not grow with the trials, and none a resume needs goes
     callbacks.append(KeepOutOfFold())  # before the pruner: a trial's predictions outlive its checkpoint
     pruner = PruneCheckpoints(cfg.primary_metric, cfg.primary_mode, keep=max(cfg.top_k, 1),
-                              ended=orchestrate.SCHEDULERS[cfg.scheduler].cadence.prune_ended)
+                              ended=schedulers.SCHEDULERS[cfg.scheduler].cadence.prune_ended)
     callbacks.append(pruner)
     integrity.install()  # every snapshot Tune writes is sealed before it reaches the search folder
     if cfg.resume:
@@ -180,7 +180,7 @@ def tune_trials(cfg: SearchConfig, prepared: Prepared) -> Tuned:
         warm = prepared.warm
         print(f"Optuna study {cfg.name}: optuna-dashboard {redact(prepared.study_url)}" + (
             f" (warm start: {len(warm)} finished trials of {cfg.warm_start})" if warm else ""), flush=True)
-    elif orchestrate.has_study(cfg):
+    elif schedulers.has_study(cfg):
         print("Optuna study in memory (a remote --storage; give --optuna-storage URL to keep it)", flush=True)
     with timings("search_s"):
         grid = tuner.fit()
@@ -212,7 +212,7 @@ def collect(cfg: SearchConfig, prepared: Prepared, tuned: Tuned) -> Collected:
         rows = results.collect(exp_path, fs)
         agree_with_tune(cfg, rows)  # a driver killed between Tune and Optuna
         pareto = results.pareto_front(rows, cfg.metric, cfg.mode) if cfg.multi_objective else None
-        csv_path = results.write_text(results.csv_text(rows, sampled, pareto), exp_path, results.RESULTS_CSV, fs)
+        csv_path = results_csv.write_text(results_csv.csv_text(rows, sampled, pareto), exp_path, results.RESULTS_CSV, fs)
     ranked = results.ranked(rows, cfg.primary_metric, cfg.primary_mode)
     oof.recover(exp_path, ranked, fs)
     return Collected(rows, ranked, pareto, csv_path)
@@ -238,8 +238,8 @@ def select_and_hand_off(cfg: SearchConfig, prepared: Prepared, tuned: Tuned, col
                         uri=prepared.uri, parent_run_id=tuned.parent_run_id, data_name=cfg.data_name,
                         fixed=orchestrate.fixed_keys(cfg, prepared.space), search_tags=prepared.search_tags)
     if chosen.reference_rows:
-        collected.csv_path = results.write_text(
-            results.csv_text(rows, prepared.space.names, collected.pareto, chosen.reference_rows), tuned.exp_path,
+        collected.csv_path = results_csv.write_text(
+            results_csv.csv_text(rows, prepared.space.names, collected.pareto, chosen.reference_rows), tuned.exp_path,
             results.RESULTS_CSV, tuned.fs)
     return chosen
 

@@ -82,7 +82,7 @@ def sqlite_store(dest: Path) -> str:
     import shutil
     import tempfile
 
-    from search.tracking.callback import check_tracking_uri, default_tracking_uri
+    from search.tracking.store import check_tracking_uri, default_tracking_uri
 
     if not _TEMPLATE:
         folder = Path(tempfile.mkdtemp(prefix="fusetune-mlflow-template-"))

@@ -221,7 +221,7 @@ def test_sampler_random_states_hold_every_draw(name):
     (``optuna.samplers._lazy_random_state``): read as JSON and put back into a fresh sampler, its
     next draws are the original's. Every sampler of the registry has one."""
     from search.prepare.config import SearchConfig
-    from search.tune.orchestrate import SAMPLERS
+    from search.tune.samplers import SAMPLERS
 
     def build():
         return SAMPLERS[name](SearchConfig(space="baseline", data="breast-tcga", sampler=name, seed=7))

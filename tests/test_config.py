@@ -208,7 +208,7 @@ def test_a_toy_method_needs_a_method_file_its_space_and_one_registry_line(tmp_pa
 
 # ------------------------------------------------------------------------------- the options of a search
 # search.prepare.config.SearchConfig: one typed declaration of every option; the command line, a --config file,
-# run_search() and a resumed search's search.json all go through search.prepare.config.typed, then resolve
+# run_search() and a resumed search's search.json all go through search.prepare.parse.typed, then resolve
 
 SEARCH_JSON_TODAY = """{
   "space": "climd", "only": ["lr", "gamma"], "data": "breast-tcga", "metric": ["macro_f1", "macro_f1_std"],
@@ -264,7 +264,7 @@ def test_help_print_config_and_run_search_have_the_same_options_and_defaults(cap
     import yaml
 
     from search import run_search
-    from search.prepare import config
+    from search.prepare import config, parse
 
     declared = {f.name: f.default for f in fields(config.SearchConfig)}
     shown = _help_options(capsys, monkeypatch)
@@ -283,7 +283,7 @@ def test_help_print_config_and_run_search_have_the_same_options_and_defaults(cap
         if help_line is None:  # --parent-run-id: search.nested's, not shown
             continue
         default = re.search(r"\((default:? [^()]*(?:\([^()]*\)[^()]*)*)\)$", help_line)
-        if (config.info(name).json_schema_extra or {}).get("shown"):
+        if (parse.info(name).json_schema_extra or {}).get("shown"):
             assert default and default[1].startswith("default: "), name  # a default the space or the run fills
         elif value in (MISSING, None, ()) or isinstance(value, bool):
             assert default is None, name
@@ -303,7 +303,8 @@ def test_help_print_config_and_run_search_have_the_same_options_and_defaults(cap
 def test_print_config_fed_back_with_config_is_the_same_search(argv, capsys, tmp_path):
     from search import run as run_mod
     from search.prepare.cli import parse_args
-    from search.prepare.config import SearchConfig, resolve
+    from search.prepare.config import SearchConfig
+    from search.prepare.resolve import resolve
 
     argv = [*argv, "--storage", str(tmp_path)]
     first = run_mod.options(parse_args(argv), refuse_taken=False)
@@ -332,8 +333,9 @@ def test_one_bad_value_is_one_line_naming_the_option_on_every_path(name, text, v
     from search import run as run_mod
     from search import run_search
     from search.prepare.cli import parse_args
-    from search.prepare.config import flag, from_saved
+    from search.prepare.config import flag
     from search.prepare.errors import UsageError
+    from search.prepare.parse import from_saved
 
     path = tmp_path / "search.yaml"
     path.write_text(f"space: baseline\n{name}: {json.dumps(value)}\n")
@@ -352,7 +354,7 @@ def test_one_bad_value_is_one_line_naming_the_option_on_every_path(name, text, v
 
 def test_a_search_json_of_the_earlier_fusetune_resumes(tmp_path, monkeypatch):
     from search import run as run_mod
-    from search.prepare import config, preflight
+    from search.prepare import parse, preflight, resolve
     from search.trust import integrity
 
     folder = tmp_path / "climd-breast-tcga-20250101-120000"
@@ -364,11 +366,11 @@ def test_a_search_json_of_the_earlier_fusetune_resumes(tmp_path, monkeypatch):
     assert (cfg.only, cfg.metric, cfg.mode, cfg.points, cfg.references) == (
         ("lr", "gamma"), ("macro_f1", "macro_f1_std"), ("max", "min"), ({"lr": 0.001},), ())
     assert cfg.storage == str(tmp_path) and cfg.resume and cfg.grace_period == 7 and cfg.ensemble == "trials+references"
-    assert cfg == config.resolve(cfg)  # what it saved is a resolved search
+    assert cfg == resolve.resolve(cfg)  # what it saved is a resolved search
     # one written before ensembles (no 'ensemble' key) had no out-of-fold predictions; a fifo search then kept
     # the space's grace period it did not read
     older = {k: v for k, v in json.loads(SEARCH_JSON_TODAY).items() if k not in ("ensemble", "only", "parent_run_id")}
-    old = config.from_saved({**older, "scheduler": "fifo", "grace_period": 25})
+    old = parse.from_saved({**older, "scheduler": "fifo", "grace_period": 25})
     assert (old.ensemble, old.only, old.grace_period) == ("off", (), 25)
     with pytest.raises(Exception, match="--metric: cannot change on --resume"):
         run_mod.options({"resume": True, "storage": str(tmp_path), "name": folder.name, "metric": "auroc"})
@@ -386,16 +388,16 @@ def test_choices_are_the_registries_and_their_capabilities():
     assert tuple(parser["promote"].choices) == tuple(registry_names.PROMOTE_POLICIES)
     assert config.default("references") == registry_names.REFERENCES
     # the declaration the options check reads imports neither Ray nor sklearn; the registries check it at import
-    code = ("import sys, search.prepare.registry_names, search.prepare.config; "
-            "print(sorted({'search.tune.orchestrate', 'search.select.references', 'search.handoff.promotion'}"
-            " & set(sys.modules)))")
+    code = ("import sys, search.prepare.registry_names, search.prepare.config, search.prepare.parse, "
+            "search.prepare.resolve; print(sorted({'search.tune.samplers', 'search.tune.schedulers', "
+            "'search.select.references', 'search.handoff.promotion'} & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert out.stdout.strip() == "[]"
     code = "import sys, search.prepare.registry_names; print(sorted({'ray', 'sklearn', 'optuna'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert out.stdout.strip() == "[]"
     from search.select import references
-    from search.tune import orchestrate
+    from search.tune import samplers
 
-    assert all(orchestrate.SAMPLERS[n].traits is t for n, t in registry_names.SAMPLERS.items())
+    assert all(samplers.SAMPLERS[n].traits is t for n, t in registry_names.SAMPLERS.items())
     assert tuple(references.REFERENCES) == registry_names.REFERENCES

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from search import run as run_mod
-from search.prepare.config import SearchConfig, resolve
+from search.prepare.config import SearchConfig
 from search.prepare.errors import UsageError
+from search.prepare.resolve import resolve
 from search.trust.credentials import credentials_in, redact
 
 SECRET = "s3cr3t-7f2a"
@@ -94,7 +95,7 @@ def test_the_other_commands_refuse_them_too(command, tmp_path, capsys):
 
 
 def test_the_tracking_check_itself_refuses_them():
-    from search.tracking.callback import check_tracking_uri
+    from search.tracking.store import check_tracking_uri
 
     with pytest.raises(UsageError, match=r"alice:\*\*\*@.*MLFLOW_TRACKING_PASSWORD"):
         check_tracking_uri(f"http://alice:{SECRET}@127.0.0.1:9")

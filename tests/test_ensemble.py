@@ -1,12 +1,13 @@
 """Ensemble selection (search.select.ensemble) against hand-computed cases, its out-of-fold inputs
-(search.select.oof) and its confirmation on fresh folds (search.select.confirm.ensemble_candidate)."""
+(search.select.oof) and its confirmation on fresh folds (search.select.verdict.ensemble_candidate)."""
 
 import numpy as np
 import pytest
 
-from search.prepare.config import SearchConfig, resolve
+from search.prepare.config import SearchConfig
 from search.prepare.errors import UsageError
-from search.select import confirm, ensemble, oof
+from search.prepare.resolve import resolve
+from search.select import ensemble, oof, verdict
 from trainables.metrics import METRICS, classification_metrics
 
 Y = np.array([1, 0, 1, 0])
@@ -101,20 +102,20 @@ def test_pool_aligns_candidates_on_the_samples_they_share(tmp_path):
 
 
 def test_ensemble_is_confirmed_on_its_members_fresh_fold_probabilities():
-    scheme = confirm.Scheme(2, 0.2, (1000, 2000), "accuracy", "f" * 64)
+    scheme = verdict.Scheme(2, 0.2, (1000, 2000), "accuracy", "f" * 64)
     labels = np.array([1, 0, 1, 0])
     members = {}
     for name, p1 in (("A", [0.9, 0.6, 0.7, 0.4]), ("B", [0.3, 0.0, 0.2, 0.3])):
-        c = confirm.Candidate(name, "model", {"id": name})
+        c = verdict.Candidate(name, "model", {"id": name})
         probs = np.stack([1 - np.array(p1), np.array(p1)], axis=1)
         c.probs = {r: oof.OutOfFold(np.arange(4), np.array([0, 0, 1, 1]), labels, probs) for r in range(2)}
         members[name] = c
     chosen = ensemble.Ensemble(("A", "B"), (2 / 3, 1 / 3), 0.9)
-    c = confirm.ensemble_candidate(chosen, members, scheme)
+    c = verdict.ensemble_candidate(chosen, members, scheme)
     assert not c.error and c.kind == "ensemble" and c.search_value == 0.9 and c.is_model
     assert c.folds["accuracy"].tolist() == [1.0, 1.0, 1.0, 1.0]  # (2A+B)/3 is right on every sample
     del members["B"].probs[1]
-    assert "no probabilities" in confirm.ensemble_candidate(chosen, members, scheme).error
+    assert "no probabilities" in verdict.ensemble_candidate(chosen, members, scheme).error
 
 
 def test_ensemble_options_checked_before_anything_starts():

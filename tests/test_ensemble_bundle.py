@@ -1,7 +1,7 @@
 """trainables.ensemble and its registration: an ensemble of networks and reference models is ONE
 bundle (one manifest, signable) that predicts the weighted sum of its members' probabilities;
 reference estimators load through a type allow-list (never pickle); tampered ensembles are refused
-in one line; search.handoff.models registers an ensemble as one MLflow model version, idempotently."""
+in one line; search.handoff.registration registers an ensemble as one MLflow model version, idempotently."""
 
 from __future__ import annotations
 
@@ -278,9 +278,10 @@ def test_a_signed_ensemble_loads_under_its_key_and_a_modified_member_breaks_it(f
 def test_an_ensemble_is_registered_as_one_model_version_once(tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
-    import search.handoff.models as models
+    import search.handoff.refit as refitting
     from mlflow_server import sqlite_store
-    from search.handoff.models import ENSEMBLE_ID, TopTrial, load_model, log_top_models, registered_model_name
+    from search.handoff.models import load_model
+    from search.handoff.registration import ENSEMBLE_ID, TopTrial, log_top_models, registered_model_name
     from test_models import BASE, search_runs
     from trainables.data import load_dataset
 
@@ -295,8 +296,8 @@ def test_an_ensemble_is_registered_as_one_model_version_once(tmp_path, monkeypat
     cb = search_runs(uri, [single], "ensemble")
     name = registered_model_name("baseline", "rosmap")
     refits = []
-    real_refit = models.refit
-    monkeypatch.setattr(models, "refit", lambda config, **kw: refits.append(config) or real_refit(config, **kw))
+    real_refit = refitting.refit
+    monkeypatch.setattr(refitting, "refit", lambda config, **kw: refits.append(config) or real_refit(config, **kw))
 
     def register() -> list[str]:
         return log_top_models([single, ensemble], space="baseline", data_name="rosmap", tracking_uri=uri,

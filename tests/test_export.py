@@ -65,7 +65,7 @@ def _test_part_with_gaps():
 
 
 def test_champion_bundle_in_a_fresh_process_matches_the_trainer(search, exported, tmp_path):
-    from search.handoff.models import refit
+    from search.handoff.refit import refit
 
     study = load_study(search["name"], search["storage"])
     champion = study.best()

@@ -4,9 +4,10 @@
 import pytest
 
 from search.prepare.cli import parse_args
-from search.prepare.config import SearchConfig, resolve
+from search.prepare.config import SearchConfig
 from search.prepare.errors import UsageError
-from search.tune.orchestrate import SCHEDULERS, asha_rungs
+from search.prepare.resolve import resolve
+from search.tune.schedulers import SCHEDULERS, asha_rungs
 from spaces import get_space
 from spaces.common import curriculum_grace
 from spaces.dimensions import Float

@@ -57,7 +57,8 @@ def search_run_argv(text: str) -> list[list[str]]:
 def check_search_command(argv: list[str]) -> dict[str, Any]:
     """The options parse with search.run's own parser and pass its checks that need no cluster."""
     from search.prepare.cli import parse_args
-    from search.prepare.config import SearchConfig, resolve
+    from search.prepare.config import SearchConfig
+    from search.prepare.resolve import resolve
 
     given = parse_args(argv)
     if not given.get("resume"):

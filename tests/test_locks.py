@@ -61,7 +61,7 @@ def test_a_second_driver_is_refused_and_a_killed_one_leaves_no_lock(lock_dir, tm
     assert not (tmp_path / "results").exists()  # the lock writes nothing into the results folder
 
 
-CREATE = ("import sys, time\nfrom search.tracking.callback import check_tracking_uri\nt = float(sys.argv[2])\n"
+CREATE = ("import sys, time\nfrom search.tracking.store import check_tracking_uri\nt = float(sys.argv[2])\n"
           "while time.time() < t: time.sleep(0.001)\ncheck_tracking_uri(sys.argv[1])\nprint('ok')")
 
 

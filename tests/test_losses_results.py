@@ -5,7 +5,8 @@ import io
 
 import torch
 
-from search.select.results import TrialResult, csv_text
+from search.select.results import TrialResult
+from search.select.results_csv import csv_text
 from trainables.losses import FocalLoss
 from trainables.metrics import METRICS
 

@@ -1,5 +1,5 @@
-"""search.handoff.models and trainables.bundle: refit, bundle, MLflow pyfunc + Model Registry, fresh-process
-loading of ``models:/<name>@champion``, missing modalities, and refused tampered bundles."""
+"""search.handoff (refit, registration, models) and trainables.bundle: refit, bundle, MLflow pyfunc + Model
+Registry, fresh-process loading of ``models:/<name>@champion``, missing modalities, and refused tampered bundles."""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from mlflow_server import sqlite_store
-from search.handoff.models import TopTrial, log_top_models, pyfunc_input, refit, registered_model_name
+from search.handoff.models import pyfunc_input
+from search.handoff.refit import refit
+from search.handoff.registration import TopTrial, log_top_models, registered_model_name
 from search.tracking.callback import MLflowTracking
 from trainables.bundle import BundleError, load_bundle, save_bundle
 from trainables.data import Modality, MultimodalDataset, load_dataset

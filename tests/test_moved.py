@@ -32,11 +32,13 @@ PICKLED_BEFORE = [
     ("search.tracking", "MLflowTracking"),
     ("search.replay", "RememberingASHA"),
     ("search.replay", "RememberingMedian"),
+    ("search.confirm", "fusetune_confirm"),  # a confirmation stage's tuner.pkl: its trainable
+    ("search.confirm", "_dirname"),          # ... and its trial_dirname_creator
 ]
 
 
 @pytest.mark.parametrize("old,name", PICKLED_BEFORE)
-def test_a_class_pickled_under_its_old_module_loads_as_the_same_class(old, name):
+def test_what_was_pickled_under_its_old_module_loads_as_the_same_object(old, name):
     reference = pickle.loads(f"c{old}\n{name}\n.".encode())  # protocol 0: GLOBAL 'module name'
     assert reference.__module__.startswith("search.") and reference.__module__ != old
     assert reference is getattr(importlib.import_module(reference.__module__), name)

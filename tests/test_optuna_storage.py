@@ -19,8 +19,9 @@ import pytest
 from optuna.trial import TrialState
 
 from search import run as run_mod
-from search.prepare.config import SearchConfig, resolve
+from search.prepare.config import SearchConfig
 from search.prepare.errors import UsageError
+from search.prepare.resolve import resolve
 from search.tune.optuna_storage import (
     RAY_TRIAL_ATTR,
     RETRY_ATTR,
@@ -236,7 +237,7 @@ def test_load_study_of_a_real_search(tiny):
 def test_mlflow_parent_run_of_a_real_search(tiny):
     from mlflow import MlflowClient
 
-    from search.tracking.callback import ROLE_TAG, SEARCH_NAME_TAG
+    from search.tracking.store import ROLE_TAG, SEARCH_NAME_TAG
 
     client = MlflowClient(tiny["tracking_uri"])
     exp = client.get_experiment_by_name("fusetune")

@@ -1,5 +1,5 @@
-"""search.report.reports: the Optuna study rebuilt from a search's results, the plots as real images with
-the expected axes, graceful skips, and the artifacts on the parent MLflow run."""
+"""search.report (reports, plots, optuna_study): the Optuna study rebuilt from a search's results, the
+plots as real images with the expected axes, graceful skips, and the artifacts on the parent MLflow run."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import optuna
 import pytest
 from PIL import Image
 
-from search.report.reports import PLOTS, rebuild_optuna_study, write_search_reports
+from search.report.optuna_study import rebuild_optuna_study
+from search.report.plots import PLOTS
+from search.report.reports import write_search_reports
 from search.select.results import load_study
 from studies import fake_study, tiny_search
 

@@ -10,10 +10,10 @@ from search.select.results import (
     CONFIRMATION_CSV,
     RESULTS_CSV,
     TrialResult,
-    csv_text,
     load_study,
     ranked,
 )
+from search.select.results_csv import csv_text
 from studies import fake_study
 
 

@@ -140,11 +140,11 @@ def test_the_options_check_and_the_registries_agree():
     # search.prepare.config checks --sampler/--scheduler without importing Ray or Optuna: it reads the names and
     # capabilities search.prepare.registry_names declares, which the registries (whose entries carry the
     # behaviour) take and check at import
-    from search.prepare import config, registry_names
-    from search.tune import orchestrate
+    from search.prepare import parse, registry_names
+    from search.tune import samplers, schedulers
 
-    assert config.choices("sampler") == tuple(orchestrate.SAMPLERS) == tuple(registry_names.SAMPLERS)
-    assert config.choices("scheduler") == tuple(orchestrate.SCHEDULERS) == tuple(registry_names.SCHEDULERS)
-    assert {n for n, s in orchestrate.SAMPLERS.items() if s.multi_objective} == {"nsga2", "tpe", "random"}
-    assert [n for n, s in orchestrate.SCHEDULERS.items() if not orchestrate.has_study(
+    assert parse.choices("sampler") == tuple(samplers.SAMPLERS) == tuple(registry_names.SAMPLERS)
+    assert parse.choices("scheduler") == tuple(schedulers.SCHEDULERS) == tuple(registry_names.SCHEDULERS)
+    assert {n for n, s in samplers.SAMPLERS.items() if s.multi_objective} == {"nsga2", "tpe", "random"}
+    assert [n for n, s in schedulers.SCHEDULERS.items() if not schedulers.has_study(
         SearchConfig(space="baseline", scheduler=n))] == ["pbt"]

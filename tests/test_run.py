@@ -14,8 +14,9 @@ import yaml
 
 from search import run as run_mod
 from search.prepare.cli import parse_args
-from search.prepare.config import SearchConfig, resolve
+from search.prepare.config import SearchConfig
 from search.prepare.errors import UsageError
+from search.prepare.resolve import resolve
 from spaces import SPACES, get_space
 
 REPO = Path(__file__).resolve().parents[1]
@@ -170,7 +171,7 @@ def test_end_to_end_results(omnifuse_search):
 def test_end_to_end_mlflow(omnifuse_search):
     from mlflow import MlflowClient
 
-    from search.tracking.callback import PARENT_RUN_TAG, ROLE_TAG, SEARCH_NAME_TAG
+    from search.tracking.store import PARENT_RUN_TAG, ROLE_TAG, SEARCH_NAME_TAG
 
     storage, out = omnifuse_search
     assert out.returncode == 0
@@ -293,7 +294,7 @@ def test_every_space_completes(name, tmp_path, data_dir):
 def test_search_against_a_real_mlflow_server(mlflow_server, tmp_path, data_dir):
     from mlflow import MlflowClient
 
-    from search.tracking.callback import PARENT_RUN_TAG, ROLE_TAG, SEARCH_NAME_TAG
+    from search.tracking.store import PARENT_RUN_TAG, ROLE_TAG, SEARCH_NAME_TAG
 
     out = search(["--space", "baseline", "--num-samples", "3", "--epochs", "2", "--folds", "2", "--top-k", "1",
                   "--storage", str(tmp_path), "--name", "served", "--tracking-uri", mlflow_server.uri])

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from mlflow_server import sqlite_store
-from search.handoff.models import TopTrial, log_top_models, pyfunc_input, registered_model_name
+from search.handoff.models import pyfunc_input
+from search.handoff.registration import TopTrial, log_top_models, registered_model_name
 from serving import post, served
 from test_models import BASE, search_runs, with_missing
 from trainables.bundle import load_bundle
@@ -44,7 +45,7 @@ def test_served_champion_answers_invocations_with_probabilities(tmp_path):
 
 
 def test_a_served_ensemble_answers_what_its_bundle_predicts(tmp_path):
-    from search.handoff.models import ENSEMBLE_ID
+    from search.handoff.registration import ENSEMBLE_ID
     from trainables.ensemble import EnsembleBundle
 
     uri = sqlite_store(tmp_path / "store")

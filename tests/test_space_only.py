@@ -4,8 +4,10 @@ import optuna
 import pytest
 
 from search.prepare.cli import parse_args
-from search.prepare.config import SearchConfig, from_saved, resolve
+from search.prepare.config import SearchConfig
 from search.prepare.errors import UsageError
+from search.prepare.parse import from_saved
+from search.prepare.resolve import resolve
 from spaces import get_space
 
 

@@ -10,7 +10,8 @@ import optuna
 import pytest
 
 from search import spaces as spaces_cli
-from search.prepare.config import SearchConfig, resolve
+from search.prepare.config import SearchConfig
+from search.prepare.resolve import resolve
 from search.tune.orchestrate import build_searcher, fixed_keys
 from spaces import SPACES, Categorical, Float, Forbidden, Int, Space, When, get_space
 from trainables import engine
@@ -282,7 +283,7 @@ def test_module_entry_point():
 
 @pytest.mark.parametrize("epochs", [4, 20, 50, 100, 300])
 def test_asha_reports_at_the_rungs_ray_decides_at(epochs):
-    from search.tune.orchestrate import CADENCES, SCHEDULERS, asha_rungs
+    from search.tune.schedulers import CADENCES, SCHEDULERS, asha_rungs
 
     cfg = resolve(SearchConfig(space="baseline", epochs=epochs))
     scheduler = SCHEDULERS["asha"](cfg, get_space("baseline"))
@@ -293,7 +294,7 @@ def test_asha_reports_at_the_rungs_ray_decides_at(epochs):
 
 
 def test_every_scheduler_has_a_cadence_and_pbt_reports_only_at_its_interval():
-    from search.tune.orchestrate import CADENCES, SCHEDULERS
+    from search.tune.schedulers import CADENCES, SCHEDULERS
 
     assert set(CADENCES) == set(SCHEDULERS)
     cfg = resolve(SearchConfig(space="baseline", epochs=50, scheduler="pbt"))

@@ -1,4 +1,4 @@
-"""search.tracking.callback: the MLflow callback against the default SQLite store and a real ``mlflow server``.
+"""search.tracking (callback, store, results): the MLflow callback against the default SQLite store and a real ``mlflow server``.
 
 The hooks are driven with small fake trials (what Ray Tune passes: ``trial_id``, ``config``,
 ``status``, ``str(trial)``, ``get_pickled_error``), plus one real Tuner run with a trivial trainable.
@@ -16,13 +16,9 @@ from mlflow.tracking import MlflowClient
 
 from mlflow_server import free_port, sqlite_store
 from search.prepare.errors import UsageError
-from search.tracking.callback import (
-    MLflowTracking,
-    check_tracking_uri,
-    default_tracking_uri,
-    result_metrics,
-    trial_error_reason,
-)
+from search.tracking.callback import MLflowTracking
+from search.tracking.results import result_metrics, trial_error_reason
+from search.tracking.store import check_tracking_uri, default_tracking_uri
 
 
 class TrialFailure(RuntimeError):
@@ -422,7 +418,7 @@ def test_inside_a_real_tuner(tmp_path):
 
 
 def test_fast_http_is_scoped_and_respects_user_settings(monkeypatch):
-    from search.tracking.callback import fast_http
+    from search.tracking.queue import fast_http
 
     monkeypatch.delenv("MLFLOW_HTTP_REQUEST_TIMEOUT", raising=False)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "5")  # the user's choice wins
@@ -484,7 +480,7 @@ class _Data:
 def test_parent_run_summary_dataset_and_experiment_kind(tmp_path):
     from search.prepare.config import SearchConfig
     from search.prepare.dataset_input import DatasetInfo
-    from search.tracking.callback import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
+    from search.tracking.store import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
 
     uri = sqlite_store(tmp_path)
     dataset = DatasetInfo.of(SearchConfig(space="baseline", data="breast-tcga"), _Data())
@@ -511,7 +507,7 @@ def test_parent_run_summary_dataset_and_experiment_kind(tmp_path):
 
 
 def test_experiment_kind_a_user_chose_stays(tmp_path):
-    from search.tracking.callback import EXPERIMENT_KIND_TAG
+    from search.tracking.store import EXPERIMENT_KIND_TAG
 
     uri = sqlite_store(tmp_path)
     client = MlflowClient(uri)

@@ -102,7 +102,7 @@ def test_runs_table_shows_the_search_with_its_nested_trials(tiny, mlflow_ui, bro
     from mlflow import MlflowClient
     from selenium.webdriver.common.by import By
 
-    from search.tracking.callback import PARENT_RUN_TAG, ROLE_TAG, SEARCH_NAME_TAG
+    from search.tracking.store import PARENT_RUN_TAG, ROLE_TAG, SEARCH_NAME_TAG
 
     client = MlflowClient(tiny["tracking_uri"])
     exp = client.get_experiment_by_name("fusetune")

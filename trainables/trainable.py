@@ -55,7 +55,7 @@ from trainables.version import code_version
 STATE_FILE = "state.pt"
 OOF_FILE = "oof.npz"
 """The final checkpoint's out-of-fold predictions (:func:`save_oof`): what ensemble selection reads."""
-CURVE_KEY = "curve"  # search.tracking.callback.CURVE_KEY: the epochs since the last report
+CURVE_KEY = "curve"  # search.tracking.results.CURVE_KEY: the epochs since the last report
 
 
 class TrialFailure(RuntimeError):
@@ -134,7 +134,7 @@ class Trial:
         """``batch_folds=False`` trains the folds one after the other even where the method batches them.
         ``refit=True``: one model on the whole training part instead of the folds (seed ``config["seed"]``,
         no validation part, so :meth:`step` reports the training parts alone), like scikit-learn's
-        ``refit``: the deployable model of a configuration (:func:`search.handoff.models.refit`).
+        ``refit``: the deployable model of a configuration (:func:`search.handoff.refit.refit`).
         ``seeds``: several repetitions of the k folds (repetition r splits with ``seeds[r]`` and
         initialises its fold j with ``seeds[r] + j``, as a trial of that seed would), trained in one
         lockstep, batched as R x k members where the method batches folds (the confirmation stage);
@@ -299,7 +299,7 @@ def curve_entry(result: dict[str, Any]) -> dict[str, float]:
 
 class ReportCadence:
     """Which epochs a trial reports to Ray Tune (config keys ``report_at``, ``report_every``,
-    ``report_seconds``, ``checkpoint_every``; see ``search.tune.orchestrate.CADENCES``): the
+    ``report_seconds``, ``checkpoint_every``; see ``search.tune.schedulers.CADENCES``): the
     scheduler's milestones, every ``report_every``-th epoch, the first epoch at least
     ``report_seconds`` after the last report, the last epoch. Without the keys (a config from an
     older search, a test): every epoch."""

@@ -8,7 +8,7 @@ only if
 - the champion was trained on data with another fingerprint (a different data set: nothing to
   compare), or
 - the new model's confirmed figure beats the champion's *on the same fresh folds*: the champion's
-  recorded figure when it was confirmed under the same :class:`search.select.confirm.Scheme`, else the
+  recorded figure when it was confirmed under the same :class:`search.select.verdict.Scheme`, else the
   champion's configuration is retrained on this search's fresh folds in its confirmation stage
   (candidate ``champion:v<N>``).
 
@@ -27,7 +27,7 @@ from typing import Any
 
 from mlflow.tracking import MlflowClient
 
-from search.handoff.models import CHAMPION, CONFIG_TAG, ENSEMBLE_TAG
+from search.handoff.registration import CHAMPION, CONFIG_TAG, ENSEMBLE_TAG
 from search.prepare.objective import Objective
 
 CHALLENGER = "challenger"

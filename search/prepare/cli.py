@@ -3,7 +3,7 @@
 Each field of :class:`search.prepare.config.SearchConfig` is an option (``--num-samples`` for
 ``num_samples``) with the field's description as its help, the field's default shown after it,
 and its choices the registry's names. The parser only splits the command line: its values stay the
-strings given and are typed and checked by :func:`search.prepare.config.typed`, like the values of a YAML
+strings given and are typed and checked by :func:`search.prepare.parse.typed`, like the values of a YAML
 ``--config`` file (the same keys as the long options, ``num_samples`` or ``num-samples``), the
 keyword arguments of :func:`search.run_search` and a resumed search's ``search.json``. A flag on the
 command line overrides the file; ``--points`` of both are evaluated, the file's first.
@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from search.prepare import config
+from search.prepare import config, parse
 from search.prepare.config import SearchConfig
 from search.prepare.errors import UsageError
 from search.trust.credentials import CheckedParser
@@ -38,7 +38,7 @@ class _OneLineParser(CheckedParser):
 
 def _default_text(name: str) -> str | None:
     """How ``--help`` shows the default of option ``name``: the field's value, or what fills it."""
-    extra = config.info(name).json_schema_extra or {}
+    extra = parse.info(name).json_schema_extra or {}
     if extra.get("shown"):
         return f"default: {extra['shown']}"
     value = config.default(name)
@@ -51,7 +51,7 @@ def _default_text(name: str) -> str | None:
 
 def option_help(name: str) -> str:
     """The help line of option ``name``: the field's description and its default."""
-    info = config.info(name)
+    info = parse.info(name)
     if (info.json_schema_extra or {}).get("hidden"):
         return argparse.SUPPRESS
     default = _default_text(name)
@@ -65,12 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--print-config", action="store_true",
                    help="write the resolved options as YAML (what --config reads) and exit, running nothing")
     for name in config.OPTIONS:
-        extra = config.info(name).json_schema_extra or {}
+        extra = parse.info(name).json_schema_extra or {}
         kwargs: dict[str, Any] = {"help": option_help(name)}
-        if config.is_flag_only(name):
+        if parse.is_flag_only(name):
             kwargs["action"] = "store_true"
         else:
-            kwargs.update(metavar=extra.get("metavar"), choices=config.choices(name))
+            kwargs.update(metavar=extra.get("metavar"), choices=parse.choices(name))
             if name in REPEATED:
                 kwargs["action"] = "append"
         p.add_argument(config.flag(name), **kwargs)
@@ -95,18 +95,18 @@ def read_config_file(path: str) -> dict[str, Any]:
         if name not in config.OPTIONS:
             raise UsageError(f"--config {path}: unknown key {key!r}")
         given[name] = value
-    return config.typed(given)
+    return parse.typed(given)
 
 
 def parse_command(argv: list[str] | None) -> tuple[dict[str, Any], bool]:
     """Command line (and ``--config`` file) -> the options given, by :class:`SearchConfig` field
-    name, typed and checked one by one (:func:`search.prepare.config.typed`), and whether ``--print-config``
+    name, typed and checked one by one (:func:`search.prepare.parse.typed`), and whether ``--print-config``
     was given."""
     argv = sys.argv[1:] if argv is None else list(argv)
     given = vars(build_parser().parse_args(argv))
     path = given.pop("config", None)
     print_config = given.pop("print_config", False)
-    given = config.typed(given)
+    given = parse.typed(given)
     if path is not None:
         in_file = read_config_file(path)
         repeated = {k: in_file[k] + given[k] for k in REPEATED if k in in_file and k in given}

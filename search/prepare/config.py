@@ -4,9 +4,9 @@ Every option is a field of :class:`SearchConfig` with its type, default, help te
 its value alone (a pydantic field: ``Field(description=..., ge=...)``, a validator). The command line
 (:mod:`search.prepare.cli`, its parser generated from these fields), a YAML ``--config`` file,
 :func:`search.run_search` and the ``search.json`` a resumed search reads back all go through
-:func:`typed` (field by field: a command-line string, a YAML value, a Python value) and then
-:func:`resolve`, which fills the defaults that depend on the space (data, epochs, encoders, name) and
-checks what depends on several options (combinations, the space's dimensions). A bad option is a
+:func:`search.prepare.parse.typed` (field by field: a command-line string, a YAML value, a Python value) and then
+:func:`search.prepare.resolve.resolve`, which fills the defaults that depend on the space (data, epochs, encoders,
+name) and checks what depends on several options (combinations, the space's dimensions). A bad option is a
 :class:`search.prepare.errors.UsageError` of one line naming it (``--num-samples 0: expected an integer >= 1``).
 Checks that need the cluster, the tracking server or the data are in :mod:`search.prepare.preflight`.
 
@@ -15,21 +15,16 @@ can do are the registries' (:mod:`search.prepare.registry_names`); no list of na
 """
 
 import json
-import time
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields, replace
-from functools import cache
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, Strict, TypeAdapter, ValidationError
-from pydantic.fields import FieldInfo
+from pydantic import AfterValidator, BeforeValidator, Field, Strict
 from pydantic_core import PydanticCustomError
 
 from search.prepare import registry_names as registries
-from search.prepare.errors import UsageError
 from search.prepare.objective import MODES
-from search.trust.credentials import URI_OPTIONS, check_options, redact, redact_options
+from search.trust.credentials import redact_options
 from spaces import SPACES, Space, get_space
 from trainables.metrics import METRICS
 
@@ -210,7 +205,8 @@ class SearchConfig:
         _grace_help(), shown="the space's, a quarter of --epochs; CLIMD spaces: until the curriculum reaches the "
                              "whole training set")] = None
     """Epochs every trial trains before ASHA or the median rule may stop it (None: the space's
-    :meth:`spaces.Space.default_grace`, filled by :func:`resolve` for a scheduler that reads it)."""
+    :meth:`spaces.Space.default_grace`, filled by :func:`search.prepare.resolve.resolve` for a scheduler that
+    reads it)."""
     max_concurrent: Annotated[Int | None, option("trials running at once", shown="as many as resources allow",
                                                  ge=1)] = None
     cpus_per_trial: Annotated[Float, option("CPUs per trial", gt=0)] = 1.0
@@ -253,7 +249,8 @@ class SearchConfig:
         "references), confirmed on the fresh folds like any candidate; the champion only if it wins there",
         shown="trials+references; off with --confirm-repeats 0")] = None
     """Post-hoc ensemble selection (:mod:`search.select.ensemble`): ``off``, ``trials`` or ``trials+references``
-    (None: ``trials+references``, or ``off`` with ``--confirm-repeats 0``, filled by :func:`resolve`)."""
+    (None: ``trials+references``, or ``off`` with ``--confirm-repeats 0``, filled by
+    :func:`search.prepare.resolve.resolve`)."""
     ensemble_size: Annotated[Int, option("distinct members of the ensemble at most", ge=1)] = 5
     """At most this many distinct members in the ensemble."""
     parent_run_id: Annotated[str | None, option(
@@ -323,10 +320,6 @@ OPTIONS: tuple[str, ...] = tuple(f.name for f in fields(SearchConfig))
 """Every option, by field name, in the order of ``--help``."""
 
 
-_HINTS: dict[str, Any] = {f.name: f.type for f in fields(SearchConfig)}
-"""Each option's annotation: its type with the pydantic field (help, constraints) and validators."""
-
-
 def flag(name: str) -> str:
     """The command-line option of field ``name``: ``--num-samples`` for ``num_samples``."""
     return "--" + name.replace("_", "-")
@@ -337,120 +330,6 @@ def default(name: str) -> Any:
     return next(f.default for f in fields(SearchConfig) if f.name == name)
 
 
-# ----------------------------------------------------------------------------- what a field says of itself
-def _parts(hint: Any) -> tuple[Any, list[Any]]:
-    """``Annotated[T, m1, ...]`` (nested, or ``| None``) -> (the innermost type, every metadata item)."""
-    meta: list[Any] = []
-    while True:
-        if get_origin(hint) is Annotated:
-            meta += list(hint.__metadata__)
-            hint = hint.__origin__
-        elif get_origin(hint) in (Union, type(int | None)) and type(None) in get_args(hint):
-            (hint,) = [a for a in get_args(hint) if a is not type(None)]
-        else:
-            return hint, meta
-
-
-@cache
-def info(name: str) -> FieldInfo:
-    """The pydantic field of option ``name``: its ``description`` (help) and ``json_schema_extra``
-    (``shown``, ``metavar``, ``hidden``)."""
-    return next(m for m in reversed(_parts(_HINTS[name])[1]) if isinstance(m, FieldInfo) and m.description)
-
-
-def choices(name: str) -> tuple[Any, ...] | None:
-    """The values option ``name`` may take, where they are a fixed set (a registry's names)."""
-    base, _ = _parts(_HINTS[name])
-    return get_args(base) if get_origin(base) is Literal else None
-
-
-def is_flag_only(name: str) -> bool:
-    """An option without a value on the command line (``--resume``)."""
-    return _parts(_HINTS[name])[0] is bool
-
-
-def expected(name: str) -> str:
-    """What option ``name`` takes, for messages: ``an integer >= 1``, ``one of tpe, random, ...``."""
-    base, meta = _parts(_HINTS[name])
-    if get_origin(base) is Literal:
-        return "one of " + ", ".join(map(str, get_args(base)))
-    if get_origin(base) is tuple:
-        return "JSON objects of parameter values" if get_args(base)[0] is not str else "comma-separated names"
-    what = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(base, str(base))
-    bounds = {type(m).__name__.lower(): getattr(m, type(m).__name__.lower())
-              for i in meta for m in ([i, *i.metadata] if isinstance(i, FieldInfo) else [i])
-              if type(m).__name__ in ("Ge", "Gt", "Le", "Lt")}  # annotated_types' bounds, pydantic's constraints
-    if "ge" in bounds and "le" in bounds:
-        return f"{what} from {bounds['ge']} to {bounds['le']}"
-    if "gt" in bounds and "lt" in bounds:
-        return f"{what} in ({bounds['gt']}, {bounds['lt']})"
-    symbols = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
-    return " ".join([what, *(f"{symbols[k]} {v}" for k, v in bounds.items())])
-
-
-# ----------------------------------------------------------------------------- the one parse path
-@cache
-def _adapter(name: str) -> TypeAdapter:
-    # a YAML `name: 2024` or `experiment: 7` is the string it reads as
-    return TypeAdapter(_HINTS[name], config=ConfigDict(coerce_numbers_to_str=True))
-
-
-def shown(name: str, value: Any) -> str:
-    """``value`` of option ``name`` as a message shows it (URIs redacted, lists comma-separated)."""
-    if name in URI_OPTIONS:
-        return str(redact(value, bare_token=name == "address"))
-    if isinstance(value, (list, tuple)):
-        return ",".join(json.dumps(v, default=str) if isinstance(v, dict) else str(v) for v in value)
-    if isinstance(value, dict):
-        return json.dumps(value, default=str)
-    return str(value)
-
-
-def typed(values: Mapping[str, Any]) -> dict[str, Any]:
-    """Options by field name, each as given (a command-line string, a YAML or JSON value, a Python
-    value) -> the same options typed and checked one by one (``"20"`` -> 20, ``"a,b"`` -> ``("a",
-    "b")``, a list -> a tuple); credentials refused first. One-line :class:`UsageError` naming the
-    first bad option. What depends on several options is :func:`resolve`'s."""
-    check_options(dict(values))  # before anything below may show a value
-    out = {}
-    for name, value in values.items():
-        if name not in OPTIONS:
-            raise UsageError(f"unknown option {name!r}; known: {', '.join(OPTIONS)}")
-        try:
-            out[name] = _adapter(name).validate_python(value)
-        except ValidationError as exc:
-            raise UsageError(_message(name, value, exc)) from None
-    return out
-
-
-def _message(name: str, value: Any, exc: ValidationError) -> str:
-    error = exc.errors()[0]
-    cause = error.get("ctx", {}).get("error")
-    if isinstance(cause, Refused):
-        what, value_shown = str(cause), cause.shown if cause.shown is not None else shown(name, value)
-    else:
-        what, value_shown = f"expected {expected(name)}", shown(name, value)
-    return f"{flag(name)} {value_shown}: {what}" if value_shown != "" else f"{flag(name)}: {what}"
-
-
-def validated(cfg: SearchConfig) -> SearchConfig:
-    """``cfg`` with every option typed and checked (:func:`typed`): a config built in Python
-    (``SearchConfig(grace_period=2.5)``) is checked like one from the command line."""
-    return SearchConfig(**typed({f.name: getattr(cfg, f.name) for f in fields(cfg)}))
-
-
-def from_saved(saved: Mapping[str, Any], where: str = "search.json") -> SearchConfig:
-    """The options a search saved (``search.json``, :meth:`SearchConfig.as_saved`), also as an
-    earlier fusetune wrote them, read back through :func:`typed`."""
-    unknown = [k for k in saved if k not in OPTIONS]
-    if unknown:
-        raise UsageError(f"{where}: unknown option {unknown[0]!r} (written by another fusetune version?)")
-    if "space" not in saved:
-        raise UsageError(f"{where}: no space")
-    # a search of a fusetune without ensembles kept no out-of-fold predictions
-    return SearchConfig(**typed({"ensemble": "off", **saved}))
-
-
 def storage_path(storage: str) -> str:
     """Absolute local path, or the URI as given (``s3://``, ``gs://``, ...)."""
     return storage if "://" in storage else str(Path(storage).expanduser().resolve())
@@ -458,130 +337,3 @@ def storage_path(storage: str) -> str:
 
 def experiment_path(storage: str, name: str) -> str:
     return f"{storage_path(storage).rstrip('/')}/{name}"
-
-
-# ----------------------------------------------------------------------------- what depends on several options
-def resolve(cfg: SearchConfig) -> SearchConfig:
-    """Check every option (:func:`validated`), fill the defaults that depend on the space and check
-    what depends on several options; :class:`UsageError` on the first problem."""
-    cfg = validated(cfg)
-    space = get_space(cfg.space)
-    unknown_dims = [n for n in cfg.only if n not in space.names]
-    if unknown_dims:
-        raise UsageError(f"--only {','.join(cfg.only)}: {unknown_dims[0]!r} is not a dimension of space {space.name} "
-                         f"({', '.join(space.names)})")
-    space = cfg.space_spec
-    metric, mode = _objectives(cfg)
-    ensemble = _ensemble(cfg, metric[0])
-    sampler, scheduler = registries.SAMPLERS[cfg.sampler], registries.SCHEDULERS[cfg.scheduler]
-    if len(metric) > 1 and not sampler.multi_objective:
-        raise UsageError(f"--sampler {cfg.sampler}: optimises one objective; --metric lists {len(metric)} "
-                         f"(use one of {', '.join(registries.with_trait(registries.SAMPLERS, 'multi_objective'))})")
-    if scheduler.population:
-        _check_population(cfg, space, metric)
-    for point in cfg.points:
-        check_point(point, space)
-    if cfg.optuna_storage is not None:
-        from search.tune.optuna_storage import check_url
-
-        check_url(cfg.optuna_storage)
-    epochs = cfg.epochs or space.epochs
-    _check_grace(cfg, epochs, space.default_grace(epochs))
-    data = cfg.data or space.data
-    name = cfg.name or f"{cfg.space}-{replace(cfg, data=data).data_name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if "/" in name or name in (".", ".."):
-        raise UsageError(f"--name {name}: must be a plain folder name")
-    if cfg.warm_start is not None and ("/" in cfg.warm_start or cfg.warm_start in (".", "..", name)):
-        raise UsageError(f"--warm-start {cfg.warm_start}: must name another, earlier search (its --name)")
-    grace = cfg.grace_period if cfg.grace_period is not None else space.default_grace(epochs)
-    return replace(
-        cfg, data=data, name=name, metric=metric, mode=mode, ensemble=ensemble,
-        epochs=epochs, grace_period=grace if scheduler.grace else None,
-        text_encoder=cfg.text_encoder or space.text_encoder,
-        image_encoder=cfg.image_encoder or space.image_encoder,
-    )
-
-
-def _check_population(cfg: SearchConfig, space: Space, metric: tuple[str, ...]) -> None:
-    """A scheduler that draws a fixed population at random (PBT): no sampler but the default or a
-    random one, one objective, a dimension to perturb, no Optuna study."""
-    option = f"--scheduler {cfg.scheduler}"
-    if cfg.sampler != default("sampler") and not registries.SAMPLERS[cfg.sampler].at_random:
-        at_random = registries.with_trait(registries.SAMPLERS, "at_random")
-        raise UsageError(f"--sampler {cfg.sampler}: {cfg.scheduler.upper()} draws its initial population at random "
-                         f"and cannot use a search algorithm; use --sampler {' or '.join(at_random)} (or leave the "
-                         "default)")
-    if len(metric) > 1:
-        raise UsageError(f"{option}: optimises one objective; give one --metric")
-    if not space.mutable():
-        raise UsageError(f"{option}: space {space.name} has no dimension {cfg.scheduler.upper()} may perturb")
-    if cfg.optuna_storage is not None:
-        raise UsageError(f"--optuna-storage: {option} draws its population without Optuna; there is no study to store")
-
-
-def _check_grace(cfg: SearchConfig, epochs: int, space_default: int) -> None:
-    """A given ``--grace-period``: read by the scheduler, within the budget, or the space's own
-    default (a CLIMD space's is the whole budget; a resolved config fed back, ``--print-config``)."""
-    if cfg.grace_period is None:
-        return
-    if not registries.SCHEDULERS[cfg.scheduler].grace:
-        readers = registries.with_trait(registries.SCHEDULERS, "grace")
-        raise UsageError(f"--grace-period: only --scheduler {' and '.join(readers)} use a grace period "
-                         f"(this search uses {cfg.scheduler})")
-    if not 1 <= cfg.grace_period < epochs and cfg.grace_period != space_default:
-        raise UsageError(f"--grace-period {cfg.grace_period}: must be a whole number of epochs from 1 to "
-                         f"--epochs - 1 ({epochs - 1})")
-
-
-def check_point(point: dict[str, Any], space: Space) -> None:
-    """A ``--points`` entry (a partial configuration; the sampler fills the rest): every key a
-    dimension of the space, every value of its type and in its range or choices, no value for a
-    dimension its own given values switch off. :class:`UsageError` naming the point and the field."""
-    shown = json.dumps(point, sort_keys=True, default=str)
-    for key, value in point.items():
-        if key not in space.names:
-            raise UsageError(f"--points {shown}: {key!r} is not a dimension of space {space.name} "
-                             f"({', '.join(space.names)})")
-        dim = space.dimension(key)
-        if not dim.contains(value):
-            raise UsageError(f"--points {shown}: {key}={json.dumps(value, default=str)} is outside the space "
-                             f"({dim.describe()})")
-        decided = [w for w in dim.when if all(p in point for p in w.params)]
-        if not all(w.holds(point) for w in decided):
-            raise UsageError(f"--points {shown}: {key} is not searched when "
-                             f"{' and '.join(str(w) for w in decided if not w.holds(point))} does not hold")
-
-
-def _objectives(cfg: SearchConfig) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """The metrics and modes; a sampler with a spread objective (nsga2) given one metric adds
-    ``<metric>_std`` (minimised): performance against its fold-to-fold stability."""
-    metric = cfg.metric
-    if registries.SAMPLERS[cfg.sampler].spread_objective and len(metric) == 1:
-        if cfg.folds == 0:
-            raise UsageError(f"--sampler {cfg.sampler}: with --folds 0 there is no fold spread to trade off; "
-                             "give two metrics, e.g. --metric macro_f1,auroc")
-        if metric[0].endswith("_std") or metric[0] == "loss":
-            raise UsageError(f"--sampler {cfg.sampler}: give two metrics (one was given: {metric[0]})")
-        metric = (metric[0], f"{metric[0]}_std")
-    mode = cfg.mode
-    if not mode:
-        mode = tuple(natural_mode(m) for m in metric)
-    elif len(mode) == 1 and len(metric) == 2 and len(cfg.metric) == 1:
-        mode = (mode[0], "min")
-    if len(mode) != len(metric):
-        raise UsageError(f"--mode {','.join(mode)}: give one mode per metric ({len(metric)})")
-    return metric, mode
-
-
-def _ensemble(cfg: SearchConfig, first_metric: str) -> str:
-    """``--ensemble`` checked and filled: an ensemble is only ever handed off once confirmed on fresh
-    folds, and it is selected on the first objective, which must be a classification metric."""
-    if cfg.ensemble is None:
-        return "trials+references" if cfg.confirm_repeats > 0 and first_metric in METRICS else "off"
-    if cfg.ensemble != "off" and cfg.confirm_repeats == 0:
-        raise UsageError(f"--ensemble {cfg.ensemble} with --confirm-repeats 0: the ensemble would be unconfirmed and "
-                         "never promoted over an existing champion; give --confirm-repeats 1 or more, or --ensemble off")
-    if cfg.ensemble != "off" and first_metric not in METRICS:
-        raise UsageError(f"--ensemble {cfg.ensemble}: the ensemble is selected on the first --metric, which must be "
-                         f"one of {', '.join(METRICS)} (got {first_metric})")
-    return cfg.ensemble

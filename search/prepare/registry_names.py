@@ -1,9 +1,9 @@
 """The names a search is configured with and what each entry can do, without Ray, Optuna or sklearn.
 
-The registries that carry the behaviour (:data:`search.tune.orchestrate.SAMPLERS` and ``SCHEDULERS``,
-:data:`search.select.references.REFERENCES`) import Ray or sklearn; the options check
-(:mod:`search.prepare.config`) and the command line must not. This module is their one list of names:
-each registry takes its entries' capabilities from here and asserts at import that its names are
+The registries that carry the behaviour (:data:`search.tune.samplers.SAMPLERS`,
+:data:`search.tune.schedulers.SCHEDULERS`, :data:`search.select.references.REFERENCES`) import Ray or sklearn;
+the options check (:mod:`search.prepare.config`) and the command line must not. This module is their one list of
+names: each registry takes its entries' capabilities from here and asserts at import that its names are
 these, so the options check asks a capability (``SAMPLERS[name].multi_objective``) instead of
 keeping its own lists of names.
 """
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class SamplerTraits:
-    """What the search does differently for a sampler of :data:`search.tune.orchestrate.SAMPLERS`."""
+    """What the search does differently for a sampler of :data:`search.tune.samplers.SAMPLERS`."""
 
     multi_objective: bool = False
     """Optimises several objectives at once (``--metric a,b``)."""
@@ -37,13 +37,13 @@ SAMPLERS: dict[str, SamplerTraits] = {
     "cmaes": SamplerTraits(),
     "nsga2": SamplerTraits(multi_objective=True, spread_objective=True),
 }
-"""``--sampler``: the Optuna samplers (:data:`search.tune.orchestrate.SAMPLERS`), in the order shown."""
+"""``--sampler``: the Optuna samplers (:data:`search.tune.samplers.SAMPLERS`), in the order shown."""
 
 
 @dataclass(frozen=True)
 class SchedulerTraits:
-    """What the search does differently for a scheduler of :data:`search.tune.orchestrate.SCHEDULERS`
-    (its reporting and checkpoint cadence is there, :class:`search.tune.orchestrate.Cadence`)."""
+    """What the search does differently for a scheduler of :data:`search.tune.schedulers.SCHEDULERS`
+    (its reporting and checkpoint cadence is there, :class:`search.tune.schedulers.Cadence`)."""
 
     grace: bool = False
     """Reads ``--grace-period``: the epochs every trial trains before it may be stopped."""
@@ -60,7 +60,7 @@ SCHEDULERS: dict[str, SchedulerTraits] = {
     "pbt": SchedulerTraits(population=True),
     "fifo": SchedulerTraits(),
 }
-"""``--scheduler``: the Ray Tune trial schedulers (:data:`search.tune.orchestrate.SCHEDULERS`)."""
+"""``--scheduler``: the Ray Tune trial schedulers (:data:`search.tune.schedulers.SCHEDULERS`)."""
 
 REFERENCES: tuple[str, ...] = ("logreg", "rf", "hgb")
 """``--references``: the entries of :data:`search.select.references.REFERENCES`."""

@@ -8,7 +8,7 @@ from typing import Any
 from search.prepare.config import SearchConfig, storage_path
 from search.prepare.objective import Objective
 from search.report.timing import since_start
-from search.select import results
+from search.select import results_csv
 from search.stages import Collected, Prepared
 from search.trust.credentials import redact
 from search.tune.progress import format_duration
@@ -26,7 +26,7 @@ registration and promotion of the top-k)."""
 def ui_command(uri: str, storage: str) -> str:
     """How to look at the search in MLflow: the server's page, or ``fusetune ui`` (on 127.0.0.1,
     the store's URI passed in its environment, never on a command line)."""
-    from search.tracking.callback import default_tracking_uri
+    from search.tracking.store import default_tracking_uri
 
     uri = redact(uri)
     if uri.startswith(("http://", "https://", "databricks")):
@@ -52,7 +52,7 @@ def render(cfg: SearchConfig, prepared: Prepared, collected: Collected, chosen: 
               f"({pruned.bytes / 2**20:.1f} MiB)")
     shown = ranked[: max(cfg.top_k, TABLE_ROWS)]
     print(f"top {len(shown)} by {cfg.primary_metric} " + ("(mean ± std over folds):" if cfg.folds else "(hold-out split):"))
-    print(results.table(shown, cfg.primary_metric, prepared.space.names, cfg.metric[1:], spread=cfg.folds != 0))
+    print(results_csv.table(shown, cfg.primary_metric, prepared.space.names, cfg.metric[1:], spread=cfg.folds != 0))
     if collected.pareto is not None:
         print(f"pareto-optimal trials on {', '.join(cfg.metric)}: {', '.join(sorted(collected.pareto)) or '-'}")
     if chosen.confirmation is not None:
@@ -71,8 +71,8 @@ def render(cfg: SearchConfig, prepared: Prepared, collected: Collected, chosen: 
 
 
 def _render_confirmation(cfg: SearchConfig, chosen: Any) -> None:
-    from search.select.confirm import summary
-    from search.select.confirm import table as confirmation_table
+    from search.select.verdict import summary
+    from search.select.verdict import table as confirmation_table
 
     print(f"\nconfirmation on fresh folds ({cfg.primary_metric}, mean ± std over the "
           f"{cfg.confirm_repeats} x {max(cfg.folds, 1)} fresh fold scores):")

@@ -20,8 +20,9 @@ from typing import Any
 
 from search.handoff import promotion
 from search.prepare.config import SearchConfig
-from search.select import confirm, ensemble, oof, references
-from search.select.results import CONFIRMATION_CSV, TrialResult, write_text
+from search.select import confirm, ensemble, oof, references, verdict
+from search.select.results import CONFIRMATION_CSV, TrialResult
+from search.select.results_csv import write_text
 from search.tune import faults
 from spaces import Space
 from trainables.metrics import METRICS
@@ -30,7 +31,7 @@ from trainables.trial_data import TrialData
 
 @dataclass
 class Selection:
-    confirmation: confirm.Confirmation | None
+    confirmation: verdict.Confirmation | None
     registered: str | None
     versions: list[str]
     decision: promotion.Decision | None
@@ -38,25 +39,25 @@ class Selection:
 
 
 def candidates(cfg: SearchConfig, space: Space, rows: list[TrialResult], ranked: list[TrialResult],
-               fixed: dict[str, Any]) -> list[confirm.Candidate]:
+               fixed: dict[str, Any]) -> list[verdict.Candidate]:
     """The top-k trials, the paper default, the references (in that order)."""
     metric = cfg.primary_metric
-    out = [confirm.Candidate(r.trial_id, "model", dict(r.config), r.value(metric), r.trial_id)
+    out = [verdict.Candidate(r.trial_id, "model", dict(r.config), r.value(metric), r.trial_id)
            for r in ranked[: max(cfg.top_k, 1)]]
-    out.append(confirm.paper_default(rows, space.default_point(), fixed, metric))
-    out += [confirm.Candidate(references.candidate_name(n), "reference", {"reference": n}) for n in cfg.references]
+    out.append(verdict.paper_default(rows, space.default_point(), fixed, metric))
+    out += [verdict.Candidate(references.candidate_name(n), "reference", {"reference": n}) for n in cfg.references]
     return out
 
 
-def ensemble_members(c: confirm.Candidate, metric: str) -> list[dict[str, Any]]:
+def ensemble_members(c: verdict.Candidate, metric: str) -> list[dict[str, Any]]:
     """The ensemble's members as its registration refits them: name, kind, config, weight, confirmed figures."""
     return [{"name": name, "kind": member.kind, "config": dict(member.config), "weight": weight,
              "confirmed": {m: member.confirmed(m) for m in METRICS if member.confirmed(m) is not None}}
             for name, weight, member in zip(c.ensemble.members, c.ensemble.weights, c.members)]
 
 
-def _scheme(cfg: SearchConfig, fingerprint: str) -> confirm.Scheme:
-    return confirm.Scheme(cfg.folds, cfg.val_fraction, tuple(confirm.fresh_seeds(cfg.seed, cfg.confirm_repeats)),
+def _scheme(cfg: SearchConfig, fingerprint: str) -> verdict.Scheme:
+    return verdict.Scheme(cfg.folds, cfg.val_fraction, tuple(verdict.fresh_seeds(cfg.seed, cfg.confirm_repeats)),
                           cfg.primary_metric, fingerprint)
 
 
@@ -66,11 +67,11 @@ def _resources(cfg: SearchConfig) -> dict[str, float]:
 
 def run_confirmation(cfg: SearchConfig, space: Space, rows: list[TrialResult], ranked: list[TrialResult], data: TrialData,
                      exp_path: str, fixed: dict[str, Any], incumbent: promotion.Incumbent | None,
-                     fs: Any = None) -> confirm.Confirmation:
+                     fs: Any = None) -> verdict.Confirmation:
     scheme = _scheme(cfg, data.fingerprint)
     cands = candidates(cfg, space, rows, ranked, fixed)
     if promotion.needs_retrain(incumbent, cfg.promote, data.fingerprint, scheme.key(), cfg.primary_metric):
-        cands.append(confirm.Candidate(incumbent.candidate_name, "model", {**incumbent.config, "data": cfg.data},
+        cands.append(verdict.Candidate(incumbent.candidate_name, "model", {**incumbent.config, "data": cfg.data},
                                        incumbent=True))
     confirm.run_stage(cands, scheme, search_seed=cfg.seed, data=data, experiment_path=exp_path,
                       resources=_resources(cfg), max_concurrent=cfg.max_concurrent)
@@ -79,17 +80,17 @@ def run_confirmation(cfg: SearchConfig, space: Space, rows: list[TrialResult], r
         chosen = run_ensemble(cfg, rows, ranked, cands, scheme, data, exp_path, fs)
         if chosen is not None:
             cands.append(chosen)
-    return confirm.verdict(cands, scheme, cfg.primary_mode)
+    return verdict.verdict(cands, scheme, cfg.primary_mode)
 
 
-def keep_reference_probs(cands: list[confirm.Candidate], exp_path: str, fs: Any = None) -> None:
+def keep_reference_probs(cands: list[verdict.Candidate], exp_path: str, fs: Any = None) -> None:
     """The references' probabilities on the search's folds, stored beside the trials' (:mod:`search.select.oof`)."""
     for c in cands:
         if c.kind == "reference" and confirm.SEARCH_REPEAT in c.probs:
             oof.write(exp_path, oof.reference_name(c.config["reference"]), c.probs[confirm.SEARCH_REPEAT], fs)
 
 
-def ensemble_pool(cfg: SearchConfig, ranked: list[TrialResult], cands: list[confirm.Candidate], exp_path: str,
+def ensemble_pool(cfg: SearchConfig, ranked: list[TrialResult], cands: list[verdict.Candidate], exp_path: str,
                   fs: Any = None) -> dict[str, oof.OutOfFold]:
     """Candidate name -> out-of-fold probabilities on the search's folds: every trial that ran its
     full budget and, with ``--ensemble trials+references``, every reference."""
@@ -105,8 +106,8 @@ def ensemble_pool(cfg: SearchConfig, ranked: list[TrialResult], cands: list[conf
     return pool
 
 
-def run_ensemble(cfg: SearchConfig, rows: list[TrialResult], ranked: list[TrialResult], cands: list[confirm.Candidate],
-                 scheme: confirm.Scheme, data: TrialData, exp_path: str, fs: Any = None) -> confirm.Candidate | None:
+def run_ensemble(cfg: SearchConfig, rows: list[TrialResult], ranked: list[TrialResult], cands: list[verdict.Candidate],
+                 scheme: verdict.Scheme, data: TrialData, exp_path: str, fs: Any = None) -> verdict.Candidate | None:
     """Select the ensemble on the search's folds (:mod:`search.select.ensemble`), confirm the members that are
     not candidates already on the same fresh folds, and return it as a candidate (None without a pool)."""
     pool = ensemble_pool(cfg, ranked, cands, exp_path, fs)
@@ -118,32 +119,32 @@ def run_ensemble(cfg: SearchConfig, rows: list[TrialResult], ranked: list[TrialR
               "candidates": sorted(pool), "size": cfg.ensemble_size, "variant": cfg.ensemble, "seed": cfg.seed}
     write_text(json.dumps(record, indent=1), exp_path, ensemble.RECORD, fs)
     faults.point("confirmation")
-    members: dict[str, confirm.Candidate] = {}
+    members: dict[str, verdict.Candidate] = {}
     for c in cands:
         if not c.incumbent:
             members.setdefault(c.trial_id or c.name, c)
     by_id = {r.trial_id: r for r in rows}
-    extra = [confirm.Candidate(m, "model", dict(by_id[m].config), by_id[m].value(cfg.primary_metric), m)
+    extra = [verdict.Candidate(m, "model", dict(by_id[m].config), by_id[m].value(cfg.primary_metric), m)
              for m in chosen.members if m not in members]
     if extra:
         confirm.run_stage(extra, scheme, search_seed=cfg.seed, data=data, experiment_path=exp_path,
                           resources=_resources(cfg), max_concurrent=cfg.max_concurrent,
                           experiment=confirm.ENSEMBLE_EXPERIMENT)
         members.update({c.name: c for c in extra})
-    return confirm.ensemble_candidate(chosen, members, scheme)
+    return verdict.ensemble_candidate(chosen, members, scheme)
 
 
-def run_references(cfg: SearchConfig, data: TrialData, exp_path: str, fs: Any = None) -> confirm.Confirmation:
+def run_references(cfg: SearchConfig, data: TrialData, exp_path: str, fs: Any = None) -> verdict.Confirmation:
     """The references on the search's folds alone (``--confirm-repeats 0``)."""
     scheme = _scheme(cfg, data.fingerprint)
-    cands = [confirm.Candidate(references.candidate_name(n), "reference", {"reference": n}) for n in cfg.references]
+    cands = [verdict.Candidate(references.candidate_name(n), "reference", {"reference": n}) for n in cfg.references]
     confirm.run_stage(cands, scheme, search_seed=cfg.seed, data=data, experiment_path=exp_path,
                       resources=_resources(cfg), max_concurrent=cfg.max_concurrent)
     keep_reference_probs(cands, exp_path, fs)
-    return confirm.Confirmation(cands, scheme, cfg.primary_mode, None, {})
+    return verdict.Confirmation(cands, scheme, cfg.primary_mode, None, {})
 
 
-def reference_rows(conf: confirm.Confirmation) -> list[dict[str, Any]]:
+def reference_rows(conf: verdict.Confirmation) -> list[dict[str, Any]]:
     """The references on the search's folds, as ``results.csv`` rows (means, std, per fold)."""
     out = []
     for c in conf.candidates:
@@ -158,12 +159,12 @@ def reference_rows(conf: confirm.Confirmation) -> list[dict[str, Any]]:
     return out
 
 
-def _log_to_parent(conf: confirm.Confirmation, client, parent_run_id: str, search_tags: dict[str, str],
+def _log_to_parent(conf: verdict.Confirmation, client, parent_run_id: str, search_tags: dict[str, str],
                    csv_text: str, artifact: bool = True) -> None:
     """Champion figures and the confirmation table on the parent run; each reference a child run."""
     from mlflow.entities import Metric, Param, RunTag
 
-    from search.tracking.callback import PARENT_RUN_TAG, ROLE_TAG, SEARCH_NAME_TAG, TRIAL_ID_TAG
+    from search.tracking.store import PARENT_RUN_TAG, ROLE_TAG, SEARCH_NAME_TAG, TRIAL_ID_TAG
 
     m = conf.metric
     metrics = {}
@@ -211,7 +212,7 @@ def select(cfg: SearchConfig, space: Space, rows: list[TrialResult], ranked: lis
            fixed: dict[str, Any], search_tags: dict[str, str]) -> Selection:
     from mlflow.tracking import MlflowClient
 
-    from search.handoff.models import log_top_models, registered_model_name
+    from search.handoff.registration import log_top_models, registered_model_name
 
     client = MlflowClient(uri)
     registered = registered_model_name(cfg.space, data_name)
@@ -219,14 +220,14 @@ def select(cfg: SearchConfig, space: Space, rows: list[TrialResult], ranked: lis
     conf = refs = None
     if cfg.confirm_repeats > 0 and ranked:
         conf = run_confirmation(cfg, space, rows, ranked, data, exp_path, fixed, inc, fs)
-        text = confirm.csv_text(conf)
+        text = verdict.csv_text(conf)
         write_text(text, exp_path, CONFIRMATION_CSV, fs)
         if parent_run_id:
             _log_to_parent(conf, client, parent_run_id, search_tags, text)
     elif cfg.references:  # no confirmation: the references on the search's folds only
         refs = run_references(cfg, data, exp_path, fs)
         if parent_run_id:
-            _log_to_parent(refs, client, parent_run_id, search_tags, confirm.csv_text(refs), artifact=False)
+            _log_to_parent(refs, client, parent_run_id, search_tags, verdict.csv_text(refs), artifact=False)
     ref_rows = reference_rows(conf or refs) if (conf or refs) else []
     if not parent_run_id or cfg.top_k == 0 or not ranked:
         return Selection(conf, None, [], None, ref_rows)
@@ -244,11 +245,11 @@ def select(cfg: SearchConfig, space: Space, rows: list[TrialResult], ranked: lis
 
 
 def to_register(cfg: SearchConfig, rows: list[TrialResult], ranked: list[TrialResult],
-                conf: confirm.Confirmation | None, fingerprint: str, fixed: dict[str, Any]) -> list[Any]:
-    """The models to register (``search.handoff.models.TopTrial``), best first: the top-k confirmed
+                conf: verdict.Confirmation | None, fingerprint: str, fixed: dict[str, Any]) -> list[Any]:
+    """The models to register (``search.handoff.registration.TopTrial``), best first: the top-k confirmed
     candidates, plus the ensemble and the best single model (nested CV scores both); without a
     confirmation, the top-k trials."""
-    from search.handoff.models import TopTrial
+    from search.handoff.registration import TopTrial
 
     metric = cfg.primary_metric
     by_id = {r.trial_id: r for r in rows}
@@ -258,7 +259,7 @@ def to_register(cfg: SearchConfig, rows: list[TrialResult], ranked: list[TrialRe
             if also is not None and not also.error and also not in chosen:
                 chosen.append(also)
     else:
-        chosen = [confirm.Candidate(r.trial_id, "model", dict(r.config), r.value(metric), r.trial_id)
+        chosen = [verdict.Candidate(r.trial_id, "model", dict(r.config), r.value(metric), r.trial_id)
                   for r in ranked[: cfg.top_k]]
     top = []
     for c in chosen:
@@ -268,7 +269,7 @@ def to_register(cfg: SearchConfig, rows: list[TrialResult], ranked: list[TrialRe
             tags[promotion.SCHEME_TAG] = conf.scheme.key()
             tags.update({promotion.confirmed_tag(m): f"{c.confirmed(m):.6f}" for m in METRICS})
             tags["fusetune.candidate"] = c.name
-        if c.kind == confirm.ENSEMBLE_KIND:
+        if c.kind == verdict.ENSEMBLE_KIND:
             top.append(TopTrial(ensemble.NAME, dict(fixed), {}, None, tags, ensemble=ensemble_members(c, metric)))
         else:
             top.append(TopTrial(c.trial_id or c.name, c.config, dict(row.last) if row else {},
@@ -276,7 +277,7 @@ def to_register(cfg: SearchConfig, rows: list[TrialResult], ranked: list[TrialRe
     return top
 
 
-def promotion_decision(cfg: SearchConfig, conf: confirm.Confirmation | None, inc: Any, versions: list[str],
+def promotion_decision(cfg: SearchConfig, conf: verdict.Confirmation | None, inc: Any, versions: list[str],
                        fingerprint: str) -> promotion.Decision:
     """Whether the first registered version takes the champion alias (``--promote``): its confirmed
     value against the incumbent's, retrained on the same fresh folds where it could be."""

@@ -4,7 +4,8 @@ One row type, :class:`TrialResult`, comes from two sources:
 
 - :func:`collect`: Ray Tune's experiment state (``ray.tune.ExperimentAnalysis``) at the end of
   ``python -m search.run``, so a resumed search lists every trial once, the ones finished before
-  the interruption included; the driver writes these rows as ``results.csv`` (:func:`csv_text`).
+  the interruption included; the driver writes these rows as ``results.csv``
+  (:func:`search.select.results_csv.csv_text`).
 - :func:`load_study`: the folder ``<storage>/<name>/`` the search left (Ray Tune's trial folders:
   ``params.json`` = the exact trial config, ``result.json`` = one JSON line per reported epoch,
   ``checkpoint_*/state.pt``; ``results.csv`` for the Ray status and error of every trial;
@@ -27,7 +28,6 @@ incumbent rows of ``confirmation.csv`` are not trials: the reader skips them.
 from __future__ import annotations
 
 import csv
-import io
 import json
 import math
 import re
@@ -40,8 +40,6 @@ import pyarrow.fs
 
 from search.prepare.errors import UsageError
 from search.prepare.objective import Objective
-from search.trust.files import write_atomically
-from trainables.metrics import METRICS
 
 SEARCH_FILE = "search.json"
 """The resolved options, saved in the search folder; ``--resume`` reads them back."""
@@ -50,7 +48,8 @@ CONFIRMATION_CSV = "confirmation.csv"  # search.select.confirm's table
 PARAMS_FILE = "params.json"
 RESULT_FILE = "result.json"
 REFERENCE = "REFERENCE"
-"""The status of a reference model's row in ``results.csv`` (:func:`csv_text`'s ``references``)."""
+"""The status of a reference model's row in ``results.csv``
+(:func:`search.select.results_csv.csv_text`'s ``references``)."""
 _FOLD_ACCURACY = re.compile(r"fold\d+_accuracy")
 
 
@@ -163,83 +162,6 @@ def _creation_index(trial: Any) -> int:
     """Tune tags a trial ``<n>_<params>`` with its creation counter n (1-based)."""
     head = str(getattr(trial, "experiment_tag", "")).split("_", 1)[0]
     return int(head) if head.isdigit() else 1 << 30
-
-
-# ----------------------------------------------------------------------------- results.csv and the table
-def csv_text(rows: list[TrialResult], sampled: list[str], pareto: set[str] | None = None,
-             references: list[dict[str, Any]] | None = None) -> str:
-    """One row per trial: id, status, epochs, duration, error, every metric (mean, std, per fold),
-    then ``config/<key>`` (JSON values) for every config key, sampled keys first. ``references``:
-    rows of the reference models on the same folds (status ``REFERENCE``, metric columns only)."""
-    references = references or []
-    folds = max((r.n_folds for r in rows), default=0)
-    folds = max([folds, *(sum(1 for k in ref if _FOLD_ACCURACY.fullmatch(k)) for ref in references)])
-    metric_cols = ["loss"] + [c for m in METRICS for c in (m, f"{m}_std")]
-    metric_cols += [f"fold{k}_{m}" for k in range(folds) for m in METRICS]
-    keys = list(dict.fromkeys([*sampled, *(k for r in rows for k in r.config)]))
-    head = ["trial_id", "status", "epochs_done", "final", "duration_s", "error", *metric_cols]
-    if pareto is not None:
-        head.append("pareto")
-    head += [f"config/{k}" for k in keys]
-    out = io.StringIO()
-    w = csv.writer(out)
-    w.writerow(head)
-    for r in rows:
-        line = [r.trial_id, r.status, r.epochs_done, bool(r.last.get("final", False)), round(r.duration_s, 3), r.error]
-        line += ["" if r.value(c) is None else r.value(c) for c in metric_cols]
-        if pareto is not None:
-            line.append(r.trial_id in pareto)
-        line += [json.dumps(r.config[k]) if k in r.config else "" for k in keys]
-        w.writerow(line)
-    for ref in references:
-        line = [ref["trial_id"], ref["status"], "", "", "", ref.get("error", "")]
-        line += [ref.get(c, "") for c in metric_cols]
-        line += [""] * (len(head) - len(line))
-        w.writerow(line)
-    return out.getvalue()
-
-
-def write_text(text: str, experiment_path: str, filename: str, filesystem: pyarrow.fs.FileSystem | None = None) -> str:
-    """Write ``<experiment>/<filename>`` atomically (local folder or ``s3://``-style URI)."""
-    fs, path = pyarrow.fs.FileSystem.from_uri(experiment_path) if filesystem is None else (filesystem, experiment_path)
-    fs.create_dir(path, recursive=True)
-    target = f"{path.rstrip('/')}/{filename}"
-    return write_atomically(fs, target, text.encode())
-
-
-def read_text(experiment_path: str, filename: str) -> str:
-    fs, path = pyarrow.fs.FileSystem.from_uri(experiment_path)
-    with fs.open_input_stream(f"{path.rstrip('/')}/{filename}") as f:
-        return f.read().decode()
-
-
-def table(top: list[TrialResult], metric: str, sampled: list[str], extra_metrics: tuple[str, ...] = (), *,
-          spread: bool = True) -> str:
-    """The top configurations with mean ± std over folds of the metric (and a few others);
-    ``spread=False`` (one hold-out split) shows the values alone."""
-    if not top:
-        return "no trial finished all its epochs"
-    extra = [m for m in extra_metrics if not m.endswith("_std")]  # a fold spread is shown as ± already
-    metrics = list(dict.fromkeys([metric, *extra, *(m for m in METRICS if m != metric)]))[:4]
-    head = ["rank", "trial", *metrics, "configuration"]
-    lines = []
-    for i, r in enumerate(top, 1):
-        cells = [str(i), r.trial_id]
-        for m in metrics:
-            v, s = r.value(m), r.value(f"{m}_std")
-            cells.append("-" if v is None else f"{v:.4f} ± {s:.4f}" if s is not None and spread else f"{v:.4f}")
-        cells.append(", ".join(f"{k}={_short(r.config[k])}" for k in sampled if r.config.get(k) is not None))
-        lines.append(cells)
-    widths = [max(len(x) for x in col) for col in zip(head, *lines)]
-
-    def fmt(cells: list[str]) -> str:
-        return "  ".join(c.ljust(w) for c, w in zip(cells[:-1], widths[:-1])) + "  " + cells[-1]
-
-    return "\n".join([fmt(head), *(fmt(c) for c in lines)])
-
-
-def _short(value: Any) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
 # ----------------------------------------------------------------------------- from the search's folder

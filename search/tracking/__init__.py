@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-_FORMER_MODULE = ("search.tracking.callback",)
+_FORMER_MODULE = ("search.tracking.callback", "search.tracking.store", "search.tracking.results")
 
 
 def __getattr__(name: str) -> Any:

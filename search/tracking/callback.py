@@ -17,233 +17,47 @@ already holds are not logged twice. A trial reports only some epochs to Tune; th
 the next result's ``curve`` and are logged in one batch with it, so every run has every epoch.
 
 The parent run also gets the dataset as an MLflow dataset input (:mod:`search.prepare.dataset_input`)
-and, when the search ends, summary metrics (:func:`summary_metrics`): ``best_<metric>`` over the
+and, when the search ends, summary metrics (:func:`search.tracking.results.summary_metrics`): ``best_<metric>`` over the
 trials that finished all their epochs, ``trials_completed``/``_pruned``/``_failed`` and
 ``wall_time_s`` (the driver's time over all sessions of the search).
 
 The queue and its sender thread (with the back-off) are :mod:`search.tracking.queue`; what a
-record does to the runs is :mod:`search.tracking.writer`; this module is the Tune callback, which
-makes the records and keeps the state. Also here: :func:`check_tracking_uri` (fail fast, one line,
-before any trial starts) and :func:`default_tracking_uri` (a SQLite store in the results folder).
+record does to the runs is :mod:`search.tracking.writer`; what the records carry of Tune's results
+is :mod:`search.tracking.results`; this module is the Tune callback, which makes the records and
+keeps the state. Where the store lives (:func:`~search.tracking.store.check_tracking_uri`: fail fast,
+one line, before any trial starts; :func:`~search.tracking.store.default_tracking_uri`: a SQLite
+store in the results folder) and the tags that find a search's runs: :mod:`search.tracking.store`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
-import math
-import os
 import time
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
-from search.prepare.errors import UsageError
-from search.prepare.objective import Objective
-from search.tracking.queue import Sender, fast_http
-from search.tracking.queue import one_line as _one_line
-from search.trust.credentials import refuse_credentials
+from search.tracking.queue import Sender
+from search.tracking.results import (
+    CURVE_KEY,
+    RESULT_TAG_KEYS,
+    STEP_METRIC,
+    result_metrics,
+    result_step,
+    summary_metrics,
+    trial_error_reason,
+)
+from search.tracking.store import _param_value
 
 logger = logging.getLogger("fusetune.tracking")
-
-SEARCH_NAME_TAG = "fusetune.search_name"
-TRIAL_ID_TAG = "fusetune.trial_id"
-ROLE_TAG = "fusetune.role"          # "search" (parent) or "trial" (child)
-SUPERSEDED_ROLE = "superseded"      # the role of a lost trial's run once a new trial took its place
-SUPERSEDED_TAG = "fusetune.superseded_by"
-PARENT_RUN_TAG = "mlflow.parentRunId"  # MLflow's own nesting tag (the UI groups children under it)
-ERROR_TAG = "error"
-EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
-EXPERIMENT_KIND = "custom_model_development"
-"""MLflow 3's experiment kind for model training (its UI's ``ExperimentKind.CUSTOM_MODEL_DEVELOPMENT``):
-the UI opens such an experiment on its runs, not on the GenAI overview (traces, judges). Set on an
-experiment this module creates, and on an existing one that has no kind yet."""
-STEP_METRIC = "epoch"               # logged with every result; the resume guard reads its history
-CURVE_KEY = "curve"
-"""A result's list of the epochs the trial did not report on their own (``trainables.trainable``);
-each is logged with its own step, in the same batch as the result."""
-
-RESULT_TAG_KEYS = ("data_fingerprint", "code_version")
-"""Metadata the trainable puts in every result; logged once per child run as tags."""
-
-RAY_BOOKKEEPING = frozenset({
-    "done", "training_iteration", "timesteps_total", "episodes_total", "timestamp", "time_this_iter_s",
-    "time_since_restore", "timesteps_since_restore", "iterations_since_restore", "pid", "hostname",
-    "node_ip", "date", "trial_id", "experiment_id", "experiment_tag", "should_checkpoint",
-    "checkpoint_dir_name", "config", "warmup_time",
-})
-"""Keys Ray Tune adds to every result; ``time_total_s`` is kept (the trial's wall time so far)."""
-
-# MLflow's limits (mlflow.utils.validation): per log_batch call and per value
-_MAX_PARAMS_PER_BATCH = 100
-_MAX_METRICS_PER_BATCH = 1000
-_MAX_PARAM_VALUE = 6000
-_MAX_TAG_VALUE = 8000
 
 _PERMANENT_ERRORS = frozenset({"INVALID_PARAMETER_VALUE", "BAD_REQUEST", "RESOURCE_ALREADY_EXISTS", "INVALID_STATE",
                                "RESOURCE_DOES_NOT_EXIST"})
 """MLflow error codes that retrying cannot fix: the record is dropped with a warning. Everything
 else (connection refused, time-outs, 5xx, a locked SQLite file) is treated as an outage."""
-
-
-# ----------------------------------------------------------------------------- URIs
-def default_tracking_uri(storage_dir: str | Path) -> str:
-    """The default store: ``sqlite:///<storage>/mlflow.db`` (absolute path)."""
-    return f"sqlite:///{(Path(storage_dir).expanduser().resolve() / 'mlflow.db').as_posix()}"
-
-
-def default_artifact_location(tracking_uri: str, experiment: str) -> str | None:
-    """Where a new experiment keeps its artifacts (models): next to a SQLite store,
-    ``<store folder>/mlartifacts/<experiment>``, not MLflow's default ``./mlruns`` of whatever the
-    current folder is; ``None`` (the server's choice) for a tracking server."""
-    if not tracking_uri.startswith("sqlite:///"):
-        return None
-    folder = Path(tracking_uri[len("sqlite:///"):]).expanduser().resolve().parent
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in experiment) or "experiment"
-    return (folder / "mlartifacts" / safe).as_uri()
-
-
-def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
-    """Raise :class:`UsageError` (one line) unless ``uri`` is a usable MLflow tracking store.
-
-    Accepted: ``sqlite:///PATH`` (its folder is created), ``http(s)://HOST:PORT`` of an MLflow
-    server (probed with one request, ``timeout`` seconds, no retries; credentials come from MLflow's
-    own variables ``MLFLOW_TRACKING_USERNAME``/``_PASSWORD``/``_TOKEN``), and the database URIs
-    MLflow supports (``postgresql://``, ``mysql://``, ...). Plain folders/``file:`` stores are refused:
-    MLflow 3 deprecates them and they have no Model Registry.
-    """
-    refuse_credentials("--tracking-uri", uri)
-    where = f"--tracking-uri {uri}"
-    parsed = urlparse(uri)
-    scheme = parsed.scheme.lower()
-    if scheme in ("", "file") or (len(scheme) == 1 and os.name == "nt"):
-        raise UsageError(f"{where}: plain folder stores are not supported (no Model Registry); "
-                         "use sqlite:///PATH/mlflow.db or http(s)://HOST:PORT of an MLflow server")
-    if scheme == "sqlite":
-        path = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else ""
-        if not path or path == ":memory:" or not uri.startswith("sqlite:///"):
-            raise UsageError(f"{where}: expected sqlite:///PATH/TO/mlflow.db (a file, not in memory)")
-        try:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise UsageError(f"{where}: cannot create the folder {Path(path).parent} ({e.strerror or e})") from None
-    from search.trust.locks import store_creation_lock
-
-    try:
-        with fast_http(timeout), store_creation_lock(uri):  # a new SQLite store is created by one process at a time
-            MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
-    except Exception as e:  # noqa: BLE001 - any failure here means the store is unusable
-        raise UsageError(f"{where}: {_describe_failure(e, scheme)}") from None
-
-
-def _describe_failure(e: Exception, scheme: str) -> str:
-    text = _one_line(str(e), 240)
-    code = getattr(e, "error_code", "")
-    if code in ("UNAUTHENTICATED", "PERMISSION_DENIED", "CUSTOMER_UNAUTHORIZED") or " 401" in text or " 403" in text:
-        return ("authentication failed; set MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD "
-                "or MLFLOW_TRACKING_TOKEN in the environment")
-    if scheme in ("http", "https"):
-        return f"MLflow tracking server unreachable or not an MLflow server ({text})"
-    return f"unusable tracking store ({text})"
-
-
-def _param_value(v: Any) -> str:
-    s = json.dumps(v, sort_keys=True, default=str) if isinstance(v, (dict, list, tuple)) else str(v)
-    return s if len(s) <= _MAX_PARAM_VALUE else s[: _MAX_PARAM_VALUE - 3] + "..."
-
-
-def _quote(value: str) -> str:
-    """A filter-string literal (MLflow accepts single or double quotes)."""
-    if "'" not in value:
-        return f"'{value}'"
-    if '"' not in value:
-        return f'"{value}"'
-    raise ValueError(f"cannot use {value!r} in an MLflow filter (contains both quote kinds)")
-
-
-def end_search_run(uri: str, name: str, status: str) -> int:
-    """End the MLflow run of the search ``name`` with ``status`` (``FAILED``, ``KILLED``) if it is
-    still RUNNING (a driver that died without ending it; ``--resume`` runs it again). Returns how
-    many runs it ended."""
-    ended = 0
-    with fast_http(10):
-        client = MlflowClient(tracking_uri=uri)
-        ids = [e.experiment_id for e in client.search_experiments()]
-        found = client.search_runs(ids, filter_string=f"tags.`{SEARCH_NAME_TAG}` = {_quote(name)} and "
-                                                      f"tags.`{ROLE_TAG}` = 'search'", max_results=10) if ids else []
-        for run in found:
-            if run.info.status == "RUNNING":
-                client.set_terminated(run.info.run_id, status)
-                ended += 1
-    return ended
-
-
-def result_metrics(result: Mapping[str, Any]) -> dict[str, float]:
-    """The numeric entries of a Tune result worth tracking (nested dicts flattened with ``/``)."""
-    out: dict[str, float] = {}
-
-    def walk(prefix: str, d: Mapping[str, Any]) -> None:
-        for k, v in d.items():
-            key = f"{prefix}{k}"
-            if not prefix and k in RAY_BOOKKEEPING:
-                continue
-            if isinstance(v, Mapping):
-                walk(f"{key}/", v)
-            elif isinstance(v, (int, float)) and not isinstance(v, bool):
-                out[key] = float(v)
-
-    walk("", result)
-    return out
-
-
-def result_step(result: Mapping[str, Any]) -> int:
-    """The epoch of a result (the trainable's ``epoch``, else Tune's ``training_iteration``)."""
-    return int(result.get("epoch", result.get("training_iteration", 0)))
-
-
-def trial_error_reason(trial: Any) -> str:
-    """One line saying why a trial failed: the original exception (not Ray's wrapper and traceback)."""
-    err: BaseException | None = None
-    with contextlib.suppress(Exception):
-        err = trial.get_pickled_error()
-    if err is not None:
-        cause = getattr(err, "cause", None) or err
-        first = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
-        return _one_line(f"{type(cause).__name__}: {first}" if first else type(cause).__name__, 1000)
-    text = ""
-    with contextlib.suppress(Exception):
-        text = Path(trial.error_file).read_text()
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    for ln in reversed(lines):  # the last "SomeError: message" line of the traceback
-        head, sep, message = ln.partition(":")
-        name = head.rsplit(".", 1)[-1]  # "trainables.trainable.TrialFailure" -> "TrialFailure"
-        if sep and name and name[0].isupper() and head.replace(".", "").replace("_", "").isalnum():
-            return _one_line(f"{name}:{message}", 1000)
-    return _one_line(lines[-1], 1000) if lines else "unknown error"
-
-
-def summary_metrics(trials: list, metrics: tuple[str, ...]) -> dict[str, float]:
-    """The parent run's summary of Tune's trials: counts by outcome and, for each of ``metrics``
-    (and the objectives the trials carry), its best final value (in the metric's own direction)
-    among the trials that finished all their epochs."""
-    from search.prepare.config import natural_mode
-
-    completed = [t.last_result for t in trials if getattr(t, "status", "") == "TERMINATED"
-                 and (getattr(t, "last_result", None) or {}).get("final")]
-    out = {"trials_completed": float(len(completed)),
-           "trials_pruned": float(sum(getattr(t, "status", "") == "TERMINATED" for t in trials) - len(completed)),
-           "trials_failed": float(sum(getattr(t, "status", "") == "ERROR" for t in trials))}
-    for m in metrics:
-        values = [float(r[m]) for r in completed if isinstance(r.get(m), (int, float)) and math.isfinite(r[m])]
-        if values:
-            out[f"best_{m}"] = Objective(m, natural_mode(m)).best(values)
-    return out
 
 
 def _is_permanent(e: Exception) -> bool:
@@ -255,7 +69,7 @@ class MLflowTracking(Callback):
     """Ray Tune callback writing the search to MLflow (see the module docstring).
 
     Args:
-        tracking_uri: where to write (checked beforehand with :func:`check_tracking_uri`).
+        tracking_uri: where to write (checked beforehand with :func:`search.tracking.store.check_tracking_uri`).
         experiment: MLflow experiment name (created if absent).
         search_name: the search's name; its parent run is found again by it on resume.
         search_tags: tags of the parent run (space, dataset name and fingerprint, code version,
@@ -305,7 +119,7 @@ class MLflowTracking(Callback):
         self.flush_timeout, self.setup_timeout = float(flush_timeout), float(setup_timeout)
         self.summary = tuple(summary)
         self.copied_from = copied_from
-        from search.tracking.writer import MLflowWriter  # it imports this module's tags and limits
+        from search.tracking.writer import MLflowWriter  # it imports this module's logger
 
         self.writer = MLflowWriter(tracking_uri, experiment, search_name, self._args["search_tags"],
                                    self._args["search_params"], dataset)

@@ -8,7 +8,7 @@ MLflow. When ``apply`` fails the record stays at the head and is retried with ex
 record with a warning. Beyond ``max_pending`` records the oldest *droppable* ones (per-epoch
 metrics) go first; run creation, params and final statuses never do.
 
-While the thread runs, MLflow's REST client fails fast (:func:`search.tracking.callback.fast_http`: one
+While the thread runs, MLflow's REST client fails fast (:func:`fast_http`: one
 ``request_timeout`` per request, no retries of its own), so that the back-off here, not MLflow's
 minutes of retries, decides when a record is tried again. The setting is made and undone by
 :meth:`Sender.start` and :meth:`Sender.close`, in the thread that calls them (Tune's), never from

@@ -5,7 +5,7 @@ sender thread): it finds or creates the experiment, the search's parent run (by
 ``fusetune.search_name`` + ``fusetune.role = search``) and a trial's child run (by
 ``fusetune.trial_id``), never duplicating one, skips the epochs a resumed run already holds and
 the records of a run already FINISHED, and at the search's end marks the runs of trials lost with
-a killed driver as superseded. Tags, limits and helpers: :mod:`search.tracking.callback`.
+a killed driver as superseded. Tags, limits and helpers: :mod:`search.tracking.store`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ from typing import Any
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from search.tracking.callback import (
+from search.tracking.callback import logger
+from search.tracking.results import STEP_METRIC
+from search.tracking.store import (
     _MAX_METRICS_PER_BATCH,
     _MAX_PARAMS_PER_BATCH,
     _MAX_TAG_VALUE,
@@ -27,14 +29,12 @@ from search.tracking.callback import (
     PARENT_RUN_TAG,
     ROLE_TAG,
     SEARCH_NAME_TAG,
-    STEP_METRIC,
     SUPERSEDED_ROLE,
     SUPERSEDED_TAG,
     TRIAL_ID_TAG,
     _param_value,
     _quote,
     default_artifact_location,
-    logger,
 )
 
 

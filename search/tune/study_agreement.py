@@ -144,10 +144,10 @@ def _tell(study: optuna.Study, trial: FrozenTrial, state: TrialState, values: li
 def agree_with_tune(cfg: SearchConfig, rows: Sequence[TrialResult]) -> Agreement:
     """:func:`reconcile` the search's persistent study, if it has one (none: an in-memory study,
     a population scheduler, or a study not created yet)."""
-    from search.tune import orchestrate
+    from search.tune import schedulers
     from search.tune.optuna_storage import open_storage, storage_url
 
-    url = storage_url(cfg) if orchestrate.has_study(cfg) else None
+    url = storage_url(cfg) if schedulers.has_study(cfg) else None
     if url is None:
         return Agreement()
     try:

@@ -220,7 +220,7 @@ def _mark_parent_run(known: dict[str, Any], status: str) -> None:
     level = mlflow_logger.level
     mlflow_logger.setLevel(logging.CRITICAL + 1)
     try:
-        from search.tracking.callback import end_search_run
+        from search.tracking.store import end_search_run
 
         end_search_run(uri, name, status)
     except Exception:  # noqa: BLE001 - the store may be what failed (a full disk); our lines above are what counts
