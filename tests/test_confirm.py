@@ -15,7 +15,7 @@ import pytest
 from search import nested
 from search.handoff import promotion
 from search.prepare.errors import UsageError
-from search.select import confirm, references
+from search.select import references, verdict
 from trainables.data import Modality, MultimodalDataset, load_dataset
 from trainables.data.outer import outer_splits
 
@@ -54,28 +54,28 @@ def test_reference_probabilities_cover_every_class():
 
 
 def _cand(name, scores, kind="model", search=None, **kw):
-    c = confirm.Candidate(name, kind, {"id": name, **kw.pop("config", {})}, search, **kw)
+    c = verdict.Candidate(name, kind, {"id": name, **kw.pop("config", {})}, search, **kw)
     c.folds = {m: np.asarray(scores, float) for m in ("accuracy", "weighted_f1", "macro_f1", "balanced_accuracy", "auroc")}
     return c
 
 
 def test_the_champion_is_the_best_model_on_fresh_folds_not_on_the_search():
-    scheme = confirm.Scheme(3, 0.2, (1000, 2000), "macro_f1", "f" * 64)
+    scheme = verdict.Scheme(3, 0.2, (1000, 2000), "macro_f1", "f" * 64)
     lucky = _cand("lucky", [0.60, 0.62, 0.58, 0.61, 0.59, 0.60], search=0.90)
     steady = _cand("steady", [0.70, 0.72, 0.69, 0.71, 0.70, 0.68], search=0.80)
     ref = _cand("reference:logreg", [0.75, 0.74, 0.73, 0.76, 0.74, 0.75], kind="reference")
-    conf = confirm.verdict([lucky, steady, ref], scheme, "max")
+    conf = verdict.verdict([lucky, steady, ref], scheme, "max")
     assert conf.champion is steady and conf.selection_gap == pytest.approx(0.80 - np.mean(steady.folds["macro_f1"]))
     assert [c.name for c in conf.candidates] == ["reference:logreg", "steady", "lucky"]
     assert conf.p_values["steady"] is None and 0 < conf.p_values["lucky"] < 0.05
-    assert "does not beat the reference model reference:logreg" in confirm.summary(conf)
-    rows = list(csv.DictReader(confirm.csv_text(conf).splitlines()))
+    assert "does not beat the reference model reference:logreg" in verdict.summary(conf)
+    rows = list(csv.DictReader(verdict.csv_text(conf).splitlines()))
     assert [r["candidate"] for r in rows] == ["reference:logreg", "steady", "lucky"]
     assert rows[1]["p_value"] == "" and float(rows[2]["search_macro_f1"]) == 0.90 and rows[0]["search_macro_f1"] == ""
 
 
 def test_fresh_seeds_are_not_the_searchs():
-    seeds = confirm.fresh_seeds(7, 3)
+    seeds = verdict.fresh_seeds(7, 3)
     assert seeds == [1007, 2007, 3007]
     used = set(range(7, 7 + 10))  # the search splits with 7 and initialises fold k with 7 + k
     assert not any(s + k in used for s in seeds for k in range(10))
@@ -176,6 +176,23 @@ def test_confirmation_table_and_champion(searches):
     parent = client.search_runs([client.get_experiment_by_name("fusetune").experiment_id],
                                 filter_string="tags.`fusetune.search_name` = 'good' and tags.`fusetune.role` = 'search'")[0]
     assert {"confirmed_macro_f1", "selection_gap"} <= set(parent.data.metrics)
+
+
+GOLDEN = Path(__file__).parent / "golden" / "confirm-good.json"
+
+
+def test_a_fixed_seed_search_hands_over_the_recorded_outputs(searches):
+    """results.csv, confirmation.csv and the registered versions of the ``good`` search are the ones
+    recorded before the driver was split into stages and subpackages (tests/search_outputs.py, with
+    code 45832ec): a refactor that changes a trial, a fresh-fold score or a registration fails here.
+    A deliberate change of outputs re-records it: ``python tests/search_outputs.py STORAGE good OUTPUT``."""
+    from search_outputs import differences, outputs
+
+    storage, good, _, _ = searches
+    assert good.returncode == 0, good.stdout[-3000:] + good.stderr[-3000:]
+    got = outputs(storage, "good", good.stdout)
+    diff = differences(got, json.loads(GOLDEN.read_text()))
+    assert not diff, "\n".join(diff[:20])
 
 
 def test_a_worse_search_leaves_the_champion_and_always_moves_it(searches):
