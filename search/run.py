@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TextIO
 
 from search.prepare import cli, config, parse, preflight
 from search.prepare.config import SearchConfig, experiment_path, storage_path
@@ -122,33 +122,34 @@ def run(argv: list[str] | None = None) -> int:
     if print_config:  # the resolved options, as --config reads them; nothing is run
         print(cli.config_yaml(options(given, refuse_taken=False)), end="", flush=True)
         return 0
-    return execute(given).exit_code
+    return execute(given, out=sys.stdout).exit_code
 
 
 @private_outputs()  # set before Ray starts: its workers, checkpoints included, inherit it
-def execute(given: dict[str, Any]) -> SearchResult:
+def execute(given: dict[str, Any], out: TextIO | None = None) -> SearchResult:
     """A whole search from the given options (by :class:`SearchConfig` field name): the one code
     path of ``python -m search.run``, ``fusetune run`` and :func:`search.run_search`. One driver per
-    search: a second one on the same search is refused (:func:`search.trust.locks.driver_lock`)."""
+    search: a second one on the same search is refused (:func:`search.trust.locks.driver_lock`).
+    ``out``: where the progress and the summary go (the command line's stdout); None prints nothing."""
     cfg = options(given)
     with locks.driver_lock(cfg.experiment_path, cfg.name):
         if not cfg.resume:
             refuse_existing(cfg)  # a driver of the same name that ended between our check and our lock
-        return _execute(cfg)
+        return _execute(cfg, out)
 
 
-def _execute(cfg: SearchConfig) -> SearchResult:
+def _execute(cfg: SearchConfig, out: TextIO | None) -> SearchResult:
     """The stages of a search, each taking the previous one's outcome: prepare (checks, data,
     cluster, tracking) -> tune (Ray Tune's trials) -> collect (results.csv, the Optuna study in
     agreement) -> select and hand off (confirmation, references, ensemble, refit, registration,
-    promotion: :func:`search.select.champions.select`) -> report; :func:`render` prints the outcome."""
-    prepared = prepare(cfg)
+    promotion: :func:`search.select.champions.select`) -> report; :func:`render` writes the outcome to ``out``."""
+    prepared = prepare(cfg, out)
     cfg = prepared.cfg
     tuned = tune_trials(cfg, prepared)
     collected = collect(cfg, prepared, tuned)
     if collected.unfinished:  # Ctrl-C: Tune saved its state and returned early
-        print(f"\nstopped with {len(collected.unfinished)} trial(s) unfinished; results so far: {collected.csv_path}\n"
-              f"continue with: {PROG} --resume --storage {cfg.storage} --name {cfg.name}")
+        prepared.say(f"\nstopped with {len(collected.unfinished)} trial(s) unfinished; results so far: "
+                     f"{collected.csv_path}\ncontinue with: {PROG} --resume --storage {cfg.storage} --name {cfg.name}")
         return SearchResult(130, cfg.name, tuned.exp_path)
     chosen = select_and_hand_off(cfg, prepared, tuned, collected)
     faults.point("reports")
@@ -157,7 +158,7 @@ def _execute(cfg: SearchConfig) -> SearchResult:
 
         reports = write_search_reports(tuned.exp_path, metric=cfg.primary_metric, mode=cfg.primary_mode,
                                        tracking_uri=prepared.uri, parent_run_id=tuned.parent_run_id, seed=cfg.seed)
-    render(cfg, prepared, collected, chosen, reports)
+    prepared.say(render(cfg, prepared, collected, chosen, reports))
     conf, ranked, versions = chosen.confirmation, collected.ranked, chosen.versions
     best = conf.champion.config if conf is not None and conf.champion is not None else (ranked[0].config if ranked else None)
     return SearchResult(0 if ranked else 1, cfg.name, tuned.exp_path, best,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TextIO
 
 from search.prepare import preflight
 from search.prepare.config import SearchConfig, storage_path
@@ -51,9 +51,15 @@ class Prepared:
     timings: Steps
     search_tags: dict[str, str]
     copied_from: str | None = None    # a copied results folder: where its MLflow store was
+    out: TextIO | None = None         # where the driver's lines go (the command line: stdout); None: nowhere
+
+    def say(self, text: str) -> None:
+        """A line for the user, if anyone asked for them (:func:`search.run.execute`'s ``out``)."""
+        if self.out is not None:
+            print(text, file=self.out, flush=True)
 
 
-def prepare(cfg: SearchConfig) -> Prepared:
+def prepare(cfg: SearchConfig, out: TextIO | None = None) -> Prepared:
     """Every check that can refuse the search, then the data and the Ray cluster. What the checks
     create (folders, the study's database) is removed if one of them refuses; a new MLflow store is
     created only after them (MLflow keeps a store open per URI in the process)."""
@@ -91,7 +97,7 @@ def prepare(cfg: SearchConfig) -> Prepared:
         from search.tracking.store import PARENT_RUN_TAG
 
         search_tags[PARENT_RUN_TAG] = cfg.parent_run_id
-    return Prepared(cfg, space, uri, data, study_url, warm, timings, search_tags, copied_from)
+    return Prepared(cfg, space, uri, data, study_url, warm, timings, search_tags, copied_from, out)
 
 
 def _checked(cfg: SearchConfig, space: Any, uri: str, study_url: str | None, new_store: bool,
@@ -157,7 +163,8 @@ def tune_trials(cfg: SearchConfig, prepared: Prepared) -> Tuned:
     tracking = MLflowTracking(prepared.uri, cfg.experiment, cfg.name, search_tags=prepared.search_tags,
                               search_params=cfg.as_params(), dataset=DatasetInfo.of(cfg, data),
                               copied_from=prepared.copied_from)
-    callbacks = [ProgressLine(total=total, epochs=cfg.epochs, metric=cfg.primary_metric, mode=cfg.primary_mode),
+    callbacks = [ProgressLine(total=total, epochs=cfg.epochs, metric=cfg.primary_metric, mode=cfg.primary_mode,
+                              stream=prepared.out, shown=prepared.out is not None),
                  tracking]
     results_csv.write_text(json.dumps(cfg.as_saved(), indent=2, default=list), exp_path, SEARCH_FILE)
     # the only deleter of checkpoints: the disk does not grow with the trials, and none a resume needs goes
@@ -172,16 +179,17 @@ def tune_trials(cfg: SearchConfig, prepared: Prepared) -> Tuned:
     else:
         tuner = orchestrate.build_tuner(cfg, space, data, callbacks, prepared.warm)
     integrity.seal(exp_path)  # tuner.pkl, written when the Tuner is built
-    print(f"{'resuming' if cfg.resume else 'search'} {cfg.name}: space {space.name} ({space.method}) on {cfg.data} "
-          f"[{len(data.data)} training samples, {'hold-out' if cfg.folds == 0 else f'{cfg.folds}-fold'}], "
-          f"{total} trials x {cfg.epochs} epochs, sampler {cfg.sampler}, scheduler {cfg.scheduler}, "
-          f"objective {', '.join(f'{m} ({d})' for m, d in zip(cfg.metric, cfg.mode))}", flush=True)
+    prepared.say(f"{'resuming' if cfg.resume else 'search'} {cfg.name}: space {space.name} ({space.method}) on "
+                 f"{cfg.data} [{len(data.data)} training samples, "
+                 f"{'hold-out' if cfg.folds == 0 else f'{cfg.folds}-fold'}], {total} trials x {cfg.epochs} epochs, "
+                 f"sampler {cfg.sampler}, scheduler {cfg.scheduler}, "
+                 f"objective {', '.join(f'{m} ({d})' for m, d in zip(cfg.metric, cfg.mode))}")
     if prepared.study_url:
         warm = prepared.warm
-        print(f"Optuna study {cfg.name}: optuna-dashboard {redact(prepared.study_url)}" + (
-            f" (warm start: {len(warm)} finished trials of {cfg.warm_start})" if warm else ""), flush=True)
+        prepared.say(f"Optuna study {cfg.name}: optuna-dashboard {redact(prepared.study_url)}" + (
+            f" (warm start: {len(warm)} finished trials of {cfg.warm_start})" if warm else ""))
     elif schedulers.has_study(cfg):
-        print("Optuna study in memory (a remote --storage; give --optuna-storage URL to keep it)", flush=True)
+        prepared.say("Optuna study in memory (a remote --storage; give --optuna-storage URL to keep it)")
     with timings("search_s"):
         grid = tuner.fit()
     return Tuned(grid.experiment_path, grid.filesystem, tracking.parent_run_id, pruner.pruned)
@@ -229,10 +237,10 @@ def select_and_hand_off(cfg: SearchConfig, prepared: Prepared, tuned: Tuned, col
         pruned = prune_checkpoints(rows, {r.trial_id for r in ranked[: max(cfg.top_k, 1)]}, tuned.fs)
     collected.pruned = Pruned(pruned.folders + tuned.pruned_during.folders, pruned.bytes + tuned.pruned_during.bytes)
     if cfg.confirm_repeats and ranked:
-        print(f"confirming the top {min(max(cfg.top_k, 1), len(ranked))}, the paper default"
-              f"{' and ' + ', '.join(cfg.references) if cfg.references else ''} on {cfg.confirm_repeats} fresh "
-              f"repetition(s) of the folds" + (f", and an ensemble of at most {cfg.ensemble_size} ({cfg.ensemble})"
-                                               if cfg.ensemble != "off" else "") + " ...", flush=True)
+        prepared.say(f"confirming the top {min(max(cfg.top_k, 1), len(ranked))}, the paper default"
+                     f"{' and ' + ', '.join(cfg.references) if cfg.references else ''} on {cfg.confirm_repeats} fresh "
+                     f"repetition(s) of the folds" + (f", and an ensemble of at most {cfg.ensemble_size} "
+                                                      f"({cfg.ensemble})" if cfg.ensemble != "off" else "") + " ...")
     with timings("models_s"):  # confirmation, references, refit, test evaluation, registration, promotion
         chosen = select(cfg, prepared.space, rows, ranked, prepared.data, exp_path=tuned.exp_path, fs=tuned.fs,
                         uri=prepared.uri, parent_run_id=tuned.parent_run_id, data_name=cfg.data_name,

@@ -36,3 +36,33 @@ def test_run_search_checks_options_like_the_command():
         run_search(space="baseline", references="xgb")
     with pytest.raises(UsageError, match="--promote sometimes"):
         run_search(space="baseline", promote="sometimes")
+
+
+QUIET_SEARCHES = """
+import io, sys
+from search import run_search
+opts = dict(space="baseline", data="breast-tcga", num_samples=1, epochs=1, folds=2, confirm_repeats=0,
+            references="none", top_k=0, storage=sys.argv[1])
+quiet = run_search(name="quiet", **opts)
+told = io.StringIO()
+shown = run_search(name="told", out=told, **opts)
+sys.stdout.write(f"exit codes {quiet.exit_code} {shown.exit_code}\\n")
+sys.stderr.write("TOLD:" + told.getvalue())
+"""
+
+
+def test_run_search_prints_nothing_unless_given_out(tmp_path, data_dir):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env.pop("RAY_ADDRESS", None)
+    done = subprocess.run([sys.executable, "-c", QUIET_SEARCHES, str(tmp_path)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout == "exit codes 0 0\n"  # two searches ran; neither wrote a line of its own to stdout
+    told = done.stderr.split("TOLD:", 1)[1]   # what the second one wrote to its out=: the command line's lines
+    assert told.startswith("search told: space baseline") and "trials 1/1 done" in told
+    assert "results: " in told and "steps: startup" in told and (tmp_path / "quiet" / "results.csv").is_file()

@@ -3,6 +3,7 @@ registered versions, where to look next, the steps' times)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from search.prepare.config import SearchConfig, storage_path
@@ -37,59 +38,63 @@ def ui_command(uri: str, storage: str) -> str:
 
 
 # --------------------------------------------------------------------------------- stage 5: what the user reads
-def render(cfg: SearchConfig, prepared: Prepared, collected: Collected, chosen: Any, reports: Any) -> None:
+def render(cfg: SearchConfig, prepared: Prepared, collected: Collected, chosen: Any, reports: Any) -> str:
     """The search's summary: counts, the top trials, the confirmation, the registered versions,
-    where the results, reports and MLflow are, the steps' times."""
+    where the results, reports and MLflow are, the steps' times (what the command line prints at the
+    end; :func:`search.run_search` only when asked)."""
+    lines: list[str] = []
+    say = lines.append
     rows, ranked, timings = collected.rows, collected.ranked, prepared.timings
     failed = sum(r.status == "ERROR" for r in rows)
-    print()
-    print(f"{len(rows)} trials ({len(ranked)} finished all {cfg.epochs} epochs, "
+    say("")
+    say(f"{len(rows)} trials ({len(ranked)} finished all {cfg.epochs} epochs, "
           f"{len(rows) - len(ranked) - failed} stopped early, {failed} failed) in {format_duration(timings['search_s'])}"
           f" (Ray start {timings['ray_init_s']:.1f}s, data {timings['data_s']:.1f}s)")
     pruned = collected.pruned
     if pruned.folders:
-        print(f"{pruned.folders} checkpoint(s) of trials outside the top {max(cfg.top_k, 1)} deleted "
+        say(f"{pruned.folders} checkpoint(s) of trials outside the top {max(cfg.top_k, 1)} deleted "
               f"({pruned.bytes / 2**20:.1f} MiB)")
     shown = ranked[: max(cfg.top_k, TABLE_ROWS)]
-    print(f"top {len(shown)} by {cfg.primary_metric} " + ("(mean ± std over folds):" if cfg.folds else "(hold-out split):"))
-    print(results_csv.table(shown, cfg.primary_metric, prepared.space.names, cfg.metric[1:], spread=cfg.folds != 0))
+    say(f"top {len(shown)} by {cfg.primary_metric} " + ("(mean ± std over folds):" if cfg.folds else "(hold-out split):"))
+    say(results_csv.table(shown, cfg.primary_metric, prepared.space.names, cfg.metric[1:], spread=cfg.folds != 0))
     if collected.pareto is not None:
-        print(f"pareto-optimal trials on {', '.join(cfg.metric)}: {', '.join(sorted(collected.pareto)) or '-'}")
+        say(f"pareto-optimal trials on {', '.join(cfg.metric)}: {', '.join(sorted(collected.pareto)) or '-'}")
     if chosen.confirmation is not None:
-        _render_confirmation(cfg, chosen)
+        _render_confirmation(cfg, chosen, say)
     elif chosen.reference_rows and ranked:
-        _render_references(cfg, ranked, chosen)
+        _render_references(cfg, ranked, chosen, say)
     versions = chosen.versions
     if versions:
-        print(f"registered model {chosen.registered}: versions {', '.join(map(str, versions))}; "
+        say(f"registered model {chosen.registered}: versions {', '.join(map(str, versions))}; "
               f"v{versions[0]} -> alias {chosen.decision.alias} ({chosen.decision.reason})")
-    print(f"results: {collected.csv_path}")
-    print(f"reports: {reports.location}" + (f" (skipped: {', '.join(reports.skipped)})" if reports.skipped else ""))
-    print(f"MLflow: {ui_command(prepared.uri, cfg.storage)}")
+    say(f"results: {collected.csv_path}")
+    say(f"reports: {reports.location}" + (f" (skipped: {', '.join(reports.skipped)})" if reports.skipped else ""))
+    say(f"MLflow: {ui_command(prepared.uri, cfg.storage)}")
     timings["total_s"] = since_start()
-    print(f"steps: {timings.line(STEP_ORDER)}", flush=True)
+    say(f"steps: {timings.line(STEP_ORDER)}")
+    return "\n".join(lines)
 
 
-def _render_confirmation(cfg: SearchConfig, chosen: Any) -> None:
+def _render_confirmation(cfg: SearchConfig, chosen: Any, say: Callable[[str], None]) -> None:
     from search.select.verdict import summary
     from search.select.verdict import table as confirmation_table
 
-    print(f"\nconfirmation on fresh folds ({cfg.primary_metric}, mean ± std over the "
+    say(f"\nconfirmation on fresh folds ({cfg.primary_metric}, mean ± std over the "
           f"{cfg.confirm_repeats} x {max(cfg.folds, 1)} fresh fold scores):")
-    print(confirmation_table(chosen.confirmation))
-    print(summary(chosen.confirmation))
+    say(confirmation_table(chosen.confirmation))
+    say(summary(chosen.confirmation))
     if cfg.multi_objective and cfg.ensemble != "off":
-        print(f"(a multi-objective search: the ensemble is selected and confirmed on the first objective, "
+        say(f"(a multi-objective search: the ensemble is selected and confirmed on the first objective, "
               f"{cfg.primary_metric}, alone)")
 
 
-def _render_references(cfg: SearchConfig, ranked: list[Any], chosen: Any) -> None:
+def _render_references(cfg: SearchConfig, ranked: list[Any], chosen: Any, say: Callable[[str], None]) -> None:
     """No confirmation: the best trial against the references on the search's own folds."""
     m, best = cfg.primary_metric, ranked[0].value(cfg.primary_metric)
     objective = Objective(m, cfg.primary_mode)
     ref = max(chosen.reference_rows, key=lambda r: objective.key(r[m]))
     beaten = objective.better(best, ref[m])
-    print("references on the search's folds: " + ", ".join(f"{r['trial_id']} {r[m]:.4f}" for r in chosen.reference_rows)
+    say("references on the search's folds: " + ", ".join(f"{r['trial_id']} {r[m]:.4f}" for r in chosen.reference_rows)
           + f"; the best trial ({best:.4f}) {'beats' if beaten else 'does not beat'} {ref['trial_id']} "
           "(not confirmed on fresh folds: --confirm-repeats 0)")
 

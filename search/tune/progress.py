@@ -46,13 +46,14 @@ def failure_reason(trial: Any) -> str:
 
 class ProgressLine(Callback):
     def __init__(self, *, total: int, epochs: int, metric: str, mode: str, interval: float = 30.0,
-                 stream: TextIO | None = None) -> None:
+                 stream: TextIO | None = None, shown: bool = True) -> None:
         self.total = total
         self.epochs = epochs
         self.metric = metric
         self.mode = mode
         self.interval = interval
         self.stream = stream
+        self.shown = shown  # False: keeps the best so far, prints nothing (run_search without out=)
         self._start = time.monotonic()
         self._last_print = 0.0
         self._best: tuple[float, str, Any, float | None] | None = None  # value, trial id, epoch, std
@@ -63,6 +64,7 @@ class ProgressLine(Callback):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self.__dict__.setdefault("_best", None)  # state saved before the best-so-far was kept
+        self.__dict__.setdefault("shown", True)
         self.stream = None
 
     def setup(self, **info: Any) -> None:
@@ -81,14 +83,16 @@ class ProgressLine(Callback):
         self.emit(trials, ended={trial.trial_id: "TERMINATED"})
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        print(f"trial {trial.trial_id} failed: {failure_reason(trial)}", file=self.stream or sys.stdout, flush=True)
+        if self.shown:
+            print(f"trial {trial.trial_id} failed: {failure_reason(trial)}", file=self.stream or sys.stdout, flush=True)
         self.emit(trials, ended={trial.trial_id: "ERROR"})
 
     # ------------------------------------------------------------------ the line
     def emit(self, trials: list, ended: dict[str, str] | None = None) -> None:
         """``ended``: trials Tune reports as ended before it updates their status."""
         self._last_print = time.monotonic()
-        print(self.line(trials, self._last_print - self._start, ended), file=self.stream or sys.stdout, flush=True)
+        if self.shown:
+            print(self.line(trials, self._last_print - self._start, ended), file=self.stream or sys.stdout, flush=True)
 
     def line(self, trials: list, elapsed: float, ended: dict[str, str] | None = None) -> str:
         status = [(ended or {}).get(t.trial_id, t.status) for t in trials]
