@@ -27,7 +27,9 @@ All trials use fixed configurations: the space's paper default, then ``--points`
 implements), so (a), (b) and (c) train the same 16 models. Per-epoch cost = wall / (trials x
 epochs); fixed cost per trial = ((c) search wall x concurrency - (b)'s wall) / trials (all a search
 adds to training the same models); peak disk: each search folder's size sampled every 0.5 s.
-The last table gives the figures issue 27 asks for, with their targets.
+(a) to (d) run ``--rounds`` times (default 3), one round after another; the last table gives the
+figures issue 27 asks for, with their targets, as the medians of the rounds' own ratios (a ratio's
+two walls always come from the same round) and their range.
 
     FUSETUNE_DATA_DIR=../shared/data python benchmarks/throughput.py            # 16 trials x 50 epochs
     FUSETUNE_DATA_DIR=../shared/data python benchmarks/throughput.py --quick    # 4 trials x 10 epochs
@@ -56,7 +58,8 @@ from torch import nn
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from search.prepare.config import SearchConfig, resolve  # noqa: E402
+from search.prepare.config import SearchConfig  # noqa: E402
+from search.prepare.resolve import resolve  # noqa: E402
 from search.select.results import RESULTS_CSV, trial_rows  # noqa: E402
 from search.tune.orchestrate import fixed_keys  # noqa: E402
 from spaces import get_space  # noqa: E402
@@ -259,71 +262,45 @@ def search_argv(args: argparse.Namespace, trials: int, concurrency: int, top_k: 
 
 
 # ----------------------------------------------------------------------------- main
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--trials", type=int, default=16)
-    ap.add_argument("--epochs", type=int, default=50)
-    ap.add_argument("--folds", type=int, default=5)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--disk-trials", type=int, default=12, help="trials of the omnifuse-paper grid for (e)")
-    ap.add_argument("--disk-epochs", type=int, default=4)
-    ap.add_argument("--quick", action="store_true", help="4 trials x 10 epochs, 3 folds; 3 grid trials")
-    args = ap.parse_args()
-    if args.quick:
-        args.trials, args.epochs, args.folds, args.disk_trials, args.disk_epochs = 4, 10, 3, 3, 2
-    torch.set_num_threads(1)  # one core per trial, as in the search (--cpus-per-trial 1)
+def one_round(args: argparse.Namespace, configs: list[dict], data: TrialData, tmp: Path) -> dict[str, dict]:
+    """(a) to (d) once, one after the other."""
+    return {"bare": run_bare(configs, data, args), "engine": run_engine(configs, data),
+            "c1": run_search(search_argv(args, args.trials, 1, 0), tmp / "c1", "c1"),
+            "c2": run_search(search_argv(args, args.trials, 2, 0), tmp / "c2", "c2"),
+            "one": run_search(search_argv(args, 1, 1, 1), tmp / "one", "one"),
+            "conf": run_search(search_argv(args, 1, 1, 1, repeats=3), tmp / "conf", "conf")}
 
-    configs = trial_configs(args)
-    data = prepare_from_config(configs[0])
-    print(f"# throughput: {args.trials} trials x {args.epochs} epochs, {args.folds}-fold, baseline on breast-tcga\n")
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.platform()}, torch {torch.__version__}, "
-          f"load average at start {os.getloadavg()[0]:.1f}\n")
-    bare = run_bare(configs, data, args)
-    engine = run_engine(configs, data)
-    epochs = args.trials * args.epochs
-    with tempfile.TemporaryDirectory(prefix="fusetune-throughput-") as tmp:
-        tmp = Path(tmp)
-        c1 = run_search(search_argv(args, args.trials, 1, 0), tmp / "c1", "c1")
-        c2 = run_search(search_argv(args, args.trials, 2, 0), tmp / "c2", "c2")
-        one = run_search(search_argv(args, 1, 1, 1), tmp / "one", "one")
-        conf = run_search(search_argv(args, 1, 1, 1, repeats=3), tmp / "conf", "conf")
-        disk = run_search(["--space", "omnifuse-paper", "--data", "breast-tcga", "--sampler", "grid", "--scheduler", "fifo",
-                           "--num-samples", str(args.disk_trials), "--epochs", str(args.disk_epochs), "--folds", "5",
-                           "--top-k", "1", "--seed", str(args.seed)], tmp / "disk", "disk")
+
+def round_figures(m: dict[str, dict], trials: int) -> dict[str, float]:
+    """The issue's figures from one round: every ratio has its numerator and denominator from the same round."""
+    bare, engine = m["bare"]["wall_s"], m["engine"]["wall_s"]
+    c1, c2 = m["c1"]["steps"].get("search", float("nan")), m["c2"]["steps"].get("search", float("nan"))
+    one_trial = m["one"]["steps"].get("search", float("nan"))
+    confirm_s = m["conf"]["steps"].get("models", float("nan")) - m["one"]["steps"].get("models", float("nan"))
+    return {"one_trial": c1 / bare, "fixed1": (c1 - engine) / trials, "fixed2": (2 * c2 - engine) / trials,
+            "per_epoch": engine / bare, "confirm": confirm_s / one_trial, "confirm_s": confirm_s,
+            "one_trial_s": one_trial, "speedup": c1 / c2}
+
+
+def print_round(r: int, m: dict[str, dict], args: argparse.Namespace) -> None:
+    bare, engine, epochs = m["bare"], m["engine"], args.trials * args.epochs
 
     def row(label: str, wall: float, note: str = "") -> str:
-        return (f"| {label} | {wall:.1f} | {wall / bare['wall_s']:.2f}x | {1000 * wall / epochs:.1f} | {note} |")
+        return (f"| {r} | {label} | {wall:.1f} | {wall / bare['wall_s']:.2f}x | {1000 * wall / epochs:.1f} | {note} |")
 
-    print("| run | wall (s) | vs (a) | per trial-epoch (ms) | note |")
-    print("|---|---|---|---|---|")
     print(row("(a) bare PyTorch loop", bare["wall_s"], f"macro F1 {bare['macro_f1']:.4f}; folds one after the other, "
               "validation every epoch"))
     print(row("(b) engine `Trial` outside Ray", engine["wall_s"], f"macro F1 {engine['macro_f1']:.4f}; batched folds, "
               "metrics every epoch"))
-    fixed = {}
-    for label, c, conc in (("(c) search.run, 1 concurrent", c1, 1), ("(c) search.run, 2 concurrent", c2, 2)):
+    for label, c, conc in (("(c) search.run, 1 concurrent", m["c1"], 1), ("(c) search.run, 2 concurrent", m["c2"], 2)):
         wall = c["steps"].get("search", float("nan"))
-        fixed[conc] = (conc * wall - engine["wall_s"]) / args.trials
         print(row(label, wall, f"Tuner.fit only; {c['reports']} reports; in-trial {c['in_trial_s']:.1f} s; "
-                  f"fixed cost per trial {fixed[conc]:.2f} s; command {c['command_s']:.1f} s; "
-                  f"{c['bytes'] / args.trials / 2**20:.2f} MiB per trial kept, peak {c['peak_bytes'] / 2**20:.1f} MiB"))
-    c1_wall, c2_wall = c1["steps"].get("search", float("nan")), c2["steps"].get("search", float("nan"))
-    confirm_s = conf["steps"].get("models", float("nan")) - one["steps"].get("models", float("nan"))
-    one_trial = one["steps"].get("search", float("nan"))
-    print("\n| figure | measured | target |")
-    print("|---|---|---|")
-    print(f"| one trial in a search vs the bare loop | {c1_wall / bare['wall_s']:.2f}x | <= 1.3x |")
-    print(f"| fixed cost per trial (search wall x concurrency - engine wall, per trial) | "
-          f"{fixed[1]:.2f} s at 1, {fixed[2]:.2f} s at 2 concurrent | < 1 s at 2 |")
-    print(f"| per-epoch ratio, engine vs bare loop | {engine['wall_s'] / bare['wall_s']:.2f}x | <= 1.1x |")
-    print(f"| confirmation of one candidate on 3 repetitions vs one trial | {confirm_s:.1f} s / {one_trial:.1f} s = "
-          f"{confirm_s / one_trial:.2f}x | <= 1.5x |")
-    print(f"| 2 concurrent trials vs 1 | {c1_wall / c2_wall:.2f}x | >= 1.8x |")
-    print(f"| bytes per trial (1 concurrent: kept / peak while running) | {c1['bytes'] / args.trials / 2**20:.2f} / "
-          f"{c1['peak_bytes'] / args.trials / 2**20:.2f} MiB | - |")
-    print(f"\n1-trial search end to end (top-k 1): {one['command_s']:.1f} s; steps: "
-          + ", ".join(f"{k} {v:.1f}s" for k, v in one["steps"].items()))
-    print("the same with 3 confirmation repetitions: steps: " + ", ".join(f"{k} {v:.1f}s" for k, v in conf["steps"].items()))
+                  f"fixed cost per trial {(conc * wall - engine['wall_s']) / args.trials:.2f} s; command "
+                  f"{c['command_s']:.1f} s; {c['bytes'] / args.trials / 2**20:.2f} MiB per trial kept, "
+                  f"peak {c['peak_bytes'] / 2**20:.1f} MiB"))
+
+
+def print_disk(disk: dict, args: argparse.Namespace) -> None:
     n = max(1, len(disk["rows"]))
     kept = disk["kept_checkpoint_bytes"]                        # the top trial's checkpoint
     growing = disk["per_trial_files"] - kept                      # trial folders and MLflow store
@@ -335,6 +312,67 @@ def main() -> None:
           f"{kept / 2**20:.1f} MiB kept checkpoint and {handed / 2**20:.1f} MiB registered model, bundle and reports; "
           f"729 trials extrapolated: {(729 * before) / 2**30:.2f} GiB without pruning, "
           f"{(handed + kept + 729 * growing / n) / 2**30:.2f} GiB after; peak {disk['peak_bytes'] / 2**20:.1f} MiB")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--trials", type=int, default=16)
+    ap.add_argument("--epochs", type=int, default=50)
+    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="(a) to (d) this many times, one round after another; the figures are the medians of "
+                         "the rounds' own ratios (default 3: one run's figures move by up to 20%% on a VM)")
+    ap.add_argument("--disk-trials", type=int, default=12, help="trials of the omnifuse-paper grid for (e)")
+    ap.add_argument("--disk-epochs", type=int, default=4)
+    ap.add_argument("--quick", action="store_true", help="4 trials x 10 epochs, 3 folds, 1 round; 3 grid trials")
+    args = ap.parse_args()
+    if args.quick:
+        args.trials, args.epochs, args.folds, args.rounds, args.disk_trials, args.disk_epochs = 4, 10, 3, 1, 3, 2
+    torch.set_num_threads(1)  # one core per trial, as in the search (--cpus-per-trial 1)
+
+    configs = trial_configs(args)
+    data = prepare_from_config(configs[0])
+    print(f"# throughput: {args.trials} trials x {args.epochs} epochs, {args.folds}-fold, baseline on breast-tcga, "
+          f"{args.rounds} round(s)\n")
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.platform()}, torch {torch.__version__}, "
+          f"load average at start {os.getloadavg()[0]:.1f}\n")
+    print("| round | run | wall (s) | vs (a) | per trial-epoch (ms) | note |")
+    print("|---|---|---|---|---|---|")
+    rounds = []
+    for r in range(1, args.rounds + 1):
+        with tempfile.TemporaryDirectory(prefix="fusetune-throughput-") as tmp:
+            m = one_round(args, configs, data, Path(tmp))
+        print_round(r, m, args)
+        rounds.append(m)
+    with tempfile.TemporaryDirectory(prefix="fusetune-throughput-") as tmp:
+        disk = run_search(["--space", "omnifuse-paper", "--data", "breast-tcga", "--sampler", "grid", "--scheduler", "fifo",
+                           "--num-samples", str(args.disk_trials), "--epochs", str(args.disk_epochs), "--folds", "5",
+                           "--top-k", "1", "--seed", str(args.seed)], Path(tmp) / "disk", "disk")
+    figs = [round_figures(m, args.trials) for m in rounds]
+
+    def med(key: str, fmt: str = ".2f", unit: str = "x") -> str:
+        values = [f[key] for f in figs]
+        spread = f" (rounds {min(values):{fmt}}-{max(values):{fmt}})" if len(values) > 1 else ""
+        return f"{float(np.median(values)):{fmt}}{unit}{spread}"
+
+    c1 = rounds[0]["c1"]
+    print(f"\n| figure (median of {len(figs)} round(s)) | measured | target |")
+    print("|---|---|---|")
+    print(f"| one trial in a search vs the bare loop | {med('one_trial')} | <= 1.3x |")
+    print(f"| fixed cost per trial (search wall x concurrency - engine wall, per trial) | "
+          f"{med('fixed1', unit=' s')} at 1, {med('fixed2', unit=' s')} at 2 concurrent | < 1 s at 2 |")
+    print(f"| per-epoch ratio, engine vs bare loop | {med('per_epoch')} | <= 1.1x |")
+    print(f"| confirmation of one candidate on 3 repetitions vs one trial | {med('confirm_s', '.1f', ' s')} / "
+          f"{med('one_trial_s', '.1f', ' s')} = {med('confirm')} | <= 1.5x |")
+    print(f"| 2 concurrent trials vs 1 | {med('speedup')} | >= 1.8x |")
+    print(f"| bytes per trial (round 1, 1 concurrent: kept / peak while running) | "
+          f"{c1['bytes'] / args.trials / 2**20:.2f} / {c1['peak_bytes'] / args.trials / 2**20:.2f} MiB | - |")
+    one, conf = rounds[-1]["one"], rounds[-1]["conf"]
+    print(f"\n1-trial search end to end (top-k 1, last round): {one['command_s']:.1f} s; steps: "
+          + ", ".join(f"{k} {v:.1f}s" for k, v in one["steps"].items()))
+    print("the same with 3 confirmation repetitions: steps: " + ", ".join(f"{k} {v:.1f}s" for k, v in conf["steps"].items()))
+    print_disk(disk, args)
     print(f"\nload average at end {os.getloadavg()[0]:.1f}")
 
 
