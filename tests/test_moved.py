@@ -71,3 +71,10 @@ def test_the_checkout_local_workers_import_is_the_repository_root():
     from search.prepare import preflight
 
     assert preflight.REPO_ROOT == REPO  # not search/ (whose select/ would shadow the standard library's)
+
+
+@pytest.mark.parametrize("old", ["search.reports", "search.integrity"])
+def test_an_old_command_line_still_runs(old):
+    out = subprocess.run([sys.executable, "-m", old, "--help"], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "usage:" in out.stdout

@@ -2,8 +2,9 @@
 
 Tune's state in a search folder (``tuner.pkl``, the searcher's and the schedulers' snapshots) and
 users' scripts name classes and functions by the module path they had when written: a search
-folder written before the move still resumes and ``from search.models import load_model`` still
-works (a registered model never needed ``search``: its pyfunc is models-from-code on ``trainables``).
+folder written before the move still resumes, ``from search.models import load_model`` and
+``python -m search.reports`` / ``python -m search.integrity`` still work (a registered model never
+needed ``search``: its pyfunc is models-from-code on ``trainables``).
 :func:`install` (called by ``import search``) puts a finder first on ``sys.meta_path`` that answers
 an old name with the module at its new place (the same module object, so ``isinstance`` and
 pickling agree). Nothing new is written under an old name: new pickles name the new modules.
@@ -42,6 +43,10 @@ class _MovedFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
     def create_module(self, spec) -> ModuleType:  # noqa: ANN001
         return importlib.import_module(MOVED[spec.name])  # the module itself, registered under its old name too
+
+    def get_code(self, fullname: str):  # noqa: ANN201 - ``python -m search.reports`` (runpy) runs the new module
+        new = MOVED[fullname]
+        return importlib.util.find_spec(new).loader.get_code(new)
 
     def exec_module(self, module: ModuleType) -> None:
         # already executed at its new place; the import system has just set its __spec__ to the old
