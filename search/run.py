@@ -26,10 +26,10 @@ from search.prepare.config import SearchConfig, experiment_path, storage_path
 from search.prepare.errors import UsageError
 from search.prepare.resolve import resolve
 from search.report.render import render
-from search.select import results, results_csv
+from search.select import results
 from search.select.results import SEARCH_FILE
 from search.stages import collect, prepare, select_and_hand_off, tune_trials
-from search.trust import integrity, locks, relocate
+from search.trust import files, integrity, locks, relocate
 from search.trust.credentials import private_outputs
 from search.tune import faults, schedulers, supervisor
 from trainables.data import DataError
@@ -57,7 +57,7 @@ def options(given: dict[str, Any], *, refuse_taken: bool = True) -> SearchConfig
     storage = given.get("storage", SearchConfig.storage)
     name = preflight.find_search(storage_path(storage), given.get("name"))
     integrity.verify(experiment_path(storage, name))  # before anything of it is read, Ray started or unpickled
-    saved = json.loads(results_csv.read_text(experiment_path(storage, name), SEARCH_FILE))
+    saved = json.loads(files.read_text(experiment_path(storage, name), SEARCH_FILE))
     # the folder it was found in, not the one it was saved in (a copied or moved results folder)
     cfg = relocate.rebased(parse.from_saved(saved, f"--resume: {SEARCH_FILE} of {name}"), storage)
     if given.get("num_samples", cfg.num_samples) != cfg.num_samples:

@@ -19,7 +19,7 @@ from search.select import oof, results, results_csv
 from search.select.cleanup import PruneCheckpoints, Pruned, prune_checkpoints
 from search.select.oof import KeepOutOfFold
 from search.select.results import SEARCH_FILE
-from search.trust import integrity, relocate
+from search.trust import files, integrity, relocate
 from search.trust.credentials import redact
 from search.tune import faults, orchestrate, samplers, schedulers, supervisor
 from search.tune.progress import ProgressLine
@@ -79,7 +79,7 @@ def prepare(cfg: SearchConfig, out: TextIO | None = None) -> Prepared:
     torch.set_num_threads(max(1, int(cfg.cpus_per_trial)))
     copied_from = None
     if cfg.resume:  # a copied results folder: its MLflow store's artifact locations follow it
-        saved_storage = storage_path(json.loads(results_csv.read_text(cfg.experiment_path, SEARCH_FILE))["storage"])
+        saved_storage = storage_path(json.loads(files.read_text(cfg.experiment_path, SEARCH_FILE))["storage"])
         if relocate.rebase_mlflow_store(uri, saved_storage, cfg.storage_path) or saved_storage != cfg.storage_path:
             copied_from = relocate.rebase_uri(uri, cfg.storage_path, saved_storage)
     study_url = optuna_storage.storage_url(cfg) if schedulers.has_study(cfg) else None
@@ -166,7 +166,7 @@ def tune_trials(cfg: SearchConfig, prepared: Prepared) -> Tuned:
     callbacks = [ProgressLine(total=total, epochs=cfg.epochs, metric=cfg.primary_metric, mode=cfg.primary_mode,
                               stream=prepared.out, shown=prepared.out is not None),
                  tracking]
-    results_csv.write_text(json.dumps(cfg.as_saved(), indent=2, default=list), exp_path, SEARCH_FILE)
+    files.write_text(json.dumps(cfg.as_saved(), indent=2, default=list), exp_path, SEARCH_FILE)
     # the only deleter of checkpoints: the disk does not grow with the trials, and none a resume needs goes
     callbacks.append(KeepOutOfFold())  # before the pruner: a trial's predictions outlive its checkpoint
     pruner = PruneCheckpoints(cfg.primary_metric, cfg.primary_mode, keep=max(cfg.top_k, 1),
@@ -220,7 +220,7 @@ def collect(cfg: SearchConfig, prepared: Prepared, tuned: Tuned) -> Collected:
         rows = results.collect(exp_path, fs)
         agree_with_tune(cfg, rows)  # a driver killed between Tune and Optuna
         pareto = results.pareto_front(rows, cfg.metric, cfg.mode) if cfg.multi_objective else None
-        csv_path = results_csv.write_text(results_csv.csv_text(rows, sampled, pareto), exp_path, results.RESULTS_CSV, fs)
+        csv_path = files.write_text(results_csv.csv_text(rows, sampled, pareto), exp_path, results.RESULTS_CSV, fs)
     ranked = results.ranked(rows, cfg.primary_metric, cfg.primary_mode)
     oof.recover(exp_path, ranked, fs)
     return Collected(rows, ranked, pareto, csv_path)
@@ -246,7 +246,7 @@ def select_and_hand_off(cfg: SearchConfig, prepared: Prepared, tuned: Tuned, col
                         uri=prepared.uri, parent_run_id=tuned.parent_run_id, data_name=cfg.data_name,
                         fixed=orchestrate.fixed_keys(cfg, prepared.space), search_tags=prepared.search_tags)
     if chosen.reference_rows:
-        collected.csv_path = results_csv.write_text(
+        collected.csv_path = files.write_text(
             results_csv.csv_text(rows, prepared.space.names, collected.pareto, chosen.reference_rows), tuned.exp_path,
             results.RESULTS_CSV, tuned.fs)
     return chosen

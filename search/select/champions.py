@@ -22,7 +22,7 @@ from search.handoff import promotion
 from search.prepare.config import SearchConfig
 from search.select import confirm, ensemble, oof, references, verdict
 from search.select.results import CONFIRMATION_CSV, TrialResult
-from search.select.results_csv import write_text
+from search.trust.files import write_text
 from search.tune import faults
 from spaces import Space
 from trainables.metrics import METRICS

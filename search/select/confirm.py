@@ -30,7 +30,6 @@ with ``--resume`` (finished candidates stay finished); the table is ``<search>/c
 from __future__ import annotations
 
 import json
-import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -40,7 +39,7 @@ from ray import tune
 
 from search.select import references
 from search.select.oof import OutOfFold
-from search.select.results import error_reason
+from search.select.results import error_reason, fold_count
 from search.select.verdict import Candidate, Scheme
 from search.trust import integrity
 from search.tune.orchestrate import result_loggers
@@ -49,7 +48,6 @@ from trainables.trial_data import TrialData, fold_splits
 
 EXPERIMENT = "confirmation"
 ENSEMBLE_EXPERIMENT = "confirmation-ensemble"
-_FOLD_ACCURACY = re.compile(r"fold\d+_accuracy")
 SEARCH_REPEAT = -1
 """The repeat index of a reference scored on the search's own folds."""
 
@@ -99,7 +97,7 @@ def run_job(config: dict[str, Any], data: TrialData) -> dict[int, tuple[dict[str
     result: dict[str, Any] = {}
     while trial.epoch < trial.epochs:
         result = trial.step()
-    k = sum(1 for key in result if _FOLD_ACCURACY.fullmatch(key)) // len(repeats)
+    k = fold_count(result) // len(repeats)
     return {r: (_fold_report([{m: result[f"fold{i * k + j}_{m}"] for m in METRICS} for j in range(k)]),
                 OutOfFold.from_arrays(trial.out_of_fold(i), f"confirmation job {job['candidate']}"))
             for i, (r, _) in enumerate(repeats)}

@@ -31,6 +31,7 @@ import csv
 import json
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,11 @@ REFERENCE = "REFERENCE"
 """The status of a reference model's row in ``results.csv``
 (:func:`search.select.results_csv.csv_text`'s ``references``)."""
 _FOLD_ACCURACY = re.compile(r"fold\d+_accuracy")
+
+
+def fold_count(result: Iterable[str]) -> int:
+    """How many folds a result (or a ``results.csv`` row) has per-fold figures for (its ``fold<k>_accuracy`` keys)."""
+    return sum(1 for key in result if _FOLD_ACCURACY.fullmatch(key))
 
 
 # ----------------------------------------------------------------------------- the row
@@ -92,7 +98,7 @@ class TrialResult:
 
     @property
     def n_folds(self) -> int:
-        return sum(1 for k in self.last if _FOLD_ACCURACY.fullmatch(k))
+        return fold_count(self.last)
 
     def fold_values(self, metric: str) -> np.ndarray:
         """The final per-fold values of ``metric`` (fold 0, 1, ...); empty if the trial did not finish."""

@@ -1,6 +1,5 @@
 """What a search writes of its trials (the rows of :mod:`search.select.results`): ``results.csv``
-(:func:`csv_text`), the search folder's small files written whole and read back (:func:`write_text`,
-:func:`read_text`: ``results.csv``, ``search.json``, ``confirmation.csv``) and the table of the best
+(:func:`csv_text`; written whole by :func:`search.trust.files.write_text`) and the table of the best
 configurations the summary prints (:func:`table`).
 """
 
@@ -11,10 +10,7 @@ import io
 import json
 from typing import Any
 
-import pyarrow.fs
-
-from search.select.results import _FOLD_ACCURACY, TrialResult
-from search.trust.files import write_atomically
+from search.select.results import TrialResult, fold_count
 from trainables.metrics import METRICS
 
 
@@ -26,7 +22,7 @@ def csv_text(rows: list[TrialResult], sampled: list[str], pareto: set[str] | Non
     rows of the reference models on the same folds (status ``REFERENCE``, metric columns only)."""
     references = references or []
     folds = max((r.n_folds for r in rows), default=0)
-    folds = max([folds, *(sum(1 for k in ref if _FOLD_ACCURACY.fullmatch(k)) for ref in references)])
+    folds = max([folds, *(fold_count(ref) for ref in references)])
     metric_cols = ["loss"] + [c for m in METRICS for c in (m, f"{m}_std")]
     metric_cols += [f"fold{k}_{m}" for k in range(folds) for m in METRICS]
     keys = list(dict.fromkeys([*sampled, *(k for r in rows for k in r.config)]))
@@ -50,20 +46,6 @@ def csv_text(rows: list[TrialResult], sampled: list[str], pareto: set[str] | Non
         line += [""] * (len(head) - len(line))
         w.writerow(line)
     return out.getvalue()
-
-
-def write_text(text: str, experiment_path: str, filename: str, filesystem: pyarrow.fs.FileSystem | None = None) -> str:
-    """Write ``<experiment>/<filename>`` atomically (local folder or ``s3://``-style URI)."""
-    fs, path = pyarrow.fs.FileSystem.from_uri(experiment_path) if filesystem is None else (filesystem, experiment_path)
-    fs.create_dir(path, recursive=True)
-    target = f"{path.rstrip('/')}/{filename}"
-    return write_atomically(fs, target, text.encode())
-
-
-def read_text(experiment_path: str, filename: str) -> str:
-    fs, path = pyarrow.fs.FileSystem.from_uri(experiment_path)
-    with fs.open_input_stream(f"{path.rstrip('/')}/{filename}") as f:
-        return f.read().decode()
 
 
 def table(top: list[TrialResult], metric: str, sampled: list[str], extra_metrics: tuple[str, ...] = (), *,
