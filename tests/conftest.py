@@ -29,3 +29,24 @@ def mlflow_server(tmp_path_factory):
     server = MlflowServer(tmp_path_factory.mktemp("mlflow-server")).start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def background_searches(request, tmp_path_factory):
+    """Start the searches that the selected tests' fixtures read (tests/background.py) now, beside the tests."""
+    import background
+    import studies  # noqa: F401 - registers the tiny search
+
+    used = {name for item in request.session.items for name in getattr(item, "fixturenames", ())}
+    background.start(used & background.registered(), tmp_path_factory)
+    yield
+    background.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_search(tmp_path_factory, data_dir):
+    """The session's tiny real search (tests/studies.py ``run_tiny_search``): name, storage, folder, ..."""
+    import background
+    import studies  # noqa: F401 - registers the search
+
+    return background.result("tiny_search", tmp_path_factory)

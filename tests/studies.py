@@ -2,21 +2,21 @@
 
 :func:`fake_study` writes the files ``python -m search.run`` leaves (Ray's trial folders with
 ``params.json`` and ``result.json``, and ``results.csv``) with chosen values, for hand-checked
-cases. :func:`tiny_search` runs one real search (``python -m search.run``, baseline space,
-breast-tcga, 2 trials x 2 epochs x 2 folds) once per test session, shared by every test module
-that uses it (module-level cache, since each module registers the fixture on its own).
+cases. :func:`run_tiny_search` runs one real search (``python -m search.run``, baseline space,
+breast-tcga, 2 trials x 2 epochs x 2 folds) once per test session, in the background from the
+session's start (tests/background.py), for every test module that uses the ``tiny_search`` fixture.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+import background
 from trainables.metrics import METRICS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,28 +78,31 @@ def fake_study(storage: Path, name: str, trials: list[dict[str, Any]], *, space:
 
 
 # ----------------------------------------------------------------------------- a real search
-_SEARCH: dict[str, Any] = {}
 TINY = {"space": "baseline", "data": "breast-tcga", "num_samples": 2, "epochs": 2, "folds": 2, "seed": 0}
+SECRET = "s3cr3t-never-written"
+"""A credential in the tiny search's environment (MLflow's password and token variables): test_integrity
+checks that no file or MLflow run of the search holds it."""
 
 
-def tiny_search(tmp_path_factory) -> dict[str, Any]:
-    """Run (once per session) ``python -m search.run`` on a tiny budget; returns name, storage,
-    folder, tracking URI and the process output."""
-    if not _SEARCH:
-        storage = tmp_path_factory.mktemp("search")
-        name = "tiny"
-        cmd = [sys.executable, "-m", "search.run", "--space", TINY["space"], "--data", TINY["data"],
-               "--num-samples", str(TINY["num_samples"]), "--epochs", str(TINY["epochs"]), "--folds", str(TINY["folds"]),
-               "--seed", str(TINY["seed"]), "--sampler", "random", "--scheduler", "fifo", "--top-k", "1",
-               "--confirm-repeats", "1",
-               "--cpus-per-trial", "1", "--storage", str(storage), "--name", name]
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_DEDUP_LOGS": "0"}
-        if "FUSETUNE_DATA_DIR" in env:  # CI gives it relative to the checkout; the search runs elsewhere
-            env["FUSETUNE_DATA_DIR"] = str(Path(env["FUSETUNE_DATA_DIR"]).resolve())
-        # cwd: whatever the search writes next to itself (e.g. ./mlruns) stays in the tmp folder
-        proc = subprocess.run(cmd, cwd=storage, env=env, capture_output=True, text=True, timeout=600, check=False)
-        if proc.returncode != 0:
-            raise RuntimeError(f"tiny search failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-        _SEARCH.update(name=name, storage=storage, folder=storage / name,
-                       tracking_uri=f"sqlite:///{(storage / 'mlflow.db').resolve()}", output=proc.stdout)
-    return _SEARCH
+@background.prestarted("tiny_search", seconds=40)
+def run_tiny_search(storage: Path) -> dict[str, Any]:
+    """``python -m search.run`` on a tiny budget (in the background, once per session: the
+    conftest's ``tiny_search`` fixture); returns name, storage, folder, tracking URI, the process
+    output and the key file that sealed its state (the session's)."""
+    name = "tiny"
+    cmd = [sys.executable, "-m", "search.run", "--space", TINY["space"], "--data", TINY["data"],
+           "--num-samples", str(TINY["num_samples"]), "--epochs", str(TINY["epochs"]), "--folds", str(TINY["folds"]),
+           "--seed", str(TINY["seed"]), "--sampler", "random", "--scheduler", "fifo", "--top-k", "1",
+           "--confirm-repeats", "1",
+           "--cpus-per-trial", "1", "--storage", str(storage), "--name", name]
+    env = {**background.environ(), "PYTHONPATH": str(ROOT), "RAY_DEDUP_LOGS": "0",
+           "MLFLOW_TRACKING_PASSWORD": SECRET, "MLFLOW_TRACKING_TOKEN": SECRET}
+    env.pop("RAY_ADDRESS", None)
+    if "FUSETUNE_DATA_DIR" in env:  # CI gives it relative to the checkout; the search runs elsewhere
+        env["FUSETUNE_DATA_DIR"] = str(Path(env["FUSETUNE_DATA_DIR"]).resolve())
+    # cwd: whatever the search writes next to itself (e.g. ./mlruns) stays in the tmp folder
+    proc = subprocess.run(cmd, cwd=storage, env=env, capture_output=True, text=True, timeout=600, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"tiny search failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return dict(name=name, storage=storage, folder=storage / name, tracking_uri=f"sqlite:///{(storage / 'mlflow.db').resolve()}",
+                output=proc.stdout, stderr=proc.stderr, key=Path(env["FUSETUNE_STATE_KEY_FILE"]))

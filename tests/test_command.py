@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
+import background
 from search import command, run_search
 from search.prepare.errors import UsageError
 
@@ -51,16 +56,24 @@ sys.stderr.write("TOLD:" + told.getvalue())
 """
 
 
-def test_run_search_prints_nothing_unless_given_out(tmp_path, data_dir):
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+@background.prestarted("quiet_searches", seconds=40)
+def run_quiet_searches(tmp_path: Path):
+    """Two ``run_search`` calls in one fresh process: without ``out``, then with ``out=StringIO()``."""
+    env = {**background.environ(), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     env.pop("RAY_ADDRESS", None)
     done = subprocess.run([sys.executable, "-c", QUIET_SEARCHES, str(tmp_path)], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=600, check=False)
+    return tmp_path, done
+
+
+@pytest.fixture(scope="module")
+def quiet_searches(tmp_path_factory, data_dir):
+    """:func:`run_quiet_searches`, started in the background when the session started (tests/background.py)."""
+    return background.result("quiet_searches", tmp_path_factory)
+
+
+def test_run_search_prints_nothing_unless_given_out(quiet_searches):
+    tmp_path, done = quiet_searches
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout == "exit codes 0 0\n"  # two searches ran; neither wrote a line of its own to stdout
     told = done.stderr.split("TOLD:", 1)[1]   # what the second one wrote to its out=: the command line's lines

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import background
 from search import nested
 from search.handoff import promotion
 from search.prepare.errors import UsageError
@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def command(module: str, args: list[str], timeout: int = 900, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(REPO), **(env or {}))
+    env = dict(background.environ(), PYTHONPATH=str(REPO), **(env or {}))
     env.pop("RAY_ADDRESS", None)
     return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=timeout, check=False)
@@ -126,10 +126,9 @@ def test_nested_refuses_too_many_outer_folds_in_one_line(data_dir, capsys):
 
 
 # --------------------------------------------------------------------------------- end to end
-@pytest.fixture(scope="module")
-def searches(tmp_path_factory, data_dir):
+@background.prestarted("searches", seconds=180)
+def run_searches(storage: Path):
     """A tuned search, a deliberately worse one (1 epoch), and the worse one again with --promote always."""
-    storage = tmp_path_factory.mktemp("confirm")
     common = ["--space", "baseline", "--data", "breast-tcga", "--folds", "3", "--storage", str(storage), "--seed", "3"]
     good = command("search.run", [*common, "--name", "good", "--num-samples", "3", "--epochs", "8", "--top-k", "2",
                                   "--scheduler", "fifo",
@@ -138,6 +137,12 @@ def searches(tmp_path_factory, data_dir):
     bad = command("search.run", [*worse, "--name", "bad"])
     forced = command("search.run", [*worse, "--name", "forced", "--promote", "always"])
     return storage, good, bad, forced
+
+
+@pytest.fixture(scope="module")
+def searches(tmp_path_factory, data_dir):
+    """:func:`run_searches`, started in the background when the session started (tests/background.py)."""
+    return background.result("searches", tmp_path_factory)
 
 
 def test_confirmation_table_and_champion(searches):
@@ -216,10 +221,22 @@ def test_a_worse_search_leaves_the_champion_and_always_moves_it(searches):
     assert str(challenger.version) in by_run("bad")
 
 
-def test_nested_json_estimate(tmp_path, data_dir):
+@background.prestarted("nested_search", seconds=55)
+def run_nested_search(storage: Path):
     out = command("search.nested", ["--space", "baseline", "--data", "breast-tcga", "--outer-folds", "3", "--json",
                                     "--num-samples", "2", "--epochs", "2", "--folds", "2", "--confirm-repeats", "1",
-                                    "--references", "logreg", "--top-k", "1", "--storage", str(tmp_path), "--name", "n"])
+                                    "--references", "logreg", "--top-k", "1", "--storage", str(storage), "--name", "n"])
+    return storage, out
+
+
+@pytest.fixture(scope="module")
+def nested_search(tmp_path_factory, data_dir):
+    """:func:`run_nested_search`, started in the background when the session started (tests/background.py)."""
+    return background.result("nested_search", tmp_path_factory)
+
+
+def test_nested_json_estimate(nested_search):
+    tmp_path, out = nested_search
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     report = json.loads(out.stdout)
     assert len(report["outer"]) == 3 and set(report["estimate"]) == set(report["std"]) >= {"macro_f1", "accuracy"}

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+import background
 from search.handoff.models import load_model, pyfunc_input
 from search.select import ensemble
 from serving import post, served
@@ -24,10 +26,9 @@ SEARCH = ["--space", "baseline", "--data", "breast-tcga", "--folds", "3", "--num
 NAME = "baseline-breast-tcga"
 
 
-@pytest.fixture(scope="module")
-def search(tmp_path_factory, data_dir):
+@background.prestarted("ensemble_search", seconds=50)
+def run_ensemble_search(storage: Path):
     """The search killed once in its confirmation stage (after the ensemble's selection), then resumed."""
-    storage = tmp_path_factory.mktemp("ensemble")
     argv = [*SEARCH, "--storage", str(storage)]
     killed = command("search.run", argv, env={"FUSETUNE_KILL_AT": "confirmation"})
     folder = storage / "ens"
@@ -37,8 +38,14 @@ def search(tmp_path_factory, data_dir):
     return storage, killed, before, selected, resumed
 
 
-def test_killed_in_confirmation_resumes_to_the_same_ensemble(search):
-    storage, killed, before, selected, resumed = search
+@pytest.fixture(scope="module")
+def ensemble_search(tmp_path_factory, data_dir):
+    """:func:`run_ensemble_search`, started in the background when the session started (tests/background.py)."""
+    return background.result("ensemble_search", tmp_path_factory)
+
+
+def test_killed_in_confirmation_resumes_to_the_same_ensemble(ensemble_search):
+    storage, killed, before, selected, resumed = ensemble_search
     assert killed.returncode == -9, killed.stdout[-2000:] + killed.stderr[-2000:]
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     folder = storage / "ens"
@@ -52,8 +59,8 @@ def test_killed_in_confirmation_resumes_to_the_same_ensemble(search):
     assert sum(selected["weights"]) == pytest.approx(1.0, abs=1e-5) and 1 <= len(selected["members"]) <= 5
 
 
-def test_the_confirmed_ensemble_wins_and_is_served_as_one_model(search, tmp_path):
-    storage, _, _, selected, resumed = search
+def test_the_confirmed_ensemble_wins_and_is_served_as_one_model(ensemble_search, tmp_path):
+    storage, _, _, selected, resumed = ensemble_search
     assert resumed.returncode == 0
     folder = storage / "ens"
     rows = list(csv.DictReader((folder / "confirmation.csv").open()))

@@ -19,7 +19,7 @@ import pytest
 from search.export import CARD, CARD_JSON, main
 from search.handoff.model_card import render_card
 from search.select.results import load_study
-from studies import ROOT, fake_study, tiny_search
+from studies import ROOT, fake_study
 from trainables.bundle import BundleError, load_bundle, verify_bundle
 from trainables.data import load_dataset
 
@@ -35,8 +35,8 @@ np.save(sys.argv[3], bundle.predict(pd.read_parquet(sys.argv[2])))
 
 
 @pytest.fixture(scope="session")
-def search(tmp_path_factory):
-    return tiny_search(tmp_path_factory)
+def search(tiny_search):
+    return tiny_search
 
 
 @pytest.fixture(scope="session")

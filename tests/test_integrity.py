@@ -1,5 +1,6 @@
 """Tune's state is sealed with a per-user HMAC; ``--resume`` refuses what this user's fusetune did
-not write. The same small search shows that no file or MLflow run under it holds a secret."""
+not write. The session's tiny search (tests/studies.py, run with a secret in its environment) shows
+that no file or MLflow run under it holds it."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import pytest
 from search import run as run_mod
 from search.prepare.errors import UsageError
 from search.trust import integrity
+from studies import SECRET as STUDY_SECRET
 
 REPO = Path(__file__).resolve().parents[1]
 SECRET = "pw-4d1c9e-never-logged"
@@ -35,14 +37,10 @@ SMALL = ["--space", "baseline", "--num-samples", "2", "--epochs", "2", "--folds"
 
 
 @pytest.fixture(scope="module")
-def sealed_search(tmp_path_factory, data_dir):
-    root = tmp_path_factory.mktemp("sealed")
-    key = root / "config" / "state.key"
-    storage = root / "results"
-    out = subprocess.run([sys.executable, "-m", "search.run", *SMALL, "--storage", str(storage), "--name", "s"],
-                         cwd=REPO, env=_env(key), capture_output=True, text=True, timeout=600, check=False)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    return storage, key, out
+def sealed_search(tiny_search):
+    """The session's tiny search (tests/studies.py), run with a secret in MLflow's password and
+    token variables: its storage, the key file that sealed it, its process output and its name."""
+    return tiny_search["storage"], tiny_search["key"], tiny_search, tiny_search["name"]
 
 
 @pytest.fixture
@@ -98,8 +96,8 @@ def test_seal_history_and_what_is_sealed(tmp_path, monkeypatch):
 
 # --------------------------------------------------------------------------------- a real search
 def test_a_finished_search_is_sealed(sealed_search, key_env):
-    storage, _, _ = sealed_search
-    folder = storage / "s"
+    storage, _, _, name = sealed_search
+    folder = storage / name
     integrity.verify(str(folder))
     integrity.verify(str(folder / "confirmation"))
     fs, root = integrity._fs(str(folder))
@@ -115,27 +113,27 @@ class _Payload:
 
 @pytest.mark.parametrize("attack", ["planted tuner.pkl", "edited experiment state", "no seal", "another user's key"])
 def test_resume_refuses_state_this_user_did_not_write(attack, sealed_search, tmp_path, monkeypatch, capsys):
-    storage, key, _ = sealed_search
+    storage, key, _, name = sealed_search
     copy = tmp_path / "copy"
     shutil.copytree(storage, copy)
-    folder = copy / "s"
+    folder = copy / name
     marker = tmp_path / "payload-ran"
     monkeypatch.setenv("FUSETUNE_TEST_MARKER", str(marker))
     monkeypatch.setenv(integrity.KEY_ENV, str(key))
     if attack == "planted tuner.pkl":
         (folder / "tuner.pkl").write_bytes(pickle.dumps(_Payload()))
-        expected = "s/tuner.pkl does not match its HMAC in fusetune.seal"
+        expected = f"{name}/tuner.pkl does not match its HMAC in fusetune.seal"
     elif attack == "edited experiment state":
         (state,) = folder.glob("experiment_state-*.json")
         state.write_bytes(state.read_bytes() + b" ")  # still valid JSON, one byte more
-        expected = f"s/{state.name} does not match its HMAC"
+        expected = f"{name}/{state.name} does not match its HMAC"
     elif attack == "no seal":
         (folder / integrity.SEAL_FILE).unlink()
         expected = "has no fusetune.seal"
     else:
         monkeypatch.setenv(integrity.KEY_ENV, str(tmp_path / "someone-else.key"))
         expected = "does not match its HMAC"
-    rc = run_mod.main(["--resume", "--storage", str(copy), "--name", "s"])
+    rc = run_mod.main(["--resume", "--storage", str(copy), "--name", name])
     err = capsys.readouterr().err
     assert rc == 2 and len(err.strip().splitlines()) == 1, err
     assert expected in err and "python -m search.trust.integrity trust" in err
@@ -143,27 +141,27 @@ def test_resume_refuses_state_this_user_did_not_write(attack, sealed_search, tmp
 
 
 def test_trust_seals_a_checked_folder(sealed_search, tmp_path, monkeypatch):
-    storage, key, _ = sealed_search
-    shutil.copytree(storage / "s", tmp_path / "s")
+    storage, key, _, name = sealed_search
+    shutil.copytree(storage / name, tmp_path / name)
     monkeypatch.setenv(integrity.KEY_ENV, str(tmp_path / "new.key"))
-    assert integrity.main(["verify", str(tmp_path / "s")]) == 2
-    assert integrity.main(["trust", str(tmp_path / "s")]) == 0
-    assert integrity.main(["verify", str(tmp_path / "s")]) == 0
+    assert integrity.main(["verify", str(tmp_path / name)]) == 2
+    assert integrity.main(["trust", str(tmp_path / name)]) == 0
+    assert integrity.main(["verify", str(tmp_path / name)]) == 0
 
 
 def test_no_file_or_run_under_the_search_holds_the_secret(sealed_search):
     from mlflow import MlflowClient
 
-    storage, _, out = sealed_search
-    assert SECRET not in out.stdout + out.stderr
-    holding = [p for p in storage.rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()]
+    storage, _, out, _ = sealed_search
+    assert STUDY_SECRET not in out["output"] + out["stderr"]
+    holding = [p for p in storage.rglob("*") if p.is_file() and STUDY_SECRET.encode() in p.read_bytes()]
     assert not holding
     client = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
     experiments = client.search_experiments()
     runs = client.search_runs([e.experiment_id for e in experiments], max_results=500)
     assert len(runs) >= 4  # parent, 2 trials, references/confirmation
     for run in runs:
-        assert SECRET not in repr(run.data.params) + repr(run.data.tags)
+        assert STUDY_SECRET not in repr(run.data.params) + repr(run.data.tags)
 
 
 def test_a_driver_killed_mid_search_leaves_sealed_state(tmp_path, data_dir):

@@ -33,7 +33,7 @@ from search.tune.optuna_storage import (
     warm_start_trials,
 )
 from spaces import get_space
-from studies import ROOT, tiny_search
+from studies import ROOT
 
 FP = "c" * 64
 
@@ -215,8 +215,8 @@ def test_new_search_refuses_an_existing_study_in_a_shared_storage(tmp_path, caps
 
 # ----------------------------------------------------------------------------- a real search
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return tiny_search(tmp_path_factory)
+def tiny(tiny_search):
+    return tiny_search
 
 
 def test_load_study_of_a_real_search(tiny):

@@ -14,7 +14,7 @@ from search.report.optuna_study import rebuild_optuna_study
 from search.report.plots import PLOTS
 from search.report.reports import write_search_reports
 from search.select.results import load_study
-from studies import fake_study, tiny_search
+from studies import fake_study
 
 BASE = {"lr": 1e-3, "weight_decay": 1e-4, "batch_size": 32, "hidden": 128, "dropout": 0.1, "imbalance": "none"}
 
@@ -127,8 +127,8 @@ def test_reports_logged_to_the_parent_run(tmp_path):
 
 # ----------------------------------------------------------------------------- a real search
 @pytest.fixture(scope="session")
-def search(tmp_path_factory):
-    return tiny_search(tmp_path_factory)
+def search(tiny_search):
+    return tiny_search
 
 
 def test_reports_of_a_real_search_logged_to_its_parent_run(search):

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+import background
 from search import run as run_mod
 from search.prepare.cli import parse_args
 from search.prepare.config import SearchConfig
@@ -23,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def search(args: list[str], timeout: int = 600, pythonpath: tuple[Path, ...] = ()) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(map(str, (*pythonpath, REPO))))
+    env = dict(background.environ(), PYTHONPATH=os.pathsep.join(map(str, (*pythonpath, REPO))))
     env.pop("RAY_ADDRESS", None)  # a local cluster of its own
     return subprocess.run([sys.executable, "-m", "search.run", *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=timeout, check=False)
@@ -137,12 +138,17 @@ def test_more_gpus_than_the_cluster_has(tmp_path):
 
 
 # --------------------------------------------------------------------------------- end to end
-@pytest.fixture(scope="module")
-def omnifuse_search(tmp_path_factory, data_dir):
-    storage = tmp_path_factory.mktemp("omnifuse")
+@background.prestarted("omnifuse_search", seconds=55)
+def run_omnifuse_search(storage: Path):
     out = search(["--space", "omnifuse", "--num-samples", "4", "--epochs", "3", "--storage", str(storage),
                   "--name", "e2e", "--top-k", "1", "--seed", "1", "--confirm-repeats", "1"])
     return storage, out
+
+
+@pytest.fixture(scope="module")
+def omnifuse_search(tmp_path_factory, data_dir):
+    """:func:`run_omnifuse_search`, started in the background when the session started (tests/background.py)."""
+    return background.result("omnifuse_search", tmp_path_factory)
 
 
 def test_end_to_end_results(omnifuse_search):
@@ -257,15 +263,29 @@ def test_a_step_reported_again_after_a_resume_is_not_warned_about():
     assert [str(w.message) for w in caught][1:] == ["another warning"]
 
 
-def test_failing_trial_is_recorded_and_the_search_goes_on(tmp_path, data_dir):
-    site = tmp_path / "site"
+@background.prestarted("failing_search", seconds=35)
+def run_failing_search(folder: Path):
+    """A search whose first drawn point (``--points``) gives a NaN loss (a sitecustomize that every
+    Ray worker imports poisons that learning rate)."""
+    site = folder / "site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(POISON_SITE)  # imported by the driver and every Ray worker
-    storage = tmp_path / "results"
+    storage = folder / "results"
     out = search(["--space", "baseline", "--num-samples", "3", "--epochs", "2", "--folds", "2", "--top-k", "0",
                   "--confirm-repeats", "0", "--references", "none",
                   "--scheduler", "fifo", "--storage", str(storage), "--points", json.dumps({"lr": POISON_LR})],
                  pythonpath=(site,))
+    return storage, out
+
+
+@pytest.fixture(scope="module")
+def failing_search(tmp_path_factory, data_dir):
+    """:func:`run_failing_search`, started in the background when the session started (tests/background.py)."""
+    return background.result("failing_search", tmp_path_factory)
+
+
+def test_failing_trial_is_recorded_and_the_search_goes_on(failing_search):
+    storage, out = failing_search
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     rows = read_rows(storage)
     assert [r["status"] for r in rows] == ["TERMINATED", "ERROR", "TERMINATED"]  # default, the NaN point, a TPE draw

@@ -22,8 +22,6 @@ from pathlib import Path
 
 import pytest
 
-from studies import tiny_search
-
 pytestmark = pytest.mark.slow
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -42,8 +40,8 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return tiny_search(tmp_path_factory)
+def tiny(tiny_search):
+    return tiny_search
 
 
 @pytest.fixture(scope="module")

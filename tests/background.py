@@ -1,0 +1,88 @@
+"""Searches the tests only read, started when the session starts and run beside the other tests.
+
+A whole search (``python -m search.run`` in a subprocess) mostly waits: on Ray's start, on its
+trial workers' start, on Tune's round trips, on MLflow; it keeps about half of one core busy. Run
+one after another, the searches that module fixtures build were more than half of the default
+suite's wall time. So a module registers the function that builds its fixture's value
+(:func:`prestarted`, under the fixture's name); when the session starts, the conftest's autouse
+fixture starts (:func:`start`) every registered search that a selected test uses, at most
+:data:`CONCURRENT` at once, longest first, in threads (each waits on its subprocesses); the
+fixture then returns :func:`result`, which waits for its search (or runs it there and then when it
+was not started). The searches, their options and every assertion on them are what they were.
+
+A background search's subprocesses get the environment as it was when the session started
+(:func:`environ`), not whatever a test running beside it has set with ``monkeypatch``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+CONCURRENT = 2
+"""Background searches at once (the foreground tests run beside them)."""
+
+
+class _Registered:
+    def __init__(self, build: Callable[[Path], Any], seconds: float) -> None:
+        self.build, self.seconds = build, seconds
+
+
+_REGISTERED: dict[str, _Registered] = {}
+_STARTED: dict[str, Future] = {}
+_LOCK = threading.Lock()
+_THREAD = "background-search"
+_POOL = ThreadPoolExecutor(max_workers=CONCURRENT, thread_name_prefix=_THREAD)
+_ENVIRON: dict[str, str] = {}
+
+
+def prestarted(name: str, seconds: float) -> Callable[[Callable[[Path], Any]], Callable[[Path], Any]]:
+    """Register ``build(storage) -> value`` as the search behind the fixture ``name`` (about
+    ``seconds`` long on 2 idle cores: the longest start first)."""
+    def register(build: Callable[[Path], Any]) -> Callable[[Path], Any]:
+        if name in _REGISTERED and _REGISTERED[name].build.__qualname__ != build.__qualname__:
+            raise ValueError(f"two background searches are named {name!r}")
+        _REGISTERED[name] = _Registered(build, seconds)
+        return build
+    return register
+
+
+def start(names: Iterable[str], tmp_path_factory: Any) -> list[str]:
+    """Start the registered searches among ``names`` not started yet (longest first); returns them."""
+    with _LOCK:
+        if not _ENVIRON:
+            _ENVIRON.update(os.environ)
+        todo = sorted((n for n in set(names) if n in _REGISTERED and n not in _STARTED),
+                      key=lambda n: -_REGISTERED[n].seconds)
+        for name in todo:
+            storage = tmp_path_factory.mktemp(name)  # in this thread: the factory numbers its folders
+            _STARTED[name] = _POOL.submit(_REGISTERED[name].build, storage)
+    return todo
+
+
+def result(name: str, tmp_path_factory: Any) -> Any:
+    """The value of the search ``name`` (waiting for it; started now if it was not); the builder's
+    exception, re-raised, when it failed."""
+    start([name], tmp_path_factory)
+    return _STARTED[name].result()
+
+
+def environ() -> dict[str, str]:
+    """A copy of the environment for a subprocess: in a background search's thread, the session's
+    environment as it was when the first search started; elsewhere ``os.environ`` as it is now."""
+    if threading.current_thread().name.startswith(_THREAD) and _ENVIRON:
+        return dict(_ENVIRON)
+    return dict(os.environ)
+
+
+def registered() -> set[str]:
+    return set(_REGISTERED)
+
+
+def shutdown() -> None:
+    """Drop the searches not started yet; wait for the running ones (their subprocesses end on their own)."""
+    _POOL.shutdown(wait=True, cancel_futures=True)
