@@ -4,11 +4,12 @@ A whole search (``python -m search.run`` in a subprocess) mostly waits: on Ray's
 trial workers' start, on Tune's round trips, on MLflow; it keeps about half of one core busy. Run
 one after another, the searches that module fixtures build were more than half of the default
 suite's wall time. So a module registers the function that builds its fixture's value
-(:func:`prestarted`, under the fixture's name); when the session starts, the conftest's autouse
-fixture starts (:func:`start`) every registered search that a selected test uses, at most
-:data:`CONCURRENT` at once, longest first, in threads (each waits on its subprocesses); the
-fixture then returns :func:`result`, which waits for its search (or runs it there and then when it
-was not started). The searches, their options and every assertion on them are what they were.
+(:func:`prestarted`, under the fixture's name); the conftest moves the modules that read one to
+the end of the session and, when the session starts, starts (:func:`start_for`) every registered
+search that a selected test uses, at most :data:`CONCURRENT` at once, the one with the least slack
+first, in threads (each waits on its subprocesses); the fixture then returns :func:`result`, which
+waits for its search (or runs it there and then when it was not started). The searches, their
+options and every assertion on them are what they were.
 
 A background search's subprocesses get the environment as it was when the session started
 (:func:`environ`), not whatever a test running beside it has set with ``monkeypatch``.
@@ -18,13 +19,15 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 CONCURRENT = 2
 """Background searches at once (the foreground tests run beside them)."""
+SECONDS_PER_TEST = 0.4
+"""About how long the default suite's other tests take each, on 2 cores beside the searches."""
 
 
 class _Registered:
@@ -51,13 +54,29 @@ def prestarted(name: str, seconds: float) -> Callable[[Callable[[Path], Any]], C
     return register
 
 
+def used_by(item: Any) -> set[str]:
+    """The registered searches the test ``item`` reads (through its fixtures)."""
+    return set(getattr(item, "fixturenames", ())) & set(_REGISTERED)
+
+
+def start_for(items: Sequence[Any], tmp_path_factory: Any) -> list[str]:
+    """Start the searches the tests ``items`` (in their order) read, the one with the least slack
+    first: the latest it may start for the test that reads it first not to wait, counting
+    :data:`SECONDS_PER_TEST` for each test before that one."""
+    first: dict[str, int] = {}
+    for index, item in enumerate(items):
+        for name in used_by(item):
+            first.setdefault(name, index)
+    order = sorted(first, key=lambda n: first[n] * SECONDS_PER_TEST - _REGISTERED[n].seconds)
+    return start(order, tmp_path_factory)
+
+
 def start(names: Iterable[str], tmp_path_factory: Any) -> list[str]:
-    """Start the registered searches among ``names`` not started yet (longest first); returns them."""
+    """Start the registered searches among ``names`` (in that order) not started yet; returns them."""
     with _LOCK:
         if not _ENVIRON:
             _ENVIRON.update(os.environ)
-        todo = sorted((n for n in set(names) if n in _REGISTERED and n not in _STARTED),
-                      key=lambda n: -_REGISTERED[n].seconds)
+        todo = [n for n in dict.fromkeys(names) if n in _REGISTERED and n not in _STARTED]
         for name in todo:
             storage = tmp_path_factory.mktemp(name)  # in this thread: the factory numbers its folders
             _STARTED[name] = _POOL.submit(_REGISTERED[name].build, storage)

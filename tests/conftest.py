@@ -31,14 +31,24 @@ def mlflow_server(tmp_path_factory):
     server.stop()
 
 
+def pytest_collection_modifyitems(session, config, items):
+    """The test modules that read a background search (tests/background.py) run last, each in its
+    own order, so that their searches run beside the other modules' tests, not before them."""
+    import background
+    import studies  # noqa: F401 - registers the tiny search
+
+    searched = {item.module.__name__ for item in items
+                if getattr(item, "module", None) is not None and background.used_by(item)}
+    items[:] = sorted(items, key=lambda item: getattr(item, "module", None) is not None
+                      and item.module.__name__ in searched)  # stable: each group keeps its order
+
+
 @pytest.fixture(scope="session", autouse=True)
 def background_searches(request, tmp_path_factory):
     """Start the searches that the selected tests' fixtures read (tests/background.py) now, beside the tests."""
     import background
-    import studies  # noqa: F401 - registers the tiny search
 
-    used = {name for item in request.session.items for name in getattr(item, "fixturenames", ())}
-    background.start(used & background.registered(), tmp_path_factory)
+    background.start_for(request.session.items, tmp_path_factory)
     yield
     background.shutdown()
 

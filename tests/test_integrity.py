@@ -164,7 +164,7 @@ def test_no_file_or_run_under_the_search_holds_the_secret(sealed_search):
         assert STUDY_SECRET not in repr(run.data.params) + repr(run.data.tags)
 
 
-def test_a_driver_killed_mid_search_leaves_sealed_state(tmp_path, data_dir):
+def test_a_driver_killed_mid_search_leaves_sealed_state(tmp_path, data_dir, monkeypatch):
     """SIGKILL while trials run: every state file Tune left has its MAC already."""
     key, storage = tmp_path / "key", tmp_path / "results"
     proc = subprocess.Popen([sys.executable, "-m", "search.run", *SMALL, "--num-samples", "4", "--epochs", "30",
@@ -180,8 +180,5 @@ def test_a_driver_killed_mid_search_leaves_sealed_state(tmp_path, data_dir):
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=60)
-    os.environ[integrity.KEY_ENV] = str(key)
-    try:
-        integrity.verify(str(storage / "k"))
-    finally:
-        del os.environ[integrity.KEY_ENV]
+    monkeypatch.setenv(integrity.KEY_ENV, str(key))  # the session's own key comes back after the test
+    integrity.verify(str(storage / "k"))
