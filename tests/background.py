@@ -5,7 +5,7 @@ trial workers' start, on Tune's round trips, on MLflow; it keeps about half of o
 one after another, the searches that module fixtures build were more than half of the default
 suite's wall time. So a module registers the function that builds its fixture's value
 (:func:`prestarted`, under the fixture's name); the conftest moves the modules that read one to
-the end of the session and, when the session starts, starts (:func:`start_for`) every registered
+the end of the session (:func:`in_session_order`) and, when the session starts, starts (:func:`start_for`) every registered
 search that a selected test uses, at most :data:`CONCURRENT` at once, the one with the least slack
 first, in threads (each waits on its subprocesses); the fixture then returns :func:`result`, which
 waits for its search (or runs it there and then when it was not started). The searches, their
@@ -57,6 +57,19 @@ def prestarted(name: str, seconds: float) -> Callable[[Callable[[Path], Any]], C
 def used_by(item: Any) -> set[str]:
     """The registered searches the test ``item`` reads (through its fixtures)."""
     return set(getattr(item, "fixturenames", ())) & set(_REGISTERED)
+
+
+def in_session_order(items: Sequence[Any]) -> list[Any]:
+    """``items`` with the test modules that read a background search moved to the end: those whose
+    longest search is shorter first (their searches are done sooner); otherwise in their order."""
+    longest: dict[str, float] = {}
+    for item in items:
+        module = getattr(getattr(item, "module", None), "__name__", None)
+        for name in used_by(item):
+            longest[module] = max(longest.get(module, 0.0), _REGISTERED[name].seconds)
+    modules = list(dict.fromkeys(getattr(getattr(i, "module", None), "__name__", None) for i in items))
+    rank = {m: (m in longest, longest.get(m, 0.0), i) for i, m in enumerate(modules)}
+    return sorted(items, key=lambda i: rank[getattr(getattr(i, "module", None), "__name__", None)])
 
 
 def start_for(items: Sequence[Any], tmp_path_factory: Any) -> list[str]:

@@ -32,15 +32,12 @@ def mlflow_server(tmp_path_factory):
 
 
 def pytest_collection_modifyitems(session, config, items):
-    """The test modules that read a background search (tests/background.py) run last, each in its
-    own order, so that their searches run beside the other modules' tests, not before them."""
+    """The test modules that read a background search (tests/background.py) run last, so that
+    their searches run beside the other modules' tests, not before them."""
     import background
     import studies  # noqa: F401 - registers the tiny search
 
-    searched = {item.module.__name__ for item in items
-                if getattr(item, "module", None) is not None and background.used_by(item)}
-    items[:] = sorted(items, key=lambda item: getattr(item, "module", None) is not None
-                      and item.module.__name__ in searched)  # stable: each group keeps its order
+    items[:] = background.in_session_order(items)
 
 
 @pytest.fixture(scope="session", autouse=True)
