@@ -45,7 +45,7 @@ from search.handoff.refit import Refit, _refit_once, ensemble_members
 from search.tracking.queue import fast_http
 from search.tracking.store import PARENT_RUN_TAG, ROLE_TAG, SEARCH_NAME_TAG, TRIAL_ID_TAG
 from search.tune import faults
-from trainables.bundle import load_bundle, save_bundle
+from trainables.bundle import copy_bundle, load_bundle, save_bundle
 from trainables.data import MultimodalDataset
 from trainables.metrics import METRICS, classification_metrics, scalar_metrics
 
@@ -197,8 +197,8 @@ def _log_bundle(write: Any, keep_as: str, example_data: MultimodalDataset, test_
         # bundle files too, so its manifest records the entry file and the code MLflow runs
         entry = {ENTRY_FILE: _PYFUNC_CODE, CODE_RECORD: json.dumps(code_record(), indent=1, sort_keys=True)}
         bundle_path = write(Path(tmp) / "bundle", entry)
-        if bundle_dir is not None:
-            write(Path(bundle_dir) / keep_as, entry)
+        if bundle_dir is not None:  # the very bundle logged, byte for byte (not written again)
+            copy_bundle(bundle_path, Path(bundle_dir) / keep_as, overwrite=True)
         bundle = load_bundle(bundle_path)
         example = pyfunc_input(bundle, _example_rows(example_data))
         code = Path(tmp) / ENTRY_FILE
