@@ -1,15 +1,16 @@
 """Searches the tests only read, started when the session starts and run beside the other tests.
 
 A whole search (``python -m search.run`` in a subprocess) mostly waits: on Ray's start, on its
-trial workers' start, on Tune's round trips, on MLflow; it keeps about half of one core busy. Run
-one after another, the searches that module fixtures build were more than half of the default
-suite's wall time. So a module registers the function that builds its fixture's value
-(:func:`prestarted`, under the fixture's name); the conftest moves the modules that read one to
-the end of the session (:func:`in_session_order`) and, when the session starts, starts (:func:`start_for`) every registered
-search that a selected test uses, at most :data:`CONCURRENT` at once, the one with the least slack
-first, in threads (each waits on its subprocesses); the fixture then returns :func:`result`, which
-waits for its search (or runs it there and then when it was not started). The searches, their
-options and every assertion on them are what they were.
+trial workers' start, on Tune's round trips, on MLflow (the session's tiny search: 22 s of CPU in
+42 s on 2 idle cores). Run one after another, the searches that module fixtures build were more
+than half of the default suite's wall time. So a module registers the function that builds its
+fixture's value (:func:`prestarted`, under the fixture's name); the conftest moves the modules
+that read one to the end of the session (:func:`in_session_order`) and, when the session starts,
+starts (:func:`start_for`) every registered search that a selected test uses, at most
+:data:`CONCURRENT` at once, the one with the least slack first, in threads (each waits on its
+subprocesses); the fixture then returns :func:`result`, which waits for its search (or runs it
+there and then when it was not started). The searches, their options and every assertion on
+them are what they were.
 
 A background search's subprocesses get the environment as it was when the session started
 (:func:`environ`), not whatever a test running beside it has set with ``monkeypatch``.
@@ -17,10 +18,12 @@ A background search's subprocesses get the environment as it was when the sessio
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +44,7 @@ _LOCK = threading.Lock()
 _THREAD = "background-search"
 _POOL = ThreadPoolExecutor(max_workers=CONCURRENT, thread_name_prefix=_THREAD)
 _ENVIRON: dict[str, str] = {}
+_STOPPING = threading.Event()
 
 
 def prestarted(name: str, seconds: float) -> Callable[[Callable[[Path], Any]], Callable[[Path], Any]]:
@@ -105,8 +109,11 @@ def result(name: str, tmp_path_factory: Any) -> Any:
 
 def environ() -> dict[str, str]:
     """A copy of the environment for a subprocess: in a background search's thread, the session's
-    environment as it was when the first search started; elsewhere ``os.environ`` as it is now."""
+    environment as it was when the first search started (a RuntimeError once the session is
+    over); elsewhere ``os.environ`` as it is now."""
     if threading.current_thread().name.startswith(_THREAD) and _ENVIRON:
+        if _STOPPING.is_set():  # the session is over: a search's next command does not start
+            raise RuntimeError("the test session ended before this background search")
         return dict(_ENVIRON)
     return dict(os.environ)
 
@@ -116,5 +123,16 @@ def registered() -> set[str]:
 
 
 def shutdown() -> None:
-    """Drop the searches not started yet; wait for the running ones (their subprocesses end on their own)."""
-    _POOL.shutdown(wait=True, cancel_futures=True)
+    """At the session's end: drop the searches not started yet; a search still running (a session
+    stopped early, ``-x`` or Ctrl-C) is stopped with SIGTERM to this process's descendants, as the
+    session is over (``python -m search.run`` ends its search and Ray cluster on SIGTERM)."""
+    _STOPPING.set()
+    running = [f for f in _STARTED.values() if not f.done()]
+    _POOL.shutdown(wait=False, cancel_futures=True)
+    if any(not f.done() for f in running):
+        from processes import descendants
+
+        for pid in descendants(os.getpid()):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGTERM)
+    wait(running, timeout=120)
