@@ -35,6 +35,7 @@ type, is refused before anything in it is built.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -104,12 +105,28 @@ REFERENCE_TYPES: tuple[str, ...] = (
 # ----------------------------------------------------------------------------- what goes in
 @dataclass(frozen=True)
 class ReferenceModel:
-    """A fitted reference estimator with the layout that builds its design matrix."""
+    """A fitted reference estimator with the layout that builds its design matrix. Not refitted
+    once written: its file is dumped once (:attr:`stored`) for every bundle it goes into."""
 
     estimator: Any
     layout: TabularLayout
     reference: str
     """The reference's name (``logreg``, ``rf``, ``hgb``: ``search.select.references.REFERENCES``)."""
+
+    @functools.cached_property
+    def stored(self) -> bytes:
+        """The estimator as skops bytes, checked to load back through the allow-list (what the
+        bundle could never load is refused here); computed on first use, then kept (a registration
+        writes the same members into two bundles, and 300 trees take a while to dump and load)."""
+        import tempfile
+
+        import skops.io
+
+        with tempfile.TemporaryDirectory(prefix="fusetune-reference-") as tmp:
+            path = Path(tmp) / ESTIMATOR
+            skops.io.dump(self.estimator, path)
+            load_estimator(path, where=f"reference {self.reference}")
+            return path.read_bytes()
 
 
 @dataclass(frozen=True)
@@ -190,11 +207,8 @@ def save_ensemble_bundle(dest: str | Path, members: Sequence[Member], *, data: M
 def _write_reference(folder: Path, ref: ReferenceModel, data: MultimodalDataset,
                      own: dict[str, Any]) -> dict[str, Any]:
     """A reference member's files; returns its description (the inputs its layout reads)."""
-    import skops.io
-
     folder.mkdir(parents=True)
-    skops.io.dump(ref.estimator, folder / ESTIMATOR)
-    load_estimator(folder / ESTIMATOR)  # refuse now what the bundle could never load
+    (folder / ESTIMATOR).write_bytes(ref.stored)  # loaded back through the allow-list when dumped
     record = {"reference": ref.reference, "layout": ref.layout.to_json(), "classes": list(data.class_names)}
     (folder / REFERENCE).write_text(json.dumps(record, indent=1))
     inputs = list(ref.layout.inputs)
