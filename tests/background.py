@@ -48,8 +48,8 @@ _STOPPING = threading.Event()
 
 
 def prestarted(name: str, seconds: float) -> Callable[[Callable[[Path], Any]], Callable[[Path], Any]]:
-    """Register ``build(storage) -> value`` as the search behind the fixture ``name`` (about
-    ``seconds`` long on 2 idle cores: the longest start first)."""
+    """Register ``build(storage) -> value`` as the search behind the fixture ``name``, about
+    ``seconds`` long on 2 idle cores (what :func:`start_for` and :func:`in_session_order` order by)."""
     def register(build: Callable[[Path], Any]) -> Callable[[Path], Any]:
         if name in _REGISTERED and _REGISTERED[name].build.__qualname__ != build.__qualname__:
             raise ValueError(f"two background searches are named {name!r}")

@@ -94,7 +94,7 @@ def run_tiny_search(storage: Path) -> dict[str, Any]:
            "--num-samples", str(TINY["num_samples"]), "--epochs", str(TINY["epochs"]), "--folds", str(TINY["folds"]),
            "--seed", str(TINY["seed"]), "--sampler", "random", "--scheduler", "fifo", "--top-k", "1",
            "--confirm-repeats", "1",
-           "--cpus-per-trial", "1", "--storage", str(storage), "--name", name]
+           "--cpus-per-trial", "1", "--max-concurrent", "1", "--storage", str(storage), "--name", name]
     env = {**background.environ(), "PYTHONPATH": str(ROOT), "RAY_DEDUP_LOGS": "0",
            "MLFLOW_TRACKING_PASSWORD": SECRET, "MLFLOW_TRACKING_TOKEN": SECRET}
     env.pop("RAY_ADDRESS", None)

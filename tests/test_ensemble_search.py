@@ -22,7 +22,8 @@ from trainables.bundle import load_bundle
 from trainables.trial_data import fixed_test_part_from_config
 
 SEARCH = ["--space", "baseline", "--data", "breast-tcga", "--folds", "3", "--num-samples", "3", "--epochs", "6",
-          "--scheduler", "fifo", "--confirm-repeats", "1", "--top-k", "1", "--seed", "1", "--name", "ens"]
+          "--scheduler", "fifo", "--confirm-repeats", "1", "--top-k", "1", "--seed", "1", "--max-concurrent", "1",
+          "--name", "ens"]
 NAME = "baseline-breast-tcga"
 
 

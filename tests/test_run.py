@@ -272,7 +272,7 @@ def run_failing_search(folder: Path):
     (site / "sitecustomize.py").write_text(POISON_SITE)  # imported by the driver and every Ray worker
     storage = folder / "results"
     out = search(["--space", "baseline", "--num-samples", "3", "--epochs", "2", "--folds", "2", "--top-k", "0",
-                  "--confirm-repeats", "0", "--references", "none",
+                  "--confirm-repeats", "0", "--references", "none", "--max-concurrent", "1",
                   "--scheduler", "fifo", "--storage", str(storage), "--points", json.dumps({"lr": POISON_LR})],
                  pythonpath=(site,))
     return storage, out
