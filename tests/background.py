@@ -1,10 +1,11 @@
 """Searches the tests only read, started when the session starts and run beside the other tests.
 
 A whole search (``python -m search.run`` in a subprocess) mostly waits: on Ray's start, on its
-trial workers' start, on Tune's round trips, on MLflow (the session's tiny search: 22 s of CPU in
+trial workers' start, on Tune's round trips, on MLflow (a 2-trial x 2-epoch search: 22 s of CPU in
 42 s on 2 idle cores). Run one after another, the searches that module fixtures build were more
-than half of the default suite's wall time. So a module registers the function that builds its
-fixture's value (:func:`prestarted`, under the fixture's name); the conftest moves the modules
+than half of the default suite's wall time. So a module writes the function that builds its
+fixture's value and decorates it with :func:`search_fixture`, which makes it the fixture of that
+name and registers it; the conftest moves the modules
 that read one to the end of the session (:func:`in_session_order`) and, when the session starts,
 starts (:func:`start_for`) every registered search that a selected test uses, at most
 :data:`CONCURRENT` at once, the one with the least slack first, in threads (each waits on its
@@ -27,6 +28,8 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 CONCURRENT = 2
 """Background searches at once (the foreground tests run beside them)."""
 SECONDS_PER_TEST = 0.4
@@ -47,15 +50,23 @@ _ENVIRON: dict[str, str] = {}
 _STOPPING = threading.Event()
 
 
-def prestarted(name: str, seconds: float) -> Callable[[Callable[[Path], Any]], Callable[[Path], Any]]:
-    """Register ``build(storage) -> value`` as the search behind the fixture ``name``, about
-    ``seconds`` long on 2 idle cores (what :func:`start_for` and :func:`in_session_order` order by)."""
-    def register(build: Callable[[Path], Any]) -> Callable[[Path], Any]:
+def search_fixture(seconds: float, scope: str = "module") -> Callable[[Callable[[Path], Any]], Any]:
+    """Make ``build(storage) -> value`` the pytest fixture of the same name (``scope``; it needs
+    ``data_dir``) whose value is :func:`result`: the search it runs starts in the background when
+    the session does. ``seconds``: about how long it takes on 2 idle cores (what
+    :func:`start_for` and :func:`in_session_order` order by)."""
+    def fixture(build: Callable[[Path], Any]) -> Any:
+        name = build.__name__
         if name in _REGISTERED and _REGISTERED[name].build.__qualname__ != build.__qualname__:
             raise ValueError(f"two background searches are named {name!r}")
         _REGISTERED[name] = _Registered(build, seconds)
-        return build
-    return register
+
+        def value(tmp_path_factory: Any, data_dir: Path) -> Any:
+            return result(name, tmp_path_factory)
+
+        value.__doc__ = f"{build.__doc__ or name} (run in the background: tests/background.py)"
+        return pytest.fixture(scope=scope, name=name)(value)
+    return fixture
 
 
 def used_by(item: Any) -> set[str]:
@@ -76,7 +87,7 @@ def in_session_order(items: Sequence[Any]) -> list[Any]:
     return sorted(items, key=lambda i: rank[getattr(getattr(i, "module", None), "__name__", None)])
 
 
-def start_for(items: Sequence[Any], tmp_path_factory: Any) -> list[str]:
+def start_for(items: Sequence[Any], tmp_path_factory: Any) -> None:
     """Start the searches the tests ``items`` (in their order) read, the one with the least slack
     first: the latest it may start for the test that reads it first not to wait, counting
     :data:`SECONDS_PER_TEST` for each test before that one."""
@@ -85,11 +96,11 @@ def start_for(items: Sequence[Any], tmp_path_factory: Any) -> list[str]:
         for name in used_by(item):
             first.setdefault(name, index)
     order = sorted(first, key=lambda n: first[n] * SECONDS_PER_TEST - _REGISTERED[n].seconds)
-    return start(order, tmp_path_factory)
+    start(order, tmp_path_factory)
 
 
-def start(names: Iterable[str], tmp_path_factory: Any) -> list[str]:
-    """Start the registered searches among ``names`` (in that order) not started yet; returns them."""
+def start(names: Iterable[str], tmp_path_factory: Any) -> None:
+    """Start the registered searches among ``names`` (in that order) not started yet."""
     with _LOCK:
         if not _ENVIRON:
             _ENVIRON.update(os.environ)
@@ -97,7 +108,6 @@ def start(names: Iterable[str], tmp_path_factory: Any) -> list[str]:
         for name in todo:
             storage = tmp_path_factory.mktemp(name)  # in this thread: the factory numbers its folders
             _STARTED[name] = _POOL.submit(_REGISTERED[name].build, storage)
-    return todo
 
 
 def result(name: str, tmp_path_factory: Any) -> Any:
@@ -116,10 +126,6 @@ def environ() -> dict[str, str]:
             raise RuntimeError("the test session ended before this background search")
         return dict(_ENVIRON)
     return dict(os.environ)
-
-
-def registered() -> set[str]:
-    return set(_REGISTERED)
 
 
 def shutdown() -> None:

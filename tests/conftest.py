@@ -4,6 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from studies import tiny_search  # noqa: F401 - the session's shared small search, a fixture
+
 _SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 if "FUSETUNE_DATA_DIR" not in os.environ and _SHARED.is_dir():
     os.environ["FUSETUNE_DATA_DIR"] = str(_SHARED)
@@ -35,7 +37,6 @@ def pytest_collection_modifyitems(session, config, items):
     """The test modules that read a background search (tests/background.py) run last, so that
     their searches run beside the other modules' tests, not before them."""
     import background
-    import studies  # noqa: F401 - registers the tiny search
 
     items[:] = background.in_session_order(items)
 
@@ -48,12 +49,3 @@ def background_searches(request, tmp_path_factory):
     background.start_for(request.session.items, tmp_path_factory)
     yield
     background.shutdown()
-
-
-@pytest.fixture(scope="session")
-def tiny_search(tmp_path_factory, data_dir):
-    """The session's tiny real search (tests/studies.py ``run_tiny_search``): name, storage, folder, ..."""
-    import background
-    import studies  # noqa: F401 - registers the search
-
-    return background.result("tiny_search", tmp_path_factory)

@@ -2,7 +2,7 @@
 
 :func:`fake_study` writes the files ``python -m search.run`` leaves (Ray's trial folders with
 ``params.json`` and ``result.json``, and ``results.csv``) with chosen values, for hand-checked
-cases. :func:`run_tiny_search` runs one real search (``python -m search.run``, baseline space,
+cases. The fixture :func:`tiny_search` runs one real search (``python -m search.run``, baseline space,
 breast-tcga, 2 trials x 2 epochs x 2 folds) once per test session, in the background from the
 session's start (tests/background.py), for every test module that uses the ``tiny_search`` fixture.
 """
@@ -84,11 +84,11 @@ SECRET = "s3cr3t-never-written"
 checks that no file or MLflow run of the search holds it."""
 
 
-@background.prestarted("tiny_search", seconds=40)
-def run_tiny_search(storage: Path) -> dict[str, Any]:
-    """``python -m search.run`` on a tiny budget (in the background, once per session: the
-    conftest's ``tiny_search`` fixture); returns name, storage, folder, tracking URI, the process
-    output and the key file that sealed its state (the session's)."""
+@background.search_fixture(seconds=40, scope="session")
+def tiny_search(storage: Path) -> dict[str, Any]:
+    """``python -m search.run`` on a tiny budget, once per session (a conftest fixture): name,
+    storage, folder, tracking URI, the process output and the key file that sealed its state (the
+    session's)."""
     name = "tiny"
     cmd = [sys.executable, "-m", "search.run", "--space", TINY["space"], "--data", TINY["data"],
            "--num-samples", str(TINY["num_samples"]), "--epochs", str(TINY["epochs"]), "--folds", str(TINY["folds"]),

@@ -56,20 +56,14 @@ sys.stderr.write("TOLD:" + told.getvalue())
 """
 
 
-@background.prestarted("quiet_searches", seconds=40)
-def run_quiet_searches(tmp_path: Path):
+@background.search_fixture(seconds=40)
+def quiet_searches(tmp_path: Path):
     """Two ``run_search`` calls in one fresh process: without ``out``, then with ``out=StringIO()``."""
     env = {**background.environ(), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     env.pop("RAY_ADDRESS", None)
     done = subprocess.run([sys.executable, "-c", QUIET_SEARCHES, str(tmp_path)], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=600, check=False)
     return tmp_path, done
-
-
-@pytest.fixture(scope="module")
-def quiet_searches(tmp_path_factory, data_dir):
-    """:func:`run_quiet_searches`, started in the background when the session started (tests/background.py)."""
-    return background.result("quiet_searches", tmp_path_factory)
 
 
 def test_run_search_prints_nothing_unless_given_out(quiet_searches):

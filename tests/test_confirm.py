@@ -126,8 +126,8 @@ def test_nested_refuses_too_many_outer_folds_in_one_line(data_dir, capsys):
 
 
 # --------------------------------------------------------------------------------- end to end
-@background.prestarted("searches", seconds=180)
-def run_searches(storage: Path):
+@background.search_fixture(seconds=180)
+def searches(storage: Path):
     """A tuned search, a deliberately worse one (1 epoch), and the worse one again with --promote always."""
     common = ["--space", "baseline", "--data", "breast-tcga", "--folds", "3", "--storage", str(storage), "--seed", "3"]
     good = command("search.run", [*common, "--name", "good", "--num-samples", "3", "--epochs", "8", "--top-k", "2",
@@ -137,12 +137,6 @@ def run_searches(storage: Path):
     bad = command("search.run", [*worse, "--name", "bad"])
     forced = command("search.run", [*worse, "--name", "forced", "--promote", "always"])
     return storage, good, bad, forced
-
-
-@pytest.fixture(scope="module")
-def searches(tmp_path_factory, data_dir):
-    """:func:`run_searches`, started in the background when the session started (tests/background.py)."""
-    return background.result("searches", tmp_path_factory)
 
 
 def test_confirmation_table_and_champion(searches):
@@ -221,18 +215,12 @@ def test_a_worse_search_leaves_the_champion_and_always_moves_it(searches):
     assert str(challenger.version) in by_run("bad")
 
 
-@background.prestarted("nested_search", seconds=40)
-def run_nested_search(storage: Path):
+@background.search_fixture(seconds=40)
+def nested_search(storage: Path):
     out = command("search.nested", ["--space", "baseline", "--data", "breast-tcga", "--outer-folds", "2", "--json",
                                     "--num-samples", "2", "--epochs", "2", "--folds", "2", "--confirm-repeats", "1",
                                     "--references", "logreg", "--top-k", "1", "--storage", str(storage), "--name", "n"])
     return storage, out
-
-
-@pytest.fixture(scope="module")
-def nested_search(tmp_path_factory, data_dir):
-    """:func:`run_nested_search`, started in the background when the session started (tests/background.py)."""
-    return background.result("nested_search", tmp_path_factory)
 
 
 def test_nested_json_estimate(nested_search):

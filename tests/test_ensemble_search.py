@@ -27,8 +27,8 @@ SEARCH = ["--space", "baseline", "--data", "breast-tcga", "--folds", "3", "--num
 NAME = "baseline-breast-tcga"
 
 
-@background.prestarted("ensemble_search", seconds=50)
-def run_ensemble_search(storage: Path):
+@background.search_fixture(seconds=50)
+def ensemble_search(storage: Path):
     """The search killed once in its confirmation stage (after the ensemble's selection), then resumed."""
     argv = [*SEARCH, "--storage", str(storage)]
     killed = command("search.run", argv, env={"FUSETUNE_KILL_AT": "confirmation"})
@@ -37,12 +37,6 @@ def run_ensemble_search(storage: Path):
     selected = json.loads((folder / ensemble.RECORD).read_text()) if (folder / ensemble.RECORD).is_file() else None
     resumed = command("search.run", ["--resume", "--storage", str(storage), "--name", "ens"])
     return storage, killed, before, selected, resumed
-
-
-@pytest.fixture(scope="module")
-def ensemble_search(tmp_path_factory, data_dir):
-    """:func:`run_ensemble_search`, started in the background when the session started (tests/background.py)."""
-    return background.result("ensemble_search", tmp_path_factory)
 
 
 def test_killed_in_confirmation_resumes_to_the_same_ensemble(ensemble_search):

@@ -138,17 +138,11 @@ def test_more_gpus_than_the_cluster_has(tmp_path):
 
 
 # --------------------------------------------------------------------------------- end to end
-@background.prestarted("omnifuse_search", seconds=55)
-def run_omnifuse_search(storage: Path):
+@background.search_fixture(seconds=55)
+def omnifuse_search(storage: Path):
     out = search(["--space", "omnifuse", "--num-samples", "4", "--epochs", "3", "--storage", str(storage),
                   "--name", "e2e", "--top-k", "1", "--seed", "1", "--confirm-repeats", "1"])
     return storage, out
-
-
-@pytest.fixture(scope="module")
-def omnifuse_search(tmp_path_factory, data_dir):
-    """:func:`run_omnifuse_search`, started in the background when the session started (tests/background.py)."""
-    return background.result("omnifuse_search", tmp_path_factory)
 
 
 def test_end_to_end_results(omnifuse_search):
@@ -263,8 +257,8 @@ def test_a_step_reported_again_after_a_resume_is_not_warned_about():
     assert [str(w.message) for w in caught][1:] == ["another warning"]
 
 
-@background.prestarted("failing_search", seconds=35)
-def run_failing_search(folder: Path):
+@background.search_fixture(seconds=35)
+def failing_search(folder: Path):
     """A search whose first drawn point (``--points``) gives a NaN loss (a sitecustomize that every
     Ray worker imports poisons that learning rate)."""
     site = folder / "site"
@@ -276,12 +270,6 @@ def run_failing_search(folder: Path):
                   "--scheduler", "fifo", "--storage", str(storage), "--points", json.dumps({"lr": POISON_LR})],
                  pythonpath=(site,))
     return storage, out
-
-
-@pytest.fixture(scope="module")
-def failing_search(tmp_path_factory, data_dir):
-    """:func:`run_failing_search`, started in the background when the session started (tests/background.py)."""
-    return background.result("failing_search", tmp_path_factory)
 
 
 def test_failing_trial_is_recorded_and_the_search_goes_on(failing_search):
