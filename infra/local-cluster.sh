@@ -69,8 +69,9 @@ done
 [[ "$GPUS" =~ ^[0-9]+$ ]] || die "--gpus-per-node expects a whole number, got '$GPUS'"
 [[ "$OBJECT_STORE_MB" =~ ^[0-9]+$ && "$OBJECT_STORE_MB" -ge 80 ]] || die "--object-store-mb expects a whole number >= 80, got '$OBJECT_STORE_MB'"
 
-# Every node and the client below authenticate with Ray's token (~/.ray/auth_token, created by
-# the head if missing).
+# Every node and the client below authenticate with Ray's token (~/.ray/auth_token, or the file
+# RAY_AUTH_TOKEN_PATH names, or RAY_AUTH_TOKEN; `start` generates the file when none is there:
+# `ray start` refuses to start without one).
 export RAY_AUTH_MODE=token RAY_USAGE_STATS_ENABLED=0
 # Trials run in the nodes' worker processes: they import this checkout, installed or not.
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -125,8 +126,16 @@ finally:
 PY
 }
 
+ensure_token() {  # the token every node and client reads; generated once (0600) if none is set
+    [[ -n "${RAY_AUTH_TOKEN:-}" || -s "${RAY_AUTH_TOKEN_PATH:-$HOME/.ray/auth_token}" ]] && return 0
+    [[ -z "${RAY_AUTH_TOKEN_PATH:-}" ]] || die "RAY_AUTH_TOKEN_PATH names $RAY_AUTH_TOKEN_PATH, which is missing or empty"
+    ray get-auth-token --generate >/dev/null || die "could not generate Ray's auth token (ray get-auth-token --generate)"
+    chmod 600 "$HOME/.ray/auth_token"  # Ray writes it readable by every user of the machine
+}
+
 cmd_start() {
     mkdir -p "$DIR"
+    ensure_token
     for f in $(node_pidfiles); do
         alive "$f" && die "a cluster is already running from $DIR (run: $0 stop --dir $DIR)"
     done
