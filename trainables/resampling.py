@@ -35,8 +35,6 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
-from imblearn.over_sampling import SMOTE
-from imblearn.under_sampling import RandomUnderSampler
 from torch import nn
 
 from trainables.data.dataset import Modality, MultimodalDataset
@@ -46,6 +44,8 @@ Resampler = Callable[[MultimodalDataset, dict, int], MultimodalDataset]
 
 
 def undersample(data: MultimodalDataset, config: dict, seed: int) -> MultimodalDataset:
+    from imblearn.under_sampling import RandomUnderSampler  # imbalanced-learn only where it resamples
+
     sampler = RandomUnderSampler(random_state=seed)
     sampler.fit_resample(np.arange(len(data))[:, None], data.labels)
     return data.take(np.sort(sampler.sample_indices_))
@@ -85,6 +85,8 @@ def smote(data: MultimodalDataset, config: dict, seed: int) -> MultimodalDataset
     mods = list(data.modalities.values())
     widths = [m.values.shape[1] for m in mods]
     x = np.concatenate([m.values for m in mods] + [np.stack([m.mask for m in mods], 1).astype(np.float32)], axis=1)
+    from imblearn.over_sampling import SMOTE  # imbalanced-learn only where it resamples
+
     x_new, y_new = SMOTE(k_neighbors=k, random_state=seed).fit_resample(x, data.labels)
     n = len(data)  # imbalanced-learn appends the synthetic rows after the originals
     bounds = np.cumsum([0, *widths])

@@ -49,7 +49,7 @@ from trainables.data import MultimodalDataset
 from trainables.exit_request import quiet_exit_requests
 from trainables.metrics import METRICS, classification_metrics
 from trainables.registry import METHODS, get_method
-from trainables.trial_data import TrialData, fold_splits, prepare_from_config
+from trainables.trial_data import TrialData, prepare_from_config
 from trainables.version import code_version
 
 STATE_FILE = "state.pt"
@@ -154,8 +154,7 @@ class Trial:
             self.trainers.append(FoldTrainer(method, self.configs, data.data, None, seed=seed, device=device))
         else:
             for rep_seed in self.seeds:
-                splits = fold_splits(data.data.labels, self.configs.trial.folds, rep_seed,
-                                     self.configs.trial.val_fraction)
+                splits = data.fold_splits(self.configs.trial.folds, rep_seed, self.configs.trial.val_fraction)
                 self.splits.extend(splits)
                 for k, (tr, va) in enumerate(splits):
                     train, val = data.data.take(tr), data.data.take(va)

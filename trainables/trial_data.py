@@ -16,7 +16,8 @@ training part, cached beside it, never in :class:`TrialData`, so no trial sees i
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -35,6 +36,24 @@ class TrialData:
     name: str
     raw_kinds: tuple[str, ...]
     """Kinds of the raw modalities (``vector``, ``text``, ``image``, ...) before encoding."""
+    splits: Mapping[tuple[int, int, float], tuple[Split, ...]] = field(default_factory=dict, compare=False,
+                                                                       hash=False, repr=False)
+    """Splits made ahead by the driver (:func:`with_splits`), by ``(folds, seed, val_fraction)``."""
+
+    def fold_splits(self, folds: int, seed: int, val_fraction: float = 0.2) -> list[Split]:
+        """:func:`fold_splits` of the training part: the ones made ahead where there are, so a
+        trial worker does not import scikit-learn to make them again."""
+        made = self.splits.get((int(folds), int(seed), float(val_fraction)))
+        return list(made) if made is not None else fold_splits(self.data.labels, folds, seed, val_fraction)
+
+
+def with_splits(data: TrialData, folds: int, seeds: Iterable[int], val_fraction: float) -> TrialData:
+    """``data`` with the splits of ``seeds`` made ahead (the driver's, before the data goes to the
+    object store): every trial of a search splits with the search's seed, every confirmation job
+    with its repetitions' seeds."""
+    made = {(int(folds), int(s), float(val_fraction)): tuple(fold_splits(data.data.labels, folds, s, val_fraction))
+            for s in seeds}
+    return replace(data, splits={**data.splits, **made})
 
 
 _CACHE: dict[tuple, TrialData] = {}

@@ -44,7 +44,7 @@ from search.select.verdict import Candidate, Scheme
 from search.trust import integrity
 from search.tune.orchestrate import result_loggers
 from trainables.metrics import METRICS
-from trainables.trial_data import TrialData, fold_splits
+from trainables.trial_data import TrialData, with_splits
 
 EXPERIMENT = "confirmation"
 ENSEMBLE_EXPERIMENT = "confirmation-ensemble"
@@ -85,7 +85,7 @@ def run_job(config: dict[str, Any], data: TrialData) -> dict[int, tuple[dict[str
     if job["kind"] == "reference":
         out = {}
         for r, seed in repeats:
-            splits = fold_splits(data.data.labels, folds, seed, vf)
+            splits = data.fold_splits(folds, seed, vf)
             scored = references.evaluate_with_probs(job["config"]["reference"], data.data, splits, seed)
             out[r] = (_fold_report([m for m, _ in scored]),
                       OutOfFold.from_folds(splits, data.data.labels, [p for _, p in scored]))
@@ -153,6 +153,8 @@ def run_stage(candidates: list[Candidate], scheme: Scheme, *, search_seed: int, 
               experiment_path: str, resources: dict[str, float], max_concurrent: int | None,
               callbacks: list | None = None, experiment: str = EXPERIMENT) -> list[Candidate]:
     """Run (or resume) the confirmation trials and fill every candidate's fold scores and probabilities."""
+    # the repetitions' splits made here: a job's worker then imports no scikit-learn to make them
+    data = with_splits(data, scheme.folds, scheme.seeds, scheme.val_fraction)
     fn = tune.with_resources(tune.with_parameters(fusetune_confirm, data=data), resources)
     path = f"{experiment_path.rstrip('/')}/{experiment}"
     integrity.install()

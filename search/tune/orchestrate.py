@@ -25,7 +25,7 @@ from search.tune.schedulers import CADENCES, SCHEDULERS, has_study
 from search.tune.settle import RecordFinal, settle
 from spaces import Space
 from trainables.trainable import TRAINABLES
-from trainables.trial_data import TrialData
+from trainables.trial_data import TrialData, with_splits
 
 
 # --------------------------------------------------------------------------------- the searcher
@@ -126,7 +126,8 @@ def trial_dirname(trial: Any) -> str:
 
 def trainable(cfg: SearchConfig, space: Space, data: TrialData) -> Any:
     """The family's function trainable with the data in the object store and its resources."""
-    fn = tune.with_parameters(TRAINABLES[space.method], data=data)
+    # the search's splits made here: a trial's worker then imports no scikit-learn to make them again
+    fn = tune.with_parameters(TRAINABLES[space.method], data=with_splits(data, cfg.folds, [cfg.seed], cfg.val_fraction))
     return tune.with_resources(fn, {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial})
 
 

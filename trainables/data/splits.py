@@ -1,9 +1,12 @@
-"""Seeded, stratified splits. Every function returns integer index arrays into the dataset."""
+"""Seeded, stratified splits. Every function returns integer index arrays into the dataset.
+
+scikit-learn is imported where a split is made, not with this module: a trial worker whose splits
+the driver made ahead (:attr:`trainables.trial_data.TrialData.splits`) never imports it (about 1 s
+of CPU per worker)."""
 
 from __future__ import annotations
 
 import numpy as np
-from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from trainables.data.errors import DataError
 
@@ -25,6 +28,8 @@ def stratified_kfold(labels: np.ndarray, n_splits: int, seed: int) -> list[Split
     if n_splits < 2:
         raise DataError("--folds", f"k-fold needs at least 2 folds, got {n_splits}")
     _check_stratifiable(labels, n_splits, f"--folds {n_splits} (stratified k-fold)")
+    from sklearn.model_selection import StratifiedKFold
+
     skf = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     return [(np.sort(tr), np.sort(va)) for tr, va in skf.split(np.zeros(len(labels)), labels)]
 
@@ -35,6 +40,8 @@ def stratified_holdout(labels: np.ndarray, val_fraction: float, seed: int) -> Sp
     if not 0.0 < val_fraction < 1.0:
         raise DataError("--val-fraction", f"must be in (0, 1), got {val_fraction}")
     _check_stratifiable(labels, 2, f"--folds 0 (stratified hold-out, --val-fraction {val_fraction:g})")
+    from sklearn.model_selection import train_test_split
+
     idx = np.arange(len(labels))
     tr, va = train_test_split(idx, test_size=val_fraction, stratify=labels, random_state=seed)
     return np.sort(tr), np.sort(va)
