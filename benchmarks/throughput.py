@@ -10,7 +10,11 @@ Side by side, on the same configurations, data (breast-tcga's training part), fo
     every epoch by argmax + ``bincount``, folds one after the other. The floor: a faster loop would
     make every ratio below worse, never better.
 (b) **engine**: ``trainables.trainable.Trial(method, config, data).step()`` per epoch outside Ray
-    (every fold trained and evaluated every epoch, as in a search).
+    (every fold trained and evaluated every epoch, as in a search). **(b2)**: the same trials in two
+    processes at once (started together, one thread each, each taking the next trial when it is
+    free, as Tune's two workers do): what
+    two trainings at once cost on this machine with no search around them (shared caches and
+    memory bandwidth), the floor for (c) at 2 concurrent.
 (c) **search**: ``python -m search.run --space baseline --sampler random --scheduler fifo
     --top-k 0`` with ``--max-concurrent 1`` and ``2``, each in a fresh process; the search wall is
     ``Tuner.fit()`` (from the command's ``steps:`` line), so Ray's start is excluded.
@@ -26,7 +30,8 @@ All trials use fixed configurations: the space's paper default, then ``--points`
 (seeded) from the space's ranges with plain cross-entropy (``imbalance none``, which the bare loop
 implements), so (a), (b) and (c) train the same 16 models. Per-epoch cost = wall / (trials x
 epochs); fixed cost per trial = ((c) search wall x concurrency - (b)'s wall) / trials (all a search
-adds to training the same models); peak disk: each search folder's size sampled every 0.5 s.
+adds to training the same models); at 2 concurrent also against (b2): (2 x (c) - 2 x (b2)) / trials,
+what the search adds beyond two trainings at once; peak disk: each search folder's size sampled every 0.5 s.
 (a) to (d) run ``--rounds`` times (default 3), one round after another; the last table gives the
 figures issue 27 asks for, with their targets, as the medians of the rounds' own ratios (a ratio's
 two walls always come from the same round) and their range.
@@ -49,6 +54,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -186,6 +192,45 @@ def run_engine(configs: list[dict], data: TrialData) -> dict:
     return {"wall_s": time.perf_counter() - t0, "macro_f1": float(np.mean(f1))}
 
 
+def _engine_half(configs: list[dict], queue: Any, ready: Any) -> float:
+    """(b2)'s child process: the data, then, once both children are ready (so they train at the same
+    time), the trials of ``configs`` whose index it takes next from ``queue`` (as Tune gives the next
+    trial to whichever worker is free) until none is left; its own wall."""
+    import queue as queues
+
+    torch.set_num_threads(1)
+    data = prepare_from_config(configs[0])
+    ready.wait()
+    t0 = time.perf_counter()
+    while True:
+        try:
+            i = queue.get_nowait()
+        except queues.Empty:
+            return time.perf_counter() - t0
+        run_engine([configs[i]], data)
+
+
+def run_engine_pair(configs: list[dict]) -> dict:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    spawn = multiprocessing.get_context("spawn")
+    saved = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"  # one thread per process, as Ray gives a 1-CPU trial's worker
+    try:
+        with spawn.Manager() as manager, ProcessPoolExecutor(2, mp_context=spawn) as pool:
+            ready, queue = manager.Barrier(2), manager.Queue()
+            for i in range(len(configs)):
+                queue.put(i)
+            walls = list(pool.map(_engine_half, [configs] * 2, [queue] * 2, [ready] * 2))
+    finally:
+        if saved is None:
+            os.environ.pop("OMP_NUM_THREADS")
+        else:
+            os.environ["OMP_NUM_THREADS"] = saved
+    return {"wall_s": max(walls), "walls": walls}
+
+
 # ----------------------------------------------------------------------------- (c, d, e) searches
 def folder_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
@@ -265,6 +310,7 @@ def search_argv(args: argparse.Namespace, trials: int, concurrency: int, top_k: 
 def one_round(args: argparse.Namespace, configs: list[dict], data: TrialData, tmp: Path) -> dict[str, dict]:
     """(a) to (d) once, one after the other."""
     return {"bare": run_bare(configs, data, args), "engine": run_engine(configs, data),
+            "pair": run_engine_pair(configs),
             "c1": run_search(search_argv(args, args.trials, 1, 0), tmp / "c1", "c1"),
             "c2": run_search(search_argv(args, args.trials, 2, 0), tmp / "c2", "c2"),
             "one": run_search(search_argv(args, 1, 1, 1), tmp / "one", "one"),
@@ -277,7 +323,9 @@ def round_figures(m: dict[str, dict], trials: int) -> dict[str, float]:
     c1, c2 = m["c1"]["steps"].get("search", float("nan")), m["c2"]["steps"].get("search", float("nan"))
     one_trial = m["one"]["steps"].get("search", float("nan"))
     confirm_s = m["conf"]["steps"].get("models", float("nan")) - m["one"]["steps"].get("models", float("nan"))
+    pair = m["pair"]["wall_s"]
     return {"one_trial": c1 / bare, "fixed1": (c1 - engine) / trials, "fixed2": (2 * c2 - engine) / trials,
+            "fixed2_pair": (2 * c2 - 2 * pair) / trials, "pair_cost": 2 * pair / engine, "pair_speedup": engine / pair,
             "per_epoch": engine / bare, "confirm": confirm_s / one_trial, "confirm_s": confirm_s,
             "one_trial_s": one_trial, "speedup": c1 / c2}
 
@@ -292,6 +340,10 @@ def print_round(r: int, m: dict[str, dict], args: argparse.Namespace) -> None:
               "validation every epoch"))
     print(row("(b) engine `Trial` outside Ray", engine["wall_s"], f"macro F1 {engine['macro_f1']:.4f}; batched folds, "
               "metrics every epoch"))
+    pair = m["pair"]
+    print(row("(b2) engine, two processes at once", pair["wall_s"], "the next trial to the free one; their walls "
+              + " and ".join(f"{w:.1f} s" for w in pair["walls"])
+              + f"; 2 x (b2) / (b) = {2 * pair['wall_s'] / engine['wall_s']:.2f}"))
     for label, c, conc in (("(c) search.run, 1 concurrent", m["c1"], 1), ("(c) search.run, 2 concurrent", m["c2"], 2)):
         wall = c["steps"].get("search", float("nan"))
         print(row(label, wall, f"Tuner.fit only; {c['reports']} reports; in-trial {c['in_trial_s']:.1f} s; "
@@ -362,6 +414,10 @@ def main() -> None:
     print(f"| one trial in a search vs the bare loop | {med('one_trial')} | <= 1.3x |")
     print(f"| fixed cost per trial (search wall x concurrency - engine wall, per trial) | "
           f"{med('fixed1', unit=' s')} at 1, {med('fixed2', unit=' s')} at 2 concurrent | < 1 s at 2 |")
+    print(f"| fixed cost per trial at 2 concurrent against (b2), two engine processes at once "
+          f"((2 x search wall - 2 x (b2) wall) / trials) | {med('fixed2_pair', unit=' s')} | - |")
+    print(f"| two engine processes at once vs one, (b) / (b2): the machine's own 2-at-once speed-up | "
+          f"{med('pair_speedup')} | - |")
     print(f"| per-epoch ratio, engine vs bare loop | {med('per_epoch')} | <= 1.1x |")
     print(f"| confirmation of one candidate on 3 repetitions vs one trial | {med('confirm_s', '.1f', ' s')} / "
           f"{med('one_trial_s', '.1f', ' s')} = {med('confirm')} | <= 1.5x |")
