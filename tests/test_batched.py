@@ -210,6 +210,31 @@ def test_emrfusion_token_inputs_and_missing_modalities_same_fold_models(extra):
     assert ra[-1]["loss_align"] > 0 and ra[-1]["loss_probe"] > 0
 
 
+@pytest.mark.parametrize("method", ["baseline", "omnifuse", "emrfusion"])
+def test_validation_probs_in_one_pass_are_each_fold_models_own(data, method):
+    """Every fold's validation probabilities from one vmapped pass (breast-tcga's 4 folds hold 37
+    and 38 validation rows: the shorter ones padded; and in chunks of 20 positions) equal its fold
+    model's ``predict_proba``, and take no random draw. EMR fusion also on token inputs with
+    modalities missing."""
+    for trial_data, cfg in ((data, _config(method, folds=4)),
+                            *([(_tokens_data(), {"method": method, "data": "tokens", "seed": 1, "folds": 3,
+                                                 "epochs": 2, "hidden": 8, "batch_size": 8})]
+                              if method == "emrfusion" else [])):
+        trial = Trial(method, cfg, trial_data)
+        trial.step()
+        states = [t._torch_state.clone() for t in trial.trainers]
+        if trial_data is data:
+            assert sorted({len(t.val) for t in trial.trainers}) == [37, 38]
+        for batch_size in (256, 20):
+            together = trial.batched.validation_probs(batch_size)
+            for t, probs in zip(trial.trainers, together):
+                alone = t.predict_proba(t.val)
+                assert probs.shape == alone.shape == (len(t.val), len(t.class_names))
+                assert np.allclose(probs, alone, rtol=0, atol=1e-6), np.abs(probs - alone).max()
+        assert all(torch.equal(a, t._torch_state) for a, t in zip(states, trial.trainers))
+        assert trial.batched.template.training
+
+
 def test_members_are_any_number_of_fold_trainers(data):
     """Repetitions x folds: the folds of two seeds (2 x 2 FoldTrainers) as one BatchedFolds equal
     their per-fold training."""

@@ -138,6 +138,56 @@ class MemberStep(nn.Module):
         return self.model.loss(self.model(batch), batch, self.criterion)
 
 
+class MemberLogits(nn.Module):
+    """One member's logits (the forward :meth:`trainables.backbone.Backbone.predict_proba` takes the
+    softmax of)."""
+
+    def __init__(self, model: Backbone) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: Batch) -> Tensor:
+        return self.model(batch).logits
+
+
+class Rows:
+    """The members' parts of one kind (training or validation) concatenated: ``inputs``,
+    ``token_masks``, ``mask``, ``y``, ``local`` (a row's index in its member's part, ``Batch.index``),
+    member f's rows from ``offsets[f]``, ``lengths[f]`` of them."""
+
+    def __init__(self, datas: list, device: torch.device, views: bool = False) -> None:
+        """``views``: the members' own tensors become views of the concatenation (no second copy)."""
+        self.lengths = np.array([len(d) for d in datas])
+        self.offsets = np.cumsum([0, *self.lengths[:-1]])
+        self.inputs = {k: self._concat(datas, views, "inputs", k) for k in datas[0].inputs}
+        self.token_masks = {k: self._concat(datas, views, "token_masks", k) for k in datas[0].token_masks}
+        self.mask = self._concat(datas, views, "mask")
+        self.y = self._concat(datas, views, "y")
+        self.local = torch.cat([torch.arange(len(d), device=device) for d in datas])
+
+    @staticmethod
+    def _concat(datas: list, views: bool, attr: str, key: str | None = None) -> Tensor:
+        parts = [getattr(d, attr) if key is None else getattr(d, attr)[key] for d in datas]
+        whole = torch.cat(parts)
+        off = 0
+        for d, part in zip(datas, parts if views else []):
+            view = whole[off:off + len(part)]
+            if key is None:
+                setattr(d, attr, view)
+            else:
+                getattr(d, attr)[key] = view
+            off += len(part)
+        return whole
+
+    def padded(self, start: int, stop: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        """Positions ``start:stop`` of every member's part as global rows [n, stop - start], a member's
+        positions past its length padded with its first row, and which positions are real."""
+        pos = np.arange(start, stop)
+        real = pos < self.lengths[:, None]
+        rows = self.offsets[:, None] + np.where(real, pos, 0)
+        return torch.as_tensor(rows, device=device), torch.as_tensor(real, device=device)
+
+
 class MemberStatistics(nn.Module):
     """One member's end-of-epoch statistics (:meth:`trainables.backbone.Backbone.epoch_statistics`)."""
 
@@ -197,31 +247,11 @@ class BatchedFolds:
             raise ValueError("BatchedFolds: the members' modules differ from their template in parameters or buffers")
 
         # data: every member's training part, concatenated once; the members' own tensors become views
-        datas = [t.train_data for t in members]
-        self.offsets = np.cumsum([0] + [len(d) for d in datas[:-1]])
-        self.inputs = {k: self._concat(datas, "inputs", k) for k in datas[0].inputs}
-        self.token_masks = {k: self._concat(datas, "token_masks", k) for k in datas[0].token_masks}
-        self.mask = self._concat(datas, "mask")
-        self.y = self._concat(datas, "y")
-        self.local = torch.cat([torch.arange(len(d), device=self.device) for d in datas])  # Batch.index
+        self.train = Rows([t.train_data for t in members], self.device, views=True)
+        self.val: Rows | None = None  # the validation parts, concatenated when first evaluated
+        self.logits = MemberLogits(self.template.model)   # the same module: parameter names model.*
         self.generators = [torch.Generator(device=self.device) for _ in members]
         self.reload()
-
-    @staticmethod
-    def _concat(datas: list, attr: str, key: str | None = None) -> Tensor:
-        """The members' tensors ``TensorData.<attr>`` (``[key]`` of that dict) concatenated; each
-        member's tensor replaced by its view of the concatenation (no second copy of the data)."""
-        parts = [getattr(d, attr) if key is None else getattr(d, attr)[key] for d in datas]
-        whole = torch.cat(parts)
-        off = 0
-        for d, part in zip(datas, parts):
-            view = whole[off:off + len(part)]
-            if key is None:
-                setattr(d, attr, view)
-            else:
-                getattr(d, attr)[key] = view
-            off += len(part)
-        return whole
 
     # ------------------------------------------------------------------ rng and checkpoints
     def _rng_state(self, t) -> Tensor:
@@ -241,6 +271,7 @@ class BatchedFolds:
     def reload(self) -> None:
         """Take optimizer and RNG state from the FoldTrainers (after ``load_state_dict``)."""
         self._take_rng()
+        self.val = None  # a loaded standardiser makes the validation tensors anew
         for f, t in enumerate(self.trainers):
             params = [p for group in t.optimizer.param_groups for p in group["params"]]
             off = 0
@@ -285,15 +316,44 @@ class BatchedFolds:
         buffers = {k: v for k, v in buffers.items() if k.startswith("model.")}   # not the criterion's
         return torch.func.functional_call(self.statistics, (params, buffers), (Batch(**batch),), tie_weights=False)
 
+    def _member_logits(self, params: dict[str, Tensor], buffers: dict[str, Tensor], batch: dict) -> Tensor:
+        """One member's logits, with the member's tensors."""
+        buffers = {k: v for k, v in buffers.items() if k.startswith("model.")}   # not the criterion's
+        return torch.func.functional_call(self.logits, (params, buffers), (Batch(**batch),), tie_weights=False)
+
+    def _shared(self) -> dict[str, bool]:
+        """Which buffers are equal in every member (passed once, unbatched: forward may branch on them)."""
+        n = len(self.trainers)
+        return {k: bool(all(torch.equal(b[0], b[f]) for f in range(1, n))) for k, b in self.buffers.items()}
+
+    def validation_probs(self, batch_size: int = 256) -> list[np.ndarray]:
+        """Every member's class probabilities on its validation part, as its fold model's
+        ``predict_proba`` gives them (to float rounding): vmapped calls of ``batch_size`` positions
+        (eval mode, no gradient, no random draw) on the validation parts padded to the longest with
+        the member's first row. A sample's logits depend on its own row only (batch norm is refused
+        by :func:`~trainables.members.member_template`), so the padding changes no real row."""
+        if self.val is None:
+            self.val = Rows([t.val_tensors() for t in self.trainers], self.device)
+        shared = self._shared()
+        n_max = int(self.val.lengths.max())
+        chunks = []
+        self.template.eval()
+        try:
+            with torch.no_grad():
+                for start in range(0, n_max, batch_size):
+                    rows, _ = self.val.padded(start, min(start + batch_size, n_max), self.device)
+                    logits = self._vmapped(self._member_logits, None, rows, shared, self.val)
+                    chunks.append(torch.softmax(logits, dim=-1).cpu())
+        finally:
+            self.template.train()
+        probs = torch.cat(chunks, dim=1)
+        return [probs[f, :n].numpy() for f, n in enumerate(self.val.lengths)]
+
     def _epoch_statistics(self, shared: dict[str, bool]) -> list[dict[str, Tensor]]:
         """Every member's sums of :meth:`~trainables.backbone.Backbone.epoch_statistics` over its whole
         training part: one vmapped call (eval mode, no gradient) on the training parts padded to the
         longest with the member's first row; the padding is left out of the sums."""
-        lengths = np.array([len(t.train_data) for t in self.trainers])
-        n_max = int(lengths.max())
-        pos = np.arange(n_max)
-        rows = torch.as_tensor(self.offsets[:, None] + np.where(pos < lengths[:, None], pos, 0), device=self.device)
-        real = torch.as_tensor(pos < lengths[:, None], device=self.device)                 # [n, n_max]
+        rows, real = self.train.padded(0, int(self.train.lengths.max()), self.device)   # [n, n_max]
         self.template.eval()
         try:
             with torch.no_grad():
@@ -307,8 +367,10 @@ class BatchedFolds:
         """Per-member (loss [g], parts [g]) of the members ``group`` (None: all) on ``rows`` [g, B]."""
         return self._vmapped(self._member_loss, group, rows, shared)
 
-    def _vmapped(self, fn, group: np.ndarray | None, rows: Tensor, shared: dict[str, bool]):
-        """``fn(params, buffers, batch)`` vmapped over the members ``group`` (None: all) on ``rows`` [g, B]."""
+    def _vmapped(self, fn, group: np.ndarray | None, rows: Tensor, shared: dict[str, bool], part: Rows | None = None):
+        """``fn(params, buffers, batch)`` vmapped over the members ``group`` (None: all) on ``rows`` [g, B]
+        of ``part`` (default: the training parts)."""
+        part = self.train if part is None else part
         index = None if group is None else torch.as_tensor(group, device=self.device)
 
         def pick(t: Tensor) -> Tensor:
@@ -318,16 +380,16 @@ class BatchedFolds:
         # one flat tuple of tensors (vmap's input handling walks a pytree: nested dicts cost more)
         flat = [*(pick(p) for p in self.params.values()),
                 *(b[0] if shared[k] else pick(b) for k, b in self.buffers.items()),
-                *(x[rows] for x in self.inputs.values()), *(x[rows] for x in self.token_masks.values()),
-                self.mask[rows], self.y[rows], self.local[rows], torch.arange(len(members), device=self.device)]
+                *(x[rows] for x in part.inputs.values()), *(x[rows] for x in part.token_masks.values()),
+                part.mask[rows], part.y[rows], part.local[rows], torch.arange(len(members), device=self.device)]
         in_dims = [0] * len(flat)
         for j, k in enumerate(self.buffers, start=len(self.params)):
             in_dims[j] = None if shared[k] else 0
-        cuts = np.cumsum([len(self.params), len(self.buffers), len(self.inputs), len(self.token_masks)])
+        cuts = np.cumsum([len(self.params), len(self.buffers), len(part.inputs), len(part.token_masks)])
 
         def member(*t: Tensor):
-            batch = {"inputs": dict(zip(self.inputs, t[cuts[1]:cuts[2]])),
-                     "token_masks": dict(zip(self.token_masks, t[cuts[2]:cuts[3]])),
+            batch = {"inputs": dict(zip(part.inputs, t[cuts[1]:cuts[2]])),
+                     "token_masks": dict(zip(part.token_masks, t[cuts[2]:cuts[3]])),
                      "mask": t[-4], "y": t[-3], "index": t[-2]}
             with member_index(t[-1]):
                 return fn(dict(zip(self._param_keys, t[:cuts[0]])), dict(zip(self.buffers, t[cuts[0]:cuts[1]])), batch)
@@ -357,13 +419,12 @@ class BatchedFolds:
         table = np.zeros((steps, n, bs), dtype=np.int64)
         sizes = np.zeros((steps, n), dtype=np.int64)
         for f, order in enumerate(orders):
-            padded = np.full(steps * bs, self.offsets[f], dtype=np.int64)
-            padded[:len(order)] = order + self.offsets[f]
+            padded = np.full(steps * bs, self.train.offsets[f], dtype=np.int64)
+            padded[:len(order)] = order + self.train.offsets[f]
             table[:, f] = padded.reshape(steps, bs)
             sizes[:, f] = np.clip(len(order) - np.arange(steps) * bs, 0, bs)
         table_t = torch.as_tensor(table, device=self.device)
-        # a buffer equal in every member is passed once (unbatched): forward may branch on it
-        shared = {k: bool(all(torch.equal(b[0], b[f]) for f in range(1, n))) for k, b in self.buffers.items()}
+        shared = self._shared()
         sums: dict[str, Tensor] = defaultdict(lambda: torch.zeros(n, device=self.device))
         for s in range(steps):
             self.grad.zero_()

@@ -218,12 +218,18 @@ class FoldTrainer:
         data = data.with_modalities({k: data.modalities[k] for k in self.modality_names})
         return TensorData(self.standardizer.transform(data), self.device)
 
+    def val_tensors(self) -> TensorData:
+        """The validation part as tensors: evaluated every epoch, standardised and made tensors once."""
+        if self.val is None:
+            raise ValueError("this FoldTrainer has no validation part")
+        if self._val_tensors is None:
+            self._val_tensors = self.prepare(self.val)
+        return self._val_tensors
+
     def predict_proba(self, data: MultimodalDataset) -> np.ndarray:
         if data is not self.val:
             return self.model.predict_proba(self.prepare(data))
-        if self._val_tensors is None:  # evaluated every epoch: standardised and made tensors once
-            self._val_tensors = self.prepare(data)
-        return self.model.predict_proba(self._val_tensors)
+        return self.model.predict_proba(self.val_tensors())
 
     def evaluate(self, data: MultimodalDataset | None = None) -> dict:
         data = self.val if data is None else data

@@ -173,12 +173,15 @@ class Trial:
         epoch = self.epoch + 1
         fold_parts, fold_metrics, fold_probs = [], [], []
         batched = self.batched.train_epoch() if self.batched is not None else None
+        # every fold's validation probabilities in one vmapped pass where the folds train batched
+        batched_probs = (self.batched.validation_probs() if batched is not None and self.trainers[0].val is not None
+                         else None)
         for k, t in enumerate(self.trainers):
             parts = batched[k] if batched is not None else t.train_epoch()
             check_finite(parts, epoch, k)
             fold_parts.append(parts)
             if t.val is not None:
-                metrics, probs = self._evaluate(t.val, t, epoch, k)
+                metrics, probs = self._evaluate(t.val, t, epoch, k, None if batched_probs is None else batched_probs[k])
                 fold_metrics.append(metrics)
                 fold_probs.append(probs)
         self.epoch = epoch
@@ -186,8 +189,10 @@ class Trial:
         return summarize(epoch, fold_parts, fold_metrics, final=epoch == self.epochs)
 
     @staticmethod
-    def _evaluate(val: MultimodalDataset, trainer, epoch: int, fold: int) -> tuple[dict[str, Any], np.ndarray]:
-        probs = trainer.predict_proba(val)
+    def _evaluate(val: MultimodalDataset, trainer, epoch: int, fold: int,
+                  probs: np.ndarray | None = None) -> tuple[dict[str, Any], np.ndarray]:
+        """The fold's metrics on ``val`` from ``probs`` (predicted here when None)."""
+        probs = trainer.predict_proba(val) if probs is None else probs
         if not np.isfinite(probs).all():
             raise TrialFailure(f"non-finite predicted probabilities at epoch {epoch}, fold {fold}")
         return classification_metrics(val.labels, probs, trainer.class_names), probs
