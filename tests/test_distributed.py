@@ -252,21 +252,25 @@ def test_driver_killed_then_resumed(cluster, drivers, tmp_path):
     from mlflow.tracking import MlflowClient
 
     # one trial at a time (the median rule would pause a running trial for a pending one), each
-    # reporting every epoch and checkpointing every epochs // 4 = 12 epochs
-    epochs, n, every = 48, 3, 12
+    # reporting every epoch and checkpointing every epochs // 4 = 60 epochs. Long enough that the
+    # trial seen past its first checkpoint in a snapshot is still running when the driver is killed:
+    # a 48-epoch trial of 2 folds took 0.6 s on an idle machine, less than the snapshot period
+    # (1 s), and had ended, recorded by the driver, when the kill came
+    epochs, n, every = 240, 3, 60
     storage, name = tmp_path / "results", "killed"
     exp = storage / name
     args = ["--address", cluster.address, "--storage", str(storage), "--name", name, "--top-k", "1"]
-    drivers.append(Driver([*EVERY_EPOCH, *args, "--num-samples", str(n), "--epochs", str(epochs), "--max-concurrent", "1"],
-                          tmp_path / "driver-1.log", env=FREQUENT_SNAPSHOTS))
+    drivers.append(Driver([*EVERY_EPOCH, *args, "--folds", "5", "--num-samples", str(n), "--epochs", str(epochs),
+                           "--max-concurrent", "1"], tmp_path / "driver-1.log", env=FREQUENT_SNAPSHOTS))
 
     def snapshot_with_a_finished_and_a_checkpointed_trial() -> bool:
         """The stored experiment snapshot (what --resume reads; its plain JSON fields) holds a
-        finished trial and an unfinished one past its first checkpoint. Past, not at: Tune takes
-        the result that carries a checkpoint as the trial's last result at once but registers the
-        checkpoint only when the actor's save task returns, and a snapshot written in between
-        holds the result without the checkpoint (the trial would resume from its previous one,
-        here from scratch); the next result is asked for only after the save was processed."""
+        finished trial and an unfinished one past its first checkpoint and not past its second.
+        Past, not at: Tune takes the result that carries a checkpoint as the trial's last result at
+        once but registers the checkpoint only when the actor's save task returns, and a snapshot
+        written in between holds the result without the checkpoint (the trial would resume from
+        its previous one, here from scratch); the next result is asked for only after the save was
+        processed."""
         states = sorted(exp.glob("experiment_state-*.json"))
         try:
             trials = [(json.loads(t), json.loads(m)) for t, m in json.loads(states[-1].read_text())["trial_data"]]
@@ -274,7 +278,7 @@ def test_driver_killed_then_resumed(cluster, drivers, tmp_path):
             return False
         done = [t for t, _ in trials if t["status"] == "TERMINATED"]
         going = [t for t, m in trials if t["status"] in ("RUNNING", "PENDING")
-                 and every < int((m.get("last_result") or {}).get("epoch", 0)) < epochs]
+                 and every < int((m.get("last_result") or {}).get("epoch", 0)) <= 2 * every]
         return bool(done and going)
 
     wait_for(snapshot_with_a_finished_and_a_checkpointed_trial, 900,
