@@ -61,6 +61,31 @@ def test_a_second_driver_is_refused_and_a_killed_one_leaves_no_lock(lock_dir, tm
     assert not (tmp_path / "results").exists()  # the lock writes nothing into the results folder
 
 
+def test_resume_of_a_search_still_starting_names_its_driver(lock_dir, tmp_path):
+    """``--resume`` of a search whose driver holds the lock but has written no Tune state yet (its
+    checks, data and cluster come first) is refused as running, not as missing."""
+    from search.prepare.preflight import find_search
+
+    storage = str(tmp_path / "results")
+    locks.refuse_if_running(f"{storage}/s1", "s1")  # no lock file yet: nothing to refuse
+    with pytest.raises(UsageError, match=r"^--resume: no search 's1' to resume in "):
+        find_search(storage, "s1")
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, f"{storage}/s1"], env=_env(lock_dir),
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(UsageError, match=rf"^--name s1: the search is being run by another driver \(pid {holder.pid} on"):
+            find_search(storage, "s1")
+        with pytest.raises(UsageError, match="being run by another driver"):
+            locks.refuse_if_running(f"{storage}/s1", "s1")
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    locks.refuse_if_running(f"{storage}/s1", "s1")  # the killed driver's lock is gone
+    with locks.driver_lock(f"{storage}/s1", "s1"):  # and the probe left none behind
+        pass
+
+
 CREATE = ("import sys, time\nfrom search.tracking.store import check_tracking_uri\nt = float(sys.argv[2])\n"
           "while time.time() < t: time.sleep(0.001)\ncheck_tracking_uri(sys.argv[1])\nprint('ok')")
 

@@ -247,6 +247,9 @@ def find_search(storage_path: str, name: str | None) -> str:
             raise UsageError(f"--resume: give --name of the search to resume in {storage_path}")
         path = f"{storage_path.rstrip('/')}/{name}"
         if not tune.Tuner.can_restore(path):
+            from search.trust import locks
+
+            locks.refuse_if_running(path, name)  # a driver still starting it: Tune has written nothing yet
             raise UsageError(f"--resume: no search {name!r} to resume in {storage_path}")
         return name
     found = [p for p in root.glob("*") if p.is_dir() and tune.Tuner.can_restore(str(p))] if root.is_dir() else []

@@ -52,6 +52,30 @@ def _holder(path: Path) -> dict:
         return {}
 
 
+def _running(path: Path, name: str) -> UsageError:
+    h = _holder(path)
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(h["since"])) if "since" in h else "?"
+    return UsageError(f"--name {name}: the search is being run by another driver (pid {h.get('pid', '?')} on "
+                      f"{h.get('host', '?')}, since {since}); wait for it to end or stop it, then --resume")
+
+
+def refuse_if_running(experiment_path: str, name: str) -> None:
+    """:class:`UsageError` (the one line :func:`driver_lock` gives) when a driver holds the search's
+    lock, e.g. one still starting the search that ``--resume`` finds nothing of yet."""
+    import fcntl
+
+    path = _lock_file("search", experiment_path)
+    if not path.exists():
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise _running(path, name) from None
+    finally:
+        os.close(fd)  # releases the probe's shared lock
+
+
 @contextlib.contextmanager
 def driver_lock(experiment_path: str, name: str) -> Iterator[None]:
     """Hold the search's driver lock for the block; :class:`UsageError` (one line) when another
@@ -64,11 +88,7 @@ def driver_lock(experiment_path: str, name: str) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            h = _holder(path)
-            since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(h["since"])) if "since" in h else "?"
-            raise UsageError(f"--name {name}: the search is being run by another driver (pid {h.get('pid', '?')} on "
-                             f"{h.get('host', '?')}, since {since}); wait for it to end or stop it, then --resume"
-                             ) from None
+            raise _running(path, name) from None
         record = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(), "search": experiment_path}
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(record).encode(), 0)
