@@ -36,6 +36,11 @@ weights), and trains them together:
   the stacked tensors would equal it only while every member steps (one step count per tensor),
   which CLIMD's uneven folds break.
 
+- **Validation in one pass.** :meth:`BatchedFolds.validation_probs` runs the members' validation
+  parts through one vmapped forward (eval mode, no draw, the parts padded to the longest with the
+  member's first row: a sample's logits depend on its own row only), giving what each fold model's
+  ``predict_proba`` gives, to float rounding.
+
 Result: on CPU the same seed gives the same fold models as per-fold training, up to the float
 rounding of batched vs unbatched kernels (``tests/test_batched.py`` checks weights, RNG states and
 metrics). On a GPU the member generators are CUDA generators seeded from the fold's CUDA RNG
@@ -167,6 +172,8 @@ class Rows:
 
     @staticmethod
     def _concat(datas: list, views: bool, attr: str, key: str | None = None) -> Tensor:
+        """The members' tensors ``TensorData.<attr>`` (``[key]`` of that dict) concatenated; with
+        ``views``, each member's tensor replaced by its view of the concatenation."""
         parts = [getattr(d, attr) if key is None else getattr(d, attr)[key] for d in datas]
         whole = torch.cat(parts)
         off = 0
