@@ -61,8 +61,11 @@ the registry says why the others do not.
 from __future__ import annotations
 
 import copy
+import functools
 import warnings
 from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -143,18 +146,6 @@ class MemberStep(nn.Module):
         return self.model.loss(self.model(batch), batch, self.criterion)
 
 
-class MemberLogits(nn.Module):
-    """One member's logits (the forward :meth:`trainables.backbone.Backbone.predict_proba` takes the
-    softmax of)."""
-
-    def __init__(self, model: Backbone) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, batch: Batch) -> Tensor:
-        return self.model(batch).logits
-
-
 class Rows:
     """The members' parts of one kind (training or validation) concatenated: ``inputs``,
     ``token_masks``, ``mask``, ``y``, ``local`` (a row's index in its member's part, ``Batch.index``),
@@ -176,14 +167,15 @@ class Rows:
         ``views``, each member's tensor replaced by its view of the concatenation."""
         parts = [getattr(d, attr) if key is None else getattr(d, attr)[key] for d in datas]
         whole = torch.cat(parts)
-        off = 0
-        for d, part in zip(datas, parts if views else []):
-            view = whole[off:off + len(part)]
-            if key is None:
-                setattr(d, attr, view)
-            else:
-                getattr(d, attr)[key] = view
-            off += len(part)
+        if views:
+            off = 0
+            for d, part in zip(datas, parts):
+                view = whole[off:off + len(part)]
+                if key is None:
+                    setattr(d, attr, view)
+                else:
+                    getattr(d, attr)[key] = view
+                off += len(part)
         return whole
 
     def padded(self, start: int, stop: int, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -195,15 +187,18 @@ class Rows:
         return torch.as_tensor(rows, device=device), torch.as_tensor(real, device=device)
 
 
-class MemberStatistics(nn.Module):
-    """One member's end-of-epoch statistics (:meth:`trainables.backbone.Backbone.epoch_statistics`)."""
+class MemberOutput(nn.Module):
+    """One member's output other than its loss, ``read(model, batch)``: the end-of-epoch statistics
+    (:meth:`trainables.backbone.Backbone.epoch_statistics`) or the logits (what
+    :meth:`~trainables.backbone.Backbone.predict_proba` takes the softmax of)."""
 
-    def __init__(self, model: Backbone) -> None:
+    def __init__(self, model: Backbone, read: Callable[[Backbone, Batch], Any]) -> None:
         super().__init__()
         self.model = model
+        self.read = read
 
-    def forward(self, batch: Batch) -> dict[str, Tensor]:
-        return self.model.epoch_statistics(batch)
+    def forward(self, batch: Batch) -> Any:
+        return self.read(self.model, batch)
 
 
 # ------------------------------------------------------------------------------ the trainer
@@ -217,7 +212,9 @@ class BatchedFolds:
         self.batch_size = t0.batch_size
         n = len(members)
         self.template = MemberStep(member_template(t0.model), copy.deepcopy(t0.criterion)).train()
-        self.statistics = MemberStatistics(self.template.model)   # the same module: parameter names model.*
+        # the same module as the template's: parameter names model.*
+        self.statistics = MemberOutput(self.template.model, lambda model, batch: model.epoch_statistics(batch))
+        self.logits = MemberOutput(self.template.model, lambda model, batch: model(batch).logits)
 
         # parameters: one flat [n, P] buffer; every member's parameter a view of its row
         named = [dict(t.model.named_parameters()) for t in members]
@@ -256,7 +253,6 @@ class BatchedFolds:
         # data: every member's training part, concatenated once; the members' own tensors become views
         self.train = Rows([t.train_data for t in members], self.device, views=True)
         self.val: Rows | None = None  # the validation parts, concatenated when first evaluated
-        self.logits = MemberLogits(self.template.model)   # the same module: parameter names model.*
         self.generators = [torch.Generator(device=self.device) for _ in members]
         self.reload()
 
@@ -318,15 +314,11 @@ class BatchedFolds:
         """One member's (loss, parts): the template's forward and loss with the member's tensors."""
         return torch.func.functional_call(self.template, (params, buffers), (Batch(**batch),), tie_weights=False)
 
-    def _member_statistics(self, params: dict[str, Tensor], buffers: dict[str, Tensor], batch: dict) -> dict:
-        """One member's end-of-epoch statistics, with the member's tensors."""
+    @staticmethod
+    def _member_output(output: MemberOutput, params: dict[str, Tensor], buffers: dict[str, Tensor], batch: dict) -> Any:
+        """One member's ``output`` (statistics or logits), with the member's tensors."""
         buffers = {k: v for k, v in buffers.items() if k.startswith("model.")}   # not the criterion's
-        return torch.func.functional_call(self.statistics, (params, buffers), (Batch(**batch),), tie_weights=False)
-
-    def _member_logits(self, params: dict[str, Tensor], buffers: dict[str, Tensor], batch: dict) -> Tensor:
-        """One member's logits, with the member's tensors."""
-        buffers = {k: v for k, v in buffers.items() if k.startswith("model.")}   # not the criterion's
-        return torch.func.functional_call(self.logits, (params, buffers), (Batch(**batch),), tie_weights=False)
+        return torch.func.functional_call(output, (params, buffers), (Batch(**batch),), tie_weights=False)
 
     def _shared(self) -> dict[str, bool]:
         """Which buffers are equal in every member (passed once, unbatched: forward may branch on them)."""
@@ -349,7 +341,8 @@ class BatchedFolds:
             with torch.no_grad():
                 for start in range(0, n_max, batch_size):
                     rows, _ = self.val.padded(start, min(start + batch_size, n_max), self.device)
-                    logits = self._vmapped(self._member_logits, None, rows, shared, self.val)
+                    logits = self._vmapped(functools.partial(self._member_output, self.logits), None, rows, shared,
+                                           self.val)
                     chunks.append(torch.softmax(logits, dim=-1).cpu())
         finally:
             self.template.train()
@@ -364,7 +357,7 @@ class BatchedFolds:
         self.template.eval()
         try:
             with torch.no_grad():
-                stats = self._vmapped(self._member_statistics, None, rows, shared)
+                stats = self._vmapped(functools.partial(self._member_output, self.statistics), None, rows, shared)
         finally:
             self.template.train()
         sums = {k: (v.double() * real.view(*real.shape, *[1] * (v.dim() - 2))).sum(1) for k, v in stats.items()}
