@@ -23,6 +23,7 @@ from search.trust import files, integrity, relocate
 from search.trust.credentials import redact
 from search.tune import faults, orchestrate, samplers, schedulers, supervisor
 from search.tune.progress import ProgressLine
+from search.tune.settle import stop_if_lost
 from search.tune.study_agreement import agree_with_tune
 from trainables.version import code_version
 
@@ -192,6 +193,7 @@ def tune_trials(cfg: SearchConfig, prepared: Prepared) -> Tuned:
         prepared.say("Optuna study in memory (a remote --storage; give --optuna-storage URL to keep it)")
     with timings("search_s"):
         grid = tuner.fit()
+    stop_if_lost(grid, "search", own_node_only=True)  # the driver's own Ray node died: nothing after can run
     return Tuned(grid.experiment_path, grid.filesystem, tracking.parent_run_id, pruner.pruned)
 
 

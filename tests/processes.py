@@ -58,3 +58,16 @@ def alive(pid: int) -> bool:
         return _stat_fields(pid)[0] != "Z"
     except (OSError, IndexError):
         return False
+
+
+def uptime() -> float:
+    """Seconds since the machine booted (the clock of :func:`started`)."""
+    return float(Path("/proc/uptime").read_text().split()[0])
+
+
+def started(pid: int) -> float | None:
+    """When ``pid`` started, in seconds since the machine booted (None when it is gone)."""
+    try:
+        return int(_stat_fields(pid)[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None

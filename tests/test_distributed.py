@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -35,7 +36,7 @@ from typing import Any
 
 import pytest
 
-from processes import comm, descendants, parents
+from processes import comm, descendants, parents, started, uptime
 
 REPO = Path(__file__).resolve().parents[1]
 LOCAL_CLUSTER = REPO / "infra" / "local-cluster.sh"
@@ -758,3 +759,43 @@ def test_local_node_lost_mid_trial_says_so_and_resumes(data_dir, drivers, tmp_pa
     parents = [r for r in _search_runs(storage, name) if r.data.tags.get("fusetune.role") == "search"]
     assert [p.info.status for p in parents] == ["FINISHED"]
     assert not [r for r in _search_runs(storage, name) if r.info.status == "RUNNING"]
+
+
+# ------------------------------------------------------------------------------ a confirmation trial's worker lost
+def test_a_confirmation_trial_whose_worker_is_lost_stops_the_search_and_resume_runs_it(data_dir, drivers, tmp_path):
+    """A confirmation job's Ray worker dies (SIGKILL) while it trains: that is not its candidate's
+    error. The driver ends non-zero naming the lost worker, with the --resume command; --resume runs
+    the job again and the confirmation table has every candidate confirmed, none with an error."""
+    storage, name = tmp_path / "results", "lost-confirm"
+    exp = storage / name
+    args = ["--storage", str(storage), "--name", name]
+    drivers.append(Driver([*SEARCH, *args, "--num-samples", "2", "--epochs", "400", "--top-k", "1",
+                           "--confirm-repeats", "2", "--references", "logreg", "--ensemble", "off"],
+                          tmp_path / "driver-1.log"))
+    wait_for(lambda: "confirming the top" in drivers[0].output(), 600, "the confirmation stage", drivers[0])
+    since = uptime()
+
+    def confirmation_workers() -> list[int]:  # the trial workers started after the stage began
+        pids = [p for p in descendants(drivers[0].proc.pid) if comm(p).startswith("ray::ImplicitF")]
+        return [p for p in pids if (started(p) or 0) > since - 0.5]
+
+    wait_for(confirmation_workers, 120, "a confirmation trial's worker", drivers[0], every=0.05)
+    time.sleep(1.0)  # the model candidates' jobs (400 epochs, 2 x 2 folds) well into their training
+    for worker in confirmation_workers():
+        os.kill(worker, signal.SIGKILL)
+    rc = drivers[0].wait(300)
+    out = drivers[0].output()
+    assert rc == 1, out[-3000:]
+    assert re.search(f"search {name} stopped: [12] trial\\(s\\) of the confirmation stage lost their Ray worker "
+                     r"\(ActorDiedError: The actor is dead because its worker process has died", out), out[-3000:]
+    assert f"continue with: python -m search.run --resume --storage {storage} --name {name}" in out, out[-3000:]
+    assert "Traceback" not in out, out[-3000:]
+    assert not (exp / "confirmation.csv").exists()
+
+    drivers.append(Driver([*args, "--resume"], tmp_path / "driver-2.log"))
+    assert drivers[1].wait(900) == 0, drivers[1].output()[-3000:]
+    with open(exp / "confirmation.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["candidate"] for r in rows} >= {"paper-default", "reference:logreg"}, rows
+    assert not [r for r in rows if r["error"]], rows
+    assert all(int(r["n_scores"]) == 4 for r in rows if r["kind"] != "reference"), rows

@@ -8,6 +8,8 @@ import json
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from search.prepare.config import SearchConfig
 from search.trust.relocate import rebase_mlflow_store, rebased
 from search.tune.settle import settle
@@ -148,3 +150,40 @@ def test_the_options_check_and_the_registries_agree():
     assert {n for n, s in samplers.SAMPLERS.items() if s.multi_objective} == {"nsga2", "tpe", "random"}
     assert [n for n, s in schedulers.SCHEDULERS.items() if not schedulers.has_study(
         SearchConfig(space="baseline", scheduler=n))] == ["pbt"]
+
+
+class _Result:
+    """What ``stop_if_lost`` and ``confirm.fill`` read of a Ray ``Result``."""
+
+    def __init__(self, error: BaseException | None = None, config: dict | None = None, metrics: dict | None = None):
+        self.error, self.config, self.metrics, self.checkpoint = error, config, metrics or {}, None
+
+
+def test_a_stage_whose_trial_lost_its_worker_stops_one_whose_model_raised_goes_on():
+    from search.tune.settle import TrialsLost, stop_if_lost
+
+    raised = _Result(RuntimeError("TrialFailure: the loss is nan at epoch 3"))
+    stop_if_lost([raised, _Result()], "confirmation stage")  # a model's error is its candidate's
+    died = type("ActorDiedError", (Exception,), {})(
+        "The actor died unexpectedly before finishing this task.\n\tclass_name: ImplicitFunc\nThe actor is dead "
+        "because its owner has died. Owner worker exit type: SYSTEM_ERROR Worker exit detail: Owner's node has crashed.")
+    with pytest.raises(TrialsLost, match=r"^1 trial\(s\) of the confirmation stage lost their Ray worker "
+                                         r"\(ActorDiedError: The actor is dead because its owner has died") as caught:
+        stop_if_lost([raised, _Result(died)], "confirmation stage")
+    assert caught.value.own_node and "\n" not in str(caught.value)
+    with pytest.raises(TrialsLost, match=r"^1 trial\(s\) of the search lost"):  # the driver's own node: the search too
+        stop_if_lost([raised, _Result(died)], "search", own_node_only=True)
+    worker = type("ActorUnavailableError", (Exception,), {})("The actor is temporarily unavailable: Socket closed")
+    with pytest.raises(TrialsLost) as caught:
+        stop_if_lost([_Result(worker)], "confirmation stage")
+    assert not caught.value.own_node
+    stop_if_lost([_Result(worker)], "search", own_node_only=True)  # another node's worker: the search goes on
+
+
+def test_a_confirmation_trial_that_never_reported_leaves_its_candidate_unfinished():
+    from search.select import confirm, verdict
+
+    scheme = verdict.Scheme(2, 0.2, (11,), "macro_f1", "f")
+    cand = verdict.Candidate("default", "model", {"lr": 0.01})
+    # a lost worker's trial: Ray's Result has no metrics, so no config either
+    assert confirm.fill([cand], scheme, [_Result(RuntimeError("lost"))])[0].error == "a confirmation trial did not finish"

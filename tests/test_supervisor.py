@@ -19,6 +19,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from search.tune import supervisor
+from search.tune.settle import TrialsLost
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -110,8 +111,13 @@ def test_the_driver_dies_with_its_supervisor(tmp_path):
     (MlflowException("API request to http://127.0.0.1:5000 failed"), "the MLflow tracking store failed (API request"),
     (ValueError("a bug"), None),
     (OSError(errno.EACCES, "Permission denied"), None),
+    (TrialsLost("1 trial(s) of the confirmation stage lost their Ray worker (ActorDiedError: ...)", own_node=True),
+     "its Ray node was lost (1 trial(s) of the confirmation stage lost their Ray worker"),
+    (TrialsLost("1 trial(s) of the confirmation stage lost their Ray worker (ActorUnavailableError: ...)"),
+     "1 trial(s) of the confirmation stage lost their Ray worker (ActorUnavailableError"),
 ])
-def test_cause(exc, words):
+def test_cause(exc, words, monkeypatch):
+    monkeypatch.setattr(supervisor, "_known", {})
     found = supervisor.cause(exc)
     assert (found is None) if words is None else found.startswith(words), found
 

@@ -23,7 +23,9 @@ What the jobs measured becomes the verdict (:mod:`search.select.verdict`): the c
 selection gap, every candidate's ``p_value`` against the champion.
 
 The stage's Ray experiment lives in ``<search>/confirmation/``, so a killed driver continues it
-with ``--resume`` (finished candidates stay finished); the table is ``<search>/confirmation.csv``
+with ``--resume`` (finished candidates stay finished). A job whose Ray worker or node was lost is not
+its candidate's error: the driver stops (:class:`search.tune.settle.TrialsLost`) and ``--resume``
+runs the job again; the table is ``<search>/confirmation.csv``
 (:data:`search.select.results.CONFIRMATION_CSV`).
 """
 
@@ -43,6 +45,7 @@ from search.select.results import error_reason, fold_count
 from search.select.verdict import Candidate, Scheme
 from search.trust import integrity
 from search.tune.orchestrate import result_loggers
+from search.tune.settle import settle, stop_if_lost
 from trainables.metrics import METRICS
 from trainables.trial_data import TrialData, with_splits
 
@@ -160,6 +163,7 @@ def run_stage(candidates: list[Candidate], scheme: Scheme, *, search_seed: int, 
     integrity.install()
     if tune.Tuner.can_restore(path):
         integrity.verify(path, option="--resume (confirmation stage)")
+        settle(path)  # a job whose worker or node was lost runs again
         tuner = tune.Tuner.restore(path, fn, resume_unfinished=True, resume_errored=False)
     else:
         tuner = tune.Tuner(
@@ -170,7 +174,10 @@ def run_stage(candidates: list[Candidate], scheme: Scheme, *, search_seed: int, 
                                       callbacks=[*(callbacks or []), *result_loggers()]),
         )
     integrity.seal(path)
-    return fill(candidates, scheme, tuner.fit())
+    grid = tuner.fit()
+    # a job the machine failed is not a candidate's error: the driver stops, --resume runs it again
+    stop_if_lost(grid, "confirmation stage")
+    return fill(candidates, scheme, grid)
 
 
 def fill(candidates: list[Candidate], scheme: Scheme, grid: Any) -> list[Candidate]:
@@ -180,7 +187,9 @@ def fill(candidates: list[Candidate], scheme: Scheme, grid: Any) -> list[Candida
     probs: dict[str, dict[int, OutOfFold]] = {}
     errors: dict[str, str] = {}
     for res in grid:
-        job = res.config["job"]
+        job = (res.config or {}).get("job")
+        if job is None:  # a trial that never reported (its worker lost): its candidate did not finish
+            continue
         key = json.dumps(job["config"], sort_keys=True, default=str)
         if res.error is not None:
             errors[key] = error_reason(str(res.error))

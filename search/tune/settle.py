@@ -18,6 +18,12 @@ its ``error.txt``) or whose disk was full failed for reasons outside its model: 
 Tune resumes it from its last checkpoint (its Optuna trial, told FAIL, is replaced by a fresh one:
 :mod:`search.tune.optuna_storage`). A trial whose model raised stays failed.
 
+The confirmation stage does not go on without such a trial's job (its candidate would lack the
+repetition): :func:`stop_if_lost` stops the driver with :class:`TrialsLost` and ``--resume``
+runs the job again. The search stage goes on without such a trial (recorded as failed; a
+``--resume`` runs it again) unless the driver's own Ray node died with it: then nothing after the
+trials can run, and the driver stops the same way.
+
 Only the snapshot's plain JSON fields are read and written (the trial's ``status`` and its run
 metadata's ``last_result``); the cloudpickled ones are copied as they are, never unpickled.
 """
@@ -77,6 +83,39 @@ INFRASTRUCTURE_ERRORS = ("ActorDiedError", "ActorUnavailableError", "RayActorErr
 disk), not because of its model."""
 
 
+def machine_failure(text: str) -> bool:
+    """Whether a trial's error text is one of the machine (:data:`INFRASTRUCTURE_ERRORS`)."""
+    return any(word in text for word in INFRASTRUCTURE_ERRORS)
+
+
+OWN_NODE_LOST = ("Owner's node has crashed",)
+"""The words of a trial's error when the driver's own Ray node died (the driver owns the trial's actor)."""
+
+
+class TrialsLost(RuntimeError):
+    """Trials of a stage failed because of the machine (their Ray worker or node lost, a full disk)
+    and no retry is left: the driver stops, and ``--resume`` runs them again (:func:`settle`).
+    ``own_node``: the driver's own Ray node died with them."""
+
+    def __init__(self, message: str, own_node: bool = False) -> None:
+        super().__init__(message)
+        self.own_node = own_node
+
+
+def stop_if_lost(grid: Any, stage: str, own_node_only: bool = False) -> None:
+    """Raise :class:`TrialsLost` when a trial of ``grid`` (a ``ResultGrid``) failed because of the
+    machine (``own_node_only``: only when the driver's own Ray node died with it)."""
+    errors = [res.error for res in grid if res.error is not None]
+    lost = [e for e in errors if machine_failure(f"{type(e).__name__}: {e}")]
+    if own_node_only:
+        lost = [e for e in lost if any(words in str(e) for words in OWN_NODE_LOST)]
+    if lost:
+        lines = [ln.strip() for ln in str(lost[0]).splitlines() if ln.strip()] or [""]
+        why = next((ln for ln in lines if "because" in ln), lines[0])  # Ray's "The actor is dead because ..."
+        raise TrialsLost(f"{len(lost)} trial(s) of the {stage} lost their Ray worker ({type(lost[0]).__name__}: "
+                         f"{why[:160]})", own_node=any(words in str(e) for e in lost for words in OWN_NODE_LOST))
+
+
 def infrastructure_failure(fs: pyarrow.fs.FileSystem, trial_dir: str, error_file: str | None) -> bool:
     """Whether the error Tune recorded for a trial (``error.txt``, plain text) is one of the machine
     (:data:`INFRASTRUCTURE_ERRORS`: its worker or node lost, a full disk) rather than of the model."""
@@ -87,7 +126,7 @@ def infrastructure_failure(fs: pyarrow.fs.FileSystem, trial_dir: str, error_file
             text = f.read(200_000).decode(errors="replace")
     except (OSError, pyarrow.ArrowException):
         return False
-    return any(word in text for word in INFRASTRUCTURE_ERRORS)
+    return machine_failure(text)
 
 
 def settle(experiment_path: str) -> dict[str, dict[str, Any]]:

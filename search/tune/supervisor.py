@@ -164,7 +164,11 @@ def cause(exc: BaseException) -> str | None:
     if isinstance(exc, MlflowException) or type(exc).__module__.startswith(("requests", "urllib3")):
         return f"the MLflow tracking store failed ({reason})"
     if type(exc).__module__.startswith("ray."):
-        return f"Ray failed ({reason})"
+        return node_lost(_known) or f"Ray failed ({reason})"
+    from search.tune.settle import TrialsLost
+
+    if isinstance(exc, TrialsLost):  # the driver's node lost: that is what stopped it
+        return node_lost(_known) or (f"its Ray node was lost ({reason})" if exc.own_node else reason)
     return None
 
 
@@ -184,14 +188,19 @@ def stopped(exc: BaseException) -> int:
 def _cause(known: dict[str, Any], sig: int | None, code: int) -> str:
     if sig is not None:
         return f"the driver was killed ({signal.Signals(sig).name})"
+    return node_lost(known) or f"the driver ended unexpectedly (exit code {code})"
+
+
+def node_lost(known: dict[str, Any]) -> str | None:
+    """'its Ray node was lost' (or the cluster at ``--address``) when Ray's log says so, else None."""
     try:
         tail = Path(known["log"]).read_text(errors="replace")[-200_000:]
     except (KeyError, OSError):
-        tail = ""
-    if any(s in tail for s in RAY_NODE_LOST):
-        where = f"the Ray cluster at --address {known['address']}" if known.get("address") else "its Ray node"
-        return f"{where} was lost (Ray's log: {known['log']})"
-    return f"the driver ended unexpectedly (exit code {code})"
+        return None
+    if not any(s in tail for s in RAY_NODE_LOST):
+        return None
+    where = f"the Ray cluster at --address {known['address']}" if known.get("address") else "its Ray node"
+    return f"{where} was lost (Ray's log: {known['log']})"
 
 
 def stopped_message(known: dict[str, Any], sig: int | None, code: int, why: str | None = None) -> str:
