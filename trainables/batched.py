@@ -13,8 +13,12 @@ weights), and trains them together:
   losses, so each member's gradient is its solo gradient.
 - **Stacked weights.** Every parameter of the members lives in one flat buffer ``[n, P]`` (a
   member's parameters are views of its row, so the fold models, used for prediction, CLIMD's
-  difficulty, OmniFuse's TLA mining and ``state_dict``, always see the trained weights); the
-  backward fills the flat gradient buffer. Buffers are stacked the same way; a buffer equal in
+  difficulty, OmniFuse's TLA mining and ``state_dict``, always see the trained weights). Within its
+  block a parameter is laid out as autograd lays out its gradient (a linear weight transposed:
+  the batched matmul's backward gives it so), found by one throw-away step at construction; each
+  step's gradients (``torch.autograd.grad``) are copied into the flat gradient buffer as
+  contiguous runs. Accumulating them into ``.grad`` views of a row-major buffer instead (a
+  transposed add for every weight) cost more than the AdamW step. Buffers are stacked the same way; a buffer equal in
   every member (OmniFuse's ``mined``) is passed once, unbatched, so the module's forward may
   branch on it in Python.
 - **Each member its own data order.** Every step takes the s-th mini-batch of every member's own
@@ -62,7 +66,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import warnings
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
@@ -74,10 +77,6 @@ from torch.optim.adamw import adamw
 
 from trainables.backbone import Backbone, Batch, Criterion
 from trainables.members import member_generators, member_index, member_template
-
-# a stacked parameter is a strided view of the flat [n, P] buffer, and so is its gradient; autograd
-# warns (once) that such a layout may be slow, but accumulates into it correctly
-warnings.filterwarnings("ignore", message="grad and param do not obey the gradient layout contract")
 
 
 # ------------------------------------------------------------------------------ optimizer
@@ -216,25 +215,11 @@ class BatchedFolds:
         self.statistics = MemberOutput(self.template.model, lambda model, batch: model.epoch_statistics(batch))
         self.logits = MemberOutput(self.template.model, lambda model, batch: model(batch).logits)
 
-        # parameters: one flat [n, P] buffer; every member's parameter a view of its row
+        # parameters: first stacked on their own; one flat [n, P] buffer once their layouts are known
         named = [dict(t.model.named_parameters()) for t in members]
         self.names = list(named[0])
-        sizes = [named[0][k].numel() for k in self.names]
-        self.flat = torch.empty(n, sum(sizes), device=self.device)
-        self.grad = torch.zeros_like(self.flat)
-        self.params: dict[str, Tensor] = {}
-        off = 0
-        for k, size in zip(self.names, sizes):
-            shape = named[0][k].shape
-            for f in range(n):
-                self.flat[f, off:off + size] = named[f][k].detach().reshape(-1)
-            stacked = self.flat[:, off:off + size].view(n, *shape)
-            stacked.requires_grad_(True)
-            stacked.grad = self.grad[:, off:off + size].view(n, *shape)   # backward accumulates here
-            self.params[k] = stacked
-            for f in range(n):
-                named[f][k].data = self.flat[f, off:off + size].view(shape)
-            off += size
+        self.params: dict[str, Tensor] = {
+            k: torch.stack([named[f][k].detach() for f in range(n)]).requires_grad_(True) for k in self.names}
         # buffers of the module and the criterion: stacked, every member's module buffer a view
         self.buffers: dict[str, Tensor] = {}
         bufs = [dict(MemberStep(t.model, t.criterion).named_buffers()) for t in members]
@@ -244,7 +229,6 @@ class BatchedFolds:
                 bufs[f][k].data = stacked[f]
             self.buffers[k] = stacked
         self._param_keys = [f"model.{k}" for k in self.params]
-        self.optimizer = StackedAdamW(self.flat, [t.optimizer for t in members])
         # every tensor of the template is replaced in each call (checked here once: the calls skip the check)
         names = {f"model.{k}" for k in self.params} | set(self.buffers)
         if names != {k for k, _ in self.template.named_parameters()} | {k for k, _ in self.template.named_buffers()}:
@@ -254,7 +238,17 @@ class BatchedFolds:
         self.train = Rows([t.train_data for t in members], self.device, views=True)
         self.val: Rows | None = None  # the validation parts, concatenated when first evaluated
         self.generators = [torch.Generator(device=self.device) for _ in members]
-        self.reload()
+        self.orders = self._gradient_orders()
+        self.flat = torch.empty(n, sum(p[0].numel() for p in self.params.values()), device=self.device)
+        self.grad = torch.zeros_like(self.flat)
+        self._grads = self._blocks(self.grad)
+        for (k, stacked), block in zip(list(self.params.items()), self._blocks(self.flat)):
+            block.copy_(stacked.detach())
+            self.params[k] = block.requires_grad_(True)
+            for f in range(n):
+                named[f][k].data = block.detach()[f]   # every member's parameter a view of its row
+        self.optimizer = StackedAdamW(self.flat, [t.optimizer for t in members])
+        self.reload()   # the members' own generator states, after the layout's throw-away draws
 
     # ------------------------------------------------------------------ rng and checkpoints
     def _rng_state(self, t) -> Tensor:
@@ -275,39 +269,63 @@ class BatchedFolds:
         """Take optimizer and RNG state from the FoldTrainers (after ``load_state_dict``)."""
         self._take_rng()
         self.val = None  # a loaded standardiser makes the validation tensors anew
+        exp_avg, exp_avg_sq = self._blocks(self.optimizer.exp_avg), self._blocks(self.optimizer.exp_avg_sq)
         for f, t in enumerate(self.trainers):
             params = [p for group in t.optimizer.param_groups for p in group["params"]]
-            off = 0
             step = 0.0
-            for p in params:
+            for p, m, v in zip(params, exp_avg, exp_avg_sq):
                 st = t.optimizer.state.get(p, {})
-                size = p.numel()
                 if "exp_avg" in st:
-                    self.optimizer.exp_avg[f, off:off + size] = st["exp_avg"].reshape(-1)
-                    self.optimizer.exp_avg_sq[f, off:off + size] = st["exp_avg_sq"].reshape(-1)
+                    m[f] = st["exp_avg"]
+                    v[f] = st["exp_avg_sq"]
                     step = float(st["step"])
                 else:
-                    self.optimizer.exp_avg[f, off:off + size] = 0.0
-                    self.optimizer.exp_avg_sq[f, off:off + size] = 0.0
-                off += size
+                    m[f] = 0.0
+                    v[f] = 0.0
             self.optimizer.steps[f] = step
 
     def sync(self) -> None:
         """Write optimizer and RNG state into the FoldTrainers (before ``state_dict``)."""
         self._give_rng()
+        exp_avg, exp_avg_sq = self._blocks(self.optimizer.exp_avg), self._blocks(self.optimizer.exp_avg_sq)
         for f, t in enumerate(self.trainers):
             params = [p for group in t.optimizer.param_groups for p in group["params"]]
             if self.optimizer.steps[f] == 0:
                 continue
-            off = 0
-            for p in params:
-                size = p.numel()
-                t.optimizer.state[p] = {
-                    "step": torch.tensor(float(self.optimizer.steps[f])),
-                    "exp_avg": self.optimizer.exp_avg[f, off:off + size].view(p.shape).clone(),
-                    "exp_avg_sq": self.optimizer.exp_avg_sq[f, off:off + size].view(p.shape).clone(),
-                }
-                off += size
+            for p, m, v in zip(params, exp_avg, exp_avg_sq):
+                t.optimizer.state[p] = {"step": torch.tensor(float(self.optimizer.steps[f])),
+                                        "exp_avg": m[f].clone(), "exp_avg_sq": v[f].clone()}
+
+    # ------------------------------------------------------------------ memory layout
+    def _gradient_orders(self) -> list[tuple[int, ...]]:
+        """Every parameter's dimensions in the memory order (outermost first) autograd gives its
+        gradient: one forward and backward of a first batch (its random draws from throw-away
+        generators, the buffers put back). A linear weight's gradient comes transposed from the
+        batched matmul's backward; laid out likewise in the flat buffer, it is copied there as
+        contiguous runs (a transposed copy, or accumulation, of every weight each step cost more
+        than the AdamW step itself)."""
+        saved = {k: b.clone() for k, b in self.buffers.items()}
+        size = int(min(self.batch_size, self.train.lengths.min()))
+        rows = torch.as_tensor(self.train.offsets[:, None] + np.arange(size), device=self.device)
+        loss, _ = self._losses(None, rows, self._shared())
+        grads = torch.autograd.grad(loss.sum(), list(self.params.values()), materialize_grads=True)
+        for k, b in self.buffers.items():
+            b.copy_(saved[k])
+        # a size-1 dimension's stride says nothing: kept in its place (the sort is stable)
+        return [tuple(sorted(range(g.dim() - 1), key=lambda d: -g.stride(d + 1) if g.shape[d + 1] > 1 else 0))
+                if g.dim() > 2 else tuple(range(g.dim() - 1)) for g in grads]
+
+    def _blocks(self, flat: Tensor) -> list[Tensor]:
+        """Every parameter's ``[n, *shape]`` view of a flat ``[n, P]`` buffer (the parameters, their
+        gradients, the optimizer's moments), laid out in its block as :attr:`orders` says."""
+        out, off = [], 0
+        for p, order in zip(self.params.values(), self.orders):
+            shape = p.shape[1:]
+            size = shape.numel()
+            block = flat[:, off:off + size].view(flat.shape[0], *[shape[d] for d in order])
+            out.append(block.permute(0, *[1 + order.index(d) for d in range(len(shape))]))
+            off += size
+        return out
 
     # ------------------------------------------------------------------ one step
     def _member_loss(self, params: dict[str, Tensor], buffers: dict[str, Tensor], batch: dict) -> tuple[Tensor, dict]:
@@ -426,8 +444,8 @@ class BatchedFolds:
         table_t = torch.as_tensor(table, device=self.device)
         shared = self._shared()
         sums: dict[str, Tensor] = defaultdict(lambda: torch.zeros(n, device=self.device))
+        params = list(self.params.values())
         for s in range(steps):
-            self.grad.zero_()
             total = None
             for B in np.unique(sizes[s][sizes[s] > 0]):           # one vmapped call per batch size
                 group = np.flatnonzero(sizes[s] == B)
@@ -442,7 +460,9 @@ class BatchedFolds:
                         sums[key].add_(v.to(sums[key].dtype), alpha=float(B))
                     else:
                         sums[key].index_add_(0, idx, v.to(sums[key].dtype) * float(B))
-            total.backward()
+            # the gradients as autograd gives them, copied into the flat buffer in their own layout
+            for block, g in zip(self._grads, torch.autograd.grad(total, params, materialize_grads=True)):
+                block.copy_(g)
             self.optimizer.step(self.grad, sizes[s] > 0)
         self._give_rng()
         out = []
