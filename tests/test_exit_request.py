@@ -70,3 +70,21 @@ def test_other_exceptions_in_callbacks_are_still_reported():
     out = run("raise ValueError('a bug in a callback')", install=True)
     assert "ValueError: a bug in a callback" in out.stderr and "Exception ignored in" in out.stderr
     assert out.stdout == "went on\n" and out.returncode == 0
+
+
+def test_every_trainable_installs_it(monkeypatch):
+    """The search's trials and the confirmation's jobs: both end by the raylet's SIGTERM."""
+    from search.select import confirm
+    from trainables import trainable
+    from trainables.exit_request import _MARK
+
+    def fail(*_a, **_k):
+        raise ValueError("no job here")
+
+    monkeypatch.setattr(confirm, "run_job", fail)
+    for name, call in (("confirmation", lambda: confirm.fusetune_confirm({"job": {}})),
+                       ("search", lambda: trainable.run_trial("baseline", {"method": "baseline"}))):  # no data
+        monkeypatch.setattr(sys, "unraisablehook", sys.__unraisablehook__)
+        with pytest.raises(trainable.TrialFailure):
+            call()
+        assert getattr(sys.unraisablehook, _MARK, False), name

@@ -111,8 +111,10 @@ def fusetune_confirm(config: dict[str, Any], data: TrialData | None = None) -> N
     repetition's scores (``r<repetition>_<key>``) and probabilities (:func:`oof_file`)."""
     import torch
 
+    from trainables.exit_request import quiet_exit_requests
     from trainables.trainable import TrialFailure, _cpus, one_line
 
+    quiet_exit_requests()  # the raylet's SIGTERM at the job's end prints no traceback (as the search's trials)
     torch.set_num_threads(_cpus())
     try:
         by_repeat = run_job(config, data)
