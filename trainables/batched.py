@@ -311,7 +311,7 @@ class BatchedFolds:
         grads = torch.autograd.grad(loss.sum(), list(self.params.values()), materialize_grads=True)
         for k, b in self.buffers.items():
             b.copy_(saved[k])
-        # a size-1 dimension's stride says nothing: kept in its place (the sort is stable)
+        # a size-1 dimension's stride says nothing: it goes innermost (where it changes no run)
         return [tuple(sorted(range(g.dim() - 1), key=lambda d: -g.stride(d + 1) if g.shape[d + 1] > 1 else 0))
                 if g.dim() > 2 else tuple(range(g.dim() - 1)) for g in grads]
 
