@@ -72,6 +72,7 @@ def test_other_exceptions_in_callbacks_are_still_reported():
     assert out.stdout == "went on\n" and out.returncode == 0
 
 
+@pytest.mark.filterwarnings("ignore:`get_trial_resources` is meant")  # outside a Tune session: one CPU
 def test_every_trainable_installs_it(monkeypatch):
     """The search's trials and the confirmation's jobs: both end by the raylet's SIGTERM."""
     from search.select import confirm
