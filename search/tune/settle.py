@@ -107,13 +107,14 @@ def stop_if_lost(grid: Any, stage: str, own_node_only: bool = False) -> None:
     machine (``own_node_only``: only when the driver's own Ray node died with it)."""
     errors = [res.error for res in grid if res.error is not None]
     lost = [e for e in errors if machine_failure(f"{type(e).__name__}: {e}")]
+    own = [e for e in lost if any(words in str(e) for words in OWN_NODE_LOST)]
     if own_node_only:
-        lost = [e for e in lost if any(words in str(e) for words in OWN_NODE_LOST)]
+        lost = own
     if lost:
         lines = [ln.strip() for ln in str(lost[0]).splitlines() if ln.strip()] or [""]
         why = next((ln for ln in lines if "because" in ln), lines[0])  # Ray's "The actor is dead because ..."
         raise TrialsLost(f"{len(lost)} trial(s) of the {stage} lost their Ray worker ({type(lost[0]).__name__}: "
-                         f"{why[:160]})", own_node=any(words in str(e) for e in lost for words in OWN_NODE_LOST))
+                         f"{why[:160]})", own_node=bool(own))
 
 
 def infrastructure_failure(fs: pyarrow.fs.FileSystem, trial_dir: str, error_file: str | None) -> bool:
