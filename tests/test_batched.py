@@ -132,7 +132,7 @@ def test_stacked_adamw_equals_one_torch_adamw_per_fold():
     singles = [torch.nn.Parameter(start[f].clone()) for f in range(k)]
     opts = [torch.optim.AdamW([p], lr=1e-2 * (f + 1), weight_decay=1e-2, foreach=bool(f % 2)) for f, p in enumerate(singles)]
     flat = start.clone()
-    stacked = StackedAdamW(flat, opts)
+    stacked = StackedAdamW(flat, [lambda o=o: o.param_groups[0] for o in opts])
     rng = np.random.default_rng(0)
     for step in range(30):
         grad = torch.randn(k, P, generator=g)
@@ -159,7 +159,7 @@ def test_equal_folds_step_exactly_like_torch_adamw():
     singles = [torch.nn.Parameter(start[f].clone()) for f in range(k)]
     opts = [torch.optim.AdamW([p], lr=1e-3, weight_decay=1e-4, fused=True) for p in singles]
     flat = start.clone()
-    stacked = StackedAdamW(flat, opts)
+    stacked = StackedAdamW(flat, [lambda o=o: o.param_groups[0] for o in opts])
     for _ in range(20):
         grad = torch.randn(k, P, generator=g)
         for f in range(k):
@@ -282,6 +282,37 @@ def test_checkpoint_round_trip_resumes_identically(data, tmp_path):
     assert again == last
     for pa, pb in zip(_params(whole), _params(resumed)):
         assert all(torch.equal(x, y) for x, y in zip(pa, pb))
+
+
+def test_batched_trial_builds_torchs_adamw_only_for_a_checkpoint_with_moments(data, tmp_path):
+    """Batched folds step with StackedAdamW: torch's AdamW (whose first build imports torch._dynamo,
+    about 1 s in a fresh Ray worker) is built for a mid-training checkpoint, not for training or
+    the finished trial's checkpoint (no moments)."""
+    cfg = _config("baseline", epochs=2, folds=2)
+    trial = Trial("baseline", cfg, data)
+    trial.step()
+    assert not any(t.has_optimizer for t in trial.trainers)
+    trial.step()
+    trial.state(tmp_path)
+    assert not any(t.has_optimizer for t in trial.trainers)
+    assert "optimizer" not in torch.load(tmp_path / "state.pt", weights_only=True)["folds"][0]
+    mid = Trial("baseline", cfg, data)
+    mid.step()
+    mid.state(tmp_path)
+    assert all(t.has_optimizer for t in mid.trainers)
+    assert all(float(t.optimizer.state_dict()["state"][0]["step"]) == float(s)
+               for t, s in zip(mid.trainers, mid.batched.optimizer.steps))
+
+
+def test_settings_given_before_the_optimizer_is_built_are_its_own(data):
+    trial = Trial("baseline", _config("baseline", epochs=1, folds=2), data)
+    t = trial.trainers[0]
+    t.param_group["lr"] = 0.25
+    assert not t.has_optimizer
+    assert t.optimizer.param_groups[0]["lr"] == 0.25 and t.param_group is t.optimizer.param_groups[0]
+    expected = torch.optim.AdamW([torch.zeros(1, requires_grad=True)], fused=True).param_groups[0]
+    assert {k: v for k, v in t.param_group.items() if k not in ("params", "lr", "weight_decay")} == \
+        {k: v for k, v in expected.items() if k not in ("params", "lr", "weight_decay")}
 
 
 def test_per_fold_checkpoint_resumes_batched(data, tmp_path):

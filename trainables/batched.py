@@ -67,7 +67,7 @@ from __future__ import annotations
 import copy
 import functools
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -84,24 +84,25 @@ class StackedAdamW:
     """AdamW (Loshchilov & Hutter 2019, Alg. 2; torch.optim.AdamW's update) on ``[k, P]`` with a
     per-fold step count; an inactive fold keeps its parameters, moments and step count exactly."""
 
-    def __init__(self, flat: Tensor, optimizers: list[torch.optim.Optimizer]) -> None:
+    def __init__(self, flat: Tensor, groups: Sequence[Callable[[], Mapping[str, Any]]]) -> None:
+        """``groups``: per member, its current AdamW param group (``lr``, ``weight_decay``, ``betas``,
+        ``eps``), read at every step, so a PBT exploit's new lr applies."""
         self.flat = flat
-        self.optimizers = optimizers
+        self.groups = groups
         self.exp_avg = torch.zeros_like(flat)
         self.exp_avg_sq = torch.zeros_like(flat)
         self.denom = torch.empty_like(flat)   # sqrt(v_t / (1 - beta2^t)) + eps, reused: no [n, P] temporaries per step
         self.steps = np.zeros(flat.shape[0], dtype=np.float64)
-        for opt in optimizers:
-            group = opt.param_groups[0]
-            if len(opt.param_groups) != 1 or group.get("amsgrad") or group.get("maximize"):
-                raise ValueError("StackedAdamW: one plain AdamW param group per fold expected")
+        for group in groups:
+            if group().get("amsgrad") or group().get("maximize"):
+                raise ValueError("StackedAdamW: a plain AdamW param group per fold expected")
 
     def _column(self, values: list[float]) -> Tensor:
         return torch.tensor(values, dtype=self.flat.dtype, device=self.flat.device).unsqueeze(1)
 
     @torch.no_grad()
     def step(self, grad: Tensor, active: np.ndarray) -> None:
-        groups = [opt.param_groups[0] for opt in self.optimizers]
+        groups = [group() for group in self.groups]
         self.steps += active
         lr = [float(g["lr"]) for g in groups]
         wd = [float(g["weight_decay"]) for g in groups]
@@ -247,7 +248,7 @@ class BatchedFolds:
             self.params[k] = block.requires_grad_(True)
             for f in range(n):
                 named[f][k].data = block.detach()[f]   # every member's parameter a view of its row
-        self.optimizer = StackedAdamW(self.flat, [t.optimizer for t in members])
+        self.optimizer = StackedAdamW(self.flat, [functools.partial(getattr, t, "param_group") for t in members])
         self.reload()   # the members' own generator states, after the layout's throw-away draws
 
     # ------------------------------------------------------------------ rng and checkpoints
@@ -271,10 +272,10 @@ class BatchedFolds:
         self.val = None  # a loaded standardiser makes the validation tensors anew
         exp_avg, exp_avg_sq = self._blocks(self.optimizer.exp_avg), self._blocks(self.optimizer.exp_avg_sq)
         for f, t in enumerate(self.trainers):
-            params = [p for group in t.optimizer.param_groups for p in group["params"]]
+            state = t.optimizer.state if t.has_optimizer else {}   # none built: a fresh member, no moments
             step = 0.0
-            for p, m, v in zip(params, exp_avg, exp_avg_sq):
-                st = t.optimizer.state.get(p, {})
+            for p, m, v in zip(t.model.parameters(), exp_avg, exp_avg_sq):
+                st = state.get(p, {})
                 if "exp_avg" in st:
                     m[f] = st["exp_avg"]
                     v[f] = st["exp_avg_sq"]
@@ -284,15 +285,16 @@ class BatchedFolds:
                     v[f] = 0.0
             self.optimizer.steps[f] = step
 
-    def sync(self) -> None:
-        """Write optimizer and RNG state into the FoldTrainers (before ``state_dict``)."""
+    def sync(self, optimizer: bool = True) -> None:
+        """Write RNG and (``optimizer``) optimizer state into the FoldTrainers (before ``state_dict``)."""
         self._give_rng()
+        if not optimizer:   # a finished trial's checkpoint holds no moments: no torch AdamW built for it
+            return
         exp_avg, exp_avg_sq = self._blocks(self.optimizer.exp_avg), self._blocks(self.optimizer.exp_avg_sq)
         for f, t in enumerate(self.trainers):
-            params = [p for group in t.optimizer.param_groups for p in group["params"]]
             if self.optimizer.steps[f] == 0:
                 continue
-            for p, m, v in zip(params, exp_avg, exp_avg_sq):
+            for p, m, v in zip(t.model.parameters(), exp_avg, exp_avg_sq):
                 t.optimizer.state[p] = {"step": torch.tensor(float(self.optimizer.steps[f])),
                                         "exp_avg": m[f].clone(), "exp_avg_sq": v[f].clone()}
 

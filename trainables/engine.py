@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -43,6 +44,10 @@ from trainables.losses import CRITERIA
 from trainables.metrics import classification_metrics
 from trainables.registry import get_method
 from trainables.resampling import RESAMPLERS, VAEConfig
+
+ADAMW_DEFAULTS: dict[str, Any] = {k: p.default for k, p in inspect.signature(torch.optim.AdamW).parameters.items()
+                                  if k in ("betas", "eps", "amsgrad", "maximize")}
+"""``torch.optim.AdamW``'s own defaults of the settings EngineConfig leaves to it."""
 
 
 @dataclass(frozen=True)
@@ -143,10 +148,34 @@ class FoldTrainer:
         self._cuda_state: torch.Tensor | None = None
         with self._own_rng(seed_cuda=True):
             self.model = spec_m.load().from_config(self.spec, self.configs.model).to(self.device)
-        # fused: one kernel pass over each parameter per step (the default makes one per update term)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+        # AdamW's param group; torch's optimizer is built from it on first use (:attr:`optimizer`)
+        self._group: dict[str, Any] = {"params": list(self.model.parameters()), "lr": cfg.lr,
+                                       "weight_decay": cfg.weight_decay, **ADAMW_DEFAULTS}
+        self._optimizer: torch.optim.AdamW | None = None
         self.curriculum = climd.Curriculum(train.labels, self.configs.curriculum, self.epochs, self.np_rng)
         self.epoch = 0
+
+    # ------------------------------------------------------------------ optimizer
+    @property
+    def optimizer(self) -> torch.optim.AdamW:
+        """``torch.optim.AdamW(fused=True)`` (one kernel pass over each parameter per step), built on
+        first use: per-fold training steps with it; batched folds (:mod:`trainables.batched`) step
+        with their own stacked AdamW and need it only for a checkpoint's moments. Building an
+        optimizer imports ``torch._dynamo`` (about 1 s, once per process: once per Ray worker)."""
+        if self._optimizer is None:
+            self._optimizer = torch.optim.AdamW([self._group], fused=True)   # the group dict becomes its group
+        return self._optimizer
+
+    @property
+    def has_optimizer(self) -> bool:
+        """Whether :attr:`optimizer` was built (it holds moments only then)."""
+        return self._optimizer is not None
+
+    @property
+    def param_group(self) -> dict[str, Any]:
+        """AdamW's settings (``lr``, ``weight_decay``, ``betas``, ``eps``): the optimizer's param group
+        once built, where a restore or a PBT exploit sets them."""
+        return self._group if self._optimizer is None else self._optimizer.param_groups[0]
 
     # ------------------------------------------------------------------ rng
     @contextlib.contextmanager

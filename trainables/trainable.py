@@ -213,9 +213,10 @@ class Trial:
     def state(self, folder: Path) -> Path:
         """The checkpoint; once every epoch is done, the weights without the optimizer's moments
         (a third of the size: nothing steps again; export, refit and robustness read weights)."""
+        optimizer = self.epoch < self.epochs
         if self.batched is not None:
-            self.batched.sync()
-        return save_state(folder, self.epoch, self.trainers, optimizer=self.epoch < self.epochs)
+            self.batched.sync(optimizer)
+        return save_state(folder, self.epoch, self.trainers, optimizer=optimizer)
 
     def restore(self, folder: Path) -> None:
         state = load_state(folder)
@@ -224,9 +225,8 @@ class Trial:
         for t, s in zip(self.trainers, state["folds"]):
             t.load_state_dict(s)
             # a PBT exploit restarts from another trial's optimizer state with a perturbed config
-            for group in t.optimizer.param_groups:
-                group["lr"] = t.configs.engine.lr
-                group["weight_decay"] = t.configs.engine.weight_decay
+            t.param_group["lr"] = t.configs.engine.lr
+            t.param_group["weight_decay"] = t.configs.engine.weight_decay
         if self.batched is not None:
             self.batched.reload()
         self.epoch = int(state["epoch"])
