@@ -247,6 +247,31 @@ def test_repetitions_in_one_trial_are_the_trials_of_each_repetition(breast):
     assert run_job({"job": {**job, "repeat": 0, "seed": 1003}}, breast)[0][0] == pytest.approx(together[0][0], abs=1e-6)
 
 
+def test_a_job_scores_its_last_epoch_as_a_trial_evaluating_every_epoch_does(breast):
+    """A confirmation job evaluates after its last epoch only (nothing stops it early): the same
+    fold models and scores as a trial that evaluates every epoch (evaluation draws nothing), batched
+    or fold after fold."""
+    from search.select.confirm import run_job
+
+    torch.set_num_threads(1)
+    config = {**_config(epochs=3), "folds": 2}
+    job = {"candidate": "t", "kind": "model", "config": config, "folds": 2, "val_fraction": 0.2,
+           "repeats": [[0, 1003]]}
+    report, probs = run_job({"job": job}, breast)[0]
+    for batch_folds in (True, False):
+        every = Trial("baseline", {**config, "seed": 1003, "val_fraction": 0.2}, breast, batch_folds=batch_folds)
+        last_only = Trial("baseline", {**config, "seed": 1003, "val_fraction": 0.2}, breast, batch_folds=batch_folds)
+        for epoch in (1, 2, 3):
+            last = every.step()
+            quiet = last_only.step(evaluate=epoch == 3)
+            assert (set(quiet) & set(METRICS) == set()) == (epoch < 3)
+        assert all(quiet[m] == last[m] for m in METRICS)
+        assert np.array_equal(last_only.out_of_fold()["probs"], every.out_of_fold()["probs"])
+        if batch_folds:
+            assert all(report[m] == last[m] for m in METRICS)
+            assert np.array_equal(probs.probs, every.out_of_fold()["probs"])
+
+
 def test_repetitions_fold_after_fold_where_a_method_does_not_batch(breast):
     torch.set_num_threads(1)
     config = {**_config(epochs=2), "folds": 2}

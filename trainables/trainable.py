@@ -168,19 +168,20 @@ class Trial:
             self.batched = BatchedFolds(self.trainers)
         self.epoch = 0
 
-    def step(self) -> dict[str, Any]:
-        """Train every fold one epoch, evaluate on the validation folds (if any), return the report."""
+    def step(self, evaluate: bool = True) -> dict[str, Any]:
+        """Train every fold one epoch, evaluate on the validation folds (if any; ``evaluate=False``:
+        not this epoch, the report has the training parts alone), return the report."""
         epoch = self.epoch + 1
         fold_parts, fold_metrics, fold_probs = [], [], []
         batched = self.batched.train_epoch() if self.batched is not None else None
+        evaluate = evaluate and self.trainers[0].val is not None
         # every fold's validation probabilities in one vmapped pass where the folds train batched
-        batched_probs = (self.batched.validation_probs() if batched is not None and self.trainers[0].val is not None
-                         else None)
+        batched_probs = self.batched.validation_probs() if batched is not None and evaluate else None
         for k, t in enumerate(self.trainers):
             parts = batched[k] if batched is not None else t.train_epoch()
             check_finite(parts, epoch, k)
             fold_parts.append(parts)
-            if t.val is not None:
+            if evaluate:
                 metrics, probs = self._evaluate(t.val, t, epoch, k, None if batched_probs is None else batched_probs[k])
                 fold_metrics.append(metrics)
                 fold_probs.append(probs)

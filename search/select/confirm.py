@@ -98,8 +98,8 @@ def run_job(config: dict[str, Any], data: TrialData) -> dict[int, tuple[dict[str
     trial_config = {**job["config"], "seed": repeats[0][1], "folds": folds, "val_fraction": vf}
     trial = Trial(trial_config["method"], trial_config, data, seeds=[seed for _, seed in repeats])
     result: dict[str, Any] = {}
-    while trial.epoch < trial.epochs:
-        result = trial.step()
+    while trial.epoch < trial.epochs:   # no early stopping: the validation folds are scored after the last epoch only
+        result = trial.step(evaluate=trial.epoch + 1 == trial.epochs)
     k = fold_count(result) // len(repeats)
     return {r: (_fold_report([{m: result[f"fold{i * k + j}_{m}"] for m in METRICS} for j in range(k)]),
                 OutOfFold.from_arrays(trial.out_of_fold(i), f"confirmation job {job['candidate']}"))
