@@ -30,6 +30,37 @@ def command(module: str, args: list[str], timeout: int = 900, env: dict[str, str
 
 
 # --------------------------------------------------------------------------------- units
+def test_model_jobs_take_the_cpus_the_stage_would_leave_idle():
+    from search.select.confirm import model_job_cpus
+
+    assert model_job_cpus(1, 1, None, [2.0]) == 2.0          # one candidate on 2 CPUs: both
+    assert model_job_cpus(2, 1, None, [2.0]) == 1.0          # as many jobs as CPUs: as asked
+    assert model_job_cpus(6, 1, None, [2.0]) == 1.0
+    assert model_job_cpus(3, 1, 1, [2.0]) == 2.0             # --max-concurrent 1: one at a time, all CPUs
+    assert model_job_cpus(3, 1, None, [8.0]) == 2.0          # an even share, whole CPUs
+    assert model_job_cpus(1, 1, None, [4.0, 16.0]) == 16.0   # at most one node's
+    assert model_job_cpus(1, 0.5, None, [1.0]) == 1.0
+    assert model_job_cpus(1, 4, None, [2.0]) == 4.0          # never fewer than asked
+
+
+def test_only_model_jobs_on_cpus_are_widened(monkeypatch):
+    import ray
+
+    from search.select import confirm
+
+    model = {"job": {"kind": "model"}}
+    ref = {"job": {"kind": "reference"}}
+    asked = {"cpu": 1.0, "gpu": 0.0}
+    assert confirm._resources([model["job"]], asked, None) is asked          # Ray not up: as asked
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True, "Resources": {"CPU": 4.0}},
+                                               {"Alive": False, "Resources": {"CPU": 64.0}}])
+    per_job = confirm._resources([model["job"], ref["job"], ref["job"]], asked, None)
+    assert per_job(model).bundles == [{"CPU": 4.0}] and per_job(ref).bundles == [{"CPU": 1.0}]
+    assert confirm._resources([model["job"]], {"cpu": 1.0, "gpu": 1.0}, None) == {"cpu": 1.0, "gpu": 1.0}
+    assert confirm._resources([model["job"]] * 4, asked, None) is asked      # no idle CPU
+
+
 def _toy(values, mask, labels):
     m = Modality("a", "vector", np.asarray(values, np.float32), np.asarray(mask, bool), ["x", "y"])
     return MultimodalDataset("toy", np.array([f"s{i}" for i in range(len(labels))]), np.asarray(labels), ["n", "p"], {"a": m})

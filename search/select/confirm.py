@@ -154,13 +154,43 @@ def jobs(candidates: list[Candidate], scheme: Scheme, search_seed: int) -> list[
     return out
 
 
+def model_job_cpus(n_model_jobs: int, cpus: float, max_concurrent: int | None, node_cpus: list[float]) -> float:
+    """The CPUs of a model candidate's job: ``cpus`` (``--cpus-per-trial``), or, where the stage's
+    model jobs would leave CPUs of the cluster idle (fewer jobs, or ``--max-concurrent``, than the
+    cluster has room for), an even share of them, at most one node's (``node_cpus``: every alive
+    node's CPUs), whole CPUs: 1 job with 1 CPU per trial on 2 CPUs gets 2, which its torch threads use."""
+    running = max(1, min(n_model_jobs, max_concurrent or n_model_jobs))
+    share = min(sum(node_cpus) / running, max(node_cpus, default=0.0))
+    return max(float(cpus), float(int(share)))
+
+
+def _resources(jobs_: list[dict[str, Any]], resources: dict[str, float], max_concurrent: int | None) -> Any:
+    """``tune.with_resources``'s resources of the stage: ``resources`` for every job, model jobs on CPUs
+    widened by :func:`model_job_cpus` when Ray is up (GPU jobs as asked)."""
+    import ray
+
+    cpus, gpus = float(resources.get("cpu", 1.0)), float(resources.get("gpu", 0.0))
+    if gpus or not ray.is_initialized():
+        return resources
+    nodes = [float(n["Resources"].get("CPU", 0.0)) for n in ray.nodes() if n.get("Alive")]
+    wide = model_job_cpus(sum(j["kind"] != "reference" for j in jobs_), cpus, max_concurrent, nodes)
+    if wide == cpus:
+        return resources
+
+    def per_job(config: dict[str, Any]) -> tune.PlacementGroupFactory:
+        return tune.PlacementGroupFactory([{"CPU": wide if config["job"]["kind"] != "reference" else cpus}])
+    return per_job
+
+
 def run_stage(candidates: list[Candidate], scheme: Scheme, *, search_seed: int, data: TrialData,
               experiment_path: str, resources: dict[str, float], max_concurrent: int | None,
               callbacks: list | None = None, experiment: str = EXPERIMENT) -> list[Candidate]:
     """Run (or resume) the confirmation trials and fill every candidate's fold scores and probabilities."""
     # the repetitions' splits made here: a job's worker then imports no scikit-learn to make them
     data = with_splits(data, scheme.folds, scheme.seeds, scheme.val_fraction)
-    fn = tune.with_resources(tune.with_parameters(fusetune_confirm, data=data), resources)
+    todo = jobs(candidates, scheme, search_seed)
+    fn = tune.with_resources(tune.with_parameters(fusetune_confirm, data=data),
+                             _resources(todo, resources, max_concurrent))
     path = f"{experiment_path.rstrip('/')}/{experiment}"
     integrity.install()
     if tune.Tuner.can_restore(path):
@@ -169,7 +199,7 @@ def run_stage(candidates: list[Candidate], scheme: Scheme, *, search_seed: int, 
         tuner = tune.Tuner.restore(path, fn, resume_unfinished=True, resume_errored=False)
     else:
         tuner = tune.Tuner(
-            fn, param_space={"job": tune.grid_search(jobs(candidates, scheme, search_seed))},
+            fn, param_space={"job": tune.grid_search(todo)},
             tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=max_concurrent, reuse_actors=True,
                                         trial_dirname_creator=_dirname),
             run_config=tune.RunConfig(name=experiment, storage_path=experiment_path, verbose=0,
