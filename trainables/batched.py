@@ -32,8 +32,9 @@ weights), and trains them together:
   FoldTrainer's private RNG state), in the order and with the shapes of its solo forward
   (:mod:`trainables.members`), so on CPU a member sees the same masks as when trained alone.
 - **Each member its own optimizer.** :class:`StackedAdamW` is AdamW (decoupled weight decay) over
-  ``[n, P]`` with one step count per member and the member's own lr / weight decay (read from the
-  member's ``torch.optim.AdamW`` param group, so a PBT exploit's new lr applies). It is
+  ``[n, P]`` with one step count per member and the member's own lr / weight decay (read at
+  every step from the member's AdamW param group, ``FoldTrainer.param_group``, so a PBT exploit's
+  new lr applies; torch's optimizer itself is built only for a checkpoint's moments). It is
   elementwise, so it equals n separate ``torch.optim.AdamW(fused=True)`` (the FoldTrainers'): bit
   for bit when every member steps with equal settings (torch's fused kernel over the flat buffer,
   one pass), to 1e-7 when members skip steps or differ in lr (tested). ``torch.optim.AdamW`` on
@@ -52,7 +53,8 @@ state, so the draws are per member and independent but not those of the fused dr
 per-fold path uses there: the same distribution, not the same numbers.
 
 Checkpoints: :meth:`BatchedFolds.sync` writes the stacked optimizer state into every member's
-``torch.optim.AdamW`` and the generator states into the FoldTrainers, so ``FoldTrainer.state_dict``
+``torch.optim.AdamW`` (not for a finished trial's checkpoint, which holds no moments) and the
+generator states into the FoldTrainers, so ``FoldTrainer.state_dict``
 is the same format as per-fold training (a per-fold checkpoint resumes batched and vice versa);
 :meth:`BatchedFolds.reload` reads them back after ``load_state_dict``.
 

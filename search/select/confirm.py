@@ -6,11 +6,12 @@ models (:mod:`search.select.references`) and, when promotion must compare with i
 champion's configuration are retrained on ``--confirm-repeats`` R fresh repetitions of the same
 k-fold scheme (split seeds :func:`search.select.verdict.fresh_seeds`, which the search never used:
 the search splits with ``--seed`` and initialises fold k with ``seed + k``), for the full ``--epochs``
-budget with no early stopping, as Ray trials on the search's cluster: one trial per model candidate, whose R
-repetitions x k folds train in one lockstep (batched as R x k members where the method batches its
-folds: the same models as R separate trials, at the cost of fewer, larger steps), and one per
-reference and repetition. The references are also scored on the search's own folds, so that
-``results.csv`` compares them with the trials like with like.
+budget with no early stopping (the validation folds scored after the last epoch only), as Ray
+trials on the search's cluster: one trial per model candidate, whose R repetitions x k folds train
+in one lockstep (batched as R x k members where the method batches its folds: the same models as R
+separate trials, at the cost of fewer, larger steps) on the CPUs the stage would otherwise leave
+idle (:func:`model_job_cpus`), and one per reference and repetition. The references are also
+scored on the search's own folds, so that ``results.csv`` compares them with the trials like with like.
 
 Every job also keeps its validation class probabilities (an ``oof.npz`` checkpoint: numpy arrays
 only), so that an ensemble of candidates (:mod:`search.select.ensemble`, chosen on the search's folds) is
