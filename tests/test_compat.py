@@ -14,6 +14,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 import pytest
 
@@ -213,6 +214,36 @@ def test_optuna_trial_from_storage_id_and_user_attr(study):
     compat.set_trial_user_attr(study, compat.storage_trial_id(live), "k", "v")
     again.report(1.0, 1)
     assert study.trials[-1].user_attrs == {"k": "v"} and study.trials[-1].intermediate_values == {1: 1.0}
+
+
+def test_intermediate_values_in_one_transaction_are_trial_reports(study, monkeypatch):
+    """``report_intermediate_values``: what ``Trial.report`` stores (a step already reported kept,
+    the trial's cached copy updated), one commit for an RDB storage (``RDBStorage``'s
+    ``_set_trial_intermediate_value_without_commit`` and ``_create_scoped_session``)."""
+    live = study.ask()
+    live.report(0.5, 1)
+    commits = []
+    if isinstance(study._storage, optuna.storages.RDBStorage) or hasattr(study._storage, "_backend"):
+        from sqlalchemy.orm import Session
+
+        original = Session.commit
+        monkeypatch.setattr(Session, "commit", lambda self: (commits.append(1), original(self))[1])
+    compat.report_intermediate_values(live, [(1, 9.0), (2, 0.25), (3, float("nan")), (4, 0.75)])
+    stored = study._storage.get_trial(compat.storage_trial_id(live)).intermediate_values
+    assert stored[1] == 0.5 and stored[2] == 0.25 and stored[4] == 0.75 and np.isnan(stored[3])
+    assert live._cached_frozen_trial.intermediate_values.keys() == {1, 2, 3, 4}
+    if commits:   # the same values one Trial.report each: a commit each
+        ours = len(commits)
+        other = study.ask()
+        commits.clear()
+        for step, value in [(1, 9.0), (2, 0.25), (3, float("nan")), (4, 0.75)]:
+            other.report(value, step)
+        assert len(commits) == 4 and ours <= 2   # one write (and a read) against four
+    with pytest.raises(ValueError, match="non-negative"):
+        compat.report_intermediate_values(live, [(-1, 0.0), (-2, 0.0)])
+    study.tell(live, 1.0)
+    with pytest.raises(Exception, match="finished"):   # as Trial.report on a told trial
+        compat.report_intermediate_values(compat.trial_of(study, compat.storage_trial_id(live)), [(5, 1.0), (6, 1.0)])
 
 
 @pytest.mark.parametrize("name", list(registry_names.SAMPLERS))

@@ -38,6 +38,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search.compat import (
     OptunaSearchSeam,
+    report_intermediate_values,
     sampler_random_states,
     set_sampler_random_states,
     set_trial_user_attr,
@@ -216,10 +217,10 @@ class PersistentOptunaSearch(OptunaSearchSeam):
             return None
         if not isinstance(self.metric, str) or trial_id in self.completed_trials or trial_id not in self.ot_trials:
             return super().on_trial_result(trial_id, result)
-        for point in [*result.get("curve", ()), result]:
-            value, epoch = point.get(self.metric), point.get("epoch", result.get("training_iteration"))
-            if isinstance(value, (int, float)) and epoch is not None:
-                ot_trial.report(float(value), int(epoch))
+        points = [(point.get("epoch", result.get("training_iteration")), point.get(self.metric))
+                  for point in [*result.get("curve", ()), result]]
+        report_intermediate_values(ot_trial, [(int(epoch), float(value)) for epoch, value in points
+                                              if isinstance(value, (int, float)) and epoch is not None])
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         self._live()
