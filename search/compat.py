@@ -290,7 +290,7 @@ def set_trial_user_attr(study: Any, storage_id: int, key: str, value: Any) -> No
 
 def report_intermediate_values(trial: Any, values: list[tuple[int, float]]) -> None:
     """``trial.report(value, step)`` for every ``(step, value)``, as Optuna's ``Trial.report`` does
-    it (a step already reported is left as it is), in one transaction of an RDB storage (SQLite,
+    it (a step already reported is left as it is, without Optuna's warning), in one transaction of an RDB storage (SQLite,
     PostgreSQL): a sparse report's curve of 50 epochs was 50 commits, each one ~3 ms of the Tune
     loop's thread, which the reporting trial waits for. Other storages: one ``report`` per value."""
     from optuna.storages import RDBStorage
@@ -300,7 +300,7 @@ def report_intermediate_values(trial: Any, values: list[tuple[int, float]]) -> N
     todo = {int(step): float(value) for step, value in values if int(step) not in known}
     backend = getattr(trial.storage, "_backend", trial.storage)   # the cache in front of an RDB storage
     if len(todo) < 2 or not isinstance(backend, RDBStorage) or len(trial.study.directions) > 1:
-        for step, value in values:
+        for step, value in todo.items():
             trial.report(value, step)
         return
     if min(todo) < 0:

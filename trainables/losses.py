@@ -30,7 +30,7 @@ def cross_entropy(logits: Tensor, y: Tensor, weight: Tensor | None = None, reduc
     sum_i w_{y_i} (the plain mean without weights), ``sum``, or ``none`` (per row).
 
     What ``torch.nn.functional.cross_entropy`` computes (``log_softmax`` then the target's entry;
-    equal to it in ``tests/test_losses.py``), written as ``log_softmax`` + ``gather``: under
+    equal to it in ``tests/test_losses_results.py``), written as ``log_softmax`` + ``gather``: under
     ``torch.vmap`` (batched folds) ``F.cross_entropy``'s ``nll_loss`` runs as a Python decomposition,
     about 80 microseconds more per call, forward and backward, on CPU."""
     nll = -F.log_softmax(logits, dim=-1).gather(-1, y.unsqueeze(-1)).squeeze(-1)
