@@ -307,9 +307,10 @@ def test_batched_trial_builds_torchs_adamw_only_for_a_checkpoint_with_moments(da
 def test_settings_given_before_the_optimizer_is_built_are_its_own(data):
     trial = Trial("baseline", _config("baseline", epochs=1, folds=2), data)
     t = trial.trainers[0]
-    t.param_group["lr"] = 0.25
+    group = t.param_group
+    group["lr"] = 0.25
     assert not t.has_optimizer
-    assert t.optimizer.param_groups[0]["lr"] == 0.25 and t.param_group is t.optimizer.param_groups[0]
+    assert t.optimizer.param_groups[0]["lr"] == 0.25 and group is t.optimizer.param_groups[0]
     expected = torch.optim.AdamW([torch.zeros(1, requires_grad=True)], fused=True).param_groups[0]
     assert {k: v for k, v in t.param_group.items() if k not in ("params", "lr", "weight_decay")} == \
         {k: v for k, v in expected.items() if k not in ("params", "lr", "weight_decay")}

@@ -110,12 +110,17 @@ def connect(cfg: SearchConfig) -> dict[str, Any]:
     return {"ray_init_s": time.monotonic() - start}
 
 
+def alive_node_resources() -> list[dict[str, float]]:
+    """Every alive node's resources (``CPU``, ``GPU``, ...) of the connected Ray cluster."""
+    import ray
+
+    return [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+
+
 def check_resources(cfg: SearchConfig) -> int:
     """A trial must fit on one node: CPUs and GPUs per trial at most what the largest node has.
     Returns how many trials fit on the cluster at once."""
-    import ray
-
-    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    nodes = alive_node_resources()
     max_cpu = max((n.get("CPU", 0.0) for n in nodes), default=0.0)
     max_gpu = max((n.get("GPU", 0.0) for n in nodes), default=0.0)
     total_gpu = sum(n.get("GPU", 0.0) for n in nodes)

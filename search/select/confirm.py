@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 from ray import tune
 
+from search.prepare.preflight import alive_node_resources
 from search.select import references
 from search.select.oof import OutOfFold
 from search.select.results import error_reason, fold_count
@@ -173,7 +174,7 @@ def _resources(jobs_: list[dict[str, Any]], resources: dict[str, float], max_con
     cpus, gpus = float(resources.get("cpu", 1.0)), float(resources.get("gpu", 0.0))
     if gpus or not ray.is_initialized():
         return resources
-    nodes = [float(n["Resources"].get("CPU", 0.0)) for n in ray.nodes() if n.get("Alive")]
+    nodes = [float(n.get("CPU", 0.0)) for n in alive_node_resources()]
     wide = model_job_cpus(sum(j["kind"] != "reference" for j in jobs_), cpus, max_concurrent, nodes)
     if wide == cpus:
         return resources
